@@ -1,0 +1,1 @@
+from recipe.errors import RecipeError  # placeholder, replaced below

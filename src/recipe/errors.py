@@ -1,0 +1,111 @@
+"""The package's one exception tree.
+
+Every error crosses Dask process boundaries, so each one pickles: constructors take
+only positional arguments and ``__reduce__`` rebuilds them from ``args``.
+
+    RecipeError
+    ├── ConfigError                 a bad config, override or missing secret (user mistake)
+    ├── InputError                  a bad input file or record (user mistake)
+    ├── ParseError                  model output that could not be converted
+    └── LLMError                    a request to the model failed
+        ├── AuthenticationError
+        ├── BadRequestError
+        │   ├── ContextWindowError
+        │   └── UnsupportedParamError
+        ├── RateLimitError           retryable
+        ├── TimeoutError             retryable
+        ├── ConnectionError          retryable
+        ├── ServerError              retryable (5xx)
+        └── MalformedResponseError   retryable
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class RecipeError(Exception):
+    """Root of every error the package raises on purpose."""
+
+    #: Whether retrying the same request may succeed.
+    retryable: bool = False
+
+    def __reduce__(self):  # pickling survives subclasses with extra attributes
+        return (self.__class__, self.args, self.__dict__)
+
+
+class ConfigError(RecipeError):
+    """A bad config: printed as one line, never as a traceback."""
+
+
+class InputError(RecipeError):
+    """A bad input file or record."""
+
+
+class ParseError(RecipeError):
+    """Model output that could not be converted into the structure a stage needs."""
+
+
+class LLMError(RecipeError):
+    """A request to a model failed. ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message, retry_after)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class AuthenticationError(LLMError):
+    """The API key is missing, wrong or not allowed for this model."""
+
+
+class BadRequestError(LLMError):
+    """The provider refused the request as malformed; retrying will not help."""
+
+
+class ContextWindowError(BadRequestError):
+    """The prompt plus max_tokens exceeds the model's context."""
+
+
+class UnsupportedParamError(BadRequestError):
+    """A sampling parameter the provider does not accept (for example top_k on OpenAI)."""
+
+
+class RateLimitError(LLMError):
+    retryable = True
+
+
+class TimeoutError(LLMError):  # noqa: A001 - deliberately scoped to recipe.errors
+    retryable = True
+
+
+class ConnectionError(LLMError):  # noqa: A001
+    retryable = True
+
+
+class ServerError(LLMError):
+    retryable = True
+
+
+class MalformedResponseError(LLMError):
+    retryable = True
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"(nvapi-)[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(sk-)[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(Bearer\s+)\S+", re.IGNORECASE),
+    re.compile(r"((?:api[_-]?key|authorization)['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE),
+]
+
+
+def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
+    """Remove known secrets and anything shaped like an API key from a message."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text

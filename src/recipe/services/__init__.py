@@ -1,0 +1,1 @@
+"""Model clients, conversation formatters and the local llama.cpp server."""
