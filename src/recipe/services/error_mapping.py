@@ -1,0 +1,92 @@
+"""Translate litellm's (and the transport's) exceptions into the package's own, in one place.
+
+litellm's exceptions do not survive pickling and may carry request details; ours pickle,
+carry only the provider's message, and are redacted of the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from recipe import errors
+
+# Checked in order: subclasses before their bases. Names are looked up on litellm lazily
+# so that importing this module does not import litellm.
+_LITELLM_TABLE: list[tuple[str, type[errors.LLMError]]] = [
+    ("ContextWindowExceededError", errors.ContextWindowError),
+    ("UnsupportedParamsError", errors.UnsupportedParamError),
+    ("AuthenticationError", errors.AuthenticationError),
+    ("PermissionDeniedError", errors.AuthenticationError),
+    ("RateLimitError", errors.RateLimitError),
+    ("Timeout", errors.TimeoutError),
+    ("APIConnectionError", errors.ConnectionError),
+    ("APIResponseValidationError", errors.MalformedResponseError),
+    ("ServiceUnavailableError", errors.ServerError),
+    ("BadGatewayError", errors.ServerError),
+    ("InternalServerError", errors.ServerError),
+    ("NotFoundError", errors.BadRequestError),
+    ("UnprocessableEntityError", errors.BadRequestError),
+    ("BadRequestError", errors.BadRequestError),
+]
+
+_CONNECTION_HINTS = ("connection error", "connection refused", "cannot connect", "server disconnected",
+                     "connection reset", "remoteprotocolerror", "peer closed", "connecterror")
+_MALFORMED_HINTS = ("jsondecodeerror", "expecting value", "invalid json", "unterminated string",
+                    "validation error", "unable to parse")
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Read the server's Retry-After header (seconds form) if the exception carries one."""
+    for holder in (getattr(exc, "response", None), exc):
+        headers = getattr(holder, "headers", None) or getattr(exc, "litellm_response_headers", None)
+        if not headers:
+            continue
+        value = headers.get("retry-after") or headers.get("Retry-After")
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    # litellm prefixes messages with its own class path; keep the provider's words.
+    for prefix in ("litellm.", "Litellm."):
+        if text.startswith(prefix) and ": " in text:
+            text = text.split(": ", 1)[1]
+    return " ".join(text.split())[:500]
+
+
+def translate(exc: BaseException, *, provider: str, secrets: tuple[str | None, ...] = ()) -> errors.LLMError:
+    """Map any exception raised by a request into the package's ``LLMError`` tree."""
+    if isinstance(exc, errors.LLMError):
+        return exc
+    message = errors.redact(f"{provider}: {_message(exc)}", secrets)
+    lowered = message.lower() + " " + type(exc).__name__.lower()
+    target: type[errors.LLMError] | None = None
+    import litellm  # already imported when a request has run
+
+    for name, mapped in _LITELLM_TABLE:
+        cls = getattr(litellm, name, None) or getattr(litellm.exceptions, name, None)
+        if cls is not None and isinstance(exc, cls):
+            target = mapped
+            break
+    if target is None:
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            target = errors.TimeoutError
+        elif isinstance(exc, (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError)):
+            target = errors.MalformedResponseError
+        elif isinstance(exc, OSError):
+            target = errors.ConnectionError
+    status = getattr(exc, "status_code", None)
+    if target in (None, errors.ServerError, errors.BadRequestError) or (target is errors.LLMError):
+        if any(h in lowered for h in _CONNECTION_HINTS) and status in (None, 500):
+            target = errors.ConnectionError
+        elif any(h in lowered for h in _MALFORMED_HINTS) and target is not errors.BadRequestError:
+            target = errors.MalformedResponseError
+    if target is None:
+        target = errors.ServerError if (status is None or status >= 500) else errors.BadRequestError
+    return target(message, _retry_after(exc))

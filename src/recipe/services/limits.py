@@ -1,0 +1,113 @@
+"""Concurrency and rate limits: AIMD concurrency plus GCRA pacing of requests and tokens.
+
+:class:`Pacer` is the algorithm, clock-injected and free of I/O, so the same code runs in
+a single process (:class:`LocalLimiter`) and inside the Dask scheduler for a cluster-wide
+limit (``recipe.services.cluster_limits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Protocol
+
+
+class Limiter(Protocol):
+    """What the async client asks before and tells after every attempt."""
+
+    def slot(self, tokens: int) -> "AsyncIterator[None]": ...
+
+    def on_success(self) -> None: ...
+
+    def on_rate_limited(self, retry_after: float | None) -> None: ...
+
+
+class Pacer:
+    """Decides when the next request may start.
+
+    - Concurrency follows AIMD: +1 per ``limit`` successes, halved on a 429 (at most once per
+      ``decrease_interval``), never above ``max_concurrency`` nor below 1.
+    - ``rpm`` and ``tpm`` are paced with GCRA (a virtual schedule): each request reserves the
+      next free start time, so the rate is smooth rather than bursty at minute boundaries.
+    - A 429's ``Retry-After`` pauses every new start until it has passed.
+    """
+
+    def __init__(self, max_concurrency: int, rpm: float | None = None, tpm: float | None = None,
+                 decrease_interval: float = 1.0):
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.limit = float(self.max_concurrency)
+        self.rpm = rpm or None
+        self.tpm = tpm or None
+        self.decrease_interval = decrease_interval
+        self._next_request_at = 0.0
+        self._next_token_at = 0.0
+        self._paused_until = 0.0
+        self._last_decrease = -1e18
+
+    @property
+    def concurrency(self) -> int:
+        return max(1, int(self.limit))
+
+    def reserve(self, tokens: int, now: float) -> float:
+        """Book a start time for a request of ``tokens``; return how long to wait for it."""
+        start = max(now, self._paused_until)
+        if self.rpm:
+            start = max(start, self._next_request_at)
+            self._next_request_at = start + 60.0 / self.rpm
+        if self.tpm:
+            start = max(start, self._next_token_at)
+            self._next_token_at = start + 60.0 * max(1, tokens) / self.tpm
+        return start - now
+
+    def success(self) -> None:
+        self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
+
+    def rate_limited(self, retry_after: float | None, now: float) -> None:
+        if now - self._last_decrease >= self.decrease_interval:
+            self.limit = max(1.0, self.limit / 2.0)
+            self._last_decrease = now
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + retry_after)
+
+
+class LocalLimiter:
+    """A :class:`Pacer` for one process, enforced on its event loop."""
+
+    def __init__(self, max_concurrency: int = 64, rpm: float | None = None, tpm: float | None = None,
+                 stats=None):
+        self.pacer = Pacer(max_concurrency, rpm, tpm)
+        self.stats = stats
+        self.in_flight = 0
+        self._cond: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    @asynccontextmanager
+    async def slot(self, tokens: int) -> AsyncIterator[None]:
+        cond = self._condition()
+        began = time.monotonic()
+        async with cond:
+            await cond.wait_for(lambda: self.in_flight < self.pacer.concurrency)
+            self.in_flight += 1
+        try:
+            delay = self.pacer.reserve(tokens, time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            waited = time.monotonic() - began
+            if self.stats is not None and waited > 0.001:
+                self.stats.count("wait_seconds", waited)
+            yield
+        finally:
+            async with cond:
+                self.in_flight -= 1
+                cond.notify_all()
+
+    def on_success(self) -> None:
+        self.pacer.success()
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        self.pacer.rate_limited(retry_after, time.monotonic())

@@ -1,0 +1,304 @@
+"""litellm-backed implementations of :mod:`recipe.services.model_client`.
+
+Request building, response reading, retries, the ``n`` top-up and the cache are written
+once, in :class:`AsyncLiteLLMClient`. :class:`LiteLLMClient` runs the same coroutines on the
+process's background loop (:mod:`recipe.services.event_loop`), because litellm's logging
+worker binds to one loop and a second, sync code path would duplicate every rule below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from recipe import errors
+from recipe.services.conversation_formatter import ConversationFormatter
+from recipe.services.error_mapping import translate
+from recipe.services.event_loop import run_sync
+from recipe.services.limits import LocalLimiter
+from recipe.services.litellm_setup import get_litellm
+from recipe.services.model_client import AsyncLLMClient, LLMClient
+from recipe.services.usage import UsageStats
+
+# The text-completions route per provider. nvidia_nim/ and openai/ wrap a text completion
+# into a chat message (see shared notes), so the explicit OpenAI text route is used there.
+_TEXT_ROUTE = {"hosted_vllm": "hosted_vllm", "ollama": "ollama"}
+_CHAT_ROUTE = {"ollama": "ollama_chat"}
+# Providers whose servers take top_k as a top-level body field (OpenAI-compatible servers).
+_EXTRA_BODY_TOP_K = {"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai", "llamacpp"}
+
+
+def _estimate_tokens(text_chars: int, max_tokens: int | None) -> int:
+    return text_chars // 4 + (max_tokens or 256)
+
+
+def _read_field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def parse_reward_scores(response: Any) -> dict[str, float]:
+    """Scores from an NVIDIA reward response: ``choices[0].logprobs.content``, else the content."""
+    choice = _read_field(response, "choices")[0]
+    logprobs = _read_field(choice, "logprobs")
+    entries = _read_field(logprobs, "content") if logprobs is not None else None
+    scores: dict[str, float] = {}
+    for entry in entries or []:
+        token, value = _read_field(entry, "token"), _read_field(entry, "logprob")
+        if token is not None and value is not None:
+            scores[str(token).strip()] = float(value)
+    if scores:
+        return scores
+    content = _read_field(_read_field(choice, "message"), "content") or ""
+    for part in str(content).split(","):
+        name, sep, value = part.partition(":")
+        try:
+            if sep:
+                scores[name.strip()] = float(value)
+        except ValueError:
+            scores.clear()
+            break
+    if not scores:
+        raise ValueError(f"no scores in the response ({str(content)[:80]!r}): the model is likely not a reward model")
+    return scores
+
+
+class AsyncLiteLLMClient(AsyncLLMClient):
+    """Any provider litellm reaches, with retries, limits and an optional request cache.
+
+    Args:
+        provider: litellm's provider prefix (``nvidia_nim``, ``openai``, ``hosted_vllm``,
+            ``ollama``, ...); ``model`` given per call is the name at that provider.
+        api_base, api_key, timeout: where and how to reach it (``backend.*`` in configs).
+        num_retries: retries of retryable errors (429, 5xx, timeouts, dropped connections,
+            malformed responses), with exponential backoff and jitter, honouring Retry-After.
+        max_concurrency, rpm, tpm: limits for this process; pass ``limiter`` for cluster-wide ones.
+        cache: a :class:`recipe.services.cache.RequestCache`; hits send no request.
+    """
+
+    def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
+                 timeout: float = 120.0, num_retries: int = 3, max_concurrency: int = 64,
+                 rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
+                 cache: Any = None, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 stats: UsageStats | None = None):
+        self.provider = provider
+        self.api_base = api_base
+        self._api_key = api_key
+        self.timeout = float(timeout)
+        self.num_retries = int(num_retries)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.stats = stats if stats is not None else UsageStats()
+        self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
+        self.cache = cache
+
+    def __repr__(self) -> str:  # never show the key
+        return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
+
+    def __reduce__(self):
+        raise TypeError("clients hold connections and are never pickled; ship the config and build one per process")
+
+    # ---- request building -------------------------------------------------------------
+    def _sampling(self, max_tokens, seed, stop, temperature, top_k, top_p) -> dict:
+        params = {"max_tokens": max_tokens, "seed": seed, "stop": stop, "temperature": temperature, "top_p": top_p}
+        params = {k: v for k, v in params.items() if v is not None}
+        if top_k is not None:
+            params["top_k"] = top_k
+        return params
+
+    def _wire_kwargs(self, route: str, n: int, params: dict) -> dict:
+        kwargs: dict[str, Any] = {"api_base": self.api_base, "api_key": self._api_key,
+                                  "timeout": self.timeout, "max_retries": 0}
+        params = dict(params)
+        top_k = params.pop("top_k", None)
+        if top_k is not None:
+            if route in _EXTRA_BODY_TOP_K:
+                kwargs["extra_body"] = {"top_k": top_k}
+            else:
+                params["top_k"] = top_k  # litellm maps it (ollama options) or refuses it loudly
+        if n != 1:
+            params["n"] = n
+            if route == "nvidia_nim":  # NIM's allowlist refuses n unless told (shared notes)
+                kwargs["allowed_openai_params"] = ["n"]
+        kwargs.update(params)
+        return kwargs
+
+    # ---- attempts, with retries -------------------------------------------------------
+    async def _with_retries(self, tokens: int, attempt_once) -> Any:
+        """Run ``attempt_once()`` under the limiter, retrying what may succeed next time."""
+        attempt = 0
+        while True:
+            async with self.limiter.slot(tokens):
+                try:
+                    self.stats.count("requests")
+                    result = await attempt_once()
+                except ValueError:
+                    raise  # a caller's mistake or a non-reward model: retrying cannot help
+                except Exception as exc:  # translated here, in one place
+                    error = translate(exc, provider=self.provider, secrets=(self._api_key,))
+                else:
+                    self.limiter.on_success()
+                    return result
+            if isinstance(error, errors.RateLimitError):
+                self.stats.count("rate_limited")
+                self.limiter.on_rate_limited(error.retry_after)
+            if not error.retryable or attempt >= self.num_retries:
+                self.stats.fail(type(error).__name__)
+                raise error
+            attempt += 1
+            self.stats.count("retries")
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            delay = max(delay, error.retry_after or 0.0)
+            self.stats.count("wait_seconds", delay)
+            await asyncio.sleep(delay)
+
+    async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
+        litellm = get_litellm()
+        call = litellm.atext_completion if text else litellm.acompletion
+        size = len(str(payload.get("prompt") or payload.get("messages") or ""))
+
+        async def once() -> list[str]:
+            response = await call(model=f"{route}/{model}", stream=stream, **payload)
+            return await self._read(response, stream, text, model)
+
+        return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once)
+
+    async def _read(self, response: Any, stream: bool, text: bool, model: str) -> list[str]:
+        """Texts in choice order; streams are accumulated per choice index."""
+        if stream:
+            parts: dict[int, list[str]] = {}
+            usage = None
+            async for chunk in response:
+                usage = _read_field(chunk, "usage") or usage
+                for choice in _read_field(chunk, "choices") or []:
+                    index = _read_field(choice, "index") or 0
+                    piece = _read_field(choice, "text") if text else _read_field(_read_field(choice, "delta"), "content")
+                    parts.setdefault(index, []).append(piece or "")
+            self._record_usage(usage, model)
+            return ["".join(parts[i]) for i in sorted(parts)]
+        choices = _read_field(response, "choices")
+        if not choices:
+            raise errors.MalformedResponseError(f"{self.provider}: response has no choices")
+        self._record_usage(_read_field(response, "usage"), model)
+        ordered = sorted(choices, key=lambda c: _read_field(c, "index") or 0)
+        if text:
+            return [_read_field(c, "text") or "" for c in ordered]
+        return [_read_field(_read_field(c, "message"), "content") or "" for c in ordered]
+
+    def _record_usage(self, usage: Any, model: str) -> None:
+        if usage is not None:
+            self.stats.add_tokens(model, int(_read_field(usage, "prompt_tokens") or 0),
+                                  int(_read_field(usage, "completion_tokens") or 0))
+
+    # ---- the public API -----------------------------------------------------------------
+    def request_key(self, kind: str, model: str, body: Any, params: dict, n: int) -> dict:
+        """Everything that determines the answer, and nothing else (no key, no timeout)."""
+        return {"kind": kind, "provider": self.provider, "api_base": self.api_base, "model": model,
+                "body": body, "params": params, "n": n}
+
+    async def query_model(self, *, messages: Iterable, model: str,
+                          conversation_formatter: ConversationFormatter | None = None,
+                          max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
+                          stop: str | None | list[str] = None, stream: bool = False,
+                          temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None) -> list[str]:
+        messages = list(messages)
+        n = 1 if n is None else int(n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p)
+        if conversation_formatter is not None:
+            text, route = True, _TEXT_ROUTE.get(self.provider, "text-completion-openai")
+            body: Any = conversation_formatter.format_conversation(messages)
+            payload_key = "prompt"
+        else:
+            text, route = False, _CHAT_ROUTE.get(self.provider, self.provider)
+            body, payload_key = messages, "messages"
+        key = self.request_key("text" if text else "chat", model, body, params, n)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.count("cache_hits")
+                return hit
+        payload = {payload_key: body, **self._wire_kwargs(route, n, params)}
+        texts = await self._send(route, model, payload, stream, text)
+        if len(texts) < n:
+            texts = texts + await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text)
+        texts = texts[:n]
+        if self.cache is not None:
+            self.cache.put(key, texts)
+        return texts
+
+    async def _top_up(self, route, model, body, payload_key, params, missing, stream, text) -> list[str]:
+        """Servers that ignore ``n`` get the missing choices as further requests, seeds shifted."""
+        calls = []
+        for i in range(1, missing + 1):
+            extra = dict(params)
+            if extra.get("seed") is not None:
+                extra["seed"] = extra["seed"] + i
+            payload = {payload_key: body, **self._wire_kwargs(route, 1, extra)}
+            calls.append(self._send(route, model, payload, stream, text))
+        return [t[0] for t in await asyncio.gather(*calls)]
+
+    async def query_reward_model(self, *, messages: Iterable, model: str,
+                                 conversation_formatter: ConversationFormatter | None = None) -> dict:
+        """Scores of the conversation's last assistant turn.
+
+        ``conversation_formatter`` is accepted for the interface's sake and unused: NVIDIA's
+        reward models only take chat messages.
+        """
+        messages = list(messages)
+        key = self.request_key("reward", model, messages, {}, 1)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.count("cache_hits")
+                return hit
+        litellm = get_litellm()
+        route = _CHAT_ROUTE.get(self.provider, self.provider)
+        payload = {"messages": messages, "api_base": self.api_base, "api_key": self._api_key,
+                   "timeout": self.timeout, "max_retries": 0}
+
+        async def once() -> dict:
+            response = await litellm.acompletion(model=f"{route}/{model}", **payload)
+            self._record_usage(_read_field(response, "usage"), model)
+            try:
+                return parse_reward_scores(response)
+            except ValueError as exc:
+                raise ValueError(f"{model}: {exc}") from None
+
+        scores = await self._with_retries(_estimate_tokens(len(str(messages)), 1), once)
+        if self.cache is not None:
+            self.cache.put(key, scores)
+        return scores
+
+
+class LiteLLMClient(LLMClient):
+    """The synchronous face of :class:`AsyncLiteLLMClient`; takes the same arguments."""
+
+    def __init__(self, **kwargs: Any):
+        self._async = AsyncLiteLLMClient(**kwargs)
+
+    @property
+    def stats(self) -> UsageStats:
+        return self._async.stats
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncLiteLLMClient", "LiteLLMClient")
+
+    def query_model(self, *, messages: Iterable, model: str,
+                    conversation_formatter: ConversationFormatter | None = None,
+                    max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
+                    stop: str | None | list[str] = None, stream: bool = False,
+                    temperature: float | None = None, top_k: int | None = None,
+                    top_p: float | None = None) -> list[str]:
+        return run_sync(self._async.query_model(
+            messages=messages, model=model, conversation_formatter=conversation_formatter,
+            max_tokens=max_tokens, n=n, seed=seed, stop=stop, stream=stream,
+            temperature=temperature, top_k=top_k, top_p=top_p))
+
+    def query_reward_model(self, *, messages: Iterable, model: str,
+                           conversation_formatter: ConversationFormatter | None = None) -> dict:
+        return run_sync(self._async.query_reward_model(
+            messages=messages, model=model, conversation_formatter=conversation_formatter))

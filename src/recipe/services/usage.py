@@ -1,0 +1,81 @@
+"""Counters of what a process sent and received, merged across Dask workers at the end of a run."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class UsageStats:
+    """Request-level accounting; every field adds up across processes with :meth:`merge`."""
+
+    requests: int = 0
+    retries: int = 0
+    cache_hits: int = 0
+    rate_limited: int = 0
+    wait_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failures: Counter = field(default_factory=Counter)
+    tokens_by_model: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def add_tokens(self, model: str, prompt: int, completion: int) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+            p, c = self.tokens_by_model.get(model, (0, 0))
+            self.tokens_by_model[model] = (p + prompt, c + completion)
+
+    def count(self, name: str, amount: float = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def fail(self, error_class: str) -> None:
+        with self._lock:
+            self.failures[error_class] += 1
+
+    def merge(self, other: "UsageStats | dict") -> None:
+        data = other.as_dict() if isinstance(other, UsageStats) else other
+        with self._lock:
+            for name in ("requests", "retries", "cache_hits", "rate_limited", "wait_seconds",
+                         "prompt_tokens", "completion_tokens"):
+                setattr(self, name, getattr(self, name) + data.get(name, 0))
+            self.failures.update(data.get("failures", {}))
+            for model, (p, c) in data.get("tokens_by_model", {}).items():
+                mp, mc = self.tokens_by_model.get(model, (0, 0))
+                self.tokens_by_model[model] = (mp + p, mc + c)
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {
+                "requests": self.requests, "retries": self.retries, "cache_hits": self.cache_hits,
+                "rate_limited": self.rate_limited, "wait_seconds": round(self.wait_seconds, 3),
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "failures": dict(self.failures),
+                "tokens_by_model": {m: list(v) for m, v in self.tokens_by_model.items()},
+            }
+
+    def reset(self) -> dict:
+        """Return the counts so far and start from zero (used to ship deltas off a worker)."""
+        snapshot = self.as_dict()
+        with self._lock:
+            self.requests = self.retries = self.cache_hits = self.rate_limited = 0
+            self.prompt_tokens = self.completion_tokens = 0
+            self.wait_seconds = 0.0
+            self.failures = Counter()
+            self.tokens_by_model = {}
+        return snapshot

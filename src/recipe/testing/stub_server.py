@@ -1,0 +1,406 @@
+"""A small, real OpenAI-compatible HTTP server used as a stand-in for remote endpoints.
+
+Tests and benchmarks need something that speaks the exact OpenAI wire format (as NVIDIA NIM,
+OpenAI and vLLM do) but is instant, deterministic and can misbehave on demand: latency with
+jitter, faults in exact proportions, throttling, reward-model answers. It binds to 127.0.0.1 only.
+
+Run ``python -m recipe.testing.stub_server --help``; it prints ``READY <port>`` once serving.
+``StubServer`` runs it as a subprocess so the server never shares the client's GIL.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from fractions import Fraction
+from typing import Any
+
+from aiohttp import web
+
+HOST = "127.0.0.1"
+_JSON = "application/json"
+_FAULTS = ("500", "429", "drop", "malformed")
+_ORDINALS = ("one", "two", "three", "four", "five")
+
+
+def _tokens(chars: int) -> int:
+    return max(1, math.ceil(chars / 4))
+
+
+def _text(content: Any) -> str:
+    """Message content may be a string or a list of parts (multimodal); keep the text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _error(status: int, message: str, etype: str, code: str | None, param: str | None = None,
+           headers: dict[str, str] | None = None):
+    body = json.dumps({"error": {"message": message, "type": etype, "param": param, "code": code}})
+    return web.Response(status=status, text=body, content_type=_JSON, headers=headers)
+
+
+class _Schedule:
+    """Deterministic fault schedule: smooth weighted round-robin (as nginx does).
+
+    Each outcome gets an integer weight out of a period L; over every L requests each outcome
+    is picked exactly weight times and picks are spread evenly, so the proportions are exact
+    and two faults never land on the same request.
+    """
+
+    def __init__(self, fractions: dict[str, float]) -> None:
+        fr = {k: Fraction(v).limit_denominator(1000) for k, v in fractions.items() if v > 0}
+        if sum(fr.values(), Fraction(0)) > 1:
+            raise ValueError("fault fractions add up to more than 1")
+        period = math.lcm(*(f.denominator for f in fr.values())) if fr else 1
+        weights = {"ok": period - sum(int(f * period) for f in fr.values())}
+        weights.update({k: int(f * period) for k, f in fr.items()})
+        self.period, self.names = period, list(weights)
+        self.weights, self.current = list(weights.values()), [0] * len(weights)
+
+    def next(self) -> str:
+        cur, best = self.current, 0
+        for i, w in enumerate(self.weights):
+            cur[i] += w
+            if cur[i] > cur[best]:
+                best = i
+        cur[best] -= self.period
+        return self.names[best]
+
+
+class _App:
+    """Holds configuration, counters and the request handlers of one server process."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.retry = {"Retry-After": str(a.retry_after)}
+        self.reset()
+
+    def reset(self) -> None:
+        a = self.a
+        self.schedule = _Schedule({"500": a.fail_500, "429": a.fail_429, "drop": a.drop,
+                                   "malformed": a.malformed})
+        self.requests, self.in_flight, self.max_in_flight = 0, 0, 0
+        self.by_path: collections.Counter[str] = collections.Counter()
+        self.status: collections.Counter[str] = collections.Counter()
+        self.arrivals: list[float] = []
+        self.auth: dict[str, None] = {}
+        self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
+
+    async def stats(self, request):
+        return web.json_response({
+            "requests": self.requests, "by_path": dict(self.by_path),
+            "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
+            "arrivals": self.arrivals, "auth_headers": list(self.auth), "bodies": list(self.bodies)})
+
+    async def do_reset(self, request):
+        self.reset()
+        return web.json_response({"ok": True})
+
+    async def models(self, request):
+        return web.json_response({"object": "list", "data": [
+            {"id": "stub-model", "object": "model", "created": 0, "owned_by": "stub"}]})
+
+    async def chat(self, request):
+        return await self._handle(request, True)
+
+    async def completions(self, request):
+        return await self._handle(request, False)
+
+    async def _handle(self, request, chat: bool):
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.arrivals.append(time.time())
+        self.by_path[request.path] += 1
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            self.auth[auth] = None
+        fault = self.schedule.next()
+        status = "200"
+        try:
+            resp = await self._respond(request, chat, auth, fault)
+            if resp is None:  # dropped: the transport is closed, aiohttp discards this reply
+                status, resp = "drop", web.Response(status=204)
+            else:
+                status = str(resp.status)
+            return resp
+        finally:
+            self.in_flight -= 1
+            self.status[status] += 1
+
+    async def _respond(self, request, chat: bool, auth: str | None, fault: str):
+        a = self.a
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Invalid JSON body", "invalid_request_error", None)
+        self.bodies.append(body)
+        if a.api_key and auth != f"Bearer {a.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error",
+                          "invalid_api_key")
+        if a.throttle_above and self.in_flight > a.throttle_above:
+            return _error(429, "Too many requests in flight", "rate_limit_exceeded",
+                          "rate_limit_exceeded", headers=self.retry)
+        if fault == "429":
+            return _error(429, "Rate limit reached", "rate_limit_exceeded",
+                          "rate_limit_exceeded", headers=self.retry)
+        if a.latency > 0:
+            s = a.jitter_sigma
+            await asyncio.sleep(a.latency * (random.lognormvariate(-s * s / 2, s) if s else 1.0))
+        if fault == "500":
+            return _error(500, "Internal server error (injected)", "server_error", None)
+        if fault == "drop":
+            if request.transport is not None:
+                request.transport.close()
+            return None
+        if fault == "malformed":
+            return web.Response(text='{"id": "broken", "choices": [{"index": 0, "mess',
+                                content_type=_JSON)
+        if chat:
+            messages = body.get("messages") or []
+            texts = [_text(m.get("content")) for m in messages if isinstance(m, dict)]
+            prompt_chars = sum(map(len, texts))
+            users = [_text(m.get("content")) for m in messages
+                     if isinstance(m, dict) and m.get("role") == "user"]
+            last = users[-1] if users else (texts[-1] if texts else "")
+            prompts = [last]
+        else:
+            prompt = body.get("prompt", "")
+            prompts = [p if isinstance(p, str) else "" for p in prompt] \
+                if isinstance(prompt, list) else [str(prompt)]
+            prompt_chars = sum(map(len, prompts))
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        if a.context_length and _tokens(prompt_chars) + max_tokens > a.context_length:
+            total = _tokens(prompt_chars) + max_tokens
+            return _error(400, f"This model's maximum context length is {a.context_length} "
+                          f"tokens. However, you requested {total} tokens "
+                          f"({_tokens(prompt_chars)} in the messages, {max_tokens} in the "
+                          "completion). Please reduce the length of the messages or completion.",
+                          "invalid_request_error", "context_length_exceeded", "messages")
+        choices = self._choices(chat, body, texts[-1] if chat and texts else "", prompts)
+        model = body.get("model", "stub-model")
+        usage = {"prompt_tokens": _tokens(prompt_chars),
+                 "completion_tokens": _tokens(sum(len(c[1]) for c in choices))}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        obj = "chat.completion" if chat else "text_completion"
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-stub{self.requests}", "object": obj,
+                "created": int(time.time()), "model": model}
+        if body.get("stream"):
+            return await self._stream(request, chat, head, choices, usage, body)
+        out = [{"index": i, "message": {"role": "assistant", "content": c}, "logprobs": lp,
+                "finish_reason": "stop"} if chat else
+               {"index": i, "text": c, "logprobs": lp, "finish_reason": "stop"}
+               for i, c, lp in choices]
+        return web.Response(text=json.dumps({**head, "choices": out, "usage": usage}),
+                            content_type=_JSON)
+
+    def _choices(self, chat: bool, body: dict, last_msg: str, prompts: list[str]) -> list:
+        """Return ``(index, content, logprobs)`` triples for the reply mode in force."""
+        a = self.a
+        if chat and a.reward:
+            h = round((len(last_msg) % 50) / 10, 4)
+            c = round((sum(map(ord, last_msg)) % 40) / 10, 4)
+            scores = (("helpfulness", h), ("correctness", c), ("coherence", 3.5),
+                      ("complexity", 0.5), ("verbosity", 1.0))
+            content = ",".join(f"{k}:{v}" for k, v in scores)
+            lp = None if a.reward_content_only else {"content": [
+                {"token": k, "logprob": v, "bytes": None, "top_logprobs": []} for k, v in scores]}
+            return [(0, content, lp)]
+        n = 1 if a.ignore_n else max(1, int(body.get("n") or 1))
+        seed = body.get("seed")
+        out = []
+        for p in prompts:
+            if a.reply == "list":
+                x = p[:30]
+                base = "\n".join(f"{i + 1}. item {w} about {x}" for i, w in enumerate(_ORDINALS))
+            elif a.reply == "yes":
+                base = "Yes"
+            else:
+                base = "echo: " + (p if chat else p[-200:])
+            if seed is not None:
+                base += f" [seed={seed}]"
+            for j in range(n):
+                idx = len(out)
+                out.append((idx, base + (f" #{j}" if j else ""), None))
+        return out
+
+    async def _stream(self, request, chat: bool, head: dict, choices: list, usage: dict,
+                      body: dict):
+        """Server-sent events: one chunk per piece of each choice, then ``[DONE]``."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+
+        async def send(choice_list: list, extra: dict | None = None) -> None:
+            chunk = {**head, "choices": choice_list, **(extra or {})}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        for i, content, _ in choices:
+            if chat:
+                await send([{"index": i, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None}])
+            step = max(1, math.ceil(len(content) / 8))
+            for s in range(0, len(content), step):
+                piece = content[s:s + step]
+                await send([{"index": i, "delta": {"content": piece}, "logprobs": None,
+                             "finish_reason": None} if chat else
+                            {"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
+            await send([{"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+                        if chat else
+                        {"index": i, "text": "", "logprobs": None, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], {"usage": usage})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    p.add_argument("--latency", type=float, default=0.0, help="mean delay in seconds")
+    p.add_argument("--jitter-sigma", type=float, default=0.0, help="lognormal sigma (mean kept)")
+    for f in ("fail-500", "fail-429", "drop", "malformed"):
+        p.add_argument(f"--{f}", type=float, default=0.0, help="exact fraction of requests")
+    p.add_argument("--retry-after", type=float, default=0.2)
+    p.add_argument("--throttle-above", type=int, default=0, help="429 above N in flight; 0=off")
+    p.add_argument("--ignore-n", action="store_true", help="always one choice, as llama.cpp")
+    p.add_argument("--reward", action="store_true", help="answer as nemotron-4-340b-reward")
+    p.add_argument("--reward-content-only", action="store_true", help="reward with no logprobs")
+    p.add_argument("--reply", choices=("echo", "list", "yes"), default="echo")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--context-length", type=int, default=0, help="0 = off")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    state = _App(args)
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.router.add_get("/v1/models", state.models)
+    app.router.add_post("/v1/chat/completions", state.chat)
+    app.router.add_post("/v1/completions", state.completions)
+    app.router.add_get("/_stats", state.stats)
+    app.router.add_post("/_reset", state.do_reset)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, args.port, backlog=4096)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY {runner.addresses[0][1]}", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: serve until SIGTERM/SIGINT."""
+    asyncio.run(_serve(_parser().parse_args(argv)))
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StubServer:
+    """Runs the stub server in a subprocess; use as a context manager in tests and benches."""
+
+    def __init__(self, *, latency: float = 0.0, jitter_sigma: float = 0.0, fail_500: float = 0.0,
+                 fail_429: float = 0.0, drop: float = 0.0, malformed: float = 0.0,
+                 retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
+                 reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
+                 api_key: str | None = None, context_length: int = 0) -> None:
+        self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
+                     f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
+                     f"--malformed={malformed}", f"--retry-after={retry_after}",
+                     f"--throttle-above={throttle_above}", f"--reply={reply}",
+                     f"--context-length={context_length}"]
+        self.args += [f for f, on in (("--ignore-n", ignore_n), ("--reward", reward),
+                                      ("--reward-content-only", reward_content_only)) if on]
+        if api_key:
+            self.args.append(f"--api-key={api_key}")
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    def start(self) -> "StubServer":
+        """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
+        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        self._err = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "recipe.testing.stub_server", "--port=0", *self.args],
+            stdout=subprocess.PIPE, stderr=self._err, env=env)
+        deadline, buf, fd = time.monotonic() + 30, b"", self._proc.stdout.fileno()
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._proc.poll() is not None:
+                break
+            if select.select([fd], [], [], min(left, 0.2))[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        line = buf.split(b"\n", 1)[0].decode(errors="replace")
+        if not line.startswith("READY "):
+            self.stop()
+            self._err.seek(0)
+            raise RuntimeError(f"stub server did not start: {line!r}\n"
+                               f"{self._err.read().decode(errors='replace')}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        """Terminate the subprocess, killing it if it does not exit within 5 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+    def __enter__(self) -> "StubServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict:
+        """Counters kept by the server (see ``GET /_stats``)."""
+        with _NO_PROXY.open(f"http://{HOST}:{self.port}/_stats", timeout=30) as r:
+            return json.loads(r.read())
+
+    def reset(self) -> None:
+        """Zero the server's counters and restart the fault schedule."""
+        req = urllib.request.Request(f"http://{HOST}:{self.port}/_reset", data=b"", method="POST")
+        with _NO_PROXY.open(req, timeout=30) as r:
+            r.read()
+
+
+if __name__ == "__main__":
+    main()
