@@ -12,11 +12,7 @@ from collections import Counter
 import openai
 import pytest
 
-try:
-    from recipe.testing.stub_server import StubServer, _Schedule
-except ImportError:  # package not installed in the venv: use the source tree
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
-    from recipe.testing.stub_server import StubServer, _Schedule
+from recipe.testing.stub_server import StubServer, _Schedule
 
 MSG = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
 

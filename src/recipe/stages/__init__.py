@@ -1,0 +1,14 @@
+"""Dask bag stages: each one a named, picklable ``Bag -> Bag`` callable over records."""
+
+from recipe.stages.base import LLMStage, Stage
+from recipe.stages.dialogue import DialogueStage
+from recipe.stages.explode import ExplodeStage
+from recipe.stages.filter import FilterStage
+from recipe.stages.generate import GenerateStage
+from recipe.stages.parse_list import ParseListStage
+from recipe.stages.read import ReadStage
+from recipe.stages.reward import RewardStage
+from recipe.stages.write import WriteStage
+
+__all__ = ["Stage", "LLMStage", "ReadStage", "GenerateStage", "ParseListStage", "ExplodeStage",
+           "FilterStage", "RewardStage", "DialogueStage", "WriteStage"]

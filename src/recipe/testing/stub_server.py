@@ -343,13 +343,10 @@ class StubServer:
 
     def start(self) -> "StubServer":
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
-        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         self._err = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "recipe.testing.stub_server", "--port=0", *self.args],
-            stdout=subprocess.PIPE, stderr=self._err, env=env)
+            stdout=subprocess.PIPE, stderr=self._err)
         deadline, buf, fd = time.monotonic() + 30, b"", self._proc.stdout.fileno()
         while b"\n" not in buf:
             left = deadline - time.monotonic()

@@ -1,0 +1,1 @@
+"""Config schema, locating the shipped config dirs, composing and validating."""

@@ -1,0 +1,124 @@
+"""The structured-config schema: Hydra checks types and unknown keys at composition.
+
+Range checks that Hydra cannot express live in :func:`validate`, which gathers every
+problem and reports them together, each naming its key, before any request is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # the model's name at the provider
+    context_length: Optional[int] = None  # tokens; longer prompts become error records
+    description: str = ""
+
+
+@dataclass
+class BackendConfig:
+    provider: str = MISSING  # litellm's prefix: nvidia_nim, openai, hosted_vllm, ollama, ...
+    api_base: Optional[str] = None
+    api_key: Optional[str] = None  # always an ${oc.env:...} interpolation, never a literal
+    timeout: float = 120.0
+    num_retries: int = 5
+    max_concurrency: int = 16
+    rpm: Optional[float] = None
+    tpm: Optional[float] = None
+    # llamacpp only: start the embedded server for the run when api_base is null.
+    start_local_server: bool = False
+    model_path: Optional[str] = None
+    n_ctx: int = 2048
+
+
+@dataclass
+class FormatterConfig:
+    _target_: Optional[str] = None  # null: chat completions, no formatter
+    chat_template: Optional[str] = None
+    bos_token: Optional[str] = None
+    eos_token: Optional[str] = None
+
+
+@dataclass
+class SamplingConfig:
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    max_tokens: Optional[int] = None
+    n: int = 1
+    seed: Optional[int] = None
+    stop: Optional[Any] = None  # a string or a list of strings
+
+
+@dataclass
+class DaskConfig:
+    address: Optional[str] = None  # an existing scheduler; null for a local one
+    n_workers: int = 0  # 0: threads in this process; >0: a LocalCluster of worker processes
+    threads_per_worker: int = 4
+    partition_size: int = 256  # records per partition when reading
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    dir: str = MISSING
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    formatter: FormatterConfig = field(default_factory=FormatterConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    recipe: Any = MISSING  # free-form: stages keyed by name, each with a _target_
+    input: Optional[str] = None
+    output_dir: Optional[str] = None  # null: Hydra's run dir
+    dask: DaskConfig = field(default_factory=DaskConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    progress: bool = True
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore; the primary config names it in its defaults."""
+    ConfigStore.instance().store(name="recipe_schema", node=RecipeConfig)
+
+
+def validate(cfg: Any) -> list[str]:
+    """Every range problem in a composed config, each as ``key: problem``."""
+    problems: list[str] = []
+    s, b = cfg.sampling, cfg.backend
+
+    def check(ok: bool, key: str, message: str, value: Any) -> None:
+        if not ok:
+            problems.append(f"{key}={value!r}: {message}")
+
+    if s.temperature is not None:
+        check(s.temperature >= 0, "sampling.temperature", "must be >= 0", s.temperature)
+    if s.top_p is not None:
+        check(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]", s.top_p)
+    if s.top_k is not None:
+        check(s.top_k >= 1, "sampling.top_k", "must be >= 1", s.top_k)
+    check(s.n >= 1, "sampling.n", "must be >= 1", s.n)
+    if s.max_tokens is not None:
+        check(s.max_tokens >= 1, "sampling.max_tokens", "must be >= 1", s.max_tokens)
+    if s.stop is not None:
+        stop = list(s.stop) if not isinstance(s.stop, str) else [s.stop]
+        check(all(isinstance(x, str) for x in stop), "sampling.stop", "must be a string or a list of strings", s.stop)
+    check(b.timeout > 0, "backend.timeout", "must be > 0", b.timeout)
+    check(b.num_retries >= 0, "backend.num_retries", "must be >= 0", b.num_retries)
+    check(b.max_concurrency >= 1, "backend.max_concurrency", "must be >= 1", b.max_concurrency)
+    for key in ("rpm", "tpm"):
+        value = getattr(b, key)
+        if value is not None:
+            check(value > 0, f"backend.{key}", "must be > 0 (or null for no limit)", value)
+    check(cfg.dask.n_workers >= 0, "dask.n_workers", "must be >= 0", cfg.dask.n_workers)
+    check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
+    stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
+    if not stages:
+        problems.append("recipe.stages: a recipe needs at least one stage")
+    return problems

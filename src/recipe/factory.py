@@ -1,0 +1,145 @@
+"""From a composed config to clients: the picklable :class:`ClientSpec` and the factory.
+
+A Dask graph carries the spec, never a client: a client holds open connections. Each
+process builds one client per spec, lazily, and reuses it for every partition.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from typing import Any, Mapping
+
+from recipe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Everything needed to build a client and query the model; the key is kept out of repr."""
+
+    provider: str
+    model: str
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 120.0
+    num_retries: int = 5
+    max_concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    context_length: int | None = None
+    formatter: tuple = ()  # (("_target_", ...), ("chat_template", ...)) - hashable
+    sampling: tuple = ()  # (("temperature", 0.7), ...)
+    cache_dir: str | None = None
+    cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ClientSpec":
+        """Build from a composed config (DictConfig or plain dict), resolving ${oc.env:...} keys."""
+        from recipe.config.compose import resolved_container
+
+        data = cfg if isinstance(cfg, dict) else resolved_container(cfg)
+        backend, model = data["backend"], data["model"]
+        formatter = {k: v for k, v in (data.get("formatter") or {}).items() if v is not None}
+        if not formatter.get("_target_"):
+            formatter = {}
+        cache = data.get("cache") or {}
+        return cls(
+            provider=backend["provider"], model=model["name"], api_base=backend.get("api_base"),
+            api_key=backend.get("api_key"), timeout=float(backend.get("timeout", 120)),
+            num_retries=int(backend.get("num_retries", 5)), max_concurrency=int(backend.get("max_concurrency", 16)),
+            rpm=backend.get("rpm"), tpm=backend.get("tpm"), context_length=model.get("context_length"),
+            formatter=tuple(sorted(formatter.items())),
+            sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
+            cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
+        )
+
+    def with_overrides(self, **changes: Any) -> "ClientSpec":
+        return replace(self, **changes)
+
+    @property
+    def sampling_params(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.sampling}
+
+    @cached_property
+    def conversation_formatter(self):
+        if not self.formatter:
+            return None
+        from hydra.utils import instantiate
+
+        try:
+            return instantiate(dict(self.formatter))
+        except Exception as exc:
+            raise ConfigError(f"formatter {dict(self.formatter).get('_target_')}: {exc}") from None
+
+    def __dask_tokenize__(self) -> tuple:
+        data = asdict(self)
+        data.pop("api_key")
+        return ("ClientSpec", sorted(data.items(), key=lambda kv: kv[0]))
+
+    def client_kwargs(self) -> dict:
+        return {"provider": self.provider, "api_base": self.api_base, "api_key": self.api_key,
+                "timeout": self.timeout, "num_retries": self.num_retries,
+                "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm}
+
+
+def build_client(cfg: Any, asynchronous: bool = False):
+    """A ``LiteLLMClient`` (or ``AsyncLiteLLMClient``) from a composed config or a :class:`ClientSpec`.
+
+    The model name is not bound: pass ``model=cfg.model.name`` per call, as the interface says.
+    """
+    from recipe.services.litellm_client import AsyncLiteLLMClient, LiteLLMClient
+
+    spec = cfg if isinstance(cfg, ClientSpec) else ClientSpec.from_config(cfg)
+    cls = AsyncLiteLLMClient if asynchronous else LiteLLMClient
+    return cls(**spec.client_kwargs(), cache=_open_cache(spec))
+
+
+def _open_cache(spec: ClientSpec):
+    if not spec.cache_dir:
+        return None
+    from recipe.services.cache import RequestCache
+
+    return RequestCache(spec.cache_dir)
+
+
+_clients: dict = {}
+_clients_lock = threading.Lock()
+
+
+def shared_async_client(spec: ClientSpec):
+    """This process's one async client for ``spec`` (built on first use, with the run's limiter)."""
+    key = repr(spec.__dask_tokenize__())
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                from recipe.services.cluster_limits import limiter_for
+                from recipe.services.litellm_client import AsyncLiteLLMClient
+                from recipe.services.usage import UsageStats
+
+                stats = process_stats()
+                client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
+                                            limiter=limiter_for(spec, stats))
+                _clients[key] = client
+    return client
+
+
+_stats = None
+
+
+def process_stats():
+    """One usage counter per process, shared by every client the run builds there."""
+    global _stats
+    if _stats is None:
+        from recipe.services.usage import UsageStats
+
+        _stats = UsageStats()
+    return _stats
+
+
+def forget_clients() -> None:
+    """Drop this process's clients (between runs in one process, e.g. tests)."""
+    with _clients_lock:
+        _clients.clear()

@@ -1,0 +1,137 @@
+"""The stage protocol: a named, picklable ``Bag -> Bag`` callable over records.
+
+Subclasses implement :meth:`Stage.process_partition` (or, for model calls, the coroutine
+:meth:`LLMStage.aprocess` per record). Error records pass through untouched. Model calls of
+a partition run concurrently on the process's one event loop, bounded by the client's rolling
+limit, never in fixed slices: a slow request holds one slot, not a whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import dask.bag as db
+
+from recipe import errors
+from recipe.factory import ClientSpec, shared_async_client
+from recipe.services.event_loop import run_sync
+from recipe.stages.records import error_record, is_error
+
+# Errors that will fail every record the same way: the run stops instead of writing N copies.
+FATAL = (errors.AuthenticationError, errors.ConfigError)
+
+
+@dataclass
+class Stage:
+    """Base of every stage. ``name`` labels the graph layer and the error records."""
+
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or type(self).__name__.removesuffix("Stage").lower()
+
+    def __call__(self, bag: db.Bag) -> db.Bag:
+        return bag.map_partitions(_apply_stage, self, token=self.name)
+
+    def process_partition(self, records: list[dict]) -> list[dict]:
+        out: list[dict] = []
+        for record in records:
+            try:
+                out.extend(self.process(record))
+            except FATAL:
+                raise
+            except errors.RecipeError as exc:
+                out.append(error_record(self.name, exc, record))
+        return out
+
+    def process(self, record: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def __dask_tokenize__(self) -> tuple:
+        return (type(self).__name__, [(f.name, repr(getattr(self, f.name))) for f in fields(self)])
+
+
+def _apply_stage(partition, stage: Stage) -> list[dict]:
+    records = list(partition)
+    good = [r for r in records if not is_error(r)]
+    passed = [r for r in records if is_error(r)]
+    return passed + (stage.process_partition(good) if good else [])
+
+
+@dataclass
+class LLMStage(Stage):
+    """A stage that queries the model. ``client`` is the run's spec, injected by the runner.
+
+    ``sampling`` overrides the run's sampling keys for this stage only (for example a higher
+    temperature for topic generation); ``ignore_conversion_failure`` decides whether a
+    :class:`ParseError` becomes an error record (true) or stops the run (false).
+    """
+
+    client: ClientSpec | None = None
+    sampling: dict = field(default_factory=dict)
+    ignore_conversion_failure: bool = True
+    model: str | None = None  # another model for this stage (e.g. a reward model)
+    backend: dict = field(default_factory=dict)  # backend keys to change for this stage
+
+    @property
+    def spec(self) -> ClientSpec:
+        """The run's client spec with this stage's model and backend changes."""
+        changes = {k: v for k, v in (self.backend or {}).items() if k in ClientSpec.__dataclass_fields__}
+        if self.model:
+            changes["model"] = self.model
+        return self.client.with_overrides(**changes) if changes else self.client
+
+    def process_partition(self, records: list[dict]) -> list[dict]:
+        if self.client is None:
+            raise errors.ConfigError(f"stage {self.name!r} needs a client spec (client=ClientSpec...)")
+        return run_sync(self._process_all(records))
+
+    async def _process_all(self, records: list[dict]) -> list[dict]:
+        llm = shared_async_client(self.spec)
+
+        async def one(record: dict) -> list[dict]:
+            try:
+                return await self.aprocess(llm, record)
+            except FATAL:
+                raise
+            except errors.ParseError as exc:
+                if not self.ignore_conversion_failure:
+                    raise errors.ParseError(f"stage {self.name!r}: {exc} (set ignore_conversion_failure=true to record and go on)") from None
+                return [error_record(self.name, exc, record)]
+            except (errors.RecipeError, ValueError) as exc:
+                return [error_record(self.name, exc, record)]
+
+        results = await asyncio.gather(*(one(r) for r in records))
+        return [r for group in results for r in group]
+
+    async def aprocess(self, llm, record: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def sampling_for(self, **extra: Any) -> dict:
+        """The run's sampling, this stage's overrides, then per-call values (e.g. ``n``)."""
+        params = self.spec.sampling_params
+        params.update({k: v for k, v in (self.sampling or {}).items()})
+        params.update(extra)
+        return params
+
+    async def ask(self, llm, messages: list[dict], **extra: Any) -> list[str]:
+        """One model query with this stage's sampling; the prompt is checked against the context."""
+        params = self.sampling_for(**extra)
+        self._check_context(messages, params.get("max_tokens"))
+        spec = self.spec
+        return await llm.query_model(messages=messages, model=spec.model,
+                                     conversation_formatter=spec.conversation_formatter, **params)
+
+    def _check_context(self, messages: list[dict], max_tokens: int | None) -> None:
+        limit = self.spec.context_length
+        if not limit:
+            return
+        # ~4 characters per token: a conservative estimate, so that what cannot fit is caught
+        # here, for free, instead of by a paid request that the server refuses.
+        estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + (max_tokens or 0)
+        if estimate > limit:
+            raise errors.ContextWindowError(
+                f"prompt of about {estimate - (max_tokens or 0)} tokens plus max_tokens={max_tokens} "
+                f"exceeds the model's context of {limit} tokens")

@@ -1,0 +1,61 @@
+"""Keeping records: a Python predicate, or a yes/no classification by the model."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from recipe.errors import ConfigError, ParseError
+from recipe.stages import parsers, progress
+from recipe.stages.base import LLMStage
+from recipe.stages.templates import render
+
+
+def _load(predicate: str | Callable) -> Callable[[dict], bool]:
+    if callable(predicate):
+        return predicate
+    module, _, name = str(predicate).partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"filter predicate {predicate!r} not found ('module:function'): {exc}") from None
+
+
+@dataclass
+class FilterStage(LLMStage):
+    """Keep a record when ``predicate(record)`` is true, or when the model answers yes to ``prompt``.
+
+    ``keep_undecided`` decides what happens to answers that are neither yes nor no. The verdict
+    is stored in ``verdict_field`` when given, so what was kept can be audited.
+    """
+
+    predicate: Any = None  # "module:function" or a callable
+    prompt: str | None = None  # a yes/no question template over the record
+    keep_undecided: bool = False
+    verdict_field: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.predicate is None) == (self.prompt is None):
+            raise ConfigError(f"stage {self.name!r}: give exactly one of predicate or prompt")
+
+    def process_partition(self, records: list[dict]) -> list[dict]:
+        if self.predicate is not None:
+            keep = _load(self.predicate)
+            kept = [r for r in records if keep(r)]
+            progress.add_filtered(len(records) - len(kept))
+            return kept
+        return super().process_partition(records)
+
+    async def aprocess(self, llm, record: dict) -> list[dict]:
+        answer = (await self.ask(llm, [{"role": "user", "content": render(self.prompt, record)}], n=1))[0]
+        verdict = parsers.parse_yes_no(answer)
+        if verdict is None and not self.keep_undecided:
+            verdict = False
+        if not verdict:
+            progress.add_filtered(1)
+            return []
+        if self.verdict_field:
+            record = {**record, self.verdict_field: answer.strip()}
+        return [record]

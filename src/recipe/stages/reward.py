@@ -1,0 +1,65 @@
+"""Scoring responses: an NVIDIA-style reward model, or the generator model as a judge.
+
+``mode: reward_model`` calls ``query_reward_model`` (for example Nemotron-4-340B-Reward on
+NIM). ``mode: judge`` asks the run's own model to rate the response: no reward model runs
+offline, so this is how the preference recipe works on the embedded default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from recipe.errors import ConfigError, ParseError
+from recipe.stages.base import LLMStage
+from recipe.stages.templates import render
+
+JUDGE_PROMPT = (
+    "Rate how helpful the answer is to the question, from 0 (useless) to 4 (excellent).\n\n"
+    "Question: {{ prompt }}\n\nAnswer: {{ response }}\n\n"
+    "Reply with the number only."
+)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class RewardStage(LLMStage):
+    """``record[output_field]`` = scores for ``response_field`` (a list of score dicts if it is a list)."""
+
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    output_field: str = "scores"
+    mode: str = "reward_model"  # reward_model | judge
+    judge_prompt: str = JUDGE_PROMPT
+    judge_score: str = "helpfulness"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("reward_model", "judge"):
+            raise ConfigError(f"stage {self.name!r}: mode must be reward_model or judge, not {self.mode!r}")
+
+    async def _score(self, llm, prompt: str, response: str) -> dict:
+        if self.mode == "reward_model":
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            return await llm.query_reward_model(messages=messages, model=self.spec.model)
+        answer = (await self.ask(llm, [{"role": "user", "content": render(
+            self.judge_prompt, {"prompt": prompt, "response": response})}], n=1))[0]
+        match = _NUMBER.search(answer)
+        if match is None:
+            raise ParseError(f"judge gave no score: {answer[:80]!r}")
+        return {self.judge_score: float(match.group())}
+
+    async def aprocess(self, llm, record: dict) -> list[dict]:
+        import asyncio
+
+        for key in (self.prompt_field, self.response_field):
+            if key not in record:
+                raise ParseError(f"record has no field {key!r} to score")
+        responses = record[self.response_field]
+        prompt = str(record[self.prompt_field])
+        record = dict(record)
+        if isinstance(responses, list):
+            record[self.output_field] = list(await asyncio.gather(*(self._score(llm, prompt, str(r)) for r in responses)))
+        else:
+            record[self.output_field] = await self._score(llm, prompt, str(responses))
+        return [record]
