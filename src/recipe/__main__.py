@@ -19,15 +19,68 @@ def _fail(message: str) -> None:
 
 
 def _precheck(argv: list[str]) -> None:
-    """Compose a plain run's overrides first, so that Hydra's multi-line errors become one line."""
+    """Compose (and validate) what Hydra is about to run, so that mistakes become one line.
+
+    Hydra reports its own errors over several lines with a hint about HYDRA_FULL_ERROR; composing
+    here first, with the same overrides, config name and config dir, turns each into one line.
+    For ``--multirun`` every value of every sweep is composed once (not the whole product). The
+    backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
+    """
+    import os
+
     from hydra._internal.utils import get_args_parser
 
-    args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.multirun or args.info or args.shell_completion or args.cfg:
-        return
-    from recipe.config.compose import compose
+    from recipe.config.compose import compose, resolved_container
 
-    compose(args.overrides)
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path is not None:
+        return
+    if args.config_dir is not None and not os.path.isdir(args.config_dir):
+        raise _config_error(f"config directory not found: {os.path.abspath(args.config_dir)}")
+    config_dirs = [args.config_dir] if args.config_dir is not None else []
+    config_name = args.config_name or "config"
+    for overrides in _variants(args.overrides, args.multirun):
+        cfg = compose(overrides, config_name=config_name, config_dirs=config_dirs)
+        if not args.cfg:  # printing a config needs no key
+            resolved_container(cfg.backend)
+
+
+def _config_error(message: str):
+    from recipe.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists to check: the overrides themselves, or one per value of each sweep."""
+    if not multirun:
+        return [overrides]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from recipe.config.compose import one_line
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise _config_error(one_line(exc)) from None
+    choices: list[list[str]] = []  # per override, in order: the one line, or each swept value
+    for override in parsed:
+        if override.is_sweep_override() and not override.is_hydra_override():
+            key = override.get_key_element()
+            try:
+                values = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            except Exception as exc:  # an interval sweep, which only some sweepers support
+                raise _config_error(f"{override.input_line}: {one_line(exc)}") from None
+            choices.append(values or [override.input_line])
+        else:
+            choices.append([override.input_line])
+    first = [options[0] for options in choices]
+    variants = [first]
+    for i, options in enumerate(choices):
+        for value in options[1:]:
+            variants.append(first[:i] + [value] + first[i + 1:])
+    return variants
 
 
 def main() -> None:
@@ -55,6 +108,8 @@ def main() -> None:
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted; run the same command again to resume from the cache")
+        for note in summary.notes:
+            print(f"note: {note}", file=sys.stderr)
         print(f"output: {summary.output_dir}")
         print(summary.line())
         if summary.failed:

@@ -29,6 +29,7 @@ class RunSummary:
     records: int
     failed: int
     stats: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
     def line(self) -> str:
         s = self.stats
@@ -173,18 +174,24 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     spec = ClientSpec.from_config(data)
     backend = data["backend"]
     started = time.monotonic()
+    stages = build_stages(data["recipe"], spec, output_dir)  # refuses bad stages and missing inputs first
     with contextlib.ExitStack() as stack:
         if backend.get("start_local_server") and not backend.get("api_base"):
             from recipe.services.llamacpp_server import LlamaCppServer
 
             server = stack.enter_context(LlamaCppServer(backend.get("model_path"), n_ctx=backend.get("n_ctx", 2048),
                                                         alias=spec.model))
-            spec = spec.with_overrides(api_base=server.base_url)
-        stages = build_stages(data["recipe"], spec, output_dir)
+            local = spec.with_overrides(api_base=server.base_url)
+            for stage in stages:
+                if getattr(stage, "client", None) == spec:
+                    stage.client = local
         client = stack.enter_context(dask_context(data["dask"]))
         _reset()
         if client is not None:
+            from recipe.services.cluster_limits import enable_cluster_limits
+
             client.run(_reset)
+            enable_cluster_limits(client)
         bag = None
         for stage in stages:
             bag = stage(bag)
@@ -217,7 +224,11 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     }
     with open(Path(output_dir) / "stats.json", "w") as handle:
         json.dump(stats, handle, indent=2)
-    return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats)
+    notes = []
+    if records + failed == 0:
+        notes.append("no records were produced: the input is empty" if data.get("input")
+                     else "no records were produced")
+    return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
 
 
 def _hydra_output_dir() -> str:

@@ -30,27 +30,46 @@ def setup() -> None:
     _registered = True
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+def compose(overrides: Sequence[str] = (), config_name: str = "config",
+            config_dirs: Sequence[str] = ()) -> DictConfig:
     """The composed, validated config for ``overrides``, as ``python -m recipe`` would see it.
 
-    Does not change the working directory and writes nothing. ``output_dir`` stays null unless
-    overridden: :func:`recipe.run` then needs one.
+    ``config_dirs`` are extra config dirs searched as Hydra's ``--config-dir`` would be; a user's
+    own dir can also come in as the override ``hydra.searchpath=[file:///abs/dir]``.
+
+    Does not change the working directory, writes nothing and leaves Hydra's global state as it
+    found it (so it can be called inside a ``@hydra.main`` app). ``output_dir`` stays null unless
+    overridden: :func:`recipe.run` then needs one. ``${oc.env:...}`` keys are not resolved here.
     """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     setup()
-    GlobalHydra.instance().clear()
+    saved = Singleton._instances.pop(GlobalHydra, None)
     try:
-        with initialize_config_dir(config_dir=str(paths.config_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        version.setbase("1.3")
+        search_path = create_config_search_path(str(paths.config_dir()))
+        for extra in config_dirs:
+            extra = os.path.abspath(os.path.expanduser(str(extra)))
+            if not os.path.isdir(extra):
+                raise ConfigError(f"config directory not found: {extra}")
+            search_path.prepend(provider="command-line", path=f"file://{extra}",
+                                anchor=SearchPathQuery(provider="schema"))
+        Hydra.create_main_hydra2(task_name="recipe", config_search_path=search_path)
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(one_line(exc)) from None
     finally:
-        GlobalHydra.instance().clear()
+        Singleton._instances.pop(GlobalHydra, None)
+        if saved is not None:
+            Singleton._instances[GlobalHydra] = saved
     check(cfg)
     return cfg
 
@@ -62,11 +81,31 @@ def check(cfg: Any) -> None:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
 
+_NOISE = ("full_key", "object_type", "Set the environment", "reference_type", "See https://hydra.cc")
+
+
 def one_line(exc: BaseException) -> str:
-    """Hydra's and OmegaConf's messages, without their stack-trace hints, on one line."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    lines = [l for l in lines if l and not l.startswith(("full_key", "object_type", "Set the environment", "reference_type"))]
-    return " ".join(lines)[:600]
+    """Hydra's and OmegaConf's messages, causes included, on one line without their debugging hints.
+
+    ``Error merging override x=abc`` alone does not say what is wrong: the reason is in the
+    exception's ``__cause__`` (``Value 'abc' ... could not be converted to Float``).
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).split("Config search path:")[0]
+        lines = [line.strip() for line in text.splitlines()]
+        lines = [l for l in lines if l and not l.startswith(_NOISE)]
+        message = " ".join(lines)
+        if message and not any(message in p for p in parts):
+            parts.append(message)
+        exc = exc.__cause__
+    message = ": ".join(parts) or "invalid config"
+    if "no viable alternative" in message or "mismatched input" in message or "extraneous input" in message:
+        message += (" (quote values with spaces, braces, commas or '=' for Hydra, inside shell quotes: "
+                    "\"recipe.prompt='Answer: {{ question }}'\")")
+    return message[:800]
 
 
 def resolved_container(cfg: Any) -> dict:

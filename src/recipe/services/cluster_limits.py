@@ -1,10 +1,181 @@
-"""Choosing the limiter for a process: local, or coordinated across a Dask cluster."""
+"""Limits that hold across every worker of a Dask cluster, coordinated by the scheduler.
+
+A :class:`LimitsPlugin` on the scheduler holds one :class:`~recipe.services.limits.Pacer` per
+backend. Workers talk to it through a scheduler handler (Dask's own RPC, no server of ours):
+
+- ``rpm`` / ``tpm``: each request books its start time at the scheduler (one RPC per request,
+  and at most ``rpm/60`` of them per second), so the cluster-wide rate is paced exactly.
+- ``max_concurrency``: the scheduler's AIMD limit is split into per-worker shares, refreshed
+  every second together with the workers' success counts. Requests need no RPC for it.
+- A 429 anywhere halves the cluster's limit and, with ``Retry-After``, pauses every worker.
+"""
 
 from __future__ import annotations
 
-from recipe.services.limits import LocalLimiter
+import asyncio
+import hashlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from recipe.services.limits import LocalLimiter, Pacer
+
+log = logging.getLogger(__name__)
+HANDLER = "recipe_limits"
+REFRESH_SECONDS = 1.0
+
+
+def limits_key(spec: Any) -> str:
+    """One pacer per endpoint and model: stages sharing a backend share its limits."""
+    raw = f"{spec.provider}|{spec.api_base}|{spec.model}"
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+class LimitsPlugin:
+    """Scheduler side. Registered by the runner (or :func:`enable_cluster_limits`)."""
+
+    name = "recipe-limits"
+
+    def __init__(self) -> None:
+        self.pacers: dict[str, Pacer] = {}
+        self.scheduler = None
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers[HANDLER] = self.handle
+
+    def handle(self, action: str, key: str, config: dict, tokens: int = 0, successes: int = 0,
+               retry_after: float | None = None) -> dict:
+        pacer = self.pacers.get(key)
+        if pacer is None:
+            pacer = self.pacers[key] = Pacer(config["max_concurrency"], config.get("rpm"), config.get("tpm"))
+        now = time.monotonic()
+        if action == "reserve":
+            return {"delay": pacer.reserve(tokens, now)}
+        for _ in range(successes):
+            pacer.success()
+        if action == "throttled":
+            pacer.rate_limited(retry_after, now)
+        workers = max(1, len(self.scheduler.workers)) if self.scheduler is not None else 1
+        return {"share": max(1, pacer.concurrency // workers), "pause": max(0.0, pacer._paused_until - now)}
+
+
+def enable_cluster_limits(client) -> None:
+    """Install the scheduler plugin on a distributed ``Client`` (idempotent)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    plugin_cls = type("RecipeLimitsPlugin", (LimitsPlugin, SchedulerPlugin), {})
+    client.register_plugin(plugin_cls(), name=LimitsPlugin.name)
+
+
+class ClusterLimiter:
+    """Worker side: a local concurrency share plus scheduler-booked start times."""
+
+    def __init__(self, worker, key: str, max_concurrency: int, rpm: float | None, tpm: float | None, stats=None):
+        self.worker = worker
+        self.key = key
+        self.config = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm}
+        self.stats = stats
+        self.share = 1  # replaced by the scheduler's answer before the first request
+        self.in_flight = 0
+        self._successes = 0
+        self._paused_until = 0.0
+        self._cond: asyncio.Condition | None = None
+        self._ready: asyncio.Event | None = None
+        self._refresher: asyncio.Task | None = None
+        self._disabled = False
+
+    async def _call(self, **msg) -> dict:
+        rpc = getattr(self.worker.scheduler, HANDLER)
+        future = asyncio.run_coroutine_threadsafe(rpc(key=self.key, config=self.config, **msg),
+                                                  self.worker.loop.asyncio_loop)
+        return await asyncio.wrap_future(future)
+
+    def _apply(self, answer: dict) -> None:
+        self.share = int(answer["share"])
+        if answer.get("pause"):
+            self._paused_until = max(self._paused_until, time.monotonic() + answer["pause"])
+        if self._cond is not None:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def _refresh_forever(self) -> None:
+        while not self._disabled:
+            try:
+                successes, self._successes = self._successes, 0
+                self._apply(await self._call(action="refresh", successes=successes))
+            except Exception as exc:  # plugin missing or scheduler gone: fall back to a local limit
+                if getattr(self.worker, "status", None) is not None and self.worker.status.name == "running":
+                    log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
+                self.share, self._disabled = self.config["max_concurrency"], True
+            self._ready.set()
+            await asyncio.sleep(REFRESH_SECONDS)
+
+    async def _start(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond, self._ready = asyncio.Condition(), asyncio.Event()
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+        await self._ready.wait()
+        return self._cond
+
+    @asynccontextmanager
+    async def slot(self, tokens: int) -> AsyncIterator[None]:
+        cond = await self._start()
+        began = time.monotonic()
+        async with cond:
+            await cond.wait_for(lambda: self.in_flight < self.share)
+            self.in_flight += 1
+        try:
+            pause = self._paused_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if (self.config["rpm"] or self.config["tpm"]) and not self._disabled:
+                delay = (await self._call(action="reserve", tokens=tokens))["delay"]
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            waited = time.monotonic() - began
+            if self.stats is not None and waited > 0.001:
+                self.stats.count("wait_seconds", waited)
+            yield
+        finally:
+            async with cond:
+                self.in_flight -= 1
+                cond.notify_all()
+
+    def on_success(self) -> None:
+        self._successes += 1
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        self.share = max(1, self.share // 2)  # act at once; the scheduler's answer follows
+        if retry_after:
+            self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+        if not self._disabled:
+            asyncio.get_running_loop().create_task(self._report_throttle(retry_after))
+
+    async def _report_throttle(self, retry_after: float | None) -> None:
+        try:
+            successes, self._successes = self._successes, 0
+            self._apply(await self._call(action="throttled", successes=successes, retry_after=retry_after))
+        except Exception:
+            pass
+
+
+def _current_worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
 
 
 def limiter_for(spec, stats):
-    """The limiter a shared client should use in this process."""
-    return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats)
+    """The limiter a shared client uses in this process: cluster-wide inside a Dask worker."""
+    worker = _current_worker() if spec.cluster_limits else None
+    if worker is None:
+        return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats)
+    return ClusterLimiter(worker, limits_key(spec), spec.max_concurrency, spec.rpm, spec.tpm, stats=stats)

@@ -54,9 +54,9 @@ def _retry_after(exc: BaseException) -> float | None:
 def _message(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     # litellm prefixes messages with its own class path; keep the provider's words.
-    for prefix in ("litellm.", "Litellm."):
-        if text.startswith(prefix) and ": " in text:
-            text = text.split(": ", 1)[1]
+    # (it may nest them: "litellm.BadRequestError: litellm.ContextWindowExceededError: ...").
+    while text.lower().startswith("litellm.") and ": " in text:
+        text = text.split(": ", 1)[1]
     return " ".join(text.split())[:500]
 
 

@@ -9,6 +9,8 @@ worker binds to one loop and a second, sync code path would duplicate every rule
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +30,10 @@ _TEXT_ROUTE = {"hosted_vllm": "hosted_vllm", "ollama": "ollama"}
 _CHAT_ROUTE = {"ollama": "ollama_chat"}
 # Providers whose servers take top_k as a top-level body field (OpenAI-compatible servers).
 _EXTRA_BODY_TOP_K = {"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai", "llamacpp"}
+# nvidia_nim/ filters every param (max_retries included) through an allowlist: without this
+# the OpenAI SDK's default two retries run under our own retry loop (3x the requests).
+_ALLOWLIST_ROUTES = {"nvidia_nim"}
+_NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 
 
 def _estimate_tokens(text_chars: int, max_tokens: int | None) -> int:
@@ -107,9 +113,22 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             params["top_k"] = top_k
         return params
 
-    def _wire_kwargs(self, route: str, n: int, params: dict) -> dict:
-        kwargs: dict[str, Any] = {"api_base": self.api_base, "api_key": self._api_key,
+    def _endpoint_kwargs(self, route: str) -> dict:
+        """Where and how to connect; one attempt per call (our loop does the retries)."""
+        api_base, api_key = self.api_base, self._api_key
+        if self.provider == "nvidia_nim" and route != "nvidia_nim":
+            # The formatter path leaves litellm's nvidia_nim route (which would wrap the prompt
+            # into a chat message), so NIM's own defaults must be filled in here, not OpenAI's.
+            api_base = api_base or os.environ.get("NVIDIA_NIM_API_BASE") or _NIM_DEFAULT_BASE
+            api_key = api_key or os.environ.get("NVIDIA_NIM_API_KEY")
+        kwargs: dict[str, Any] = {"api_base": api_base, "api_key": api_key,
                                   "timeout": self.timeout, "max_retries": 0}
+        if route in _ALLOWLIST_ROUTES:
+            kwargs["allowed_openai_params"] = ["max_retries"]
+        return kwargs
+
+    def _wire_kwargs(self, route: str, n: int, params: dict) -> dict:
+        kwargs = self._endpoint_kwargs(route)
         params = dict(params)
         top_k = params.pop("top_k", None)
         if top_k is not None:
@@ -119,8 +138,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 params["top_k"] = top_k  # litellm maps it (ollama options) or refuses it loudly
         if n != 1:
             params["n"] = n
-            if route == "nvidia_nim":  # NIM's allowlist refuses n unless told (shared notes)
-                kwargs["allowed_openai_params"] = ["n"]
+            if route in _ALLOWLIST_ROUTES:  # NIM's allowlist refuses n unless told (shared notes)
+                kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), "n"]
         kwargs.update(params)
         return kwargs
 
@@ -133,6 +152,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 try:
                     self.stats.count("requests")
                     result = await attempt_once()
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # ValueErrors, but a bad reply
+                    error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 except ValueError:
                     raise  # a caller's mistake or a non-reward model: retrying cannot help
                 except Exception as exc:  # translated here, in one place
@@ -257,8 +278,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 return hit
         litellm = get_litellm()
         route = _CHAT_ROUTE.get(self.provider, self.provider)
-        payload = {"messages": messages, "api_base": self.api_base, "api_key": self._api_key,
-                   "timeout": self.timeout, "max_retries": 0}
+        payload = {"messages": messages, **self._endpoint_kwargs(route)}
 
         async def once() -> dict:
             response = await litellm.acompletion(model=f"{route}/{model}", **payload)

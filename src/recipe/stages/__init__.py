@@ -12,3 +12,19 @@ from recipe.stages.write import WriteStage
 
 __all__ = ["Stage", "LLMStage", "ReadStage", "GenerateStage", "ParseListStage", "ExplodeStage",
            "FilterStage", "RewardStage", "DialogueStage", "WriteStage"]
+
+# Recipe glue and post-processing stages (recipes/*.yaml).
+from recipe.stages.nemotron_cc import RewritesStage  # noqa: E402
+from recipe.stages.postprocess import (  # noqa: E402
+    AppendSeedsStage,
+    CombineStage,
+    CrossStage,
+    KnowledgeListStage,
+    MapStage,
+    PreferencePairsStage,
+    QAPairsStage,
+    StyledDialogueStage,
+)
+
+__all__ += ["MapStage", "CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage",
+            "QAPairsStage", "KnowledgeListStage", "StyledDialogueStage", "RewritesStage"]

@@ -86,11 +86,10 @@ class LLMStage(Stage):
     def process_partition(self, records: list[dict]) -> list[dict]:
         if self.client is None:
             raise errors.ConfigError(f"stage {self.name!r} needs a client spec (client=ClientSpec...)")
-        return run_sync(self._process_all(records))
+        llm = shared_async_client(self.spec)  # here, in the task's thread: it may look up its Dask worker
+        return run_sync(self._process_all(llm, records))
 
-    async def _process_all(self, records: list[dict]) -> list[dict]:
-        llm = shared_async_client(self.spec)
-
+    async def _process_all(self, llm, records: list[dict]) -> list[dict]:
         async def one(record: dict) -> list[dict]:
             try:
                 return await self.aprocess(llm, record)

@@ -20,7 +20,7 @@ import dask.bag as db
 
 from recipe.errors import ConfigError, InputError
 from recipe.stages.base import Stage
-from recipe.stages.records import ID, PARENT, error_record, make_id
+from recipe.stages.records import ID, PARENT, SOURCE, error_record, make_id
 
 
 def resolve_paths(path: str | list[str]) -> list[str]:
@@ -82,6 +82,7 @@ def _read_jsonl_block(block: tuple[str, int, int, int]) -> list[dict]:
             continue
         value.setdefault(ID, make_id(name, number))
         value.setdefault(PARENT, None)
+        value.setdefault(SOURCE, f"{name}:{number}")
         records.append(value)
     return records
 
@@ -95,6 +96,7 @@ def _read_parquet_group(item: tuple[str, int]) -> list[dict]:
     for index, row in enumerate(rows):
         row.setdefault(ID, make_id(name, group, index))
         row.setdefault(PARENT, None)
+        row.setdefault(SOURCE, f"{name}:rowgroup{group}:{index}")
     return rows
 
 
@@ -117,6 +119,11 @@ class ReadStage(Stage):
     seeds: list = field(default_factory=list)
     seed_field: str = "seed"
     partition_size: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.path and not self.seeds:
+            resolve_paths(self.path)  # a missing file is refused before anything starts
 
     def __call__(self, bag: db.Bag | None = None) -> db.Bag:
         if self.seeds:

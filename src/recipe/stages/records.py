@@ -9,13 +9,22 @@ and the write stage routes to ``errors/``: every input ends in exactly one place
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
-ID, PARENT, ERROR = "_id", "_parent", "_error"
+ID, PARENT, SOURCE, ERROR = "_id", "_parent", "_source", "_error"
 
 
 def make_id(*parts: Any) -> str:
     return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def record_id(record: dict) -> str:
+    """The record's ``_id``, or a hash of its content for records built outside ``ReadStage``."""
+    rid = record.get(ID)
+    if rid is None:
+        rid = make_id(json.dumps(record, sort_keys=True, default=str))
+    return rid
 
 
 def is_error(record: dict) -> bool:
@@ -25,16 +34,18 @@ def is_error(record: dict) -> bool:
 def error_record(stage: str, error: BaseException, record: Any, where: str | None = None) -> dict:
     """The failed input, with the stage, the error's class and message, and where it came from."""
     info = {"stage": stage, "class": type(error).__name__, "message": str(error)}
+    where = where or (record.get(SOURCE) if isinstance(record, dict) else None)
     if where:
         info["where"] = where
-    rid = record.get(ID) if isinstance(record, dict) else None
+    rid = record_id(record) if isinstance(record, dict) else None
     return {ERROR: info, ID: rid, "record": record}
 
 
 def child(parent: dict, index: int, **fields: Any) -> dict:
     """A record derived from ``parent``: its fields, a new id, and ``_parent`` pointing back."""
+    parent_id = record_id(parent)
     record = {k: v for k, v in parent.items() if k not in (ID, PARENT)}
     record.update(fields)
-    record[ID] = make_id(parent.get(ID), index)
-    record[PARENT] = parent.get(ID)
+    record[ID] = make_id(parent_id, index)
+    record[PARENT] = parent_id
     return record
