@@ -26,6 +26,7 @@ def _precheck(argv: list[str]) -> None:
     For ``--multirun`` every value of every sweep is composed once (not the whole product). The
     backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
     """
+    import glob
     import os
 
     from hydra._internal.utils import get_args_parser
@@ -33,6 +34,11 @@ def _precheck(argv: list[str]) -> None:
     from recipe.config.compose import compose, resolved_container
 
     args, _ = get_args_parser().parse_known_args(argv)
+    modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                   ("--info", args.info is not None), ("--shell-completion", args.shell_completion))
+             if on]
+    if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
+        raise _config_error(f"{' and '.join(modes)} cannot be combined: use one of them")
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path is not None:
         return
     if args.config_dir is not None and not os.path.isdir(args.config_dir):
@@ -41,8 +47,13 @@ def _precheck(argv: list[str]) -> None:
     config_name = args.config_name or "config"
     for overrides in _variants(args.overrides, args.multirun):
         cfg = compose(overrides, config_name=config_name, config_dirs=config_dirs)
-        if not args.cfg:  # printing a config needs no key
-            resolved_container(cfg.backend)
+        if args.cfg:  # printing a config needs no key and no input
+            continue
+        resolved_container(cfg.backend)
+        given = cfg.get("input")
+        if isinstance(given, str) and given and not glob.has_magic(given):
+            if not os.path.isfile(os.path.expanduser(given)):
+                raise _config_error(f"input file not found: {given}")
 
 
 def _config_error(message: str):

@@ -1,0 +1,260 @@
+"""Durable, polite runs: request cache, resume after SIGKILL, cluster-wide limits, AIMD, bad input."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import recipe
+from recipe.errors import ConfigError
+from recipe.services.cache import RequestCache
+
+
+def stub_overrides(server, *extra: str) -> list[str]:
+    return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
+            "model.name=stub-model", "progress=false", *extra]
+
+
+def write_inputs(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def outputs(directory: Path) -> list[dict]:
+    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+
+
+def error_rows(directory: Path) -> list[dict]:
+    return [json.loads(line) for part in sorted((directory / "errors").glob("*.jsonl"))
+            for line in part.read_text().splitlines()] if (directory / "errors").exists() else []
+
+
+# ---- request cache ------------------------------------------------------------------------
+
+def test_identical_rerun_sends_nothing_and_gives_the_same_output(stub_server, tmp_path):
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 30)
+    overrides = stub_overrides(server, f"input={source}", "sampling.temperature=0.3")
+    first = recipe.run(recipe.compose(overrides), output_dir=str(tmp_path / "a"))
+    sent = server.stats()["requests"]
+    assert sent == 30 and first.records == 30
+    second = recipe.run(recipe.compose(overrides), output_dir=str(tmp_path / "b"))
+    assert server.stats()["requests"] == sent, "a fully cached rerun sends no request"
+    assert second.stats["cache_hits"] == 30
+    assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
+
+
+def test_changed_temperature_resends_everything(stub_server, tmp_path):
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 12)
+    recipe.run(recipe.compose(stub_overrides(server, f"input={source}", "sampling.temperature=0.3")),
+               output_dir=str(tmp_path / "a"))
+    server.reset()
+    recipe.run(recipe.compose(stub_overrides(server, f"input={source}", "sampling.temperature=0.9")),
+               output_dir=str(tmp_path / "b"))
+    assert server.stats()["requests"] == 12
+    assert {b["temperature"] for b in server.stats()["bodies"]} == {0.9}
+
+
+def test_changed_template_resends_only_the_affected_stage(stub_server, tmp_path):
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 10)
+    two_stages = ["+recipe.stages.rewrite._target_=recipe.stages.GenerateStage",
+                  "+recipe.stages.rewrite.output_field=rewritten"]
+    # keep write last: rebuild the mapping order by moving write after rewrite
+    base = stub_overrides(server, f"input={source}", *two_stages)
+    cfg = recipe.compose(base + ["+recipe.stages.rewrite.prompt='Rewrite: {{ response }}'"])
+    _move_write_last(cfg)
+    recipe.run(cfg, output_dir=str(tmp_path / "a"))
+    assert server.stats()["requests"] == 20
+    server.reset()
+    cfg = recipe.compose(base + ["+recipe.stages.rewrite.prompt='Shorten: {{ response }}'"])
+    _move_write_last(cfg)
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "b"))
+    bodies = server.stats()["bodies"]
+    assert server.stats()["requests"] == 10, "only the changed stage's requests go out"
+    assert all(b["messages"][-1]["content"].startswith("Shorten: echo:") for b in bodies)
+    assert summary.stats["cache_hits"] == 10
+    assert all(r["rewritten"].startswith("echo: Shorten") for r in outputs(tmp_path / "b"))
+
+
+def _move_write_last(cfg) -> None:
+    from omegaconf import OmegaConf, open_dict
+
+    stages = OmegaConf.to_container(cfg.recipe.stages)
+    write = stages.pop("write")
+    stages["write"] = write
+    with open_dict(cfg):
+        cfg.recipe.stages = stages
+
+
+def test_cache_off_sends_again(stub_server, tmp_path):
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 5)
+    for run in ("a", "b"):
+        recipe.run(recipe.compose(stub_overrides(server, f"input={source}", "cache.enabled=false")),
+                   output_dir=str(tmp_path / run))
+    assert server.stats()["requests"] == 10
+
+
+def test_cache_key_ignores_api_key_and_timeout(tmp_path):
+    from recipe.services.litellm_client import AsyncLiteLLMClient
+
+    a = AsyncLiteLLMClient(provider="openai", api_base="http://x/v1", api_key="k1", timeout=5)
+    b = AsyncLiteLLMClient(provider="openai", api_base="http://x/v1", api_key="k2", timeout=50)
+    c = AsyncLiteLLMClient(provider="openai", api_base="http://y/v1", api_key="k1", timeout=5)
+    key = lambda client, **p: client.request_key("chat", "m", [{"role": "user", "content": "q"}], p, 1)
+    assert key(a, seed=1) == key(b, seed=1)
+    assert key(a, seed=1) != key(a, seed=2) and key(a, seed=1) != key(c, seed=1)
+    assert "k1" not in json.dumps(key(a, seed=1))
+
+
+def _hammer(directory: str, worker: int) -> None:
+    cache = RequestCache(directory)
+    for i in range(200):
+        cache.put({"w": worker, "i": i}, [f"answer {worker}-{i}"])
+        cache.put({"shared": i}, [f"shared {i}"])
+
+
+def test_cache_is_consistent_with_several_writer_processes(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = RequestCache(tmp_path)
+    assert len(cache) == 4 * 200 + 200
+    assert all(cache.get({"w": w, "i": i}) == [f"answer {w}-{i}"] for w in range(4) for i in range(200))
+
+
+def test_a_torn_entry_is_detected_and_never_served(tmp_path):
+    cache = RequestCache(tmp_path)
+    cache.put({"q": 1}, ["a complete answer"])
+    with sqlite3.connect(cache.path) as conn:
+        conn.execute("UPDATE responses SET value = substr(value, 1, 12)")
+    assert cache.get({"q": 1}) is None
+    assert cache.corrupt == 1
+
+
+# ---- resume after kill -9 ----------------------------------------------------------------
+
+def test_rerun_after_sigkill_completes_without_paying_twice(stub_server, tmp_path):
+    server = stub_server(latency=0.4)
+    source = write_inputs(tmp_path / "in.jsonl", 80)
+    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "recipe", *stub_overrides(server, f"input={source}", "backend.max_concurrency=4",
+                                                                "backend.start_local_server=false",
+                                                                f"output_dir={tmp_path / 'out'}")]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while server.stats()["status_counts"].get("200", 0) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    answered = server.stats()["status_counts"].get("200", 0)
+    assert 20 <= answered < 80, "the kill must land part-way"
+    server.reset()
+    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = outputs(tmp_path / "out")
+    assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(80)), "every record exactly once"
+    assert not error_rows(tmp_path / "out")
+    resent = server.stats()["requests"] - (80 - answered)
+    assert resent <= 4, f"{resent} answered requests were paid again (at most the 4 in flight may be)"
+
+
+# ---- rate limits ---------------------------------------------------------------------------
+
+def test_rpm_holds_across_a_two_worker_cluster(stub_server, tmp_path):
+    server = stub_server(latency=0.05)
+    source = write_inputs(tmp_path / "in.jsonl", 80)
+    rpm = 360  # 6 requests per second, split over 2 worker processes
+    cfg = recipe.compose(stub_overrides(server, f"input={source}", f"backend.rpm={rpm}", "cache.enabled=false",
+                                        "dask.n_workers=2", "dask.partition_size=10", "backend.max_concurrency=16"))
+    recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    arrivals = sorted(server.stats()["arrivals"])
+    assert len(arrivals) == 80
+    measured = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) * 60
+    assert abs(measured - rpm) / rpm <= 0.10, f"measured {measured:.0f} rpm against a limit of {rpm}"
+
+
+def test_max_concurrency_holds_across_a_two_worker_cluster(stub_server, tmp_path):
+    server = stub_server(latency=0.3)
+    source = write_inputs(tmp_path / "in.jsonl", 60)
+    cfg = recipe.compose(stub_overrides(server, f"input={source}", "cache.enabled=false", "dask.n_workers=2",
+                                        "dask.partition_size=10", "backend.max_concurrency=6"))
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    assert summary.records == 60
+    assert server.stats()["max_in_flight"] <= 6
+
+
+def test_aimd_settles_near_the_servers_threshold(stub_server, tmp_path):
+    threshold, latency = 4, 0.1
+    server = stub_server(latency=latency, throttle_above=threshold, retry_after=0.1)
+    source = write_inputs(tmp_path / "in.jsonl", 240)
+    cfg = recipe.compose(stub_overrides(server, f"input={source}", "cache.enabled=false", "backend.max_concurrency=32",
+                                        "backend.num_retries=20", "dask.partition_size=60"))
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    assert summary.records == 240 and summary.failed == 0
+    stats = server.stats()
+    throttled = stats["status_counts"].get("429", 0)
+    assert summary.stats["rate_limited_429"] == throttled > 0
+    assert throttled < 0.5 * stats["requests"], "the limit must come down, not keep hammering"
+    arrivals = sorted(stats["arrivals"])
+    tail = arrivals[len(arrivals) // 2:]
+    concurrency = (len(tail) - 1) / (tail[-1] - tail[0]) * latency
+    assert 1.0 <= concurrency <= threshold + 1, f"settled at about {concurrency:.1f} concurrent requests"
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+def test_bad_lines_become_error_records_naming_file_and_line(stub_server, tmp_path):
+    server = stub_server()
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(b"\n".join([
+        b'{"prompt": "fine one"}',
+        b'{"prompt": "broken"',
+        b'{"prompt": "bad byte \xff here"}',
+        b'{"question": "no prompt field"}',
+        json.dumps({"prompt": "x" * 12000}).encode(),
+        b'{"prompt": "fine two"}',
+    ]) + b"\n")
+    summary = recipe.run(recipe.compose(stub_overrides(server, f"input={source}", "model.context_length=2048")),
+                         output_dir=str(tmp_path / "out"))
+    assert sorted(r["prompt"] for r in outputs(tmp_path / "out")) == ["fine one", "fine two"]
+    errors = {e["_error"]["where"]: e["_error"] for e in error_rows(tmp_path / "out")}
+    assert summary.failed == 4 and len(errors) == 4
+    assert errors[f"{source}:2"]["class"] == "InputError" and "malformed JSON" in errors[f"{source}:2"]["message"]
+    assert "invalid UTF-8" in errors[f"{source}:3"]["message"]
+    assert "bad.jsonl:4" in errors and "prompt" in errors["bad.jsonl:4"]["message"]
+    assert errors["bad.jsonl:5"]["class"] == "ContextWindowError"
+    assert server.stats()["requests"] == 2, "no request is paid for a record that cannot succeed"
+
+
+def test_empty_input_gives_an_empty_result_and_a_message(stub_server, tmp_path):
+    server = stub_server()
+    source = tmp_path / "empty.jsonl"
+    source.write_text("")
+    summary = recipe.run(recipe.compose(stub_overrides(server, f"input={source}")), output_dir=str(tmp_path / "out"))
+    assert summary.records == 0 and summary.failed == 0
+    assert any("empty" in note for note in summary.notes)
+
+
+def test_missing_input_is_refused_before_anything_starts(stub_server, tmp_path):
+    server = stub_server()
+    with pytest.raises(ConfigError, match="input file not found"):
+        recipe.run(recipe.compose(stub_overrides(server, f"input={tmp_path / 'nope.jsonl'}")),
+                   output_dir=str(tmp_path / "out"))
+    assert server.stats()["requests"] == 0
+    assert not (tmp_path / "out" / "stats.json").exists()
