@@ -19,7 +19,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from recipe.services.limits import LocalLimiter, Pacer
+from recipe.services.limits import AdjustableGate, LocalLimiter, Pacer
 
 log = logging.getLogger(__name__)
 HANDLER = "recipe_limits"
@@ -77,11 +77,9 @@ class ClusterLimiter:
         self.key = key
         self.config = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm}
         self.stats = stats
-        self.share = 1  # replaced by the scheduler's answer before the first request
-        self.in_flight = 0
+        self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
         self._successes = 0
         self._paused_until = 0.0
-        self._cond: asyncio.Condition | None = None
         self._ready: asyncio.Event | None = None
         self._refresher: asyncio.Task | None = None
         self._disabled = False
@@ -93,15 +91,9 @@ class ClusterLimiter:
         return await asyncio.wrap_future(future)
 
     def _apply(self, answer: dict) -> None:
-        self.share = int(answer["share"])
+        self.gate.resize(int(answer["share"]))
         if answer.get("pause"):
             self._paused_until = max(self._paused_until, time.monotonic() + answer["pause"])
-        if self._cond is not None:
-            asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
 
     async def _refresh_forever(self) -> None:
         while not self._disabled:
@@ -111,24 +103,22 @@ class ClusterLimiter:
             except Exception as exc:  # plugin missing or scheduler gone: fall back to a local limit
                 if getattr(self.worker, "status", None) is not None and self.worker.status.name == "running":
                     log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
-                self.share, self._disabled = self.config["max_concurrency"], True
+                self.gate.resize(self.config["max_concurrency"])
+                self._disabled = True
             self._ready.set()
             await asyncio.sleep(REFRESH_SECONDS)
 
-    async def _start(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond, self._ready = asyncio.Condition(), asyncio.Event()
+    async def _start(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.Event()
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
         await self._ready.wait()
-        return self._cond
 
     @asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[None]:
-        cond = await self._start()
+        await self._start()
         began = time.monotonic()
-        async with cond:
-            await cond.wait_for(lambda: self.in_flight < self.share)
-            self.in_flight += 1
+        await self.gate.acquire()
         try:
             pause = self._paused_until - time.monotonic()
             if pause > 0:
@@ -142,15 +132,13 @@ class ClusterLimiter:
                 self.stats.count("wait_seconds", waited)
             yield
         finally:
-            async with cond:
-                self.in_flight -= 1
-                cond.notify_all()
+            self.gate.release()
 
     def on_success(self) -> None:
         self._successes += 1
 
     def on_rate_limited(self, retry_after: float | None) -> None:
-        self.share = max(1, self.share // 2)  # act at once; the scheduler's answer follows
+        self.gate.resize(self.gate.capacity // 2)  # act at once; the scheduler's answer follows
         if retry_after:
             self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
         if not self._disabled:

@@ -32,6 +32,8 @@ _LITELLM_TABLE: list[tuple[str, type[errors.LLMError]]] = [
 
 _CONNECTION_HINTS = ("connection error", "connection refused", "cannot connect", "server disconnected",
                      "connection reset", "remoteprotocolerror", "peer closed", "connecterror")
+# The OpenAI SDK refuses to send without a key and litellm reports that as a server error.
+_MISSING_KEY_HINTS = ("api_key client option must be set", "missing credentials")
 _MALFORMED_HINTS = ("jsondecodeerror", "expecting value", "invalid json", "unterminated string",
                     "validation error", "unable to parse")
 
@@ -83,7 +85,9 @@ def translate(exc: BaseException, *, provider: str, secrets: tuple[str | None, .
             target = errors.ConnectionError
     status = getattr(exc, "status_code", None)
     if target in (None, errors.ServerError, errors.BadRequestError) or (target is errors.LLMError):
-        if any(h in lowered for h in _CONNECTION_HINTS) and status in (None, 500):
+        if any(h in lowered for h in _MISSING_KEY_HINTS):
+            target = errors.AuthenticationError
+        elif any(h in lowered for h in _CONNECTION_HINTS) and status in (None, 500):
             target = errors.ConnectionError
         elif any(h in lowered for h in _MALFORMED_HINTS) and target is not errors.BadRequestError:
             target = errors.MalformedResponseError

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Protocol
 
@@ -71,6 +72,47 @@ class Pacer:
             self._paused_until = max(self._paused_until, now + retry_after)
 
 
+class AdjustableGate:
+    """A FIFO semaphore whose capacity can change while requests wait.
+
+    ``asyncio.Semaphore`` has a fixed size and ``Condition.notify_all`` wakes every waiter on
+    each release (quadratic with thousands of queued requests); AIMD needs neither.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, int(capacity))
+        self.in_use = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    async def acquire(self) -> None:
+        if self.in_use < self.capacity and not self._waiters:
+            self.in_use += 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted and cancelled at once: give the slot back
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = max(1, int(capacity))
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < self.capacity:
+            future = self._waiters.popleft()
+            if not future.done():
+                self.in_use += 1
+                future.set_result(None)
+
+
 class LocalLimiter:
     """A :class:`Pacer` for one process, enforced on its event loop."""
 
@@ -78,21 +120,12 @@ class LocalLimiter:
                  stats=None):
         self.pacer = Pacer(max_concurrency, rpm, tpm)
         self.stats = stats
-        self.in_flight = 0
-        self._cond: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
+        self.gate = AdjustableGate(self.pacer.concurrency)
 
     @asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[None]:
-        cond = self._condition()
         began = time.monotonic()
-        async with cond:
-            await cond.wait_for(lambda: self.in_flight < self.pacer.concurrency)
-            self.in_flight += 1
+        await self.gate.acquire()
         try:
             delay = self.pacer.reserve(tokens, time.monotonic())
             if delay > 0:
@@ -102,12 +135,13 @@ class LocalLimiter:
                 self.stats.count("wait_seconds", waited)
             yield
         finally:
-            async with cond:
-                self.in_flight -= 1
-                cond.notify_all()
+            self.gate.release()
 
     def on_success(self) -> None:
         self.pacer.success()
+        if self.pacer.concurrency != self.gate.capacity:
+            self.gate.resize(self.pacer.concurrency)
 
     def on_rate_limited(self, retry_after: float | None) -> None:
         self.pacer.rate_limited(retry_after, time.monotonic())
+        self.gate.resize(self.pacer.concurrency)

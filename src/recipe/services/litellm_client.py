@@ -121,6 +121,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             # into a chat message), so NIM's own defaults must be filled in here, not OpenAI's.
             api_base = api_base or os.environ.get("NVIDIA_NIM_API_BASE") or _NIM_DEFAULT_BASE
             api_key = api_key or os.environ.get("NVIDIA_NIM_API_KEY")
+        if api_key is None and api_base and route in _EXTRA_BODY_TOP_K:
+            api_key = "no-key"  # a keyless OpenAI-compatible server (llama.cpp, vLLM); the SDK insists on one
         kwargs: dict[str, Any] = {"api_base": api_base, "api_key": api_key,
                                   "timeout": self.timeout, "max_retries": 0}
         if route in _ALLOWLIST_ROUTES:
