@@ -136,8 +136,12 @@ def _cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
         return None
     from recipe.services.litellm_setup import get_litellm
 
+    from recipe.services.litellm_setup import is_unpriced
+
     litellm, total = get_litellm(), 0.0
     for model, (prompt, completion) in tokens_by_model.items():
+        if is_unpriced(f"{spec.provider}/{model}"):
+            return None
         try:
             p, c = litellm.cost_per_token(model=f"{spec.provider}/{model}", prompt_tokens=prompt,
                                           completion_tokens=completion)

@@ -20,7 +20,7 @@ from recipe.services.conversation_formatter import ConversationFormatter
 from recipe.services.error_mapping import translate
 from recipe.services.event_loop import run_sync
 from recipe.services.limits import LocalLimiter
-from recipe.services.litellm_setup import get_litellm
+from recipe.services.litellm_setup import ensure_model_known, get_litellm
 from recipe.services.model_client import AsyncLLMClient, LLMClient
 from recipe.services.usage import UsageStats
 
@@ -181,8 +181,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         call = litellm.atext_completion if text else litellm.acompletion
         size = len(str(payload.get("prompt") or payload.get("messages") or ""))
 
+        wire_model = f"{route}/{model}"
+        ensure_model_known(wire_model, route)
+
         async def once() -> list[str]:
-            response = await call(model=f"{route}/{model}", stream=stream, **payload)
+            # "no-log": litellm skips its logging hooks for this call; we keep our own counters.
+            response = await call(model=wire_model, stream=stream, **payload, **{"no-log": True})
             return await self._read(response, stream, text, model)
 
         return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once)

@@ -36,8 +36,36 @@ def get_litellm() -> ModuleType:
             litellm.suppress_debug_info = True
             litellm.telemetry = False
             litellm.drop_params = False
-            litellm.turn_off_message_logging = True
+            # No logging callback is ever registered, so nothing is logged either way; the
+            # redaction pass this flag enables cost ~15% of litellm's CPU per call (bench/RESULTS.md).
+            litellm.turn_off_message_logging = False
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
                 logging.getLogger(name).setLevel(logging.ERROR)
             _module = litellm
     return _module
+
+
+_unpriced: set[str] = set()
+
+
+def ensure_model_known(litellm_model: str, provider: str) -> None:
+    """Give models litellm has no entry for (local servers, custom names) a zero-price entry, once.
+
+    Without one, litellm searches its whole cost map by generalisation on every response to
+    price it - about a fifth of its per-call CPU. Models registered here are remembered so the
+    run's cost is reported as unknown (null), not as free.
+    """
+    litellm = get_litellm()
+    if litellm_model in litellm.model_cost or litellm_model in _unpriced:
+        return
+    model_name = litellm_model.split("/", 1)[-1]
+    if model_name in litellm.model_cost:
+        return
+    with _lock:
+        litellm.register_model({litellm_model: {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
+                                                "litellm_provider": provider, "mode": "chat"}})
+        _unpriced.add(litellm_model)
+
+
+def is_unpriced(litellm_model: str) -> bool:
+    return litellm_model in _unpriced

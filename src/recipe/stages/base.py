@@ -78,7 +78,8 @@ class LLMStage(Stage):
     @property
     def spec(self) -> ClientSpec:
         """The run's client spec with this stage's model and backend changes."""
-        changes = {k: v for k, v in (self.backend or {}).items() if k in ClientSpec.__dataclass_fields__}
+        changes = {k: v for k, v in (self.backend or {}).items()
+                   if k in ClientSpec.__dataclass_fields__ and v is not None}  # null: keep the run's value
         if self.model:
             changes["model"] = self.model
         return self.client.with_overrides(**changes) if changes else self.client

@@ -50,6 +50,7 @@ class MapStage(Stage):
 
     It returns a dict (the record, same identity), ``None`` (the record is dropped and counted
     as filtered) or a list of dicts (each becomes a child of the record, keeping lineage).
+    A KeyError, IndexError, TypeError or ValueError from the function makes an error record.
     """
 
     function: Any = None  # "module:function" or a callable
@@ -62,7 +63,10 @@ class MapStage(Stage):
         load_function(self.function)  # fail at build time, not per record
 
     def process(self, record: dict) -> list[dict]:
-        result = load_function(self.function)(dict(record), **(self.kwargs or {}))
+        try:
+            result = load_function(self.function)(dict(record), **(self.kwargs or {}))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a record the function cannot take
+            raise InputError(f"{self.function}: {type(exc).__name__}: {exc}") from None
         if result is None:
             progress.add_filtered(1)
             return []

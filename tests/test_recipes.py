@@ -1,0 +1,313 @@
+"""The recipes in recipes/: each composes, builds its stages, and runs end to end.
+
+The ``llm`` tests run every recipe on the real embedded model (SmolLM2-135M on llama.cpp)
+with tiny counts. A 135M model often writes lists that do not parse, so they assert
+structure: fields, lineage back to a read record, and that every record is accounted for
+(written, failed or filtered); not content. The preference recipe also runs against a stub
+that answers exactly as NVIDIA's reward model does, where the chosen pair can be checked.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import pytest
+
+import recipe
+from recipe.config import paths
+from recipe.config.compose import resolved_container
+from recipe.errors import ConfigError, ParseError
+from recipe.factory import ClientSpec
+from recipe.runner import build_stages
+from recipe.stages import AppendSeedsStage, ReadStage, WriteStage
+from recipe.stages.records import make_id
+
+RECIPES = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
+SMALL = ["sampling.max_tokens=48", "sampling.seed=1", "progress=false"]
+
+
+def test_recipes_are_discovered():
+    assert {"generate", "open_qa", "writing", "closed_qa", "math", "python", "dialogue", "two_turn",
+            "nemotron_cc", "preference"} <= set(RECIPES)
+
+
+def _stages(overrides):
+    cfg = recipe.compose(overrides=overrides)
+    data = resolved_container(cfg)
+    return data, build_stages(data["recipe"], ClientSpec.from_config(data), "/nonexistent/out")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_and_builds(name):
+    data, stages = _stages([f"recipe={name}"])
+    assert data["recipe"]["name"] == name
+    assert [s.name for s in stages] == list(data["recipe"]["stages"])
+    assert isinstance(stages[0], ReadStage) and isinstance(stages[-1], WriteStage)
+    text = (paths.recipes_dir() / f"{name}.yaml").read_text()
+    assert text.startswith("#") and f"recipe={name}" in text.split("\nname:")[0], "header shows the command"
+    read = stages[0]
+    if not read.seeds:  # a recipe that reads input ships a sample, so recipe=NAME alone runs
+        assert Path(read.path).is_file(), read.path
+        records = read(None).compute()
+        assert records and not any("_error" in r for r in records)
+
+
+@pytest.mark.parametrize("name", ["closed_qa", "nemotron_cc"])
+def test_sample_documents(name):
+    _, stages = _stages([f"recipe={name}"])
+    docs = stages[0](None).compute()
+    assert 3 <= len(docs) <= 6
+    assert len({d["id"] for d in docs}) == len(docs)
+    for doc in docs:
+        assert 3 <= len(doc["text"].split("\n\n")) <= 4, doc["id"]
+
+
+def test_overrides_by_stage_and_template_names():
+    _, stages = _stages(["recipe=open_qa", "recipe.n_subtopics=4", "recipe.stages.subtopics_list.mode=yaml",
+                         "recipe.stages.questions_list.n=7", "recipe.templates.questions='Ask about {{ topic }}'",
+                         "recipe.combine_topics=false", "recipe.additional_macro_topics=[Cooking]"])
+    by = {s.name: s for s in stages}
+    assert by["subtopics_list"].mode == "yaml" and by["subtopics_list"].n == 4
+    assert "4 subtopics" in by["subtopics"].prompt
+    assert by["questions_list"].n == 7
+    assert by["questions"].prompt == "Ask about {{ topic }}"
+    assert by["topics"].fields == {"macro_topic": False, "subtopics": True}
+    assert by["add_macro_topics"].extra == ["Cooking"]
+
+
+def test_ignore_conversion_failure_reaches_every_parsing_stage():
+    _, stages = _stages(["recipe=math", "recipe.ignore_conversion_failure=false"])
+    parsing = [s for s in stages if hasattr(s, "ignore_conversion_failure") and s.name.endswith("_list")]
+    assert len(parsing) == 3 and not any(s.ignore_conversion_failure for s in parsing)
+
+
+def test_python_level_and_bad_level():
+    data, stages = _stages(["recipe=python", "recipe.level=advanced"])
+    assert stages[0].seeds[0]["level"] == "advanced"
+    assert "experienced" in stages[0].seeds[0]["level_description"]
+    with pytest.raises(ConfigError):
+        _stages(["recipe=python", "recipe.level=wizard"])
+
+
+def test_nemotron_cc_selection_and_bad_rewrite():
+    _, stages = _stages(["recipe=nemotron_cc", "recipe.rewrites=[distill]", "recipe.templates.distill='Short: {{ text }}'"])
+    rewrite = stages[1]
+    assert rewrite.rewrites == ["distill"] and rewrite.templates["distill"] == "Short: {{ text }}"
+    with pytest.raises(ConfigError, match="no template"):
+        _stages(["recipe=nemotron_cc", "recipe.rewrites=[poetry]"])
+
+
+# --- running the recipes -------------------------------------------------------------------
+
+def _read_parts(out: Path) -> tuple[list[dict], list[dict]]:
+    good = [json.loads(l) for f in sorted(glob.glob(str(out / "part-*.jsonl"))) for l in open(f)]
+    bad = [json.loads(l) for f in sorted(glob.glob(str(out / "errors" / "part-*.jsonl"))) for l in open(f)]
+    return good, bad
+
+
+def _roots(stages) -> set[str]:
+    """Ids of the records the recipe starts from: read (file or seeds) and appended seeds."""
+    ids = {r["_id"] for r in stages[0](None).compute()}
+    for stage in stages:
+        if isinstance(stage, AppendSeedsStage):
+            ids |= {r["_id"] for r in stage.seed_records()}
+    return ids
+
+
+def _check_lineage(records: list[dict], roots: set[str], max_depth: int = 6, width: int = 8) -> None:
+    """Each id is a root or ``make_id(parent, i)`` of an id that chains back to a root."""
+    wanted = {r["_id"] for r in records} | {r["_parent"] for r in records if r.get("_parent")}
+    reachable, layer = set(roots), set(roots)
+    for _ in range(max_depth):
+        if wanted <= reachable:
+            break
+        layer = {make_id(parent, i) for parent in layer for i in range(width)}
+        reachable |= layer
+    for r in records:
+        assert r["_id"] in reachable, f"{r['_id']} does not chain back to a read record"
+        if r.get("_parent") is None:
+            assert r["_id"] in roots
+        else:
+            assert r["_parent"] in reachable
+            assert any(make_id(r["_parent"], i) == r["_id"] for i in range(width)), "_id derives from _parent"
+
+
+def run_recipe(name: str, server, tmp_path: Path, *overrides: str):
+    over = [f"recipe={name}", f"backend.api_base={server.base_url}", "backend.start_local_server=false",
+            *SMALL, *overrides]
+    cfg = recipe.compose(overrides=over)
+    out = tmp_path / "out"
+    summary = recipe.run(cfg, output_dir=str(out))
+    good, bad = _read_parts(out)
+    assert summary.records == len(good) and summary.failed == len(bad)
+    _, stages = _stages(over)
+    _check_lineage(good, _roots(stages))
+    _check_lineage([{"_id": b["_id"], "_parent": b["record"].get("_parent")} for b in bad
+                    if isinstance(b.get("record"), dict) and b.get("_id")], _roots(stages))
+    for b in bad:
+        assert b["_error"]["stage"] in cfg.recipe.stages and b["_error"]["class"] and b["_error"]["message"]
+    return summary, good, bad
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.llm
+def test_generate(llama_server, tmp_path):
+    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hello."}, {"prompt": "Name a colour."}])
+    summary, good, _ = run_recipe("generate", llama_server, tmp_path, f"input={src}")
+    assert summary.records == 2 and all(isinstance(r["response"], str) for r in good)
+
+
+@pytest.mark.llm
+def test_open_qa(llama_server, tmp_path):
+    summary, good, bad = run_recipe("open_qa", llama_server, tmp_path, "recipe.n_macro_topics=1", "recipe.n_subtopics=1",
+                                    "recipe.n_openlines=1", "recipe.n_revisions=1")
+    assert summary.records + summary.failed >= 1
+    for r in good:
+        assert {"macro_topic", "topic", "question", "revised_question"} <= r.keys()
+        assert r["topic"] in r["topics"] and len(r["subtopics"]) <= 1 and len(r["revisions"]) == 1
+
+
+@pytest.mark.llm
+def test_writing(llama_server, tmp_path):
+    summary, good, _ = run_recipe("writing", llama_server, tmp_path, "recipe.topics=[Gardening]",
+                                  "recipe.text_material_types=[poem]", "recipe.n_openlines=1", "recipe.n_revisions=1")
+    assert summary.records + summary.failed >= 1
+    for r in good:
+        assert r["topic"] == "Gardening" and r["text_material_type"] == "poem"
+        assert r["task"] and r["revised_task"]
+
+
+@pytest.mark.llm
+def test_closed_qa(llama_server, tmp_path):
+    summary, good, bad = run_recipe("closed_qa", llama_server, tmp_path, "recipe.n_openlines=1")
+    ids = {"doc-honeybees", "doc-bridges", "doc-bread", "doc-tides"}
+    assert summary.records >= 1, "some document gets a question"
+    for r in good:
+        assert r["id"] in ids and isinstance(r["question"], str) and r["question"]
+    assert {r["id"] for r in good} | {b["record"]["id"] for b in bad} == ids, "every document is accounted for"
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("name,flag", [("math", "is_math"), ("python", "is_python")])
+def test_math_and_python(llama_server, tmp_path, name, flag):
+    summary, good, _ = run_recipe(name, llama_server, tmp_path, "recipe.n_macro_topics=1", "recipe.n_subtopics=1",
+                                  "recipe.n_openlines=1")
+    assert summary.records + summary.failed + summary.stats["filtered"] >= 1
+    for r in good:
+        assert r[flag].lower().startswith("yes") and r["topic"] in r["topics"] and r["problem"]
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"]),
+                                        ("two_turn", ["user", "assistant", "user"])])
+def test_dialogues(llama_server, tmp_path, name, turns):
+    src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
+    summary, good, _ = run_recipe(name, llama_server, tmp_path, f"input={src}", "recipe.user_styles=[concise]",
+                                  "sampling.max_tokens=32")
+    assert summary.records == 1
+    conversation = good[0]["conversation"]
+    assert [t["role"] for t in conversation] == turns
+    assert conversation[0]["content"] == "Why do cats purr?" and good[0]["style"] == "concise"
+
+
+@pytest.mark.llm
+def test_nemotron_cc(llama_server, tmp_path):
+    doc = {"id": "d1", "text": "Owls hunt at night. Their large eyes gather light.\n\nTheir soft feathers make "
+                               "their flight almost silent, so mice do not hear them coming."}
+    src = _jsonl(tmp_path / "d.jsonl", [doc])
+    summary, good, bad = run_recipe("nemotron_cc", llama_server, tmp_path, f"input={src}",
+                                    "recipe.rewrites=[wikipedia,diverse_qa,knowledge_list]", "recipe.max_num_pairs=2")
+    assert summary.records + summary.failed == 3
+    assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"wikipedia", "diverse_qa", "knowledge_list"}
+    for r in good:
+        assert r["id"] == "d1" and r["source_text"] == doc["text"] and r["text"].strip()
+        if r["rewrite"] == "diverse_qa":
+            assert r["text"].startswith(doc["text"]) and 1 <= r["text"].count("\nQuestion: ") <= 2
+        if r["rewrite"] == "knowledge_list":
+            assert all(line.strip() and not line.lstrip().startswith(("-", "*")) for line in r["text"].splitlines())
+
+
+@pytest.mark.llm
+def test_preference_judge(llama_server, tmp_path):
+    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
+    summary, good, bad = run_recipe("preference", llama_server, tmp_path, f"input={src}")
+    assert summary.records + summary.failed + summary.stats["filtered"] == 1
+    for r in good:
+        assert len(r["responses"]) == 2 and r["chosen_score"] > r["rejected_score"]
+        assert {r["chosen"], r["rejected"]} <= set(r["responses"])
+
+
+# --- stubs: exact answers --------------------------------------------------------------------
+
+def _stub_helpfulness(response: str) -> float:
+    """What StubServer(reward=True) answers for helpfulness, as NVIDIA's reward model would."""
+    return round((len(response) % 50) / 10, 4)
+
+
+def test_preference_with_reward_model(stub_server, tmp_path):
+    generator, reward = stub_server(), stub_server(reward=True)
+    prompts = [{"prompt": "Tell me about tides."}, {"prompt": "Why is the sea salty?"}, {"prompt": "Hi"}]
+    src = _jsonl(tmp_path / "p.jsonl", prompts)
+    cfg = recipe.compose(overrides=[
+        "recipe=preference", f"input={src}", "backend=openai", f"backend.api_base={generator.base_url}",
+        "backend.api_key=stub", "model.name=stub-model", "progress=false", "recipe.n_responses=3",
+        "recipe.stages.score.mode=reward_model", "recipe.stages.score.model=nvidia/nemotron-4-340b-reward",
+        "recipe.stages.score.backend.provider=nvidia_nim", f"recipe.stages.score.backend.api_base={reward.base_url}",
+        "recipe.stages.score.backend.api_key=nvapi-stub"])
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    good, bad = _read_parts(tmp_path / "out")
+    assert not bad and summary.failed == 0
+    assert summary.records + summary.stats["filtered"] == len(prompts)
+    assert summary.records >= 1
+    for r in good:
+        assert len(r["responses"]) == 3 and len(r["scores"]) == 3
+        assert set(r["scores"][0]) == {"helpfulness", "correctness", "coherence", "complexity", "verbosity"}
+        values = [_stub_helpfulness(x) for x in r["responses"]]
+        assert [s["helpfulness"] for s in r["scores"]] == values
+        assert r["chosen_score"] == max(values) and r["rejected_score"] == min(values) and max(values) > min(values)
+        assert _stub_helpfulness(r["chosen"]) == max(values) and _stub_helpfulness(r["rejected"]) == min(values)
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_conversion_failure_policy(stub_server, tmp_path, ignore):
+    server = stub_server()  # echoes the prompt: no list in it, so the macro-topic list cannot parse
+    cfg = recipe.compose(overrides=[
+        "recipe=open_qa", "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=stub",
+        "model.name=stub-model", "progress=false", "recipe.templates.macro_topics=Say hello",
+        f"recipe.ignore_conversion_failure={str(ignore).lower()}"])
+    if ignore:
+        summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+        good, bad = _read_parts(tmp_path / "out")
+        assert summary.records == 0 and summary.failed == 1
+        assert bad[0]["_error"]["stage"] == "macro_topics_list" and bad[0]["_error"]["class"] == "ParseError"
+    else:
+        with pytest.raises(ParseError, match="macro_topics_list.*ignore_conversion_failure"):
+            recipe.run(cfg, output_dir=str(tmp_path / "out"))
+
+
+def test_open_qa_combines_and_appends_topics(stub_server, tmp_path):
+    server = stub_server(reply="list")  # five numbered items for every prompt
+    cfg = recipe.compose(overrides=[
+        "recipe=open_qa", "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=stub",
+        "model.name=stub-model", "progress=false", "recipe.n_macro_topics=2", "recipe.n_subtopics=2",
+        "recipe.n_openlines=1", "recipe.n_revisions=2", "recipe.additional_macro_topics=[Cooking]",
+        "recipe.additional_subtopics=[Knots]"])
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    good, bad = _read_parts(tmp_path / "out")
+    assert not bad
+    # 3 macro topics (2 trimmed + Cooking), each with itself + 2 subtopics = 9 topics, + Knots = 10;
+    # 1 question per topic, 2 revisions per question.
+    assert summary.records == 10 * 1 * 2
+    topics = {r["topic"] for r in good}
+    # The stub's items repeat the prompt's first 30 characters, so every macro topic gets the same
+    # two subtopics: 2 generated macro topics + Cooking + 2 subtopics + Knots distinct topics.
+    assert "Cooking" in topics and "Knots" in topics and len(topics) == 6
+    assert {r["macro_topic"] for r in good if "macro_topic" in r} >= {"Cooking"}
+    _, stages = _stages(["recipe=open_qa", "recipe.additional_subtopics=[Knots]"])
+    _check_lineage(good, _roots(stages))
