@@ -258,3 +258,14 @@ def test_missing_input_is_refused_before_anything_starts(stub_server, tmp_path):
                    output_dir=str(tmp_path / "out"))
     assert server.stats()["requests"] == 0
     assert not (tmp_path / "out" / "stats.json").exists()
+
+
+@pytest.mark.llm
+def test_embedded_server_runs_hit_the_cache_although_its_port_changes(tmp_path):
+    """backend=llamacpp starts llama.cpp on a new free port each run: the cache must not care."""
+    overrides = ["progress=false", "sampling.max_tokens=8", "sampling=greedy"]
+    first = recipe.run(recipe.compose(overrides), output_dir=str(tmp_path / "a"))
+    second = recipe.run(recipe.compose(overrides), output_dir=str(tmp_path / "b"))
+    assert first.stats["requests"] == first.records > 0
+    assert second.stats["requests"] == 0 and second.stats["cache_hits"] == first.records
+    assert outputs(tmp_path / "a") == outputs(tmp_path / "b")

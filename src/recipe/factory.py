@@ -32,6 +32,7 @@ class ClientSpec:
     sampling: tuple = ()  # (("temperature", 0.7), ...)
     cache_dir: str | None = None
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
+    endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -80,7 +81,8 @@ class ClientSpec:
     def client_kwargs(self) -> dict:
         return {"provider": self.provider, "api_base": self.api_base, "api_key": self.api_key,
                 "timeout": self.timeout, "num_retries": self.num_retries,
-                "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm}
+                "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
+                "endpoint_id": self.endpoint_id}
 
 
 def build_client(cfg: Any, asynchronous: bool = False):

@@ -185,7 +185,8 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
 
             server = stack.enter_context(LlamaCppServer(backend.get("model_path"), n_ctx=backend.get("n_ctx", 2048),
                                                         alias=spec.model))
-            local = spec.with_overrides(api_base=server.base_url)
+            local = spec.with_overrides(api_base=server.base_url,
+                                        endpoint_id=f"llamacpp://{Path(server.model_path).name}")
             for stage in stages:
                 if getattr(stage, "client", None) == spec:
                     stage.client = local

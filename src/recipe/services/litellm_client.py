@@ -81,12 +81,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             malformed responses), with exponential backoff and jitter, honouring Retry-After.
         max_concurrency, rpm, tpm: limits for this process; pass ``limiter`` for cluster-wide ones.
         cache: a :class:`recipe.services.cache.RequestCache`; hits send no request.
+        endpoint_id: names the endpoint in cache keys instead of ``api_base``.
     """
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
                  timeout: float = 120.0, num_retries: int = 3, max_concurrency: int = 64,
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
-                 cache: Any = None, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 cache: Any = None, endpoint_id: str | None = None,
+                 backoff_base: float = 0.5, backoff_max: float = 30.0,
                  stats: UsageStats | None = None):
         self.provider = provider
         self.api_base = api_base
@@ -98,6 +100,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.stats = stats if stats is not None else UsageStats()
         self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
         self.cache = cache
+        # What names the endpoint in cache keys: api_base, unless the address is not stable
+        # (the embedded llama.cpp server gets a new port each run).
+        self.endpoint_id = endpoint_id or api_base
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
@@ -221,7 +226,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
     # ---- the public API -----------------------------------------------------------------
     def request_key(self, kind: str, model: str, body: Any, params: dict, n: int) -> dict:
         """Everything that determines the answer, and nothing else (no key, no timeout)."""
-        return {"kind": kind, "provider": self.provider, "api_base": self.api_base, "model": model,
+        return {"kind": kind, "provider": self.provider, "api_base": self.endpoint_id, "model": model,
                 "body": body, "params": params, "n": n}
 
     async def query_model(self, *, messages: Iterable, model: str,

@@ -8,6 +8,8 @@ workers included) ever makes that network call.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -42,7 +44,19 @@ def get_litellm() -> ModuleType:
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
                 logging.getLogger(name).setLevel(logging.ERROR)
             _module = litellm
+            atexit.register(_close_connections)
     return _module
+
+
+def _close_connections() -> None:
+    """Close litellm's pooled HTTP sessions at exit, so aiohttp does not complain at teardown."""
+    from recipe.services.event_loop import run_sync
+    from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
+    try:
+        run_sync(asyncio.wait_for(close_litellm_async_clients(), timeout=5))
+    except Exception:  # best effort: the process is ending anyway
+        pass
 
 
 _unpriced: set[str] = set()
