@@ -193,3 +193,17 @@ def test_stats_json_reports_requests_tokens_and_throughput(stub_server, tmp_path
     assert stats["wall_seconds"] > 0 and stats["records_per_second"] > 0
     for key in ("retries", "failed_by_class", "rate_limited_429", "wait_seconds", "cost_usd"):
         assert key in stats
+
+
+def test_runs_on_an_existing_scheduler(stub_server, tmp_path):
+    from distributed import LocalCluster
+
+    server = stub_server()
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        cfg = recipe.compose(["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
+                              "model.name=m", "cache.enabled=false", "progress=false",
+                              f"dask.address={cluster.scheduler_address}"])
+        summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+        assert cluster.scheduler.plugins.get("recipe-limits") is not None
+    assert summary.records == summary.stats["requests"] > 0
