@@ -191,7 +191,7 @@ def test_stats_json_reports_requests_tokens_and_throughput(stub_server, tmp_path
     assert summary.records == stats["records"] == stats["requests"] == len(sample)
     assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0
     assert stats["wall_seconds"] > 0 and stats["records_per_second"] > 0
-    for key in ("retries", "failed_by_class", "rate_limited_429", "wait_seconds", "cost_usd"):
+    for key in ("retries", "failed_by_class", "rate_limited_429", "retry_wait_seconds", "limit_wait_seconds", "cost_usd"):
         assert key in stats
 
 
@@ -207,3 +207,15 @@ def test_runs_on_an_existing_scheduler(stub_server, tmp_path):
         summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
         assert cluster.scheduler.plugins.get("recipe-limits") is not None
     assert summary.records == summary.stats["requests"] > 0
+
+
+def test_dask_partition_size_reaches_the_read_stage(stub_server, tmp_path):
+    server = stub_server()
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(10)))
+    cfg = recipe.compose([f"input={source}", "backend=openai", f"backend.api_base={server.base_url}",
+                          "backend.api_key=k", "model.name=m", "cache.enabled=false", "progress=false",
+                          "dask.partition_size=3"])
+    recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    sizes = [len(p.read_text().splitlines()) for p in sorted((tmp_path / "out").glob("part-*.jsonl"))]
+    assert sizes == [3, 3, 3, 1]

@@ -47,9 +47,11 @@ def _stage_class(target: str):
         raise ConfigError(f"stage target {target!r} not found: {exc}") from None
 
 
-def build_stages(recipe: dict, spec: ClientSpec, output_dir: str) -> list:
-    """Instantiate each stage of ``recipe['stages']`` in order, injecting the client and output path."""
+def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size: int = 256) -> list:
+    """Instantiate each stage of ``recipe['stages']`` in order, injecting the run's client, output
+    path and ``dask.partition_size`` where the stage does not set its own."""
     from recipe.stages.base import LLMStage
+    from recipe.stages.read import ReadStage
     from recipe.stages.write import WriteStage
 
     stages = []
@@ -62,6 +64,8 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str) -> list:
             inject["client"] = spec
         if issubclass(cls, WriteStage) and not stage_cfg.get("path"):
             inject["path"] = output_dir
+        if issubclass(cls, ReadStage) and "partition_size" not in stage_cfg:
+            inject["partition_size"] = partition_size
         params = {k: v for k, v in stage_cfg.items() if k != "_target_"}
         try:
             stages.append(cls(**{**params, **inject}))
@@ -178,7 +182,7 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     spec = ClientSpec.from_config(data)
     backend = data["backend"]
     started = time.monotonic()
-    stages = build_stages(data["recipe"], spec, output_dir)  # refuses bad stages and missing inputs first
+    stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])  # refuses bad stages and missing inputs first
     with contextlib.ExitStack() as stack:
         if backend.get("start_local_server") and not backend.get("api_base"):
             from recipe.services.llamacpp_server import LlamaCppServer
@@ -219,7 +223,8 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     stats = {
         "records": records, "failed": failed, "failed_by_class": by_class, "filtered": totals["filtered"],
         "requests": totals["requests"], "cache_hits": totals["cache_hits"], "retries": totals["retries"],
-        "rate_limited_429": totals["rate_limited"], "wait_seconds": totals["wait_seconds"],
+        "rate_limited_429": totals["rate_limited"],
+        "retry_wait_seconds": totals["retry_wait_seconds"], "limit_wait_seconds": totals["limit_wait_seconds"],
         "request_failures_by_class": totals["failures"],
         "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
         "cost_usd": _cost(spec, totals["tokens_by_model"]) if totals["requests"] else 0.0,

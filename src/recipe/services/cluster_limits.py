@@ -129,7 +129,7 @@ class ClusterLimiter:
                     await asyncio.sleep(delay)
             waited = time.monotonic() - began
             if self.stats is not None and waited > 0.001:
-                self.stats.count("wait_seconds", waited)
+                self.stats.count("limit_wait_seconds", waited)
             yield
         finally:
             self.gate.release()

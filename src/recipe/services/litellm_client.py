@@ -178,7 +178,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             self.stats.count("retries")
             delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
             delay = max(delay, error.retry_after or 0.0)
-            self.stats.count("wait_seconds", delay)
+            self.stats.count("retry_wait_seconds", delay)
             await asyncio.sleep(delay)
 
     async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:

@@ -15,7 +15,8 @@ class UsageStats:
     retries: int = 0
     cache_hits: int = 0
     rate_limited: int = 0
-    wait_seconds: float = 0.0
+    retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included
+    limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: Counter = field(default_factory=Counter)
@@ -51,7 +52,8 @@ class UsageStats:
     def merge(self, other: "UsageStats | dict") -> None:
         data = other.as_dict() if isinstance(other, UsageStats) else other
         with self._lock:
-            for name in ("requests", "retries", "cache_hits", "rate_limited", "wait_seconds",
+            for name in ("requests", "retries", "cache_hits", "rate_limited", "retry_wait_seconds",
+                         "limit_wait_seconds",
                          "prompt_tokens", "completion_tokens"):
                 setattr(self, name, getattr(self, name) + data.get(name, 0))
             self.failures.update(data.get("failures", {}))
@@ -63,7 +65,9 @@ class UsageStats:
         with self._lock:
             return {
                 "requests": self.requests, "retries": self.retries, "cache_hits": self.cache_hits,
-                "rate_limited": self.rate_limited, "wait_seconds": round(self.wait_seconds, 3),
+                "rate_limited": self.rate_limited,
+                "retry_wait_seconds": round(self.retry_wait_seconds, 3),
+                "limit_wait_seconds": round(self.limit_wait_seconds, 3),
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "failures": dict(self.failures),
                 "tokens_by_model": {m: list(v) for m, v in self.tokens_by_model.items()},
@@ -75,7 +79,7 @@ class UsageStats:
         with self._lock:
             self.requests = self.retries = self.cache_hits = self.rate_limited = 0
             self.prompt_tokens = self.completion_tokens = 0
-            self.wait_seconds = 0.0
+            self.retry_wait_seconds = self.limit_wait_seconds = 0.0
             self.failures = Counter()
             self.tokens_by_model = {}
         return snapshot

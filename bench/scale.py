@@ -1,0 +1,100 @@
+"""Scale: N records through read -> generate -> write on a 2-worker LocalCluster, and memory.
+
+N records (default 1,000,000; ``--rows N``; smoke: 2000) in 64 partitions go through the
+generate recipe against a zero-latency stub server, cache disabled, on a LocalCluster of 2
+worker processes built exactly as ``recipe.run`` builds it (``recipe.runner.dask_context``,
+``build_stages``, cluster limits). A run of N/10 records comes first and is the baseline.
+Reported: records/s, and each worker's peak RSS (VmHWM from /proc/self/status, read in the
+workers at the end of each run). Goal: peak RSS grows < 20% from N/10 to N, and stays < 1 GiB.
+
+    python bench/scale.py [--smoke] [--rows N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import banner, peak_rss_mib, report, save, small, timed  # noqa: E402
+
+PARTITIONS = 64
+
+
+def vmhwm_mib() -> float:
+    """This process's peak resident set size (Linux VmHWM)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write_input(path: str, rows: int) -> None:
+    with open(path, "w") as handle:  # streamed: never holds the records
+        for i in range(rows):
+            handle.write(json.dumps({"prompt": f"Question {i}: write one short sentence about the number {i}."}))
+            handle.write("\n")
+
+
+def pipeline(base_url: str, rows: int, tmp: str) -> tuple[float, int, list[float]]:
+    """(records/s, records written, peak RSS MiB of each worker) of one run of ``rows`` records."""
+    import recipe
+    from recipe.config.compose import resolved_container
+    from recipe.factory import ClientSpec
+    from recipe.runner import build_stages, dask_context
+    from recipe.services.cluster_limits import enable_cluster_limits
+
+    input_path = os.path.join(tmp, f"in-{rows}.jsonl")
+    write_input(input_path, rows)
+    size = max(1, -(-rows // PARTITIONS))
+    cfg = recipe.compose(["backend=vllm", f"backend.api_base={base_url}", "backend.api_key=k", "model.name=m",
+                          f"input={input_path}", "backend.max_concurrency=64", "dask.n_workers=2",
+                          f"dask.partition_size={size}",
+                          "cache.enabled=false", "progress=false"])
+    data = resolved_container(cfg)
+    out = os.path.join(tmp, f"out-{rows}")
+    with dask_context(data["dask"]) as client:
+        enable_cluster_limits(client)
+        with timed() as t:
+            bag = None
+            for stage in build_stages(data["recipe"], ClientSpec.from_config(data), out, size):
+                bag = stage(bag)
+            parts = client.compute(bag).result()
+        peaks = sorted(client.run(vmhwm_mib).values())
+    written = sum(p["records"] for p in parts)
+    failed = sum(p["errors"] for p in parts)
+    print(f"  {rows} rows: {len(parts)} partitions, {written} written, {failed} failed, {t['seconds']:.1f} s, "
+          f"worker peaks {', '.join(f'{p:.0f}' for p in peaks)} MiB")
+    return written / t["seconds"], written, peaks
+
+
+def main() -> None:
+    from recipe.testing.stub_server import StubServer
+
+    banner("scale")
+    rows = 2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
+        base_rate, base_n, base_peaks = pipeline(server.base_url, rows // 10, tmp)
+        server.reset()
+        rate, n, peaks = pipeline(server.base_url, rows, tmp)
+        requests = server.stats()["requests"]
+    assert n == rows and base_n == rows // 10, "records went missing"
+    assert requests == rows, f"{requests} requests for {rows} records"
+    results.append(report(f"{rows // 10} records (baseline)", base_rate, base_rate, "rec/s"))
+    results.append(report(f"{rows} records", rate, base_rate, "rec/s"))
+    results.append(report(f"peak worker RSS, {rows // 10} records (baseline)", max(base_peaks), max(base_peaks), "MiB"))
+    results.append(report(f"peak worker RSS, {rows} records", max(peaks), max(base_peaks), "MiB"))
+    print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
+    growth = max(peaks) / max(base_peaks) - 1
+    ok = growth < 0.2 and max(peaks) < 1024
+    print(f"goal growth < 20% and < 1 GiB per worker: {'met' if ok else 'NOT met'} ({growth:+.0%}, {max(peaks):.0f} MiB)")
+    save("scale", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Smoke runs of every bench script: each must exit 0 and print its results as ratio lines.
+
+``--smoke`` uses tiny counts but the same code paths as the full-size benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_smoke(script):
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_JSON"}  # never append to the lead's results
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], cwd=BENCH.parent, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.stdout.startswith("# bench "), proc.stdout[:500]
+    ratios = [line for line in proc.stdout.splitlines() if re.search(r"\bratio\s+-?(\d+\.\d+|nan)\b", line)]
+    assert ratios, f"{script} printed no ratio lines:\n{proc.stdout[-2000:]}"
