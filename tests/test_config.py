@@ -56,7 +56,7 @@ def test_every_group_has_options():
 def test_default_is_smollm2_on_the_embedded_server():
     cfg = compose()
     assert cfg.model.name == "smollm2"
-    assert cfg.backend.provider == "openai" and cfg.backend.api_base is None
+    assert cfg.backend.provider == "hosted_vllm" and cfg.backend.api_base is None
     assert cfg.backend.start_local_server is True
     assert cfg.formatter._target_ is None
     assert OmegaConf.to_container(cfg.sampling) == OmegaConf.to_container(compose(["sampling=default"]).sampling)

@@ -7,7 +7,6 @@ import json
 import pickle
 from pathlib import Path
 
-import dask
 import dask.bag as db
 import pytest
 from dask.base import tokenize

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import pathlib
-import sys
 import threading
 import time
 from collections import Counter

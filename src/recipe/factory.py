@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 from recipe.errors import ConfigError
 
@@ -119,8 +119,6 @@ def shared_async_client(spec: ClientSpec):
             if client is None:
                 from recipe.services.cluster_limits import limiter_for
                 from recipe.services.litellm_client import AsyncLiteLLMClient
-                from recipe.services.usage import UsageStats
-
                 stats = process_stats()
                 client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
                                             limiter=limiter_for(spec, stats))

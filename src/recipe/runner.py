@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe.config.compose import check, resolved_container, setup
-from recipe.errors import ConfigError, RecipeError
+from recipe.errors import ConfigError
 from recipe.factory import ClientSpec
 
 

@@ -16,10 +16,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
-from recipe.services.limits import AdjustableGate, LocalLimiter, Pacer
+from recipe.services.limits import AdjustableGate, GatedLimiter, LocalLimiter, Pacer
 
 log = logging.getLogger(__name__)
 HANDLER = "recipe_limits"
@@ -69,7 +68,7 @@ def enable_cluster_limits(client) -> None:
     client.register_plugin(plugin_cls(), name=LimitsPlugin.name)
 
 
-class ClusterLimiter:
+class ClusterLimiter(GatedLimiter):
     """Worker side: a local concurrency share plus scheduler-booked start times."""
 
     def __init__(self, worker, key: str, max_concurrency: int, rpm: float | None, tpm: float | None, stats=None):
@@ -80,7 +79,7 @@ class ClusterLimiter:
         self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
         self._successes = 0
         self._paused_until = 0.0
-        self._ready: asyncio.Event | None = None
+        self._ready_event: asyncio.Event | None = None
         self._refresher: asyncio.Task | None = None
         self._disabled = False
 
@@ -105,34 +104,21 @@ class ClusterLimiter:
                     log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
                 self.gate.resize(self.config["max_concurrency"])
                 self._disabled = True
-            self._ready.set()
+            self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
 
-    async def _start(self) -> None:
-        if self._ready is None:
-            self._ready = asyncio.Event()
+    async def _ready(self) -> None:
+        if self._ready_event is None:
+            self._ready_event = asyncio.Event()
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
-        await self._ready.wait()
+        await self._ready_event.wait()
 
-    @asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[None]:
-        await self._start()
-        began = time.monotonic()
-        await self.gate.acquire()
-        try:
-            pause = self._paused_until - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            if (self.config["rpm"] or self.config["tpm"]) and not self._disabled:
-                delay = (await self._call(action="reserve", tokens=tokens))["delay"]
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            waited = time.monotonic() - began
-            if self.stats is not None and waited > 0.001:
-                self.stats.count("limit_wait_seconds", waited)
-            yield
-        finally:
-            self.gate.release()
+    async def _start_delay(self, tokens: int) -> float:
+        delay = self._paused_until - time.monotonic()
+        if (self.config["rpm"] or self.config["tpm"]) and not self._disabled:
+            booked = (await self._call(action="reserve", tokens=tokens))["delay"]
+            delay = max(delay, booked)
+        return delay
 
     def on_success(self) -> None:
         self._successes += 1

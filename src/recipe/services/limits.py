@@ -113,21 +113,25 @@ class AdjustableGate:
                 future.set_result(None)
 
 
-class LocalLimiter:
-    """A :class:`Pacer` for one process, enforced on its event loop."""
+class GatedLimiter:
+    """A concurrency gate plus a start delay; subclasses say where the delay comes from."""
 
-    def __init__(self, max_concurrency: int = 64, rpm: float | None = None, tpm: float | None = None,
-                 stats=None):
-        self.pacer = Pacer(max_concurrency, rpm, tpm)
-        self.stats = stats
-        self.gate = AdjustableGate(self.pacer.concurrency)
+    gate: AdjustableGate
+    stats = None
+
+    async def _ready(self) -> None:
+        """Anything to set up on the running loop before the first request."""
+
+    async def _start_delay(self, tokens: int) -> float:
+        return 0.0
 
     @asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[None]:
+        await self._ready()
         began = time.monotonic()
         await self.gate.acquire()
         try:
-            delay = self.pacer.reserve(tokens, time.monotonic())
+            delay = await self._start_delay(tokens)
             if delay > 0:
                 await asyncio.sleep(delay)
             waited = time.monotonic() - began
@@ -136,6 +140,19 @@ class LocalLimiter:
             yield
         finally:
             self.gate.release()
+
+
+class LocalLimiter(GatedLimiter):
+    """A :class:`Pacer` for one process, enforced on its event loop."""
+
+    def __init__(self, max_concurrency: int = 64, rpm: float | None = None, tpm: float | None = None,
+                 stats=None):
+        self.pacer = Pacer(max_concurrency, rpm, tpm)
+        self.stats = stats
+        self.gate = AdjustableGate(self.pacer.concurrency)
+
+    async def _start_delay(self, tokens: int) -> float:
+        return self.pacer.reserve(tokens, time.monotonic())
 
     def on_success(self) -> None:
         self.pacer.success()

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from recipe.errors import ConfigError, ParseError
+from recipe.errors import ConfigError
 from recipe.stages import parsers, progress
 from recipe.stages.base import LLMStage
+from recipe.stages.functions import load_function
 from recipe.stages.templates import render
-
-
-def _load(predicate: str | Callable) -> Callable[[dict], bool]:
-    if callable(predicate):
-        return predicate
-    module, _, name = str(predicate).partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"filter predicate {predicate!r} not found ('module:function'): {exc}") from None
 
 
 @dataclass
@@ -42,7 +32,7 @@ class FilterStage(LLMStage):
 
     def process_partition(self, records: list[dict]) -> list[dict]:
         if self.predicate is not None:
-            keep = _load(self.predicate)
+            keep = load_function(self.predicate)
             kept = [r for r in records if keep(r)]
             progress.add_filtered(len(records) - len(kept))
             return kept

@@ -15,33 +15,20 @@ becomes several uses :func:`records.child` so every output keeps its lineage.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any, Callable
+from typing import Any
 
 import dask.bag as db
 
 from recipe.errors import ConfigError, InputError, ParseError
 from recipe.stages import parsers, progress
 from recipe.stages.base import Stage
+from recipe.stages.functions import load_function
 from recipe.stages.dialogue import STYLES, USER_TURN_PROMPT, DialogueStage, format_history
 from recipe.stages.records import ID, PARENT, child, make_id
 from recipe.stages.templates import render
-
-
-def load_function(path: str | Callable) -> Callable:
-    """``"package.module:function"`` -> the function (a callable is returned as is)."""
-    if callable(path):
-        return path
-    module, _, name = str(path).partition(":")
-    if not module or not name:
-        raise ConfigError(f"function {path!r} must be written 'module:function'")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"function {path!r} not found: {exc}") from None
 
 
 @dataclass
