@@ -181,7 +181,8 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     spec = ClientSpec.from_config(data)
     backend = data["backend"]
     started = time.monotonic()
-    stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])  # refuses bad stages and missing inputs first
+    # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
+    stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])
     with contextlib.ExitStack() as stack:
         if backend.get("start_local_server") and not backend.get("api_base"):
             from recipe.services.llamacpp_server import LlamaCppServer
@@ -212,15 +213,27 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             stop.set()
             watcher.join()
         totals = _collect(client)
-    wall = time.monotonic() - started
+    stats = _stats(parts, totals, time.monotonic() - started, spec)
+    with open(Path(output_dir) / "stats.json", "w") as handle:
+        json.dump(stats, handle, indent=2)
+    records, failed = stats["records"], stats["failed"]
+    notes = []
+    if records + failed == 0:
+        notes.append("no records were produced: the input is empty" if data.get("input")
+                     else "no records were produced")
+    return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
+
+
+def _stats(parts: list[dict], totals: dict, wall: float, spec: ClientSpec) -> dict:
+    """What ``stats.json`` reports: records from the written parts, requests from the clients."""
     records = sum(p["records"] for p in parts)
-    failed = sum(p["errors"] for p in parts)
     by_class: dict[str, int] = {}
     for part in parts:
         for name, count in part["failures"].items():
             by_class[name] = by_class.get(name, 0) + count
-    stats = {
-        "records": records, "failed": failed, "failed_by_class": by_class, "filtered": totals["filtered"],
+    return {
+        "records": records, "failed": sum(by_class.values()), "failed_by_class": by_class,
+        "filtered": totals["filtered"],
         "requests": totals["requests"], "cache_hits": totals["cache_hits"], "retries": totals["retries"],
         "rate_limited_429": totals["rate_limited"],
         "retry_wait_seconds": totals["retry_wait_seconds"], "limit_wait_seconds": totals["limit_wait_seconds"],
@@ -231,13 +244,6 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         "records_per_second": round(records / wall, 3) if wall else None,
         "requests_per_second": round(totals["requests"] / wall, 3) if wall else None,
     }
-    with open(Path(output_dir) / "stats.json", "w") as handle:
-        json.dump(stats, handle, indent=2)
-    notes = []
-    if records + failed == 0:
-        notes.append("no records were produced: the input is empty" if data.get("input")
-                     else "no records were produced")
-    return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
 
 
 def _hydra_output_dir() -> str:
