@@ -128,8 +128,8 @@ class LLMStage(Stage):
         limit = self.spec.context_length
         if not limit:
             return
-        # ~4 characters per token: a conservative estimate, so that what cannot fit is caught
-        # here, for free, instead of by a paid request that the server refuses.
+        # ~4 characters per token (English text): what clearly cannot fit is caught here, for
+        # free; what the estimate misses, the server refuses and the client maps to the same error.
         estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + (max_tokens or 0)
         if estimate > limit:
             raise errors.ContextWindowError(
