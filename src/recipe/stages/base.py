@@ -90,20 +90,51 @@ class LLMStage(Stage):
         llm = shared_async_client(self.spec)  # here, in the task's thread: it may look up its Dask worker
         return run_sync(self._process_all(llm, records))
 
-    async def _process_all(self, llm, records: list[dict]) -> list[dict]:
-        async def one(record: dict) -> list[dict]:
-            try:
-                return await self.aprocess(llm, record)
-            except FATAL:
-                raise
-            except errors.ParseError as exc:
-                if not self.ignore_conversion_failure:
-                    raise errors.ParseError(f"stage {self.name!r}: {exc} (set ignore_conversion_failure=true to record and go on)") from None
-                return [error_record(self.name, exc, record)]
-            except (errors.RecipeError, ValueError) as exc:
-                return [error_record(self.name, exc, record)]
+    async def _one(self, llm, record: dict) -> list[dict]:
+        """One record's outputs, or its error record; only run-stopping errors propagate."""
+        try:
+            return await self.aprocess(llm, record)
+        except FATAL:
+            raise
+        except errors.ParseError as exc:
+            if not self.ignore_conversion_failure:
+                raise errors.ParseError(f"stage {self.name!r}: {exc} "
+                                        "(set ignore_conversion_failure=true to record and go on)") from None
+            return [error_record(self.name, exc, record)]
+        except (errors.RecipeError, ValueError) as exc:
+            return [error_record(self.name, exc, record)]
 
-        results = await asyncio.gather(*(one(r) for r in records))
+    async def _process_all(self, llm, records: list[dict]) -> list[dict]:
+        """Every record of the partition, in order, through a sliding window of tasks.
+
+        The window (twice the concurrency limit) keeps the client's limit busy on its own, while
+        memory stays flat however large the partition: only the window's records are in flight,
+        not one task per record of a 15k-record partition.
+        """
+        results: list[list[dict] | None] = [None] * len(records)
+        window = asyncio.Semaphore(max(16, 2 * self.spec.max_concurrency))
+        failures: list[BaseException] = []
+        pending: set[asyncio.Task] = set()
+
+        async def run(index: int, record: dict) -> None:
+            try:
+                results[index] = await self._one(llm, record)
+            except BaseException as exc:  # a run-stopping error: stop launching, raise below
+                failures.append(exc)
+            finally:
+                window.release()
+
+        for index, record in enumerate(records):
+            await window.acquire()
+            if failures:
+                break
+            task = asyncio.get_running_loop().create_task(run(index, record))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending)
+        if failures:
+            raise failures[0]
         return [r for group in results for r in group]
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
