@@ -90,7 +90,7 @@ class LLMStage(Stage):
         llm = shared_async_client(self.spec)  # here, in the task's thread: it may look up its Dask worker
         return run_sync(self._process_all(llm, records))
 
-    async def _one(self, llm, record: dict) -> list[dict]:
+    async def _guarded(self, llm, record: dict) -> list[dict]:
         """One record's outputs, or its error record; only run-stopping errors propagate."""
         try:
             return await self.aprocess(llm, record)
@@ -118,7 +118,7 @@ class LLMStage(Stage):
 
         async def run(index: int, record: dict) -> None:
             try:
-                results[index] = await self._one(llm, record)
+                results[index] = await self._guarded(llm, record)
             except BaseException as exc:  # a run-stopping error: stop launching, raise below
                 failures.append(exc)
             finally:
