@@ -128,7 +128,11 @@ def main() -> None:
             print(f"{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
             _exit_code = EXIT_RECORDS_FAILED
 
-    _task()
+    try:
+        _task()
+    except BrokenPipeError:  # `python -m recipe --help | head`: the reader left, nothing to report
+        sys.stderr.close()
+        sys.exit(0)
     sys.exit(_exit_code)
 
 
