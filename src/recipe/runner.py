@@ -87,7 +87,7 @@ def dask_context(dask_cfg: dict):
             client = Client(dask_cfg["address"])
             cluster = None
         else:
-            cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 4),
+            cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 2),
                                    processes=True, host="127.0.0.1", dashboard_address=None)
             client = Client(cluster)
         try:

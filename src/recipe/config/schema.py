@@ -59,7 +59,7 @@ class SamplingConfig:
 class DaskConfig:
     address: Optional[str] = None  # an existing scheduler; null for a local one
     n_workers: int = 0  # 0: threads in this process; >0: a LocalCluster of worker processes
-    threads_per_worker: int = 4
+    threads_per_worker: int = 2
     partition_size: int = 256  # records per partition when reading
 
 
