@@ -68,3 +68,13 @@ def test_gate_is_fifo_and_resizes_while_requests_wait():
 
     order, in_use = asyncio.run(scenario())
     assert order == [0, 1, 2, 3, 4] and in_use == 0
+
+
+def test_one_decrease_per_round_trip():
+    pacer = Pacer(max_concurrency=32)
+    pacer.rate_limited(None, now=1.0, started_at=0.9)
+    assert pacer.concurrency == 16
+    pacer.rate_limited(None, now=1.05, started_at=0.95)  # was in flight before the decrease
+    assert pacer.concurrency == 16
+    pacer.rate_limited(None, now=1.2, started_at=1.1)  # started under the new limit
+    assert pacer.concurrency == 8

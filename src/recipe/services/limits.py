@@ -21,14 +21,16 @@ class Limiter(Protocol):
 
     def on_success(self) -> None: ...
 
-    def on_rate_limited(self, retry_after: float | None) -> None: ...
+    def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None: ...
 
 
 class Pacer:
     """Decides when the next request may start.
 
-    - Concurrency follows AIMD: +1 per ``limit`` successes, halved on a 429 (at most once per
-      ``decrease_interval``), never above ``max_concurrency`` nor below 1.
+    - Concurrency follows AIMD: +1 per ``limit`` successes, halved on a 429, never above
+      ``max_concurrency`` nor below 1. Like TCP, one decrease per round trip: a 429 halves the
+      limit only if its request started after the last decrease (the requests already in flight
+      answer for the old limit); without a start time, at most once per ``decrease_interval``.
     - ``rpm`` and ``tpm`` are paced with GCRA (a virtual schedule): each request reserves the
       next free start time, so the rate is smooth rather than bursty at minute boundaries.
     - A 429's ``Retry-After`` pauses every new start until it has passed.
@@ -64,8 +66,10 @@ class Pacer:
     def success(self) -> None:
         self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
 
-    def rate_limited(self, retry_after: float | None, now: float) -> None:
-        if now - self._last_decrease >= self.decrease_interval:
+    def rate_limited(self, retry_after: float | None, now: float, started_at: float | None = None) -> None:
+        fresh = (started_at >= self._last_decrease if started_at is not None
+                 else now - self._last_decrease >= self.decrease_interval)
+        if fresh:
             self.limit = max(1.0, self.limit / 2.0)
             self._last_decrease = now
         if retry_after:
@@ -159,6 +163,6 @@ class LocalLimiter(GatedLimiter):
         if self.pacer.concurrency != self.gate.capacity:
             self.gate.resize(self.pacer.concurrency)
 
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        self.pacer.rate_limited(retry_after, time.monotonic())
+    def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None:
+        self.pacer.rate_limited(retry_after, time.monotonic(), started_at)
         self.gate.resize(self.pacer.concurrency)

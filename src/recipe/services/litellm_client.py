@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -158,6 +159,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             async with self.limiter.slot(tokens):
                 try:
                     self.stats.count("requests")
+                    started = time.monotonic()
                     result = await attempt_once()
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # ValueErrors, but a bad reply
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
@@ -170,7 +172,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     return result
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
-                self.limiter.on_rate_limited(error.retry_after)
+                self.limiter.on_rate_limited(error.retry_after, started)
             if not error.retryable or attempt >= self.num_retries:
                 self.stats.fail(type(error).__name__)
                 raise error
