@@ -113,11 +113,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
     # ---- request building -------------------------------------------------------------
     def _sampling(self, max_tokens, seed, stop, temperature, top_k, top_p) -> dict:
-        params = {"max_tokens": max_tokens, "seed": seed, "stop": stop, "temperature": temperature, "top_p": top_p}
-        params = {k: v for k, v in params.items() if v is not None}
-        if top_k is not None:
-            params["top_k"] = top_k
-        return params
+        params = {"max_tokens": max_tokens, "seed": seed, "stop": stop, "temperature": temperature,
+                  "top_k": top_k, "top_p": top_p}
+        return {k: v for k, v in params.items() if v is not None}  # None: not sent
 
     def _endpoint_kwargs(self, route: str) -> dict:
         """Where and how to connect; one attempt per call (our loop does the retries)."""
@@ -183,18 +181,38 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             self.stats.count("retry_wait_seconds", delay)
             await asyncio.sleep(delay)
 
-    async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
+    @staticmethod
+    def _caller(route: str, model: str, text: bool = False):
+        """litellm's call for ``route/model``, set up once per query for the lean path (RESULTS.md)."""
         litellm = get_litellm()
         call = litellm.atext_completion if text else litellm.acompletion
-        size = len(str(payload.get("prompt") or payload.get("messages") or ""))
-
         wire_model = f"{route}/{model}"
         ensure_model_known(wire_model, route)
 
-        async def once() -> list[str]:
+        async def send(**payload: Any) -> Any:
             # "no-log": litellm skips its logging hooks for this call; we keep our own counters.
-            response = await call(model=wire_model, stream=stream, **payload, **{"no-log": True})
-            return await self._read(response, stream, text, model)
+            return await call(model=wire_model, **payload, **{"no-log": True})
+
+        return send
+
+    async def _cached(self, key: dict, produce) -> Any:
+        """The stored answer for ``key``, or ``await produce()`` stored under it."""
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.count("cache_hits")
+                return hit
+        answer = await produce()
+        if self.cache is not None:
+            self.cache.put(key, answer)
+        return answer
+
+    async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
+        send = self._caller(route, model, text)
+        size = len(str(payload.get("prompt") or payload.get("messages") or ""))
+
+        async def once() -> list[str]:
+            return await self._read(await send(stream=stream, **payload), stream, text, model)
 
         return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once)
 
@@ -249,20 +267,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         else:
             text, route = False, _CHAT_ROUTE.get(self.provider, self.provider)
             body, payload_key = messages, "messages"
-        key = self.request_key("text" if text else "chat", model, body, params, n)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                self.stats.count("cache_hits")
-                return hit
-        payload = {payload_key: body, **self._wire_kwargs(route, n, params)}
-        texts = await self._send(route, model, payload, stream, text)
-        if len(texts) < n:
-            texts = texts + await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text)
-        texts = texts[:n]
-        if self.cache is not None:
-            self.cache.put(key, texts)
-        return texts
+        async def produce() -> list[str]:
+            payload = {payload_key: body, **self._wire_kwargs(route, n, params)}
+            texts = await self._send(route, model, payload, stream, text)
+            if len(texts) < n:
+                texts += await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text)
+            return texts[:n]
+
+        return await self._cached(self.request_key("text" if text else "chat", model, body, params, n), produce)
 
     async def _top_up(self, route, model, body, payload_key, params, missing, stream, text) -> list[str]:
         """Servers that ignore ``n`` get the missing choices as further requests, seeds shifted."""
@@ -283,28 +295,22 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         reward models only take chat messages.
         """
         messages = list(messages)
-        key = self.request_key("reward", model, messages, {}, 1)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                self.stats.count("cache_hits")
-                return hit
-        litellm = get_litellm()
         route = _CHAT_ROUTE.get(self.provider, self.provider)
         payload = {"messages": messages, **self._endpoint_kwargs(route)}
 
         async def once() -> dict:
-            response = await litellm.acompletion(model=f"{route}/{model}", **payload)
+            response = await send(**payload)
             self._record_usage(_read_field(response, "usage"), model)
             try:
                 return parse_reward_scores(response)
             except ValueError as exc:
                 raise ValueError(f"{model}: {exc}") from None
 
-        scores = await self._with_retries(_estimate_tokens(len(str(messages)), 1), once)
-        if self.cache is not None:
-            self.cache.put(key, scores)
-        return scores
+        async def produce() -> dict:
+            return await self._with_retries(_estimate_tokens(len(str(messages)), 1), once)
+
+        send = self._caller(route, model)
+        return await self._cached(self.request_key("reward", model, messages, {}, 1), produce)
 
 
 class LiteLLMClient(LLMClient):
