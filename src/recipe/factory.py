@@ -111,7 +111,8 @@ _clients_lock = threading.Lock()
 
 def shared_async_client(spec: ClientSpec):
     """This process's one async client for ``spec`` (built on first use, with the run's limiter)."""
-    key = repr(spec.__dask_tokenize__())
+    # The token leaves the key out (it names graphs); two keys must still mean two clients.
+    key = (repr(spec.__dask_tokenize__()), spec.api_key)
     client = _clients.get(key)
     if client is None:
         with _clients_lock:
@@ -119,6 +120,7 @@ def shared_async_client(spec: ClientSpec):
             if client is None:
                 from recipe.services.cluster_limits import limiter_for
                 from recipe.services.litellm_client import AsyncLiteLLMClient
+
                 stats = process_stats()
                 client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
                                             limiter=limiter_for(spec, stats))
