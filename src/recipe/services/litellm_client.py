@@ -20,6 +20,7 @@ from recipe import errors
 from recipe.services.conversation_formatter import ConversationFormatter
 from recipe.services.error_mapping import translate
 from recipe.services.event_loop import run_sync
+from recipe.services.lean_http import LeanRoute, takes_lean_path
 from recipe.services.limits import LocalLimiter
 from recipe.services.litellm_setup import ensure_model_known, get_litellm
 from recipe.services.model_client import AsyncLLMClient, LLMClient
@@ -104,6 +105,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         # What names the endpoint in cache keys: api_base, unless the address is not stable
         # (the embedded llama.cpp server gets a new port each run).
         self.endpoint_id = endpoint_id or api_base
+        self._lean_routes: dict[tuple, LeanRoute] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
@@ -149,6 +151,17 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         kwargs.update(params)
         return kwargs
 
+    def _route(self, text: bool) -> str:
+        """litellm's provider prefix for chat requests, or for the formatter's text completions."""
+        if text:
+            return _TEXT_ROUTE.get(self.provider, "text-completion-openai")
+        return _CHAT_ROUTE.get(self.provider, self.provider)
+
+    def transport(self, formatted: bool = False) -> str:
+        """Which path this client's requests take: ``"lean"`` (litellm's provider configuration
+        plus one aiohttp session, :mod:`recipe.services.lean_http`) or ``"litellm"`` (``acompletion``)."""
+        return "lean" if takes_lean_path(self._route(formatted)) else "litellm"
+
     # ---- attempts, with retries -------------------------------------------------------
     async def _with_retries(self, tokens: int, attempt_once) -> Any:
         """Run ``attempt_once()`` under the limiter, retrying what may succeed next time."""
@@ -181,9 +194,15 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             self.stats.count("retry_wait_seconds", delay)
             await asyncio.sleep(delay)
 
-    @staticmethod
-    def _caller(route: str, model: str, text: bool = False):
-        """litellm's call for ``route/model``, set up once per query for the lean path (RESULTS.md)."""
+    def _caller(self, route: str, model: str, text: bool = False):
+        """The call for ``route/model``: the lean HTTP path where litellm's provider configuration
+        allows it (resolved once per client and route), else ``litellm.acompletion``."""
+        if takes_lean_path(route):
+            key = (route, model, text)
+            lean = self._lean_routes.get(key)
+            if lean is None:
+                lean = self._lean_routes[key] = LeanRoute(route, model, text)
+            return lean
         litellm = get_litellm()
         call = litellm.atext_completion if text else litellm.acompletion
         wire_model = f"{route}/{model}"
@@ -260,12 +279,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p)
-        if conversation_formatter is not None:
-            text, route = True, _TEXT_ROUTE.get(self.provider, "text-completion-openai")
+        text = conversation_formatter is not None
+        route = self._route(text)
+        if text:
             body: Any = conversation_formatter.format_conversation(messages)
             payload_key = "prompt"
         else:
-            text, route = False, _CHAT_ROUTE.get(self.provider, self.provider)
             body, payload_key = messages, "messages"
         async def produce() -> list[str]:
             payload = {payload_key: body, **self._wire_kwargs(route, n, params)}
@@ -295,7 +314,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         reward models only take chat messages.
         """
         messages = list(messages)
-        route = _CHAT_ROUTE.get(self.provider, self.provider)
+        route = self._route(False)
         payload = {"messages": messages, **self._endpoint_kwargs(route)}
 
         async def once() -> dict:

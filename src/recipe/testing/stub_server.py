@@ -98,13 +98,15 @@ class _App:
         self.status: collections.Counter[str] = collections.Counter()
         self.arrivals: list[float] = []
         self.auth: dict[str, None] = {}
+        self.user_agents: dict[str, None] = {}
         self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
 
     async def stats(self, request):
         return web.json_response({
             "requests": self.requests, "by_path": dict(self.by_path),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
-            "arrivals": self.arrivals, "auth_headers": list(self.auth), "bodies": list(self.bodies)})
+            "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
+            "bodies": list(self.bodies)})
 
     async def do_reset(self, request):
         self.reset()
@@ -129,6 +131,7 @@ class _App:
         auth = request.headers.get("Authorization")
         if auth is not None:
             self.auth[auth] = None
+        self.user_agents[request.headers.get("User-Agent", "")] = None
         fault = self.schedule.next()
         status = "200"
         try:
