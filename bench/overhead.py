@@ -12,6 +12,8 @@ these run one after the other, each as a fresh ``python`` process:
 Two rates per run: ``steady`` is server-side, requests per second between the 10th and the 90th
 percentile of arrivals (once running); ``wall`` is requests / the process's whole life, start-up
 included. ``first`` is the time from the process's start to its first request at the server.
+``CPU per request`` is the CPU (user + system) the side's process tree used between those two
+arrivals, divided by the requests in between: on a shared machine it moves much less than the rates.
 Every ratio is against the raw SDK of the same repetition; repetitions are interleaved and the
 report gives ranges (the machine is shared and noisy).
 
@@ -100,25 +102,45 @@ def _steady(arrivals: list[float]) -> float:
     return (hi - lo) / span if span > 0 else float("nan")
 
 
+def _cpu_at(samples: list[tuple[float, float]], when: float) -> float:
+    """CPU seconds used by the side's process tree at time ``when`` (linear between samples)."""
+    before = [s for s in samples if s[0] <= when]
+    after = [s for s in samples if s[0] >= when]
+    if not before or not after:
+        return (before or after)[-1 if before else 0][1]
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+
 def _run_side(server, command: list[str], total: int, env: dict) -> dict:
+    """Run one side; its CPU is sampled (process tree, user + system) to give CPU per steady request."""
+    import psutil
+
     server.reset()
+    samples: list[tuple[float, float]] = []
     with tempfile.TemporaryFile() as err:
         began = time.time()
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None:
+            try:
+                tree = [proc] + proc.children(recursive=True)
+                samples.append((time.time(), sum(sum(p.cpu_times()[:2]) for p in tree)))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
         wall = time.time() - began
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"{' '.join(command[:6])} ... failed ({proc.returncode}):\n"
                              f"{err.read().decode(errors='replace')[-3000:]}")
     stats = server.stats()
-    arrivals = stats["arrivals"]
+    arrivals = sorted(stats["arrivals"])
     if stats["requests"] != total:
         raise SystemExit(f"{command[1:4]}: the server saw {stats['requests']} requests, expected {total}")
-    return {"steady": _steady(arrivals), "wall": total / wall, "wall_s": wall,
-            "cpu_s": usage.ru_utime + usage.ru_stime,  # this process and its reaped children (Dask workers)
-            "first_s": min(arrivals) - began, "max_in_flight": stats["max_in_flight"]}
+    lo, hi = len(arrivals) // 10, len(arrivals) - 1 - len(arrivals) // 10
+    cpu_ms = 1000 * (_cpu_at(samples, arrivals[hi]) - _cpu_at(samples, arrivals[lo])) / max(1, hi - lo)
+    return {"steady": _steady(arrivals), "wall": total / wall, "wall_s": wall, "cpu_ms": cpu_ms,
+            "first_s": arrivals[0] - began, "max_in_flight": stats["max_in_flight"]}
 
 
 def _sides(concurrency: int, smoke: bool) -> list[tuple[str, str, str, int]]:
@@ -152,7 +174,8 @@ def driver(args: argparse.Namespace) -> None:
         table: dict[tuple[int, str], list[dict]] = {}
         for rep in range(reps):
             for concurrency in (64, 1):
-                total = args.total or (100 if smoke else (3000 if concurrency > 1 else 1000))
+                total = args.total or (100 if smoke else 3000)
+                total = total if concurrency > 1 else max(100, total // 3)
                 input_path = os.path.join(tmp, f"prompts-{total}.jsonl")
                 if not os.path.exists(input_path):
                     with open(input_path, "w") as handle:
@@ -165,6 +188,7 @@ def driver(args: argparse.Namespace) -> None:
                                                                               "cpu_ratio": 1.0})
                 print(f"rep {rep + 1}, concurrency {concurrency}, {total} requests")
                 report("  raw openai SDK (baseline), steady", base["steady"], base["steady"], "req/s")
+                report("  raw openai SDK (baseline), CPU per request", base["cpu_ms"], base["cpu_ms"], "ms")
                 for label, kind, target, workers in _sides(concurrency, smoke):
                     if kind == "client":
                         command = side + ["client", "--target", target]
@@ -173,19 +197,20 @@ def driver(args: argparse.Namespace) -> None:
                         command = _cli_command(server.base_url, concurrency, target, input_path, out_dir, workers)
                     got = _run_side(server, command, total, env)
                     got["ratio"], got["wall_ratio"] = got["steady"] / base["steady"], got["wall"] / base["wall"]
-                    got["cpu_ratio"] = got["cpu_s"] / base["cpu_s"]
+                    got["cpu_ratio"] = got["cpu_ms"] / base["cpu_ms"]
                     table.setdefault((concurrency, label), []).append(got)
                     results.append(report(f"  {label}, c={concurrency}, steady", got["steady"], base["steady"], "req/s"))
                     report(f"  {label}, c={concurrency}, wall", got["wall"], base["wall"], "req/s")
+                    report(f"  {label}, c={concurrency}, CPU per request", got["cpu_ms"], base["cpu_ms"], "ms")
         print("\nsummary (ranges over repetitions; ratios against the raw SDK of the same repetition)")
         print("| concurrency | side | steady req/s | steady ratio | wall (s) | wall ratio | first request (s) "
-              "| client CPU (s) | CPU ratio |")
+              "| client CPU ms/req (steady) | CPU ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         for (concurrency, label), runs in table.items():
             print(f"| {concurrency} | {label} | {_fmt([r['steady'] for r in runs])} | "
                   f"{_fmt([r['ratio'] for r in runs], 2)} | {_fmt([r['wall_s'] for r in runs], 1)} | "
                   f"{_fmt([r['wall_ratio'] for r in runs], 2)} | {_fmt([r['first_s'] for r in runs], 1)} | "
-                  f"{_fmt([r['cpu_s'] for r in runs], 1)} | {_fmt([r['cpu_ratio'] for r in runs], 2)} |")
+                  f"{_fmt([r['cpu_ms'] for r in runs], 2)} | {_fmt([r['cpu_ratio'] for r in runs], 2)} |")
     save("overhead", results)
 
 
@@ -193,7 +218,7 @@ def driver(args: argparse.Namespace) -> None:
 
 
 def profile(args: argparse.Namespace) -> None:
-    """cProfile in every thread (a profiler per thread, merged) over one in-process generate run."""
+    """cProfile in every thread (a profiler per thread, merged; thread CPU time) over one generate run."""
     import cProfile
     import pstats
     import threading
@@ -203,7 +228,7 @@ def profile(args: argparse.Namespace) -> None:
     profilers: list[cProfile.Profile] = []
 
     def start_in_thread(*_):  # the first profile event of a new thread installs its own profiler
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)  # CPU of this thread: the shared machine's load drops out
         profilers.append(profiler)
         profiler.enable()
 
@@ -218,7 +243,7 @@ def profile(args: argparse.Namespace) -> None:
         get_litellm()
         cfg = recipe.compose(_cli_command(server.base_url, 64, "vllm", input_path, os.path.join(tmp, "out"), 0)[3:])
         threading.setprofile(start_in_thread)
-        main = cProfile.Profile()
+        main = cProfile.Profile(time.thread_time)
         main.enable()
         began = time.perf_counter()
         summary = recipe.run(cfg)

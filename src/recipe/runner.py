@@ -117,6 +117,12 @@ def _reset() -> None:
     progress.reset()
 
 
+def _preload() -> None:
+    from recipe.services.litellm_setup import preload
+
+    preload()
+
+
 def _collect(client) -> dict:
     """Usage and progress summed over this process and every worker."""
     from recipe.services.usage import UsageStats
@@ -200,6 +206,7 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             from recipe.services.cluster_limits import enable_cluster_limits
 
             client.run(_reset)
+            client.run(_preload)  # each worker imports litellm while the first partitions are read
             enable_cluster_limits(client)
         bag = None
         for stage in stages:
