@@ -159,7 +159,8 @@ class LeanRoute:
         if response.status >= 400:
             async with response:
                 text = await response.text(errors="replace")
-            raise self._mapped(self.config.get_error_class(error_message=text, status_code=response.status,
+            raise self._mapped(self.config.get_error_class(error_message=_error_message(text),
+                                                           status_code=response.status,
                                                            headers=dict(response.headers)))
         if stream:
             return self._events(response)
@@ -202,6 +203,17 @@ class LeanRoute:
         except Exception as raised:  # exception_type raises the mapped exception
             mapped = raised
         return mapped if isinstance(mapped, BaseException) else exc
+
+
+def _error_message(text: str) -> str:
+    """The server's own words from an OpenAI-style error body, as the OpenAI SDK reports them."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return text
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return error if isinstance(error, str) else text
 
 
 def _env_proxy(url: str) -> tuple:
