@@ -173,7 +173,7 @@ def driver(args: argparse.Namespace) -> None:
         env["RECIPE_RUNS_DIR"] = os.path.join(tmp, "runs")
         table: dict[tuple[int, str], list[dict]] = {}
         for rep in range(reps):
-            for concurrency in (64, 1):
+            for concurrency in ((64,) if smoke else (64, 1)):  # smoke: the same code paths, once
                 total = args.total or (100 if smoke else 3000)
                 total = total if concurrency > 1 else max(100, total // 3)
                 input_path = os.path.join(tmp, f"prompts-{total}.jsonl")
