@@ -64,7 +64,8 @@ class LeanRoute:
     ``await route(messages=..., stream=False, api_base=..., api_key=..., timeout=..., max_tokens=...,
     extra_body={...})`` returns the response JSON as a dict (or, with ``stream=True``, an async
     iterator of chunk dicts), exactly as ``litellm.acompletion(model="route/model", ...)`` would
-    send it. The endpoint keys of the first call fix the URL and headers; a client never changes them.
+    send it. The endpoint keys of the first call fix the URL and headers (a client never changes them);
+    the timeout is read on every call.
     """
 
     def __init__(self, route: str, model: str, text: bool = False):
@@ -85,11 +86,10 @@ class LeanRoute:
             raise ValueError(f"litellm has no provider configuration for {route}/{model}")
         self._supported = frozenset(self.config.get_supported_openai_params(model=model))
         self._resolved: tuple | None = None
+        self._client_timeout = None
 
-    def _resolve(self, api_base: str | None, api_key: str | None, timeout: float) -> tuple:
-        """URL, headers and timeout, from litellm's provider resolution and configuration (once)."""
-        import aiohttp
-
+    def _resolve(self, api_base: str | None, api_key: str | None) -> tuple:
+        """URL, headers and proxy, from litellm's provider resolution and configuration (once)."""
         _, _, dynamic_key, dynamic_base = self._litellm.get_llm_provider(
             model=f"{self.route}/{self.model}", api_base=api_base, api_key=api_key)
         api_base = (api_base or dynamic_base or self._litellm.api_base or _first_env(_ENV_BASE[self.route])
@@ -111,7 +111,14 @@ class LeanRoute:
             url = self.config.get_complete_url(api_base=api_base, api_key=api_key, model=self.model,
                                                optional_params={}, litellm_params={}, stream=False)
         headers = {"User-Agent": _USER_AGENT, **headers}
-        return url, headers, aiohttp.ClientTimeout(total=timeout), _env_proxy(url)
+        return url, headers, _env_proxy(url)
+
+    def _timeout(self, seconds: float):
+        import aiohttp
+
+        if self._client_timeout is None or self._client_timeout.total != seconds:
+            self._client_timeout = aiohttp.ClientTimeout(total=seconds)
+        return self._client_timeout
 
     def build(self, payload: dict) -> dict:
         """The request body litellm's configuration makes of ``payload`` (litellm's keywords)."""
@@ -143,9 +150,9 @@ class LeanRoute:
 
     async def __call__(self, **payload: Any) -> Any:
         if self._resolved is None:
-            self._resolved = self._resolve(payload.get("api_base"), payload.get("api_key"),
-                                           float(payload.get("timeout") or 600))
-        url, headers, timeout, (proxy, proxy_auth) = self._resolved
+            self._resolved = self._resolve(payload.get("api_base"), payload.get("api_key"))
+        url, headers, (proxy, proxy_auth) = self._resolved
+        timeout = self._timeout(float(payload.get("timeout") or 600))  # per call: the caller may shorten it
         stream = bool(payload.get("stream"))
         body = self.build(payload)
         if stream:
