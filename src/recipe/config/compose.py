@@ -27,6 +27,9 @@ def setup() -> None:
     schema.register()
     OmegaConf.register_new_resolver("input_or_sample", _input_or_sample, replace=True)
     OmegaConf.register_new_resolver("sample", paths.sample_path, replace=True)
+    from recipe.run_identity import register_resolver
+
+    register_resolver()  # ${recipe_run_dir:ROOT}: Hydra's run dir is the run folder
     _registered = True
 
 
