@@ -158,17 +158,19 @@ def test_a_sweep_gives_each_job_its_run_folder_and_resumes_them(stub_server, tmp
 
 # ---- transient failures are retried, the others kept; good and error files replaced together --
 
-def _failing_then_healthy(stub_server, tmp_path, *extra: str):
-    """The issue's case: every request fails (num_retries=0), then the same endpoint is healthy."""
+def _failing_then_healthy(stub_server, tmp_path, *extra: str, bad_record: bool = True):
+    """The issue's case: every request fails (num_retries=0), then the same endpoint is healthy.
+
+    With ``bad_record``, a fourth record fails for its own reason (no prompt field)."""
     failing = stub_server(fail_500=1.0)
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"prompt": f"question {i}", "n": i}) + "\n" for i in range(3))
-                      + json.dumps({"question": "no prompt field", "n": 3}) + "\n")
+                      + (json.dumps({"question": "no prompt field", "n": 3}) + "\n" if bad_record else ""))
     out = tmp_path / "out"
     args = stub_args(failing, f"input={source}", f"output_dir={out}", "backend.num_retries=0", *extra)
     first = recipe.run(recipe.compose(args))
-    assert first.records == 0 and first.failed == 4
-    assert first.stats["failed_by_class"] == {"ServerError": 3, "InputError": 1}
+    assert first.records == 0 and first.failed == 3 + bad_record
+    assert first.stats["failed_by_class"] == ({"ServerError": 3, "InputError": 1} if bad_record else {"ServerError": 3})
     port = failing.port
     failing.stop()
     healthy = stub_server(port=port)
@@ -187,6 +189,18 @@ def test_rerun_retries_transient_failures_and_keeps_records_that_failed_for_thei
     assert (stats["records"], stats["failed"], stats["failed_by_class"]) == (3, 1, {"InputError": 1})
     assert stats == second.stats and stats["attempts"] == 2
     assert stats["requests"] == 6, "3 failed requests in attempt 1 and 3 answered in attempt 2"
+
+
+def test_a_partitions_good_and_error_files_are_replaced_together(stub_server, tmp_path):
+    """The issue's reproduction: after the rerun the three records were in part-00000.jsonl and in
+    errors/part-00000.jsonl, and stats.json said failed: 0."""
+    healthy, out, args = _failing_then_healthy(stub_server, tmp_path, bad_record=False)
+    recipe.run(recipe.compose(args))
+    assert sorted(r["n"] for r in good_rows(out)) == [0, 1, 2]
+    assert not (out / "errors" / "part-00000.jsonl").exists()
+    assert error_rows(out) == []
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["records"], stats["failed"]) == (3, 0)
 
 
 def test_retry_failed_false_keeps_every_failure(stub_server, tmp_path):
