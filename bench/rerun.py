@@ -1,6 +1,6 @@
 """Rerun: the same command again over a run whose partitions are all committed, against the first run.
 
-N records (default 1,000,000; ``--rows N``; smoke: 2000) go through the ``generate`` recipe with
+N records (default 1,000,000; ``--rows N``; smoke: 600) go through the ``generate`` recipe with
 ``recipe.run`` exactly as the CLI runs it (cache on, the default 256 records per partition, a
 2-worker LocalCluster) against a zero-latency stub server. The first run is the baseline. Then:
 
@@ -36,7 +36,7 @@ def main() -> None:
     from recipe.testing.stub_server import StubServer
 
     banner("rerun")
-    rows = 2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    rows = 600 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
     workers = 0 if small() else 2
     with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
         os.environ["RECIPE_CACHE_DIR"] = os.path.join(tmp, "cache")
