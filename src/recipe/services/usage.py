@@ -15,6 +15,8 @@ class UsageStats:
     retries: int = 0
     cache_hits: int = 0
     rate_limited: int = 0
+    schema_retries: int = 0  # answers asked again because they did not validate under their schema
+    schema_failures: int = 0  # records that became SchemaError records after the last try
     retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included
     limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0
@@ -53,7 +55,7 @@ class UsageStats:
         data = other.as_dict() if isinstance(other, UsageStats) else other
         with self._lock:
             for name in ("requests", "retries", "cache_hits", "rate_limited", "retry_wait_seconds",
-                         "limit_wait_seconds",
+                         "limit_wait_seconds", "schema_retries", "schema_failures",
                          "prompt_tokens", "completion_tokens"):
                 setattr(self, name, getattr(self, name) + data.get(name, 0))
             self.failures.update(data.get("failures", {}))
@@ -66,6 +68,7 @@ class UsageStats:
             return {
                 "requests": self.requests, "retries": self.retries, "cache_hits": self.cache_hits,
                 "rate_limited": self.rate_limited,
+                "schema_retries": self.schema_retries, "schema_failures": self.schema_failures,
                 "retry_wait_seconds": round(self.retry_wait_seconds, 3),
                 "limit_wait_seconds": round(self.limit_wait_seconds, 3),
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -78,6 +81,7 @@ class UsageStats:
         snapshot = self.as_dict()
         with self._lock:
             self.requests = self.retries = self.cache_hits = self.rate_limited = 0
+            self.schema_retries = self.schema_failures = 0
             self.prompt_tokens = self.completion_tokens = 0
             self.retry_wait_seconds = self.limit_wait_seconds = 0.0
             self.failures = Counter()
