@@ -383,7 +383,10 @@ def test_llamacpp_twenty_requests_give_twenty_valid_objects(llama_server):
         return (await client.query_model(messages=messages, model="smollm2", max_tokens=120, temperature=0.7,
                                           seed=7, response_format=REAL))[0]
 
-    answers = run_sync(asyncio.gather(*(ask(a) for a in animals)))
+    async def all_of_them() -> list[str]:
+        return await asyncio.gather(*(ask(a) for a in animals))
+
+    answers = run_sync(all_of_them())
     schema = structured_output.as_schema(REAL)
     values = [structured_output.parse(a, schema) for a in answers]  # raises on any invalid answer
     assert len(values) == 20 and all(v["size"] in ("small", "medium", "large") for v in values)

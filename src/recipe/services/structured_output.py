@@ -244,7 +244,8 @@ def parse(text: str, schema: Schema) -> Any:
     if fenced:
         body = fenced["body"].strip()
     try:
-        value = json.loads(body)
+        # strict=False: llama.cpp's JSON grammar lets raw control characters (a newline) into strings
+        value = json.loads(body, strict=False)
     except ValueError as exc:
         raise SchemaError(f"not JSON: {exc}", raw) from None
     if schema.model is not None:
