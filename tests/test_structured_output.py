@@ -255,6 +255,10 @@ def test_a_stub_breaking_30_percent_retries_and_writes_nothing_invalid(stub_serv
     assert len(good) + len(bad) == 40 and summary.failed == len(bad)
     assert stats["schema_failures"] == len(bad)
     assert stats["schema_retries"] == len(log) - 40
+    first_broken = sum(t[0] for t in tries.values())
+    assert stats["structured_by_schema"]["response"] == {
+        "asked": 40, "valid_first": 40 - first_broken, "valid_after_retries": first_broken - len(bad),
+        "invalid": len(bad)}
     if retries:
         assert stats["schema_retries"] > 0 and len(bad) < 12  # retries rescued answers
     else:

@@ -237,6 +237,7 @@ def _stats(parts: list[dict], totals: dict, wall: float, spec: ClientSpec) -> di
         "requests": totals["requests"], "cache_hits": totals["cache_hits"], "retries": totals["retries"],
         "rate_limited_429": totals["rate_limited"],
         "schema_retries": totals["schema_retries"], "schema_failures": totals["schema_failures"],
+        "structured_by_schema": totals["structured_by_schema"],
         "retry_wait_seconds": totals["retry_wait_seconds"], "limit_wait_seconds": totals["limit_wait_seconds"],
         "request_failures_by_class": totals["failures"],
         "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],

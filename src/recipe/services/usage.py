@@ -23,6 +23,8 @@ class UsageStats:
     completion_tokens: int = 0
     failures: Counter = field(default_factory=Counter)
     tokens_by_model: dict = field(default_factory=dict)
+    # Per schema name: answers asked, valid at the first try, valid after retries, still invalid.
+    structured_by_schema: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,6 +49,13 @@ class UsageStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
+    def count_schema(self, name: str, **amounts: int) -> None:
+        """Add to ``structured_by_schema[name]`` (keys: asked, valid_first, valid_after_retries, invalid)."""
+        with self._lock:
+            counts = self.structured_by_schema.setdefault(name, {})
+            for key, amount in amounts.items():
+                counts[key] = counts.get(key, 0) + amount
+
     def fail(self, error_class: str) -> None:
         with self._lock:
             self.failures[error_class] += 1
@@ -62,6 +71,10 @@ class UsageStats:
             for model, (p, c) in data.get("tokens_by_model", {}).items():
                 mp, mc = self.tokens_by_model.get(model, (0, 0))
                 self.tokens_by_model[model] = (mp + p, mc + c)
+            for name, amounts in data.get("structured_by_schema", {}).items():
+                counts = self.structured_by_schema.setdefault(name, {})
+                for key, amount in amounts.items():
+                    counts[key] = counts.get(key, 0) + amount
 
     def as_dict(self) -> dict:
         with self._lock:
@@ -74,6 +87,7 @@ class UsageStats:
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "failures": dict(self.failures),
                 "tokens_by_model": {m: list(v) for m, v in self.tokens_by_model.items()},
+                "structured_by_schema": {k: dict(v) for k, v in self.structured_by_schema.items()},
             }
 
     def reset(self) -> dict:
@@ -86,4 +100,5 @@ class UsageStats:
             self.retry_wait_seconds = self.limit_wait_seconds = 0.0
             self.failures = Counter()
             self.tokens_by_model = {}
+            self.structured_by_schema = {}
         return snapshot

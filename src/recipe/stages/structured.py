@@ -49,6 +49,7 @@ async def ask_valid(stage: Any, llm: Any, messages: list[dict], schema: Schema, 
             values[i] = structured_output.parse(raw, schema)
         except SchemaError as exc:
             invalid[i] = (messages, raw, exc)
+    first_invalid = len(invalid)
     for _ in range(retries):
         if not invalid:
             break
@@ -62,6 +63,8 @@ async def ask_valid(stage: Any, llm: Any, messages: list[dict], schema: Schema, 
                 del invalid[i]
             except SchemaError as exc:
                 invalid[i] = (turns, reply[0], exc)
+    llm.stats.count_schema(schema.name, asked=n, valid_first=n - first_invalid,
+                           valid_after_retries=first_invalid - len(invalid), invalid=len(invalid))
     if invalid:
         llm.stats.count("schema_failures")
         _, raw, exc = next(iter(invalid.values()))
