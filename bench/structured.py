@@ -8,7 +8,9 @@ reaching a list's generating stage; it is well-formed when the list stage output
 items. Reported per recipe: requests, valid the first time, valid after retries, failures, and the
 well-formed share of each mode (ratio: structured against direct). Goal: >= 95% structured.
 
-    python bench/structured.py [--smoke] [--recipes open_qa,math]
+    python bench/structured.py [--smoke] [--recipes=open_qa,math] [recipe.n_macro_topics=5 ...]
+
+Arguments with ``=`` that do not start with ``--`` are overrides for every recipe run.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> None:
             names = arg.split("=", 1)[1].split(",")
     counts = (["recipe.n_macro_topics=2", "recipe.n_subtopics=2", "recipe.n_openlines=2", "recipe.n_revisions=1"]
               if small() else [])
+    counts += [a for a in sys.argv[1:] if "=" in a and not a.startswith("--")]
     results = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         if small():
