@@ -405,3 +405,17 @@ def test_llamacpp_grammar_on_the_raw_text_route(llama_server):
         out = client.query_model(messages=[{"role": "user", "content": question}], model="smollm2", max_tokens=16,
                                  conversation_formatter=ChatTemplateFormatter.smollm2(), response_format=schema)
         assert structured_output.parse(out[0], schema)["answer"] in ("yes", "no")
+
+
+def test_without_constrained_decoding_the_schema_goes_in_the_prompt_and_is_still_enforced(stub_server):
+    from recipe.stages import GenerateStage
+
+    server = stub_server()  # no schema on the wire: it echoes the prompt, which is no JSON
+    stage = GenerateStage(name="gen", client=_spec(server, structured_output="none"), schema=SCHEMA, schema_retries=2)
+    out = _through(stage, [{"prompt": "Name a colour."}])
+    bodies = server.stats()["bodies"]
+    assert len(bodies) == 3 and not any(_schema_fields(b) for b in bodies)
+    first = bodies[0]["messages"][0]["content"]
+    assert first.startswith("Name a colour.") and json.dumps(SCHEMA) in first
+    assert bodies[2]["messages"][-1]["content"].startswith("That answer is not valid (not JSON")
+    assert len(out) == 1 and out[0]["_error"]["class"] == "SchemaError" and out[0]["_error"]["raw"].startswith("echo:")
