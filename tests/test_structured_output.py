@@ -419,3 +419,27 @@ def test_without_constrained_decoding_the_schema_goes_in_the_prompt_and_is_still
     assert first.startswith("Name a colour.") and json.dumps(SCHEMA) in first
     assert bodies[2]["messages"][-1]["content"].startswith("That answer is not valid (not JSON")
     assert len(out) == 1 and out[0]["_error"]["class"] == "SchemaError" and out[0]["_error"]["raw"].startswith("echo:")
+
+
+@pytest.mark.parametrize("name", ["open_qa", "writing", "closed_qa", "math", "python"])
+def test_list_mode_switches_every_list_of_a_recipe(name):
+    from recipe.config.compose import resolved_container
+    from recipe.factory import ClientSpec
+    from recipe.runner import build_stages
+    from recipe.stages import GenerateStage, ParseListStage
+
+    def stages(*overrides):
+        data = resolved_container(recipe.compose(overrides=[f"recipe={name}", *overrides]))
+        return build_stages(data["recipe"], ClientSpec.from_config(data), "/nonexistent")
+
+    default = stages()
+    makers = {s.input_field: s.n for s in default if isinstance(s, ParseListStage)}
+    generated = {s.output_field: s for s in default if isinstance(s, GenerateStage) and s.output_field in makers}
+    assert makers and set(generated) == set(makers)
+    for field, stage in generated.items():
+        items = stage.schema["properties"]["items"]
+        assert items["minItems"] == items["maxItems"] == makers[field]
+    assert all(s.mode == "structured" for s in default if isinstance(s, ParseListStage))
+    nemo = stages("recipe.list_mode=yaml")
+    assert all(s.schema is None for s in nemo if isinstance(s, GenerateStage))
+    assert all(s.mode == "yaml" for s in nemo if isinstance(s, ParseListStage))
