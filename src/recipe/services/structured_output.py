@@ -134,9 +134,17 @@ def score_schema(low: float, high: float) -> dict:
 
 # ---- the wire forms ---------------------------------------------------------------------------
 
+# Keywords OpenAI's strict mode refuses (its documented subset has none of them).
+_NOT_STRICT = {"minLength", "maxLength", "uniqueItems", "minProperties", "maxProperties", "patternProperties",
+               "if", "then", "else", "not", "dependentRequired", "dependentSchemas", "unevaluatedProperties"}
+
+
 def _strict_ok(node: Any) -> bool:
-    """Whether OpenAI's strict mode accepts the schema: every object closed, every property required."""
+    """Whether OpenAI's strict mode accepts the schema: every object closed, every property required,
+    no keyword outside its subset. Otherwise the schema is sent with ``strict: false``."""
     if isinstance(node, dict):
+        if _NOT_STRICT & node.keys():
+            return False
         if node.get("type") == "object" or "properties" in node:
             props = node.get("properties") or {}
             if node.get("additionalProperties") is not False or set(node.get("required") or []) != set(props):
