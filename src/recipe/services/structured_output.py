@@ -107,10 +107,16 @@ def check_schema(schema: Schema, where: str = "schema") -> None:
         raise ConfigError(f"{where}: not a valid JSON Schema: {exc.message}") from None
 
 
+# A list item: one line of at most N characters that starts with neither a space, a digit, a list
+# marker nor punctuation, with no JSON-looking punctuation in it. Seen on SmolLM2 with bare strings:
+# "1. <question>", "}, {" and "], {" as items. llama.cpp compiles the pattern into its grammar.
+_ITEM_PATTERN = '^[^ \\t\\n0-9*"{}<>\\[\\],;:.)!?/|=+-][^\\n"{}<>\\[\\]]{0,%d}$'
+
+
 def list_schema(n: int | None, min_items: int = 1, max_length: int = 200) -> dict:
     """``{"items": [string, ...]}`` with exactly ``n`` items (at least ``min_items`` if n is None)."""
-    items: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": max_length},
-                             "minItems": int(n) if n else int(min_items)}
+    item = {"type": "string", "pattern": _ITEM_PATTERN % (max(1, int(max_length)) - 1)}
+    items: dict[str, Any] = {"type": "array", "items": item, "minItems": int(n) if n else int(min_items)}
     if n:
         items["maxItems"] = int(n)
     return {"title": "list", "type": "object", "properties": {"items": items}, "required": ["items"],
