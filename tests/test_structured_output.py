@@ -2,9 +2,9 @@
 
 Wire forms are checked in the JSON the stub server received. With a schema in the request, the
 stub answers with a value valid under it (strings read ``"<key> about <first 30 characters of the
-first user turn>"``; numbers are ``minimum + len(prompt) % (range + 1)``, the range 0..9 unless
-the schema gives one; an enum takes item
-``len(prompt) % len(enum)``), so stage results can be asserted exactly. ``schema_break`` makes an
+first user turn>"``, keeping only letters, digits and plain punctuation where the schema has a
+pattern; numbers are ``minimum + len(prompt) % (range + 1)``, the range 0..9 unless the schema
+gives one; an enum takes item ``len(prompt) % len(enum)``), so stage results can be asserted exactly. ``schema_break`` makes an
 exact fraction of those answers invalid, and the stub logs which ones it broke.
 """
 
@@ -102,8 +102,9 @@ def test_llamacpp_raw_text_route_sends_a_gbnf_grammar(stub):
 
 def test_openai_strict_only_for_closed_schemas(stub):
     closed = {**SCHEMA, "additionalProperties": False}
-    bounded = structured_output.list_schema(2)  # closed, but maxLength is outside strict mode's subset
-    for schema, strict in ((SCHEMA, False), (closed, True), (bounded, False)):
+    bounded = {**closed, "properties": {"answer": {"type": "string", "maxLength": 9}}}  # outside strict's subset
+    for schema, strict in ((SCHEMA, False), (closed, True), (bounded, False),
+                           (structured_output.list_schema(2), True)):
         stub.reset()
         _client(stub, "openai").query_model(messages=MESSAGES, model="m", response_format=schema)
         assert stub.stats()["bodies"][0]["response_format"]["json_schema"]["strict"] is strict

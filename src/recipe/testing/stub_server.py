@@ -94,6 +94,8 @@ def _instance(schema: dict, root: dict, text: str, label: str = "value") -> Any:
         return len(text) % 2 == 0
     if kind == "null":
         return None
+    if "pattern" in schema:  # keep to letters, digits and plain punctuation: what list patterns allow
+        text = "".join(c for c in text if c.isalnum() or c in " ?.,:'")
     value = f"{label} about {text[:30]}".strip()
     value = value.ljust(int(schema.get("minLength", 0)), ".")
     return value[:int(schema.get("maxLength", len(value)))]
