@@ -54,18 +54,20 @@ def measure(name: str, mode: str, backend: list[str], cache_dir: str, extra: lis
     with dask.config.set(scheduler="threads", num_workers=4), timed() as t:
         outputs = dask.compute(*[b for _, _, b in lists])
     requests = well_formed = failed = 0
+    errors: list[str] = []
     for (stage, maker, _), records in zip(lists, outputs):
         good = [r for r in records if not is_error(r)]
         bad = [r for r in records if is_error(r) and r["_error"]["stage"] in (stage.name, maker)]
         requests += len(good) + len(bad)
         failed += len(bad)
+        errors += [f"{r['_error']['message'][:160]} | raw: {str(r['_error'].get('raw'))[-80:]!r}" for r in bad]
         well_formed += sum(len(r[stage.output_field or stage.input_field]) == stage.n for r in good)
     usage = process_stats().as_dict()
     counts = usage["structured_by_schema"].get("list", {})
     return {"requests": requests, "well_formed": well_formed, "failed": failed, "seconds": t["seconds"],
             "asked": counts.get("asked", 0), "valid_first": counts.get("valid_first", 0),
             "valid_after_retries": counts.get("valid_after_retries", 0), "invalid": counts.get("invalid", 0),
-            "schema_retries": usage["schema_retries"], "model_requests": usage["requests"]}
+            "schema_retries": usage["schema_retries"], "model_requests": usage["requests"], "errors": errors}
 
 
 def main() -> None:
@@ -103,6 +105,8 @@ def main() -> None:
                   f"{s['valid_first']} valid first time, {s['valid_after_retries']} valid after retries, "
                   f"{s['invalid']} failures ({s['schema_retries']} re-asks), {s['well_formed']} well-formed, "
                   f"{s['seconds']:.0f} s")
+            for message in s["errors"][:3]:
+                print(f"  {name} structured failure: {message}")
             share = {m: 100.0 * r["well_formed"] / r["requests"] if r["requests"] else float("nan")
                      for m, r in runs.items()}
             results.append(report(f"{name}: direct lists well-formed (baseline)", share["direct"], share["direct"], "%"))

@@ -109,8 +109,10 @@ def check_schema(schema: Schema, where: str = "schema") -> None:
 
 # A list item: one line of at most N characters that starts with neither a space, a digit, a list
 # marker nor punctuation, with no JSON-looking punctuation in it. Seen on SmolLM2 with bare strings:
-# "1. <question>", "}, {" and "], {" as items. llama.cpp compiles the pattern into its grammar.
-_ITEM_PATTERN = '^[^ \\t\\n0-9*"{}<>\\[\\],;:.)!?/|=+-][^\\n"{}<>\\[\\]]{0,%d}$'
+# "1. <question>", "}, {" and "], {" as items. No backslash either: the pattern's character classes
+# replace the grammar's JSON string rule, so a lone backslash would end as invalid JSON.
+# llama.cpp compiles the pattern into its grammar.
+_ITEM_PATTERN = '^[^ \\t\\n0-9*"{}<>\\[\\]\\\\,;:.)!?/|=+-][^\\n"{}<>\\[\\]\\\\]{0,%d}$'
 
 
 def list_schema(n: int | None, min_items: int = 1, max_length: int = 200) -> dict:
