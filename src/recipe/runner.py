@@ -110,11 +110,57 @@ def _snapshot() -> dict:
 
 def _reset() -> None:
     from recipe.factory import forget_clients, process_stats
-    from recipe.stages import progress
+    from recipe.services.event_loop import reset_cancelled
+    from recipe.stages import breaker, progress
 
+    reset_cancelled()
     forget_clients()
+    breaker.reset()
     process_stats().reset()
     progress.reset()
+
+
+def _release() -> None:
+    """The run is over in this process: its clients go, with their limiters' refresh tasks."""
+    from recipe.factory import forget_clients
+
+    forget_clients()
+
+
+def _stop_in_flight(client, future=None) -> None:
+    """Cancel the run's work in flight, here and on every worker, before anything is torn down.
+
+    The records whose requests are cut short are never recorded (see ``failure_record``): they
+    were not answered and did not fail. Bounded in time: a stop must not wait on a sick cluster.
+    """
+    from recipe.services.event_loop import cancel_all
+
+    cancel_all()
+    if client is None:
+        return
+
+    def remote() -> None:
+        try:
+            if future is not None:
+                future.cancel()
+            client.run(cancel_all)
+        except BaseException:  # noqa: BLE001 - the cluster may already be going down
+            pass
+
+    helper = threading.Thread(target=remote, name="recipe-stop", daemon=True)
+    helper.start()
+    helper.join(5.0)
+
+
+def _run_everywhere(client, function) -> None:
+    from recipe.services.event_loop import cancelled
+
+    function()
+    if client is not None and not cancelled():  # a stopped run already cancelled everything there
+        try:
+            client.run(function)
+        except Exception:  # noqa: BLE001 - workers already gone: nothing left to release
+            pass
 
 
 def _collect(client) -> dict:
@@ -195,6 +241,7 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
                 if getattr(stage, "client", None) == spec:
                     stage.client = local
         client = stack.enter_context(dask_context(data["dask"]))
+        stack.callback(_run_everywhere, client, _release)  # before the client closes
         _reset()
         if client is not None:
             from recipe.services.cluster_limits import enable_cluster_limits
@@ -207,8 +254,16 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         stop = threading.Event()
         watcher = threading.Thread(target=_progress_loop, args=(client, stop, bool(data.get("progress"))), daemon=True)
         watcher.start()
+        future = None
         try:
-            parts = client.compute(bag).result() if client is not None else bag.compute()
+            if client is not None:
+                future = client.compute(bag)
+                parts = future.result()
+            else:
+                parts = bag.compute()
+        except BaseException:  # Ctrl-C, SIGTERM, a run-stopping error: stop the rest at once
+            _stop_in_flight(client, future)
+            raise
         finally:
             stop.set()
             watcher.join()
@@ -218,6 +273,8 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         json.dump(stats, handle, indent=2)
     records, failed = stats["records"], stats["failed"]
     notes = []
+    if stats["cache_errors"]:
+        notes.append(stats["cache_error"])
     if records + failed == 0:
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
@@ -238,6 +295,7 @@ def _stats(parts: list[dict], totals: dict, wall: float, spec: ClientSpec) -> di
         "rate_limited_429": totals["rate_limited"],
         "retry_wait_seconds": totals["retry_wait_seconds"], "limit_wait_seconds": totals["limit_wait_seconds"],
         "request_failures_by_class": totals["failures"],
+        "cache_errors": totals["cache_errors"], "cache_error": totals["cache_error"],
         "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
         "cost_usd": _cost(spec, totals["tokens_by_model"]) if totals["requests"] else 0.0,
         "wall_seconds": round(wall, 3),

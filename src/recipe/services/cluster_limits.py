@@ -39,6 +39,7 @@ class LimitsPlugin:
     def __init__(self) -> None:
         self.pacers: dict[str, Pacer] = {}
         self.scheduler = None
+        self.calls = 0  # RPCs served: a finished run must leave this still
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -46,6 +47,7 @@ class LimitsPlugin:
 
     def handle(self, action: str, key: str, config: dict, tokens: int = 0, successes: int = 0,
                retry_after: float | None = None) -> dict:
+        self.calls += 1
         pacer = self.pacers.get(key)
         if pacer is None:
             pacer = self.pacers[key] = Pacer(config["max_concurrency"], config.get("rpm"), config.get("tpm"))
@@ -107,6 +109,13 @@ class ClusterLimiter(GatedLimiter):
                 self._disabled = True
             self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
+
+    def close(self) -> None:
+        """The run is over: stop the refresh task, so nothing keeps calling a long-lived scheduler."""
+        self._disabled = True
+        task, self._refresher = self._refresher, None
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
 
     async def _ready(self) -> None:
         if self._ready_event is None:
