@@ -133,8 +133,12 @@ def _stop_in_flight(client, future=None) -> None:
     The records whose requests are cut short are never recorded (see ``failure_record``): they
     were not answered and did not fail. Bounded in time: a stop must not wait on a sick cluster.
     """
+    import warnings
+
     from recipe.services.event_loop import cancel_all
 
+    # litellm creates coroutines it awaits a step later; cancelled in between, each would warn.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     cancel_all()
     if client is None:
         return
