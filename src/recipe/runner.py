@@ -76,6 +76,27 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
 
 
 @contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Worker processes started meanwhile ignore SIGINT (an ignored signal survives exec).
+
+    A terminal's Ctrl-C goes to the whole process group: the workers would each die with a
+    traceback while this process is cancelling their work in order. They are stopped by the
+    cluster's close instead (and exit on their own if this process dies). A Ctrl-C during the
+    cluster's start-up is lost; the next one stops the run.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def dask_context(dask_cfg: dict):
     """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler."""
     import dask
@@ -87,8 +108,10 @@ def dask_context(dask_cfg: dict):
             client = Client(dask_cfg["address"])
             cluster = None
         else:
-            cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 2),
-                                   processes=True, host="127.0.0.1", dashboard_address=None)
+            with _workers_ignore_ctrl_c():
+                cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
+                                       threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                       processes=True, host="127.0.0.1", dashboard_address=None)
             client = Client(cluster)
         try:
             yield client
