@@ -39,7 +39,6 @@ class LimitsPlugin:
     def __init__(self) -> None:
         self.pacers: dict[str, Pacer] = {}
         self.scheduler = None
-        self.calls = 0  # RPCs served: a finished run must leave this still
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -47,7 +46,6 @@ class LimitsPlugin:
 
     def handle(self, action: str, key: str, config: dict, tokens: int = 0, successes: int = 0,
                retry_after: float | None = None) -> dict:
-        self.calls += 1
         pacer = self.pacers.get(key)
         if pacer is None:
             pacer = self.pacers[key] = Pacer(config["max_concurrency"], config.get("rpm"), config.get("tpm"))
