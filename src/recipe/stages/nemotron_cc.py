@@ -67,7 +67,7 @@ class RewritesStage(LLMStage):
             return knowledge_list_text(answer)
         text = answer.strip()
         if not text:
-            raise ParseError(f"rewrite {rewrite!r} is empty")
+            raise ParseError("the rewrite is empty")
         return text
 
     async def _rewrite(self, llm, record: dict, out: dict, rewrite: str) -> dict:
@@ -76,7 +76,10 @@ class RewritesStage(LLMStage):
             turns.append({"role": "system", "content": render(self.system, record)})
         turns.append({"role": "user", "content": render(self.templates[rewrite], record)})
         answer = (await self.ask(llm, turns, n=1))[0]
-        out[self.output_field] = self.postprocess(rewrite, str(record[self.input_field]), answer)
+        try:
+            out[self.output_field] = self.postprocess(rewrite, str(record[self.input_field]), answer)
+        except ParseError as exc:
+            raise ParseError(f"rewrite {rewrite!r}: {exc}") from None
         return out
 
     async def _one(self, llm, record: dict, index: int, rewrite: str) -> dict:
