@@ -117,6 +117,18 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def main() -> None:
+    import gc
+
+    try:
+        _main()
+    finally:
+        # The interpreter's shutdown would garbage-collect litellm's large object graph: 10 s of
+        # exit on a busy 2-core machine (0.1 s frozen). Nothing in it needs finalizing: every
+        # output is written, fsynced and closed by now.
+        gc.freeze()
+
+
+def _main() -> None:
     import hydra
     from omegaconf import DictConfig
 
