@@ -7,6 +7,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── ConfigError                 a bad config, override or missing secret (user mistake)
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
+    │   └── SchemaError             an answer that is not valid under its schema (keeps the raw text)
     ├── Interrupted                 Ctrl-C, SIGTERM or a stop elsewhere: records in flight are not recorded
     ├── CircuitOpenError            most recent requests failed the same non-retryable way: the run stops
     ├── LocalServerError            the embedded llama.cpp server failed to start or died
@@ -61,6 +62,17 @@ class CircuitOpenError(RecipeError):
 
 class LocalServerError(RecipeError):
     """The embedded llama.cpp server could not start, or stopped answering."""
+
+
+class SchemaError(ParseError):
+    """An answer that does not parse as JSON or does not validate; ``raw`` is the model's text."""
+
+    def __init__(self, message: str, raw: str | None = None):
+        super().__init__(message, raw)
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class LLMError(RecipeError):
