@@ -109,6 +109,13 @@ class ClusterLimiter(GatedLimiter):
             self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
 
+    def close(self) -> None:
+        """The run is over: stop the refresh task, so nothing keeps calling a long-lived scheduler."""
+        self._disabled = True
+        task, self._refresher = self._refresher, None
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
     async def _ready(self) -> None:
         if self._ready_event is None:
             self._ready_event = asyncio.Event()

@@ -226,16 +226,37 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         return send
 
     async def _cached(self, key: dict, produce) -> Any:
-        """The stored answer for ``key``, or ``await produce()`` stored under it."""
-        if self.cache is not None:
-            hit = self.cache.get(key)
+        """The stored answer for ``key``, or ``await produce()`` stored under it.
+
+        The cache runs on its own threads (never on the loop all requests share). A cache that
+        fails (locked, corrupt, disk full) is bypassed: the request goes out live, the failure is
+        reported once, and the cache stays off in this process for the rest of the run.
+        """
+        cache = self.cache
+        if cache is not None:
+            try:
+                hit = await cache.aget(key)
+            except Exception as exc:  # noqa: BLE001 - any failure of the store, never the record's
+                hit = self._cache_failed(exc)
             if hit is not None:
                 self.stats.count("cache_hits")
                 return hit
         answer = await produce()
-        if self.cache is not None:
-            self.cache.put(key, answer)
+        cache = self.cache
+        if cache is not None:
+            try:
+                await cache.aput(key, answer)
+            except Exception as exc:  # noqa: BLE001
+                self._cache_failed(exc)
         return answer
+
+    def _cache_failed(self, exc: BaseException) -> None:
+        if self.cache is None:
+            return None
+        where, self.cache = getattr(self.cache, "path", "?"), None
+        self.stats.cache_failed(f"request cache {where}: {type(exc).__name__}: {exc}; "
+                                "bypassed for the rest of the run (live requests)")
+        return None
 
     async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
         send = self._caller(route, model, text)
