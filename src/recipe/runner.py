@@ -63,6 +63,8 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
             inject["client"] = spec
         if issubclass(cls, WriteStage) and not stage_cfg.get("path"):
             inject["path"] = output_dir
+        if "output_dir" in getattr(cls, "__dataclass_fields__", {}) and not stage_cfg.get("output_dir"):
+            inject["output_dir"] = output_dir  # stages that write beside the results (dedup's removed/)
         if issubclass(cls, ReadStage) and "partition_size" not in stage_cfg:
             inject["partition_size"] = partition_size
         params = {k: v for k, v in stage_cfg.items() if k != "_target_"}
@@ -126,11 +128,14 @@ def _collect(client) -> dict:
         snaps += list(client.run(_snapshot).values())
     usage = UsageStats()
     counts = {"records": 0, "errors": 0, "filtered": 0}
+    deduplicated: dict[str, int] = {}
     for snap in snaps:
         usage.merge(snap["usage"])
         for key in counts:
             counts[key] += snap["progress"].get(key, 0)
-    return {**usage.as_dict(), **counts}
+        for stage, count in snap["progress"].get("deduplicated", {}).items():
+            deduplicated[stage] = deduplicated.get(stage, 0) + count
+    return {**usage.as_dict(), **counts, "deduplicated": deduplicated}
 
 
 def _cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
@@ -233,7 +238,7 @@ def _stats(parts: list[dict], totals: dict, wall: float, spec: ClientSpec) -> di
             by_class[name] = by_class.get(name, 0) + count
     return {
         "records": records, "failed": sum(by_class.values()), "failed_by_class": by_class,
-        "filtered": totals["filtered"],
+        "filtered": totals["filtered"], "deduplicated": totals["deduplicated"],
         "requests": totals["requests"], "cache_hits": totals["cache_hits"], "retries": totals["retries"],
         "rate_limited_429": totals["rate_limited"],
         "retry_wait_seconds": totals["retry_wait_seconds"], "limit_wait_seconds": totals["limit_wait_seconds"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 _lock = threading.Lock()
-_counts = {"records": 0, "errors": 0, "filtered": 0}
+_counts: dict = {"records": 0, "errors": 0, "filtered": 0, "deduplicated": {}}
 
 
 def add(records: int, errors: int) -> None:
@@ -19,11 +19,18 @@ def add_filtered(count: int) -> None:
         _counts["filtered"] += count
 
 
+def add_deduplicated(stage: str, count: int) -> None:
+    """Records a dedup stage removed, by stage name (stats.json ``deduplicated``)."""
+    with _lock:
+        by_stage = _counts["deduplicated"]
+        by_stage[stage] = by_stage.get(stage, 0) + count
+
+
 def snapshot() -> dict:
     with _lock:
-        return dict(_counts)
+        return {**_counts, "deduplicated": dict(_counts["deduplicated"])}
 
 
 def reset() -> None:
     with _lock:
-        _counts.update(records=0, errors=0, filtered=0)
+        _counts.update(records=0, errors=0, filtered=0, deduplicated={})
