@@ -7,6 +7,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── ConfigError                 a bad config, override or missing secret (user mistake)
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
+    ├── HubError                    the dataset was written but pushing it to the Hub failed
     └── LLMError                    a request to the model failed
         ├── AuthenticationError
         ├── BadRequestError
@@ -40,6 +41,10 @@ class ConfigError(RecipeError):
 
 class InputError(RecipeError):
     """A bad input file or record."""
+
+
+class HubError(RecipeError):
+    """The dataset was written, but pushing it to the Hugging Face Hub failed."""
 
 
 class ParseError(RecipeError):

@@ -221,6 +221,10 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     stats = _stats(parts, totals, time.monotonic() - started, spec)
     with open(Path(output_dir) / "stats.json", "w") as handle:
         json.dump(stats, handle, indent=2)
+    if any(getattr(s, "format", None) == "hf" for s in stages):
+        from recipe.stages.hf_dataset import finish
+
+        finish(output_dir, stats, data)
     records, failed = stats["records"], stats["failed"]
     notes = []
     if records + failed == 0:

@@ -70,6 +70,12 @@ class CacheConfig:
 
 
 @dataclass
+class HubConfig:
+    repo_id: Optional[str] = None  # org/name: push a format=hf dataset there (token: HF_TOKEN)
+    private: bool = False
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -80,6 +86,7 @@ class RecipeConfig:
     output_dir: Optional[str] = None  # null: Hydra's run dir
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     progress: bool = True
 
 
@@ -127,7 +134,8 @@ def validate(cfg: Any) -> list[str]:
 
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
-             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig}
+             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
+             "hub": HubConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:

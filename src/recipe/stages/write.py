@@ -47,7 +47,11 @@ def _write_partition(records, index: int, directory: str, fmt: str) -> list[dict
     bad = [r for r in records if is_error(r)]
     out = Path(directory)
     part = out / f"part-{index:05d}.{fmt}"
-    if good:
+    if good and fmt == "hf":  # a Hugging Face dataset directory: data/ shards, card at the end of the run
+        from recipe.stages.hf_dataset import write_shard
+
+        write_shard(out, index, good)
+    elif good:
         (_atomic_write_parquet if fmt == "parquet" else _atomic_write_jsonl)(part, good)
     if bad:
         (out / "errors").mkdir(parents=True, exist_ok=True)
@@ -62,14 +66,17 @@ def _write_partition(records, index: int, directory: str, fmt: str) -> list[dict
 
 @dataclass
 class WriteStage(Stage):
-    """The last stage: returns a bag with one summary per partition (records, errors)."""
+    """The last stage: returns a bag with one summary per partition (records, errors).
+
+    ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.hf_dataset`).
+    """
 
     path: str | None = None  # the runner fills in output_dir
     format: str = "jsonl"
 
     def __call__(self, bag: db.Bag) -> db.Bag:
-        if self.format not in ("jsonl", "parquet"):
-            raise ConfigError(f"stage {self.name!r}: format must be jsonl or parquet, not {self.format!r}")
+        if self.format not in ("jsonl", "parquet", "hf"):
+            raise ConfigError(f"stage {self.name!r}: format must be jsonl, parquet or hf, not {self.format!r}")
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: no output path (set output_dir)")
         Path(self.path).mkdir(parents=True, exist_ok=True)
