@@ -229,11 +229,11 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
         else:
             out.append(record)
     if removed:
-        progress.add_deduplicated(stage.name, len(removed))
+        progress.deduplicated(stage.name, index, len(removed))
         if stage.keep_removed:
-            from recipe.stages.write import _atomic_write_jsonl
+            from recipe.stages.write import _write_jsonl
 
             directory = Path(stage.output_dir) / "removed" / stage.name
             directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write_jsonl(directory / f"part-{index:05d}.jsonl", removed)
+            _write_jsonl(directory / f"part-{index:05d}.jsonl", removed)
     return out

@@ -1,10 +1,10 @@
 """Results as a Hugging Face dataset: Parquet shards under ``data/``, a dataset card, a Hub push.
 
 ``WriteStage(format="hf")`` writes each partition's good records to
-``data/train-NNNNN.parquet`` (error records still go to ``errors/``). When the run is over,
-:func:`finish` makes the shards agree on one Arrow schema (a field missing from a partition,
-or null in all of it, would otherwise make ``datasets`` refuse to cast the shards together),
-writes ``README.md`` (YAML metadata: configs/data_files, features, size category; a body with
+``data/part-NNNNN.parquet`` (error records still go to ``errors/``, manifests to
+``manifests/``). When the run is over, :func:`finish` makes the shards agree on one Arrow
+schema (a field missing from a partition, or null in all of it, would otherwise make
+``datasets`` refuse to cast the shards together), writes ``README.md`` (YAML metadata: configs/data_files, features, size category; a body with
 recipe, model, backend, sampling, counts, cost and the producing command) and, with
 ``hub.repo_id``, pushes ``data/`` and the card with ``huggingface_hub`` (token: ``HF_TOKEN``).
 """
@@ -25,77 +25,20 @@ _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 
 
-def _column(values: list) -> Any:
-    """One Arrow column; values Arrow cannot hold in one type (an int here, a dict there) become JSON text."""
-    import pyarrow as pa
+def write_shard(directory: Path, index: int, records: list[dict]) -> tuple[str | None, list[str]]:
+    """``data/part-NNNNN.parquet`` for one partition (every field kept, as the parquet format does);
+    returns the file relative to ``directory`` (None when the partition has no good record, and a
+    shard left by an earlier attempt is removed) and the fields stored as JSON text."""
+    from recipe.run_folder import part_name
+    from recipe.stages.parquet import write_part
 
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values],
-                        pa.string())
-
-
-def records_table(records: list[dict]):
-    """A table with every field of every record (``Table.from_pylist`` keeps the first row's only)."""
-    import pyarrow as pa
-
-    names: dict[str, None] = {}
-    for record in records:
-        names.update(dict.fromkeys(record))
-    return pa.table({name: _column([r.get(name) for r in records]) for name in names})
-
-
-def _atomic_parquet(path: Path, table) -> None:
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def write_shard(directory: Path, index: int, records: list[dict]) -> None:
-    """``data/train-NNNNN.parquet`` for one partition, committed by an atomic rename."""
     data = Path(directory) / DATA_DIR
+    path = data / f"{part_name(index)}.parquet"
+    if not records:
+        path.unlink(missing_ok=True)
+        return None, []
     data.mkdir(parents=True, exist_ok=True)
-    _atomic_parquet(data / f"train-{index:05d}.parquet", records_table(records))
-
-
-def _unify(shards: list[Path]):
-    """One schema for every shard, rewriting the shards that differ; a column whose types cannot
-    be reconciled (a string in one shard, a struct in another) becomes JSON text everywhere."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schemas = [pq.read_schema(s) for s in shards]
-    try:
-        unified = pa.unify_schemas(schemas, promote_options="permissive")
-        as_text: set[str] = set()
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        types: dict[str, set] = {}
-        for schema in schemas:
-            for f in schema:
-                if not pa.types.is_null(f.type):
-                    types.setdefault(f.name, set()).add(str(f.type))
-        as_text = {name for name, found in types.items() if len(found) > 1}
-        unified = None
-    for shard, schema in zip(shards, schemas):
-        if unified is not None and schema.equals(unified):
-            continue
-        table = pq.read_table(shard)
-        for name in as_text & set(table.column_names):
-            if not pa.types.is_string(table.schema.field(name).type):
-                values = [None if v is None else json.dumps(v, ensure_ascii=False, default=str)
-                          for v in table.column(name).to_pylist()]
-                table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.string()))
-        if unified is None:  # first pass: text columns converted; the unified schema comes next
-            _atomic_parquet(shard, table)
-            continue
-        for f in unified:
-            if f.name not in table.column_names:
-                table = table.append_column(f.name, pa.nulls(len(table), f.type))
-        _atomic_parquet(shard, table.select(unified.names).cast(unified))
-    return _unify(shards) if unified is None else unified
+    return f"{DATA_DIR}/{path.name}", write_part(path, records)
 
 
 def command_line() -> str | None:
@@ -128,7 +71,7 @@ def card(directory: Path, schema, stats: dict, data: dict, command: str | None, 
     recipe_name = (data.get("recipe") or {}).get("name", "?")
     meta = DatasetCardData(size_categories=[size_category(records)], tags=["synthetic", "recipe"],
                            configs=[{"config_name": "default",
-                                     "data_files": [{"split": "train", "path": f"{DATA_DIR}/train-*.parquet"}]}],
+                                     "data_files": [{"split": "train", "path": f"{DATA_DIR}/*.parquet"}]}],
                            dataset_info=info)
     backend, model = data.get("backend") or {}, data.get("model") or {}
     sampling = {k: v for k, v in (data.get("sampling") or {}).items() if v is not None}
@@ -158,12 +101,14 @@ def card(directory: Path, schema, stats: dict, data: dict, command: str | None, 
 def finish(directory: str | Path, stats: dict, data: dict, command: str | None = None) -> None:
     """After the run: one schema across shards, the dataset card, then the push if ``hub.repo_id``."""
     import pyarrow as pa
-
-    directory = Path(directory)
-    shards = sorted((directory / DATA_DIR).glob("train-*.parquet"))
     import pyarrow.parquet as pq
 
-    schema = _unify(shards) if shards else pa.schema([])
+    from recipe.stages.parquet import unify_parts
+
+    directory = Path(directory)
+    unify_parts(directory / DATA_DIR)  # one schema across shards, or datasets refuses to cast them together
+    shards = sorted((directory / DATA_DIR).glob("part-*.parquet"))
+    schema = pq.read_schema(shards[0]).remove_metadata() if shards else pa.schema([])
     num_bytes = sum(pq.read_metadata(s).row_group(g).total_byte_size  # uncompressed, as datasets counts
                     for s in shards for g in range(pq.read_metadata(s).num_row_groups))
     (directory / "README.md").write_text(card(directory, schema, stats, data, command or command_line(), num_bytes),
