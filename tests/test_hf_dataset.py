@@ -46,11 +46,11 @@ def test_cli_run_loads_with_datasets_and_the_card_describes_it(stub_server, tmp_
     assert sorted(zip(ds["prompt"], ds["response"])) == [("alpha", "echo: alpha"), ("beta", "echo: beta"),
                                                         ("gamma", "echo: gamma")]
     assert sorted(ds["extra"], key=str) == [3, None, None]  # a field of one partition only
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000.parquet", "train-00001.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
     assert [json.loads(line)["_error"]["class"] for line in (out / "errors" / "part-00001.jsonl").read_text().splitlines()] \
         == ["InputError"]
     meta, body = card_parts(out)
-    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
     assert meta["size_categories"] == ["n<1K"]
     assert {f["name"]: f["dtype"] for f in meta["dataset_info"]["features"]}["response"] == "string"
     assert meta["dataset_info"]["splits"][0]["num_examples"] == 3
