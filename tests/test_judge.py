@@ -87,7 +87,7 @@ def test_judged_qa_recipe_runs_on_the_stub(stub_server, tmp_path):
     source.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["ab", "abcd", "abcdefg"]))
     cfg = recipe.compose(["recipe=judged_qa", f"input={source}", "backend=openai", f"backend.api_base={server.base_url}",
                           "backend.api_key=k", "model.name=stub-model", f"output_dir={tmp_path / 'out'}",
-                          "progress=false", "recipe.stages.judge.prompt={{ response }}"])
+                          "progress=false", "recipe.stages.judge.prompt='{{ response }}'"])
     summary = recipe.run(cfg)
     rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("part-*.jsonl")) for line in f.read_text().splitlines()]
     # answers are "echo: <question>"; the judge scores 1 + len(answer) % 5 per criterion; min_score 3
