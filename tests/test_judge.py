@@ -20,37 +20,64 @@ def stub_spec(server) -> ClientSpec:
                       sampling=(("max_tokens", 64),))
 
 
-def stub_score(text: str, low: int = 1, high: int = 5) -> int:
-    """The stub answers a schema with integers ``low + len(first user message) % (high - low + 1)``."""
-    return low + len(text) % (high - low + 1)
+def judgement(value: int, criteria=CRITERIA, low: int = 1, high: int = 5, rationale: bool = False) -> str:
+    """A JSON answer giving ``value`` to every criterion, padded so that the stub scores it ``value`` too.
+
+    The stub echoes the prompt when no schema is on the wire (the judge then reads this JSON from
+    the echo), and with a schema on the wire it answers ``low + len(first user message) % (high -
+    low + 1)`` per integer: with ``prompt="{{ response }}"`` both give ``value``.
+    """
+    body = {name: value for name in criteria}
+    if rationale:
+        body["rationale"] = "short reason"
+    text = json.dumps(body)
+    while low + len(text) % (high - low + 1) != value:
+        text += " "
+    return text
 
 
 def test_exact_scores_aggregate_and_threshold_on_the_stub(stub_server):
     server = stub_server()
-    answers = ["ok", "good answer", "abcd", "abcde"]  # the stub scores 3, 2, 5 and 1
-    assert [stub_score(a) for a in answers] == [3, 2, 5, 1]
-    records = [{"_id": f"r{i}", "prompt": "q", "response": a} for i, a in enumerate(answers)]
+    values = [3, 2, 5, 1]
+    records = [{"_id": f"r{i}", "prompt": "q", "response": judgement(v)} for i, v in enumerate(values)]
     stage = JudgeStage(client=stub_spec(server), criteria=CRITERIA, prompt="{{ response }}", min_score=3)
     rows = stage(db.from_sequence(records, npartitions=2)).compute(scheduler="threads")
     assert [(r["_id"], r["scores"]) for r in rows] == [
         ("r0", {"helpfulness": 3.0, "correctness": 3.0, "clarity": 3.0, "aggregate": 3.0}),
         ("r2", {"helpfulness": 5.0, "correctness": 5.0, "clarity": 5.0, "aggregate": 5.0})]
-    body = server.stats()["bodies"][0]
-    schema = body["response_format"]["json_schema"]["schema"]
-    assert schema["required"] == list(CRITERIA) and schema["additionalProperties"] is False
-    assert schema["properties"]["clarity"] == {"type": "integer", "minimum": 1, "maximum": 5}
+
+
+def test_schema_is_one_integer_per_criterion_within_the_scale():
+    schema = JudgeStage(criteria=CRITERIA, scale=[0, 10], rationale_field="why").schema()
+    assert schema["required"] == [*CRITERIA, "rationale"] and schema["additionalProperties"] is False
+    assert schema["properties"]["clarity"] == {"type": "integer", "minimum": 0, "maximum": 10}
+    assert schema["properties"]["rationale"]["type"] == "string"
 
 
 def test_judged_list_feeds_preference_pairs_like_a_reward_model(stub_server):
     server = stub_server()
-    record = {"_id": "p", "prompt": "q", "responses": ["abcd", "good answer", "ok"]}  # scored 5, 2, 3
-    judge = JudgeStage(client=stub_spec(server), criteria={"helpfulness": "Does it help?"}, prompt="{{ response }}",
+    one = {"helpfulness": "Does it help?"}
+    record = {"_id": "p", "prompt": "q", "responses": [judgement(v, one, rationale=True) for v in (5, 2, 3)]}
+    judge = JudgeStage(client=stub_spec(server), criteria=one, prompt="{{ response }}",
                        response_field="responses", rationale_field="why")
     rows = PreferencePairsStage(score_key="aggregate")(judge(db.from_sequence([record]))).compute(scheduler="sync")
+    responses = record["responses"]
     assert [(r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"]) for r in rows] == \
-        [("abcd", "good answer", 5.0, 2.0)]
+        [(responses[0], responses[1], 5.0, 2.0)]
     assert rows[0]["scores"] == [{"helpfulness": h, "aggregate": h} for h in (5.0, 2.0, 3.0)]
-    assert [w.startswith("rationale about") for w in rows[0]["why"]] == [True, True, True]
+    assert len(rows[0]["why"]) == 3 and all(isinstance(w, str) and w for w in rows[0]["why"])
+
+
+def test_an_answer_that_never_validates_is_an_error_record(stub_server):
+    server = stub_server()
+    records = [{"_id": "bad", "prompt": "q", "response": '{"helpfulness": 9}'}]  # out of range, others missing
+    rows = JudgeStage(client=stub_spec(server), criteria=CRITERIA, prompt="{{ response }}",
+                      schema_retries=1)(db.from_sequence(records)).compute(scheduler="sync")
+    if "response_format" in server.stats()["bodies"][0]:  # constrained: the stub answers within the schema
+        assert rows[0]["scores"]["helpfulness"] in {1.0, 2.0, 3.0, 4.0, 5.0}
+    else:
+        assert rows[0]["_error"]["stage"] == "judge" and "not valid under the rubric's schema" in rows[0]["_error"]["message"]
+        assert server.stats()["requests"] == 2  # the first try and one retry
 
 
 def test_bad_rubrics_are_config_errors():
@@ -84,14 +111,14 @@ def test_scores_in_range_and_valid_on_the_real_model(llama_server):
 def test_judged_qa_recipe_runs_on_the_stub(stub_server, tmp_path):
     server = stub_server()
     source = tmp_path / "q.jsonl"
-    source.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["ab", "abcd", "abcdefg"]))
+    values = [4, 2, 3]
+    source.write_text("".join(json.dumps({"prompt": judgement(v)}) + "\n" for v in values))
+    # the answer stage asks for a schema-free text: the stub echoes the question, which the judge scores
     cfg = recipe.compose(["recipe=judged_qa", f"input={source}", "backend=openai", f"backend.api_base={server.base_url}",
                           "backend.api_key=k", "model.name=stub-model", f"output_dir={tmp_path / 'out'}",
-                          "progress=false", "recipe.stages.judge.prompt='{{ response }}'"])
+                          "progress=false", "recipe.templates.judge='{{ prompt }}'"])
     summary = recipe.run(cfg)
     rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("part-*.jsonl")) for line in f.read_text().splitlines()]
-    # answers are "echo: <question>"; the judge scores 1 + len(answer) % 5 per criterion; min_score 3
-    expected = {p: stub_score(f"echo: {p}") for p in ["ab", "abcd", "abcdefg"]}
-    assert sorted((r["prompt"], r["scores"]["aggregate"]) for r in rows) == \
-        sorted((p, float(s)) for p, s in expected.items() if s >= 3)
-    assert summary.stats["filtered"] == sum(1 for s in expected.values() if s < 3)
+    assert sorted(r["scores"]["aggregate"] for r in rows) == [3.0, 4.0]  # min_score 3 drops the 2
+    assert all(r["response"].startswith("echo: ") for r in rows)
+    assert summary.stats["filtered"] == 1
