@@ -159,3 +159,16 @@ def test_stats_count_deduplicated_by_stage_in_a_run(tmp_path):
     assert [r["text"] for r in kept] == ["Hello there.", "Another line.", "A third line."]
     assert [(r["text"], r[DUPLICATE_OF]) for r in removed] == [("hello  THERE.", kept[0]["_id"]),
                                                               ("Hello there.", kept[0]["_id"])]
+
+
+def test_open_qa_recipe_drops_repeated_questions(stub_server, tmp_path):
+    server = stub_server(reply="list")  # every list item repeats the prompt's first 30 characters
+    cfg = recipe.compose(["recipe=open_qa", "backend=openai", f"backend.api_base={server.base_url}",
+                          "backend.api_key=stub", "model.name=stub-model", "progress=false", "recipe.n_macro_topics=2",
+                          "recipe.n_subtopics=2", "recipe.n_openlines=1", "recipe.n_revisions=2",
+                          f"output_dir={tmp_path / 'out'}"])
+    summary = recipe.run(cfg)
+    # 2 macro topics, each itself + 2 subtopics: 6 topics, one question each, all the same text
+    assert summary.stats["deduplicated"] == {"dedup_questions": 5}
+    assert summary.records == 1 * 2  # the one question kept, revised twice
+    assert server.stats()["by_path"]["/v1/chat/completions"] == 1 + 2 + 6 + 1  # 5 revisions never asked
