@@ -88,8 +88,8 @@ class DedupStage(Stage):
 
     ``method: exact`` compares normalised text (NFKC, case, whitespace). ``method: minhash``
     finds near-duplicates: estimated Jaccard similarity of ``ngram``-shingles (characters, or
-    words with ``shingle: word``) at or above
-    ``threshold``, with ``num_perm`` permutations. Removed records are counted in stats.json
+    words with ``shingle: word``) at or above ``threshold``, with ``num_perm`` permutations
+    (a record sharing an LSH band with an earlier one). Removed records are counted in stats.json
     (``deduplicated``, by stage); with ``keep_removed`` they are written to
     ``<output_dir>/removed/<stage>/`` carrying ``_duplicate_of``, the ``_id`` of the record
     they duplicate. ``shuffle_partitions`` sets the shuffle's width (default: a sixteenth of

@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any
 
 from recipe.errors import HubError
 
