@@ -21,11 +21,9 @@ def stub_spec(server) -> ClientSpec:
 
 
 def judgement(value: int, criteria=CRITERIA, low: int = 1, high: int = 5, rationale: bool = False) -> str:
-    """A JSON answer giving ``value`` to every criterion, padded so that the stub scores it ``value`` too.
-
-    The stub echoes the prompt when no schema is on the wire (the judge then reads this JSON from
-    the echo), and with a schema on the wire it answers ``low + len(first user message) % (high -
-    low + 1)`` per integer: with ``prompt="{{ response }}"`` both give ``value``.
+    """A text the stub scores ``value`` on every criterion: with a schema on the wire it answers
+    ``low + len(first user message) % (high - low + 1)`` per integer, so with ``prompt="{{ response }}"``
+    the length decides. (JSON giving ``value`` too, so the intended score is readable.)
     """
     body = {name: value for name in criteria}
     if rationale:
@@ -68,16 +66,16 @@ def test_judged_list_feeds_preference_pairs_like_a_reward_model(stub_server):
     assert len(rows[0]["why"]) == 3 and all(isinstance(w, str) and w for w in rows[0]["why"])
 
 
-def test_an_answer_that_never_validates_is_an_error_record(stub_server):
-    server = stub_server()
-    records = [{"_id": "bad", "prompt": "q", "response": '{"helpfulness": 9}'}]  # out of range, others missing
+def test_schema_on_the_wire_and_answers_that_never_validate_become_schema_errors(stub_server):
+    server = stub_server(schema_break=1.0)  # every answer breaks the schema
+    records = [{"_id": "bad", "prompt": "q", "response": "a"}]
     rows = JudgeStage(client=stub_spec(server), criteria=CRITERIA, prompt="{{ response }}",
                       schema_retries=1)(db.from_sequence(records)).compute(scheduler="sync")
-    if "response_format" in server.stats()["bodies"][0]:  # constrained: the stub answers within the schema
-        assert rows[0]["scores"]["helpfulness"] in {1.0, 2.0, 3.0, 4.0, 5.0}
-    else:
-        assert rows[0]["_error"]["stage"] == "judge" and "not valid under the rubric's schema" in rows[0]["_error"]["message"]
-        assert server.stats()["requests"] == 2  # the first try and one retry
+    assert rows[0]["_error"]["stage"] == "judge" and rows[0]["_error"]["class"] == "SchemaError"
+    bodies = server.stats()["bodies"]
+    assert len(bodies) == 2  # the first try and one retry
+    wire = bodies[0]["response_format"]["json_schema"]["schema"]
+    assert wire["required"] == list(CRITERIA) and wire["properties"]["correctness"]["maximum"] == 5
 
 
 def test_bad_rubrics_are_config_errors():

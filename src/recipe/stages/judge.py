@@ -11,13 +11,14 @@ them, so :class:`PreferencePairsStage` takes either (``score_key: aggregate`` or
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 from dataclasses import dataclass, field
 
 from recipe.errors import ConfigError, ParseError
+from recipe.services.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
+from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
 AGGREGATE = "aggregate"
@@ -89,43 +90,11 @@ class JudgeStage(LLMStage):
         return {"title": "judgement", "type": "object", "properties": properties,
                 "required": list(properties), "additionalProperties": False}
 
-    async def _ask_value(self, llm, text: str) -> dict:
-        """The judgement, valid under :meth:`schema`."""
-        turns = [{"role": "user", "content": text}]
-        try:  # structured output (the structured-output issue): schema on the wire, one retry loop
-            from recipe.services.structured_output import as_schema
-            from recipe.stages.structured import ask_valid
-        except ImportError:  # a build without it: the schema in the prompt, checked here
-            return await self._ask_checked(llm, turns)
-        return (await ask_valid(self, llm, turns, as_schema(self.schema()), retries=self.schema_retries))[0]
-
-    async def _ask_checked(self, llm, turns: list[dict]) -> dict:
-        """The schema as an instruction, the first JSON object of the answer checked with jsonschema,
-        and an invalid answer asked again with what was wrong (``schema_retries`` times)."""
-        import jsonschema
-
-        schema = self.schema()
-        turns = [{**turns[0], "content": f"{turns[0]['content']}\n\nAnswer with a JSON object only, following "
-                                         f"this JSON Schema:\n{json.dumps(schema)}"}]
-        problem = ""
-        for _ in range(self.schema_retries + 1):
-            answer = (await self.ask(llm, turns, n=1))[0]
-            try:
-                value = _first_object(answer)
-                jsonschema.validate(value, schema)
-                return value
-            except (ValueError, jsonschema.ValidationError) as exc:
-                problem = getattr(exc, "message", None) or str(exc)
-            turns = [*turns, {"role": "assistant", "content": answer[:1000]},
-                     {"role": "user", "content": f"That answer is not valid ({problem}). Answer again with only "
-                                                 "the JSON object, following the schema exactly."}]
-        raise ParseError(f"judge answer not valid under the rubric's schema after {self.schema_retries + 1} "
-                         f"tries: {problem}")
-
     async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None]:
         text = render(self.prompt, {**record, "prompt": prompt, "response": response, "criteria": self.criteria,
                                     "scale": self.scale, "rationale": bool(self.rationale_field)})
-        value = await self._ask_value(llm, text)
+        value = (await ask_valid(self, llm, [{"role": "user", "content": text}], as_schema(self.schema()),
+                                 retries=self.schema_retries))[0]
         scores = {name: float(value[name]) for name in self.criteria}
         scores[AGGREGATE] = round(float(_AGGREGATES[self.aggregate](scores.values())), 6)
         return scores, value.get("rationale")
@@ -159,17 +128,3 @@ class JudgeStage(LLMStage):
             record[self.rationale_field] = [why for _, _, why in kept]
         return [record]
 
-
-def _first_object(text: str) -> dict:
-    """The first JSON object in a model's answer (models wrap it in prose or code fences)."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-            if isinstance(value, dict):
-                return value
-        except ValueError:
-            pass
-        start = text.find("{", start + 1)
-    raise ValueError(f"no JSON object in the answer: {text[:80]!r}")
