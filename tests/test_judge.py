@@ -98,7 +98,8 @@ def test_scores_in_range_and_valid_on_the_real_model(llama_server):
     records = [{"_id": "a", "prompt": "What is 2 + 2?", "response": "2 + 2 = 4."},
                {"_id": "b", "prompt": "Name a colour.", "response": "Blue."}]
     rows = JudgeStage(client=spec, criteria=CRITERIA, scale=[1, 5])(db.from_sequence(records)).compute(scheduler="threads")
-    assert [r["_id"] for r in rows] == ["a", "b"], rows  # valid under the schema, or an error record
+    assert [r.get("_error") for r in rows] == [None, None], rows  # valid under the schema (decoding is constrained)
+    assert [r["_id"] for r in rows] == ["a", "b"]
     for row in rows:
         scores = row["scores"]
         assert list(scores) == [*CRITERIA, "aggregate"]
