@@ -74,6 +74,12 @@ class CacheConfig:
 
 
 @dataclass
+class HubConfig:
+    repo_id: Optional[str] = None  # org/name: push a format=hf dataset there (token: HF_TOKEN)
+    private: bool = False
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -84,6 +90,7 @@ class RecipeConfig:
     output_dir: Optional[str] = None  # null: the run folder, named after the recipe and the config hash
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -135,7 +142,8 @@ def validate(cfg: Any) -> list[str]:
 
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
-             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig}
+             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
+             "hub": HubConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:
