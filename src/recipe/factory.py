@@ -33,6 +33,7 @@ class ClientSpec:
     cache_dir: str | None = None
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
+    on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -53,6 +54,7 @@ class ClientSpec:
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
+            on_truncated=str(backend.get("on_truncated") or "error"),
         )
 
     def with_overrides(self, **changes: Any) -> "ClientSpec":
@@ -82,7 +84,7 @@ class ClientSpec:
         return {"provider": self.provider, "api_base": self.api_base, "api_key": self.api_key,
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
-                "endpoint_id": self.endpoint_id}
+                "endpoint_id": self.endpoint_id, "on_truncated": self.on_truncated}
 
 
 def build_client(cfg: Any, asynchronous: bool = False):

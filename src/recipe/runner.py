@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recipe import preflight
 from recipe.config.compose import check, resolved_container, setup
 from recipe.errors import ConfigError
 from recipe.factory import ClientSpec
@@ -76,6 +78,18 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
 
 
 @contextlib.contextmanager
+def _quiet_distributed():
+    """distributed's loggers in this process at ERROR for the cluster's life (then as they were)."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def dask_context(dask_cfg: dict):
     """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler."""
     import dask
@@ -83,19 +97,21 @@ def dask_context(dask_cfg: dict):
     if dask_cfg.get("address") or dask_cfg.get("n_workers", 0) > 0:
         from distributed import Client, LocalCluster
 
-        if dask_cfg.get("address"):
-            client = Client(dask_cfg["address"])
-            cluster = None
-        else:
-            cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 2),
-                                   processes=True, host="127.0.0.1", dashboard_address=None)
-            client = Client(cluster)
-        try:
+        with contextlib.ExitStack() as stack:
+            if dask_cfg.get("address"):
+                client = Client(dask_cfg["address"])
+            else:
+                # A failed task is our one error line, not distributed's "Compute Failed ...
+                # Traceback" from each worker (silence_logs), nor its chatter in this process.
+                stack.enter_context(_quiet_distributed())
+                cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
+                                       threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                       processes=True, host="127.0.0.1", dashboard_address=None,
+                                       silence_logs=logging.CRITICAL)
+                stack.callback(cluster.close)
+                client = Client(cluster)
+            stack.callback(client.close)
             yield client
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     else:
         with dask.config.set(scheduler="threads", num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
             yield None
@@ -177,8 +193,11 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     check(cfg)
     data = resolved_container(cfg)
     output_dir = output_dir or data.get("output_dir") or _hydra_output_dir()
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     spec = ClientSpec.from_config(data)
+    preflight.check_backends(data)
+    preflight.check_writable(output_dir, "output_dir")
+    if spec.cache_dir:
+        preflight.check_writable(spec.cache_dir, "cache.dir")
     backend = data["backend"]
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
