@@ -107,7 +107,10 @@ def dask_context(dask_cfg: dict):
                 cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
                                        threads_per_worker=dask_cfg.get("threads_per_worker", 2),
                                        processes=True, host="127.0.0.1", dashboard_address=None,
-                                       silence_logs=logging.CRITICAL)
+                                       silence_logs=logging.CRITICAL,
+                                       # the scheduler's HTTP routes on a free loopback port, not 8787
+                                       # (taken by another cluster, it prints a warning)
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
                 stack.callback(cluster.close)
                 client = Client(cluster)
             stack.callback(client.close)
