@@ -62,8 +62,8 @@ def from_overrides(overrides: Iterable[str]) -> None:
     """Values of command-line overrides whose key is named like a secret (``backend.api_key=...``)."""
     for override in overrides:
         key, sep, value = str(override).partition("=")
-        if sep and is_secret_name(key.lstrip("+~").split("@")[0]):
-            value = value.strip()
+        if sep and is_secret_name(key.lstrip("+~").split("@")[0]) and "${" not in value:
+            value = value.strip()  # (an interpolation is no secret: from_config remembers what it resolves to)
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = value[1:-1]
             for part in value.split(","):  # a sweep: key=a,b
