@@ -103,11 +103,11 @@ def _os_message(exc: OSError) -> str:
     """A full disk or a folder that cannot be written: what, where, and what to do."""
     import errno
 
-    where = exc.filename or "the run's output"
-    message = f"cannot write {where}: {exc.strerror or exc}"
+    reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        message += " (free some space and run the same command again: finished parts and the cache are kept)"
-    return message
+        return (f"cannot write {exc.filename or 'the results'}: {reason} (free some space and run the same "
+                "command again: finished parts and the cache are kept)")
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def _job(cfg) -> int:
