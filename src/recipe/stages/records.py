@@ -52,8 +52,7 @@ def error_record(stage: str, error: BaseException, record: Any, where: str | Non
 def is_error_line(value: Any) -> bool:
     """Whether ``value`` is an error record as the write stage stores it in ``errors/``."""
     info = value.get(ERROR) if isinstance(value, dict) else None
-    return (isinstance(info, dict) and {"stage", "class", "message"} <= info.keys() and "record" in value
-            and set(value) <= {ERROR, ID, "record"})
+    return isinstance(info, dict) and {"stage", "class", "message"} <= info.keys() and "record" in value
 
 
 def foreign_reserved(record: dict) -> list[str]:
