@@ -351,7 +351,8 @@ class StubServer:
                  retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
                  api_key: str | None = None, context_length: int = 0, finish_reason: str = "stop",
-                 status: int = 0, drip: float = 0.0) -> None:
+                 status: int = 0, drip: float = 0.0, port: int = 0) -> None:
+        """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
                      f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
@@ -362,7 +363,7 @@ class StubServer:
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
             self.args.append(f"--api-key={api_key}")
-        self.port = 0
+        self.port = port
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -373,7 +374,7 @@ class StubServer:
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
         self._err = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "recipe.testing.stub_server", "--port=0", *self.args],
+            [sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}", *self.args],
             stdout=subprocess.PIPE, stderr=self._err)
         deadline, buf, fd = time.monotonic() + 30, b"", self._proc.stdout.fileno()
         while b"\n" not in buf:
