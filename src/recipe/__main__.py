@@ -33,7 +33,7 @@ def _precheck(argv: list[str]) -> None:
 
     from recipe.config import secrets
     from recipe.config.compose import compose, resolved_container
-    from recipe.preflight import check_backends
+    from recipe.preflight import check_backends, check_writable
 
     args, _ = get_args_parser().parse_known_args(argv)
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
@@ -54,7 +54,13 @@ def _precheck(argv: list[str]) -> None:
             continue
         if "backend" in cfg:
             resolved_container(cfg.backend)
-        check_backends(resolved_container(cfg))
+        data = resolved_container(cfg)
+        check_backends(data)
+        # Hydra makes the run folder (output_dir) and its log file before any of our code runs.
+        if data.get("output_dir"):
+            check_writable(data["output_dir"], "output_dir")
+        if (data.get("cache") or {}).get("enabled") and data["cache"].get("dir"):
+            check_writable(data["cache"]["dir"], "cache.dir")
         given = cfg.get("input")
         if isinstance(given, str) and given and not glob.has_magic(given):
             if not os.path.isfile(os.path.expanduser(given)):
