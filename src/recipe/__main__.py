@@ -10,6 +10,7 @@ import sys
 
 EXIT_USER_ERROR = 2
 EXIT_RECORDS_FAILED = 3
+EXIT_BUDGET_REACHED = 4  # the budget stopped the run; the same command with a larger budget resumes it
 _exit_code = 0
 
 
@@ -132,6 +133,11 @@ def main() -> None:
         if summary.failed:
             print(f"{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
             _exit_code = EXIT_RECORDS_FAILED
+        if summary.budget_reached:
+            from recipe.services.budget import resume_hint
+
+            print(resume_hint(summary.stats["budget"], sys.argv[1:]), file=sys.stderr)
+            _exit_code = EXIT_BUDGET_REACHED
 
     try:
         _task()

@@ -7,6 +7,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── ConfigError                 a bad config, override or missing secret (user mistake)
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
+    ├── BudgetExhausted             the budget cannot pay the next request (not sent)
     └── LLMError                    a request to the model failed
         ├── AuthenticationError
         ├── BadRequestError
@@ -44,6 +45,15 @@ class InputError(RecipeError):
 
 class ParseError(RecipeError):
     """Model output that could not be converted into the structure a stage needs."""
+
+
+class BudgetExhausted(RecipeError):
+    """``budget.max_usd`` / ``budget.max_tokens`` cannot cover the next request: it was not sent.
+
+    Transient: a rerun with a larger budget does the record.
+    """
+
+    retryable = True
 
 
 class LLMError(RecipeError):

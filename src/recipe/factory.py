@@ -33,6 +33,7 @@ class ClientSpec:
     cache_dir: str | None = None
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
+    budget: Any = None  # a recipe.services.budget.BudgetSpec, set by the runner for budget.* runs
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -118,12 +119,14 @@ def shared_async_client(spec: ClientSpec):
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                from recipe.services.cluster_limits import limiter_for
+                from recipe.services.budget import budget_for
+                from recipe.services.cluster_limits import _current_worker, limiter_for
                 from recipe.services.litellm_client import AsyncLiteLLMClient
 
                 stats = process_stats()
+                worker = _current_worker() if spec.cluster_limits and spec.budget is not None else None
                 client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
-                                            limiter=limiter_for(spec, stats))
+                                            limiter=limiter_for(spec, stats), budget=budget_for(spec.budget, worker))
                 _clients[key] = client
     return client
 

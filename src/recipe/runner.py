@@ -29,6 +29,11 @@ class RunSummary:
     stats: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
+    @property
+    def budget_reached(self) -> bool:
+        """The budget stopped this attempt: rerun with a larger ``budget.*`` to finish the run."""
+        return bool((self.stats.get("budget") or {}).get("reached"))
+
     def line(self) -> str:
         s = self.stats
         text = (f"{self.records} records, {self.failed} failed, {s.get('requests', 0)} requests "
@@ -273,6 +278,9 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
     stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])
     _mark_counting_stage(stages)
+    from recipe.services import budget
+
+    budget.prepare(data, _llm_specs(stages), key="check", attempts=[])  # an unpriced max_usd: refused now
     resume, retry_failed = bool(data.get("resume", True)), bool(data.get("retry_failed", True))
     with folder.locked():
         had_attempts = folder.open(config_hash, ident, resume=resume)
@@ -284,6 +292,8 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         attempt = {"attempt": folder.new_attempt(), "started": time.time(), "partitions_to_do": len(todo),
                    "partitions_kept": len(kept), "of_partitions": n_partitions}
         folder.save_attempt(attempt["attempt"], {**attempt, "usage": {}, "outcome": "running"})
+        spec = _with_budget(stages, spec, budget.prepare(data, _llm_specs(stages), key=f"{config_hash}-{attempt['attempt']}",
+                                                         attempts=folder.attempts()))
         before = sum_manifests(kept)
         now: dict = {}
         outcome = "stopped"
@@ -302,6 +312,10 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             json_fields = _unify_parquet(output_dir, stages) if todo and outcome == "completed" else None
             stats = _stats(folder, config_hash, spec, attempt, usage, before, had_attempts and bool(kept),
                            json_fields)
+            if spec.budget is not None:
+                state = now.get("budget_state") or budget.final_state(spec.budget)
+                stats["budget"] = budget.report(spec.budget, state)
+                budget.forget(spec.budget)
             folder.save_stats(stats)
     records, failed = stats["records"], stats["failed"]
     notes = []
@@ -309,6 +323,25 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
     return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
+
+
+def _llm_specs(stages: list) -> list:
+    from recipe.stages.base import LLMStage
+
+    return [stage.spec for stage in stages if isinstance(stage, LLMStage) and stage.client is not None]
+
+
+def _with_budget(stages: list, spec: ClientSpec, budget_spec) -> ClientSpec:
+    """Every model stage charges the run's budget (the spec carries it to every worker)."""
+    if budget_spec is None:
+        return spec
+    from recipe.stages.base import LLMStage
+
+    charged = spec.with_overrides(budget=budget_spec)
+    for stage in stages:
+        if isinstance(stage, LLMStage) and stage.client is not None:
+            stage.client = charged if stage.client == spec else stage.client.with_overrides(budget=budget_spec)
+    return charged
 
 
 def _mark_counting_stage(stages: list) -> None:
@@ -349,6 +382,11 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
             finally:
                 with contextlib.suppress(Exception):
                     now.update(_collect(client))
+                if spec.budget is not None:  # read before the cluster (and its scheduler's ledger) goes
+                    from recipe.services.budget import final_state
+
+                    with contextlib.suppress(Exception):
+                        now["budget_state"] = final_state(spec.budget, client)
 
 
 def _unify_parquet(output_dir: str, stages: list) -> list | None:

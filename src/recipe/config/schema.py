@@ -14,10 +14,19 @@ from omegaconf import MISSING
 
 
 @dataclass
+class PriceConfig:
+    """USD per million tokens; overrides litellm's price map (needed for budget.max_usd on local models)."""
+
+    input_per_mtok: Optional[float] = None
+    output_per_mtok: Optional[float] = None
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # the model's name at the provider
     context_length: Optional[int] = None  # tokens; longer prompts become error records
     description: str = ""
+    price: PriceConfig = field(default_factory=PriceConfig)
 
 
 @dataclass
@@ -70,6 +79,14 @@ class CacheConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """A cap the whole run (every attempt, every worker) never crosses; null: no cap."""
+
+    max_usd: Optional[float] = None
+    max_tokens: Optional[int] = None
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -80,6 +97,7 @@ class RecipeConfig:
     output_dir: Optional[str] = None  # null: the run folder, named after the recipe and the config hash
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -122,6 +140,17 @@ def validate(cfg: Any) -> list[str]:
             check(value > 0, f"backend.{key}", "must be > 0 (or null for no limit)", value)
     check(cfg.dask.n_workers >= 0, "dask.n_workers", "must be >= 0", cfg.dask.n_workers)
     check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
+    budget, price = cfg.budget, cfg.model.price
+    if budget.max_usd is not None:
+        check(budget.max_usd > 0, "budget.max_usd", "must be > 0 (or null for no cap)", budget.max_usd)
+    if budget.max_tokens is not None:
+        check(budget.max_tokens >= 1, "budget.max_tokens", "must be >= 1 (or null for no cap)", budget.max_tokens)
+    for key in ("input_per_mtok", "output_per_mtok"):
+        value = getattr(price, key)
+        if value is not None:
+            check(value >= 0, f"model.price.{key}", "must be >= 0 (USD per million tokens)", value)
+    if (price.input_per_mtok is None) != (price.output_per_mtok is None):
+        problems.append("model.price: give both input_per_mtok and output_per_mtok, or neither")
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
         problems.append("recipe.stages: a recipe needs at least one stage")
@@ -129,7 +158,8 @@ def validate(cfg: Any) -> list[str]:
 
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
-             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig}
+             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
+             "budget": BudgetConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:

@@ -38,6 +38,10 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 def _write_partition(records, index: int, directory: str, fmt: str, config_hash: str | None,
                      source: Any = None) -> list[dict]:
     records = list(records)
+    if any(is_error(r) and r["_error"]["class"] == "BudgetExhausted" for r in records):
+        # The budget stopped this partition part-way: not committed (an earlier commit stays), so a
+        # rerun with a larger budget does it, its answered requests coming from the cache.
+        return []
     good = [r for r in records if not is_error(r)]
     bad = [r for r in records if is_error(r)]
     out = Path(directory)

@@ -195,6 +195,8 @@ class _App:
         model = body.get("model", "stub-model")
         usage = {"prompt_tokens": _tokens(prompt_chars),
                  "completion_tokens": _tokens(sum(len(c[1]) for c in choices))}
+        if a.usage:  # fixed usage per request, so that a priced model's cost is known exactly
+            usage["prompt_tokens"], usage["completion_tokens"] = (int(x) for x in a.usage.split(","))
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-stub{self.requests}", "object": obj,
@@ -285,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reply", choices=("echo", "list", "yes"), default="echo")
     p.add_argument("--api-key", default=None)
     p.add_argument("--context-length", type=int, default=0, help="0 = off")
+    p.add_argument("--usage", default="", help="PROMPT,COMPLETION: report this usage on every answer")
     return p
 
 
@@ -324,7 +327,8 @@ class StubServer:
                  fail_429: float = 0.0, drop: float = 0.0, malformed: float = 0.0,
                  retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
-                 api_key: str | None = None, context_length: int = 0) -> None:
+                 api_key: str | None = None, context_length: int = 0,
+                 usage: tuple[int, int] | None = None) -> None:
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
                      f"--malformed={malformed}", f"--retry-after={retry_after}",
@@ -334,6 +338,8 @@ class StubServer:
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
             self.args.append(f"--api-key={api_key}")
+        if usage:
+            self.args.append(f"--usage={usage[0]},{usage[1]}")
         self.port = 0
         self._proc: subprocess.Popen | None = None
 

@@ -1,0 +1,156 @@
+"""Spend less: a hard budget (``budget.max_usd`` / ``budget.max_tokens``) across workers and attempts.
+
+The stub serves ``gpt-4o`` and reports a fixed usage per answer (1000 prompt + 500 completion
+tokens), so each request costs exactly 1000 * 2.5e-6 + 500 * 1e-5 = $0.0075 at litellm's price.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import recipe
+
+PROMPT, COMPLETION = 1000, 500
+GPT4O_REQUEST_USD = PROMPT * 2.5e-6 + COMPLETION * 1e-5  # litellm's gpt-4o price, per request on the stub
+
+
+def write_inputs(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def outputs(directory: Path) -> list[dict]:
+    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
+
+
+def priced(server, source: Path, *extra: str) -> list[str]:
+    return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
+            "model.name=gpt-4o", "progress=false", f"input={source}", "sampling.max_tokens=500",
+            "dask.partition_size=10", *extra]
+
+
+def cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m recipe`` in a subprocess, importing this checkout's package (workers inherit it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
+    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]), NO_PROXY="127.0.0.1")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def stats_of(tmp_path: Path) -> tuple[Path, dict]:
+    (folder,) = [p for p in (tmp_path / "runs").iterdir() if (p / "stats.json").exists()]
+    return folder, json.loads((folder / "stats.json").read_text())
+
+
+def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_server, tmp_path):
+    server = stub_server(usage=(PROMPT, COMPLETION))
+    source = write_inputs(tmp_path / "in.jsonl", 40)
+    first = cli(tmp_path, *priced(server, source, "budget.max_usd=0.1"))
+    assert first.returncode == 4, first.stderr
+    (line,) = [ln for ln in first.stderr.splitlines() if ln.startswith("budget reached")]
+    assert "Traceback" not in first.stderr
+    assert "spent $" in line and "of $0.1" in line and "remains" in line
+    folder, stats = stats_of(tmp_path)
+    assert stats["budget"]["reached"] and stats["budget"]["max_usd"] == 0.1
+    assert stats["budget"]["reserved_usd"] == 0
+    sent = server.stats()["requests"]
+    assert stats["budget"]["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    assert 0 < stats["records"] < 40
+    command = shlex.split(line.split("resume with a higher budget: ", 1)[1])
+    assert command[:3] == ["python", "-m", "recipe"] and "budget.max_usd=0.2" in command
+    assert "budget.max_usd=0.1" not in command
+    # the budget covers the whole run: 40 requests at $0.0075 = $0.30 > $0.20, so this one stops too
+    second = cli(tmp_path, *command[3:])
+    assert second.returncode == 4, second.stderr
+    _, stats = stats_of(tmp_path)
+    assert stats["budget"]["spent_before_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    assert stats["budget"]["spent_usd"] <= 0.2 + stats["budget"]["max_in_flight"] * GPT4O_REQUEST_USD
+    third = cli(tmp_path, *priced(server, source, "budget.max_usd=1"))
+    assert third.returncode == 0, third.stderr
+    _, stats = stats_of(tmp_path)
+    rows = outputs(folder)
+    assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(40))
+    assert server.stats()["requests"] == 40, "every record was paid for once over three attempts"
+    assert stats["budget"]["spent_usd"] == pytest.approx(40 * GPT4O_REQUEST_USD)
+    assert stats["budget"]["remaining_usd"] == pytest.approx(1 - 40 * GPT4O_REQUEST_USD)
+    assert not stats["budget"]["reached"]
+
+
+def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_record_once(stub_server, tmp_path):
+    server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
+    source = write_inputs(tmp_path / "in.jsonl", 120)
+    overrides = priced(server, source, "dask.n_workers=2", "backend.max_concurrency=8")
+    out = tmp_path / "out"
+    first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.2"]), output_dir=str(out))
+    budget = first.stats["budget"]
+    assert first.budget_reached and budget["reached"]
+    sent = server.stats()["requests"]
+    # every answer is charged, once, in the scheduler's one ledger
+    assert budget["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    # overshoot only by what the requests in flight when the cap was reached used beyond their reservation
+    assert 0.2 - GPT4O_REQUEST_USD < budget["spent_usd"] <= 0.2 + budget["max_in_flight"] * GPT4O_REQUEST_USD
+    assert budget["max_in_flight"] <= 8
+    assert budget["reserved_usd"] == 0
+    assert first.records < 120
+    second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
+    assert not second.budget_reached and second.records == 120
+    rows = outputs(out)
+    assert len(rows) == 120 and len({r["_id"] for r in rows}) == 120
+    assert server.stats()["requests"] == 120
+    assert second.stats["budget"]["spent_usd"] == pytest.approx(120 * GPT4O_REQUEST_USD)
+
+
+def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_path):
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 3)
+    args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source, "budget.max_usd=1")]
+    result = cli(tmp_path, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: budget.max_usd: model openai/stub-model has no known price; give one with "
+        "model.price.input_per_mtok=USD and model.price.output_per_mtok=USD (per million tokens)"]
+    assert server.stats()["requests"] == 0
+
+
+def test_a_given_price_prices_a_local_model(stub_server, tmp_path):
+    server = stub_server(usage=(PROMPT, COMPLETION))
+    source = write_inputs(tmp_path / "in.jsonl", 6)
+    args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source)]
+    summary = recipe.run(recipe.compose(args + ["budget.max_usd=1", "model.price.input_per_mtok=2",
+                                                "model.price.output_per_mtok=10"]), output_dir=str(tmp_path / "o"))
+    assert summary.records == 6 and not summary.budget_reached
+    assert summary.stats["budget"]["spent_usd"] == pytest.approx(6 * (PROMPT * 2e-6 + COMPLETION * 10e-6))
+
+
+def test_max_tokens_caps_any_model(stub_server, tmp_path):
+    server = stub_server(usage=(PROMPT, COMPLETION))
+    source = write_inputs(tmp_path / "in.jsonl", 30)
+    args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source)]
+    summary = recipe.run(recipe.compose(args + ["budget.max_tokens=10000", "backend.max_concurrency=2"]),
+                         output_dir=str(tmp_path / "o"))
+    budget = summary.stats["budget"]
+    assert summary.budget_reached
+    assert budget["spent_tokens"] == server.stats()["requests"] * (PROMPT + COMPLETION)
+    assert budget["spent_tokens"] <= 10000 + budget["max_in_flight"] * (PROMPT + COMPLETION)
+    assert summary.records < 30
+
+
+@pytest.mark.parametrize("override, message", [
+    ("budget.max_usd=-1", "budget.max_usd=-1.0: must be > 0"),
+    ("budget.max_tokens=0", "budget.max_tokens=0: must be >= 1"),
+    ("model.price.input_per_mtok=1", "model.price: give both input_per_mtok and output_per_mtok"),
+])
+def test_bad_budget_values_are_refused(tmp_path, override, message):
+    result = cli(tmp_path, override, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
