@@ -154,3 +154,87 @@ def test_bad_budget_values_are_refused(tmp_path, override, message):
     result = cli(tmp_path, override, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- target.records ----------------------------------------------------------------------------
+
+def halves_conf(tmp_path: Path) -> Path:
+    from spend_helpers import HALVES_RECIPE
+
+    conf = tmp_path / "conf"
+    (conf / "recipe").mkdir(parents=True, exist_ok=True)
+    (conf / "recipe" / "halves.yaml").write_text(HALVES_RECIPE)
+    return conf
+
+
+def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_server, tmp_path):
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 5000)
+    args = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", f"input={source}", "recipe=halves", "target.records=137",
+            f"hydra.searchpath=[file://{halves_conf(tmp_path)}]"]
+    tests_dir = str(Path(__file__).resolve().parent)
+    env_path = f"{Path(recipe.__file__).resolve().parents[1]}{os.pathsep}{tests_dir}"
+    result = subprocess.run([sys.executable, "-m", "recipe", *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
+                                 "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": env_path})
+    assert result.returncode == 0, result.stderr
+    folder, stats = stats_of(tmp_path)
+    rows = outputs(folder)
+    # exactly N, the first N that pass the filter, in input order
+    assert [r["prompt"] for r in rows] == [f"question {i}" for i in range(0, 274, 2)]
+    assert stats["records"] == 137 and stats["target"]["output"] == 137 and stats["target"]["reached"]
+    sent = server.stats()["requests"]
+    assert 274 <= sent <= 400, f"{sent} requests for 137 records at a 50% filter over 5000 inputs"
+    assert stats["target"]["acceptance_rate"] == 0.5
+    assert stats["target"]["accepted"] == stats["target"]["rejected"] == sent // 2
+    again = subprocess.run([sys.executable, "-m", "recipe", *args], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
+                                "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": env_path})
+    assert again.returncode == 0, again.stderr
+    assert outputs(folder) == rows, "a rerun gives the same N records"
+    assert server.stats()["requests"] == sent
+
+
+def test_exactly_n_on_a_two_worker_cluster_and_a_larger_n_continues(stub_server, tmp_path):
+    import spend_helpers  # noqa: F401 - importable here and in the workers (pytest put tests/ on the path)
+
+    server = stub_server()
+    source = write_inputs(tmp_path / "in.jsonl", 600)
+    base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", f"input={source}", "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
+            "dask.n_workers=2"]
+    out = tmp_path / "out"
+    first = recipe.run(recipe.compose(base + ["target.records=50"]), output_dir=str(out))
+    assert first.records == 50
+    assert [r["prompt"] for r in outputs(out)] == [f"question {i}" for i in range(0, 100, 2)]
+    second = recipe.run(recipe.compose(base + ["target.records=120"]), output_dir=str(out))
+    assert second.records == 120
+    assert [r["prompt"] for r in outputs(out)] == [f"question {i}" for i in range(0, 240, 2)]
+    assert server.stats()["requests"] < 600
+    short = recipe.run(recipe.compose(base + ["target.records=400"]), output_dir=str(out))
+    assert short.records == 300 and not short.stats["target"]["reached"]
+    assert short.notes == ["target.records not reached: 300 of 400 records: every input was used (75 partitions)"]  # the plan of attempt 1: 8 per partition
+
+
+def test_a_recipe_that_makes_its_own_seeds_runs_rounds_with_shifted_seeds(stub_server, tmp_path):
+    server = stub_server(reply="list")
+    base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", "recipe=open_qa"]
+    out = tmp_path / "out"
+    one_round = recipe.run(recipe.compose(base), output_dir=str(tmp_path / "plain"))
+    per_round, per_round_requests = one_round.records, server.stats()["requests"]
+    server.reset()
+    summary = recipe.run(recipe.compose(base + ["target.records=40", "target.max_rounds=5"]), output_dir=str(out))
+    rows = outputs(out)
+    assert summary.records == len(rows) == 40 and len({r["_id"] for r in rows}) == 40
+    rounds = -(-40 // per_round)
+    assert summary.stats["target"]["rounds"] == rounds
+    assert {r.get("_round", 0) for r in rows} == set(range(rounds))
+    # round 0 is the plain run (cached); later rounds are new requests with seeds shifted by the round
+    assert server.stats()["requests"] == (rounds - 1) * per_round_requests
+    assert {b.get("seed") for b in server.stats()["bodies"]} == set(range(1, rounds))
+    short = recipe.run(recipe.compose(base + ["target.records=500", "target.max_rounds=3"]), output_dir=str(out))
+    assert short.records == 3 * per_round
+    assert short.notes == [f"target.records not reached: {3 * per_round} of 500 records: "
+                           "target.max_rounds=3 rounds were run"]

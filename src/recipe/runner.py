@@ -276,7 +276,10 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     backend = data["backend"]
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
-    stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])
+    from recipe import target
+
+    stages = build_stages(data["recipe"], spec, output_dir,
+                          target.partition_size(data.get("target"), data["dask"]["partition_size"]))
     _mark_counting_stage(stages)
     from recipe.services import budget
 
@@ -298,7 +301,7 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         now: dict = {}
         outcome = "stopped"
         try:
-            if todo:
+            if todo or target.wanted(data):  # a target may need more of an earlier attempt's partitions
                 _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spec, attempt,
                          before["records"] + before["failed"], now)
             outcome = "completed"
@@ -316,13 +319,25 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
                 state = now.get("budget_state") or budget.final_state(spec.budget)
                 stats["budget"] = budget.report(spec.budget, state)
                 budget.forget(spec.budget)
+            if now.get("target"):
+                stats["target"] = target.finish_report(now["target"], stats)
             folder.save_stats(stats)
     records, failed = stats["records"], stats["failed"]
     notes = []
+    if (stats.get("target") or {}).get("why_short"):
+        notes.append(f"target.records not reached: {stats['target']['why_short']}")
     if records + failed == 0:
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
     return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
+
+
+def _budget_reached(spec: ClientSpec, client) -> bool:
+    if spec.budget is None:
+        return False
+    from recipe.services.budget import final_state
+
+    return bool(final_state(spec.budget, client)["reached"])
 
 
 def _llm_specs(stages: list) -> list:
@@ -378,7 +393,13 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
         bag, _, _, _ = _build_bag(stages, plan, folder, config_hash, retry_failed)
         with _Watcher(client, folder, attempt, done_before, bool(data.get("progress"))):
             try:
-                client.compute(bag).result() if client is not None else bag.compute()
+                from recipe import target
+
+                if target.wanted(data):
+                    now["target"] = target.run_target(data, stages, plan, folder, config_hash, client,
+                                                      stopped=lambda: _budget_reached(spec, client))
+                else:
+                    client.compute(bag).result() if client is not None else bag.compute()
             finally:
                 with contextlib.suppress(Exception):
                     now.update(_collect(client))

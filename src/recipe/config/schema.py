@@ -87,6 +87,14 @@ class BudgetConfig:
 
 
 @dataclass
+class TargetConfig:
+    """Exactly ``records`` records in the output (after filters, failures, dedup); null: every input."""
+
+    records: Optional[int] = None
+    max_rounds: int = 10  # recipes that make their own seeds: rounds with shifted seeds, at most this many
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -98,6 +106,7 @@ class RecipeConfig:
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -151,6 +160,9 @@ def validate(cfg: Any) -> list[str]:
             check(value >= 0, f"model.price.{key}", "must be >= 0 (USD per million tokens)", value)
     if (price.input_per_mtok is None) != (price.output_per_mtok is None):
         problems.append("model.price: give both input_per_mtok and output_per_mtok, or neither")
+    if cfg.target.records is not None:
+        check(cfg.target.records >= 1, "target.records", "must be >= 1 (or null for every input)", cfg.target.records)
+    check(cfg.target.max_rounds >= 1, "target.max_rounds", "must be >= 1", cfg.target.max_rounds)
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
         problems.append("recipe.stages: a recipe needs at least one stage")
@@ -159,7 +171,7 @@ def validate(cfg: Any) -> list[str]:
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
              "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
-             "budget": BudgetConfig}
+             "budget": BudgetConfig, "target": TargetConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:

@@ -85,12 +85,13 @@ class WriteStage(Stage):
         return self.write(bag)
 
     def write(self, bag: db.Bag, only: list[int] | None = None, config_hash: str | None = None,
-              sources: list | None = None) -> db.Bag:
+              sources: list | None = None, part_offset: int = 0) -> db.Bag:
         """Write the partitions numbered ``only`` (default: all) of ``bag``; part ``i`` is partition ``i``.
 
         Dask computes only what the selected partitions depend on, so a committed partition of a
         partition-wise recipe is not computed again. Manifests carry the run's config hash and the
-        input range ``sources[i]`` partition ``i`` was read from.
+        input range ``sources[i]`` partition ``i`` was read from. ``part_offset`` numbers the parts
+        of a later round (``target.records`` on a recipe that makes its own seeds) after the earlier ones.
         """
         if self.format not in ("jsonl", "parquet"):
             raise ConfigError(f"stage {self.name!r}: format must be jsonl or parquet, not {self.format!r}")
@@ -100,7 +101,7 @@ class WriteStage(Stage):
         parts = bag.to_delayed()
         wanted = range(len(parts)) if only is None else only
         write = delayed(_write_partition, pure=True)
-        summaries = [write(parts[i], i, self.path, self.format, config_hash,
+        summaries = [write(parts[i], part_offset + i, self.path, self.format, config_hash,
                            sources[i] if sources is not None and i < len(sources) else None,
                            dask_key_name=f"{self.name}-{i}-{bag.name}")
                      for i in wanted]
