@@ -238,3 +238,76 @@ def test_a_recipe_that_makes_its_own_seeds_runs_rounds_with_shifted_seeds(stub_s
     assert short.records == 3 * per_round
     assert short.notes == [f"target.records not reached: {3 * per_round} of 500 records: "
                            "target.max_rounds=3 rounds were run"]
+
+
+# ---- backend.batch -----------------------------------------------------------------------------
+
+GPT4O_BATCH_REQUEST_USD = PROMPT * 1.25e-6 + COMPLETION * 5e-6  # litellm's gpt-4o batch price
+
+
+def batch_args(server, source: Path, *extra: str) -> list[str]:
+    return priced(server, source, "backend.batch=true", "backend.batch_poll_seconds=0.2", *extra)
+
+
+def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines(stub_server, tmp_path):
+    online_server = stub_server(usage=(PROMPT, COMPLETION))
+    source = write_inputs(tmp_path / "in.jsonl", 30)
+    online = recipe.run(recipe.compose(priced(online_server, source, "sampling.seed=7", "cache.enabled=false")),
+                        output_dir=str(tmp_path / "online"))
+    server = stub_server(usage=(PROMPT, COMPLETION), fail_500=0.1, batch_seconds=0.5)
+    summary = recipe.run(recipe.compose(batch_args(server, source, "sampling.seed=7")), output_dir=str(tmp_path / "b"))
+    assert summary.records == 30 and summary.failed == 0
+    assert outputs(tmp_path / "b") == outputs(tmp_path / "online"), "the same answers as online, seeds included"
+    stub = server.stats()
+    assert stub["by_path"].get("/v1/chat/completions", 0) == 0, "nothing went through the live route"
+    # the failed lines (10%) were submitted again, in a new batch; answered lines never were
+    assert stub["batches_created"] == summary.stats["batch"]["batches"] >= 2
+    assert stub["batch_lines"] == 30 + summary.stats["batch"]["resubmitted_lines"]
+    assert summary.stats["batch"]["resubmitted_lines"] >= 3
+    assert summary.stats["cost_usd"] == pytest.approx(30 * GPT4O_BATCH_REQUEST_USD)
+    assert online.stats["cost_usd"] == pytest.approx(2 * summary.stats["cost_usd"])
+    recorded = sorted((tmp_path / "b" / "batches").glob("*.json"))
+    assert len(recorded) == stub["batches_created"]
+    assert {json.loads(p.read_text())["status"] for p in recorded} == {"completed"}
+
+
+def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.3, batch_expire=True)
+    source = write_inputs(tmp_path / "in.jsonl", 4)
+    summary = recipe.run(recipe.compose(batch_args(server, source, "backend.num_retries=2")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 0 and summary.failed == 4
+    assert server.stats()["batches_created"] == 3  # the first, and one per retry
+    assert summary.stats["failed_by_class"] == {"ServerError": 4}
+
+
+def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_server, tmp_path):
+    import signal
+    import time
+
+    server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=6)
+    source = write_inputs(tmp_path / "in.jsonl", 40)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
+    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]))
+    command = [sys.executable, "-m", "recipe", *batch_args(server, source)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "runs").glob("*/batches/*.json")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before its batch was created"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    created = server.stats()["batches_created"]
+    assert created >= 1
+    states = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs").glob("*/batches/*.json")]
+    assert "completed" not in states, "killed while its batches were running"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    folder, stats = stats_of(tmp_path)
+    assert server.stats()["batches_created"] == created, "no batch was submitted again"
+    assert stats["batch"]["polled_batches"] == created and stats["batch"].get("batches", 0) == 0
+    rows = outputs(folder)
+    assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(40))
+    assert server.stats()["batch_lines"] == 40

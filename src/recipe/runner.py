@@ -113,18 +113,22 @@ def dask_context(dask_cfg: dict):
 
 def _snapshot() -> dict:
     from recipe.factory import process_stats
+    from recipe.services import batch
     from recipe.stages import progress
 
-    return {"usage": process_stats().as_dict(), "progress": progress.snapshot()}
+    return {"usage": process_stats().as_dict(), "progress": progress.snapshot(), "batches": batch.states()}
 
 
 def _reset() -> None:
     from recipe.factory import forget_clients, process_stats
     from recipe.stages import progress
 
+    from recipe.services import batch
+
     forget_clients()
     process_stats().reset()
     progress.reset()
+    batch.reset()
 
 
 def _collect(client) -> dict:
@@ -141,12 +145,19 @@ def _collect(client) -> dict:
     usage = UsageStats()
     committed: dict[int, tuple[int, int]] = {}
     live = filtered = 0
+    batches: dict = {"states": {}}
     for snap in snaps:
+        for key, value in (snap.get("batches") or {}).items():
+            if key == "states":
+                for state, count in value.items():
+                    batches["states"][state] = batches["states"].get(state, 0) + count
+            else:
+                batches[key] = batches.get(key, 0) + value
         usage.merge(snap["usage"])
         committed.update(snap["progress"]["committed"])
         live += snap["progress"]["live"]
         filtered += snap["progress"]["filtered"]
-    return {**usage.as_dict(), "filtered": filtered, "live": live, "committed": committed,
+    return {**usage.as_dict(), "filtered": filtered, "live": live, "committed": committed, "batches": batches,
             "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 
@@ -159,6 +170,15 @@ def _cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
     from recipe.services.litellm_setup import is_unpriced
 
     litellm, total = get_litellm(), 0.0
+    if spec.batch:  # at the provider's batch price (input/output_cost_per_token_batches)
+        from recipe.services.budget import price_for
+
+        for model, (prompt, completion) in tokens_by_model.items():
+            price = price_for(spec.provider, model, batch=True)
+            if price is None:
+                return None
+            total += price.cost(prompt, completion)
+        return round(total, 6)
     for model, (prompt, completion) in tokens_by_model.items():
         if is_unpriced(f"{spec.provider}/{model}"):
             return None
@@ -212,8 +232,11 @@ class _Watcher:
                 if bar is not None:
                     shown = self.done_before + now["records"] + now["errors"] + now["live"]
                     bar.n = max(bar.n, shown)  # never backwards: a finished partition is committed a moment later
+                    states = now["batches"]["states"]  # batch API: validating, in_progress, finalizing...
                     bar.set_postfix(failed=now["errors"], requests=now["requests"],
-                                    tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False)
+                                    tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False,
+                                    **({"batches": " ".join(f"{k}:{v}" for k, v in sorted(states.items()))}
+                                       if states else {}))
                     bar.refresh()
                 if time.monotonic() - last_save >= 5:
                     last_save = time.monotonic()
@@ -227,7 +250,7 @@ class _Watcher:
 
 def _usage(now: dict) -> dict:
     keep = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
-            "prompt_tokens", "completion_tokens", "failures", "tokens_by_model", "filtered")
+            "prompt_tokens", "completion_tokens", "failures", "tokens_by_model", "filtered", "batches")
     return {k: now[k] for k in keep if k in now}
 
 
@@ -295,8 +318,12 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         attempt = {"attempt": folder.new_attempt(), "started": time.time(), "partitions_to_do": len(todo),
                    "partitions_kept": len(kept), "of_partitions": n_partitions}
         folder.save_attempt(attempt["attempt"], {**attempt, "usage": {}, "outcome": "running"})
-        spec = _with_budget(stages, spec, budget.prepare(data, _llm_specs(stages), key=f"{config_hash}-{attempt['attempt']}",
-                                                         attempts=folder.attempts()))
+        run_budget = budget.prepare(data, _llm_specs(stages), key=f"{config_hash}-{attempt['attempt']}",
+                                    attempts=folder.attempts(), batch=spec.batch)
+        if run_budget is not None:
+            spec = _with_changes(stages, spec, budget=run_budget)
+        if spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
+            spec = _with_changes(stages, spec, batch_dir=str(Path(output_dir) / "batches"))
         before = sum_manifests(kept)
         now: dict = {}
         outcome = "stopped"
@@ -319,6 +346,9 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
                 state = now.get("budget_state") or budget.final_state(spec.budget)
                 stats["budget"] = budget.report(spec.budget, state)
                 budget.forget(spec.budget)
+            if spec.batch:
+                stats["batch"] = {**(usage.get("batches") or {}),
+                                  "recorded": len(list((Path(output_dir) / "batches").glob("*.json")))}
             if now.get("target"):
                 stats["target"] = target.finish_report(now["target"], stats)
             folder.save_stats(stats)
@@ -346,17 +376,16 @@ def _llm_specs(stages: list) -> list:
     return [stage.spec for stage in stages if isinstance(stage, LLMStage) and stage.client is not None]
 
 
-def _with_budget(stages: list, spec: ClientSpec, budget_spec) -> ClientSpec:
-    """Every model stage charges the run's budget (the spec carries it to every worker)."""
-    if budget_spec is None:
-        return spec
+def _with_changes(stages: list, spec: ClientSpec, **changes: Any) -> ClientSpec:
+    """The run's spec, and every model stage's, with ``changes`` (the budget, the batch folder):
+    the spec carries them to every worker."""
     from recipe.stages.base import LLMStage
 
-    charged = spec.with_overrides(budget=budget_spec)
+    changed = spec.with_overrides(**changes)
     for stage in stages:
         if isinstance(stage, LLMStage) and stage.client is not None:
-            stage.client = charged if stage.client == spec else stage.client.with_overrides(budget=budget_spec)
-    return charged
+            stage.client = changed if stage.client == spec else stage.client.with_overrides(**changes)
+    return changed
 
 
 def _mark_counting_stage(stages: list) -> None:

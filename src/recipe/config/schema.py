@@ -43,6 +43,9 @@ class BackendConfig:
     start_local_server: bool = False
     model_path: Optional[str] = None
     n_ctx: int = 2048
+    # The provider's batch API (OpenAI-compatible): about half the price, answers within the window.
+    batch: bool = False
+    batch_poll_seconds: float = 30.0
 
 
 @dataclass
@@ -141,6 +144,7 @@ def validate(cfg: Any) -> list[str]:
         stop = list(s.stop) if not isinstance(s.stop, str) else [s.stop]
         check(all(isinstance(x, str) for x in stop), "sampling.stop", "must be a string or a list of strings", s.stop)
     check(b.timeout > 0, "backend.timeout", "must be > 0", b.timeout)
+    check(b.batch_poll_seconds > 0, "backend.batch_poll_seconds", "must be > 0", b.batch_poll_seconds)
     check(b.num_retries >= 0, "backend.num_retries", "must be >= 0", b.num_retries)
     check(b.max_concurrency >= 1, "backend.max_concurrency", "must be >= 1", b.max_concurrency)
     for key in ("rpm", "tpm"):

@@ -93,7 +93,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 stats: UsageStats | None = None, budget: Any = None):
+                 stats: UsageStats | None = None, budget: Any = None, batcher: Any = None):
         self.provider = provider
         self.api_base = api_base
         self._api_key = api_key
@@ -105,6 +105,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
         self.cache = cache
         self.budget = budget  # recipe.services.budget: reserve before each attempt, settle after
+        self.batcher = batcher  # recipe.services.batch: requests go through the provider's batch API
         # What names the endpoint in cache keys: api_base, unless the address is not stable
         # (the embedded llama.cpp server gets a new port each run).
         self.endpoint_id = endpoint_id or api_base
@@ -234,7 +235,20 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
             charge = (model, estimate_prompt_tokens(payload.get("prompt") or payload.get("messages")),
                       payload.get("max_tokens"))
+        if self.batcher is not None:
+            return await self._send_batched(route, model, payload, text, charge)
         return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once, charge)
+
+    async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None) -> list[str]:
+        """One request as a line of a provider batch (never streamed); the budget charges it the same way."""
+        ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
+        token = _TICKET.set(ticket)
+        try:
+            return await self._read(await self.batcher.request(route, model, payload, text), False, text, model)
+        finally:
+            _TICKET.reset(token)
+            if ticket is not None:
+                await self.budget.settle(ticket)
 
     async def _read(self, response: Any, stream: bool, text: bool, model: str) -> list[str]:
         """Texts in choice order; streams are accumulated per choice index."""
