@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import uuid
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,8 +319,9 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         attempt = {"attempt": folder.new_attempt(), "started": time.time(), "partitions_to_do": len(todo),
                    "partitions_kept": len(kept), "of_partitions": n_partitions}
         folder.save_attempt(attempt["attempt"], {**attempt, "usage": {}, "outcome": "running"})
-        run_budget = budget.prepare(data, _llm_specs(stages), key=f"{config_hash}-{attempt['attempt']}",
-                                    attempts=folder.attempts(), batch=spec.batch)
+        ledger_key = f"{config_hash}-{attempt['attempt']}-{uuid.uuid4().hex[:8]}"  # one ledger per attempt
+        run_budget = budget.prepare(data, _llm_specs(stages), key=ledger_key, attempts=folder.attempts(),
+                                    batch=spec.batch)
         if run_budget is not None:
             spec = _with_changes(stages, spec, budget=run_budget)
         if spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
