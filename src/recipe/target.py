@@ -96,9 +96,6 @@ class TargetRun:
             bag = stage(bag)
         return bag
 
-    def _sources(self) -> list | None:
-        return self.plan
-
     # ---- the loop -------------------------------------------------------------------------
 
     def committed(self) -> dict[int, dict]:

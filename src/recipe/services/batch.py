@@ -117,8 +117,7 @@ class BatchCollector:
         self.completion_window = completion_window
         self._pending: dict[str, dict] = {}  # custom id -> {"body", "endpoint", "futures", "route", "ticket"}
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task] = set()  # every partition's coroutines share the process's one loop
 
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
         """The provider's response body (a chat.completion or text_completion dict) for one request."""
