@@ -252,12 +252,22 @@ def batch_args(server, source: Path, *extra: str) -> list[str]:
 def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines(stub_server, tmp_path):
     online_server = stub_server(usage=(PROMPT, COMPLETION))
     source = write_inputs(tmp_path / "in.jsonl", 30)
-    online = recipe.run(recipe.compose(priced(online_server, source, "sampling.seed=7", "cache.enabled=false")),
+    sampling = ["sampling.seed=7", "sampling.n=2", "+recipe.stages.generate.n=2", "sampling.stop=[END]",
+                "sampling.temperature=0.5"]
+    online = recipe.run(recipe.compose(priced(online_server, source, "cache.enabled=false", *sampling)),
                         output_dir=str(tmp_path / "online"))
     server = stub_server(usage=(PROMPT, COMPLETION), fail_500=0.1, batch_seconds=0.5)
-    summary = recipe.run(recipe.compose(batch_args(server, source, "sampling.seed=7")), output_dir=str(tmp_path / "b"))
+    summary = recipe.run(recipe.compose(batch_args(server, source, *sampling)), output_dir=str(tmp_path / "b"))
     assert summary.records == 30 and summary.failed == 0
-    assert outputs(tmp_path / "b") == outputs(tmp_path / "online"), "the same answers as online, seeds included"
+    assert outputs(tmp_path / "b") == outputs(tmp_path / "online"), "the same answers as online, n and seeds included"
+    assert all(len(r["response"]) == 2 for r in outputs(tmp_path / "b"))
+
+    def sent(bodies: list[dict]) -> list[str]:
+        return sorted(json.dumps({k: v for k, v in b.items() if k != "stream"}, sort_keys=True) for b in bodies)
+
+    online_bodies = online_server.stats()["bodies"]
+    assert len(online_bodies) == 30 and online_bodies[0]["stop"] == ["END"] and online_bodies[0]["n"] == 2
+    assert set(sent(server.stats()["bodies"])) == set(sent(online_bodies))
     stub = server.stats()
     assert stub["by_path"].get("/v1/chat/completions", 0) == 0, "nothing went through the live route"
     # the failed lines (10%) were submitted again, in a new batch; answered lines never were
