@@ -54,12 +54,16 @@ def _section(config: DictConfig, key: str) -> Any:
 
 def _read_paths(recipe: dict) -> list[str]:
     """The input files the recipe's read stages name (globs and lists expanded)."""
+    from recipe.errors import ConfigError
     from recipe.stages.read import resolve_paths
 
     found: list[str] = []
     for stage in (recipe.get("stages") or {}).values():
         if isinstance(stage, dict) and str(stage.get("_target_", "")).endswith("ReadStage") and stage.get("path"):
-            found += resolve_paths(stage["path"])
+            try:
+                found += resolve_paths(stage["path"])
+            except ConfigError:  # a missing file: the read stage refuses it with one line, before any work
+                continue
     return found
 
 

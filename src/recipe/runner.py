@@ -223,7 +223,9 @@ class _Watcher:
             bar = tqdm(desc="records", unit="rec", dynamic_ncols=True, file=sys.stderr, initial=self.done_before)
         last_save = time.monotonic()
         try:
-            while not self.stop.wait(1.0 if bar is not None else 0.5):
+            final = False
+            while not final:
+                final = self.stop.wait(1.0 if bar is not None else 0.5)  # one last update once stopped
                 if bar is None and time.monotonic() - last_save < 5:
                     continue
                 try:
@@ -232,7 +234,9 @@ class _Watcher:
                     continue
                 if bar is not None:
                     shown = self.done_before + now["records"] + now["errors"] + now["live"]
-                    bar.n = max(bar.n, shown)  # never backwards: a finished partition is committed a moment later
+                    # never backwards while running (a finished partition is committed a moment later);
+                    # at the end, exactly what was committed
+                    bar.n = shown - now["live"] if final else max(bar.n, shown)
                     states = now["batches"]["states"]  # batch API: validating, in_progress, finalizing...
                     bar.set_postfix(failed=now["errors"], requests=now["requests"],
                                     tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False,
@@ -250,9 +254,11 @@ class _Watcher:
 
 
 def _usage(now: dict) -> dict:
-    keep = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
-            "prompt_tokens", "completion_tokens", "failures", "tokens_by_model", "filtered", "batches")
-    return {k: now[k] for k in keep if k in now}
+    """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent."""
+    from recipe.services.usage import UsageStats
+
+    usage = {**UsageStats().as_dict(), "filtered": 0, "batches": {}}
+    return {k: now.get(k, default) for k, default in usage.items()}
 
 
 def _build_bag(stages: list, plan: list | None, folder, config_hash: str, retry_failed: bool):
@@ -336,8 +342,7 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             outcome = "completed"
         finally:
             attempt["wall_seconds"] = round(time.monotonic() - started, 3)
-            usage = {**_usage(now), "wall_seconds": attempt["wall_seconds"]} if now else \
-                {"wall_seconds": attempt["wall_seconds"]}
+            usage = {**_usage(now), "wall_seconds": attempt["wall_seconds"]}
             if usage.get("requests"):
                 usage["cost_usd"] = _cost(spec, usage.get("tokens_by_model") or {})
             folder.save_attempt(attempt["attempt"], {**attempt, "usage": usage, "outcome": outcome})

@@ -98,6 +98,8 @@ class WriteStage(Stage):
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: no output path (set output_dir)")
         Path(self.path).mkdir(parents=True, exist_ok=True)
+        if only is not None and not only:  # every partition is committed: not even a graph to optimize
+            return db.from_sequence([], npartitions=1)
         parts = bag.to_delayed()
         wanted = range(len(parts)) if only is None else only
         write = delayed(_write_partition, pure=True)
