@@ -321,3 +321,16 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
     rows = outputs(folder)
     assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(40))
     assert server.stats()["batch_lines"] == 40
+
+
+def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
+    server = stub_server(batch_seconds=4)
+    source = write_inputs(tmp_path / "in.jsonl", 5)
+    args = [a for a in batch_args(server, source) if a != "progress=false"] + ["progress=true"]
+    summary = recipe.run(recipe.compose(args), output_dir=str(tmp_path / "b"))
+    assert summary.records == 5
+    err = capsys.readouterr().err
+    import re
+
+    shown = set(re.findall(r"batches=(\w+):1", err))
+    assert {"validating", "in_progress", "finalizing"} & shown and "completed" in shown, err[-500:]
