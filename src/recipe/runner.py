@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import uuid
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,9 +122,8 @@ def _snapshot() -> dict:
 
 def _reset() -> None:
     from recipe.factory import forget_clients, process_stats
-    from recipe.stages import progress
-
     from recipe.services import batch
+    from recipe.stages import progress
 
     forget_clients()
     process_stats().reset()
