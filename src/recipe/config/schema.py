@@ -46,6 +46,9 @@ class BackendConfig:
     # The provider's batch API (OpenAI-compatible): about half the price, answers within the window.
     batch: bool = False
     batch_poll_seconds: float = 30.0
+    # How the server takes a JSON Schema (services/structured_output.py DIALECTS): openai, vllm,
+    # nim, ollama, llamacpp or none; null: the provider's own.
+    structured_output: Optional[str] = None
 
 
 @dataclass
