@@ -31,6 +31,7 @@ class ClientSpec:
     formatter: tuple = ()  # (("_target_", ...), ("chat_template", ...)) - hashable
     sampling: tuple = ()  # (("temperature", 0.7), ...)
     cache_dir: str | None = None
+    cache_max_gb: float | None = None  # the cache's bound (least recently used out); None: unbounded
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
     budget: Any = None  # a recipe.services.budget.BudgetSpec, set by the runner for budget.* runs
@@ -59,6 +60,7 @@ class ClientSpec:
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
             batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", 30.0)),
+            cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
         )
 
@@ -120,7 +122,8 @@ def _open_cache(spec: ClientSpec):
         return None
     from recipe.services.cache import RequestCache
 
-    return RequestCache(spec.cache_dir)
+    max_bytes = int(spec.cache_max_gb * 1e9) if spec.cache_max_gb else None
+    return RequestCache(spec.cache_dir, max_bytes=max_bytes)
 
 
 _clients: dict = {}
@@ -169,6 +172,12 @@ def process_stats():
 
 
 def forget_clients() -> None:
-    """Drop this process's clients (between runs in one process, e.g. tests)."""
+    """Drop this process's clients (between runs in one process, e.g. tests), stopping what
+    they run in the background (a cluster limiter's refresh task)."""
     with _clients_lock:
+        clients = list(_clients.values())
         _clients.clear()
+    for client in clients:
+        close = getattr(getattr(client, "limiter", None), "close", None)
+        if close is not None:
+            close()

@@ -81,7 +81,8 @@ class DaskConfig:
 @dataclass
 class CacheConfig:
     enabled: bool = True
-    dir: str = MISSING
+    dir: str = MISSING  # a local disk: SQLite's locks do not hold on NFS
+    max_gb: Optional[float] = 10.0  # least recently used entries are evicted beyond it; null: unbounded
 
 
 @dataclass
@@ -155,6 +156,8 @@ def validate(cfg: Any) -> list[str]:
         if value is not None:
             check(value > 0, f"backend.{key}", "must be > 0 (or null for no limit)", value)
     check(cfg.dask.n_workers >= 0, "dask.n_workers", "must be >= 0", cfg.dask.n_workers)
+    if cfg.cache.get("max_gb") is not None:
+        check(cfg.cache.max_gb > 0, "cache.max_gb", "must be > 0 (or null for no bound)", cfg.cache.max_gb)
     check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
     budget, price = cfg.budget, cfg.model.price
     if budget.max_usd is not None:

@@ -48,6 +48,30 @@ def get_litellm() -> ModuleType:
     return _module
 
 
+_preloading: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Start importing litellm on a daemon thread, so a run's first request need not wait for it.
+
+    The CLI calls this as soon as it knows it will run (before composing the config, building the
+    stages and starting Dask): the import overlaps with whatever waits in that time (files, Dask's
+    worker processes). ``get_litellm`` then returns what the thread imported (the lock is shared).
+    """
+    global _preloading
+    if _module is not None or _preloading is not None:
+        return
+    _preloading = threading.Thread(target=_quiet_import, name="recipe-import-litellm", daemon=True)
+    _preloading.start()
+
+
+def _quiet_import() -> None:
+    try:
+        get_litellm()
+    except Exception:  # the first real use raises it again, where it can be reported
+        pass
+
+
 def _close_connections() -> None:
     """Close litellm's pooled HTTP sessions at exit, so aiohttp does not complain at teardown."""
     from recipe.services.event_loop import run_sync
