@@ -115,8 +115,9 @@ def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_pa
     source = write_inputs(tmp_path / "in.jsonl", 3)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source, "budget.max_usd=1")]
     result = cli(tmp_path, *args)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # (litellm's import may add pydantic UserWarnings on a loaded machine: not ours to assert on)
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         "error: budget.max_usd: model openai/stub-model has no known price; give one with "
         "model.price.input_per_mtok=USD and model.price.output_per_mtok=USD (per million tokens)"]
     assert server.stats()["requests"] == 0
