@@ -11,6 +11,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── Interrupted                 Ctrl-C, SIGTERM or a stop elsewhere: records in flight are not recorded
     ├── CircuitOpenError            most recent requests failed the same non-retryable way: the run stops
     ├── LocalServerError            the embedded llama.cpp server failed to start or died
+    ├── HubError                    the dataset was written but pushing it to the Hub failed
     ├── BudgetExhausted             the budget cannot pay the next request (not sent)
     └── LLMError                    a request to the model failed
         ├── AuthenticationError
@@ -45,6 +46,10 @@ class ConfigError(RecipeError):
 
 class InputError(RecipeError):
     """A bad input file or record."""
+
+
+class HubError(RecipeError):
+    """The dataset was written, but pushing it to the Hugging Face Hub failed."""
 
 
 class ParseError(RecipeError):

@@ -74,6 +74,8 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
             inject["client"] = spec
         if issubclass(cls, WriteStage) and not stage_cfg.get("path"):
             inject["path"] = output_dir
+        if "output_dir" in getattr(cls, "__dataclass_fields__", {}) and not stage_cfg.get("output_dir"):
+            inject["output_dir"] = output_dir  # stages that write beside the results (dedup's removed/)
         if issubclass(cls, ReadStage) and "partition_size" not in stage_cfg:
             inject["partition_size"] = partition_size
         params = {k: v for k, v in stage_cfg.items() if k != "_target_"}
@@ -227,6 +229,7 @@ def _collect(client) -> dict:
         snaps += list(client.run(_snapshot).values())
     usage = UsageStats()
     committed: dict[int, tuple[int, int]] = {}
+    removed: dict[tuple[str, int], int] = {}
     live = filtered = 0
     batches: dict = {"states": {}}
     for snap in snaps:
@@ -238,9 +241,14 @@ def _collect(client) -> dict:
                 batches[key] = batches.get(key, 0) + value
         usage.merge(snap["usage"])
         committed.update(snap["progress"]["committed"])
+        removed.update(snap["progress"].get("deduplicated", {}))  # by (stage, partition), like committed
         live += snap["progress"]["live"]
         filtered += snap["progress"]["filtered"]
-    return {**usage.as_dict(), "filtered": filtered, "live": live, "committed": committed, "batches": batches,
+    deduplicated: dict[str, int] = {}
+    for (stage, _), count in sorted(removed.items()):
+        deduplicated[stage] = deduplicated.get(stage, 0) + count
+    return {**usage.as_dict(), "filtered": filtered, "deduplicated": deduplicated, "live": live, "committed": committed,
+            "batches": batches,
             "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 
@@ -339,7 +347,7 @@ def _usage(now: dict) -> dict:
     """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent."""
     from recipe.services.usage import UsageStats
 
-    usage = {**UsageStats().as_dict(), "filtered": 0, "batches": {}}
+    usage = {**UsageStats().as_dict(), "filtered": 0, "deduplicated": {}, "batches": {}}
     return {k: now.get(k, default) for k, default in usage.items()}
 
 
@@ -441,6 +449,10 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             if now.get("target"):
                 stats["target"] = target.finish_report(now["target"], stats)
             folder.save_stats(stats)
+    if outcome == "completed" and any(getattr(s, "format", None) == "hf" for s in stages):
+        from recipe.stages.hf_dataset import finish  # the dataset card (and the Hub push) once all is written
+
+        finish(output_dir, stats, data)
     records, failed = stats["records"], stats["failed"]
     notes = []
     if (stats.get("target") or {}).get("why_short"):
@@ -561,7 +573,7 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
     stats = {
         "records": done["records"], "failed": done["failed"], "failed_by_class": done["failed_by_class"],
         "transient_failed": done["transient_failed"],
-        "filtered": total["filtered"],
+        "filtered": total["filtered"], "deduplicated": _deduplicated(attempts),
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
@@ -586,6 +598,15 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
                      "of_partitions": attempt["of_partitions"]} if resumed else None),
     }
     return stats
+
+
+def _deduplicated(attempts: list[dict]) -> dict:
+    """Records removed by each dedup stage, over every attempt."""
+    total: dict[str, int] = {}
+    for attempt in attempts:
+        for stage, count in ((attempt.get("usage") or {}).get("deduplicated") or {}).items():
+            total[stage] = total.get(stage, 0) + count
+    return total
 
 
 def _total_cost(spec: ClientSpec, attempts: list[dict]) -> float | None:

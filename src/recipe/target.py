@@ -220,9 +220,11 @@ class TargetRun:
 
 
 def finish_report(report: dict, stats: dict) -> dict:
-    """Adds accepted / rejected / acceptance rate from the run's counts (filters and failures)."""
+    """Adds accepted / rejected / acceptance rate from the run's counts (filters, failures, dedup)."""
     accepted = report["output"] + report["trimmed"]
-    rejected = int(stats.get("filtered", 0) or 0) + int(stats.get("failed", 0) or 0)
+    dropped = stats.get("deduplicated") or {}
+    rejected = int(stats.get("filtered", 0) or 0) + int(stats.get("failed", 0) or 0) + \
+        (sum(dropped.values()) if isinstance(dropped, dict) else int(dropped))
     seen = accepted + rejected
     return {**report, "accepted": accepted, "rejected": rejected,
             "acceptance_rate": round(accepted / seen, 4) if seen else None}

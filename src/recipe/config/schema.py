@@ -102,6 +102,12 @@ class TargetConfig:
 
 
 @dataclass
+class HubConfig:
+    repo_id: Optional[str] = None  # org/name: push a format=hf dataset there (token: HF_TOKEN)
+    private: bool = False
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -114,6 +120,7 @@ class RecipeConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -181,7 +188,7 @@ def validate(cfg: Any) -> list[str]:
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
              "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
-             "budget": BudgetConfig, "target": TargetConfig}
+             "budget": BudgetConfig, "target": TargetConfig, "hub": HubConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:

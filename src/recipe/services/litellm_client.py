@@ -321,8 +321,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self._record_usage(_read_field(response, "usage"), model)
         ordered = sorted(choices, key=lambda c: _read_field(c, "index") or 0)
         if text:
-            return [_read_field(c, "text") or "" for c in ordered]
-        return [_read_field(_read_field(c, "message"), "content") or "" for c in ordered]
+            return [self._text(_read_field(c, "text")) for c in ordered]
+        return [self._text(_read_field(_read_field(c, "message"), "content")) for c in ordered]
+
+    def _text(self, value: Any) -> str:
+        """An answer is text: the lean path reads plain JSON, where a server may put anything."""
+        if value is None or isinstance(value, str):
+            return value or ""
+        raise errors.MalformedResponseError(f"{self.provider}: answer content is {type(value).__name__}, not text")
 
     def _record_usage(self, usage: Any, model: str) -> None:
         if usage is not None:

@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import threading
+import warnings
 from types import ModuleType
 
 _lock = threading.Lock()
@@ -33,6 +34,9 @@ def get_litellm() -> ModuleType:
     with _lock:
         if _module is None:
             offline_environment()
+            # pydantic >= 2.12 warns about litellm's ReadOnly TypedDict items, at import and when
+            # litellm builds its types lazily: noise on stderr that says nothing about the run.
+            warnings.filterwarnings("ignore", message=".*ReadOnly.* qualifier", category=UserWarning)
             import litellm
 
             litellm.suppress_debug_info = True
