@@ -39,6 +39,7 @@ class ClientSpec:
     batch_dir: str | None = None  # where batch ids are recorded: the run folder's batches/, set by the runner
     batch_poll_seconds: float = 30.0
     structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
+    on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -62,6 +63,7 @@ class ClientSpec:
             batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", 30.0)),
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
+            on_truncated=str(backend.get("on_truncated") or "error"),
         )
 
     def with_overrides(self, **changes: Any) -> "ClientSpec":
@@ -102,7 +104,8 @@ class ClientSpec:
         return {"provider": self.provider, "api_base": self.api_base, "api_key": self.api_key,
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
-                "endpoint_id": self.endpoint_id, "structured_output": self.structured_output}
+                "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
+                "on_truncated": self.on_truncated}
 
 
 def build_client(cfg: Any, asynchronous: bool = False):

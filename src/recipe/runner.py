@@ -7,6 +7,7 @@ parses and composes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recipe import preflight
 from recipe.config.compose import check, resolved_container, setup
 from recipe.errors import ConfigError
 from recipe.factory import ClientSpec
@@ -107,6 +109,15 @@ def _workers_ignore_ctrl_c():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+def _quiet_distributed():
+    """distributed's loggers in this process at ERROR for the cluster's life (then as they were)."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -117,21 +128,25 @@ def dask_context(dask_cfg: dict):
     if dask_cfg.get("address") or dask_cfg.get("n_workers", 0) > 0:
         from distributed import Client, LocalCluster
 
-        if dask_cfg.get("address"):
-            client = Client(dask_cfg["address"])
-            cluster = None
-        else:
-            with _workers_ignore_ctrl_c():
-                cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
-                                       threads_per_worker=dask_cfg.get("threads_per_worker", 2),
-                                       processes=True, host="127.0.0.1", dashboard_address=None)
-            client = Client(cluster)
-        try:
+        with contextlib.ExitStack() as stack:
+            if dask_cfg.get("address"):
+                client = Client(dask_cfg["address"])
+            else:
+                # A failed task is our one error line, not distributed's "Compute Failed ...
+                # Traceback" from each worker (silence_logs), nor its chatter in this process.
+                stack.enter_context(_quiet_distributed())
+                with _workers_ignore_ctrl_c():
+                    cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
+                                           threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                           processes=True, host="127.0.0.1", dashboard_address=None,
+                                           silence_logs=logging.CRITICAL,
+                                           # the scheduler's HTTP routes on a free loopback port, not
+                                           # 8787 (taken by another cluster, it prints a warning)
+                                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+                stack.callback(cluster.close)
+                client = Client(cluster)
+            stack.callback(client.close)
             yield client
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     else:
         import dask.threaded
 
@@ -390,9 +405,13 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     config_hash = run_identity.config_hash(ident)
     output_dir = (output_dir or data.get("output_dir") or _hydra_output_dir()
                   or str(Path(run_identity.runs_root()) / run_identity.run_name(cfg, ident)))
+    spec = ClientSpec.from_config(data)
+    preflight.check_backends(data)
+    preflight.check_writable(output_dir, "output_dir")
+    if spec.cache_dir:
+        preflight.check_writable(spec.cache_dir, "cache.dir")
     folder = RunFolder(output_dir)
     folder.check(config_hash)  # before anything starts or is written
-    spec = ClientSpec.from_config(data)
     backend = data["backend"]
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
