@@ -567,9 +567,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-n", action="store_true", help="always one choice, as llama.cpp")
     p.add_argument("--reward", action="store_true", help="answer as nemotron-4-340b-reward")
     p.add_argument("--reward-content-only", action="store_true", help="reward with no logprobs")
-    p.add_argument("--reply", choices=("echo", "list", "yes"), default="echo")
-    p.add_argument("--schema-break", type=float, default=0.0,
-                   help="exact fraction of answers to a schema that break it")
     p.add_argument("--reply", choices=("echo", "list", "yes", "empty", "null"), default="echo",
                    help="empty: content \"\"; null: content null")
     p.add_argument("--schema-break", type=float, default=0.0,
