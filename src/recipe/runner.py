@@ -109,6 +109,9 @@ def _workers_ignore_ctrl_c():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _quiet_distributed():
     """distributed's loggers in this process at ERROR for the cluster's life (then as they were)."""
     logger = logging.getLogger("distributed")
