@@ -211,12 +211,18 @@ def sampling_problems(sampling: Any, where: str) -> list[str]:
     if not hasattr(sampling, "items"):
         return [f"{where}={sampling!r}: must be a mapping of sampling keys"]
     known = {f.name for f in fields(SamplingConfig)}
+    if where != "sampling":  # a stage may stream its own requests (query_model's ``stream``)
+        known.add("stream")
     problems: list[str] = []
     for key, value in sampling.items():
         if key not in known:
             problems.append(f"{where}.{key}: unknown key ({where} takes: {', '.join(sorted(known))})")
             continue
         if value is None:
+            continue
+        if key == "stream":
+            if not isinstance(value, bool):
+                problems.append(f"{where}.stream={value!r}: must be true or false")
             continue
         if key == "stop":
             stop = [value] if isinstance(value, str) else (list(value) if hasattr(value, "__iter__") else [value])
