@@ -65,7 +65,7 @@ def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_ser
     assert stats["budget"]["reserved_usd"] == 0
     sent = server.stats()["requests"]
     assert stats["budget"]["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
-    assert 0 < stats["records"] < 40
+    assert stats["records"] < 40  # only partitions whose every record was answered are committed
     command = shlex.split(line.split("resume with a higher budget: ", 1)[1])
     assert command[:3] == ["python", "-m", "recipe"] and "budget.max_usd=0.2" in command
     assert "budget.max_usd=0.1" not in command
