@@ -12,6 +12,7 @@ import sys
 
 EXIT_USER_ERROR = 2
 EXIT_RECORDS_FAILED = 3
+EXIT_BUDGET_REACHED = 4  # the budget stopped the run; the same command with a larger budget resumes it
 _exit_code = 0
 _stopping: int | None = None  # the signal that is stopping the run
 
@@ -176,6 +177,13 @@ def _job(cfg) -> int:
         print(f"note: {prefix}{note}", file=sys.stderr)
     print(f"output: {summary.output_dir}")
     print(summary.line())
+    if summary.budget_reached:  # the budget stopped the run: say how to resume it (exit 4)
+        from recipe.services.budget import resume_hint
+
+        if summary.failed:
+            print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
+        print(f"{prefix}{resume_hint(summary.stats['budget'], sys.argv[1:])}", file=sys.stderr)
+        return EXIT_BUDGET_REACHED
     if summary.failed:
         print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
         return EXIT_RECORDS_FAILED

@@ -12,6 +12,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── CircuitOpenError            most recent requests failed the same non-retryable way: the run stops
     ├── LocalServerError            the embedded llama.cpp server failed to start or died
     ├── HubError                    the dataset was written but pushing it to the Hub failed
+    ├── BudgetExhausted             the budget cannot pay the next request (not sent)
     └── LLMError                    a request to the model failed
         ├── AuthenticationError
         ├── BadRequestError
@@ -80,6 +81,15 @@ class SchemaError(ParseError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class BudgetExhausted(RecipeError):
+    """``budget.max_usd`` / ``budget.max_tokens`` cannot cover the next request: it was not sent.
+
+    Transient: a rerun with a larger budget does the record.
+    """
+
+    retryable = True
 
 
 class LLMError(RecipeError):

@@ -34,6 +34,10 @@ class ClientSpec:
     cache_max_gb: float | None = None  # the cache's bound (least recently used out); None: unbounded
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
+    budget: Any = None  # a recipe.services.budget.BudgetSpec, set by the runner for budget.* runs
+    batch: bool = False  # backend.batch: through the provider's batch API (recipe.services.batch)
+    batch_dir: str | None = None  # where batch ids are recorded: the run folder's batches/, set by the runner
+    batch_poll_seconds: float = 30.0
     structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
     on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
@@ -56,6 +60,7 @@ class ClientSpec:
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
+            batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", 30.0)),
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
             on_truncated=str(backend.get("on_truncated") or "error"),
@@ -137,12 +142,21 @@ def shared_async_client(spec: ClientSpec):
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                from recipe.services.cluster_limits import limiter_for
+                from recipe.services.budget import budget_for
+                from recipe.services.cluster_limits import _current_worker, limiter_for
                 from recipe.services.litellm_client import AsyncLiteLLMClient
 
                 stats = process_stats()
+                worker = _current_worker() if spec.cluster_limits and spec.budget is not None else None
                 client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
-                                            limiter=limiter_for(spec, stats))
+                                            limiter=limiter_for(spec, stats), budget=budget_for(spec.budget, worker))
+                if spec.batch:
+                    from pathlib import Path
+
+                    from recipe.services.batch import BatchCollector
+
+                    where = spec.batch_dir or str(Path(spec.cache_dir or ".") / "batches")
+                    client.batcher = BatchCollector(client, where, poll_seconds=spec.batch_poll_seconds)
                 _clients[key] = client
     return client
 

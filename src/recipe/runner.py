@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ class RunSummary:
     failed: int
     stats: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+
+    @property
+    def budget_reached(self) -> bool:
+        """The budget stopped this attempt: rerun with a larger ``budget.*`` to finish the run."""
+        return bool((self.stats.get("budget") or {}).get("reached"))
 
     def line(self) -> str:
         s = self.stats
@@ -155,13 +161,15 @@ def dask_context(dask_cfg: dict):
 
 def _snapshot() -> dict:
     from recipe.factory import process_stats
+    from recipe.services import batch
     from recipe.stages import progress
 
-    return {"usage": process_stats().as_dict(), "progress": progress.snapshot()}
+    return {"usage": process_stats().as_dict(), "progress": progress.snapshot(), "batches": batch.states()}
 
 
 def _reset() -> None:
     from recipe.factory import forget_clients, process_stats
+    from recipe.services import batch
     from recipe.services.event_loop import reset_cancelled
     from recipe.stages import breaker, progress
 
@@ -170,6 +178,7 @@ def _reset() -> None:
     breaker.reset()
     process_stats().reset()
     progress.reset()
+    batch.reset()
 
 
 def _preload() -> None:
@@ -240,7 +249,14 @@ def _collect(client) -> dict:
     committed: dict[int, tuple[int, int]] = {}
     removed: dict[tuple[str, int], int] = {}
     live = filtered = 0
+    batches: dict = {"states": {}}
     for snap in snaps:
+        for key, value in (snap.get("batches") or {}).items():
+            if key == "states":
+                for state, count in value.items():
+                    batches["states"][state] = batches["states"].get(state, 0) + count
+            else:
+                batches[key] = batches.get(key, 0) + value
         usage.merge(snap["usage"])
         committed.update(snap["progress"]["committed"])
         removed.update(snap["progress"].get("deduplicated", {}))  # by (stage, partition), like committed
@@ -250,6 +266,7 @@ def _collect(client) -> dict:
     for (stage, _), count in sorted(removed.items()):
         deduplicated[stage] = deduplicated.get(stage, 0) + count
     return {**usage.as_dict(), "filtered": filtered, "deduplicated": deduplicated, "live": live, "committed": committed,
+            "batches": batches,
             "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 
@@ -262,6 +279,15 @@ def _cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
     from recipe.services.litellm_setup import is_unpriced
 
     litellm, total = get_litellm(), 0.0
+    if spec.batch:  # at the provider's batch price (input/output_cost_per_token_batches)
+        from recipe.services.budget import price_for
+
+        for model, (prompt, completion) in tokens_by_model.items():
+            price = price_for(spec.provider, model, batch=True)
+            if price is None:
+                return None
+            total += price.cost(prompt, completion)
+        return round(total, 6)
     for model, (prompt, completion) in tokens_by_model.items():
         if is_unpriced(f"{spec.provider}/{model}"):
             return None
@@ -319,8 +345,11 @@ class _Watcher:
                     # never backwards while running (a finished partition is committed a moment later);
                     # at the end, exactly what was committed
                     bar.n = shown - now["live"] if final else max(bar.n, shown)
+                    states = now["batches"]["states"]  # batch API: validating, in_progress, finalizing...
                     bar.set_postfix(failed=now["errors"], requests=now["requests"],
-                                    tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False)
+                                    tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False,
+                                    **({"batches": " ".join(f"{k}:{v}" for k, v in sorted(states.items()))}
+                                       if states else {}))
                     bar.refresh()
                 if time.monotonic() - last_save >= 5:
                     last_save = time.monotonic()
@@ -336,7 +365,7 @@ def _usage(now: dict) -> dict:
     """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent."""
     from recipe.services.usage import UsageStats
 
-    usage = {**UsageStats().as_dict(), "filtered": 0, "deduplicated": {}}
+    usage = {**UsageStats().as_dict(), "filtered": 0, "deduplicated": {}, "batches": {}}
     return {k: now.get(k, default) for k, default in usage.items()}
 
 
@@ -389,8 +418,14 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     backend = data["backend"]
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
-    stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])
+    from recipe import target
+
+    stages = build_stages(data["recipe"], spec, output_dir,
+                          target.partition_size(data.get("target"), data["dask"]["partition_size"]))
     _mark_counting_stage(stages)
+    from recipe.services import budget
+
+    budget.prepare(data, _llm_specs(stages), key="check", attempts=[])  # an unpriced max_usd: refused now
     resume, retry_failed = bool(data.get("resume", True)), bool(data.get("retry_failed", True))
     with folder.locked():
         had_attempts = folder.open(config_hash, ident, resume=resume)
@@ -402,11 +437,18 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         attempt = {"attempt": folder.new_attempt(), "started": time.time(), "partitions_to_do": len(todo),
                    "partitions_kept": len(kept), "of_partitions": n_partitions}
         folder.save_attempt(attempt["attempt"], {**attempt, "usage": {}, "outcome": "running"})
+        ledger_key = f"{config_hash}-{attempt['attempt']}-{uuid.uuid4().hex[:8]}"  # one ledger per attempt
+        run_budget = budget.prepare(data, _llm_specs(stages), key=ledger_key, attempts=folder.attempts(),
+                                    batch=spec.batch)
+        if run_budget is not None:
+            spec = _with_changes(stages, spec, budget=run_budget)
+        if spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
+            spec = _with_changes(stages, spec, batch_dir=str(Path(output_dir) / "batches"))
         before = sum_manifests(kept)
         now: dict = {}
         outcome = "stopped"
         try:
-            if todo:
+            if todo or target.wanted(data):  # a target may need more of an earlier attempt's partitions
                 _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spec, attempt,
                          before["records"] + before["failed"], now)
             outcome = "completed"
@@ -419,6 +461,15 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             json_fields = _unify_parquet(output_dir, stages) if todo and outcome == "completed" else None
             stats = _stats(folder, config_hash, spec, attempt, usage, before, had_attempts and bool(kept),
                            json_fields)
+            if spec.budget is not None:
+                state = now.get("budget_state") or budget.final_state(spec.budget)
+                stats["budget"] = budget.report(spec.budget, state)
+                budget.forget(spec.budget)
+            if spec.batch:
+                stats["batch"] = {**(usage.get("batches") or {}),
+                                  "recorded": len(list((Path(output_dir) / "batches").glob("*.json")))}
+            if now.get("target"):
+                stats["target"] = target.finish_report(now["target"], stats)
             folder.save_stats(stats)
     if outcome == "completed" and any(getattr(s, "format", None) == "hf" for s in stages):
         from recipe.stages.hf_dataset import finish  # the dataset card (and the Hub push) once all is written
@@ -426,12 +477,40 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         finish(output_dir, stats, data)
     records, failed = stats["records"], stats["failed"]
     notes = []
+    if (stats.get("target") or {}).get("why_short"):
+        notes.append(f"target.records not reached: {stats['target']['why_short']}")
     if stats["cache_errors"]:
         notes.append(stats["cache_error"])
     if records + failed == 0:
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
     return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
+
+
+def _budget_reached(spec: ClientSpec, client) -> bool:
+    if spec.budget is None:
+        return False
+    from recipe.services.budget import final_state
+
+    return bool(final_state(spec.budget, client)["reached"])
+
+
+def _llm_specs(stages: list) -> list:
+    from recipe.stages.base import LLMStage
+
+    return [stage.spec for stage in stages if isinstance(stage, LLMStage) and stage.client is not None]
+
+
+def _with_changes(stages: list, spec: ClientSpec, **changes: Any) -> ClientSpec:
+    """The run's spec, and every model stage's, with ``changes`` (the budget, the batch folder):
+    the spec carries them to every worker."""
+    from recipe.stages.base import LLMStage
+
+    changed = spec.with_overrides(**changes)
+    for stage in stages:
+        if isinstance(stage, LLMStage) and stage.client is not None:
+            stage.client = changed if stage.client == spec else stage.client.with_overrides(**changes)
+    return changed
 
 
 def _mark_counting_stage(stages: list) -> None:
@@ -471,7 +550,12 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
         with _Watcher(client, folder, attempt, done_before, bool(data.get("progress"))):
             future = None
             try:
-                if client is not None:
+                from recipe import target
+
+                if target.wanted(data):
+                    now["target"] = target.run_target(data, stages, plan, folder, config_hash, client,
+                                                      stopped=lambda: _budget_reached(spec, client))
+                elif client is not None:
                     future = client.compute(bag)
                     future.result()
                 else:
@@ -482,6 +566,11 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
             finally:
                 with contextlib.suppress(Exception):
                     now.update(_collect(client))
+                if spec.budget is not None:  # read before the cluster (and its scheduler's ledger) goes
+                    from recipe.services.budget import final_state
+
+                    with contextlib.suppress(Exception):
+                        now["budget_state"] = final_state(spec.budget, client)
 
 
 def _unify_parquet(output_dir: str, stages: list) -> list | None:

@@ -16,10 +16,19 @@ TRUNCATION_POLICIES = ("keep", "error", "retry")
 
 
 @dataclass
+class PriceConfig:
+    """USD per million tokens; overrides litellm's price map (needed for budget.max_usd on local models)."""
+
+    input_per_mtok: Optional[float] = None
+    output_per_mtok: Optional[float] = None
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # the model's name at the provider
     context_length: Optional[int] = None  # tokens; longer prompts become error records
     description: str = ""
+    price: PriceConfig = field(default_factory=PriceConfig)
 
 
 @dataclass
@@ -36,6 +45,9 @@ class BackendConfig:
     start_local_server: bool = False
     model_path: Optional[str] = None
     n_ctx: int = 2048
+    # The provider's batch API (OpenAI-compatible): about half the price, answers within the window.
+    batch: bool = False
+    batch_poll_seconds: float = 30.0
     # How the server takes a JSON Schema (services/structured_output.py DIALECTS): openai, vllm,
     # nim, ollama, llamacpp or none; null: the provider's own.
     structured_output: Optional[str] = None
@@ -79,6 +91,22 @@ class CacheConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """A cap the whole run (every attempt, every worker) never crosses; null: no cap."""
+
+    max_usd: Optional[float] = None
+    max_tokens: Optional[int] = None
+
+
+@dataclass
+class TargetConfig:
+    """Exactly ``records`` records in the output (after filters, failures, dedup); null: every input."""
+
+    records: Optional[int] = None
+    max_rounds: int = 10  # recipes that make their own seeds: rounds with shifted seeds, at most this many
+
+
+@dataclass
 class HubConfig:
     repo_id: Optional[str] = None  # org/name: push a format=hf dataset there (token: HF_TOKEN)
     private: bool = False
@@ -95,6 +123,8 @@ class RecipeConfig:
     output_dir: Optional[str] = None  # null: the run folder, named after the recipe and the config hash
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
@@ -119,6 +149,7 @@ def validate(cfg: Any) -> list[str]:
 
     problems += sampling_problems(cfg.sampling, "sampling")
     check(b.timeout > 0, "backend.timeout", "must be > 0", b.timeout)
+    check(b.batch_poll_seconds > 0, "backend.batch_poll_seconds", "must be > 0", b.batch_poll_seconds)
     check(b.num_retries >= 0, "backend.num_retries", "must be >= 0", b.num_retries)
     check(b.max_concurrency >= 1, "backend.max_concurrency", "must be >= 1", b.max_concurrency)
     for key in ("rpm", "tpm"):
@@ -134,6 +165,20 @@ def validate(cfg: Any) -> list[str]:
     check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
     if cfg.model.context_length is not None:
         check(cfg.model.context_length >= 1, "model.context_length", "must be >= 1 (or null)", cfg.model.context_length)
+    budget, price = cfg.budget, cfg.model.price
+    if budget.max_usd is not None:
+        check(budget.max_usd > 0, "budget.max_usd", "must be > 0 (or null for no cap)", budget.max_usd)
+    if budget.max_tokens is not None:
+        check(budget.max_tokens >= 1, "budget.max_tokens", "must be >= 1 (or null for no cap)", budget.max_tokens)
+    for key in ("input_per_mtok", "output_per_mtok"):
+        value = getattr(price, key)
+        if value is not None:
+            check(value >= 0, f"model.price.{key}", "must be >= 0 (USD per million tokens)", value)
+    if (price.input_per_mtok is None) != (price.output_per_mtok is None):
+        problems.append("model.price: give both input_per_mtok and output_per_mtok, or neither")
+    if cfg.target.records is not None:
+        check(cfg.target.records >= 1, "target.records", "must be >= 1 (or null for every input)", cfg.target.records)
+    check(cfg.target.max_rounds >= 1, "target.max_rounds", "must be >= 1", cfg.target.max_rounds)
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
         problems.append("recipe.stages: a recipe needs at least one stage")
@@ -195,7 +240,7 @@ def sampling_problems(sampling: Any, where: str) -> list[str]:
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
              "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
-             "hub": HubConfig}
+             "budget": BudgetConfig, "target": TargetConfig, "hub": HubConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:

@@ -39,11 +39,21 @@ class LimitsPlugin:
 
     def __init__(self) -> None:
         self.pacers: dict[str, Pacer] = {}
+        self.budgets: dict = {}  # run attempt -> recipe.services.budget.BudgetLedger
         self.scheduler = None
 
     async def start(self, scheduler) -> None:
+        from recipe.services.budget import BUDGET_HANDLER
+
         self.scheduler = scheduler
         scheduler.handlers[HANDLER] = self.handle
+        scheduler.handlers[BUDGET_HANDLER] = self.handle_budget
+
+    def handle_budget(self, action: str, key: str, config: dict, **amounts) -> dict:
+        """The cluster's one budget ledger per run attempt (see recipe.services.budget)."""
+        from recipe.services.budget import plugin_ledger
+
+        return plugin_ledger(self.budgets, key, config).handle(action, **amounts)
 
     def handle(self, action: str, key: str, config: dict, tokens: int = 0, successes: int = 0,
                retry_after: float | None = None) -> dict:

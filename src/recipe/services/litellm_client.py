@@ -9,6 +9,7 @@ worker binds to one loop and a second, sync code path would duplicate every rule
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import random
@@ -37,6 +38,8 @@ _EXTRA_BODY_TOP_K = {"openai", "hosted_vllm", "nvidia_nim", "text-completion-ope
 # the OpenAI SDK's default two retries run under our own retry loop (3x the requests).
 _ALLOWLIST_ROUTES = {"nvidia_nim"}
 _NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
+# The budget ticket of the attempt running in this task: its usage settles the reservation.
+_TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
 
 
 def _estimate_tokens(text_chars: int, max_tokens: int | None) -> int:
@@ -103,7 +106,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
                  stats: UsageStats | None = None, structured_output: str | None = None,
-                 on_truncated: str = "keep"):
+                 on_truncated: str = "keep", budget: Any = None, batcher: Any = None):
         if on_truncated not in ("keep", "error", "retry"):
             raise ValueError(f"on_truncated must be keep, error or retry, not {on_truncated!r}")
         self.provider = provider
@@ -118,6 +121,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.stats = stats if stats is not None else UsageStats()
         self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
         self.cache = cache
+        self.budget = budget  # recipe.services.budget: reserve before each attempt, settle after
+        self.batcher = batcher  # recipe.services.batch: requests go through the provider's batch API
         # What names the endpoint in cache keys: api_base, unless the address is not stable
         # (the embedded llama.cpp server gets a new port each run).
         self.endpoint_id = endpoint_id or api_base
@@ -186,11 +191,17 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         return "lean" if takes_lean_path(self._route(formatted)) else "litellm"
 
     # ---- attempts, with retries -------------------------------------------------------
-    async def _with_retries(self, tokens: int, attempt_once) -> Any:
-        """Run ``attempt_once()`` under the limiter, retrying what may succeed next time."""
+    async def _with_retries(self, tokens: int, attempt_once, charge: tuple | None = None) -> Any:
+        """Run ``attempt_once()`` under the limiter, retrying what may succeed next time.
+
+        ``charge`` is ``(model, prompt tokens, max_tokens)`` for the budget: each attempt reserves
+        its worst case first (raising BudgetExhausted, unsent, when it does not fit).
+        """
         attempt = 0
         while True:
             async with self.limiter.slot(tokens):
+                ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
+                token = _TICKET.set(ticket)
                 try:
                     self.stats.count("requests")
                     started = time.monotonic()
@@ -208,6 +219,10 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 else:
                     self.limiter.on_success()
                     return result
+                finally:
+                    _TICKET.reset(token)
+                    if ticket is not None:
+                        await self.budget.settle(ticket)
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)
@@ -281,7 +296,26 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         async def once() -> list[str]:
             return await self._read(await send(stream=stream, **payload), stream, text, model)
 
-        return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once)
+        charge = None
+        if self.budget is not None:
+            from recipe.services.budget import estimate_prompt_tokens
+
+            charge = (model, estimate_prompt_tokens(payload.get("prompt") or payload.get("messages")),
+                      payload.get("max_tokens"))
+        if self.batcher is not None:
+            return await self._send_batched(route, model, payload, text, charge)
+        return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once, charge)
+
+    async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None) -> list[str]:
+        """One request as a line of a provider batch (never streamed); the budget charges it the same way."""
+        ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
+        token = _TICKET.set(ticket)
+        try:
+            return await self._read(await self.batcher.request(route, model, payload, text), False, text, model)
+        finally:
+            _TICKET.reset(token)
+            if ticket is not None:
+                await self.budget.settle(ticket)
 
     async def _read(self, response: Any, stream: bool, text: bool, model: str) -> list[str]:
         """Texts in choice order; streams are accumulated per choice index.
@@ -328,8 +362,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
     def _record_usage(self, usage: Any, model: str) -> None:
         if usage is not None:
-            self.stats.add_tokens(model, int(_read_field(usage, "prompt_tokens") or 0),
-                                  int(_read_field(usage, "completion_tokens") or 0))
+            prompt = int(_read_field(usage, "prompt_tokens") or 0)
+            completion = int(_read_field(usage, "completion_tokens") or 0)
+            self.stats.add_tokens(model, prompt, completion)
+            ticket = _TICKET.get()
+            if ticket is not None:
+                ticket.used.append((prompt, completion))
 
     # ---- the public API -----------------------------------------------------------------
     def request_key(self, kind: str, model: str, body: Any, params: dict, n: int) -> dict:
@@ -402,7 +440,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 raise ValueError(f"{model}: {exc}") from None
 
         async def produce() -> dict:
-            return await self._with_retries(_estimate_tokens(len(str(messages)), 1), once)
+            charge = None
+            if self.budget is not None:
+                from recipe.services.budget import estimate_prompt_tokens
+
+                charge = (model, estimate_prompt_tokens(messages), 1)
+            return await self._with_retries(_estimate_tokens(len(str(messages)), 1), once, charge)
 
         send = self._caller(route, model)
         return await self._cached(self.request_key("reward", model, messages, {}, 1), produce)

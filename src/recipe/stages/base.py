@@ -151,7 +151,9 @@ class LLMStage(Stage):
         results: list[list[dict] | None] = [None] * len(records)
         # The runner marks the run's last model stage: its answers move the progress bar.
         counter = progress.start() if getattr(self, "counts_progress", False) else None
-        window = asyncio.Semaphore(max(16, 2 * self.spec.max_concurrency))
+        # batch API: the whole partition is in flight at once, so that it becomes one batch
+        window = asyncio.Semaphore(len(records) + 1 if getattr(llm, "batcher", None) is not None
+                                   else max(16, 2 * self.spec.max_concurrency))
         failures: list[BaseException] = []
         pending: set[asyncio.Task] = set()
 

@@ -38,6 +38,10 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 def _write_partition(records, index: int, directory: str, fmt: str, config_hash: str | None,
                      source: Any = None) -> list[dict]:
     records = list(records)
+    if any(is_error(r) and r["_error"]["class"] == "BudgetExhausted" for r in records):
+        # The budget stopped this partition part-way: not committed (an earlier commit stays), so a
+        # rerun with a larger budget does it, its answered requests coming from the cache.
+        return []
     good = [r for r in records if not is_error(r)]
     bad = [r for r in records if is_error(r)]
     out = Path(directory)
@@ -88,12 +92,13 @@ class WriteStage(Stage):
         return self.write(bag)
 
     def write(self, bag: db.Bag, only: list[int] | None = None, config_hash: str | None = None,
-              sources: list | None = None) -> db.Bag:
+              sources: list | None = None, part_offset: int = 0) -> db.Bag:
         """Write the partitions numbered ``only`` (default: all) of ``bag``; part ``i`` is partition ``i``.
 
         Dask computes only what the selected partitions depend on, so a committed partition of a
         partition-wise recipe is not computed again. Manifests carry the run's config hash and the
-        input range ``sources[i]`` partition ``i`` was read from.
+        input range ``sources[i]`` partition ``i`` was read from. ``part_offset`` numbers the parts
+        of a later round (``target.records`` on a recipe that makes its own seeds) after the earlier ones.
         """
         if self.format not in ("jsonl", "parquet", "hf"):
             raise ConfigError(f"stage {self.name!r}: format must be jsonl, parquet or hf, not {self.format!r}")
@@ -105,7 +110,7 @@ class WriteStage(Stage):
         parts = bag.to_delayed()
         wanted = range(len(parts)) if only is None else only
         write = delayed(_write_partition, pure=True)
-        summaries = [write(parts[i], i, self.path, self.format, config_hash,
+        summaries = [write(parts[i], part_offset + i, self.path, self.format, config_hash,
                            sources[i] if sources is not None and i < len(sources) else None,
                            dask_key_name=f"{self.name}-{i}-{bag.name}")
                      for i in wanted]

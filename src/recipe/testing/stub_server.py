@@ -164,12 +164,16 @@ class _App:
         self.auth: dict[str, None] = {}
         self.user_agents: dict[str, None] = {}
         self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
         self.schema_schedule = _Schedule({"break": a.schema_break})
         self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
 
     async def stats(self, request):
         return web.json_response({
             "requests": self.requests, "by_path": dict(self.by_path),
+            "batches_created": len(self.batches),
+            "batch_lines": sum(b["request_counts"]["total"] for b in self.batches.values()),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
             "bodies": list(self.bodies), "schema_log": self.schema_log})
@@ -307,6 +311,8 @@ class _App:
         model = body.get("model", "stub-model")
         usage = {"prompt_tokens": _tokens(prompt_chars),
                  "completion_tokens": _tokens(sum(len(c[1] or "") for c in choices))}
+        if a.usage:  # fixed usage per request, so that a priced model's cost is known exactly
+            usage["prompt_tokens"], usage["completion_tokens"] = (int(x) for x in a.usage.split(","))
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-stub{self.requests}", "object": obj,
@@ -414,6 +420,141 @@ class _App:
         return resp
 
 
+class _LineRequest:
+    """One line of a batch, handed to the same code as a live request (no transport, never streamed)."""
+
+    transport = None
+
+    def __init__(self, body: dict) -> None:
+        self.body = {**body, "stream": False}
+
+    async def json(self) -> dict:
+        return self.body
+
+
+class _Batches:
+    """OpenAI's Files and Batches API (``/v1/files``, ``/v1/batches``), wire format included.
+
+    A batch moves through validating, in_progress and finalizing over ``--batch-seconds``, then
+    answers every line with the live chat/completions logic (faults, usage and all): answered
+    lines go to the output file, failed ones to the error file, as OpenAI does.
+    """
+
+    def __init__(self, app: "_App") -> None:
+        self.app = app
+
+    def _file(self, content: bytes, filename: str, purpose: str) -> dict:
+        app = self.app
+        fid = f"file-stub{len(app.files) + 1}"
+        app.files[fid] = {"object": {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                                     "filename": filename, "purpose": purpose, "status": "processed",
+                                     "expires_at": None, "status_details": None},
+                          "content": content}
+        return app.files[fid]["object"]
+
+    async def create_file(self, request):
+        self.app.by_path["/v1/files"] += 1
+        reader = await request.multipart()
+        purpose, filename, content = "batch", "input.jsonl", b""
+        async for part in reader:
+            if part.name == "purpose":
+                purpose = (await part.read()).decode()
+            elif part.name == "file":
+                filename = part.filename or filename
+                content = bytes(await part.read())
+        return web.json_response(self._file(content, filename, purpose))
+
+    async def get_file(self, request):
+        entry = self.app.files.get(request.match_info["fid"])
+        if entry is None:
+            return _error(404, "No such File object", "invalid_request_error", None)
+        return web.json_response(entry["object"])
+
+    async def file_content(self, request):
+        entry = self.app.files.get(request.match_info["fid"])
+        if entry is None:
+            return _error(404, "No such File object", "invalid_request_error", None)
+        self.app.by_path["/v1/files/content"] += 1
+        return web.Response(body=entry["content"], content_type="application/octet-stream")
+
+    async def create_batch(self, request):
+        app = self.app
+        app.by_path["/v1/batches"] += 1
+        body = await request.json()
+        entry = app.files.get(body.get("input_file_id", ""))
+        if entry is None:
+            return _error(400, "input_file_id not found", "invalid_request_error", None)
+        lines = [json.loads(line) for line in entry["content"].decode().splitlines() if line.strip()]
+        bid = f"batch_stub{len(app.batches) + 1}"
+        now = int(time.time())
+        app.batches[bid] = {
+            "id": bid, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+            "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window", "24h"),
+            "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now,
+            "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None, "completed_at": None,
+            "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "metadata": body.get("metadata") or {}, "_lines": lines, "_started": time.monotonic()}
+        return web.json_response(self._public(app.batches[bid]))
+
+    @staticmethod
+    def _public(batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    async def get_batch(self, request):
+        batch = self.app.batches.get(request.match_info["bid"])
+        if batch is None:
+            return _error(404, "No such batch", "invalid_request_error", None)
+        self.app.by_path["/v1/batches/retrieve"] += 1
+        await self._advance(batch)
+        return web.json_response(self._public(batch))
+
+    async def _advance(self, batch: dict) -> None:
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            return
+        elapsed = (time.monotonic() - batch["_started"]) / max(1e-9, self.app.a.batch_seconds)
+        now = int(time.time())
+        if elapsed >= 1 / 3 and batch["in_progress_at"] is None:
+            batch["status"], batch["in_progress_at"] = "in_progress", now
+        if elapsed >= 2 / 3 and batch["finalizing_at"] is None:
+            batch["status"], batch["finalizing_at"] = "finalizing", now
+        if elapsed < 1:
+            return
+        if self.app.a.batch_expire:
+            batch["status"], batch["expired_at"] = "expired", now
+            return
+        outputs, errors = await asyncio.gather(*(self._answer(line) for line in batch["_lines"])), []
+        good = [o for o in outputs if o["response"] is not None and o["response"]["status_code"] == 200]
+        errors = [o for o in outputs if o not in good]
+        if good:
+            batch["output_file_id"] = self._file("".join(json.dumps(o) + "\n" for o in good).encode(),
+                                                 "batch_output.jsonl", "batch_output")["id"]
+        if errors:
+            batch["error_file_id"] = self._file("".join(json.dumps(o) + "\n" for o in errors).encode(),
+                                                "batch_errors.jsonl", "batch_output")["id"]
+        batch["request_counts"] = {"total": len(outputs), "completed": len(good), "failed": len(errors)}
+        batch["status"], batch["completed_at"] = "completed", now
+
+    async def _answer(self, line: dict) -> dict:
+        app = self.app
+        app.requests += 1
+        app.by_path["batch:" + str(line.get("url"))] += 1
+        fault = app.schedule.next()
+        resp = await app._respond(_LineRequest(line.get("body") or {}), line.get("url") != "/v1/completions",
+                                  None, fault)
+        rid = f"batch_req_{app.requests}"
+        if resp is None:  # a dropped connection, in a batch: the line failed
+            return {"id": rid, "custom_id": line.get("custom_id"), "response": None,
+                    "error": {"code": "server_error", "message": "dropped"}}
+        app.status[str(resp.status)] += 1
+        try:
+            body = json.loads(resp.text)
+        except ValueError:
+            body = {"error": {"message": "malformed"}}
+        return {"id": rid, "custom_id": line.get("custom_id"),
+                "response": {"status_code": resp.status, "request_id": rid, "body": body}, "error": None}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=0, help="0 = pick a free port")
@@ -435,6 +576,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--drip", type=float, default=0.0, help="send the reply one byte per N seconds")
     p.add_argument("--api-key", default=None)
     p.add_argument("--context-length", type=int, default=0, help="0 = off")
+    p.add_argument("--usage", default="", help="PROMPT,COMPLETION: report this usage on every answer")
+    p.add_argument("--batch-seconds", type=float, default=1.0, help="how long a batch takes to complete")
+    p.add_argument("--batch-expire", action="store_true", help="batches expire instead of completing")
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
     return p
 
@@ -445,6 +589,12 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_get("/v1/models", state.models)
     app.router.add_post("/v1/chat/completions", state.chat)
     app.router.add_post("/v1/completions", state.completions)
+    batches = _Batches(state)
+    app.router.add_post("/v1/files", batches.create_file)
+    app.router.add_get("/v1/files/{fid}", batches.get_file)
+    app.router.add_get("/v1/files/{fid}/content", batches.file_content)
+    app.router.add_post("/v1/batches", batches.create_batch)
+    app.router.add_get("/v1/batches/{bid}", batches.get_batch)
     app.router.add_post("/api/chat", state.ollama_chat)
     app.router.add_post("/api/generate", state.ollama_generate)
     app.router.add_get("/_stats", state.stats)
@@ -480,7 +630,8 @@ class StubServer:
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
                  api_key: str | None = None, context_length: int = 0, finish_reason: str = "stop",
                  status: int = 0, drip: float = 0.0, port: int = 0,
-                 models: str = "", schema_break: float = 0.0) -> None:
+                 models: str = "", schema_break: float = 0.0, usage: tuple[int, int] | None = None,
+                 batch_seconds: float = 1.0, batch_expire: bool = False) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
@@ -493,6 +644,11 @@ class StubServer:
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
             self.args.append(f"--api-key={api_key}")
+        if usage:
+            self.args.append(f"--usage={usage[0]},{usage[1]}")
+        self.args.append(f"--batch-seconds={batch_seconds}")
+        if batch_expire:
+            self.args.append("--batch-expire")
         self.port = port
         self._proc: subprocess.Popen | None = None
 
