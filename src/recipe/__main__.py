@@ -32,6 +32,7 @@ def _precheck(argv: list[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     from recipe.config.compose import compose, resolved_container
+    from recipe.config.secrets import resolved_by_reference
 
     args, _ = get_args_parser().parse_known_args(argv)
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
@@ -50,7 +51,12 @@ def _precheck(argv: list[str]) -> None:
         if args.cfg:  # printing a config needs no key and no input
             continue
         if "backend" in cfg:
-            resolved_container(cfg.backend)
+            if cfg.get("dask") and cfg.dask.get("address"):
+                # Workers of an existing cluster read keys from their own environment: the driver
+                # may lack the variable. Only the config's shape is checked here.
+                resolved_by_reference(cfg)
+            else:
+                resolved_container(cfg.backend)
         given = cfg.get("input")
         if isinstance(given, str) and given and not glob.has_magic(given):
             if not os.path.isfile(os.path.expanduser(given)):

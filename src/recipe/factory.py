@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from recipe.config.secrets import EnvKey, resolve_key, resolved_by_reference
 from recipe.errors import ConfigError
 
 
@@ -21,7 +22,9 @@ class ClientSpec:
     provider: str
     model: str
     api_base: str | None = None
-    api_key: str | None = field(default=None, repr=False)
+    # A key by reference (an EnvKey: the variable's name) unless backend.ship_key=true: this spec
+    # travels in task graphs, and each process resolves the key from its own environment.
+    api_key: "str | EnvKey | None" = field(default=None, repr=False)
     timeout: float = 120.0
     num_retries: int = 5
     max_concurrency: int = 16
@@ -36,10 +39,9 @@ class ClientSpec:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
-        """Build from a composed config (DictConfig or plain dict), resolving ${oc.env:...} keys."""
-        from recipe.config.compose import resolved_container
-
-        data = cfg if isinstance(cfg, dict) else resolved_container(cfg)
+        """Build from a composed config (DictConfig or plain dict); ``${oc.env:...}`` keys stay references
+        (:class:`EnvKey`) unless ``backend.ship_key`` is true."""
+        data = resolved_by_reference(cfg)
         backend, model = data["backend"], data["model"]
         formatter = {k: v for k, v in (data.get("formatter") or {}).items() if v is not None}
         if not formatter.get("_target_"):
@@ -79,7 +81,8 @@ class ClientSpec:
         return ("ClientSpec", sorted(data.items(), key=lambda kv: kv[0]))
 
     def client_kwargs(self) -> dict:
-        return {"provider": self.provider, "api_base": self.api_base, "api_key": self.api_key,
+        """The client's arguments, the key resolved here (in the process that builds the client)."""
+        return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id}

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipe.config.compose import check, resolved_container, setup
+from recipe.config.compose import check, setup
+from recipe.config.secrets import resolved_by_reference
 from recipe.errors import ConfigError
 from recipe.factory import ClientSpec
 
@@ -175,7 +176,7 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     """Run the recipe of a composed config. Raises :class:`ConfigError` for user mistakes."""
     setup()
     check(cfg)
-    data = resolved_container(cfg)
+    data = resolved_by_reference(cfg)  # keys stay variable names (EnvKey): the graph never holds one
     output_dir = output_dir or data.get("output_dir") or _hydra_output_dir()
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     spec = ClientSpec.from_config(data)

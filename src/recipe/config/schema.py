@@ -25,6 +25,9 @@ class BackendConfig:
     provider: str = MISSING  # litellm's prefix: nvidia_nim, openai, hosted_vllm, ollama, ...
     api_base: Optional[str] = None
     api_key: Optional[str] = None  # always an ${oc.env:...} interpolation, never a literal
+    # false: task graphs carry the key's variable name and workers read their own environment;
+    # true: the driver's key travels with the tasks (for workers that lack the variable).
+    ship_key: bool = False
     timeout: float = 120.0
     num_retries: int = 5
     max_concurrency: int = 16
