@@ -78,28 +78,61 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
 
 @contextlib.contextmanager
 def dask_context(dask_cfg: dict):
-    """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler."""
+    """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler.
+
+    ``dashboard``: a LocalCluster serves Dask's dashboard on 127.0.0.1 (its address goes to
+    stderr), and stages are not fused into one task per partition, so that each shows under its
+    own name in the dashboard's progress bars and task stream.
+    """
     import dask
 
+    dashboard = bool(dask_cfg.get("dashboard"))
     if dask_cfg.get("address") or dask_cfg.get("n_workers", 0) > 0:
         from distributed import Client, LocalCluster
 
+        if dashboard:
+            _require_bokeh()
         if dask_cfg.get("address"):
             client = Client(dask_cfg["address"])
             cluster = None
         else:
             cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 2),
-                                   processes=True, host="127.0.0.1", dashboard_address=None)
+                                   processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0" if dashboard else None)
             client = Client(cluster)
         try:
-            yield client
+            if dashboard:
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+            with dask.config.set(_UNFUSED if dashboard else {}):
+                yield client
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
     else:
+        if dashboard:
+            raise ConfigError("dask.dashboard=true needs a cluster: set dask.n_workers=N (a LocalCluster) "
+                              "or dask.address=tcp://...")
         with dask.config.set(scheduler="threads", num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
             yield None
+
+
+def _cull_only(dsk, keys, **kwargs):
+    """Dask's bag/delayed optimisation without fusion: each stage stays its own task."""
+    from dask._task_spec import convert_legacy_graph, cull
+    from dask.core import flatten
+
+    return cull(convert_legacy_graph(dsk), list(flatten(keys)))
+
+
+_UNFUSED = {"bag_optimize": _cull_only, "delayed_optimize": _cull_only}
+
+
+def _require_bokeh() -> None:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        raise ConfigError("dask.dashboard=true needs bokeh: pip install 'recipe[dashboard]'") from None
 
 
 def _snapshot() -> dict:

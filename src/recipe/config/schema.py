@@ -64,6 +64,7 @@ class DaskConfig:
     n_workers: int = 0  # 0: threads in this process; >0: a LocalCluster of worker processes
     threads_per_worker: int = 2
     partition_size: int = 256  # records per partition when reading
+    dashboard: bool = False  # serve Dask's dashboard (LocalCluster, 127.0.0.1) and print its address
 
 
 @dataclass

@@ -105,6 +105,10 @@ def _read_item(item: tuple[str, Any]) -> list[dict]:
     return _read_jsonl_block(where) if kind == "jsonl" else _read_parquet_group(where)
 
 
+def _read_items(items) -> list[dict]:
+    return [record for item in items for record in _read_item(item)]
+
+
 @dataclass
 class ReadStage(Stage):
     """The first stage: ignores its input bag (pass ``None``) and returns the records.
@@ -146,4 +150,5 @@ class ReadStage(Stage):
                 items += [("jsonl", block) for block in _jsonl_blocks(path, self.partition_size)]
         if not items:
             return db.from_sequence([], npartitions=1)
-        return db.from_sequence(items, npartitions=len(items)).map(_read_item).flatten()
+        # one task per partition named after the stage (it shows as such in Dask's dashboard)
+        return db.from_sequence(items, npartitions=len(items)).map_partitions(_read_items, token=self.name)
