@@ -118,3 +118,33 @@ def dask_processes(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real ``redis-server`` on 127.0.0.1 (random port, no persistence); yields its URL."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        _wait_for(up, "redis-server", timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

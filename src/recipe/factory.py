@@ -34,6 +34,7 @@ class ClientSpec:
     formatter: tuple = ()  # (("_target_", ...), ("chat_template", ...)) - hashable
     sampling: tuple = ()  # (("temperature", 0.7), ...)
     cache_dir: str | None = None
+    cache_url: str | None = None  # redis://host:port/db: one cache for the cluster, instead of cache_dir
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
 
@@ -55,6 +56,7 @@ class ClientSpec:
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
+            cache_url=cache.get("url") if cache.get("enabled", True) else None,
         )
 
     def with_overrides(self, **changes: Any) -> "ClientSpec":
@@ -97,10 +99,15 @@ def build_client(cfg: Any, asynchronous: bool = False):
 
     spec = cfg if isinstance(cfg, ClientSpec) else ClientSpec.from_config(cfg)
     cls = AsyncLiteLLMClient if asynchronous else LiteLLMClient
-    return cls(**spec.client_kwargs(), cache=_open_cache(spec))
+    return cls(**spec.client_kwargs(), cache=open_cache(spec))
 
 
-def _open_cache(spec: ClientSpec):
+def open_cache(spec: ClientSpec):
+    """The spec's request cache: Redis for ``cache_url``, else SQLite in ``cache_dir``, else none."""
+    if spec.cache_url:
+        from recipe.services.redis_cache import RedisCache
+
+        return RedisCache(spec.cache_url)
     if not spec.cache_dir:
         return None
     from recipe.services.cache import RequestCache
@@ -125,7 +132,7 @@ def shared_async_client(spec: ClientSpec):
                 from recipe.services.litellm_client import AsyncLiteLLMClient
 
                 stats = process_stats()
-                client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
+                client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=open_cache(spec), stats=stats,
                                             limiter=limiter_for(spec, stats))
                 _clients[key] = client
     return client

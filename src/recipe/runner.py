@@ -98,7 +98,8 @@ def dask_context(dask_cfg: dict):
         else:
             cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 2),
                                    processes=True, host="127.0.0.1",
-                                   dashboard_address="127.0.0.1:0" if dashboard else None)
+                                   # the scheduler's HTTP server always starts: a free port, not 8787
+                                   scheduler_kwargs={"dashboard": dashboard, "dashboard_address": "127.0.0.1:0"})
             client = Client(cluster)
         try:
             if dashboard:
@@ -213,6 +214,10 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     output_dir = output_dir or data.get("output_dir") or _hydra_output_dir()
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     spec = ClientSpec.from_config(data)
+    if spec.cache_url:  # a cluster-wide cache that is not there is refused before anything starts
+        from recipe.factory import open_cache
+
+        open_cache(spec).ping()
     backend = data["backend"]
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.

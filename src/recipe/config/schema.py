@@ -71,6 +71,7 @@ class DaskConfig:
 class CacheConfig:
     enabled: bool = True
     dir: str = MISSING
+    url: Optional[str] = None  # redis://host:port/db: one cache for the whole cluster (instead of dir)
 
 
 @dataclass

@@ -26,6 +26,26 @@ def request_key(parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def pack(value: Any) -> tuple[str, str]:
+    """An answer as stored by every cache backend: (SHA-256 of the payload, the JSON payload)."""
+    payload = json.dumps({"v": value}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest(), payload
+
+
+class Damaged(ValueError):
+    """A stored entry whose checksum or payload does not hold: ignored and asked again."""
+
+
+def unpack(digest: str, payload: str) -> Any:
+    """The answer of a stored entry; :class:`Damaged` when it is not what was stored."""
+    if hashlib.sha256(payload.encode()).hexdigest() != digest:
+        raise Damaged("checksum mismatch")
+    try:
+        return json.loads(payload)["v"]
+    except (ValueError, KeyError, TypeError):
+        raise Damaged("unreadable payload") from None
+
+
 class RequestCache:
     """``get(parts)`` / ``put(parts, value)`` for JSON-serialisable answers."""
 
