@@ -148,3 +148,34 @@ def redis_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """moto's S3-compatible server on 127.0.0.1 (random port) and an empty bucket; yields ``s3://bucket``.
+
+    The endpoint and dummy credentials go into the environment, where s3fs finds them (as it
+    would find real ones), so subprocesses and Dask workers started by the test reach it too.
+    """
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import urllib.request
+
+    # moto keeps its state per process, across servers: start from an empty store
+    reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", data=b"", method="POST")
+    urllib.request.build_opener(urllib.request.ProxyHandler({})).open(reset, timeout=30).read()
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would still point at another server
+    s3fs.S3FileSystem().mkdir("bucket")
+    try:
+        yield "s3://bucket"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

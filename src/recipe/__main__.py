@@ -59,7 +59,9 @@ def _precheck(argv: list[str]) -> None:
                 resolved_container(cfg.backend)
         given = cfg.get("input")
         if isinstance(given, str) and given and not glob.has_magic(given):
-            if not os.path.isfile(os.path.expanduser(given)):
+            from recipe.services import storage
+
+            if not storage.isfile(given if storage.is_remote(given) else os.path.expanduser(given)):
                 raise _config_error(f"input file not found: {given}")
 
 
