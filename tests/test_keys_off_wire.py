@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import pickle
 from pathlib import Path
@@ -43,12 +45,24 @@ def write_inputs(path: Path, n: int) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def local_cluster(n_workers: int):
+    local = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0")
+    try:
+        yield local
+    finally:
+        # On a loaded machine a worker may take longer than the nanny's 5 s to exit; it is killed
+        # anyway, and the test's assertions are already made.
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            local.close(timeout=60)
+
+
 @pytest.fixture
 def cluster(monkeypatch):
     """Two worker processes started while the variable is set: they hold it in their environment."""
     monkeypatch.setenv(VAR, SECRET)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as local, Client(local) as client:
+    with local_cluster(2) as local, Client(local) as client:
         client.register_plugin(TaskRecorder(), name=TaskRecorder.name)
         yield local, client
 
@@ -92,8 +106,7 @@ def test_a_worker_without_the_variable_stops_the_run_naming_it(stub_server, tmp_
     monkeypatch.delenv(VAR, raising=False)
     server = stub_server(api_key=SECRET)
     source = write_inputs(tmp_path / "in.jsonl", 4)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as local:
+    with local_cluster(1) as local:
         cfg = recipe.compose(_overrides(server, local.scheduler_address, source))
         with pytest.raises(ConfigError) as info:
             recipe.run(cfg, output_dir=str(tmp_path / "out"))
