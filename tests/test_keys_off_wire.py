@@ -48,7 +48,7 @@ def write_inputs(path: Path, n: int) -> Path:
 @contextlib.contextmanager
 def local_cluster(n_workers: int):
     local = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address="127.0.0.1:0")
+                         scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
     try:
         yield local
     finally:
