@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py"]
+SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py", "rerun.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

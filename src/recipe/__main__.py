@@ -63,6 +63,11 @@ def _precheck(argv: list[str]) -> None:
 
             if not storage.isfile(given if storage.is_remote(given) else os.path.expanduser(given)):
                 raise _config_error(f"input file not found: {given}")
+        if cfg.get("output_dir"):  # refused before Hydra writes its config into another run's folder
+            from recipe import run_identity
+            from recipe.run_folder import RunFolder
+
+            RunFolder(cfg.output_dir).check(run_identity.config_hash(run_identity.identity(cfg)))
 
 
 def _config_error(message: str):

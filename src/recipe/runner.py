@@ -7,7 +7,6 @@ parses and composes.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from recipe.factory import ClientSpec
 
 @dataclass
 class RunSummary:
-    """What a run produced; ``stats`` is also written to ``output_dir/stats.json``."""
+    """What a run produced, over every attempt; ``stats`` is also ``output_dir/stats.json``."""
 
     output_dir: str
     records: int
@@ -33,9 +32,15 @@ class RunSummary:
 
     def line(self) -> str:
         s = self.stats
-        return (f"{self.records} records, {self.failed} failed, {s.get('requests', 0)} requests "
+        text = (f"{self.records} records, {self.failed} failed, {s.get('requests', 0)} requests "
                 f"({s.get('cache_hits', 0)} cached), {s.get('prompt_tokens', 0) + s.get('completion_tokens', 0)} tokens, "
                 f"{s.get('wall_seconds', 0):.1f} s")
+        resumed = s.get("resumed")
+        if resumed:
+            text += (f" (resumed, attempt {s.get('attempts')}: {resumed['records']} records and {resumed['failed']} "
+                     f"failures in {resumed['partitions']} of {resumed['of_partitions']} partitions were already done; "
+                     f"this attempt: {s['this_attempt']['requests']} requests, {s['this_attempt']['wall_seconds']:.1f} s)")
+        return text
 
 
 def _stage_class(target: str):
@@ -153,19 +158,26 @@ def _reset() -> None:
 
 
 def _collect(client) -> dict:
-    """Usage and progress summed over this process and every worker."""
+    """This attempt's usage summed over this process and every worker, and its progress.
+
+    Committed partitions are merged by part number, not summed: a partition Dask computed twice
+    (on one worker or two) counts once.
+    """
     from recipe.services.usage import UsageStats
 
     snaps = [_snapshot()]
     if client is not None:
         snaps += list(client.run(_snapshot).values())
     usage = UsageStats()
-    counts = {"records": 0, "errors": 0, "filtered": 0}
+    committed: dict[int, tuple[int, int]] = {}
+    live = filtered = 0
     for snap in snaps:
         usage.merge(snap["usage"])
-        for key in counts:
-            counts[key] += snap["progress"].get(key, 0)
-    return {**usage.as_dict(), **counts}
+        committed.update(snap["progress"]["committed"])
+        live += snap["progress"]["live"]
+        filtered += snap["progress"]["filtered"]
+    return {**usage.as_dict(), "filtered": filtered, "live": live, "committed": committed,
+            "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 
 def _cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
@@ -189,30 +201,113 @@ def _cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
     return round(total, 6)
 
 
-def _progress_loop(client, stop: threading.Event, enabled: bool) -> None:
-    if not enabled:
-        return
-    from tqdm import tqdm
+class _Watcher:
+    """A thread that moves the progress bar and saves this attempt's usage every few seconds.
 
-    with tqdm(desc="records", unit="rec", dynamic_ncols=True, file=sys.stderr) as bar:
-        while not stop.wait(1.0):
-            try:
-                now = _collect(client)
-            except Exception:
-                continue
-            bar.n = now["records"] + now["errors"]
-            bar.set_postfix(failed=now["errors"], requests=now["requests"],
-                            tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False)
-            bar.refresh()
+    The bar counts the records already committed by earlier attempts, the partitions committed
+    now, and the records answered so far by partitions in flight, so a first partition of 256
+    records moves the bar record by record. The usage saved on the way keeps the account of an
+    attempt that is killed before it ends.
+    """
+
+    def __init__(self, client, folder, attempt: dict, done_before: int, bar: bool) -> None:
+        self.client, self.folder, self.attempt = client, folder, attempt
+        self.done_before, self.bar = done_before, bar
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "_Watcher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        bar = None
+        if self.bar:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="records", unit="rec", dynamic_ncols=True, file=sys.stderr, initial=self.done_before)
+        last_save = time.monotonic()
+        try:
+            final = False
+            while not final:
+                final = self.stop.wait(1.0 if bar is not None else 0.5)  # one last update once stopped
+                if bar is None and time.monotonic() - last_save < 5:
+                    continue
+                try:
+                    now = _collect(self.client)
+                except Exception:
+                    continue
+                if bar is not None:
+                    shown = self.done_before + now["records"] + now["errors"] + now["live"]
+                    # never backwards while running (a finished partition is committed a moment later);
+                    # at the end, exactly what was committed
+                    bar.n = shown - now["live"] if final else max(bar.n, shown)
+                    bar.set_postfix(failed=now["errors"], requests=now["requests"],
+                                    tokens=now["prompt_tokens"] + now["completion_tokens"], refresh=False)
+                    bar.refresh()
+                if time.monotonic() - last_save >= 5:
+                    last_save = time.monotonic()
+                    with contextlib.suppress(OSError):
+                        self.folder.save_attempt(self.attempt["attempt"], {**self.attempt, "usage": _usage(now),
+                                                                           "outcome": "running"})
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _usage(now: dict) -> dict:
+    """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent."""
+    from recipe.services.usage import UsageStats
+
+    usage = {**UsageStats().as_dict(), "filtered": 0}
+    return {k: now.get(k, default) for k, default in usage.items()}
+
+
+def _build_bag(stages: list, plan: list | None, folder, config_hash: str, retry_failed: bool):
+    """The run's graph: the read stage on the run's fixed plan, then each stage; the write stage
+    gets only the partitions that are not committed. Returns (bag, partitions to do, kept)."""
+    from recipe.stages.read import ReadStage
+    from recipe.stages.write import WriteStage
+
+    first, *rest = stages
+    bag = first.read(plan) if isinstance(first, ReadStage) and plan is not None else first(None)
+    *middle, last = rest if rest else [None]
+    for stage in middle:
+        bag = stage(bag)
+    if isinstance(last, WriteStage):
+        todo, kept = folder.todo(bag.npartitions, config_hash, retry_failed)
+        sources = plan if plan is not None and len(plan) == bag.npartitions else None
+        return last.write(bag, only=todo, config_hash=config_hash, sources=sources), todo, kept, bag.npartitions
+    if last is not None:  # no write stage last: everything is computed, nothing can be skipped
+        bag = last(bag)
+    return bag, list(range(bag.npartitions)), {}, bag.npartitions
 
 
 def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
-    """Run the recipe of a composed config. Raises :class:`ConfigError` for user mistakes."""
+    """Run (or continue) the recipe of a composed config. Raises :class:`ConfigError` for user mistakes.
+
+    The run folder is ``output_dir``, else Hydra's run dir (the CLI makes it the run folder),
+    else ``<RECIPE_RUNS_DIR or outputs>/<recipe>-<config hash>``. A folder that already holds
+    this config's run is continued: committed partitions are kept, the rest is done (and, with
+    ``retry_failed``, partitions holding transient failures are done again). ``resume=false``
+    clears the run's results first. A folder holding another config's results is refused.
+    """
+    from recipe import run_identity
+    from recipe.run_folder import RunFolder, sum_manifests
+
     setup()
     check(cfg)
     data = resolved_by_reference(cfg)  # keys stay variable names (EnvKey): the graph never holds one
-    output_dir = output_dir or data.get("output_dir") or _hydra_output_dir()
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    ident = run_identity.identity(cfg)
+    config_hash = run_identity.config_hash(ident)
+    output_dir = (output_dir or data.get("output_dir") or _hydra_output_dir()
+                  or str(Path(run_identity.runs_root()) / run_identity.run_name(cfg, ident)))
+    folder = RunFolder(output_dir)
+    folder.check(config_hash)  # before anything starts or is written
     spec = ClientSpec.from_config(data)
     if spec.cache_url:  # a cluster-wide cache that is not there is refused before anything starts
         from recipe.factory import open_cache
@@ -222,6 +317,57 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.
     stages = build_stages(data["recipe"], spec, output_dir, data["dask"]["partition_size"])
+    _mark_counting_stage(stages)
+    resume, retry_failed = bool(data.get("resume", True)), bool(data.get("retry_failed", True))
+    with folder.locked():
+        had_attempts = folder.open(config_hash, ident, resume=resume)
+        plan = folder.plan()
+        if plan is None and hasattr(stages[0], "plan"):
+            plan = stages[0].plan()
+            folder.save_plan(plan)
+        _, todo, kept, n_partitions = _build_bag(stages, plan, folder, config_hash, retry_failed)
+        attempt = {"attempt": folder.new_attempt(), "started": time.time(), "partitions_to_do": len(todo),
+                   "partitions_kept": len(kept), "of_partitions": n_partitions}
+        folder.save_attempt(attempt["attempt"], {**attempt, "usage": {}, "outcome": "running"})
+        before = sum_manifests(kept)
+        now: dict = {}
+        outcome = "stopped"
+        try:
+            if todo:
+                _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spec, attempt,
+                         before["records"] + before["failed"], now)
+            outcome = "completed"
+        finally:
+            attempt["wall_seconds"] = round(time.monotonic() - started, 3)
+            usage = {**_usage(now), "wall_seconds": attempt["wall_seconds"]}
+            if usage.get("requests"):
+                usage["cost_usd"] = _cost(spec, usage.get("tokens_by_model") or {})
+            folder.save_attempt(attempt["attempt"], {**attempt, "usage": usage, "outcome": outcome})
+            json_fields = _unify_parquet(output_dir, stages) if todo and outcome == "completed" else None
+            stats = _stats(folder, config_hash, spec, attempt, usage, before, had_attempts and bool(kept),
+                           json_fields)
+            folder.save_stats(stats)
+    records, failed = stats["records"], stats["failed"]
+    notes = []
+    if records + failed == 0:
+        notes.append("no records were produced: the input is empty" if data.get("input")
+                     else "no records were produced")
+    return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
+
+
+def _mark_counting_stage(stages: list) -> None:
+    """The last model stage's answers move the progress bar (earlier ones would count twice)."""
+    from recipe.stages.base import LLMStage
+
+    llm = [stage for stage in stages if isinstance(stage, LLMStage)]
+    if llm:
+        llm[-1].counts_progress = True
+
+
+def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spec, attempt, done_before,
+             now: dict) -> None:
+    """Start the server and cluster the run needs, compute the partitions to do; ``now`` gets the
+    attempt's usage, also when it stops part-way (what was sent is counted)."""
     with contextlib.ExitStack() as stack:
         if backend.get("start_local_server") and not backend.get("api_base"):
             from recipe.services.llamacpp_server import LlamaCppServer
@@ -240,54 +386,78 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
 
             client.run(_reset)
             enable_cluster_limits(client)
-        bag = None
-        for stage in stages:
-            bag = stage(bag)
-        stop = threading.Event()
-        watcher = threading.Thread(target=_progress_loop, args=(client, stop, bool(data.get("progress"))), daemon=True)
-        watcher.start()
-        try:
-            parts = client.compute(bag).result() if client is not None else bag.compute()
-        finally:
-            stop.set()
-            watcher.join()
-        totals = _collect(client)
-    stats = _stats(parts, totals, time.monotonic() - started, spec)
-    with open(Path(output_dir) / "stats.json", "w") as handle:
-        json.dump(stats, handle, indent=2)
-    records, failed = stats["records"], stats["failed"]
-    notes = []
-    if records + failed == 0:
-        notes.append("no records were produced: the input is empty" if data.get("input")
-                     else "no records were produced")
-    return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
+        bag, _, _, _ = _build_bag(stages, plan, folder, config_hash, retry_failed)
+        with _Watcher(client, folder, attempt, done_before, bool(data.get("progress"))):
+            try:
+                client.compute(bag).result() if client is not None else bag.compute()
+            finally:
+                with contextlib.suppress(Exception):
+                    now.update(_collect(client))
 
 
-def _stats(parts: list[dict], totals: dict, wall: float, spec: ClientSpec) -> dict:
-    """What ``stats.json`` reports: records from the written parts, requests from the clients."""
-    records = sum(p["records"] for p in parts)
-    by_class: dict[str, int] = {}
-    for part in parts:
-        for name, count in part["failures"].items():
-            by_class[name] = by_class.get(name, 0) + count
-    return {
-        "records": records, "failed": sum(by_class.values()), "failed_by_class": by_class,
-        "filtered": totals["filtered"],
-        "requests": totals["requests"], "cache_hits": totals["cache_hits"], "retries": totals["retries"],
-        "rate_limited_429": totals["rate_limited"],
-        "retry_wait_seconds": totals["retry_wait_seconds"], "limit_wait_seconds": totals["limit_wait_seconds"],
-        "request_failures_by_class": totals["failures"],
-        "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
-        "cost_usd": _cost(spec, totals["tokens_by_model"]) if totals["requests"] else 0.0,
-        "wall_seconds": round(wall, 3),
-        "records_per_second": round(records / wall, 3) if wall else None,
-        "requests_per_second": round(totals["requests"] / wall, 3) if wall else None,
+def _unify_parquet(output_dir: str, stages: list) -> list | None:
+    from recipe.stages.write import WriteStage
+
+    if not any(isinstance(s, WriteStage) and s.format == "parquet" for s in stages):
+        return None
+    from recipe.stages.parquet import unify_parts
+
+    return unify_parts(output_dir)
+
+
+def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dict, before: dict,
+           resumed: bool, json_fields: list | None) -> dict:
+    """``stats.json``: records and failures from the committed partitions, usage summed over attempts."""
+    from recipe.run_folder import sum_attempts, sum_manifests
+
+    done = sum_manifests(folder.manifests(config_hash))
+    attempts = folder.attempts()
+    total = sum_attempts(attempts)
+    wall = total["wall_seconds"]
+    stats = {
+        "records": done["records"], "failed": done["failed"], "failed_by_class": done["failed_by_class"],
+        "transient_failed": done["transient_failed"],
+        "filtered": total["filtered"],
+        "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
+        "rate_limited_429": total["rate_limited"],
+        "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],
+        "request_failures_by_class": total["failures"],
+        "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],
+        "cost_usd": _total_cost(spec, attempts),
+        "wall_seconds": wall,
+        "records_per_second": round(done["records"] / wall, 3) if wall else None,
+        "requests_per_second": round(total["requests"] / wall, 3) if wall else None,
+        "attempts": len(attempts),
+        "partitions": done["partitions"],
+        "json_fields": sorted(set(json_fields or []) | set(done["json_fields"])),
+        "config_hash": config_hash,
+        "this_attempt": {"attempt": attempt["attempt"], "requests": usage.get("requests", 0),
+                         "cache_hits": usage.get("cache_hits", 0),
+                         "partitions_written": attempt["partitions_to_do"],
+                         "wall_seconds": attempt["wall_seconds"]},
+        "resumed": ({"records": before["records"], "failed": before["failed"], "partitions": before["partitions"],
+                     "of_partitions": attempt["of_partitions"]} if resumed else None),
     }
+    return stats
 
 
-def _hydra_output_dir() -> str:
+def _total_cost(spec: ClientSpec, attempts: list[dict]) -> float | None:
+    """Each attempt's own cost, summed; null when any attempt's model has no known price."""
+    total = 0.0
+    for attempt in attempts:
+        usage = attempt.get("usage") or {}
+        if not usage.get("requests"):
+            continue
+        cost = usage["cost_usd"] if "cost_usd" in usage else _cost(spec, usage.get("tokens_by_model") or {})
+        if cost is None:
+            return None
+        total += cost
+    return round(total, 6)
+
+
+def _hydra_output_dir() -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.output_dir
-    raise ConfigError("output_dir is not set: pass output_dir=... (recipe.compose does not choose one)")
+    return None

@@ -27,6 +27,9 @@ def setup() -> None:
     schema.register()
     OmegaConf.register_new_resolver("input_or_sample", _input_or_sample, replace=True)
     OmegaConf.register_new_resolver("sample", paths.sample_path, replace=True)
+    from recipe.run_identity import register_resolver
+
+    register_resolver()  # ${recipe_run_dir:ROOT}: Hydra's run dir is the run folder
     _registered = True
 
 
@@ -39,7 +42,8 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
 
     Does not change the working directory, writes nothing and leaves Hydra's global state as it
     found it (so it can be called inside a ``@hydra.main`` app). ``output_dir`` stays null unless
-    overridden: :func:`recipe.run` then needs one. ``${oc.env:...}`` keys are not resolved here.
+    overridden: :func:`recipe.run` then uses the config's run folder (``recipe.run_identity``).
+    ``${oc.env:...}`` keys are not resolved here.
     """
     from hydra import compose as hydra_compose
     from hydra import version

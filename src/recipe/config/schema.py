@@ -82,10 +82,12 @@ class RecipeConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recipe: Any = MISSING  # free-form: stages keyed by name, each with a _target_
     input: Optional[str] = None
-    output_dir: Optional[str] = None  # null: Hydra's run dir
+    output_dir: Optional[str] = None  # null: the run folder, named after the recipe and the config hash
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     progress: bool = True
+    resume: bool = True  # continue the run a folder holds; false: clear its results first
+    retry_failed: bool = True  # a rerun does again records that failed for transient reasons
 
 
 def register() -> None:

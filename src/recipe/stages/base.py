@@ -17,6 +17,7 @@ import dask.bag as db
 from recipe import errors
 from recipe.factory import ClientSpec, shared_async_client
 from recipe.services.event_loop import run_sync
+from recipe.stages import progress
 from recipe.stages.records import error_record, is_error
 
 # Errors that will fail every record the same way: the run stops instead of writing N copies.
@@ -112,6 +113,8 @@ class LLMStage(Stage):
         not one task per record of a 15k-record partition.
         """
         results: list[list[dict] | None] = [None] * len(records)
+        # The runner marks the run's last model stage: its answers move the progress bar.
+        counter = progress.start() if getattr(self, "counts_progress", False) else None
         window = asyncio.Semaphore(max(16, 2 * self.spec.max_concurrency))
         failures: list[BaseException] = []
         pending: set[asyncio.Task] = set()
@@ -119,6 +122,8 @@ class LLMStage(Stage):
         async def run(index: int, record: dict) -> None:
             try:
                 results[index] = await self._guarded(llm, record)
+                if counter is not None:
+                    progress.answered(counter)
             except BaseException as exc:  # a run-stopping error: stop launching, raise below
                 failures.append(exc)
             finally:
@@ -133,6 +138,8 @@ class LLMStage(Stage):
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.wait(pending)
+        if counter is not None:
+            progress.finish(counter)
         if failures:
             raise failures[0]
         return [r for group in results for r in group]

@@ -1,29 +1,60 @@
-"""Per-process counters of records written and failed, read by the run's progress bar."""
+"""Per-process progress counters, read by the run's progress bar (summed over Dask workers).
+
+Counts must not grow when Dask recomputes a task, so they are *set*, never added: committed
+partitions by part number (the driver merges them by number, not by sum), and records answered
+so far by each partition in flight (dropped when it finishes).
+"""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 _lock = threading.Lock()
-_counts = {"records": 0, "errors": 0, "filtered": 0}
+_committed: dict[int, tuple[int, int]] = {}  # part number -> (records, errors)
+_live: dict[int, int] = {}  # partition in flight -> records answered
+_filtered = 0
+_tokens = itertools.count()
 
 
-def add(records: int, errors: int) -> None:
+def committed(index: int, records: int, errors: int) -> None:
     with _lock:
-        _counts["records"] += records
-        _counts["errors"] += errors
+        _committed[index] = (records, errors)
+
+
+def start() -> int:
+    """A partition of the counting stage begins: returns its handle for :func:`answered`."""
+    handle = next(_tokens)
+    with _lock:
+        _live[handle] = 0
+    return handle
+
+
+def answered(handle: int) -> None:
+    with _lock:
+        if handle in _live:
+            _live[handle] += 1
+
+
+def finish(handle: int) -> None:
+    with _lock:
+        _live.pop(handle, None)
 
 
 def add_filtered(count: int) -> None:
+    global _filtered
     with _lock:
-        _counts["filtered"] += count
+        _filtered += count
 
 
 def snapshot() -> dict:
     with _lock:
-        return dict(_counts)
+        return {"committed": dict(_committed), "live": sum(_live.values()), "filtered": _filtered}
 
 
 def reset() -> None:
+    global _filtered
     with _lock:
-        _counts.update(records=0, errors=0, filtered=0)
+        _committed.clear()
+        _live.clear()
+        _filtered = 0

@@ -133,27 +133,48 @@ class ReadStage(Stage):
             resolve_paths(self.path)  # a missing file is refused before anything starts
 
     def __call__(self, bag: db.Bag | None = None) -> db.Bag:
+        return self.read(self.plan())
+
+    def _seed_records(self) -> list[dict]:
+        records = []
+        for index, seed in enumerate(self.seeds):
+            record = dict(seed) if isinstance(seed, dict) else {self.seed_field: seed}
+            record.setdefault(ID, make_id("seed", index, json.dumps(record, sort_keys=True, default=str)))
+            record.setdefault(PARENT, None)
+            records.append(record)
+        return records
+
+    def plan(self) -> list[list]:
+        """The input range of each partition, as JSON-able ``[kind, where]`` items.
+
+        A run keeps the plan of its first attempt (``run.json``), so a resumed run reads the
+        same partitions even if ``partition_size`` changed in between.
+        """
         if self.seeds:
-            records = []
-            for index, seed in enumerate(self.seeds):
-                record = dict(seed) if isinstance(seed, dict) else {self.seed_field: seed}
-                record.setdefault(ID, make_id("seed", index, json.dumps(record, sort_keys=True, default=str)))
-                record.setdefault(PARENT, None)
-                records.append(record)
-            return db.from_sequence(records, partition_size=self.partition_size)
+            n = len(self.seeds)
+            return [["seeds", [start, min(n, start + self.partition_size)]]
+                    for start in range(0, n, self.partition_size)]
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: give a path (input=FILE) or seeds")
-        items: list[tuple] = []
+        items: list[list] = []
         for path in resolve_paths(self.path):
             if path.endswith((".parquet", ".pq")):
                 import pyarrow.parquet as pq
 
                 with storage.open_file(path, "rb") as handle:
                     groups = pq.ParquetFile(handle).num_row_groups
-                items += [("parquet", (path, g)) for g in range(groups)]
+                items += [["parquet", [path, g]] for g in range(groups)]
             else:
-                items += [("jsonl", block) for block in _jsonl_blocks(path, self.partition_size)]
-        if not items:
+                items += [["jsonl", list(block)] for block in _jsonl_blocks(path, self.partition_size)]
+        return items
+
+    def read(self, plan: list[list]) -> db.Bag:
+        """One partition per plan item."""
+        if not plan:
             return db.from_sequence([], npartitions=1)
+        if plan[0][0] == "seeds":
+            records = self._seed_records()
+            return db.from_sequence([records[a:b] for _, (a, b) in plan], npartitions=len(plan)).flatten()
         # one task per partition named after the stage (it shows as such in Dask's dashboard)
-        return db.from_sequence(items, npartitions=len(items)).map_partitions(_read_items, token=self.name)
+        return db.from_sequence([(kind, tuple(where)) for kind, where in plan],
+                                npartitions=len(plan)).map_partitions(_read_items, token=self.name)

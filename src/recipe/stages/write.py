@@ -1,80 +1,105 @@
-"""Writing results: one part file per partition, committed by an atomic rename.
+"""Writing results: one part file per partition, committed by a manifest written last.
 
 Good records go to ``<path>/part-NNNNN.<format>``, error records to
-``<path>/errors/part-NNNNN.jsonl``. A part file exists whole or not at all, so a crash never
-leaves a half-written part that a resumed run would count twice.
+``<path>/errors/part-NNNNN.jsonl``, then ``<path>/manifests/part-NNNNN.json`` marks the
+partition committed (see :mod:`recipe.run_folder`). Each file is replaced atomically, and a
+partition's leftover good or error file from an earlier attempt is removed before its manifest
+is written: a rerun never finds a record both in ``part-N`` and in ``errors/part-N``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.bag as db
 from dask import delayed
 
 from recipe.errors import ConfigError
+from recipe.run_folder import ERRORS, atomic_write, commit_partition, is_transient, part_name, uncommit_partition
 from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.records import is_error
 
 
-def _atomic_write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, default=str))
-            handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False, default=str))
+                handle.write("\n")
+
+    atomic_write(path, fill)
 
 
-def _atomic_write_parquet(path: Path, records: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.Table.from_pylist(records), tmp)
-    os.replace(tmp, path)
-
-
-def _write_partition(records, index: int, directory: str, fmt: str) -> list[dict]:
+def _write_partition(records, index: int, directory: str, fmt: str, config_hash: str | None,
+                     source: Any = None) -> list[dict]:
     records = list(records)
     good = [r for r in records if not is_error(r)]
     bad = [r for r in records if is_error(r)]
     out = Path(directory)
-    part = out / f"part-{index:05d}.{fmt}"
+    name = part_name(index)
+    uncommit_partition(directory, index)  # not done again until the new manifest is written
+    good_file = error_file = None
+    json_fields: list[str] = []
     if good:
-        (_atomic_write_parquet if fmt == "parquet" else _atomic_write_jsonl)(part, good)
+        good_file = f"{name}.{fmt}"
+        if fmt == "parquet":
+            from recipe.stages.parquet import write_part
+
+            json_fields = write_part(out / good_file, good)
+        else:
+            _write_jsonl(out / good_file, good)
     if bad:
-        (out / "errors").mkdir(parents=True, exist_ok=True)
-        _atomic_write_jsonl(out / "errors" / f"part-{index:05d}.jsonl", bad)
+        (out / ERRORS).mkdir(parents=True, exist_ok=True)
+        error_file = f"{ERRORS}/{name}.jsonl"
+        _write_jsonl(out / error_file, bad)
     failures: dict[str, int] = {}
     for record in bad:
         key = record["_error"]["class"]
         failures[key] = failures.get(key, 0) + 1
-    progress.add(len(good), len(bad))
-    return [{"part": index, "records": len(good), "errors": len(bad), "failures": failures}]
+    manifest = {"part": index, "input": source, "records": len(good), "errors": len(bad), "failures": failures,
+                "transient": sum(n for cls, n in failures.items() if is_transient(cls)),
+                "config_hash": config_hash, "files": [f for f in (good_file, error_file) if f],
+                "json_fields": json_fields, "committed": time.time()}
+    commit_partition(directory, index, good_file, error_file, manifest)
+    progress.committed(index, len(good), len(bad))
+    return [manifest]
 
 
 @dataclass
 class WriteStage(Stage):
-    """The last stage: returns a bag with one summary per partition (records, errors)."""
+    """The last stage: returns a bag with one manifest per partition (records, errors, ...)."""
 
     path: str | None = None  # the runner fills in output_dir
     format: str = "jsonl"
 
     def __call__(self, bag: db.Bag) -> db.Bag:
+        return self.write(bag)
+
+    def write(self, bag: db.Bag, only: list[int] | None = None, config_hash: str | None = None,
+              sources: list | None = None) -> db.Bag:
+        """Write the partitions numbered ``only`` (default: all) of ``bag``; part ``i`` is partition ``i``.
+
+        Dask computes only what the selected partitions depend on, so a committed partition of a
+        partition-wise recipe is not computed again. Manifests carry the run's config hash and the
+        input range ``sources[i]`` partition ``i`` was read from.
+        """
         if self.format not in ("jsonl", "parquet"):
             raise ConfigError(f"stage {self.name!r}: format must be jsonl or parquet, not {self.format!r}")
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: no output path (set output_dir)")
         Path(self.path).mkdir(parents=True, exist_ok=True)
+        if only is not None and not only:  # every partition is committed: not even a graph to optimize
+            return db.from_sequence([], npartitions=1)
         parts = bag.to_delayed()
+        wanted = range(len(parts)) if only is None else only
         write = delayed(_write_partition, pure=True)
-        summaries = [write(part, index, self.path, self.format, dask_key_name=f"{self.name}-{index}-{bag.name}")
-                     for index, part in enumerate(parts)]
-        return db.from_delayed(summaries)
+        summaries = [write(parts[i], i, self.path, self.format, config_hash,
+                           sources[i] if sources is not None and i < len(sources) else None,
+                           dask_key_name=f"{self.name}-{i}-{bag.name}")
+                     for i in wanted]
+        return db.from_delayed(summaries) if summaries else db.from_sequence([], npartitions=1)

@@ -324,7 +324,8 @@ class StubServer:
                  fail_429: float = 0.0, drop: float = 0.0, malformed: float = 0.0,
                  retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
-                 api_key: str | None = None, context_length: int = 0) -> None:
+                 api_key: str | None = None, context_length: int = 0, port: int = 0) -> None:
+        """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
                      f"--malformed={malformed}", f"--retry-after={retry_after}",
@@ -334,7 +335,7 @@ class StubServer:
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
             self.args.append(f"--api-key={api_key}")
-        self.port = 0
+        self.port = port
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -345,7 +346,7 @@ class StubServer:
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
         self._err = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "recipe.testing.stub_server", "--port=0", *self.args],
+            [sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}", *self.args],
             stdout=subprocess.PIPE, stderr=self._err)
         deadline, buf, fd = time.monotonic() + 30, b"", self._proc.stdout.fileno()
         while b"\n" not in buf:

@@ -1,0 +1,273 @@
+"""The run folder: what makes a rerun of the same command continue, never repeat or mix.
+
+Layout (``D`` is ``output_dir``, or ``<RECIPE_RUNS_DIR>/<recipe>-<hash>``)::
+
+    D/run.json                   the config hash and identity, and the partition plan (fixed at attempt 1)
+    D/part-NNNNN.<fmt>           good records of partition N
+    D/errors/part-NNNNN.jsonl    error records of partition N
+    D/manifests/part-NNNNN.json  written last, atomically: partition N is committed
+    D/attempts/attempt-NNN.json  what each attempt sent and received (requests, tokens, time)
+    D/stats.json                 the whole run's account, summed over attempts
+    D/.hydra/, D/recipe.log      Hydra's composed config and the log (the CLI's run dir is D)
+
+A partition counts as done only when its manifest exists: its part file and error file were both
+replaced before it, so a crash anywhere in between makes the next attempt redo the partition.
+Everything here is plain files and stdlib: the CLI checks a folder before Hydra writes into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from recipe.errors import ConfigError
+
+RUN_FILE = "run.json"
+MANIFESTS = "manifests"
+ATTEMPTS = "attempts"
+ERRORS = "errors"
+STATS = "stats.json"
+LOCK = ".lock"
+FORMAT_VERSION = 1
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def atomic_write(path: Path, fill: Callable[[Path], None]) -> None:
+    """Write ``path`` whole or not at all: ``fill`` writes a temporary file beside it, then a rename.
+
+    Temporaries are named ``.<name>.<pid>.<random>.tmp``, which the next attempt cleans up if a
+    crash or a full disk leaves one behind.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fill(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8"))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_transient(error_class: str) -> bool:
+    """Whether a record that failed with ``error_class`` may succeed on a rerun (5xx, timeouts, 429s...)."""
+    from recipe import errors
+
+    cls = getattr(errors, error_class, None)
+    return isinstance(cls, type) and issubclass(cls, errors.RecipeError) and cls.retryable
+
+
+def commit_partition(directory: str, index: int, good_file: str | None, error_file: str | None,
+                     manifest: dict) -> None:
+    """Make partition ``index`` consist of exactly these files, then mark it committed.
+
+    Called by the write task after writing the new files (or with ``None`` where the partition
+    has none): a leftover from an earlier attempt, good or error, is removed so that no
+    ``errors/part-N`` survives beside a new ``part-N``; the manifest is written last.
+    """
+    root = Path(directory)
+    name = part_name(index)
+    for path in root.glob(f"{name}.*"):
+        if path.name != good_file:
+            path.unlink(missing_ok=True)
+    if error_file is None:
+        (root / ERRORS / f"{name}.jsonl").unlink(missing_ok=True)
+    (root / MANIFESTS).mkdir(exist_ok=True)
+    atomic_write_json(root / MANIFESTS / f"{name}.json", manifest)
+
+
+def uncommit_partition(directory: str, index: int) -> None:
+    """Called before a partition is written again: it is not done until its new manifest exists."""
+    (Path(directory) / MANIFESTS / f"{part_name(index)}.json").unlink(missing_ok=True)
+
+
+class RunFolder:
+    """One run's folder: its identity, its partition plan, its committed partitions and attempts."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    # ---- identity --------------------------------------------------------------------------
+
+    def info(self) -> dict | None:
+        return _read_json(self.path / RUN_FILE)
+
+    def check(self, config_hash: str) -> None:
+        """Refuse a folder that holds another config's results (one line, exit 2 at the CLI)."""
+        info = self.info()
+        if info is not None:
+            if info.get("config_hash") != config_hash:
+                raise ConfigError(
+                    f"output_dir {self.path} holds the results of a different config (run "
+                    f"{info.get('config_hash')}, this config is {config_hash}): choose another output_dir, "
+                    f"or leave output_dir unset to get a folder of its own")
+            return
+        if self.path.is_dir() and (any(self.path.glob("part-*")) or (self.path / STATS).exists()):
+            raise ConfigError(f"output_dir {self.path} holds results that no run of this config made: "
+                              f"choose another output_dir, or leave output_dir unset to get a folder of its own")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held for the whole attempt: two copies of one command must not write one folder."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(f"run folder {self.path} is in use by another run of the same config: "
+                              "wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def open(self, config_hash: str, ident: dict, resume: bool = True) -> bool:
+        """Claim the folder for this config; ``resume=False`` clears its parts first.
+
+        Returns whether earlier attempts exist (the run resumes).
+        """
+        self.check(config_hash)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            self.clear()
+        self.clean_temporaries()
+        info = self.info()
+        if info is None:
+            atomic_write_json(self.path / RUN_FILE, {"format": FORMAT_VERSION, "config_hash": config_hash,
+                                                      "identity": ident, "created": time.time(), "plan": None})
+        return bool(self.attempt_files())
+
+    def clear(self) -> None:
+        """Remove this run's results and account (not its log or Hydra's config)."""
+        for path in self.path.glob("part-*"):
+            path.unlink(missing_ok=True)
+        for sub in (ERRORS, MANIFESTS, ATTEMPTS):
+            shutil.rmtree(self.path / sub, ignore_errors=True)
+        for name in (RUN_FILE, STATS):
+            (self.path / name).unlink(missing_ok=True)
+
+    def clean_temporaries(self) -> int:
+        """Delete the ``.part-N.*.tmp`` (and other ``*.tmp``) files a crash or a full disk left."""
+        stale = [*self.path.glob(".part-*.tmp"), *self.path.glob(f".{STATS}.*.tmp"),
+                 *self.path.glob(f".{RUN_FILE}.*.tmp")]
+        for sub in (ERRORS, MANIFESTS, ATTEMPTS):
+            stale += (self.path / sub).glob(".*.tmp")
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    # ---- partitions ------------------------------------------------------------------------
+
+    def plan(self) -> list | None:
+        info = self.info() or {}
+        return info.get("plan")
+
+    def save_plan(self, plan: list) -> None:
+        info = self.info() or {}
+        info["plan"] = plan
+        atomic_write_json(self.path / RUN_FILE, info)
+
+    def manifests(self, config_hash: str | None = None) -> dict[int, dict]:
+        """Committed partitions by number (a manifest of another config hash does not count)."""
+        found: dict[int, dict] = {}
+        for path in (self.path / MANIFESTS).glob("part-*.json"):
+            manifest = _read_json(path)
+            if not isinstance(manifest, dict) or "part" not in manifest:
+                continue
+            if config_hash is not None and manifest.get("config_hash") != config_hash:
+                continue
+            found[int(manifest["part"])] = manifest
+        return found
+
+    def todo(self, n_partitions: int, config_hash: str, retry_failed: bool = True) -> tuple[list[int], dict]:
+        """Partitions to (re)do, and the committed ones kept as they are.
+
+        A committed partition holding records that failed for transient reasons is done again
+        when ``retry_failed``: its answered requests come from the cache.
+        """
+        committed = self.manifests(config_hash)
+        kept = {i: m for i, m in committed.items()
+                if i < n_partitions and not (retry_failed and m.get("transient", 0))}
+        return [i for i in range(n_partitions) if i not in kept], kept
+
+    # ---- attempts and the account ----------------------------------------------------------
+
+    def attempt_files(self) -> list[Path]:
+        return sorted((self.path / ATTEMPTS).glob("attempt-*.json"))
+
+    def new_attempt(self) -> int:
+        (self.path / ATTEMPTS).mkdir(exist_ok=True)
+        numbers = [int(p.stem.split("-")[1]) for p in self.attempt_files()]
+        return max(numbers, default=0) + 1
+
+    def save_attempt(self, number: int, data: dict) -> None:
+        atomic_write_json(self.path / ATTEMPTS / f"attempt-{number:03d}.json", {"attempt": number, **data})
+
+    def attempts(self) -> list[dict]:
+        return [a for a in (_read_json(p) for p in self.attempt_files()) if isinstance(a, dict)]
+
+    def save_stats(self, stats: dict) -> None:
+        atomic_write_json(self.path / STATS, stats)
+
+
+_SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
+           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds")
+
+
+def sum_attempts(attempts: list[dict]) -> dict:
+    """Usage over every attempt: each attempt's own counts, so nothing is counted twice."""
+    total: dict[str, Any] = {key: 0 for key in _SUMMED}
+    failures: dict[str, int] = {}
+    tokens: dict[str, list[int]] = {}
+    for attempt in attempts:
+        usage = attempt.get("usage") or {}
+        for key in _SUMMED:
+            total[key] += usage.get(key, 0) or 0
+        for name, count in (usage.get("failures") or {}).items():
+            failures[name] = failures.get(name, 0) + count
+        for model, (p, c) in (usage.get("tokens_by_model") or {}).items():
+            mp, mc = tokens.get(model, [0, 0])
+            tokens[model] = [mp + p, mc + c]
+    total["failures"], total["tokens_by_model"] = failures, tokens
+    for key in ("retry_wait_seconds", "limit_wait_seconds", "wall_seconds"):
+        total[key] = round(total[key], 3)
+    return total
+
+
+def sum_manifests(manifests: dict[int, dict]) -> dict:
+    """Records and failures of the committed partitions."""
+    by_class: dict[str, int] = {}
+    json_fields: set[str] = set()
+    for manifest in manifests.values():
+        for name, count in (manifest.get("failures") or {}).items():
+            by_class[name] = by_class.get(name, 0) + count
+        json_fields.update(manifest.get("json_fields") or ())
+    return {"records": sum(m.get("records", 0) for m in manifests.values()),
+            "failed": sum(by_class.values()), "failed_by_class": by_class,
+            "transient_failed": sum(m.get("transient", 0) for m in manifests.values()),
+            "partitions": len(manifests), "json_fields": sorted(json_fields)}
