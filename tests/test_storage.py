@@ -89,3 +89,62 @@ def test_a_run_reads_its_input_from_s3(stub_server, s3_bucket, tmp_path):
     rows = [json.loads(line) for part in sorted((tmp_path / "out").glob("part-*.jsonl"))
             for line in part.read_text().splitlines()]
     assert sorted(r["_source"] for r in rows) == [f"a.jsonl:{i}" for i in range(1, 7)]
+
+
+# ---- a whole run on S3: kill -9, rerun, every record once ----------------------------------------
+
+def _s3_rows(prefix: str) -> list[dict]:
+    return [json.loads(line) for part in storage.listdir(prefix, "part-*.jsonl")
+            for line in storage.read_text(part).splitlines()]
+
+
+def _manifests(prefix: str) -> dict[str, float]:
+    return {storage.name(m): json.loads(storage.read_text(m))["committed"]
+            for m in storage.listdir(f"{prefix}/manifests", "part-*.json")}
+
+
+def _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, *extra: str, n: int = 60) -> tuple[dict, dict]:
+    import signal
+    import time
+
+    storage.atomic_write_bytes(f"{s3_bucket}/in/data.jsonl", lines(n))
+    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "recipe", "backend=openai", f"backend.api_base={server.base_url}",
+               "backend.api_key=k", "model.name=stub-model", "progress=false", f"input={s3_bucket}/in/*.jsonl",
+               f"output_dir={s3_bucket}/out", "dask.partition_size=5", "backend.max_concurrency=4", *extra]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(_manifests(f"{s3_bucket}/out")) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run: the driver and its LocalCluster
+    proc.wait()
+    before = _manifests(f"{s3_bucket}/out")
+    assert 3 <= len(before) < n // 5, "the kill must land part-way"
+    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = _s3_rows(f"{s3_bucket}/out")
+    assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(n)), "every record exactly once"
+    after = _manifests(f"{s3_bucket}/out")
+    assert len(after) == n // 5
+    assert {k: after[k] for k in before} == before, "committed partitions are not redone"
+    return before, after
+
+
+def test_s3_run_killed_and_rerun_on_a_local_cluster(stub_server, s3_bucket, tmp_path):
+    server = stub_server(latency=0.3)
+    _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, "dask.n_workers=2")
+    assert server.stats()["requests"] <= 60 + 8, "answered requests came from the cache (at most those in flight again)"
+    hydra_dirs = list((tmp_path / "runs").glob("*/.hydra"))
+    assert len(hydra_dirs) == 1, "Hydra's run folder (config, log) stays local"
+    assert not storage.exists(f"{s3_bucket}/out/.hydra/config.yaml")
+    stats = json.loads(storage.read_text(f"{s3_bucket}/out/stats.json"))
+    assert stats["records"] == 60 and stats["attempts"] == 2
+
+
+def test_s3_run_killed_and_rerun_on_separate_dask_workers(stub_server, s3_bucket, dask_processes, tmp_path):
+    server = stub_server(latency=0.3)
+    address = dask_processes(n_workers=2)  # separate working directories; S3 is the only shared storage
+    _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, f"dask.address={address}", "cache.enabled=false")
+    # without a cache, a partition in flight at the kill is asked again: at most one per worker thread
+    assert server.stats()["requests"] <= 60 + 2 * 5

@@ -114,6 +114,19 @@ def exists(path: str) -> bool:
     return fs.exists(inner)
 
 
+def fingerprint(path: str) -> dict:
+    """What identifies a file's content cheaply: absolute path or URL, size, and mtime (local) or
+    ETag / last-modified (object stores), so that a changed input makes a new run."""
+    if not is_remote(path):
+        stat = os.stat(local_path(path))
+        return {"path": os.path.abspath(local_path(path)), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    fs, inner = filesystem(path)
+    fs.invalidate_cache(inner)
+    info = fs.info(inner)
+    version = {k: str(info[k]) for k in ("ETag", "etag", "LastModified", "mtime", "generation") if info.get(k)}
+    return {"path": str(path), "size": info.get("size"), **version}
+
+
 def open_file(path: str, mode: str = "rb") -> IO[Any]:
     """An open file (close it, or use ``with``); reads of remote files are buffered by fsspec."""
     if not is_remote(path):
@@ -143,6 +156,11 @@ def read_text(path: str) -> str | None:
 
 def listdir(directory: str, pattern: str = "*") -> list[str]:
     """Files directly in ``directory`` whose names match ``pattern`` (sorted paths or URLs)."""
+    if not is_remote(directory):  # the directory's own name is taken literally, as Path.glob does
+        import glob as _glob
+
+        found = _glob.glob(os.path.join(_glob.escape(local_path(directory)), pattern))
+        return sorted(p for p in found if os.path.isfile(p))
     return glob(join(directory, pattern))
 
 
