@@ -9,7 +9,7 @@ import recipe.stages
 def test_top_level_exports():
     assert sorted(recipe.__all__) == sorted([
         "compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError", "LLMError",
-        "ParseError"])
+        "ParseError", "SchemaError"])
     for name in recipe.__all__:
         assert getattr(recipe, name) is not None
 

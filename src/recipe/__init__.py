@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from recipe.errors import ConfigError, InputError, LLMError, ParseError, RecipeError
+from recipe.errors import ConfigError, InputError, LLMError, ParseError, RecipeError, SchemaError
 from recipe.services.litellm_setup import offline_environment
 
 offline_environment()  # before anything can import litellm, here or in a Dask worker
 
 __all__ = ["compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError",
-           "LLMError", "ParseError"]
+           "LLMError", "ParseError", "SchemaError"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from recipe.config.compose import compose

@@ -7,6 +7,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── ConfigError                 a bad config, override or missing secret (user mistake)
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
+    │   └── SchemaError             an answer that is not valid under its schema (keeps the raw text)
     └── LLMError                    a request to the model failed
         ├── AuthenticationError
         ├── BadRequestError
@@ -44,6 +45,17 @@ class InputError(RecipeError):
 
 class ParseError(RecipeError):
     """Model output that could not be converted into the structure a stage needs."""
+
+
+class SchemaError(ParseError):
+    """An answer that does not parse as JSON or does not validate; ``raw`` is the model's text."""
+
+    def __init__(self, message: str, raw: str | None = None):
+        super().__init__(message, raw)
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class LLMError(RecipeError):

@@ -37,6 +37,7 @@ class ClientSpec:
     cache_url: str | None = None  # redis://host:port/db: one cache for the cluster, instead of cache_dir
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
+    structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -57,9 +58,12 @@ class ClientSpec:
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
             cache_url=cache.get("url") if cache.get("enabled", True) else None,
+            structured_output=backend.get("structured_output"),
         )
 
     def with_overrides(self, **changes: Any) -> "ClientSpec":
+        if changes.get("provider", self.provider) != self.provider:
+            changes.setdefault("structured_output", None)  # another provider speaks its own dialect
         return replace(self, **changes)
 
     @property
@@ -77,6 +81,15 @@ class ClientSpec:
         except Exception as exc:
             raise ConfigError(f"formatter {dict(self.formatter).get('_target_')}: {exc}") from None
 
+    @property
+    def constrains_output(self) -> bool:
+        """Whether this backend, on this route (chat, or a formatter's raw text), constrains
+        decoding to a schema; the answer is in the one table of structured_output."""
+        from recipe.services import structured_output
+
+        return structured_output.supports(structured_output.dialect_for(self.provider, self.structured_output),
+                                          text=bool(self.formatter))
+
     def __dask_tokenize__(self) -> tuple:
         data = asdict(self)
         data.pop("api_key")
@@ -87,7 +100,7 @@ class ClientSpec:
         return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
-                "endpoint_id": self.endpoint_id}
+                "endpoint_id": self.endpoint_id, "structured_output": self.structured_output}
 
 
 def build_client(cfg: Any, asynchronous: bool = False):

@@ -240,7 +240,7 @@ class RunFolder:
 
 
 _SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
-           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds")
+           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures")
 
 
 def sum_attempts(attempts: list[dict]) -> dict:
@@ -248,6 +248,7 @@ def sum_attempts(attempts: list[dict]) -> dict:
     total: dict[str, Any] = {key: 0 for key in _SUMMED}
     failures: dict[str, int] = {}
     tokens: dict[str, list[int]] = {}
+    structured: dict[str, dict[str, int]] = {}  # per schema name (UsageStats.structured_by_schema)
     for attempt in attempts:
         usage = attempt.get("usage") or {}
         for key in _SUMMED:
@@ -257,7 +258,11 @@ def sum_attempts(attempts: list[dict]) -> dict:
         for model, (p, c) in (usage.get("tokens_by_model") or {}).items():
             mp, mc = tokens.get(model, [0, 0])
             tokens[model] = [mp + p, mc + c]
-    total["failures"], total["tokens_by_model"] = failures, tokens
+        for name, amounts in (usage.get("structured_by_schema") or {}).items():
+            counts = structured.setdefault(name, {})
+            for key, amount in amounts.items():
+                counts[key] = counts.get(key, 0) + amount
+    total["failures"], total["tokens_by_model"], total["structured_by_schema"] = failures, tokens, structured
     for key in ("retry_wait_seconds", "limit_wait_seconds", "wall_seconds"):
         total[key] = round(total[key], 3)
     return total

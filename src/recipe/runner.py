@@ -420,6 +420,8 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
         "filtered": total["filtered"],
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"],
+        "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
+        "structured_by_schema": total["structured_by_schema"],
         "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],
         "request_failures_by_class": total["failures"],
         "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],

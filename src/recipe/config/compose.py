@@ -19,6 +19,16 @@ def _input_or_sample(name: str, *, _root_: Any) -> str:
     return str(given) if given else paths.sample_path(name)
 
 
+def _list_schema(mode: str, n: Any, max_length: int = 200) -> dict | None:
+    """``${list_schema:${recipe.list_mode},N}``: a generating stage's list schema, only when
+    ``list_mode`` is ``structured`` (direct and yaml keep NeMo Curator's free-text lists)."""
+    if mode != "structured":
+        return None
+    from recipe.services.structured_output import list_schema
+
+    return list_schema(int(n) if n not in (None, "") else None, max_length=int(max_length))
+
+
 def setup() -> None:
     """Register the schema and resolvers once per process (idempotent)."""
     global _registered
@@ -27,6 +37,7 @@ def setup() -> None:
     schema.register()
     OmegaConf.register_new_resolver("input_or_sample", _input_or_sample, replace=True)
     OmegaConf.register_new_resolver("sample", paths.sample_path, replace=True)
+    OmegaConf.register_new_resolver("list_schema", _list_schema, replace=True)
     from recipe.run_identity import register_resolver
 
     register_resolver()  # ${recipe_run_dir:ROOT}: Hydra's run dir is the run folder

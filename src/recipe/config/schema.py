@@ -37,6 +37,9 @@ class BackendConfig:
     start_local_server: bool = False
     model_path: Optional[str] = None
     n_ctx: int = 2048
+    # How the server takes a JSON Schema (services/structured_output.py DIALECTS): openai, vllm,
+    # nim, ollama, llamacpp or none; null: the provider's own.
+    structured_output: Optional[str] = None
 
 
 @dataclass

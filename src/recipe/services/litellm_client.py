@@ -20,6 +20,7 @@ from recipe import errors
 from recipe.services.conversation_formatter import ConversationFormatter
 from recipe.services.error_mapping import translate
 from recipe.services.event_loop import run_sync
+from recipe.services import structured_output as structured
 from recipe.services.limits import LocalLimiter
 from recipe.services.litellm_setup import ensure_model_known, get_litellm
 from recipe.services.model_client import AsyncLLMClient, LLMClient
@@ -83,6 +84,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         max_concurrency, rpm, tpm: limits for this process; pass ``limiter`` for cluster-wide ones.
         cache: a :class:`recipe.services.cache.RequestCache`; hits send no request.
         endpoint_id: names the endpoint in cache keys instead of ``api_base``.
+        structured_output: the backend's schema dialect (a key of
+            :data:`recipe.services.structured_output.DIALECTS`); None: the provider's own.
     """
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
@@ -90,8 +93,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 stats: UsageStats | None = None):
+                 stats: UsageStats | None = None, structured_output: str | None = None):
         self.provider = provider
+        self.structured_dialect = structured.dialect_for(provider, structured_output)
         self.api_base = api_base
         self._api_key = api_key
         self.timeout = float(timeout)
@@ -133,7 +137,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             kwargs["allowed_openai_params"] = ["max_retries"]
         return kwargs
 
-    def _wire_kwargs(self, route: str, n: int, params: dict) -> dict:
+    def _wire_kwargs(self, route: str, n: int, params: dict, schema_params: dict | None = None) -> dict:
         kwargs = self._endpoint_kwargs(route)
         params = dict(params)
         top_k = params.pop("top_k", None)
@@ -147,6 +151,13 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             if route in _ALLOWLIST_ROUTES:  # NIM's allowlist refuses n unless told (shared notes)
                 kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), "n"]
         kwargs.update(params)
+        for name, value in (schema_params or {}).items():  # the schema's wire form (structured_output)
+            if name == "extra_body":
+                kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **value}
+            else:
+                kwargs[name] = value
+                if route in _ALLOWLIST_ROUTES:
+                    kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), name]
         return kwargs
 
     # ---- attempts, with retries -------------------------------------------------------
@@ -254,7 +265,10 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                           max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
                           stop: str | None | list[str] = None, stream: bool = False,
                           temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None) -> list[str]:
+                          top_p: float | None = None, response_format: Any = None) -> list[str]:
+        """Texts of ``n`` choices. ``response_format`` (a JSON Schema dict or a pydantic model
+        class) is sent in the backend's own form where it can constrain decoding and enters the
+        cache key; the texts are returned unparsed (``structured_output.parse`` checks them)."""
         messages = list(messages)
         n = 1 if n is None else int(n)
         if n < 1:
@@ -267,23 +281,27 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         else:
             text, route = False, _CHAT_ROUTE.get(self.provider, self.provider)
             body, payload_key = messages, "messages"
+        schema = structured.as_schema(response_format)
+        wire = structured.wire_params(self.structured_dialect, schema, text) if schema else {}
+
         async def produce() -> list[str]:
-            payload = {payload_key: body, **self._wire_kwargs(route, n, params)}
+            payload = {payload_key: body, **self._wire_kwargs(route, n, params, wire)}
             texts = await self._send(route, model, payload, stream, text)
             if len(texts) < n:
-                texts += await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text)
+                texts += await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text, wire)
             return texts[:n]
 
-        return await self._cached(self.request_key("text" if text else "chat", model, body, params, n), produce)
+        key_params = {**params, "response_format": schema.key()} if schema else params
+        return await self._cached(self.request_key("text" if text else "chat", model, body, key_params, n), produce)
 
-    async def _top_up(self, route, model, body, payload_key, params, missing, stream, text) -> list[str]:
+    async def _top_up(self, route, model, body, payload_key, params, missing, stream, text, wire=None) -> list[str]:
         """Servers that ignore ``n`` get the missing choices as further requests, seeds shifted."""
         calls = []
         for i in range(1, missing + 1):
             extra = dict(params)
             if extra.get("seed") is not None:
                 extra["seed"] = extra["seed"] + i
-            payload = {payload_key: body, **self._wire_kwargs(route, 1, extra)}
+            payload = {payload_key: body, **self._wire_kwargs(route, 1, extra, wire)}
             calls.append(self._send(route, model, payload, stream, text))
         return [t[0] for t in await asyncio.gather(*calls)]
 
@@ -331,11 +349,11 @@ class LiteLLMClient(LLMClient):
                     max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
                     stop: str | None | list[str] = None, stream: bool = False,
                     temperature: float | None = None, top_k: int | None = None,
-                    top_p: float | None = None) -> list[str]:
+                    top_p: float | None = None, response_format: Any = None) -> list[str]:
         return run_sync(self._async.query_model(
             messages=messages, model=model, conversation_formatter=conversation_formatter,
             max_tokens=max_tokens, n=n, seed=seed, stop=stop, stream=stream,
-            temperature=temperature, top_k=top_k, top_p=top_p))
+            temperature=temperature, top_k=top_k, top_p=top_p, response_format=response_format))
 
     def query_reward_model(self, *, messages: Iterable, model: str,
                            conversation_formatter: ConversationFormatter | None = None) -> dict:

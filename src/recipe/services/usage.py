@@ -15,12 +15,16 @@ class UsageStats:
     retries: int = 0
     cache_hits: int = 0
     rate_limited: int = 0
+    schema_retries: int = 0  # answers asked again because they did not validate under their schema
+    schema_failures: int = 0  # records that became SchemaError records after the last try
     retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included
     limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: Counter = field(default_factory=Counter)
     tokens_by_model: dict = field(default_factory=dict)
+    # Per schema name: answers asked, valid at the first try, valid after retries, still invalid.
+    structured_by_schema: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -45,6 +49,13 @@ class UsageStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
+    def count_schema(self, name: str, **amounts: int) -> None:
+        """Add to ``structured_by_schema[name]`` (keys: asked, valid_first, valid_after_retries, invalid)."""
+        with self._lock:
+            counts = self.structured_by_schema.setdefault(name, {})
+            for key, amount in amounts.items():
+                counts[key] = counts.get(key, 0) + amount
+
     def fail(self, error_class: str) -> None:
         with self._lock:
             self.failures[error_class] += 1
@@ -53,24 +64,30 @@ class UsageStats:
         data = other.as_dict() if isinstance(other, UsageStats) else other
         with self._lock:
             for name in ("requests", "retries", "cache_hits", "rate_limited", "retry_wait_seconds",
-                         "limit_wait_seconds",
+                         "limit_wait_seconds", "schema_retries", "schema_failures",
                          "prompt_tokens", "completion_tokens"):
                 setattr(self, name, getattr(self, name) + data.get(name, 0))
             self.failures.update(data.get("failures", {}))
             for model, (p, c) in data.get("tokens_by_model", {}).items():
                 mp, mc = self.tokens_by_model.get(model, (0, 0))
                 self.tokens_by_model[model] = (mp + p, mc + c)
+            for name, amounts in data.get("structured_by_schema", {}).items():
+                counts = self.structured_by_schema.setdefault(name, {})
+                for key, amount in amounts.items():
+                    counts[key] = counts.get(key, 0) + amount
 
     def as_dict(self) -> dict:
         with self._lock:
             return {
                 "requests": self.requests, "retries": self.retries, "cache_hits": self.cache_hits,
                 "rate_limited": self.rate_limited,
+                "schema_retries": self.schema_retries, "schema_failures": self.schema_failures,
                 "retry_wait_seconds": round(self.retry_wait_seconds, 3),
                 "limit_wait_seconds": round(self.limit_wait_seconds, 3),
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "failures": dict(self.failures),
                 "tokens_by_model": {m: list(v) for m, v in self.tokens_by_model.items()},
+                "structured_by_schema": {k: dict(v) for k, v in self.structured_by_schema.items()},
             }
 
     def reset(self) -> dict:
@@ -78,8 +95,10 @@ class UsageStats:
         snapshot = self.as_dict()
         with self._lock:
             self.requests = self.retries = self.cache_hits = self.rate_limited = 0
+            self.schema_retries = self.schema_failures = 0
             self.prompt_tokens = self.completion_tokens = 0
             self.retry_wait_seconds = self.limit_wait_seconds = 0.0
             self.failures = Counter()
             self.tokens_by_model = {}
+            self.structured_by_schema = {}
         return snapshot

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from recipe.errors import ConfigError
+from recipe.services.structured_output import as_schema, verdict_schema
 from recipe.stages import parsers, progress
 from recipe.stages.base import LLMStage
 from recipe.stages.functions import load_function
+from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
 
@@ -18,12 +20,18 @@ class FilterStage(LLMStage):
 
     ``keep_undecided`` decides what happens to answers that are neither yes nor no. The verdict
     is stored in ``verdict_field`` when given, so what was kept can be audited.
+
+    With ``structured`` (the default) and a backend that constrains decoding, the model answers
+    ``{"answer": "yes" | "no"}`` and an invalid answer is asked again (``schema_retries``); elsewhere
+    (or with ``structured: false``) the text is read as NeMo Curator does.
     """
 
     predicate: Any = None  # "module:function" or a callable
     prompt: str | None = None  # a yes/no question template over the record
     keep_undecided: bool = False
     verdict_field: str | None = None
+    structured: bool = True
+    schema_retries: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,7 +47,12 @@ class FilterStage(LLMStage):
         return super().process_partition(records)
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
-        answer = (await self.ask(llm, [{"role": "user", "content": render(self.prompt, record)}], n=1))[0]
+        turns = [{"role": "user", "content": render(self.prompt, record)}]
+        if self.structured and self.spec.constrains_output:
+            value = (await ask_valid(self, llm, turns, as_schema(verdict_schema()), retries=self.schema_retries))[0]
+            answer = value["answer"]
+        else:
+            answer = (await self.ask(llm, turns, n=1))[0]
         verdict = parsers.parse_yes_no(answer)
         if verdict is None and not self.keep_undecided:
             verdict = False

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from recipe.errors import ConfigError
+from recipe.services.structured_output import load_schema
 from recipe.stages.base import LLMStage
+from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
 
@@ -29,6 +33,11 @@ class GenerateStage(LLMStage):
         messages: alternatively, a list of ``{role, content}`` templates.
         system: an optional system-prompt template.
         n: answers per record (defaults to ``sampling.n``).
+        schema: a JSON Schema mapping (inline in YAML or on the command line), or a dotted path to
+            a pydantic model class. With one, ``output_field`` holds the parsed, validated value
+            (a list of values when ``n`` > 1), never the text; see :mod:`recipe.stages.structured`.
+        schema_retries: further tries for an answer that does not validate; after the last one
+            the record becomes a ``SchemaError`` record carrying the raw text.
     """
 
     prompt: str | None = "{{ prompt }}"
@@ -36,12 +45,22 @@ class GenerateStage(LLMStage):
     system: str | None = None
     output_field: str = "response"
     n: int | None = None
+    schema: Any = None
+    schema_retries: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schema_retries < 0:
+            raise ConfigError(f"stage {self.name!r}: schema_retries must be >= 0, not {self.schema_retries}")
+        self._schema = load_schema(self.schema, where=f"stage {self.name!r}: schema")
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         turns = build_messages(record, self.prompt, self.messages, self.system)
-        extra = {"n": self.n} if self.n else {}
-        answers = await self.ask(llm, turns, **extra)
         n = self.n or self.sampling_for().get("n", 1)
+        if self._schema is not None:
+            answers = await ask_valid(self, llm, turns, self._schema, n=n, retries=self.schema_retries)
+        else:
+            answers = await self.ask(llm, turns, **({"n": self.n} if self.n else {}))
         record = dict(record)
         record[self.output_field] = answers if n > 1 else answers[0]
         return [record]

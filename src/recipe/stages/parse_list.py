@@ -1,5 +1,9 @@
-"""Model output to a list of strings, directly or NeMo Curator's way.
+"""Model output to a list of strings: structured output, directly, or NeMo Curator's way.
 
+``mode: structured`` takes a list the generating stage already produced under a list schema
+(``{"items": [...]}``, see ``GenerateStage.schema``) as it is. Given text, it asks the model to
+convert it into ``{"items": [...]}`` with exactly ``n`` items where the backend constrains
+decoding, and reads it directly where it does not.
 ``mode: direct`` reads bullet, numbered and YAML lists with :func:`parsers.parse_list`.
 ``mode: yaml`` asks the model to convert its own answer into a YAML list of strings, then
 rejects the conversion if any item is not a substring of the original answer (NeMo
@@ -11,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recipe.errors import ConfigError, ParseError
+from recipe.services.structured_output import as_schema, list_schema
 from recipe.stages import parsers
 from recipe.stages.base import LLMStage
+from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
 YAML_CONVERSION_PROMPT = (
@@ -20,31 +26,46 @@ YAML_CONVERSION_PROMPT = (
     "Copy every item exactly as it appears in the text, without the numbering or bullets, "
     "and do not add items. Answer with the YAML list only.\n\nText:\n{{ text }}"
 )
+STRUCTURED_CONVERSION_PROMPT = (
+    "The following text contains a list of items. Copy every item exactly as it appears in the text, "
+    "without the numbering or bullets, and do not add items.\n\nText:\n{{ text }}"
+)
+_MODES = ("structured", "direct", "yaml")
 
 
 @dataclass
 class ParseListStage(LLMStage):
     input_field: str = "response"
     output_field: str | None = None  # default: replace input_field
-    mode: str = "direct"  # direct | yaml
-    n: int | None = None  # keep at most n items
+    mode: str = "direct"  # structured | direct | yaml
+    n: int | None = None  # keep at most n items (structured: ask for exactly n)
     min_items: int = 1
-    conversion_prompt: str = YAML_CONVERSION_PROMPT
+    conversion_prompt: str | None = None  # default: the YAML or the structured conversion prompt
+    schema_retries: int = 2  # structured conversions only
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mode not in ("direct", "yaml"):
-            raise ConfigError(f"stage {self.name!r}: mode must be 'direct' or 'yaml', not {self.mode!r}")
+        if self.mode not in _MODES:
+            raise ConfigError(f"stage {self.name!r}: mode must be one of {', '.join(_MODES)}, not {self.mode!r}")
+        if self.conversion_prompt is None:
+            self.conversion_prompt = STRUCTURED_CONVERSION_PROMPT if self.mode == "structured" else YAML_CONVERSION_PROMPT
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         if self.input_field not in record:
             raise ParseError(f"record has no field {self.input_field!r} to parse")
         text = record[self.input_field]
-        text = text[0] if isinstance(text, list) and len(text) == 1 else text
+        if isinstance(text, dict) and isinstance(text.get("items"), list):  # a structured list
+            text = parsers.clean_items(text["items"])
+        elif isinstance(text, list) and len(text) == 1:
+            text = text[0]
         if isinstance(text, list):
             items = [str(t).strip() for t in text if str(t).strip()]
-        elif self.mode == "direct":
+        elif self.mode == "direct" or (self.mode == "structured" and not self.spec.constrains_output):
             items = parsers.parse_list(str(text))
+        elif self.mode == "structured":
+            prompt = [{"role": "user", "content": render(self.conversion_prompt, {"text": text})}]
+            schema = as_schema(list_schema(self.n, self.min_items))
+            items = parsers.clean_items((await ask_valid(self, llm, prompt, schema, retries=self.schema_retries))[0]["items"])
         else:
             converted = await self.ask(llm, [{"role": "user", "content": render(self.conversion_prompt, {"text": text})}], n=1)
             items = parsers.check_substrings(parsers.parse_yaml_list(converted[0]), str(text))

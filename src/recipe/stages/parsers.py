@@ -18,6 +18,7 @@ from recipe.errors import ParseError
 
 __all__ = [
     "check_substrings",
+    "clean_items",
     "clean_knowledge_list",
     "format_qa_pairs",
     "parse_list",
@@ -103,6 +104,18 @@ def parse_list(text: str) -> list[str]:
     if scalar_fallback:  # a flow list such as [1, 2, 3]
         return scalar_fallback
     raise ParseError(f"no list items found in {_preview(text)}")
+
+
+def clean_items(items: Iterable[str]) -> list[str]:
+    """Items of a structured list without the numbering, bullets, bold or quotes a model may
+    still put inside the strings (the prompts show numbered lists); empty items are dropped."""
+    out = []
+    for item in items:
+        m = _ITEM.match(str(item))
+        cleaned = _clean_item(m["body"] or "" if m else str(item))
+        if cleaned:
+            out.append(cleaned)
+    return out
 
 
 def parse_yaml_list(text: str) -> list[str]:

@@ -37,6 +37,9 @@ def error_record(stage: str, error: BaseException, record: Any, where: str | Non
     where = where or (record.get(SOURCE) if isinstance(record, dict) else None)
     if where:
         info["where"] = where
+    raw = getattr(error, "raw", None)  # a SchemaError keeps the model's text for inspection
+    if raw is not None:
+        info["raw"] = raw
     rid = record_id(record) if isinstance(record, dict) else None
     return {ERROR: info, ID: rid, "record": record}
 

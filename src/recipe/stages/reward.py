@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 
 from recipe.errors import ConfigError, ParseError
+from recipe.services.structured_output import as_schema, score_schema
 from recipe.stages.base import LLMStage
+from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
 JUDGE_PROMPT = (
@@ -24,7 +26,12 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 @dataclass
 class RewardStage(LLMStage):
-    """``record[output_field]`` = scores for ``response_field`` (a list of score dicts if it is a list)."""
+    """``record[output_field]`` = scores for ``response_field`` (a list of score dicts if it is a list).
+
+    In judge mode with ``structured`` (the default) and a backend that constrains decoding, the
+    model answers ``{"score": x}`` with x in ``[score_min, score_max]`` (the rubric's range);
+    elsewhere the first number in its text is taken, as before.
+    """
 
     prompt_field: str = "prompt"
     response_field: str = "response"
@@ -32,18 +39,28 @@ class RewardStage(LLMStage):
     mode: str = "reward_model"  # reward_model | judge
     judge_prompt: str = JUDGE_PROMPT
     judge_score: str = "helpfulness"
+    score_min: float = 0
+    score_max: float = 4
+    structured: bool = True
+    schema_retries: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in ("reward_model", "judge"):
             raise ConfigError(f"stage {self.name!r}: mode must be reward_model or judge, not {self.mode!r}")
+        if self.score_min >= self.score_max:
+            raise ConfigError(f"stage {self.name!r}: score_min must be below score_max")
 
     async def _score(self, llm, prompt: str, response: str) -> dict:
         if self.mode == "reward_model":
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             return await llm.query_reward_model(messages=messages, model=self.spec.model)
-        answer = (await self.ask(llm, [{"role": "user", "content": render(
-            self.judge_prompt, {"prompt": prompt, "response": response})}], n=1))[0]
+        turns = [{"role": "user", "content": render(self.judge_prompt, {"prompt": prompt, "response": response})}]
+        if self.structured and self.spec.constrains_output:
+            schema = as_schema(score_schema(self.score_min, self.score_max))
+            value = (await ask_valid(self, llm, turns, schema, retries=self.schema_retries))[0]
+            return {self.judge_score: float(value["score"])}
+        answer = (await self.ask(llm, turns, n=1))[0]
         match = _NUMBER.search(answer)
         if match is None:
             raise ParseError(f"judge gave no score: {answer[:80]!r}")

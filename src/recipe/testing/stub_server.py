@@ -47,6 +47,68 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _schema_in(body: dict) -> dict | None:
+    """The JSON Schema a request carries, in whichever backend's form it came (None: none)."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        if isinstance(rf.get("json_schema"), dict):
+            return rf["json_schema"].get("schema")
+        if isinstance(rf.get("schema"), dict):
+            return rf["schema"]
+    for holder in (body, body.get("nvext") or {}):
+        if isinstance(holder.get("guided_json"), dict):
+            return holder["guided_json"]
+    return body.get("format") if isinstance(body.get("format"), dict) else None
+
+
+def _instance(schema: dict, root: dict, text: str, label: str = "value") -> Any:
+    """A deterministic value valid under ``schema`` (the subset of JSON Schema tests use):
+    strings carry ``label`` and the prompt's start, numbers vary with the prompt's length."""
+    if "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        return _instance(node, root, text, label)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
+            return _instance(options[0], root, text, label)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][len(text) % len(schema["enum"])]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: _instance(v, root, text, k) for k, v in props.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 1)), min(int(schema.get("maxItems", 3)), 3))
+        return [_instance(schema.get("items") or {}, root, text, f"{label} {i + 1}") for i in range(count)]
+    if kind in ("integer", "number"):
+        low, high = schema.get("minimum", 0), schema.get("maximum", 9)
+        value = low + len(text) % (int(high - low) + 1)
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return len(text) % 2 == 0
+    if kind == "null":
+        return None
+    if "pattern" in schema:  # keep to letters, digits and plain punctuation: what list patterns allow
+        text = "".join(c for c in text if c.isalnum() or c in " ?.,:'")
+    value = f"{label} about {text[:30]}".strip()
+    value = value.ljust(int(schema.get("minLength", 0)), ".")
+    return value[:int(schema.get("maxLength", len(value)))]
+
+
+def _broken(schema: dict, valid: Any, count: int) -> str:
+    """An answer that breaks ``schema``: alternately cut-off JSON and JSON of the wrong shape."""
+    if count % 2:
+        dumped = json.dumps(valid)
+        return dumped[:max(1, len(dumped) // 2)]
+    return json.dumps([] if schema.get("type", "object") == "object" else {"unexpected": True})
+
+
 def _error(status: int, message: str, etype: str, code: str | None, param: str | None = None,
            headers: dict[str, str] | None = None):
     body = json.dumps({"error": {"message": message, "type": etype, "param": param, "code": code}})
@@ -99,12 +161,15 @@ class _App:
         self.arrivals: list[float] = []
         self.auth: dict[str, None] = {}
         self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
+        self.schema_schedule = _Schedule({"break": a.schema_break})
+        self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
 
     async def stats(self, request):
         return web.json_response({
             "requests": self.requests, "by_path": dict(self.by_path),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
-            "arrivals": self.arrivals, "auth_headers": list(self.auth), "bodies": list(self.bodies)})
+            "arrivals": self.arrivals, "auth_headers": list(self.auth), "bodies": list(self.bodies),
+            "schema_log": self.schema_log})
 
     async def do_reset(self, request):
         self.reset()
@@ -119,6 +184,35 @@ class _App:
 
     async def completions(self, request):
         return await self._handle(request, False)
+
+    async def ollama_chat(self, request):
+        return await self._ollama(request, True)
+
+    async def ollama_generate(self, request):
+        return await self._ollama(request, False)
+
+    async def _ollama(self, request, chat: bool):
+        """Ollama's own API (/api/chat, /api/generate): the same replies, in Ollama's shape."""
+        self.requests += 1
+        self.by_path[request.path] += 1
+        body = await request.json()
+        self.bodies.append(body)
+        if chat:
+            texts = [_text(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)]
+            users = [_text(m.get("content")) for m in body.get("messages") or []
+                     if isinstance(m, dict) and m.get("role") == "user"]
+            prompt = users[-1] if users else (texts[-1] if texts else "")
+        else:
+            prompt = str(body.get("prompt", ""))
+        _, content, _ = self._choices(chat, {**body, "n": 1}, prompt, [prompt])[0]
+        reply = {"model": body.get("model", "stub-model"), "created_at": "2026-01-01T00:00:00Z", "done": True,
+                 "done_reason": "stop", "prompt_eval_count": _tokens(len(prompt)), "eval_count": _tokens(len(content))}
+        if chat:
+            reply["message"] = {"role": "assistant", "content": content}
+        else:
+            reply["response"] = content
+        self.status["200"] += 1
+        return web.json_response(reply)
 
     async def _handle(self, request, chat: bool):
         self.requests += 1
@@ -222,8 +316,20 @@ class _App:
             return [(0, content, lp)]
         n = 1 if a.ignore_n else max(1, int(body.get("n") or 1))
         seed = body.get("seed")
+        schema = _schema_in(body)
         out = []
         for p in prompts:
+            if schema is not None:  # an answer valid under the request's schema, or broken on schedule
+                # Keyed by the first user turn: a follow-up turn asking again is the same record.
+                first = next((_text(m.get("content")) for m in body.get("messages") or []
+                              if isinstance(m, dict) and m.get("role") == "user"), p) if chat else p
+                for _ in range(n):
+                    valid = _instance(schema, schema, first)
+                    broken = self.schema_schedule.next() == "break"
+                    self.schema_log.append([first, broken])
+                    content = _broken(schema, valid, len(self.schema_log)) if broken else json.dumps(valid)
+                    out.append((len(out), content, None))
+                continue
             if a.reply == "list":
                 x = p[:30]
                 base = "\n".join(f"{i + 1}. item {w} about {x}" for i, w in enumerate(_ORDINALS))
@@ -283,6 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", action="store_true", help="answer as nemotron-4-340b-reward")
     p.add_argument("--reward-content-only", action="store_true", help="reward with no logprobs")
     p.add_argument("--reply", choices=("echo", "list", "yes"), default="echo")
+    p.add_argument("--schema-break", type=float, default=0.0,
+                   help="exact fraction of answers to a schema that break it")
     p.add_argument("--api-key", default=None)
     p.add_argument("--context-length", type=int, default=0, help="0 = off")
     return p
@@ -294,6 +402,8 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_get("/v1/models", state.models)
     app.router.add_post("/v1/chat/completions", state.chat)
     app.router.add_post("/v1/completions", state.completions)
+    app.router.add_post("/api/chat", state.ollama_chat)
+    app.router.add_post("/api/generate", state.ollama_generate)
     app.router.add_get("/_stats", state.stats)
     app.router.add_post("/_reset", state.do_reset)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -324,13 +434,14 @@ class StubServer:
                  fail_429: float = 0.0, drop: float = 0.0, malformed: float = 0.0,
                  retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
-                 api_key: str | None = None, context_length: int = 0, port: int = 0) -> None:
+                 api_key: str | None = None, context_length: int = 0, port: int = 0,
+                 schema_break: float = 0.0) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
                      f"--malformed={malformed}", f"--retry-after={retry_after}",
                      f"--throttle-above={throttle_above}", f"--reply={reply}",
-                     f"--context-length={context_length}"]
+                     f"--context-length={context_length}", f"--schema-break={schema_break}"]
         self.args += [f for f, on in (("--ignore-n", ignore_n), ("--reward", reward),
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
