@@ -236,7 +236,8 @@ def test_json_decode_error_raised_inside_a_request_is_retried_as_malformed(monke
         raise json.JSONDecodeError("Expecting value", "data: {broken", 6)
 
     monkeypatch.setattr(litellm, "acompletion", broken)
-    c = LiteLLMClient(provider="openai", api_base="http://127.0.0.1:9/v1", num_retries=2, backoff_base=0.01)
+    # ollama stays on litellm.acompletion; the lean path's malformed replies are the stub's "malformed" fault.
+    c = LiteLLMClient(provider="ollama", api_base="http://127.0.0.1:9", num_retries=2, backoff_base=0.01)
     with pytest.raises(errors.MalformedResponseError):
         c.query_model(messages=MESSAGES, model="m")
     assert len(calls) == 3

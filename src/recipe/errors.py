@@ -8,6 +8,10 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
     │   └── SchemaError             an answer that is not valid under its schema (keeps the raw text)
+    ├── Interrupted                 Ctrl-C, SIGTERM or a stop elsewhere: records in flight are not recorded
+    ├── CircuitOpenError            most recent requests failed the same non-retryable way: the run stops
+    ├── LocalServerError            the embedded llama.cpp server failed to start or died
+    ├── HubError                    the dataset was written but pushing it to the Hub failed
     └── LLMError                    a request to the model failed
         ├── AuthenticationError
         ├── BadRequestError
@@ -43,8 +47,26 @@ class InputError(RecipeError):
     """A bad input file or record."""
 
 
+class HubError(RecipeError):
+    """The dataset was written, but pushing it to the Hugging Face Hub failed."""
+
+
 class ParseError(RecipeError):
     """Model output that could not be converted into the structure a stage needs."""
+
+
+class Interrupted(RecipeError):
+    """The run is being stopped. A record whose work was cut short raises this instead of
+    becoming an error record: it was not answered, it did not fail, and a rerun does it."""
+
+
+class CircuitOpenError(RecipeError):
+    """Most of the last requests failed with the same non-retryable error (a model that does not
+    exist, an unsupported parameter): every other record would fail the same way."""
+
+
+class LocalServerError(RecipeError):
+    """The embedded llama.cpp server could not start, or stopped answering."""
 
 
 class SchemaError(ParseError):

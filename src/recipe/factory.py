@@ -35,6 +35,7 @@ class ClientSpec:
     sampling: tuple = ()  # (("temperature", 0.7), ...)
     cache_dir: str | None = None
     cache_url: str | None = None  # redis://host:port/db: one cache for the cluster, instead of cache_dir
+    cache_max_gb: float | None = None  # the cache's bound (least recently used out); None: unbounded
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
     structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
@@ -58,6 +59,7 @@ class ClientSpec:
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
             cache_url=cache.get("url") if cache.get("enabled", True) else None,
+            cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
         )
 
@@ -125,7 +127,8 @@ def open_cache(spec: ClientSpec):
         return None
     from recipe.services.cache import RequestCache
 
-    return RequestCache(spec.cache_dir)
+    max_bytes = int(spec.cache_max_gb * 1e9) if spec.cache_max_gb else None
+    return RequestCache(spec.cache_dir, max_bytes=max_bytes)
 
 
 _clients: dict = {}
@@ -165,6 +168,12 @@ def process_stats():
 
 
 def forget_clients() -> None:
-    """Drop this process's clients (between runs in one process, e.g. tests)."""
+    """Drop this process's clients (between runs in one process, e.g. tests), stopping what
+    they run in the background (a cluster limiter's refresh task)."""
     with _clients_lock:
+        clients = list(_clients.values())
         _clients.clear()
+    for client in clients:
+        close = getattr(getattr(client, "limiter", None), "close", None)
+        if close is not None:
+            close()

@@ -69,6 +69,8 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
             inject["client"] = spec
         if issubclass(cls, WriteStage) and not stage_cfg.get("path"):
             inject["path"] = output_dir
+        if "output_dir" in getattr(cls, "__dataclass_fields__", {}) and not stage_cfg.get("output_dir"):
+            inject["output_dir"] = output_dir  # stages that write beside the results (dedup's removed/)
         if issubclass(cls, ReadStage) and "partition_size" not in stage_cfg:
             inject["partition_size"] = partition_size
         params = {k: v for k, v in stage_cfg.items() if k != "_target_"}
@@ -79,6 +81,27 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
     if not stages:
         raise ConfigError("recipe.stages: a recipe needs at least one stage")
     return stages
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Worker processes started meanwhile ignore SIGINT (an ignored signal survives exec).
+
+    A terminal's Ctrl-C goes to the whole process group: the workers would each die with a
+    traceback while this process is cancelling their work in order. They are stopped by the
+    cluster's close instead (and exit on their own if this process dies). A Ctrl-C during the
+    cluster's start-up is lost; the next one stops the run.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -101,10 +124,12 @@ def dask_context(dask_cfg: dict):
             client = Client(dask_cfg["address"])
             cluster = None
         else:
-            cluster = LocalCluster(n_workers=dask_cfg["n_workers"], threads_per_worker=dask_cfg.get("threads_per_worker", 2),
-                                   processes=True, host="127.0.0.1",
-                                   # the scheduler's HTTP server always starts: a free port, not 8787
-                                   scheduler_kwargs={"dashboard": dashboard, "dashboard_address": "127.0.0.1:0"})
+            with _workers_ignore_ctrl_c():
+                cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
+                                       threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                       processes=True, host="127.0.0.1",
+                                       # the scheduler's HTTP server always starts: a free port, not 8787
+                                       scheduler_kwargs={"dashboard": dashboard, "dashboard_address": "127.0.0.1:0"})
             client = Client(cluster)
         try:
             if dashboard:
@@ -119,7 +144,11 @@ def dask_context(dask_cfg: dict):
         if dashboard:
             raise ConfigError("dask.dashboard=true needs a cluster: set dask.n_workers=N (a LocalCluster) "
                               "or dask.address=tcp://...")
-        with dask.config.set(scheduler="threads", num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
+        import dask.threaded
+
+        # The function, not the name "threads": for a name Dask imports distributed (~0.8 s of CPU
+        # before the first request) to look for a Client that a threaded run never has.
+        with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
             yield None
 
 
@@ -150,11 +179,67 @@ def _snapshot() -> dict:
 
 def _reset() -> None:
     from recipe.factory import forget_clients, process_stats
-    from recipe.stages import progress
+    from recipe.services.event_loop import reset_cancelled
+    from recipe.stages import breaker, progress
 
+    reset_cancelled()
     forget_clients()
+    breaker.reset()
     process_stats().reset()
     progress.reset()
+
+
+def _preload() -> None:
+    from recipe.services.litellm_setup import preload
+
+    preload()
+
+
+def _release() -> None:
+    """The run is over in this process: its clients go, with their limiters' refresh tasks."""
+    from recipe.factory import forget_clients
+
+    forget_clients()
+
+
+def _stop_in_flight(client, future=None) -> None:
+    """Cancel the run's work in flight, here and on every worker, before anything is torn down.
+
+    The records whose requests are cut short are never recorded (see ``failure_record``): they
+    were not answered and did not fail. Bounded in time: a stop must not wait on a sick cluster.
+    """
+    import warnings
+
+    from recipe.services.event_loop import cancel_all
+
+    # litellm creates coroutines it awaits a step later; cancelled in between, each would warn.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    cancel_all()
+    if client is None:
+        return
+
+    def remote() -> None:
+        try:
+            if future is not None:
+                future.cancel()
+            client.run(cancel_all)
+        except BaseException:  # noqa: BLE001 - the cluster may already be going down
+            pass
+
+    helper = threading.Thread(target=remote, name="recipe-stop", daemon=True)
+    helper.start()
+    helper.join(5.0)
+
+
+def _run_everywhere(client, function) -> None:
+    from recipe.services.event_loop import cancelled
+
+    function()
+    if client is not None and not cancelled():  # a stopped run already cancelled everything there
+        try:
+            client.run(function)
+        except Exception:  # noqa: BLE001 - workers already gone: nothing left to release
+            pass
 
 
 def _collect(client) -> dict:
@@ -170,13 +255,18 @@ def _collect(client) -> dict:
         snaps += list(client.run(_snapshot).values())
     usage = UsageStats()
     committed: dict[int, tuple[int, int]] = {}
+    removed: dict[tuple[str, int], int] = {}
     live = filtered = 0
     for snap in snaps:
         usage.merge(snap["usage"])
         committed.update(snap["progress"]["committed"])
+        removed.update(snap["progress"].get("deduplicated", {}))  # by (stage, partition), like committed
         live += snap["progress"]["live"]
         filtered += snap["progress"]["filtered"]
-    return {**usage.as_dict(), "filtered": filtered, "live": live, "committed": committed,
+    deduplicated: dict[str, int] = {}
+    for (stage, _), count in sorted(removed.items()):
+        deduplicated[stage] = deduplicated.get(stage, 0) + count
+    return {**usage.as_dict(), "filtered": filtered, "deduplicated": deduplicated, "live": live, "committed": committed,
             "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 
@@ -263,7 +353,7 @@ def _usage(now: dict) -> dict:
     """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent."""
     from recipe.services.usage import UsageStats
 
-    usage = {**UsageStats().as_dict(), "filtered": 0}
+    usage = {**UsageStats().as_dict(), "filtered": 0, "deduplicated": {}}
     return {k: now.get(k, default) for k, default in usage.items()}
 
 
@@ -347,8 +437,14 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
             stats = _stats(folder, config_hash, spec, attempt, usage, before, had_attempts and bool(kept),
                            json_fields)
             folder.save_stats(stats)
+    if outcome == "completed" and any(getattr(s, "format", None) == "hf" for s in stages):
+        from recipe.stages.hf_dataset import finish  # the dataset card (and the Hub push) once all is written
+
+        finish(output_dir, stats, data)
     records, failed = stats["records"], stats["failed"]
     notes = []
+    if stats["cache_errors"]:
+        notes.append(stats["cache_error"])
     if records + failed == 0:
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
@@ -380,16 +476,26 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
                 if getattr(stage, "client", None) == spec:
                     stage.client = local
         client = stack.enter_context(dask_context(data["dask"]))
+        stack.callback(_run_everywhere, client, _release)  # before the client closes
         _reset()
         if client is not None:
             from recipe.services.cluster_limits import enable_cluster_limits
 
             client.run(_reset)
+            client.run(_preload)  # each worker imports litellm while the first partitions are read
             enable_cluster_limits(client)
         bag, _, _, _ = _build_bag(stages, plan, folder, config_hash, retry_failed)
         with _Watcher(client, folder, attempt, done_before, bool(data.get("progress"))):
+            future = None
             try:
-                client.compute(bag).result() if client is not None else bag.compute()
+                if client is not None:
+                    future = client.compute(bag)
+                    future.result()
+                else:
+                    bag.compute()
+            except BaseException:  # Ctrl-C, SIGTERM, a run-stopping error: stop the rest at once
+                _stop_in_flight(client, future)
+                raise
             finally:
                 with contextlib.suppress(Exception):
                     now.update(_collect(client))
@@ -417,13 +523,14 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
     stats = {
         "records": done["records"], "failed": done["failed"], "failed_by_class": done["failed_by_class"],
         "transient_failed": done["transient_failed"],
-        "filtered": total["filtered"],
+        "filtered": total["filtered"], "deduplicated": _deduplicated(attempts),
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
         "structured_by_schema": total["structured_by_schema"],
         "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],
         "request_failures_by_class": total["failures"],
+        "cache_errors": usage.get("cache_errors", 0), "cache_error": usage.get("cache_error", ""),
         "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],
         "cost_usd": _total_cost(spec, attempts),
         "wall_seconds": wall,
@@ -441,6 +548,15 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
                      "of_partitions": attempt["of_partitions"]} if resumed else None),
     }
     return stats
+
+
+def _deduplicated(attempts: list[dict]) -> dict:
+    """Records removed by each dedup stage, over every attempt."""
+    total: dict[str, int] = {}
+    for attempt in attempts:
+        for stage, count in ((attempt.get("usage") or {}).get("deduplicated") or {}).items():
+            total[stage] = total.get(stage, 0) + count
+    return total
 
 
 def _total_cost(spec: ClientSpec, attempts: list[dict]) -> float | None:

@@ -73,8 +73,15 @@ class DaskConfig:
 @dataclass
 class CacheConfig:
     enabled: bool = True
-    dir: str = MISSING
+    dir: str = MISSING  # a local disk: SQLite's locks do not hold on NFS
+    max_gb: Optional[float] = 10.0  # least recently used entries are evicted beyond it; null: unbounded
     url: Optional[str] = None  # redis://host:port/db: one cache for the whole cluster (instead of dir)
+
+
+@dataclass
+class HubConfig:
+    repo_id: Optional[str] = None  # org/name: push a format=hf dataset there (token: HF_TOKEN)
+    private: bool = False
 
 
 @dataclass
@@ -88,6 +95,7 @@ class RecipeConfig:
     output_dir: Optional[str] = None  # null: the run folder, named after the recipe and the config hash
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -129,6 +137,8 @@ def validate(cfg: Any) -> list[str]:
         if value is not None:
             check(value > 0, f"backend.{key}", "must be > 0 (or null for no limit)", value)
     check(cfg.dask.n_workers >= 0, "dask.n_workers", "must be >= 0", cfg.dask.n_workers)
+    if cfg.cache.get("max_gb") is not None:
+        check(cfg.cache.max_gb > 0, "cache.max_gb", "must be > 0 (or null for no bound)", cfg.cache.max_gb)
     check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
@@ -137,7 +147,8 @@ def validate(cfg: Any) -> list[str]:
 
 
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
-             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig}
+             "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
+             "hub": HubConfig}
 
 
 def unknown_keys(cfg: Any) -> list[str]:

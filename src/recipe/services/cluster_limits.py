@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 import time
 from typing import Any
 
@@ -108,6 +109,13 @@ class ClusterLimiter(GatedLimiter):
             self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
 
+    def close(self) -> None:
+        """The run is over: stop the refresh task, so nothing keeps calling a long-lived scheduler."""
+        self._disabled = True
+        task, self._refresher = self._refresher, None
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
     async def _ready(self) -> None:
         if self._ready_event is None:
             self._ready_event = asyncio.Event()
@@ -144,6 +152,8 @@ class ClusterLimiter(GatedLimiter):
 
 
 def _current_worker():
+    if "distributed" not in sys.modules:  # a Dask worker has it imported; importing it costs ~0.8 s
+        return None
     try:
         from distributed import get_worker
 

@@ -35,7 +35,7 @@ _CONNECTION_HINTS = ("connection error", "connection refused", "cannot connect",
 # The OpenAI SDK refuses to send without a key and litellm reports that as a server error.
 _MISSING_KEY_HINTS = ("api_key client option must be set", "missing credentials")
 _MALFORMED_HINTS = ("jsondecodeerror", "expecting value", "invalid json", "unterminated string",
-                    "validation error", "unable to parse")
+                    "validation error", "unable to parse", "invalid response object")
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -59,6 +59,7 @@ def _message(exc: BaseException) -> str:
     # (it may nest them: "litellm.BadRequestError: litellm.ContextWindowExceededError: ...").
     while text.lower().startswith("litellm.") and ": " in text:
         text = text.split(": ", 1)[1]
+    text = text.split("Traceback (most recent call last)", 1)[0]  # litellm may append one
     return " ".join(text.split())[:500]
 
 

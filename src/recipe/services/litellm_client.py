@@ -21,6 +21,7 @@ from recipe.services.conversation_formatter import ConversationFormatter
 from recipe.services.error_mapping import translate
 from recipe.services.event_loop import run_sync
 from recipe.services import structured_output as structured
+from recipe.services.lean_http import LeanRoute, takes_lean_path
 from recipe.services.limits import LocalLimiter
 from recipe.services.litellm_setup import ensure_model_known, get_litellm
 from recipe.services.model_client import AsyncLLMClient, LLMClient
@@ -108,6 +109,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         # What names the endpoint in cache keys: api_base, unless the address is not stable
         # (the embedded llama.cpp server gets a new port each run).
         self.endpoint_id = endpoint_id or api_base
+        self._lean_routes: dict[tuple, LeanRoute] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
@@ -160,6 +162,17 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), name]
         return kwargs
 
+    def _route(self, text: bool) -> str:
+        """litellm's provider prefix for chat requests, or for the formatter's text completions."""
+        if text:
+            return _TEXT_ROUTE.get(self.provider, "text-completion-openai")
+        return _CHAT_ROUTE.get(self.provider, self.provider)
+
+    def transport(self, formatted: bool = False) -> str:
+        """Which path this client's requests take: ``"lean"`` (litellm's provider configuration
+        plus one aiohttp session, :mod:`recipe.services.lean_http`) or ``"litellm"`` (``acompletion``)."""
+        return "lean" if takes_lean_path(self._route(formatted)) else "litellm"
+
     # ---- attempts, with retries -------------------------------------------------------
     async def _with_retries(self, tokens: int, attempt_once) -> Any:
         """Run ``attempt_once()`` under the limiter, retrying what may succeed next time."""
@@ -192,9 +205,15 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             self.stats.count("retry_wait_seconds", delay)
             await asyncio.sleep(delay)
 
-    @staticmethod
-    def _caller(route: str, model: str, text: bool = False):
-        """litellm's call for ``route/model``, set up once per query for the lean path (RESULTS.md)."""
+    def _caller(self, route: str, model: str, text: bool = False):
+        """The call for ``route/model``: the lean HTTP path where litellm's provider configuration
+        allows it (resolved once per client and route), else ``litellm.acompletion``."""
+        if takes_lean_path(route):
+            key = (route, model, text)
+            lean = self._lean_routes.get(key)
+            if lean is None:
+                lean = self._lean_routes[key] = LeanRoute(route, model, text)
+            return lean
         litellm = get_litellm()
         call = litellm.atext_completion if text else litellm.acompletion
         wire_model = f"{route}/{model}"
@@ -207,16 +226,37 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         return send
 
     async def _cached(self, key: dict, produce) -> Any:
-        """The stored answer for ``key``, or ``await produce()`` stored under it."""
-        if self.cache is not None:
-            hit = self.cache.get(key)
+        """The stored answer for ``key``, or ``await produce()`` stored under it.
+
+        The cache runs on its own threads (never on the loop all requests share). A cache that
+        fails (locked, corrupt, disk full) is bypassed: the request goes out live, the failure is
+        reported once, and the cache stays off in this process for the rest of the run.
+        """
+        cache = self.cache
+        if cache is not None:
+            try:
+                hit = await cache.aget(key)
+            except Exception as exc:  # noqa: BLE001 - any failure of the store, never the record's
+                hit = self._cache_failed(exc)
             if hit is not None:
                 self.stats.count("cache_hits")
                 return hit
         answer = await produce()
-        if self.cache is not None:
-            self.cache.put(key, answer)
+        cache = self.cache
+        if cache is not None:
+            try:
+                await cache.aput(key, answer)
+            except Exception as exc:  # noqa: BLE001
+                self._cache_failed(exc)
         return answer
+
+    def _cache_failed(self, exc: BaseException) -> None:
+        if self.cache is None:
+            return None
+        where, self.cache = getattr(self.cache, "path", "?"), None
+        self.stats.cache_failed(f"request cache {where}: {type(exc).__name__}: {exc}; "
+                                "bypassed for the rest of the run (live requests)")
+        return None
 
     async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
         send = self._caller(route, model, text)
@@ -246,8 +286,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self._record_usage(_read_field(response, "usage"), model)
         ordered = sorted(choices, key=lambda c: _read_field(c, "index") or 0)
         if text:
-            return [_read_field(c, "text") or "" for c in ordered]
-        return [_read_field(_read_field(c, "message"), "content") or "" for c in ordered]
+            return [self._text(_read_field(c, "text")) for c in ordered]
+        return [self._text(_read_field(_read_field(c, "message"), "content")) for c in ordered]
+
+    def _text(self, value: Any) -> str:
+        """An answer is text: the lean path reads plain JSON, where a server may put anything."""
+        if value is None or isinstance(value, str):
+            return value or ""
+        raise errors.MalformedResponseError(f"{self.provider}: answer content is {type(value).__name__}, not text")
 
     def _record_usage(self, usage: Any, model: str) -> None:
         if usage is not None:
@@ -274,12 +320,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p)
-        if conversation_formatter is not None:
-            text, route = True, _TEXT_ROUTE.get(self.provider, "text-completion-openai")
+        text = conversation_formatter is not None
+        route = self._route(text)
+        if text:
             body: Any = conversation_formatter.format_conversation(messages)
             payload_key = "prompt"
         else:
-            text, route = False, _CHAT_ROUTE.get(self.provider, self.provider)
             body, payload_key = messages, "messages"
         schema = structured.as_schema(response_format)
         wire = structured.wire_params(self.structured_dialect, schema, text) if schema else {}
@@ -313,7 +359,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         reward models only take chat messages.
         """
         messages = list(messages)
-        route = _CHAT_ROUTE.get(self.provider, self.provider)
+        route = self._route(False)
         payload = {"messages": messages, **self._endpoint_kwargs(route)}
 
         async def once() -> dict:

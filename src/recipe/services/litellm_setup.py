@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import threading
+import warnings
 from types import ModuleType
 
 _lock = threading.Lock()
@@ -33,6 +34,9 @@ def get_litellm() -> ModuleType:
     with _lock:
         if _module is None:
             offline_environment()
+            # pydantic >= 2.12 warns about litellm's ReadOnly TypedDict items, at import and when
+            # litellm builds its types lazily: noise on stderr that says nothing about the run.
+            warnings.filterwarnings("ignore", message=".*ReadOnly.* qualifier", category=UserWarning)
             import litellm
 
             litellm.suppress_debug_info = True
@@ -46,6 +50,30 @@ def get_litellm() -> ModuleType:
             _module = litellm
             atexit.register(_close_connections)
     return _module
+
+
+_preloading: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Start importing litellm on a daemon thread, so a run's first request need not wait for it.
+
+    The CLI calls this as soon as it knows it will run (before composing the config, building the
+    stages and starting Dask): the import overlaps with whatever waits in that time (files, Dask's
+    worker processes). ``get_litellm`` then returns what the thread imported (the lock is shared).
+    """
+    global _preloading
+    if _module is not None or _preloading is not None:
+        return
+    _preloading = threading.Thread(target=_quiet_import, name="recipe-import-litellm", daemon=True)
+    _preloading.start()
+
+
+def _quiet_import() -> None:
+    try:
+        get_litellm()
+    except Exception:  # the first real use raises it again, where it can be reported
+        pass
 
 
 def _close_connections() -> None:

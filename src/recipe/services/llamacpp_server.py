@@ -2,6 +2,15 @@
 
 Used by ``backend=llamacpp`` runs (started for the run when no ``api_base`` is given) and by
 the tests as a session fixture.
+
+The server never outlives the process that started it, however that process ends:
+
+- it runs in its own process group, so a terminal's Ctrl-C reaches it once, through us;
+- ``stop()`` runs on every way out of ``start()`` and of the ``with`` block (Ctrl-C during the
+  start-up included);
+- if we die without stopping it (``kill -9``), it follows: this module, run as the child's
+  ``__main__``, sets a parent-death signal (Linux) and watches a pipe from us whose end
+  closes when we die (everywhere), then runs llama.cpp's server in the same process.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, LocalServerError
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ALIAS = "smollm2"
@@ -67,37 +76,60 @@ class LlamaCppServer:
             raise ConfigError("llama.cpp's server is not installed: pip install 'recipe[local]'")
         self.port = free_port()
         self._log = tempfile.TemporaryFile()
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
+        command = [sys.executable, "-m", __name__, str(os.getpid()),
+                   "--model", str(self.model_path),
                    "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
                    "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), "--verbose", "False"]
-        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+        try:
+            # stdin is the watchdog pipe: we hold its write end until stop() or our death.
+            self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.PIPE, start_new_session=True)
+            self._wait_ready()
+        except BaseException:  # Ctrl-C or SIGTERM during the start-up included: no orphan
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited with {self._process.returncode}: {self._tail()}")
+                raise LocalServerError(f"the llama.cpp server exited with code {self._process.returncode} "
+                                       f"while starting: {self._last_line()}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"llama.cpp server did not answer within {self.startup_timeout:.0f}s")
+        raise LocalServerError(f"the llama.cpp server did not answer within {self.startup_timeout:.0f} s "
+                               f"(model {self.model_path})")
 
     def _tail(self) -> str:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-2000:]
 
+    def _last_line(self) -> str:
+        lines = [line.strip() for line in self._tail().splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "no output"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
+        """Stop the server at once (nothing of it needs saving); wait until it is gone."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.stdin is not None:
+                process.stdin.close()  # the watchdog exits the server at once
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -107,3 +139,37 @@ class LlamaCppServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _follow_parent(parent: int) -> None:
+    """In the server process: die with ``parent``, however it ends."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still holds
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watchdog() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        finally:
+            os._exit(0)  # the pipe's other end closed: our parent stopped us or died
+
+    threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()
+
+
+if __name__ == "__main__":  # python -m recipe.services.llamacpp_server PARENT_PID [llama_cpp.server args]
+    import runpy
+
+    _follow_parent(int(sys.argv[1]))
+    sys.argv = ["llama_cpp.server", *sys.argv[2:]]
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)

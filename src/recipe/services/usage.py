@@ -21,6 +21,8 @@ class UsageStats:
     limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_errors: int = 0  # processes whose request cache failed and was bypassed
+    cache_error: str = ""  # the first such failure, reported once
     failures: Counter = field(default_factory=Counter)
     tokens_by_model: dict = field(default_factory=dict)
     # Per schema name: answers asked, valid at the first try, valid after retries, still invalid.
@@ -49,6 +51,14 @@ class UsageStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
+    def cache_failed(self, message: str) -> None:
+        import logging
+
+        logging.getLogger("recipe.cache").warning("%s", message)
+        with self._lock:
+            self.cache_errors += 1
+            self.cache_error = self.cache_error or message
+
     def count_schema(self, name: str, **amounts: int) -> None:
         """Add to ``structured_by_schema[name]`` (keys: asked, valid_first, valid_after_retries, invalid)."""
         with self._lock:
@@ -65,8 +75,9 @@ class UsageStats:
         with self._lock:
             for name in ("requests", "retries", "cache_hits", "rate_limited", "retry_wait_seconds",
                          "limit_wait_seconds", "schema_retries", "schema_failures",
-                         "prompt_tokens", "completion_tokens"):
+                         "prompt_tokens", "completion_tokens", "cache_errors"):
                 setattr(self, name, getattr(self, name) + data.get(name, 0))
+            self.cache_error = self.cache_error or data.get("cache_error", "")
             self.failures.update(data.get("failures", {}))
             for model, (p, c) in data.get("tokens_by_model", {}).items():
                 mp, mc = self.tokens_by_model.get(model, (0, 0))
@@ -85,6 +96,7 @@ class UsageStats:
                 "retry_wait_seconds": round(self.retry_wait_seconds, 3),
                 "limit_wait_seconds": round(self.limit_wait_seconds, 3),
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "cache_errors": self.cache_errors, "cache_error": self.cache_error,
                 "failures": dict(self.failures),
                 "tokens_by_model": {m: list(v) for m, v in self.tokens_by_model.items()},
                 "structured_by_schema": {k: dict(v) for k, v in self.structured_by_schema.items()},
@@ -98,6 +110,7 @@ class UsageStats:
             self.schema_retries = self.schema_failures = 0
             self.prompt_tokens = self.completion_tokens = 0
             self.retry_wait_seconds = self.limit_wait_seconds = 0.0
+            self.cache_errors, self.cache_error = 0, ""
             self.failures = Counter()
             self.tokens_by_model = {}
             self.structured_by_schema = {}

@@ -1,17 +1,19 @@
 """Dask bag stages: each one a named, picklable ``Bag -> Bag`` callable over records."""
 
 from recipe.stages.base import LLMStage, Stage
+from recipe.stages.dedup import DedupStage
 from recipe.stages.dialogue import DialogueStage
 from recipe.stages.explode import ExplodeStage
 from recipe.stages.filter import FilterStage
 from recipe.stages.generate import GenerateStage
+from recipe.stages.judge import JudgeStage
 from recipe.stages.parse_list import ParseListStage
 from recipe.stages.read import ReadStage
 from recipe.stages.reward import RewardStage
 from recipe.stages.write import WriteStage
 
 __all__ = ["Stage", "LLMStage", "ReadStage", "GenerateStage", "ParseListStage", "ExplodeStage",
-           "FilterStage", "RewardStage", "DialogueStage", "WriteStage"]
+           "FilterStage", "RewardStage", "JudgeStage", "DialogueStage", "DedupStage", "WriteStage"]
 
 # Recipe glue and post-processing stages (recipes/*.yaml).
 from recipe.stages.nemotron_cc import RewritesStage  # noqa: E402

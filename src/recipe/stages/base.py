@@ -1,27 +1,56 @@
 """The stage protocol: a named, picklable ``Bag -> Bag`` callable over records.
 
-Subclasses implement :meth:`Stage.process_partition` (or, for model calls, the coroutine
+Subclasses implement :meth:`Stage.process` (or, for model calls, the coroutine
 :meth:`LLMStage.aprocess` per record). Error records pass through untouched. Model calls of
 a partition run concurrently on the process's one event loop, bounded by the client's rolling
 limit, never in fixed slices: a slow request holds one slot, not a whole batch.
+
+The error policy, for every stage, is :func:`failure_record`: one record's exception becomes
+that record's error record; only what fails every record the same way stops the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import dask.bag as db
 
 from recipe import errors
 from recipe.factory import ClientSpec, shared_async_client
-from recipe.services.event_loop import run_sync
-from recipe.stages import progress
+from recipe.services.event_loop import cancelled, check_cancelled, run_sync
+from recipe.stages import breaker, progress
 from recipe.stages.records import error_record, is_error
 
-# Errors that will fail every record the same way: the run stops instead of writing N copies.
-FATAL = (errors.AuthenticationError, errors.ConfigError)
+T = TypeVar("T")
+
+# Errors that will fail every record the same way, or that stop the run: they propagate instead
+# of becoming N identical error records. (Repeated model-not-found or unsupported-parameter
+# answers stop the run through the stage's circuit breaker, see breaker.py.)
+FATAL = (errors.AuthenticationError, errors.ConfigError, errors.Interrupted, errors.CircuitOpenError)
+
+
+def failure_record(stage: str, exc: BaseException, record: Any, *, ignore_conversion_failure: bool = True) -> dict:
+    """The error policy, written once: what an exception raised for one record becomes.
+
+    - anything that is not an ``Exception`` (Ctrl-C, a cancelled task) and the :data:`FATAL`
+      errors propagate: the run stops;
+    - while the run is stopping, every error is an echo of the interruption (a closed
+      connection, a refused future): it propagates as :class:`Interrupted`, never recorded;
+    - a :class:`ParseError` stops the run when ``ignore_conversion_failure`` is false;
+    - any other exception - ours, a TypeError in a template, a RecursionError - becomes the
+      record's error record, and the rest of the run goes on.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, FATAL):
+        raise exc
+    if cancelled():
+        raise errors.Interrupted("the run was interrupted") from None
+    if isinstance(exc, errors.ParseError) and not ignore_conversion_failure:
+        raise errors.ParseError(f"stage {stage!r}: {exc} "
+                                "(set ignore_conversion_failure=true to record and go on)") from None
+    return error_record(stage, exc, record)
 
 
 @dataclass
@@ -41,10 +70,8 @@ class Stage:
         for record in records:
             try:
                 out.extend(self.process(record))
-            except FATAL:
-                raise
-            except errors.RecipeError as exc:
-                out.append(error_record(self.name, exc, record))
+            except Exception as exc:
+                out.append(failure_record(self.name, exc, record))
         return out
 
     def process(self, record: dict) -> list[dict]:
@@ -55,6 +82,7 @@ class Stage:
 
 
 def _apply_stage(partition, stage: Stage) -> list[dict]:
+    check_cancelled()  # a partition queued before Ctrl-C does nothing
     records = list(partition)
     good = [r for r in records if not is_error(r)]
     passed = [r for r in records if is_error(r)]
@@ -91,19 +119,27 @@ class LLMStage(Stage):
         llm = shared_async_client(self.spec)  # here, in the task's thread: it may look up its Dask worker
         return run_sync(self._process_all(llm, records))
 
+    async def attempt(self, work: Awaitable[T], record: dict) -> T | dict:
+        """``await work``, or ``record``'s error record under :func:`failure_record`; the outcome
+        also goes to the stage's circuit breaker, which stops the run when most requests fail alike."""
+        guard = breaker.for_stage(self.name)
+        try:
+            guard.check()
+            result = await work
+        except Exception as exc:
+            failed = failure_record(self.name, exc, record, ignore_conversion_failure=self.ignore_conversion_failure)
+            guard.observe(exc)
+            return failed
+        finally:
+            if asyncio.iscoroutine(work):
+                work.close()  # never awaited when the breaker was already open
+        guard.observe(None)
+        return result
+
     async def _guarded(self, llm, record: dict) -> list[dict]:
         """One record's outputs, or its error record; only run-stopping errors propagate."""
-        try:
-            return await self.aprocess(llm, record)
-        except FATAL:
-            raise
-        except errors.ParseError as exc:
-            if not self.ignore_conversion_failure:
-                raise errors.ParseError(f"stage {self.name!r}: {exc} "
-                                        "(set ignore_conversion_failure=true to record and go on)") from None
-            return [error_record(self.name, exc, record)]
-        except (errors.RecipeError, ValueError) as exc:
-            return [error_record(self.name, exc, record)]
+        result = await self.attempt(self.aprocess(llm, record), record)
+        return result if isinstance(result, list) else [result]
 
     async def _process_all(self, llm, records: list[dict]) -> list[dict]:
         """Every record of the partition, in order, through a sliding window of tasks.
@@ -131,13 +167,14 @@ class LLMStage(Stage):
 
         for index, record in enumerate(records):
             await window.acquire()
-            if failures:
+            if failures or cancelled():
                 break
             task = asyncio.get_running_loop().create_task(run(index, record))
             pending.add(task)
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.wait(pending)
+        check_cancelled()
         if counter is not None:
             progress.finish(counter)
         if failures:

@@ -8,7 +8,7 @@ from typing import Any
 from recipe.errors import ConfigError
 from recipe.services.structured_output import as_schema, verdict_schema
 from recipe.stages import parsers, progress
-from recipe.stages.base import LLMStage
+from recipe.stages.base import LLMStage, Stage
 from recipe.stages.functions import load_function
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
@@ -39,12 +39,15 @@ class FilterStage(LLMStage):
             raise ConfigError(f"stage {self.name!r}: give exactly one of predicate or prompt")
 
     def process_partition(self, records: list[dict]) -> list[dict]:
-        if self.predicate is not None:
-            keep = load_function(self.predicate)
-            kept = [r for r in records if keep(r)]
-            progress.add_filtered(len(records) - len(kept))
-            return kept
+        if self.predicate is not None:  # no model: the plain per-record loop (and error policy)
+            return Stage.process_partition(self, records)
         return super().process_partition(records)
+
+    def process(self, record: dict) -> list[dict]:
+        if load_function(self.predicate)(record):
+            return [record]
+        progress.add_filtered(1)
+        return []
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         turns = [{"role": "user", "content": render(self.prompt, record)}]

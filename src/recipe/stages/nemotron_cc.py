@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from recipe import errors
 from recipe.errors import ConfigError, InputError, ParseError
-from recipe.stages.base import FATAL, LLMStage
+from recipe.stages.base import LLMStage
 from recipe.stages.postprocess import diverse_qa_text, knowledge_list_text
-from recipe.stages.records import child, error_record
+from recipe.stages.records import child
 from recipe.stages.templates import render
 
 REWRITES = ("wikipedia", "diverse_qa", "distill", "extract_knowledge", "knowledge_list")
@@ -68,31 +67,28 @@ class RewritesStage(LLMStage):
             return knowledge_list_text(answer)
         text = answer.strip()
         if not text:
-            raise ParseError(f"rewrite {rewrite!r} is empty")
+            raise ParseError("the rewrite is empty")
         return text
 
+    async def _rewrite(self, llm, record: dict, out: dict, rewrite: str) -> dict:
+        turns = []
+        if self.system:
+            turns.append({"role": "system", "content": render(self.system, record)})
+        turns.append({"role": "user", "content": render(self.templates[rewrite], record)})
+        answer = (await self.ask(llm, turns, n=1))[0]
+        try:
+            out[self.output_field] = self.postprocess(rewrite, str(record[self.input_field]), answer)
+        except ParseError as exc:
+            raise ParseError(f"rewrite {rewrite!r}: {exc}") from None
+        return out
+
     async def _one(self, llm, record: dict, index: int, rewrite: str) -> dict:
+        """One rewrite, or its own error record (the stages' one error policy, see base.py)."""
         extra = {self.rewrite_field: rewrite}
         if self.original_field and self.output_field == self.input_field:
             extra[self.original_field] = record[self.input_field]
         out = child(record, index, **extra)
-        try:
-            turns = []
-            if self.system:
-                turns.append({"role": "system", "content": render(self.system, record)})
-            turns.append({"role": "user", "content": render(self.templates[rewrite], record)})
-            answer = (await self.ask(llm, turns, n=1))[0]
-            out[self.output_field] = self.postprocess(rewrite, str(record[self.input_field]), answer)
-            return out
-        except FATAL:
-            raise
-        except ParseError as exc:
-            if not self.ignore_conversion_failure:
-                raise ParseError(f"stage {self.name!r}, rewrite {rewrite!r}: {exc} "
-                                 "(set ignore_conversion_failure=true to record and go on)") from None
-            return error_record(self.name, exc, out)
-        except (errors.RecipeError, ValueError) as exc:
-            return error_record(self.name, exc, out)
+        return await self.attempt(self._rewrite(llm, record, out, rewrite), out)
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         if self.input_field not in record:

@@ -14,6 +14,7 @@ _lock = threading.Lock()
 _committed: dict[int, tuple[int, int]] = {}  # part number -> (records, errors)
 _live: dict[int, int] = {}  # partition in flight -> records answered
 _filtered = 0
+_deduplicated: dict[tuple[str, int], int] = {}  # (dedup stage, partition) -> records removed
 _tokens = itertools.count()
 
 
@@ -47,9 +48,16 @@ def add_filtered(count: int) -> None:
         _filtered += count
 
 
+def deduplicated(stage: str, index: int, count: int) -> None:
+    """Records a dedup stage removed from one partition (set, so a recomputed task counts once)."""
+    with _lock:
+        _deduplicated[(stage, index)] = count
+
+
 def snapshot() -> dict:
     with _lock:
-        return {"committed": dict(_committed), "live": sum(_live.values()), "filtered": _filtered}
+        return {"committed": dict(_committed), "live": sum(_live.values()), "filtered": _filtered,
+                "deduplicated": dict(_deduplicated)}
 
 
 def reset() -> None:
@@ -57,4 +65,5 @@ def reset() -> None:
     with _lock:
         _committed.clear()
         _live.clear()
+        _deduplicated.clear()
         _filtered = 0

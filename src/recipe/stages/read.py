@@ -75,6 +75,10 @@ def _read_jsonl_block(block: tuple[str, int, int, int]) -> list[dict]:
             err = InputError(f"{where}: invalid UTF-8 byte at column {exc.start + 1}")
             records.append(error_record("read", err, raw.decode("utf-8", "replace"), where))
             continue
+        except RecursionError:  # thousands of nested brackets: Python's parser gives up
+            err = InputError(f"{where}: JSON nested too deeply to read")
+            records.append(error_record("read", err, raw[:200].decode("utf-8", "replace") + "...", where))
+            continue
         except ValueError as exc:
             err = InputError(f"{where}: malformed JSON: {exc}")
             records.append(error_record("read", err, raw.decode("utf-8", "replace"), where))

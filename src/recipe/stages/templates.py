@@ -1,7 +1,10 @@
 """Jinja prompt templates, compiled once per process and rendered strictly.
 
 A field the template needs but the record lacks is an :class:`InputError` naming the field,
-not an empty string sent to a paid endpoint.
+not an empty string sent to a paid endpoint. Any other failure on one record's values (``{{ n + 1 }}``
+with a string ``n``) is that record's :class:`InputError` too. The record's fields are passed
+as one mapping, never as keyword arguments, so fields named ``self``, ``cls`` or ``__class__``
+render like any other.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 def render(source: str, fields: dict) -> str:
+    template = compile_template(source)
     try:
-        return compile_template(source).render(**fields)
+        return template.render(fields)
     except jinja2.UndefinedError as exc:
         raise InputError(f"record is missing a field the prompt needs: {exc.message}") from None
+    except jinja2.exceptions.SecurityError:
+        raise  # the template's own fault, not the record's
+    except Exception as exc:  # noqa: BLE001 - a record's values the template cannot use
+        raise InputError(f"prompt template failed on this record: {type(exc).__name__}: {exc}") from None

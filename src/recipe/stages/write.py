@@ -45,7 +45,11 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
     uncommit_partition(directory, index)  # not done again until the new manifest is written
     good_file = error_file = None
     json_fields: list[str] = []
-    if good:
+    if fmt == "hf":  # a Hugging Face dataset: shards under data/, the card when the run is over
+        from recipe.stages.hf_dataset import write_shard
+
+        good_file, json_fields = write_shard(out, index, good)
+    elif good:
         good_file = f"{name}.{fmt}"
         if fmt == "parquet":
             from recipe.stages.parquet import write_part
@@ -72,7 +76,10 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
 
 @dataclass
 class WriteStage(Stage):
-    """The last stage: returns a bag with one manifest per partition (records, errors, ...)."""
+    """The last stage: returns a bag with one manifest per partition (records, errors, ...).
+
+    ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.hf_dataset`).
+    """
 
     path: str | None = None  # the runner fills in output_dir
     format: str = "jsonl"
@@ -88,8 +95,8 @@ class WriteStage(Stage):
         partition-wise recipe is not computed again. Manifests carry the run's config hash and the
         input range ``sources[i]`` partition ``i`` was read from.
         """
-        if self.format not in ("jsonl", "parquet"):
-            raise ConfigError(f"stage {self.name!r}: format must be jsonl or parquet, not {self.format!r}")
+        if self.format not in ("jsonl", "parquet", "hf"):
+            raise ConfigError(f"stage {self.name!r}: format must be jsonl, parquet or hf, not {self.format!r}")
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: no output path (set output_dir)")
         storage.makedirs(self.path)

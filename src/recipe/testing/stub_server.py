@@ -3,6 +3,8 @@
 Tests and benchmarks need something that speaks the exact OpenAI wire format (as NVIDIA NIM,
 OpenAI and vLLM do) but is instant, deterministic and can misbehave on demand: latency with
 jitter, faults in exact proportions, throttling, reward-model answers. It binds to 127.0.0.1 only.
+Per record, a prompt containing ``<<empty>>`` gets a reply with no choice at all (an empty
+stream when streamed), and one containing ``<<object>>`` a reply whose content is a JSON object.
 
 Run ``python -m recipe.testing.stub_server --help``; it prints ``READY <port>`` once serving.
 ``StubServer`` runs it as a subprocess so the server never shares the client's GIL.
@@ -160,6 +162,7 @@ class _App:
         self.status: collections.Counter[str] = collections.Counter()
         self.arrivals: list[float] = []
         self.auth: dict[str, None] = {}
+        self.user_agents: dict[str, None] = {}
         self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
         self.schema_schedule = _Schedule({"break": a.schema_break})
         self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
@@ -168,8 +171,12 @@ class _App:
         return web.json_response({
             "requests": self.requests, "by_path": dict(self.by_path),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
-            "arrivals": self.arrivals, "auth_headers": list(self.auth), "bodies": list(self.bodies),
-            "schema_log": self.schema_log})
+            "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
+            "bodies": list(self.bodies), "schema_log": self.schema_log})
+
+    async def set_models(self, request):
+        self.a.models = (await request.text()).strip()
+        return web.json_response({"ok": True})
 
     async def do_reset(self, request):
         self.reset()
@@ -223,6 +230,7 @@ class _App:
         auth = request.headers.get("Authorization")
         if auth is not None:
             self.auth[auth] = None
+        self.user_agents[request.headers.get("User-Agent", "")] = None
         fault = self.schedule.next()
         status = "200"
         try:
@@ -246,6 +254,9 @@ class _App:
         if a.api_key and auth != f"Bearer {a.api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_request_error",
                           "invalid_api_key")
+        if a.models and body.get("model") not in a.models.split(","):
+            return _error(404, f"The model `{body.get('model')}` does not exist or you do not have "
+                          "access to it.", "invalid_request_error", "model_not_found")
         if a.throttle_above and self.in_flight > a.throttle_above:
             return _error(429, "Too many requests in flight", "rate_limit_exceeded",
                           "rate_limit_exceeded", headers=self.retry)
@@ -286,6 +297,10 @@ class _App:
                           "completion). Please reduce the length of the messages or completion.",
                           "invalid_request_error", "context_length_exceeded", "messages")
         choices = self._choices(chat, body, texts[-1] if chat and texts else "", prompts)
+        if any("<<empty>>" in p for p in prompts):
+            choices = []
+        elif any("<<object>>" in p for p in prompts):
+            choices = [(i, {"answer": c}, lp) for i, c, lp in choices]
         model = body.get("model", "stub-model")
         usage = {"prompt_tokens": _tokens(prompt_chars),
                  "completion_tokens": _tokens(sum(len(c[1]) for c in choices))}
@@ -361,8 +376,9 @@ class _App:
                 await send([{"index": i, "delta": {"role": "assistant", "content": ""},
                              "logprobs": None, "finish_reason": None}])
             step = max(1, math.ceil(len(content) / 8))
-            for s in range(0, len(content), step):
-                piece = content[s:s + step]
+            pieces = [content[s:s + step] for s in range(0, len(content), step)] \
+                if isinstance(content, str) else [content]
+            for piece in pieces:
                 await send([{"index": i, "delta": {"content": piece}, "logprobs": None,
                              "finish_reason": None} if chat else
                             {"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
@@ -393,6 +409,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="exact fraction of answers to a schema that break it")
     p.add_argument("--api-key", default=None)
     p.add_argument("--context-length", type=int, default=0, help="0 = off")
+    p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
     return p
 
 
@@ -406,6 +423,7 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_post("/api/generate", state.ollama_generate)
     app.router.add_get("/_stats", state.stats)
     app.router.add_post("/_reset", state.do_reset)
+    app.router.add_post("/_models", state.set_models)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, HOST, args.port, backlog=4096)
@@ -435,13 +453,14 @@ class StubServer:
                  retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
                  api_key: str | None = None, context_length: int = 0, port: int = 0,
-                 schema_break: float = 0.0) -> None:
+                 models: str = "", schema_break: float = 0.0) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
                      f"--malformed={malformed}", f"--retry-after={retry_after}",
                      f"--throttle-above={throttle_above}", f"--reply={reply}",
-                     f"--context-length={context_length}", f"--schema-break={schema_break}"]
+                     f"--context-length={context_length}", f"--models={models}",
+                     f"--schema-break={schema_break}"]
         self.args += [f for f, on in (("--ignore-n", ignore_n), ("--reward", reward),
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
@@ -503,6 +522,12 @@ class StubServer:
         """Counters kept by the server (see ``GET /_stats``)."""
         with _NO_PROXY.open(f"http://{HOST}:{self.port}/_stats", timeout=30) as r:
             return json.loads(r.read())
+
+    def set_models(self, models: str) -> None:
+        """Change which models exist (comma-separated; empty: any model answers)."""
+        req = urllib.request.Request(f"http://{HOST}:{self.port}/_models", data=models.encode(), method="POST")
+        with _NO_PROXY.open(req, timeout=30) as r:
+            r.read()
 
     def reset(self) -> None:
         """Zero the server's counters and restart the fault schedule."""

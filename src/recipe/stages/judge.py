@@ -1,0 +1,130 @@
+"""An LLM as judge: scores per criterion of a rubric, through structured output.
+
+The judge answers one JSON object, ``{criterion: score, ...}`` (plus ``rationale`` when asked
+for), each score an integer within ``scale``; the schema is enforced by the backend where it
+can constrain decoding, and checked and retried (``schema_retries``) by the one structured
+output loop otherwise. The scores land on the record in the shape :class:`RewardStage` gives
+(``{name: number}``, a list of those for a list of responses), with the ``aggregate`` beside
+them, so :class:`PreferencePairsStage` takes either (``score_key: aggregate`` or a criterion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from dataclasses import dataclass, field
+
+from recipe.errors import ConfigError, ParseError
+from recipe.services.structured_output import as_schema
+from recipe.stages import progress
+from recipe.stages.base import LLMStage
+from recipe.stages.structured import ask_valid
+from recipe.stages.templates import render
+
+AGGREGATE = "aggregate"
+_AGGREGATES = {"mean": statistics.fmean, "min": min, "max": max}
+
+JUDGE_PROMPT = """\
+You are a strict, fair judge. Rate the answer to the question on each criterion, with an integer \
+from {{ scale[0] }} (worst) to {{ scale[1] }} (best).
+
+Criteria:
+{% for name, description in criteria.items() %}- {{ name }}: {{ description }}
+{% endfor %}
+Question: {{ prompt }}
+
+Answer: {{ response }}
+
+Reply with a JSON object giving one score per criterion{% if rationale %} and a one-sentence rationale{% endif %}."""
+
+
+@dataclass
+class JudgeStage(LLMStage):
+    """``record[output_field]`` = ``{criterion: score, ..., "aggregate": x}`` for ``response_field``.
+
+    ``criteria`` maps each criterion's name to what it means; ``scale`` is ``[lowest, highest]``
+    (integers). ``aggregate`` (mean, min or max) combines the criteria; with ``min_score`` a
+    record whose aggregate is below it is dropped (counted as filtered); for a list of responses,
+    the responses below it are dropped with their scores. ``rationale_field`` asks for a short
+    rationale and stores it there. ``prompt`` is a Jinja template over the record, ``prompt``,
+    ``response``, ``criteria``, ``scale`` and ``rationale``. ``model:``/``backend:`` choose
+    another judge model for this stage only, as for every LLM stage.
+    """
+
+    criteria: dict = field(default_factory=dict)
+    scale: list = field(default_factory=lambda: [1, 5])
+    prompt: str = JUDGE_PROMPT
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    output_field: str = "scores"
+    min_score: float | None = None
+    aggregate: str = "mean"
+    rationale_field: str | None = None
+    rationale_max_length: int = 300
+    schema_retries: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"stage {self.name!r}"
+        if not self.criteria or not isinstance(self.criteria, dict):
+            raise ConfigError(f"{where}: criteria must map each criterion's name to its description")
+        if AGGREGATE in self.criteria or "rationale" in self.criteria:
+            raise ConfigError(f"{where}: 'aggregate' and 'rationale' are reserved, not criterion names")
+        self.criteria = {str(k): str(v) for k, v in self.criteria.items()}
+        scale = list(self.scale or [])
+        if len(scale) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in scale) \
+                or scale[0] >= scale[1]:
+            raise ConfigError(f"{where}: scale must be [lowest, highest], two integers, lowest first; got {self.scale!r}")
+        self.scale = scale
+        if self.aggregate not in _AGGREGATES:
+            raise ConfigError(f"{where}: aggregate must be one of {', '.join(_AGGREGATES)}, not {self.aggregate!r}")
+        if self.min_score is not None and not scale[0] <= self.min_score <= scale[1]:
+            raise ConfigError(f"{where}: min_score {self.min_score} is outside the scale {scale}")
+
+    def schema(self) -> dict:
+        """One integer per criterion within the scale, every one required, nothing else."""
+        low, high = self.scale
+        properties: dict = {name: {"type": "integer", "minimum": low, "maximum": high} for name in self.criteria}
+        if self.rationale_field:
+            properties["rationale"] = {"type": "string", "maxLength": self.rationale_max_length}
+        return {"title": "judgement", "type": "object", "properties": properties,
+                "required": list(properties), "additionalProperties": False}
+
+    async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None]:
+        text = render(self.prompt, {**record, "prompt": prompt, "response": response, "criteria": self.criteria,
+                                    "scale": self.scale, "rationale": bool(self.rationale_field)})
+        value = (await ask_valid(self, llm, [{"role": "user", "content": text}], as_schema(self.schema()),
+                                 retries=self.schema_retries))[0]
+        scores = {name: float(value[name]) for name in self.criteria}
+        scores[AGGREGATE] = round(float(_AGGREGATES[self.aggregate](scores.values())), 6)
+        return scores, value.get("rationale")
+
+    def _passes(self, scores: dict) -> bool:
+        return self.min_score is None or scores[AGGREGATE] >= self.min_score
+
+    async def aprocess(self, llm, record: dict) -> list[dict]:
+        for key in (self.prompt_field, self.response_field):
+            if key not in record:
+                raise ParseError(f"record has no field {key!r} to judge")
+        prompt, responses = str(record[self.prompt_field]), record[self.response_field]
+        record = dict(record)
+        if not isinstance(responses, list):
+            scores, rationale = await self._judge(llm, record, prompt, str(responses))
+            if not self._passes(scores):
+                progress.add_filtered(1)
+                return []
+            record[self.output_field] = scores
+            if self.rationale_field:
+                record[self.rationale_field] = rationale
+            return [record]
+        judged = await asyncio.gather(*(self._judge(llm, record, prompt, str(r)) for r in responses))
+        kept = [(r, s, why) for r, (s, why) in zip(responses, judged) if self._passes(s)]
+        if not kept:
+            progress.add_filtered(1)
+            return []
+        record[self.response_field] = [r for r, _, _ in kept]
+        record[self.output_field] = [s for _, s, _ in kept]
+        if self.rationale_field:
+            record[self.rationale_field] = [why for _, _, why in kept]
+        return [record]
+
