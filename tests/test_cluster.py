@@ -71,7 +71,7 @@ def test_a_worker_lacking_the_key_is_one_error_line(stub_server, dask_processes,
     proc = cli(*stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
                                f"dask.address={address}", f"output_dir={tmp_path / 'out'}"), env=env, cwd=tmp_path)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 2
+    assert proc.returncode == 2, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and VAR in lines[0] and "Dask worker" in lines[0], stderr
     assert "Traceback" not in stderr
