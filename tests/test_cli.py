@@ -207,7 +207,7 @@ def test_no_argument_runs_the_default_recipe_offline(tmp_path):
     # offline: any request that is not to 127.0.0.1 goes to a dead proxy and fails
     dead = "http://127.0.0.1:9"
     # short answers keep the test quick; the recipe, model and server are the defaults
-    result = run_cli(tmp_path, "progress=false", "sampling.max_tokens=16", timeout=240, HTTP_PROXY=dead, HTTPS_PROXY=dead,
+    result = run_cli(tmp_path, "progress=false", "sampling.max_tokens=16", "backend.on_truncated=keep", timeout=240, HTTP_PROXY=dead, HTTPS_PROXY=dead,
                      http_proxy=dead, https_proxy=dead, ALL_PROXY=dead, HF_HUB_OFFLINE="1")
     assert result.returncode == 0, result.stderr
     output_dir = Path(next(l for l in result.stdout.splitlines() if l.startswith("output: ")).removeprefix("output: "))

@@ -14,7 +14,7 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import recipe
-from recipe.config.secrets import EnvKey
+from recipe.config.env_keys import EnvKey
 from recipe.errors import ConfigError
 
 SECRET = "sk-wire-4f1c9a7e2b"

@@ -48,7 +48,8 @@ def check_lineage(rows: list[dict], n_inputs: int) -> None:
 
 @pytest.mark.llm
 def test_three_stages_threaded_on_llama(llama_server):
-    spec = ClientSpec(provider="openai", model="smollm2", api_base=llama_server.base_url, api_key="none", max_concurrency=4)
+    spec = ClientSpec(provider="openai", model="smollm2", api_base=llama_server.base_url, api_key="none", max_concurrency=4,
+                      on_truncated="keep")  # lists cut at 48 tokens still parse
     rows = three_stage_pipeline(spec, ["volcanoes", "chess"]).compute(scheduler="threads")
     good = [r for r in rows if "_error" not in r]
     assert good, rows
@@ -61,7 +62,8 @@ def test_three_stages_threaded_on_llama(llama_server):
 def test_three_stages_on_local_cluster_with_two_processes(llama_server):
     from distributed import Client, LocalCluster
 
-    spec = ClientSpec(provider="openai", model="smollm2", api_base=llama_server.base_url, api_key="none", max_concurrency=4)
+    spec = ClientSpec(provider="openai", model="smollm2", api_base=llama_server.base_url, api_key="none", max_concurrency=4,
+                      on_truncated="keep")  # lists cut at 48 tokens still parse
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         rows = client.compute(three_stage_pipeline(spec, ["rivers", "bread"])).result()

@@ -52,8 +52,10 @@ def _precheck(argv: list[str]) -> None:
 
     from hydra._internal.utils import get_args_parser
 
+    from recipe.config import secrets
     from recipe.config.compose import compose, resolved_container
-    from recipe.config.secrets import resolved_by_reference
+    from recipe.config.env_keys import resolved_by_reference
+    from recipe.preflight import check_backends, check_writable
 
     args, _ = get_args_parser().parse_known_args(argv)
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
@@ -73,15 +75,27 @@ def _precheck(argv: list[str]) -> None:
     config_name = args.config_name or "config"
     for overrides in _variants(args.overrides, args.multirun):
         cfg = compose(overrides, config_name=config_name, config_dirs=config_dirs)
+        secrets.from_config(cfg)  # before anything is printed or saved
         if args.cfg:  # printing a config needs no key and no input
             continue
         if "backend" in cfg:
             if cfg.get("dask") and cfg.dask.get("address"):
                 # Workers of an existing cluster read keys from their own environment: the driver
-                # may lack the variable. Only the config's shape is checked here.
-                resolved_by_reference(cfg)
+                # may lack the variable, so keys stay references (EnvKey) here.
+                data = resolved_by_reference(cfg)
             else:
                 resolved_container(cfg.backend)
+                data = resolved_container(cfg)
+        else:
+            data = resolved_container(cfg)
+        check_backends(data)
+        # Hydra makes the run folder (output_dir) and its log file before any of our code runs.
+        from recipe.services import storage
+
+        if data.get("output_dir") and not storage.is_remote(data["output_dir"]):  # a bucket is not made here
+            check_writable(data["output_dir"], "output_dir")
+        if (data.get("cache") or {}).get("enabled") and data["cache"].get("dir"):
+            check_writable(data["cache"]["dir"], "cache.dir")
         given = cfg.get("input")
         if isinstance(given, str) and given and not glob.has_magic(given):
             from recipe.services import storage
@@ -133,6 +147,53 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
     return variants
 
 
+def _os_message(exc: OSError) -> str:
+    """A full disk or a folder that cannot be written: what, where, and what to do."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"cannot write {exc.filename or 'the results'}: {reason} (free some space and run the same "
+                "command again: finished parts and the cache are kept)")
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+def _job(cfg) -> int:
+    """One run (one job of a sweep): its result or its one error line; returns its exit code."""
+    import sqlite3
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from recipe.errors import RecipeError
+    from recipe.runner import run
+
+    prefix = ""
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        prefix = f"job #{HydraConfig.get().job.num}: "
+    try:
+        summary = run(cfg)
+    except RecipeError as exc:
+        print(f"error: {prefix}{exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        print(f"error: {prefix}{_os_message(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except sqlite3.Error as exc:  # the request cache's disk is full or failing
+        print(f"error: {prefix}the request cache in {cfg.cache.dir} failed: {exc} (free some space and "
+              "run the same command again: finished parts are kept)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _interrupted()
+    for note in summary.notes:
+        print(f"note: {prefix}{note}", file=sys.stderr)
+    print(f"output: {summary.output_dir}")
+    print(summary.line())
+    if summary.failed:
+        print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
+        return EXIT_RECORDS_FAILED
+    return 0
+
+
 def main() -> None:
     import gc
 
@@ -149,12 +210,16 @@ def _main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from recipe.config import paths
+    from recipe.config import paths, secrets
     from recipe.config.compose import setup
-    from recipe.errors import ConfigError, RecipeError
+    from recipe.errors import ConfigError
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
+    # Secrets are known, and both streams redact them, before Hydra prints or saves anything.
+    secrets.from_environment(os.environ)
+    secrets.from_overrides(sys.argv[1:])
+    sys.stdout, sys.stderr = secrets.RedactingStream(sys.stdout), secrets.RedactingStream(sys.stderr)
     setup()
     try:
         _precheck(sys.argv[1:])
@@ -163,22 +228,10 @@ def _main() -> None:
 
     @hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
+        # A failed job of a sweep does not stop the next one; the exit code is the first failure's.
         global _exit_code
-        from recipe.runner import run
-
-        try:
-            summary = run(cfg)
-        except (ConfigError, RecipeError) as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _interrupted()
-        for note in summary.notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(f"output: {summary.output_dir}")
-        print(summary.line())
-        if summary.failed:
-            print(f"{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
-            _exit_code = EXIT_RECORDS_FAILED
+        code = _job(cfg)
+        _exit_code = _exit_code or code
 
     try:
         _task()

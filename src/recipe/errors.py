@@ -21,7 +21,9 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
         ├── TimeoutError             retryable
         ├── ConnectionError          retryable
         ├── ServerError              retryable (5xx)
-        └── MalformedResponseError   retryable
+        ├── MalformedResponseError   retryable
+        ├── EmptyAnswerError         no text came back (retried only with on_truncated=retry)
+        └── TruncatedError           cut at max_tokens (retried only with on_truncated=retry)
 """
 
 from __future__ import annotations
@@ -125,6 +127,25 @@ class ServerError(LLMError):
 
 class MalformedResponseError(LLMError):
     retryable = True
+
+
+class EmptyAnswerError(LLMError):
+    """The answer has no text (``content: null`` or ``""``): never a success, never cached.
+
+    Retryable only when ``backend.on_truncated=retry`` says so (set per instance).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, retryable: bool = False):
+        super().__init__(message, retry_after)
+        self.retryable = retryable
+
+
+class TruncatedError(LLMError):
+    """The answer was cut at ``max_tokens`` (``finish_reason: length``); see ``backend.on_truncated``."""
+
+    def __init__(self, message: str, retry_after: float | None = None, retryable: bool = False):
+        super().__init__(message, retry_after)
+        self.retryable = retryable
 
 
 _SECRET_PATTERNS = [

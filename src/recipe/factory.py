@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from recipe.config.secrets import EnvKey, resolve_key, resolved_by_reference
+from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ class ClientSpec:
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
     structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
+    on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -61,6 +62,7 @@ class ClientSpec:
             cache_url=cache.get("url") if cache.get("enabled", True) else None,
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
+            on_truncated=str(backend.get("on_truncated") or "error"),
         )
 
     def with_overrides(self, **changes: Any) -> "ClientSpec":
@@ -102,7 +104,8 @@ class ClientSpec:
         return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
-                "endpoint_id": self.endpoint_id, "structured_output": self.structured_output}
+                "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
+                "on_truncated": self.on_truncated}
 
 
 def build_client(cfg: Any, asynchronous: bool = False):

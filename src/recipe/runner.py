@@ -7,6 +7,7 @@ parses and composes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import time
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipe.config.compose import check, setup
-from recipe.config.secrets import resolved_by_reference
+from recipe import preflight
+from recipe.config.compose import check, resolved_container, setup
+from recipe.config.env_keys import resolved_by_reference
 from recipe.errors import ConfigError
 from recipe.factory import ClientSpec
+from recipe.services import storage
 
 
 @dataclass
@@ -105,6 +108,18 @@ def _workers_ignore_ctrl_c():
 
 
 @contextlib.contextmanager
+def _quiet_distributed():
+    """distributed's loggers in this process at ERROR for the cluster's life (then as they were)."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def dask_context(dask_cfg: dict):
     """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler.
 
@@ -120,26 +135,29 @@ def dask_context(dask_cfg: dict):
 
         if dashboard:
             _require_bokeh()
-        if dask_cfg.get("address"):
-            client = Client(dask_cfg["address"])
-            cluster = None
-        else:
-            with _workers_ignore_ctrl_c():
-                cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
-                                       threads_per_worker=dask_cfg.get("threads_per_worker", 2),
-                                       processes=True, host="127.0.0.1",
-                                       # the scheduler's HTTP server always starts: a free port, not 8787
-                                       scheduler_kwargs={"dashboard": dashboard, "dashboard_address": "127.0.0.1:0"})
-            client = Client(cluster)
-        try:
+        with contextlib.ExitStack() as stack:
+            if dask_cfg.get("address"):
+                client = Client(dask_cfg["address"])
+            else:
+                # A failed task is our one error line, not distributed's "Compute Failed ...
+                # Traceback" from each worker (silence_logs), nor its chatter in this process.
+                stack.enter_context(_quiet_distributed())
+                with _workers_ignore_ctrl_c():
+                    cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
+                                           threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                           processes=True, host="127.0.0.1", dashboard_address=None,
+                                           silence_logs=logging.CRITICAL,
+                                           # the scheduler's HTTP routes on a free loopback port, not
+                                           # 8787 (taken by another cluster, it prints a warning)
+                                           scheduler_kwargs={"dashboard": dashboard,
+                                                             "dashboard_address": "127.0.0.1:0"})
+                stack.callback(cluster.close)
+                client = Client(cluster)
+            stack.callback(client.close)
             if dashboard:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
-            with dask.config.set(_UNFUSED if dashboard else {}):
-                yield client
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            stack.enter_context(dask.config.set(_UNFUSED if dashboard else {}))
+            yield client
     else:
         if dashboard:
             raise ConfigError("dask.dashboard=true needs a cluster: set dask.n_workers=N (a LocalCluster) "
@@ -396,9 +414,14 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     config_hash = run_identity.config_hash(ident)
     output_dir = (output_dir or data.get("output_dir") or _hydra_output_dir()
                   or str(Path(run_identity.runs_root()) / run_identity.run_name(cfg, ident)))
+    spec = ClientSpec.from_config(data)
+    preflight.check_backends(data)
+    if not storage.is_remote(output_dir):  # a bucket is not made here; its folder needs no mkdir
+        preflight.check_writable(output_dir, "output_dir")
+    if spec.cache_dir and not spec.cache_url:
+        preflight.check_writable(spec.cache_dir, "cache.dir")
     folder = RunFolder(output_dir)
     folder.check(config_hash)  # before anything starts or is written
-    spec = ClientSpec.from_config(data)
     if spec.cache_url:  # a cluster-wide cache that is not there is refused before anything starts
         from recipe.factory import open_cache
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.config import paths, schema
@@ -81,6 +82,8 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(one_line(exc)) from None
+    except yaml.YAMLError as exc:  # a syntax error in a config file (often a user's --config-dir)
+        raise ConfigError(yaml_error_line(exc)) from None
     finally:
         Singleton._instances.pop(GlobalHydra, None)
         if saved is not None:
@@ -125,6 +128,15 @@ def one_line(exc: BaseException) -> str:
         message += (" (quote values with spaces, braces, commas or '=' for Hydra, inside shell quotes: "
                     "\"recipe.prompt='Answer: {{ question }}'\")")
     return message[:800]
+
+
+def yaml_error_line(exc: "yaml.YAMLError") -> str:
+    """``file:line:column: problem`` for a YAML syntax error (PyYAML's message spans 4 lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
+    return f"{where}YAML syntax error: {problem}" + (f" ({context})" if context else "")
 
 
 def resolved_container(cfg: Any) -> dict:

@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+TRUNCATION_POLICIES = ("keep", "error", "retry")
+
 
 @dataclass
 class ModelConfig:
@@ -40,6 +42,9 @@ class BackendConfig:
     # How the server takes a JSON Schema (services/structured_output.py DIALECTS): openai, vllm,
     # nim, ollama, llamacpp or none; null: the provider's own.
     structured_output: Optional[str] = None
+    # An answer cut at max_tokens (finish_reason "length"): keep it, make it an error record, or
+    # retry it (up to num_retries). An empty answer is never a success, whatever this says.
+    on_truncated: str = "error"
 
 
 @dataclass
@@ -111,24 +116,13 @@ def validate(cfg: Any) -> list[str]:
     problems = unknown_keys(cfg)
     if problems:  # the range checks below may trip over the same keys
         return problems
-    s, b = cfg.sampling, cfg.backend
+    b = cfg.backend
 
     def check(ok: bool, key: str, message: str, value: Any) -> None:
         if not ok:
             problems.append(f"{key}={value!r}: {message}")
 
-    if s.temperature is not None:
-        check(s.temperature >= 0, "sampling.temperature", "must be >= 0", s.temperature)
-    if s.top_p is not None:
-        check(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]", s.top_p)
-    if s.top_k is not None:
-        check(s.top_k >= 1, "sampling.top_k", "must be >= 1", s.top_k)
-    check(s.n >= 1, "sampling.n", "must be >= 1", s.n)
-    if s.max_tokens is not None:
-        check(s.max_tokens >= 1, "sampling.max_tokens", "must be >= 1", s.max_tokens)
-    if s.stop is not None:
-        stop = list(s.stop) if not isinstance(s.stop, str) else [s.stop]
-        check(all(isinstance(x, str) for x in stop), "sampling.stop", "must be a string or a list of strings", s.stop)
+    problems += sampling_problems(cfg.sampling, "sampling")
     check(b.timeout > 0, "backend.timeout", "must be > 0", b.timeout)
     check(b.num_retries >= 0, "backend.num_retries", "must be >= 0", b.num_retries)
     check(b.max_concurrency >= 1, "backend.max_concurrency", "must be >= 1", b.max_concurrency)
@@ -136,13 +130,71 @@ def validate(cfg: Any) -> list[str]:
         value = getattr(b, key)
         if value is not None:
             check(value > 0, f"backend.{key}", "must be > 0 (or null for no limit)", value)
+    check(b.on_truncated in TRUNCATION_POLICIES, "backend.on_truncated",
+          f"must be one of {', '.join(TRUNCATION_POLICIES)}", b.on_truncated)
     check(cfg.dask.n_workers >= 0, "dask.n_workers", "must be >= 0", cfg.dask.n_workers)
     if cfg.cache.get("max_gb") is not None:
         check(cfg.cache.max_gb > 0, "cache.max_gb", "must be > 0 (or null for no bound)", cfg.cache.max_gb)
+    check(cfg.dask.threads_per_worker >= 1, "dask.threads_per_worker", "must be >= 1", cfg.dask.threads_per_worker)
     check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
+    if cfg.model.context_length is not None:
+        check(cfg.model.context_length >= 1, "model.context_length", "must be >= 1 (or null)", cfg.model.context_length)
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
         problems.append("recipe.stages: a recipe needs at least one stage")
+    for name, stage in (stages or {}).items():
+        if not hasattr(stage, "get"):
+            continue
+        n = stage.get("n")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            problems.append(f"recipe.stages.{name}.n={n!r}: must be an integer >= 1 (or null)")
+        sampling = stage.get("sampling")
+        if sampling is not None:
+            problems += sampling_problems(sampling, f"recipe.stages.{name}.sampling")
+    return problems
+
+
+_SAMPLING_RANGES: dict[str, tuple[type, Any, str]] = {
+    # key: (type, check, message); a type of float also takes ints
+    "temperature": (float, lambda v: v >= 0, "must be >= 0"),
+    "top_p": (float, lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "top_k": (int, lambda v: v >= 1, "must be >= 1"),
+    "max_tokens": (int, lambda v: v >= 1, "must be >= 1"),
+    "n": (int, lambda v: v >= 1, "must be >= 1"),
+    "seed": (int, lambda v: True, ""),
+}
+
+
+def sampling_problems(sampling: Any, where: str) -> list[str]:
+    """Unknown keys, wrong types and out-of-range values of a sampling mapping (the run's or a
+    stage's own), each as ``where.key=value: problem``."""
+    if not hasattr(sampling, "items"):
+        return [f"{where}={sampling!r}: must be a mapping of sampling keys"]
+    known = {f.name for f in fields(SamplingConfig)}
+    if where != "sampling":  # a stage may stream its own requests (query_model's ``stream``)
+        known.add("stream")
+    problems: list[str] = []
+    for key, value in sampling.items():
+        if key not in known:
+            problems.append(f"{where}.{key}: unknown key ({where} takes: {', '.join(sorted(known))})")
+            continue
+        if value is None:
+            continue
+        if key == "stream":
+            if not isinstance(value, bool):
+                problems.append(f"{where}.stream={value!r}: must be true or false")
+            continue
+        if key == "stop":
+            stop = [value] if isinstance(value, str) else (list(value) if hasattr(value, "__iter__") else [value])
+            if not all(isinstance(x, str) for x in stop):
+                problems.append(f"{where}.stop={value!r}: must be a string or a list of strings")
+            continue
+        kind, ok, message = _SAMPLING_RANGES[key]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (kind is int and not isinstance(value, int)):
+            problems.append(f"{where}.{key}={value!r}: must be {'an integer' if kind is int else 'a number'}")
+        elif not ok(value):
+            problems.append(f"{where}.{key}={value!r}: {message}")
     return problems
 
 

@@ -1,112 +1,151 @@
-"""API keys travel as the name of their environment variable, never as their value.
+"""Keeping API keys out of everything the CLI writes or prints.
 
-A Dask task graph goes to the scheduler and to every worker, and a shared scheduler is someone
-else's memory. So ``backend.api_key: ${oc.env:NAME}`` is not resolved on the driver: the graph
-carries an :class:`EnvKey` (the variable's name, and the config's literal default if any), and
-each process reads the variable from its own environment when it builds its client.
-``backend.ship_key=true`` restores the old behaviour (the driver's value rides in the graph) for
-clusters whose workers lack the variable.
+Hydra saves the composed config, the overrides and (under ``-m``) the sweep config in the run
+folder, logs each sweep job's overrides, prints ``Error executing job with overrides: [...]``
+and, with ``--cfg job --resolve``, the resolved config. A key may reach any of them: given on
+the command line, written in a user's config file, or resolved from the environment. So the
+CLI learns the secret *values* before Hydra starts (from config keys named like a secret, from
+such overrides and from such environment variables), and replaces them with ``***`` in its
+stdout and stderr and in the files Hydra saves (:class:`RedactSecrets`, a Hydra callback).
+
+Hydra offers no hook to filter what it saves or prints, hence this module.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 import re
-from dataclasses import dataclass
-from typing import Any
+import threading
+from pathlib import Path
+from typing import Any, Iterable
 
-from recipe.errors import ConfigError
+from hydra.experimental.callback import Callback
 
-# ${oc.env:NAME} or ${oc.env:NAME,literal default}; anything fancier cannot be sent by name.
-_ENV = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^${}]*))?\}$")
-KEY = "api_key"
+# `*api_key*`, `*secret*`, `*password*`, and `token` as a word's end (hf_token, not max_tokens).
+_NAME = re.compile(r"api[_-]?key|secret|password|passwd|(?:^|[_\-.])(?:access_|auth_|api_)?token$", re.I)
+_MIN_LENGTH = 6  # shorter values ("none", "EMPTY") are placeholders, and redacting them would mangle text
+REDACTED = "***"
 
-
-@dataclass(frozen=True)
-class EnvKey:
-    """A key by reference: what a task graph holds instead of the key."""
-
-    name: str
-    default: str | None = None  # the config's own literal fallback (e.g. ``EMPTY``), not a secret
-
-    def resolve(self) -> str | None:
-        """The key in this process's environment (a Dask worker reads its own)."""
-        value = os.environ.get(self.name)
-        if value is not None:
-            return value
-        if self.default is not None:
-            return None if self.default == "null" else self.default
-        raise ConfigError(f"environment variable {self.name} is not set {_here()}: export it with the API key "
-                          f"there, or set backend.ship_key=true to send the driver's key with the tasks")
-
-    def __repr__(self) -> str:
-        return f"${{oc.env:{self.name}}}"
+_lock = threading.Lock()
+_known: set[str] = set()
 
 
-def resolve_key(value: Any) -> str | None:
-    """A key given as a value or as an :class:`EnvKey`."""
-    return value.resolve() if isinstance(value, EnvKey) else value
+def is_secret_name(name: str) -> bool:
+    return bool(_NAME.search(str(name)))
 
 
-def _here() -> str:
+def remember(*values: Any) -> None:
+    """Add secret values to redact from now on in this process."""
+    with _lock:
+        for value in values:
+            if isinstance(value, str) and len(value.strip()) >= _MIN_LENGTH:
+                _known.add(value.strip())
+
+
+def known() -> tuple[str, ...]:
+    with _lock:
+        return tuple(sorted(_known, key=len, reverse=True))  # longest first: no partial leftovers
+
+
+def redact(text: str) -> str:
+    for secret in known():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def from_environment(environ: dict) -> None:
+    """Environment variables named like a secret (OPENAI_API_KEY, HF_TOKEN, ...)."""
+    remember(*(value for name, value in environ.items() if is_secret_name(name)))
+
+
+def from_overrides(overrides: Iterable[str]) -> None:
+    """Values of command-line overrides whose key is named like a secret (``backend.api_key=...``)."""
+    for override in overrides:
+        key, sep, value = str(override).partition("=")
+        if sep and is_secret_name(key.lstrip("+~").split("@")[0]) and "${" not in value:
+            value = value.strip()  # (an interpolation is no secret: from_config remembers what it resolves to)
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            for part in value.split(","):  # a sweep: key=a,b
+                remember(part.strip().strip("'\""))
+            remember(value)
+
+
+def from_config(cfg: Any) -> None:
+    """Values of config keys named like a secret, resolved where they can be (unset env: skipped)."""
+    from omegaconf import DictConfig, ListConfig
+
+    def walk(node: Any, name: str = "") -> None:
+        if isinstance(node, (DictConfig, dict)):
+            for key in list(node.keys()):
+                try:
+                    value = node[key]
+                except Exception:  # an interpolation that cannot resolve (an unset variable)
+                    continue
+                walk(value, str(key))
+        elif isinstance(node, (ListConfig, list, tuple)):
+            for index in range(len(node)):
+                try:
+                    walk(node[index], name)
+                except Exception:
+                    continue
+        elif isinstance(node, str) and is_secret_name(name):
+            remember(node)
+
+    walk(cfg)
+
+
+def scrub_file(path: Path) -> None:
+    """Replace known secrets in a text file, in place (atomically: the file is whole or unchanged)."""
     try:
-        from distributed import get_worker
-
-        return f"on Dask worker {get_worker().address}"
-    except (ImportError, ValueError):
-        return "in this process"
-
-
-def _key_paths(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
-    """(path, raw value) of every ``api_key`` in an unresolved container."""
-    found: list[tuple[tuple, Any]] = []
-    if isinstance(node, dict):
-        for name, value in node.items():
-            if name == KEY and (value is None or isinstance(value, str)):
-                found.append(((*path, name), value))
-            else:
-                found += _key_paths(value, (*path, name))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found += _key_paths(value, (*path, index))
-    return found
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    cleaned = redact(text)
+    if cleaned != text:
+        tmp = path.with_name(f".{path.name}.redacting")
+        tmp.write_text(cleaned, encoding="utf-8")
+        tmp.replace(path)
 
 
-def resolved_by_reference(cfg: Any) -> dict:
-    """``cfg`` as a plain resolved dict, with every ``${oc.env:...}`` key as an :class:`EnvKey`.
+class RedactingStream:
+    """A text stream that redacts known secrets from everything written to it."""
 
-    With ``backend.ship_key=true`` the keys are resolved here, as values (the opt-in).
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class RedactSecrets(Callback):
+    """Scrubs what Hydra saved (``.hydra/*.yaml``, ``multirun.yaml``) and the job's log file.
+
+    Hydra writes those files before calling ``on_job_start``, so each job scrubs them before its
+    first request; ``on_job_end`` scrubs the log file the job wrote.
     """
-    from omegaconf import OmegaConf
 
-    from recipe.config.compose import resolved_container
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        self._scrub(config)
 
-    if isinstance(cfg, dict):
-        return cfg
-    if OmegaConf.select(cfg, "backend.ship_key", default=False):
-        return resolved_container(cfg)
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    refs: dict[tuple, EnvKey] = {}
-    blanked = copy.deepcopy(cfg)
-    OmegaConf.set_readonly(blanked, False)
-    for path, value in _key_paths(raw):
-        if not isinstance(value, str) or "${" not in value:
-            continue  # a literal (a local server's dummy key) or null
-        match = _ENV.match(value.strip())
-        where = ".".join(str(p) for p in path)
-        if match is None:
-            raise ConfigError(f"{where}={value!r}: write a key as ${{oc.env:NAME}} (or ${{oc.env:NAME,default}}) "
-                              "so that workers read it from their own environment, or set backend.ship_key=true")
-        refs[path] = EnvKey(match.group(1), match.group(2))
-        node = blanked
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = None
-    data = resolved_container(blanked)
-    for path, ref in refs.items():
-        node = data
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = ref
-    return data
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        self._scrub(config)
+
+    @staticmethod
+    def _scrub(config: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not known() or not HydraConfig.initialized():
+            return
+        hydra = HydraConfig.get()
+        folders = [Path(hydra.runtime.output_dir)]
+        if hydra.mode is not None and hydra.mode.name == "MULTIRUN":
+            folders.append(Path(hydra.sweep.dir))
+        for folder in folders:
+            if folder.is_dir():
+                for path in [*folder.glob("*.yaml"), *folder.glob("*.log"), *folder.glob(".hydra/*.yaml")]:
+                    scrub_file(path)

@@ -92,6 +92,9 @@ def translate(exc: BaseException, *, provider: str, secrets: tuple[str | None, .
             target = errors.ConnectionError
         elif any(h in lowered for h in _MALFORMED_HINTS) and target is not errors.BadRequestError:
             target = errors.MalformedResponseError
+    if status in (401, 403) and target is not errors.RateLimitError:
+        # litellm raises a plain APIError for some 403s: refused is refused, for every record
+        target = errors.AuthenticationError
     if target is None:
         target = errors.ServerError if (status is None or status >= 500) else errors.BadRequestError
     return target(message, _retry_after(exc))

@@ -87,6 +87,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         endpoint_id: names the endpoint in cache keys instead of ``api_base``.
         structured_output: the backend's schema dialect (a key of
             :data:`recipe.services.structured_output.DIALECTS`); None: the provider's own.
+        on_truncated: an answer cut at ``max_tokens``: ``keep`` it (this class's default, as
+            NeMo Curator's clients do; runs take ``backend.on_truncated``, default ``error``),
+            make it an ``error`` (:class:`~recipe.errors.TruncatedError`), or ``retry`` it. An
+            empty answer is never a success (:class:`~recipe.errors.EmptyAnswerError`); neither
+            is cached.
+
+    ``timeout`` is a deadline for each whole attempt (connect, wait and read, streams included),
+    not for each read: a server that drips a byte every second cannot hold a request longer.
     """
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
@@ -94,9 +102,13 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 stats: UsageStats | None = None, structured_output: str | None = None):
+                 stats: UsageStats | None = None, structured_output: str | None = None,
+                 on_truncated: str = "keep"):
+        if on_truncated not in ("keep", "error", "retry"):
+            raise ValueError(f"on_truncated must be keep, error or retry, not {on_truncated!r}")
         self.provider = provider
         self.structured_dialect = structured.dialect_for(provider, structured_output)
+        self.on_truncated = on_truncated
         self.api_base = api_base
         self._api_key = api_key
         self.timeout = float(timeout)
@@ -182,9 +194,13 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 try:
                     self.stats.count("requests")
                     started = time.monotonic()
-                    result = await attempt_once()
+                    # The SDK's timeout bounds each socket read; this bounds the attempt.
+                    result = await asyncio.wait_for(attempt_once(), self.timeout)
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # ValueErrors, but a bad reply
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
+                except asyncio.TimeoutError:
+                    error = errors.TimeoutError(f"{self.provider}: no complete answer within "
+                                                f"backend.timeout={self.timeout:g} s")
                 except ValueError:
                     raise  # a caller's mistake or a non-reward model: retrying cannot help
                 except Exception as exc:  # translated here, in one place
@@ -268,9 +284,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once)
 
     async def _read(self, response: Any, stream: bool, text: bool, model: str) -> list[str]:
-        """Texts in choice order; streams are accumulated per choice index."""
+        """Texts in choice order; streams are accumulated per choice index.
+
+        Each text is checked by :meth:`_accept`: an empty or truncated answer raises here, inside
+        the attempt, so the retry loop applies ``on_truncated`` and the cache never stores it.
+        """
         if stream:
             parts: dict[int, list[str]] = {}
+            finish: dict[int, Any] = {}
             usage = None
             async for chunk in response:
                 usage = _read_field(chunk, "usage") or usage
@@ -278,22 +299,32 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     index = _read_field(choice, "index") or 0
                     piece = _read_field(choice, "text") if text else _read_field(_read_field(choice, "delta"), "content")
                     parts.setdefault(index, []).append(piece or "")
+                    finish[index] = _read_field(choice, "finish_reason") or finish.get(index)
             self._record_usage(usage, model)
-            return ["".join(parts[i]) for i in sorted(parts)]
+            return [self._accept("".join(parts[i]), finish.get(i)) for i in sorted(parts)]
         choices = _read_field(response, "choices")
         if not choices:
             raise errors.MalformedResponseError(f"{self.provider}: response has no choices")
         self._record_usage(_read_field(response, "usage"), model)
         ordered = sorted(choices, key=lambda c: _read_field(c, "index") or 0)
-        if text:
-            return [self._text(_read_field(c, "text")) for c in ordered]
-        return [self._text(_read_field(_read_field(c, "message"), "content")) for c in ordered]
+        texts = [_read_field(c, "text") if text else _read_field(_read_field(c, "message"), "content") for c in ordered]
+        return [self._accept(t, _read_field(c, "finish_reason")) for t, c in zip(texts, ordered)]
 
-    def _text(self, value: Any) -> str:
-        """An answer is text: the lean path reads plain JSON, where a server may put anything."""
-        if value is None or isinstance(value, str):
-            return value or ""
-        raise errors.MalformedResponseError(f"{self.provider}: answer content is {type(value).__name__}, not text")
+    def _accept(self, content: Any, finish_reason: Any) -> str:
+        """The answer's text, or the error an empty or truncated answer is (``on_truncated``)."""
+        retry = self.on_truncated == "retry"
+        cut = str(getattr(finish_reason, "value", finish_reason) or "") == "length"
+        if content is None or content == "":
+            reason = " (cut at max_tokens before any text)" if cut else ""
+            raise errors.EmptyAnswerError(f"{self.provider}: the answer is empty{reason}", None, retry)
+        if not isinstance(content, str):  # the lean path reads plain JSON, where a server may put anything
+            raise errors.MalformedResponseError(f"{self.provider}: answer content is {type(content).__name__}, "
+                                                "not text")
+        if cut and self.on_truncated != "keep":
+            raise errors.TruncatedError(f"{self.provider}: the answer was cut at max_tokens (finish_reason "
+                                        "length); raise sampling.max_tokens, or set backend.on_truncated="
+                                        "keep or retry", None, retry)
+        return str(content)
 
     def _record_usage(self, usage: Any, model: str) -> None:
         if usage is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, InputError
 from recipe.services.structured_output import load_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
@@ -21,6 +21,8 @@ def build_messages(record: dict, prompt: str | None, messages: list | None, syst
         turns += [{"role": m["role"], "content": render(m["content"], record)} for m in messages]
     else:
         turns.append({"role": "user", "content": render(prompt or "{{ prompt }}", record)})
+    if not any(turn["content"].strip() for turn in turns if turn["role"] != "system"):
+        raise InputError("the prompt rendered to blank text: nothing to send")
     return turns
 
 

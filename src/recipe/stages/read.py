@@ -4,11 +4,12 @@ JSONL files are split into partitions of ``partition_size`` lines by byte offset
 client (one fast newline count), and each partition is read by its task: a 1M-line file is
 never loaded into the driver. Each line is decoded and parsed on its own, so a malformed
 line or an invalid UTF-8 byte becomes an error record naming the file and line, and the
-rest of the file is read.
+rest of the file is read. Binary Parquet values are read as base64 text.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ import dask.bag as db
 from recipe.errors import ConfigError, InputError
 from recipe.services import storage
 from recipe.stages.base import Stage
-from recipe.stages.records import ID, PARENT, SOURCE, error_record, make_id
+from recipe.stages.records import (ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
+                                   make_id)
 
 
 def resolve_paths(path: str | list[str]) -> list[str]:
@@ -60,37 +62,79 @@ def _jsonl_blocks(path: str, lines_per_block: int) -> list[tuple[str, int, int, 
     return blocks
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _read_jsonl_block(block: tuple[str, int, int, int]) -> list[dict]:
     path, start, end, first_line = block
     name = storage.name(path)
-    records: list[dict] = []
     data = storage.read_range(path, start, end)
-    for number, raw in enumerate(data.splitlines(), start=first_line):
-        where = f"{path}:{number}"
+    if len(data) < end - start:  # the file was truncated or replaced since the blocks were planned
+        raise InputError(f"{path} changed during the run: lines {first_line} and after are gone "
+                         f"(expected {end - start} bytes at byte {start}, read {len(data)}); "
+                         "restore the file or start a new run")
+    if start == 0 and data.startswith(_BOM):  # UTF-8 with a byte-order mark (Windows editors)
+        data = data[len(_BOM):]
+    # One rule for planning (_jsonl_blocks) and parsing: only \n ends a line. A bare CR is
+    # whitespace inside a JSON line, as JSON says; bytes.splitlines() would split there.
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    records: list[dict] = []
+    for number, raw in enumerate(lines, start=first_line):
         if not raw.strip():
             continue
-        try:
-            value = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            err = InputError(f"{where}: invalid UTF-8 byte at column {exc.start + 1}")
-            records.append(error_record("read", err, raw.decode("utf-8", "replace"), where))
-            continue
-        except RecursionError:  # thousands of nested brackets: Python's parser gives up
-            err = InputError(f"{where}: JSON nested too deeply to read")
-            records.append(error_record("read", err, raw[:200].decode("utf-8", "replace") + "...", where))
-            continue
-        except ValueError as exc:
-            err = InputError(f"{where}: malformed JSON: {exc}")
-            records.append(error_record("read", err, raw.decode("utf-8", "replace"), where))
-            continue
-        if not isinstance(value, dict):
-            records.append(error_record("read", InputError(f"{where}: a record must be a JSON object"), value, where))
-            continue
-        value.setdefault(ID, make_id(name, number))
-        value.setdefault(PARENT, None)
-        value.setdefault(SOURCE, f"{name}:{number}")
-        records.append(value)
+        records.append(_parse_line(raw, path, name, number))
     return records
+
+
+def _parse_line(raw: bytes | str, path: str, name: str, number: int) -> dict:
+    """One line: its record, or its error record naming file and line."""
+    where = f"{path}:{number}"
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as exc:
+        return error_record("read", InputError(f"{where}: invalid UTF-8 byte at column {exc.start + 1}"),
+                            text.rstrip("\r"), where)
+    except RecursionError:  # thousands of nested brackets: Python's parser gives up
+        return error_record("read", InputError(f"{where}: JSON nested too deeply to read"),
+                            text[:200] + "...", where)
+    except ValueError as exc:
+        return error_record("read", InputError(f"{where}: malformed JSON: {exc}"), text.rstrip("\r"), where)
+    if is_error_line(value):  # a line of an errors/ file: retry the record that failed
+        value = value["record"]
+        if isinstance(value, str):  # a line that did not parse then: parse it again
+            return _parse_line(value, path, name, number)
+    return _admit(value, where, make_id(name, number), f"{name}:{number}")
+
+
+def _admit(value: Any, where: str, default_id: str, source: str) -> dict:
+    """An input record with its identity, or an error record if it is not one we can take."""
+    if not isinstance(value, dict):
+        return error_record("read", InputError(f"{where}: a record must be a JSON object"), value, where)
+    foreign = foreign_reserved(value)
+    if foreign:
+        err = InputError(f"{where}: field {', '.join(foreign)} is reserved for recipe's own bookkeeping "
+                         f"({', '.join(RESERVED)}): rename it in the input")
+        failed = error_record("read", err, value, where)
+        failed[ID] = default_id
+        return failed
+    value.setdefault(ID, default_id)
+    value.setdefault(PARENT, None)
+    value.setdefault(SOURCE, source)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Binary values as base64 text, so that they survive JSON output and prompt templates."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _read_parquet_group(item: tuple[str, int]) -> list[dict]:
@@ -100,11 +144,8 @@ def _read_parquet_group(item: tuple[str, int]) -> list[dict]:
     with storage.open_file(path, "rb") as handle:
         rows = pq.ParquetFile(handle).read_row_group(group).to_pylist()
     name = storage.name(path)
-    for index, row in enumerate(rows):
-        row.setdefault(ID, make_id(name, group, index))
-        row.setdefault(PARENT, None)
-        row.setdefault(SOURCE, f"{name}:rowgroup{group}:{index}")
-    return rows
+    return [_admit(_plain(row), f"{path}:rowgroup{group}:{index}", make_id(name, group, index),
+                   f"{name}:rowgroup{group}:{index}") for index, row in enumerate(rows)]
 
 
 def _read_item(item: tuple[str, Any]) -> list[dict]:

@@ -4,15 +4,23 @@ Every record carries ``_id`` (stable: a hash of where it came from) and ``_paren
 the record it was derived from, or null for input records), so any output traces back to its
 source. A record that fails becomes an *error record* that later stages pass through untouched
 and the write stage routes to ``errors/``: every input ends in exactly one place.
+
+The fields in :data:`RESERVED` are recipe's own. An input record may carry them only as recipe
+wrote them: a line of an ``errors/`` file (it is retried) or a record of a previous run's output
+(it keeps its identity). Anything else carrying them is refused with an error record of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 ID, PARENT, SOURCE, ERROR = "_id", "_parent", "_source", "_error"
+#: Fields recipe writes into records; the README documents them.
+RESERVED = (ID, PARENT, SOURCE, ERROR)
+_HEX_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def make_id(*parts: Any) -> str:
@@ -42,6 +50,26 @@ def error_record(stage: str, error: BaseException, record: Any, where: str | Non
         info["raw"] = raw
     rid = record_id(record) if isinstance(record, dict) else None
     return {ERROR: info, ID: rid, "record": record}
+
+
+def is_error_line(value: Any) -> bool:
+    """Whether ``value`` is an error record as the write stage stores it in ``errors/``."""
+    info = value.get(ERROR) if isinstance(value, dict) else None
+    return isinstance(info, dict) and {"stage", "class", "message"} <= info.keys() and "record" in value
+
+
+def foreign_reserved(record: dict) -> list[str]:
+    """The reserved fields ``record`` carries that recipe did not write (empty: none, or ours)."""
+    present = [key for key in RESERVED if key in record]
+    if not present:
+        return []
+
+    def an_id(value: Any) -> bool:
+        return isinstance(value, str) and bool(_HEX_ID.fullmatch(value))
+
+    ours = (ERROR not in record and an_id(record.get(ID)) and (record.get(PARENT) is None or an_id(record[PARENT]))
+            and isinstance(record.get(SOURCE, ""), str))
+    return [] if ours else present
 
 
 def child(parent: dict, index: int, **fields: Any) -> dict:

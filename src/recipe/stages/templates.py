@@ -1,22 +1,36 @@
 """Jinja prompt templates, compiled once per process and rendered strictly.
 
 A field the template needs but the record lacks is an :class:`InputError` naming the field,
-not an empty string sent to a paid endpoint. Any other failure on one record's values (``{{ n + 1 }}``
-with a string ``n``) is that record's :class:`InputError` too. The record's fields are passed
-as one mapping, never as keyword arguments, so fields named ``self``, ``cls`` or ``__class__``
-render like any other.
+not an empty string sent to a paid endpoint; so is a field that is null or blank. Any other
+failure on one record's values (``{{ n + 1 }}`` with a string ``n``) is that record's
+:class:`InputError` too. The record's fields are passed as one mapping, never as keyword
+arguments, so fields named ``self``, ``cls`` or ``__class__`` render like any other. Lists and
+dicts are inserted as JSON, not as Python's repr. A template that tries to leave the sandbox
+stops the run with one line naming it.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from recipe.errors import ConfigError, InputError
 
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+def _finalize(value: Any) -> Any:
+    """What ``{{ x }}`` prints: structures as JSON (the model reads JSON, not Python's repr)."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
+
+
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                                     finalize=_finalize)
 
 
 @lru_cache(maxsize=512)
@@ -27,13 +41,24 @@ def compile_template(source: str) -> jinja2.Template:
         raise ConfigError(f"prompt template line {exc.lineno}: {exc.message}: {source[:80]!r}") from None
 
 
+@lru_cache(maxsize=512)
+def _fields_used(source: str) -> frozenset[str]:
+    return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
+
+
 def render(source: str, fields: dict) -> str:
     template = compile_template(source)
+    for name in sorted(_fields_used(source)):  # null and blank are as good as missing
+        if name not in fields:
+            continue  # missing: StrictUndefined says so below, unless the template checks `is defined`
+        value = fields[name]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise InputError(f"record field {name!r} that the prompt needs is {'null' if value is None else 'blank'}")
     try:
         return template.render(fields)
     except jinja2.UndefinedError as exc:
         raise InputError(f"record is missing a field the prompt needs: {exc.message}") from None
-    except jinja2.exceptions.SecurityError:
-        raise  # the template's own fault, not the record's
+    except SecurityError as exc:
+        raise ConfigError(f"prompt template {source[:80]!r} was refused by Jinja's sandbox: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a record's values the template cannot use
         raise InputError(f"prompt template failed on this record: {type(exc).__name__}: {exc}") from None

@@ -257,6 +257,9 @@ class _App:
         if a.models and body.get("model") not in a.models.split(","):
             return _error(404, f"The model `{body.get('model')}` does not exist or you do not have "
                           "access to it.", "invalid_request_error", "model_not_found")
+        if a.status:
+            return _error(a.status, f"Refused with status {a.status} (injected)", "permission_error"
+                          if a.status == 403 else "invalid_request_error", None)
         if a.throttle_above and self.in_flight > a.throttle_above:
             return _error(429, "Too many requests in flight", "rate_limit_exceeded",
                           "rate_limit_exceeded", headers=self.retry)
@@ -303,19 +306,33 @@ class _App:
             choices = [(i, {"answer": c}, lp) for i, c, lp in choices]
         model = body.get("model", "stub-model")
         usage = {"prompt_tokens": _tokens(prompt_chars),
-                 "completion_tokens": _tokens(sum(len(c[1]) for c in choices))}
+                 "completion_tokens": _tokens(sum(len(c[1] or "") for c in choices))}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-stub{self.requests}", "object": obj,
                 "created": int(time.time()), "model": model}
         if body.get("stream"):
             return await self._stream(request, chat, head, choices, usage, body)
+        finish = a.finish_reason
         out = [{"index": i, "message": {"role": "assistant", "content": c}, "logprobs": lp,
-                "finish_reason": "stop"} if chat else
-               {"index": i, "text": c, "logprobs": lp, "finish_reason": "stop"}
+                "finish_reason": finish} if chat else
+               {"index": i, "text": c, "logprobs": lp, "finish_reason": finish}
                for i, c, lp in choices]
-        return web.Response(text=json.dumps({**head, "choices": out, "usage": usage}),
-                            content_type=_JSON)
+        text = json.dumps({**head, "choices": out, "usage": usage})
+        if a.drip:
+            return await self._drip(request, text.encode())
+        return web.Response(text=text, content_type=_JSON)
+
+    async def _drip(self, request, data: bytes):
+        """A complete 200 reply sent one byte every ``--drip`` seconds: each read is quick."""
+        resp = web.StreamResponse(headers={"Content-Type": _JSON})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        for i in range(len(data)):
+            await resp.write(data[i:i + 1])
+            await asyncio.sleep(self.a.drip)
+        await resp.write_eof()
+        return resp
 
     def _choices(self, chat: bool, body: dict, last_msg: str, prompts: list[str]) -> list:
         """Return ``(index, content, logprobs)`` triples for the reply mode in force."""
@@ -350,6 +367,9 @@ class _App:
                 base = "\n".join(f"{i + 1}. item {w} about {x}" for i, w in enumerate(_ORDINALS))
             elif a.reply == "yes":
                 base = "Yes"
+            elif a.reply in ("empty", "null"):
+                out.append((len(out), "" if a.reply == "empty" else None, None))
+                continue
             else:
                 base = "echo: " + (p if chat else p[-200:])
             if seed is not None:
@@ -372,6 +392,7 @@ class _App:
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
         for i, content, _ in choices:
+            content = content or ""
             if chat:
                 await send([{"index": i, "delta": {"role": "assistant", "content": ""},
                              "logprobs": None, "finish_reason": None}])
@@ -382,9 +403,10 @@ class _App:
                 await send([{"index": i, "delta": {"content": piece}, "logprobs": None,
                              "finish_reason": None} if chat else
                             {"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
-            await send([{"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+            finish = self.a.finish_reason
+            await send([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}
                         if chat else
-                        {"index": i, "text": "", "logprobs": None, "finish_reason": "stop"}])
+                        {"index": i, "text": "", "logprobs": None, "finish_reason": finish}])
         if (body.get("stream_options") or {}).get("include_usage"):
             await send([], {"usage": usage})
         await resp.write(b"data: [DONE]\n\n")
@@ -404,9 +426,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-n", action="store_true", help="always one choice, as llama.cpp")
     p.add_argument("--reward", action="store_true", help="answer as nemotron-4-340b-reward")
     p.add_argument("--reward-content-only", action="store_true", help="reward with no logprobs")
-    p.add_argument("--reply", choices=("echo", "list", "yes"), default="echo")
+    p.add_argument("--reply", choices=("echo", "list", "yes", "empty", "null"), default="echo",
+                   help="empty: content \"\"; null: content null")
     p.add_argument("--schema-break", type=float, default=0.0,
                    help="exact fraction of answers to a schema that break it")
+    p.add_argument("--finish-reason", default="stop", help="e.g. length: a truncated answer")
+    p.add_argument("--status", type=int, default=0, help="answer every request with this HTTP error")
+    p.add_argument("--drip", type=float, default=0.0, help="send the reply one byte per N seconds")
     p.add_argument("--api-key", default=None)
     p.add_argument("--context-length", type=int, default=0, help="0 = off")
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
@@ -452,10 +478,12 @@ class StubServer:
                  fail_429: float = 0.0, drop: float = 0.0, malformed: float = 0.0,
                  retry_after: float = 0.2, throttle_above: int = 0, ignore_n: bool = False,
                  reward: bool = False, reward_content_only: bool = False, reply: str = "echo",
-                 api_key: str | None = None, context_length: int = 0, port: int = 0,
+                 api_key: str | None = None, context_length: int = 0, finish_reason: str = "stop",
+                 status: int = 0, drip: float = 0.0, port: int = 0,
                  models: str = "", schema_break: float = 0.0) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
+                     f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
                      f"--fail-500={fail_500}", f"--fail-429={fail_429}", f"--drop={drop}",
                      f"--malformed={malformed}", f"--retry-after={retry_after}",
                      f"--throttle-above={throttle_above}", f"--reply={reply}",
