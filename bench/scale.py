@@ -7,7 +7,10 @@ worker processes built exactly as ``recipe.run`` builds it (``recipe.runner.dask
 Reported: records/s, and each worker's peak RSS (VmHWM from /proc/self/status, read in the
 workers at the end of each run). Goal: peak RSS grows < 20% from N/10 to N, and stays < 1 GiB.
 
-    python bench/scale.py [--smoke] [--rows N]
+``--s3``: the same N records read from and written to object storage (moto's S3-compatible
+server on 127.0.0.1, through s3fs), against a local-disk run of N records as the baseline.
+
+    python bench/scale.py [--smoke] [--rows N] [--s3]
 """
 
 from __future__ import annotations
@@ -40,7 +43,26 @@ def write_input(path: str, rows: int) -> None:
             handle.write("\n")
 
 
-def pipeline(base_url: str, rows: int, tmp: str) -> tuple[float, int, list[float]]:
+def start_s3() -> object:
+    """moto's S3 server on 127.0.0.1 and a bucket; the environment points s3fs (and workers) at it."""
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("bench")
+    return server
+
+
+def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tuple[float, int, list[float]]:
     """(records/s, records written, peak RSS MiB of each worker) of one run of ``rows`` records."""
     import recipe
     from recipe.config.compose import resolved_container
@@ -50,13 +72,19 @@ def pipeline(base_url: str, rows: int, tmp: str) -> tuple[float, int, list[float
 
     input_path = os.path.join(tmp, f"in-{rows}.jsonl")
     write_input(input_path, rows)
+    if store is not None:  # the input goes up first; its upload is not timed
+        from recipe.services import storage
+
+        local, input_path = input_path, f"{store}/in-{rows}.jsonl"
+        fs, inner = storage.filesystem(input_path)
+        fs.put_file(local, inner)
     size = max(1, -(-rows // PARTITIONS))
     cfg = recipe.compose(["backend=vllm", f"backend.api_base={base_url}", "backend.api_key=k", "model.name=m",
                           f"input={input_path}", "backend.max_concurrency=64", "dask.n_workers=2",
                           f"dask.partition_size={size}",
                           "cache.enabled=false", "progress=false"])
     data = resolved_container(cfg)
-    out = os.path.join(tmp, f"out-{rows}")
+    out = f"{store}/out-{rows}" if store is not None else os.path.join(tmp, f"out-{rows}")
     with dask_context(data["dask"]) as client:
         enable_cluster_limits(client)
         with timed() as t:
@@ -77,6 +105,8 @@ def main() -> None:
 
     banner("scale")
     rows = 2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    if "--s3" in sys.argv:
+        return main_s3(500 if small() else rows)
     results = []
     with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
         base_rate, base_n, base_peaks = pipeline(server.base_url, rows // 10, tmp)
@@ -94,6 +124,29 @@ def main() -> None:
     ok = growth < 0.2 and max(peaks) < 1024
     print(f"goal growth < 20% and < 1 GiB per worker: {'met' if ok else 'NOT met'} ({growth:+.0%}, {max(peaks):.0f} MiB)")
     save("scale", results)
+
+
+def main_s3(rows: int) -> None:
+    """N records on local disk (baseline), then the same N from and to S3 (moto on 127.0.0.1)."""
+    from recipe.testing.stub_server import StubServer
+
+    results = []
+    s3 = start_s3()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
+            base_rate, base_n, base_peaks = pipeline(server.base_url, rows, tmp)
+            server.reset()
+            rate, n, peaks = pipeline(server.base_url, rows, tmp, store="s3://bench")
+            requests = server.stats()["requests"]
+    finally:
+        s3.stop()
+    assert n == base_n == rows, "records went missing"
+    assert requests == rows, f"{requests} requests for {rows} records"
+    results.append(report(f"{rows} records, local disk (baseline)", base_rate, base_rate, "rec/s"))
+    results.append(report(f"{rows} records, S3 (moto)", rate, base_rate, "rec/s"))
+    results.append(report("peak worker RSS, local disk (baseline)", max(base_peaks), max(base_peaks), "MiB"))
+    results.append(report("peak worker RSS, S3 (moto)", max(peaks), max(base_peaks), "MiB"))
+    save("scale-s3", results)
 
 
 if __name__ == "__main__":

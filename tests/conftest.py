@@ -47,3 +47,135 @@ def fresh_clients():
     forget_clients()
     yield
     forget_clients()
+
+
+# ---- scale-out services: separate Dask processes, Redis, an S3-compatible server -------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(check, what: str, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A factory: ``start(n_workers, env)`` runs ``dask scheduler`` and ``n_workers`` separate
+    ``dask worker`` processes, each in its own temporary working directory, on 127.0.0.1, and
+    returns the scheduler's address. All are stopped after the test."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dask_cli = shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
+    procs: list[subprocess.Popen] = []
+
+    def start(n_workers: int = 2, env: dict | None = None, nthreads: int = 1) -> str:
+        env = {**os.environ, **(env or {})}
+        sched_file = tmp_path / "scheduler.json"
+        sched_dir = tmp_path / "scheduler"
+        sched_dir.mkdir()
+        procs.append(subprocess.Popen(
+            [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file", str(sched_file)], cwd=sched_dir, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for(sched_file.exists, "dask scheduler")
+        address = json.loads(sched_file.read_text())["address"]
+        for index in range(n_workers):
+            workdir = Path(tmp_path / f"worker-{index}")
+            workdir.mkdir()
+            procs.append(subprocess.Popen(
+                [dask_cli, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
+                 "--no-dashboard", "--local-directory", str(workdir), "--name", f"w{index}"],
+                cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        return address
+
+    yield start
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real ``redis-server`` on 127.0.0.1 (random port, no persistence); yields its URL."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        _wait_for(up, "redis-server", timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """moto's S3-compatible server on 127.0.0.1 (random port) and an empty bucket; yields ``s3://bucket``.
+
+    The endpoint and dummy credentials go into the environment, where s3fs finds them (as it
+    would find real ones), so subprocesses and Dask workers started by the test reach it too.
+    """
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import urllib.request
+
+    # moto keeps its state per process, across servers: start from an empty store
+    reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", data=b"", method="POST")
+    urllib.request.build_opener(urllib.request.ProxyHandler({})).open(reset, timeout=30).read()
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would still point at another server
+    s3fs.S3FileSystem().mkdir("bucket")
+    try:
+        yield "s3://bucket"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

@@ -15,13 +15,14 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py", "rerun.py", "structured.py",
-           "interrupt.py", "dedup.py", "spend.py"]
+           "interrupt.py", "dedup.py", "spend.py", "scale.py --s3"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_smoke(script):
     env = {k: v for k, v in os.environ.items() if k != "BENCH_JSON"}  # never append to the lead's results
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], cwd=BENCH.parent, env=env,
+    name, *options = script.split()
+    proc = subprocess.run([sys.executable, str(BENCH / name), "--smoke", *options], cwd=BENCH.parent, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert proc.stdout.startswith("# bench "), proc.stdout[:500]

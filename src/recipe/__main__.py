@@ -55,6 +55,7 @@ def _precheck(argv: list[str]) -> None:
 
     from recipe.config import secrets
     from recipe.config.compose import compose, resolved_container
+    from recipe.config.env_keys import resolved_by_reference
     from recipe.preflight import check_backends, check_writable
 
     args, _ = get_args_parser().parse_known_args(argv)
@@ -79,17 +80,28 @@ def _precheck(argv: list[str]) -> None:
         if args.cfg:  # printing a config needs no key and no input
             continue
         if "backend" in cfg:
-            resolved_container(cfg.backend)
-        data = resolved_container(cfg)
+            if cfg.get("dask") and cfg.dask.get("address"):
+                # Workers of an existing cluster read keys from their own environment: the driver
+                # may lack the variable, so keys stay references (EnvKey) here.
+                data = resolved_by_reference(cfg)
+            else:
+                resolved_container(cfg.backend)
+                data = resolved_container(cfg)
+        else:
+            data = resolved_container(cfg)
         check_backends(data)
         # Hydra makes the run folder (output_dir) and its log file before any of our code runs.
-        if data.get("output_dir"):
+        from recipe.services import storage
+
+        if data.get("output_dir") and not storage.is_remote(data["output_dir"]):  # a bucket is not made here
             check_writable(data["output_dir"], "output_dir")
         if (data.get("cache") or {}).get("enabled") and data["cache"].get("dir"):
             check_writable(data["cache"]["dir"], "cache.dir")
         given = cfg.get("input")
         if isinstance(given, str) and given and not glob.has_magic(given):
-            if not os.path.isfile(os.path.expanduser(given)):
+            from recipe.services import storage
+
+            if not storage.isfile(given if storage.is_remote(given) else os.path.expanduser(given)):
                 raise _config_error(f"input file not found: {given}")
         if cfg.get("output_dir"):  # refused before Hydra writes its config into another run's folder
             from recipe import run_identity

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.errors import ConfigError
 
 
@@ -21,7 +22,9 @@ class ClientSpec:
     provider: str
     model: str
     api_base: str | None = None
-    api_key: str | None = field(default=None, repr=False)
+    # A key by reference (an EnvKey: the variable's name) unless backend.ship_key=true: this spec
+    # travels in task graphs, and each process resolves the key from its own environment.
+    api_key: "str | EnvKey | None" = field(default=None, repr=False)
     timeout: float = 120.0
     num_retries: int = 5
     max_concurrency: int = 16
@@ -31,6 +34,7 @@ class ClientSpec:
     formatter: tuple = ()  # (("_target_", ...), ("chat_template", ...)) - hashable
     sampling: tuple = ()  # (("temperature", 0.7), ...)
     cache_dir: str | None = None
+    cache_url: str | None = None  # redis://host:port/db: one cache for the cluster, instead of cache_dir
     cache_max_gb: float | None = None  # the cache's bound (least recently used out); None: unbounded
     cluster_limits: bool = True  # coordinate limits through the Dask scheduler when there is one
     endpoint_id: str | None = None  # names the endpoint in cache keys when api_base is not stable
@@ -43,10 +47,9 @@ class ClientSpec:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
-        """Build from a composed config (DictConfig or plain dict), resolving ${oc.env:...} keys."""
-        from recipe.config.compose import resolved_container
-
-        data = cfg if isinstance(cfg, dict) else resolved_container(cfg)
+        """Build from a composed config (DictConfig or plain dict); ``${oc.env:...}`` keys stay references
+        (:class:`EnvKey`) unless ``backend.ship_key`` is true."""
+        data = resolved_by_reference(cfg)
         backend, model = data["backend"], data["model"]
         formatter = {k: v for k, v in (data.get("formatter") or {}).items() if v is not None}
         if not formatter.get("_target_"):
@@ -61,6 +64,7 @@ class ClientSpec:
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
             batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", 30.0)),
+            cache_url=cache.get("url") if cache.get("enabled", True) else None,
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
             on_truncated=str(backend.get("on_truncated") or "error"),
@@ -101,7 +105,8 @@ class ClientSpec:
         return ("ClientSpec", sorted(data.items(), key=lambda kv: kv[0]))
 
     def client_kwargs(self) -> dict:
-        return {"provider": self.provider, "api_base": self.api_base, "api_key": self.api_key,
+        """The client's arguments, the key resolved here (in the process that builds the client)."""
+        return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
@@ -117,10 +122,15 @@ def build_client(cfg: Any, asynchronous: bool = False):
 
     spec = cfg if isinstance(cfg, ClientSpec) else ClientSpec.from_config(cfg)
     cls = AsyncLiteLLMClient if asynchronous else LiteLLMClient
-    return cls(**spec.client_kwargs(), cache=_open_cache(spec))
+    return cls(**spec.client_kwargs(), cache=open_cache(spec))
 
 
-def _open_cache(spec: ClientSpec):
+def open_cache(spec: ClientSpec):
+    """The spec's request cache: Redis for ``cache_url``, else SQLite in ``cache_dir``, else none."""
+    if spec.cache_url:
+        from recipe.services.redis_cache import RedisCache
+
+        return RedisCache(spec.cache_url)
     if not spec.cache_dir:
         return None
     from recipe.services.cache import RequestCache
@@ -148,7 +158,7 @@ def shared_async_client(spec: ClientSpec):
 
                 stats = process_stats()
                 worker = _current_worker() if spec.cluster_limits and spec.budget is not None else None
-                client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=_open_cache(spec), stats=stats,
+                client = AsyncLiteLLMClient(**spec.client_kwargs(), cache=open_cache(spec), stats=stats,
                                             limiter=limiter_for(spec, stats), budget=budget_for(spec.budget, worker))
                 if spec.batch:
                     from pathlib import Path

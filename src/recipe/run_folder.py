@@ -12,7 +12,10 @@ Layout (``D`` is ``output_dir``, or ``<RECIPE_RUNS_DIR>/<recipe>-<hash>``)::
 
 A partition counts as done only when its manifest exists: its part file and error file were both
 replaced before it, so a crash anywhere in between makes the next attempt redo the partition.
-Everything here is plain files and stdlib: the CLI checks a folder before Hydra writes into it.
+Everything here goes through :mod:`recipe.services.storage`, so ``D`` may be a local path or an
+fsspec URL (``s3://bucket/run``): every file is committed whole (a rename locally, one PUT on an
+object store), and the manifests there make resume work from any machine. The CLI checks a folder
+before Hydra writes into it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from recipe.errors import ConfigError
+from recipe.services import storage
 
 RUN_FILE = "run.json"
 MANIFESTS = "manifests"
@@ -41,31 +43,23 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}"
 
 
-def atomic_write(path: Path, fill: Callable[[Path], None]) -> None:
-    """Write ``path`` whole or not at all: ``fill`` writes a temporary file beside it, then a rename.
+def atomic_write(path: str | Path, fill: Callable[[Path], None]) -> None:
+    """Write ``path`` (a local path or a URL) whole or not at all; ``fill`` writes a local temporary file.
 
-    Temporaries are named ``.<name>.<pid>.<random>.tmp``, which the next attempt cleans up if a
-    crash or a full disk leaves one behind.
+    Local temporaries are named ``.<name>.<pid>.<random>.tmp`` beside the target, which the next
+    attempt cleans up if a crash or a full disk leaves one behind (see :func:`storage.atomic_write`).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fill(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    storage.atomic_write(str(path), fill)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8"))
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: str | Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = storage.read_text(str(path))
+        return None if text is None else json.loads(text)
     except (OSError, ValueError):
         return None
 
@@ -86,32 +80,36 @@ def commit_partition(directory: str, index: int, good_file: str | None, error_fi
     has none): a leftover from an earlier attempt, good or error, is removed so that no
     ``errors/part-N`` survives beside a new ``part-N``; the manifest is written last.
     """
-    root = Path(directory)
     name = part_name(index)
-    for path in root.glob(f"{name}.*"):
-        if path.name != good_file:
-            path.unlink(missing_ok=True)
+    for path in storage.listdir(directory, f"{name}.*"):
+        if storage.name(path) != good_file:
+            storage.remove(path)
     if error_file is None:
-        (root / ERRORS / f"{name}.jsonl").unlink(missing_ok=True)
-    (root / MANIFESTS).mkdir(exist_ok=True)
-    atomic_write_json(root / MANIFESTS / f"{name}.json", manifest)
+        storage.remove(storage.join(directory, ERRORS, f"{name}.jsonl"))
+    storage.makedirs(storage.join(directory, MANIFESTS))
+    atomic_write_json(storage.join(directory, MANIFESTS, f"{name}.json"), manifest)
 
 
 def uncommit_partition(directory: str, index: int) -> None:
     """Called before a partition is written again: it is not done until its new manifest exists."""
-    (Path(directory) / MANIFESTS / f"{part_name(index)}.json").unlink(missing_ok=True)
+    storage.remove(storage.join(directory, MANIFESTS, f"{part_name(index)}.json"))
 
 
 class RunFolder:
     """One run's folder: its identity, its partition plan, its committed partitions and attempts."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.remote = storage.is_remote(path)
+        self.root = str(path) if self.remote else storage.local_path(path)
+        self.path = self.root if self.remote else Path(self.root)  # what messages name
+
+    def _at(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
 
     # ---- identity --------------------------------------------------------------------------
 
     def info(self) -> dict | None:
-        return _read_json(self.path / RUN_FILE)
+        return _read_json(self._at(RUN_FILE))
 
     def check(self, config_hash: str) -> None:
         """Refuse a folder that holds another config's results (one line, exit 2 at the CLI)."""
@@ -123,7 +121,7 @@ class RunFolder:
                     f"{info.get('config_hash')}, this config is {config_hash}): choose another output_dir, "
                     f"or leave output_dir unset to get a folder of its own")
             return
-        if self.path.is_dir() and (any(self.path.glob("part-*")) or (self.path / STATS).exists()):
+        if storage.listdir(self.root, "part-*") or storage.exists(self._at(STATS)):
             raise ConfigError(f"output_dir {self.path} holds results that no run of this config made: "
                               f"choose another output_dir, or leave output_dir unset to get a folder of its own")
 
@@ -132,6 +130,9 @@ class RunFolder:
         """Held for the whole attempt: two copies of one command must not write one folder."""
         import fcntl
 
+        if self.remote:  # object stores have no locks: one run per remote folder is the user's to keep
+            yield
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / LOCK, "a+")
         try:
@@ -152,27 +153,30 @@ class RunFolder:
         Returns whether earlier attempts exist (the run resumes).
         """
         self.check(config_hash)
-        self.path.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(self.root)
         if not resume:
             self.clear()
         self.clean_temporaries()
         info = self.info()
         if info is None:
-            atomic_write_json(self.path / RUN_FILE, {"format": FORMAT_VERSION, "config_hash": config_hash,
+            atomic_write_json(self._at(RUN_FILE), {"format": FORMAT_VERSION, "config_hash": config_hash,
                                                       "identity": ident, "created": time.time(), "plan": None})
         return bool(self.attempt_files())
 
     def clear(self) -> None:
         """Remove this run's results and account (not its log or Hydra's config)."""
-        for path in self.path.glob("part-*"):
-            path.unlink(missing_ok=True)
+        for path in storage.listdir(self.root, "part-*"):
+            storage.remove(path)
         for sub in (ERRORS, MANIFESTS, ATTEMPTS):
-            shutil.rmtree(self.path / sub, ignore_errors=True)
+            storage.remove_tree(self._at(sub))
         for name in (RUN_FILE, STATS):
-            (self.path / name).unlink(missing_ok=True)
+            storage.remove(self._at(name))
 
     def clean_temporaries(self) -> int:
-        """Delete the ``.part-N.*.tmp`` (and other ``*.tmp``) files a crash or a full disk left."""
+        """Delete the ``.part-N.*.tmp`` (and other ``*.tmp``) files a crash or a full disk left
+        (none on object stores: an object appears whole or not at all)."""
+        if self.remote:
+            return 0
         stale = [*self.path.glob(".part-*.tmp"), *self.path.glob(f".{STATS}.*.tmp"),
                  *self.path.glob(f".{RUN_FILE}.*.tmp")]
         for sub in (ERRORS, MANIFESTS, ATTEMPTS):
@@ -190,12 +194,12 @@ class RunFolder:
     def save_plan(self, plan: list) -> None:
         info = self.info() or {}
         info["plan"] = plan
-        atomic_write_json(self.path / RUN_FILE, info)
+        atomic_write_json(self._at(RUN_FILE), info)
 
     def manifests(self, config_hash: str | None = None) -> dict[int, dict]:
         """Committed partitions by number (a manifest of another config hash does not count)."""
         found: dict[int, dict] = {}
-        for path in (self.path / MANIFESTS).glob("part-*.json"):
+        for path in storage.listdir(self._at(MANIFESTS), "part-*.json"):
             manifest = _read_json(path)
             if not isinstance(manifest, dict) or "part" not in manifest:
                 continue
@@ -217,22 +221,22 @@ class RunFolder:
 
     # ---- attempts and the account ----------------------------------------------------------
 
-    def attempt_files(self) -> list[Path]:
-        return sorted((self.path / ATTEMPTS).glob("attempt-*.json"))
+    def attempt_files(self) -> list[str]:
+        return storage.listdir(self._at(ATTEMPTS), "attempt-*.json")
 
     def new_attempt(self) -> int:
-        (self.path / ATTEMPTS).mkdir(exist_ok=True)
-        numbers = [int(p.stem.split("-")[1]) for p in self.attempt_files()]
+        storage.makedirs(self._at(ATTEMPTS))
+        numbers = [int(storage.name(p).split("-")[1].split(".")[0]) for p in self.attempt_files()]
         return max(numbers, default=0) + 1
 
     def save_attempt(self, number: int, data: dict) -> None:
-        atomic_write_json(self.path / ATTEMPTS / f"attempt-{number:03d}.json", {"attempt": number, **data})
+        atomic_write_json(self._at(ATTEMPTS, f"attempt-{number:03d}.json"), {"attempt": number, **data})
 
     def attempts(self) -> list[dict]:
         return [a for a in (_read_json(p) for p in self.attempt_files()) if isinstance(a, dict)]
 
     def save_stats(self, stats: dict) -> None:
-        atomic_write_json(self.path / STATS, stats)
+        atomic_write_json(self._at(STATS), stats)
 
 
 _SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",

@@ -69,8 +69,9 @@ def _read_paths(recipe: dict) -> list[str]:
 
 def fingerprint(path: str) -> dict:
     """A file's identity: absolute path, size and modification time (a changed file is a new run)."""
-    stat = os.stat(path)
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    from recipe.services import storage
+
+    return storage.fingerprint(path)
 
 
 def identity(cfg: Any) -> dict:
@@ -84,8 +85,10 @@ def identity(cfg: Any) -> dict:
                     "n_ctx": backend.get("n_ctx")}
     model = _section(config, "model") or {}
     recipe = _section(config, "recipe") or {}
+    from recipe.services import storage
+
     inputs = sorted({p for p in _read_paths(recipe) + ([config.input] if config.get("input") else [])
-                     if os.path.isfile(p)})
+                     if storage.isfile(p)})
     return {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},
         "endpoint": endpoint,
@@ -123,8 +126,17 @@ def run_dir(cfg: Any, root: str | None = None) -> str:
 
 
 def _resolver(root: str, *, _root_: Any) -> str:
-    """``${recipe_run_dir:ROOT}``: Hydra's run dir (and each sweep job's) is the run folder."""
-    return os.path.abspath(run_dir(_root_, root))
+    """``${recipe_run_dir:ROOT}``: Hydra's run dir (and each sweep job's) is the run folder.
+
+    When ``output_dir`` is remote (``s3://...``) the results go there, and Hydra's run dir (its
+    ``.hydra/`` and the log) stays local: ``<ROOT>/<recipe>-<hash>``.
+    """
+    from recipe.services import storage
+
+    folder = run_dir(_root_, root)
+    if storage.is_remote(folder):
+        folder = str(Path(root or runs_root()) / run_name(_root_))
+    return os.path.abspath(folder)
 
 
 def register_resolver() -> None:

@@ -18,8 +18,10 @@ from typing import Any
 
 from recipe import preflight
 from recipe.config.compose import check, resolved_container, setup
+from recipe.config.env_keys import resolved_by_reference
 from recipe.errors import ConfigError
 from recipe.factory import ClientSpec
+from recipe.services import storage
 
 
 @dataclass
@@ -125,12 +127,20 @@ def _quiet_distributed():
 
 @contextlib.contextmanager
 def dask_context(dask_cfg: dict):
-    """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler."""
+    """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler.
+
+    ``dashboard``: a LocalCluster serves Dask's dashboard on 127.0.0.1 (its address goes to
+    stderr), and stages are not fused into one task per partition, so that each shows under its
+    own name in the dashboard's progress bars and task stream.
+    """
     import dask
 
+    dashboard = bool(dask_cfg.get("dashboard"))
     if dask_cfg.get("address") or dask_cfg.get("n_workers", 0) > 0:
         from distributed import Client, LocalCluster
 
+        if dashboard:
+            _require_bokeh()
         with contextlib.ExitStack() as stack:
             if dask_cfg.get("address"):
                 client = Client(dask_cfg["address"])
@@ -145,18 +155,43 @@ def dask_context(dask_cfg: dict):
                                            silence_logs=logging.CRITICAL,
                                            # the scheduler's HTTP routes on a free loopback port, not
                                            # 8787 (taken by another cluster, it prints a warning)
-                                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+                                           scheduler_kwargs={"dashboard": dashboard,
+                                                             "dashboard_address": "127.0.0.1:0"})
                 stack.callback(cluster.close)
                 client = Client(cluster)
             stack.callback(client.close)
+            if dashboard:
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+            stack.enter_context(dask.config.set(_UNFUSED if dashboard else {}))
             yield client
     else:
+        if dashboard:
+            raise ConfigError("dask.dashboard=true needs a cluster: set dask.n_workers=N (a LocalCluster) "
+                              "or dask.address=tcp://...")
         import dask.threaded
 
         # The function, not the name "threads": for a name Dask imports distributed (~0.8 s of CPU
         # before the first request) to look for a Client that a threaded run never has.
         with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
             yield None
+
+
+def _cull_only(dsk, keys, **kwargs):
+    """Dask's bag/delayed optimisation without fusion: each stage stays its own task."""
+    from dask._task_spec import convert_legacy_graph, cull
+    from dask.core import flatten
+
+    return cull(convert_legacy_graph(dsk), list(flatten(keys)))
+
+
+_UNFUSED = {"bag_optimize": _cull_only, "delayed_optimize": _cull_only}
+
+
+def _require_bokeh() -> None:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        raise ConfigError("dask.dashboard=true needs bokeh: pip install 'recipe[dashboard]'") from None
 
 
 def _snapshot() -> dict:
@@ -403,18 +438,23 @@ def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
 
     setup()
     check(cfg)
-    data = resolved_container(cfg)
+    data = resolved_by_reference(cfg)  # keys stay variable names (EnvKey): the graph never holds one
     ident = run_identity.identity(cfg)
     config_hash = run_identity.config_hash(ident)
     output_dir = (output_dir or data.get("output_dir") or _hydra_output_dir()
                   or str(Path(run_identity.runs_root()) / run_identity.run_name(cfg, ident)))
     spec = ClientSpec.from_config(data)
     preflight.check_backends(data)
-    preflight.check_writable(output_dir, "output_dir")
-    if spec.cache_dir:
+    if not storage.is_remote(output_dir):  # a bucket is not made here; its folder needs no mkdir
+        preflight.check_writable(output_dir, "output_dir")
+    if spec.cache_dir and not spec.cache_url:
         preflight.check_writable(spec.cache_dir, "cache.dir")
     folder = RunFolder(output_dir)
     folder.check(config_hash)  # before anything starts or is written
+    if spec.cache_url:  # a cluster-wide cache that is not there is refused before anything starts
+        from recipe.factory import open_cache
+
+        open_cache(spec).ping()
     backend = data["backend"]
     started = time.monotonic()
     # Stages first: a bad stage or a missing input is refused before any server or cluster starts.

@@ -36,6 +36,9 @@ class BackendConfig:
     provider: str = MISSING  # litellm's prefix: nvidia_nim, openai, hosted_vllm, ollama, ...
     api_base: Optional[str] = None
     api_key: Optional[str] = None  # always an ${oc.env:...} interpolation, never a literal
+    # false: task graphs carry the key's variable name and workers read their own environment;
+    # true: the driver's key travels with the tasks (for workers that lack the variable).
+    ship_key: bool = False
     timeout: float = 120.0
     num_retries: int = 5
     max_concurrency: int = 16
@@ -81,6 +84,7 @@ class DaskConfig:
     n_workers: int = 0  # 0: threads in this process; >0: a LocalCluster of worker processes
     threads_per_worker: int = 2
     partition_size: int = 256  # records per partition when reading
+    dashboard: bool = False  # serve Dask's dashboard (LocalCluster, 127.0.0.1) and print its address
 
 
 @dataclass
@@ -88,6 +92,7 @@ class CacheConfig:
     enabled: bool = True
     dir: str = MISSING  # a local disk: SQLite's locks do not hold on NFS
     max_gb: Optional[float] = 10.0  # least recently used entries are evicted beyond it; null: unbounded
+    url: Optional[str] = None  # redis://host:port/db: one cache for the whole cluster (instead of dir)
 
 
 @dataclass

@@ -42,6 +42,26 @@ def request_key(parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def pack(value: Any) -> tuple[str, str]:
+    """An answer as stored by every cache backend: (SHA-256 of the payload, the JSON payload)."""
+    payload = json.dumps({"v": value}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest(), payload
+
+
+class Damaged(ValueError):
+    """A stored entry whose checksum or payload does not hold: ignored and asked again."""
+
+
+def unpack(digest: str, payload: str) -> Any:
+    """The answer of a stored entry; :class:`Damaged` when it is not what was stored."""
+    if hashlib.sha256(payload.encode()).hexdigest() != digest:
+        raise Damaged("checksum mismatch")
+    try:
+        return json.loads(payload)["v"]
+    except (ValueError, KeyError, TypeError):
+        raise Damaged("unreadable payload") from None
+
+
 class RequestCache:
     """``get(parts)`` / ``put(parts, value)`` for JSON-serialisable answers (``aget``/``aput`` off-loop).
 
@@ -88,13 +108,9 @@ class RequestCache:
         row = conn.execute("SELECT digest, value FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        digest, value = row
-        if hashlib.sha256(value.encode()).hexdigest() != digest:
-            self.corrupt += 1
-            return None
         try:
-            answer = json.loads(value)["v"]
-        except (ValueError, KeyError, TypeError):
+            answer = unpack(*row)
+        except Damaged:
             self.corrupt += 1
             return None
         if self.max_bytes:  # recency only matters when something may be evicted
@@ -102,8 +118,7 @@ class RequestCache:
         return answer
 
     def put(self, parts: Any, value: Any) -> None:
-        payload = json.dumps({"v": value}, ensure_ascii=False)
-        digest = hashlib.sha256(payload.encode()).hexdigest()
+        digest, payload = pack(value)
         conn = self._connection()
         conn.execute("INSERT OR REPLACE INTO responses (key, digest, value, last_used) VALUES (?, ?, ?, ?)",
                      (request_key(parts), digest, payload, time.time()))

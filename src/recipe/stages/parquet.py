@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recipe.run_folder import atomic_write
+from recipe.services import storage
 
 JSON_FIELDS_KEY = b"recipe.json_fields"
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
@@ -73,7 +74,7 @@ def table_for(records: list[dict]) -> tuple[pa.Table, list[str]]:
     return table.replace_schema_metadata({JSON_FIELDS_KEY: json.dumps(json_fields).encode()}), json_fields
 
 
-def write_part(path: Path, records: list[dict]) -> list[str]:
+def write_part(path: str | Path, records: list[dict]) -> list[str]:
     """Write one partition atomically; returns the fields stored as JSON text."""
     table, json_fields = table_for(records)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
@@ -107,15 +108,19 @@ def _run_schema(schemas: list[pa.Schema]) -> tuple[pa.Schema, set[str]]:
 
 def unify_parts(directory: str | Path) -> list[str]:
     """Give every ``part-*.parquet`` of a run one schema; returns the fields stored as JSON text."""
-    parts = sorted(Path(directory).glob("part-*.parquet"))
+    parts = storage.listdir(str(directory), "part-*.parquet")
     if not parts:
         return []
-    schemas = [pq.read_schema(p) for p in parts]
+    schemas = []
+    for part in parts:
+        with storage.open_file(part, "rb") as handle:
+            schemas.append(pq.read_schema(handle))
     target, as_json = _run_schema(schemas)
     for path, schema in zip(parts, schemas):
         if schema.equals(target, check_metadata=True):
             continue
-        rows = pq.read_table(path).to_pylist()
+        with storage.open_file(path, "rb") as handle:
+            rows = pq.read_table(handle).to_pylist()
         for name in as_json - _json_fields(schema):  # raw values of a field that is JSON text elsewhere
             for row in rows:
                 if row.get(name) is not None:

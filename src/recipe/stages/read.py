@@ -10,30 +10,30 @@ rest of the file is read. Binary Parquet values are read as base64 text.
 from __future__ import annotations
 
 import base64
-import glob
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dask.bag as db
 
 from recipe.errors import ConfigError, InputError
+from recipe.services import storage
 from recipe.stages.base import Stage
 from recipe.stages.records import (ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
                                    make_id)
 
 
 def resolve_paths(path: str | list[str]) -> list[str]:
-    """Files for a path, a glob or a list of either; a missing file is refused up front."""
+    """Files for a path, a glob or a list of either (local, or fsspec URLs such as s3://bucket/in/*.jsonl);
+    a missing file is refused up front."""
     patterns = [path] if isinstance(path, str) else list(path)
     files: list[str] = []
     for pattern in patterns:
-        pattern = os.path.expanduser(str(pattern))
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        pattern = str(pattern) if storage.is_remote(pattern) else os.path.expanduser(str(pattern))
+        matches = storage.glob(pattern) if storage.has_magic(pattern) else [pattern]
         for match in matches:
-            if not os.path.isfile(match):
+            if not storage.isfile(match):
                 raise ConfigError(f"input file not found: {match}")
             files.append(match)
     if not files:
@@ -42,10 +42,14 @@ def resolve_paths(path: str | list[str]) -> list[str]:
 
 
 def _jsonl_blocks(path: str, lines_per_block: int) -> list[tuple[str, int, int, int]]:
-    """(path, start byte, end byte, first line number) for blocks of ``lines_per_block`` lines."""
+    """(path, start byte, end byte, first line number) for blocks of ``lines_per_block`` lines.
+
+    One streaming pass over the file (buffered reads on object storage); each block is then read
+    by its own task with one ranged read.
+    """
     blocks, start, line_no, block_first, offset = [], 0, 1, 1, 0
     count = 0
-    with open(path, "rb") as handle:
+    with storage.open_file(path, "rb") as handle:
         for raw in handle:
             offset += len(raw)
             count += 1
@@ -63,10 +67,8 @@ _BOM = b"\xef\xbb\xbf"
 
 def _read_jsonl_block(block: tuple[str, int, int, int]) -> list[dict]:
     path, start, end, first_line = block
-    name = Path(path).name
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        data = handle.read(end - start)
+    name = storage.name(path)
+    data = storage.read_range(path, start, end)
     if len(data) < end - start:  # the file was truncated or replaced since the blocks were planned
         raise InputError(f"{path} changed during the run: lines {first_line} and after are gone "
                          f"(expected {end - start} bytes at byte {start}, read {len(data)}); "
@@ -139,8 +141,9 @@ def _read_parquet_group(item: tuple[str, int]) -> list[dict]:
     import pyarrow.parquet as pq
 
     path, group = item
-    rows = pq.ParquetFile(path).read_row_group(group).to_pylist()
-    name = Path(path).name
+    with storage.open_file(path, "rb") as handle:
+        rows = pq.ParquetFile(handle).read_row_group(group).to_pylist()
+    name = storage.name(path)
     return [_admit(_plain(row), f"{path}:rowgroup{group}:{index}", make_id(name, group, index),
                    f"{name}:rowgroup{group}:{index}") for index, row in enumerate(rows)]
 
@@ -148,6 +151,10 @@ def _read_parquet_group(item: tuple[str, int]) -> list[dict]:
 def _read_item(item: tuple[str, Any]) -> list[dict]:
     kind, where = item
     return _read_jsonl_block(where) if kind == "jsonl" else _read_parquet_group(where)
+
+
+def _read_items(items) -> list[dict]:
+    return [record for item in items for record in _read_item(item)]
 
 
 @dataclass
@@ -199,7 +206,9 @@ class ReadStage(Stage):
             if path.endswith((".parquet", ".pq")):
                 import pyarrow.parquet as pq
 
-                items += [["parquet", [path, g]] for g in range(pq.ParquetFile(path).num_row_groups)]
+                with storage.open_file(path, "rb") as handle:
+                    groups = pq.ParquetFile(handle).num_row_groups
+                items += [["parquet", [path, g]] for g in range(groups)]
             else:
                 items += [["jsonl", list(block)] for block in _jsonl_blocks(path, self.partition_size)]
         return items
@@ -211,5 +220,6 @@ class ReadStage(Stage):
         if plan[0][0] == "seeds":
             records = self._seed_records()
             return db.from_sequence([records[a:b] for _, (a, b) in plan], npartitions=len(plan)).flatten()
+        # one task per partition named after the stage (it shows as such in Dask's dashboard)
         return db.from_sequence([(kind, tuple(where)) for kind, where in plan],
-                                npartitions=len(plan)).map(_read_item).flatten()
+                                npartitions=len(plan)).map_partitions(_read_items, token=self.name)

@@ -1,6 +1,6 @@
 """Writing results: one part file per partition, committed by a manifest written last.
 
-Good records go to ``<path>/part-NNNNN.<format>``, error records to
+Good records go to ``<path>/part-NNNNN.<format>`` (a local path or an fsspec URL), error records to
 ``<path>/errors/part-NNNNN.jsonl``, then ``<path>/manifests/part-NNNNN.json`` marks the
 partition committed (see :mod:`recipe.run_folder`). Each file is replaced atomically, and a
 partition's leftover good or error file from an earlier attempt is removed before its manifest
@@ -20,12 +20,13 @@ from dask import delayed
 
 from recipe.errors import ConfigError
 from recipe.run_folder import ERRORS, atomic_write, commit_partition, is_transient, part_name, uncommit_partition
+from recipe.services import storage
 from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.records import is_error
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
+def _write_jsonl(path: str, records: list[dict]) -> None:
     def fill(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             for record in records:
@@ -44,7 +45,6 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
         return []
     good = [r for r in records if not is_error(r)]
     bad = [r for r in records if is_error(r)]
-    out = Path(directory)
     name = part_name(index)
     uncommit_partition(directory, index)  # not done again until the new manifest is written
     good_file = error_file = None
@@ -58,13 +58,13 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
         if fmt == "parquet":
             from recipe.stages.parquet import write_part
 
-            json_fields = write_part(out / good_file, good)
+            json_fields = write_part(storage.join(directory, good_file), good)
         else:
-            _write_jsonl(out / good_file, good)
+            _write_jsonl(storage.join(directory, good_file), good)
     if bad:
-        (out / ERRORS).mkdir(parents=True, exist_ok=True)
+        storage.makedirs(storage.join(directory, ERRORS))
         error_file = f"{ERRORS}/{name}.jsonl"
-        _write_jsonl(out / error_file, bad)
+        _write_jsonl(storage.join(directory, ERRORS, f"{name}.jsonl"), bad)
     failures: dict[str, int] = {}
     for record in bad:
         key = record["_error"]["class"]
@@ -104,7 +104,7 @@ class WriteStage(Stage):
             raise ConfigError(f"stage {self.name!r}: format must be jsonl, parquet or hf, not {self.format!r}")
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: no output path (set output_dir)")
-        Path(self.path).mkdir(parents=True, exist_ok=True)
+        storage.makedirs(self.path)
         if only is not None and not only:  # every partition is committed: not even a graph to optimize
             return db.from_sequence([], npartitions=1)
         parts = bag.to_delayed()
