@@ -87,15 +87,15 @@ def test_a_key_never_reaches_disk_or_screen(tmp_path, stub_server):
     assert single.stdout.splitlines()[-1].startswith("2 records, 0 failed, 2 requests")
     sweep = run_cli(tmp_path, "-m", *base, "sampling.temperature=0.1,0.2")
     check(sweep, 0)
-    assert "[HYDRA] \t#0 : " in sweep.stdout and "backend.api_key=***" in sweep.stdout
+    assert "[HYDRA] \t#0 : " in sweep.stdout and "backend.api_key='***'" in sweep.stdout
     assert len(list((tmp_path / "runs").rglob("multirun.yaml"))) == 1
     # a failing job makes Hydra print the job's overrides (a predicate that raises is one
     # record's error, so a bad override of the stage's parameters stands in for a crash)
     crash = run_cli(tmp_path, *base, "+recipe.stages.check={_target_: recipe.stages.FilterStage, predicate: 'json:loads'}")
-    assert "backend.api_key" not in crash.stderr or "backend.api_key=***" in crash.stderr
+    assert "backend.api_key" not in crash.stderr or "backend.api_key='***'" in crash.stderr
     # a key from the environment, printed resolved
     resolved = run_cli(tmp_path, "--cfg", "job", "--resolve", "backend=openai")
-    assert resolved.returncode == 0 and "  api_key: ***\n" in resolved.stdout, resolved.stdout
+    assert resolved.returncode == 0 and "  api_key: '***'\n" in resolved.stdout, resolved.stdout
     assert f"Bearer {KEY}" in server.stats()["auth_headers"]  # the key was used, only on the wire
     saved = [p.name for p in (tmp_path / "runs").rglob(".hydra/*.yaml")]
     assert {"config.yaml", "overrides.yaml", "hydra.yaml"} <= set(saved)

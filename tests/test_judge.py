@@ -94,7 +94,7 @@ def test_bad_rubrics_are_config_errors():
 @pytest.mark.llm
 def test_scores_in_range_and_valid_on_the_real_model(llama_server):
     spec = ClientSpec(provider="openai", model="smollm2", api_base=llama_server.base_url, api_key="none",
-                      sampling=(("temperature", 0.0), ("max_tokens", 48)))
+                      structured_output="llamacpp", sampling=(("temperature", 0.0), ("max_tokens", 96)))
     records = [{"_id": "a", "prompt": "What is 2 + 2?", "response": "2 + 2 = 4."},
                {"_id": "b", "prompt": "Name a colour.", "response": "Blue."}]
     rows = JudgeStage(client=spec, criteria=CRITERIA, scale=[1, 5])(db.from_sequence(records)).compute(scheduler="threads")

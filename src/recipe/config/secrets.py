@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 # `*api_key*`, `*secret*`, `*password*`, and `token` as a word's end (hf_token, not max_tokens).
 _NAME = re.compile(r"api[_-]?key|secret|password|passwd|(?:^|[_\-.])(?:access_|auth_|api_)?token$", re.I)
 _MIN_LENGTH = 6  # shorter values ("none", "EMPTY") are placeholders, and redacting them would mangle text
-REDACTED = "***"
+REDACTED = "'***'"  # quoted: `--cfg job` output stays valid YAML
 
 _lock = threading.Lock()
 _known: set[str] = set()

@@ -32,7 +32,7 @@ from typing import Any
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, digest TEXT NOT NULL, value TEXT NOT NULL, "
            "last_used REAL NOT NULL DEFAULT 0)")
 _INDEX = "CREATE INDEX IF NOT EXISTS responses_last_used ON responses (last_used)"
-BUSY_TIMEOUT = 5.0  # seconds to wait for another process's lock before giving up (then: a live request)
+BUSY_TIMEOUT = 20.0  # seconds to wait for another process's lock before giving up (then: a live request)
 _THREADS = 4
 
 

@@ -49,7 +49,8 @@ class DialogueStage(LLMStage):
             conversation.append({"role": "assistant", "content": answer})
             if turn == self.n_user_turns - 1:
                 break
-            prompt = render(self.user_turn_prompt, {"history": format_history(conversation), "style": style})
+            prompt = render(self.user_turn_prompt, {"history": format_history(conversation), "style": style},
+                            may_be_blank=("style", "history"))
             user = (await self.ask(llm, [{"role": "user", "content": prompt}], n=1))[0]
             conversation.append({"role": "user", "content": user.strip()})
         record = dict(record)

@@ -282,7 +282,8 @@ class StyledDialogueStage(DialogueStage):
 
         async def user_turn(conversation: list[dict]) -> dict:
             prompt = render(self.user_turn_prompt or USER_TURN_PROMPT,
-                            {**record, "history": format_history(conversation), "style": style})
+                            {**record, "history": format_history(conversation), "style": style},
+                            may_be_blank=("style", "history"))
             text = (await self.ask(llm, [{"role": "user", "content": prompt}], n=1))[0].strip()
             if not text:
                 raise ParseError("the model wrote an empty user turn")

@@ -46,10 +46,12 @@ def _fields_used(source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
 
 
-def render(source: str, fields: dict) -> str:
+def render(source: str, fields: dict, may_be_blank: tuple[str, ...] = ()) -> str:
+    """``may_be_blank`` names the fields a stage itself supplies and a template tests (``{{ x if x }}``),
+    such as a dialogue's optional user style: those are not the record's missing values."""
     template = compile_template(source)
     for name in sorted(_fields_used(source)):  # null and blank are as good as missing
-        if name not in fields:
+        if name not in fields or name in may_be_blank:
             continue  # missing: StrictUndefined says so below, unless the template checks `is defined`
         value = fields[name]
         if value is None or (isinstance(value, str) and not value.strip()):
