@@ -94,7 +94,7 @@ def test_real_model_run_loads_with_datasets(llama_server, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"prompt": f"Name a colour. ({i})"}) + "\n" for i in range(3)))
     cfg = recipe.compose([f"input={source}", f"backend.api_base={llama_server.base_url}", "sampling=greedy",
-                          "sampling.max_tokens=8", "recipe.stages.write.format=hf", f"output_dir={tmp_path / 'out'}",
+                          "sampling.max_tokens=8", "backend.on_truncated=keep", "recipe.stages.write.format=hf", f"output_dir={tmp_path / 'out'}",
                           "progress=false"])
     summary = recipe.run(cfg)
     ds = datasets.load_dataset(str(tmp_path / "out"), split="train")

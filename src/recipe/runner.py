@@ -425,6 +425,20 @@ def _build_bag(stages: list, plan: list | None, folder, config_hash: str, retry_
 
 
 def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
+    """Run (or continue) the recipe of a composed config; see :func:`_run`.
+
+    However it ends, stages used afterwards in this process (a notebook, a user's own Dask code)
+    work again: the stop flag a cancelled run sets is cleared once the run is torn down.
+    """
+    from recipe.services.event_loop import reset_cancelled
+
+    try:
+        return _run(cfg, output_dir)
+    finally:
+        reset_cancelled()
+
+
+def _run(cfg: Any, output_dir: str | None = None) -> RunSummary:
     """Run (or continue) the recipe of a composed config. Raises :class:`ConfigError` for user mistakes.
 
     The run folder is ``output_dir``, else Hydra's run dir (the CLI makes it the run folder),
