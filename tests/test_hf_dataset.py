@@ -103,7 +103,7 @@ def test_real_model_run_loads_with_datasets(llama_server, tmp_path):
     assert all(isinstance(r, str) and r for r in ds["response"])
     meta, body = card_parts(tmp_path / "out")
     assert meta["dataset_info"]["splits"][0]["num_examples"] == 3
-    assert "| model | `smollm2` |" in body and "| backend | `openai` |" in body
+    assert "| model | `smollm2` |" in body and "| backend | `hosted_vllm` |" in body  # the llamacpp backend
 
 
 def _hub_run(stub_server, tmp_path, monkeypatch, hub: HubStub, repo: str):

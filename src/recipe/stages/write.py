@@ -52,7 +52,7 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
     if fmt == "hf":  # a Hugging Face dataset: shards under data/, the card when the run is over
         from recipe.stages.hf_dataset import write_shard
 
-        good_file, json_fields = write_shard(out, index, good)
+        good_file, json_fields = write_shard(directory, index, good)
     elif good:
         good_file = f"{name}.{fmt}"
         if fmt == "parquet":
