@@ -62,7 +62,28 @@ def unpack(digest: str, payload: str) -> Any:
         raise Damaged("unreadable payload") from None
 
 
-class RequestCache:
+class OffLoop:
+    """``aget``/``aput`` for a store whose ``get``/``put`` block: they run on the store's own
+    threads (made again after a fork), never on the event loop that every request shares."""
+
+    _thread_prefix = "recipe-cache"
+    _executor: concurrent.futures.ThreadPoolExecutor | None = None
+    _executor_pid: int | None = None
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None or self._executor_pid != os.getpid():
+            self._executor = concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix=self._thread_prefix)
+            self._executor_pid = os.getpid()
+        return self._executor
+
+    async def aget(self, parts: Any) -> Any | None:
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.get, parts)
+
+    async def aput(self, parts: Any, value: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool(), self.put, parts, value)
+
+
+class RequestCache(OffLoop):
     """``get(parts)`` / ``put(parts, value)`` for JSON-serialisable answers (``aget``/``aput`` off-loop).
 
     Args:
@@ -148,19 +169,6 @@ class RequestCache:
                 if not deleted:
                     break
             conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back to the disk
-
-    # ---- off the event loop ---------------------------------------------------------------
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None or self._executor_pid != os.getpid():
-            self._executor = concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="recipe-cache")
-            self._executor_pid = os.getpid()
-        return self._executor
-
-    async def aget(self, parts: Any) -> Any | None:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.get, parts)
-
-    async def aput(self, parts: Any, value: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool(), self.put, parts, value)
 
     def __len__(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0]

@@ -12,20 +12,17 @@ The URL travels with the tasks, so it must hold no password: each process reads
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import threading
 from typing import Any
 from urllib.parse import urlsplit
 
 from recipe.errors import ConfigError
-from recipe.services.cache import Damaged, pack, request_key, unpack
+from recipe.services.cache import Damaged, OffLoop, pack, request_key, unpack
 
 PREFIX = "recipe:request:"  # every key of ours starts with it: a shared Redis may hold others
 SCHEMES = ("redis", "rediss", "unix")
 TIMEOUT = 10.0  # seconds for a connect or a command before the cache counts as failed
-_THREADS = 4
 
 
 def check_url(url: str) -> None:
@@ -42,8 +39,10 @@ def check_url(url: str) -> None:
         raise ConfigError("cache.url=redis://... needs the redis package: pip install 'recipe[redis]'") from None
 
 
-class RedisCache:
+class RedisCache(OffLoop):
     """``get``/``put`` (and ``aget``/``aput`` off the event loop), as :class:`RequestCache`."""
+
+    _thread_prefix = "recipe-redis"
 
     def __init__(self, url: str):
         check_url(url)
@@ -52,8 +51,6 @@ class RedisCache:
         self._client = None
         self._pid: int | None = None
         self._lock = threading.Lock()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_pid: int | None = None
 
     @property
     def path(self) -> str:  # what error messages name
@@ -93,18 +90,6 @@ class RedisCache:
     def put(self, parts: Any, value: Any) -> None:
         digest, payload = pack(value)
         self._redis().hset(PREFIX + request_key(parts), mapping={"digest": digest, "value": payload})
-
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None or self._executor_pid != os.getpid():
-            self._executor = concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="recipe-redis")
-            self._executor_pid = os.getpid()
-        return self._executor
-
-    async def aget(self, parts: Any) -> Any | None:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.get, parts)
-
-    async def aput(self, parts: Any, value: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool(), self.put, parts, value)
 
     def __len__(self) -> int:
         return sum(1 for _ in self._redis().scan_iter(match=PREFIX + "*", count=1000))
