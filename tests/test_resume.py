@@ -351,7 +351,7 @@ def test_parquet_keeps_every_field_and_reads_back_as_one_dataset(stub_server, tm
 def test_a_partition_computed_twice_is_counted_once(tmp_path):
     """Dask may compute a task again (a lost worker, a second compute): the counters the progress bar
     reads are set per committed partition, not added."""
-    from recipe.runner import _collect
+    from recipe.run_progress import collect
     from recipe.stages import ReadStage, WriteStage, progress
 
     source = write_inputs(tmp_path / "in.jsonl", 5)
@@ -361,6 +361,6 @@ def test_a_partition_computed_twice_is_counted_once(tmp_path):
     first = bag.compute(scheduler="threads")
     again = bag.compute(scheduler="threads")
     assert [m["records"] for m in first] == [m["records"] for m in again] == [2, 2, 1]
-    counted = _collect(None)
+    counted = collect(None)
     assert (counted["records"], counted["errors"]) == (5, 0)
     assert sorted(r["n"] for r in good_rows(tmp_path / "out")) == list(range(5))

@@ -23,6 +23,13 @@ def _providers() -> set[str]:
 
 def check_backends(data: dict) -> None:
     """The run's backend and every stage's own ``backend`` keys: provider and api_base."""
+    problems = backend_problems(data)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def backend_problems(data: dict) -> list[str]:
+    """What :func:`check_backends` refuses, as a list (a run's report gathers it with the rest)."""
     backends = [("backend", data.get("backend") or {})]
     for name, stage in ((data.get("recipe") or {}).get("stages") or {}).items():
         if isinstance(stage, dict) and isinstance(stage.get("backend"), dict):
@@ -42,8 +49,7 @@ def check_backends(data: dict) -> None:
             if url.scheme not in ("http", "https") or not url.netloc:
                 problems.append(f"{where}.api_base={api_base!r}: not an http(s) URL "
                                 "(for example http://127.0.0.1:8000/v1)")
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(problems))
+    return problems
 
 
 def check_writable(path: str | Path, what: str) -> Path:

@@ -37,17 +37,30 @@ def _strip_secrets(node: Any) -> None:
             _strip_secrets(item)
 
 
-def _as_config(cfg: Any) -> DictConfig:
-    """A plain, writable copy (structured nodes refuse deletions); interpolations left unresolved."""
-    plain = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else copy.deepcopy(dict(cfg))
+def _without_secrets(node: Any) -> Any:
+    """A resolved config (plain dicts and lists) without any ``api_key``."""
+    if isinstance(node, dict):
+        return {k: _without_secrets(v) for k, v in node.items() if k not in _SECRET_KEYS}
+    if isinstance(node, list):
+        return [_without_secrets(v) for v in node]
+    return node
+
+
+def _as_config(cfg: Any) -> Any:
+    """A copy without secrets, ``hydra`` or ``output_dir``: a writable DictConfig (structured nodes
+    refuse deletions, interpolations left unresolved), or a plain dict for a resolved config."""
+    resolved = not OmegaConf.is_config(cfg)
+    plain = copy.deepcopy(dict(cfg)) if resolved else OmegaConf.to_container(cfg, resolve=False)
     for section in ("hydra", "output_dir"):  # never part of a run's identity (hydra.run.dir points here)
         plain.pop(section, None)
+    if resolved:  # already resolved (the runner's plan): secrets out, nothing else to do
+        return _without_secrets(plain)
     config = OmegaConf.create(plain)
     _strip_secrets(config)
     return config
 
 
-def _section(config: DictConfig, key: str) -> Any:
+def _section(config: Any, key: str) -> Any:
     node = config.get(key)
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
@@ -75,7 +88,9 @@ def fingerprint(path: str) -> dict:
 
 
 def identity(cfg: Any) -> dict:
-    """The parts of ``cfg`` that decide a run's results, resolved, without any secret."""
+    """The parts of ``cfg`` that decide a run's results, resolved, without any secret.
+
+    ``cfg`` is a composed config or the same config already resolved (the same identity)."""
     config = _as_config(cfg)
     backend = _section(config, "backend") or {}
     if backend.get("api_base") or not backend.get("start_local_server"):
@@ -87,7 +102,7 @@ def identity(cfg: Any) -> dict:
     recipe = _section(config, "recipe") or {}
     from recipe.services import storage
 
-    inputs = sorted({p for p in _read_paths(recipe) + ([config.input] if config.get("input") else [])
+    inputs = sorted({p for p in _read_paths(recipe) + ([config.get("input")] if config.get("input") else [])
                      if storage.isfile(p)})
     return {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},

@@ -142,10 +142,11 @@ def register() -> None:
 
 
 def validate(cfg: Any) -> list[str]:
-    """Every range problem in a composed config, each as ``key: problem``."""
+    """Every problem in a composed config, each as ``key: problem``: unknown keys, values out of
+    range, and the stages' own parameters (checked by building each stage, input files aside).
+
+    One report for all of them, in that order, each once: a user fixes a config in one go."""
     problems = unknown_keys(cfg)
-    if problems:  # the range checks below may trip over the same keys
-        return problems
     b = cfg.backend
 
     def check(ok: bool, key: str, message: str, value: Any) -> None:
@@ -196,7 +197,29 @@ def validate(cfg: Any) -> list[str]:
         sampling = stage.get("sampling")
         if sampling is not None:
             problems += sampling_problems(sampling, f"recipe.stages.{name}.sampling")
-    return problems
+    if stages:
+        # Late import: building stages imports Dask; the config layer needs it only here.
+        from recipe.factory import stage_problems
+
+        problems += stage_problems({"stages": _resolved_stages(stages)})
+    return list(dict.fromkeys(problems))  # a key reported twice (unknown, then out of range) once
+
+
+def _resolved_stages(stages: Any) -> dict:
+    """Each stage's parameters, interpolations resolved; a stage that cannot be resolved here (a
+    key from an unset variable) is left out: resolving the run's config reports it."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(stages):
+        return dict(stages)
+    resolved: dict = {}
+    for name in stages.keys():
+        node = stages._get_node(name)
+        try:
+            resolved[name] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_dict(node) else stages[name]
+        except Exception:  # noqa: BLE001 - reported where the whole config is resolved
+            continue
+    return resolved
 
 
 _SAMPLING_RANGES: dict[str, tuple[type, Any, str]] = {

@@ -1,0 +1,97 @@
+"""An attempt executed: the local server it needs, Dask, the progress thread, the computation.
+
+Each is a named step; however the attempt ends (done, a run-stopping error, Ctrl-C), the work in
+flight is cancelled first, then what was sent is counted, then the cluster and server stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from recipe import run_dask, run_progress
+from recipe.run_attempt import Attempt
+from recipe.run_plan import RunPlan
+
+
+def build_bag(stages: list, input_plan: list | None, folder, config_hash: str, retry_failed: bool):
+    """The run's graph: the read stage on the run's fixed plan, then each stage; the write stage
+    gets only the partitions that are not committed. Returns (bag, partitions to do, kept, of)."""
+    from recipe.stages.read import ReadStage
+    from recipe.stages.write import WriteStage
+
+    first, *rest = stages
+    bag = first.read(input_plan) if isinstance(first, ReadStage) and input_plan is not None else first(None)
+    *middle, last = rest if rest else [None]
+    for stage in middle:
+        bag = stage(bag)
+    if isinstance(last, WriteStage):
+        todo, kept = folder.todo(bag.npartitions, config_hash, retry_failed)
+        sources = input_plan if input_plan is not None and len(input_plan) == bag.npartitions else None
+        return last.write(bag, only=todo, config_hash=config_hash, sources=sources), todo, kept, bag.npartitions
+    if last is not None:  # no write stage last: everything is computed, nothing can be skipped
+        bag = last(bag)
+    return bag, list(range(bag.npartitions)), {}, bag.npartitions
+
+
+def execute(plan: RunPlan, attempt: Attempt) -> None:
+    """Start the server and cluster the attempt needs and compute its partitions; ``attempt.now``
+    gets its usage, also when it stops part-way (what was sent is counted)."""
+    with contextlib.ExitStack() as stack:
+        start_local_server(stack, plan)
+        client = stack.enter_context(run_dask.open_dask(plan.dask))
+        bag, _, _, _ = build_bag(plan.stages, attempt.input_plan, plan.folder, plan.config_hash, plan.retry_failed)
+        with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress):
+            compute(plan, attempt, client, bag)
+
+
+def start_local_server(stack: contextlib.ExitStack, plan: RunPlan) -> None:
+    """``backend.start_local_server``: the embedded llama.cpp server for this run, its address
+    given to every stage that uses the run's client."""
+    backend = plan.backend
+    if not backend.get("start_local_server") or backend.get("api_base"):
+        return
+    from recipe.services.llamacpp_server import LlamaCppServer
+
+    server = stack.enter_context(LlamaCppServer(backend.get("model_path"), n_ctx=backend.get("n_ctx", 2048),
+                                                alias=plan.spec.model))
+    local = plan.spec.with_overrides(api_base=server.base_url, endpoint_id=f"llamacpp://{Path(server.model_path).name}")
+    for stage in plan.stages:
+        if getattr(stage, "client", None) == plan.spec:
+            stage.client = local
+
+
+def compute(plan: RunPlan, attempt: Attempt, client, bag) -> None:
+    """The partitions to do (or the target's waves), on ``client`` or this process's threads."""
+    from recipe import target
+
+    now, spec = attempt.now, plan.spec
+    future = None
+    try:
+        if plan.wants_target:
+            now["target"] = target.run_target(plan.data, plan.stages, attempt.input_plan, plan.folder,
+                                              plan.config_hash, client, stopped=lambda: _budget_reached(spec, client))
+        elif client is not None:
+            future = client.compute(bag)
+            future.result()
+        else:
+            bag.compute()
+    except BaseException:  # Ctrl-C, SIGTERM, a run-stopping error: stop the rest at once
+        run_dask.stop_in_flight(client, future)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            now.update(run_progress.collect(client))
+        if spec.budget is not None:  # read before the cluster (and its scheduler's ledger) goes
+            from recipe.services.budget import final_state
+
+            with contextlib.suppress(Exception):
+                now["budget_state"] = final_state(spec.budget, client)
+
+
+def _budget_reached(spec, client) -> bool:
+    if spec.budget is None:
+        return False
+    from recipe.services.budget import final_state
+
+    return bool(final_state(spec.budget, client)["reached"])

@@ -1,0 +1,155 @@
+"""A run's plan: everything the run needs, taken from its config once, before anything starts.
+
+The config is checked (one report of every problem: unknown keys, values, stage parameters,
+backends) and resolved exactly once here; the later steps read only the plan. A mistake is one
+:class:`ConfigError` before any request, server or cluster starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recipe.errors import ConfigError
+from recipe.factory import ClientSpec
+
+
+@dataclass
+class RunPlan:
+    """The run folder, its identity, the client spec (with its limits) and the built stages.
+
+    ``data`` is the resolved config (API keys kept as references, see ``env_keys``), for the
+    settings read as they are: ``dask``, ``backend``, ``target``, ``budget``, ``progress``.
+    """
+
+    data: dict
+    output_dir: str
+    ident: dict
+    config_hash: str
+    spec: ClientSpec
+    stages: list
+    folder: Any  # a recipe.run_folder.RunFolder
+
+    @property
+    def resume(self) -> bool:
+        return bool(self.data.get("resume", True))
+
+    @property
+    def retry_failed(self) -> bool:
+        return bool(self.data.get("retry_failed", True))
+
+    @property
+    def dask(self) -> dict:
+        return self.data["dask"]
+
+    @property
+    def backend(self) -> dict:
+        return self.data["backend"]
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.data.get("progress"))
+
+    @property
+    def wants_target(self) -> bool:
+        from recipe import target
+
+        return target.wanted(self.data)
+
+    def llm_specs(self) -> list:
+        """The client spec of every model stage (a stage may change the model or the backend)."""
+        return [stage.spec for stage in _llm_stages(self.stages) if stage.client is not None]
+
+    def with_changes(self, **changes: Any) -> None:
+        """The run's spec, and every model stage's, with ``changes`` (the budget, the batch folder):
+        the spec carries them to every worker."""
+        changed = self.spec.with_overrides(**changes)
+        for stage in _llm_stages(self.stages):
+            if stage.client is not None:
+                stage.client = changed if stage.client == self.spec else stage.client.with_overrides(**changes)
+        self.spec = changed
+
+
+def _llm_stages(stages: list) -> list:
+    from recipe.stages.base import LLMStage
+
+    return [stage for stage in stages if isinstance(stage, LLMStage)]
+
+
+def refuse(problems: list[str]) -> None:
+    """One report of every problem found, in the CLI's one-line form."""
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(dict.fromkeys(problems)))
+
+
+def checked_data(cfg: Any) -> dict:
+    """``cfg`` checked as a whole (every problem in one report) and resolved, once."""
+    from recipe import preflight
+    from recipe.config.compose import setup
+    from recipe.config.env_keys import resolved_by_reference
+    from recipe.config.schema import validate
+
+    setup()  # the resolvers, for a config made outside recipe.compose
+    problems = validate(cfg)
+    try:
+        data = resolved_by_reference(cfg)  # keys stay variable names (EnvKey): the graph never holds one
+    except ConfigError as exc:
+        if not problems:
+            raise
+        refuse(problems + [str(exc).removeprefix("invalid config: ")])
+    refuse(problems + preflight.backend_problems(data))
+    return data
+
+
+def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
+    """The plan of ``cfg``'s run; refuses a bad config, an unwritable folder or another run's
+    folder before anything starts or is written.
+
+    The run folder is ``output_dir``, else ``cfg.output_dir``, else Hydra's run dir (the CLI makes
+    it the run folder), else ``<RECIPE_RUNS_DIR or outputs>/<recipe>-<config hash>``.
+    """
+    from recipe import preflight, run_identity, target
+    from recipe.factory import build_stages
+    from recipe.run_folder import RunFolder
+    from recipe.services import budget, storage
+
+    data = checked_data(cfg)
+    ident = run_identity.identity(data)
+    config_hash = run_identity.config_hash(ident)
+    output_dir = (output_dir or data.get("output_dir") or _hydra_output_dir()
+                  or str(Path(run_identity.runs_root()) / run_identity.run_name(data, ident)))
+    spec = ClientSpec.from_config(data)
+    if not storage.is_remote(output_dir):  # a bucket is not made here; its folder needs no mkdir
+        preflight.check_writable(output_dir, "output_dir")
+    if spec.cache_dir and not spec.cache_url:
+        preflight.check_writable(spec.cache_dir, "cache.dir")
+    folder = RunFolder(output_dir)
+    folder.check(config_hash)  # before anything starts or is written
+    if spec.cache_url:  # a cluster-wide cache that is not there is refused before anything starts
+        from recipe.factory import open_cache
+
+        open_cache(spec).ping()
+    # Stages before any server or cluster: a missing input is refused here.
+    stages = build_stages(data["recipe"], spec, output_dir,
+                          target.partition_size(data.get("target"), data["dask"]["partition_size"]))
+    _mark_counting_stage(stages)
+    plan = RunPlan(data=data, output_dir=str(output_dir), ident=ident, config_hash=config_hash, spec=spec,
+                   stages=stages, folder=folder)
+    budget.prepare(data, plan.llm_specs(), key="check", attempts=[])  # an unpriced max_usd: refused now
+    return plan
+
+
+def _mark_counting_stage(stages: list) -> None:
+    """The last model stage's answers move the progress bar (earlier ones would count twice)."""
+    llm = _llm_stages(stages)
+    if llm:
+        llm[-1].counts_progress = True
+
+
+def _hydra_output_dir() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.output_dir
+    return None
