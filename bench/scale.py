@@ -2,7 +2,7 @@
 
 N records (default 1,000,000; ``--rows N``; smoke: 2000) in 64 partitions go through the
 generate recipe against a zero-latency stub server, cache disabled, on a LocalCluster of 2
-worker processes built exactly as ``recipe.run`` builds it (``recipe.runner.dask_context``,
+worker processes built exactly as ``recipe.run`` builds it (``recipe.run_dask.dask_context``,
 ``build_stages``, cluster limits). A run of N/10 records comes first and is the baseline.
 Reported: records/s, and each worker's peak RSS (VmHWM from /proc/self/status, read in the
 workers at the end of each run). Goal: peak RSS grows < 20% from N/10 to N, and stays < 1 GiB.
@@ -67,7 +67,8 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
     import recipe
     from recipe.config.compose import resolved_container
     from recipe.factory import ClientSpec
-    from recipe.runner import build_stages, dask_context
+    from recipe.factory import build_stages
+    from recipe.run_dask import dask_context
     from recipe.services.cluster_limits import enable_cluster_limits
 
     input_path = os.path.join(tmp, f"in-{rows}.jsonl")

@@ -34,7 +34,8 @@ def measure(name: str, mode: str, backend: list[str], cache_dir: str, extra: lis
     import recipe
     from recipe.config.compose import resolved_container
     from recipe.factory import ClientSpec, process_stats
-    from recipe.runner import _reset, build_stages
+    from recipe.factory import build_stages
+    from recipe.run_dask import _reset
     from recipe.stages import ParseListStage, WriteStage
     from recipe.stages.records import is_error
 
