@@ -180,11 +180,16 @@ def test_dask_opens_as_threads_without_workers_and_refuses_a_dashboard_there():
 
 
 def test_run_does_not_compose_or_resolve_the_config_more_than_once(tmp_path, stub_server):
-    """``run`` reads a config's interpolations once: a resolver that counts its calls says so."""
+    """``run`` reads a config's interpolations once, the stages' included: a resolver that counts
+    its calls says so (checking, naming the run folder and building the stages all read the plan)."""
     server = stub_server()
     calls: list[str] = []
-    OmegaConf.register_new_resolver("s17_count", lambda: calls.append("x") or "counted", replace=True)
-    cfg = stub_config(tmp_path, server, "+recipe.note=${s17_count:}")
+    OmegaConf.register_new_resolver("s17_count", lambda: calls.append("x") or "answer", replace=True)
+    cfg = stub_config(tmp_path, server, "+recipe.note=${s17_count:}",
+                      "recipe.stages.generate.output_field=${s17_count:}")
     calls.clear()
-    recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    assert calls == ["x"]
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    assert calls == ["x", "x"]  # once for each of the two keys
+    assert summary.records == 3
+    rows = [json.loads(line) for line in (tmp_path / "out" / "part-00000.jsonl").read_text().splitlines()]
+    assert sorted(r["answer"] for r in rows) == ["echo: a", "echo: b", "echo: c"]

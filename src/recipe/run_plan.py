@@ -88,17 +88,19 @@ def checked_data(cfg: Any) -> dict:
     from recipe import preflight
     from recipe.config.compose import setup
     from recipe.config.env_keys import resolved_by_reference
-    from recipe.config.schema import validate
+    from recipe.config import schema
 
     setup()  # the resolvers, for a config made outside recipe.compose
-    problems = validate(cfg)
+    problems = schema.value_problems(cfg)
     try:
         data = resolved_by_reference(cfg)  # keys stay variable names (EnvKey): the graph never holds one
     except ConfigError as exc:
         if not problems:
             raise
         refuse(problems + [str(exc).removeprefix("invalid config: ")])
-    refuse(problems + preflight.backend_problems(data))
+    # the stages' parameters from the resolved config: nothing is resolved twice
+    stages = (data.get("recipe") or {}).get("stages") if isinstance(data.get("recipe"), dict) else None
+    refuse(problems + (schema.stage_problems(stages) if stages else []) + preflight.backend_problems(data))
     return data
 
 

@@ -146,6 +146,23 @@ def validate(cfg: Any) -> list[str]:
     range, and the stages' own parameters (checked by building each stage, input files aside).
 
     One report for all of them, in that order, each once: a user fixes a config in one go."""
+    problems = value_problems(cfg)
+    stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
+    if stages:
+        problems += stage_problems(_resolved_stages(stages))
+    return list(dict.fromkeys(problems))  # a key reported twice (unknown, then out of range) once
+
+
+def stage_problems(stages: dict) -> list[str]:
+    """The problems of resolved ``recipe.stages`` (see :func:`recipe.factory.stage_problems`)."""
+    # Late import: building stages imports Dask; the config layer needs it only here.
+    from recipe.factory import stage_problems as problems_of
+
+    return problems_of({"stages": stages})
+
+
+def value_problems(cfg: Any) -> list[str]:
+    """Unknown keys and values out of range (what :func:`validate` reports besides the stages)."""
     problems = unknown_keys(cfg)
     b = cfg.backend
 
@@ -197,12 +214,7 @@ def validate(cfg: Any) -> list[str]:
         sampling = stage.get("sampling")
         if sampling is not None:
             problems += sampling_problems(sampling, f"recipe.stages.{name}.sampling")
-    if stages:
-        # Late import: building stages imports Dask; the config layer needs it only here.
-        from recipe.factory import stage_problems
-
-        problems += stage_problems({"stages": _resolved_stages(stages)})
-    return list(dict.fromkeys(problems))  # a key reported twice (unknown, then out of range) once
+    return problems
 
 
 def _resolved_stages(stages: Any) -> dict:
