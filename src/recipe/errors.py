@@ -5,6 +5,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
 
     RecipeError
     ├── ConfigError                 a bad config, override or missing secret (user mistake)
+    │   └── StageParamsError        every bad parameter of one stage, each named
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
     │   └── SchemaError             an answer that is not valid under its schema (keeps the raw text)
@@ -44,6 +45,21 @@ class RecipeError(Exception):
 
 class ConfigError(RecipeError):
     """A bad config: printed as one line, never as a traceback."""
+
+
+class StageParamsError(ConfigError):
+    """A stage's parameters that break their declared types or rules: all of them, in one error.
+
+    ``problems`` holds ``(parameter, message)`` pairs, so a caller that builds many stages can
+    report every problem of every stage, each under its own key.
+    """
+
+    def __init__(self, stage: str, problems: list):
+        super().__init__(stage, [tuple(p) for p in problems])
+        self.stage, self.problems = stage, [tuple(p) for p in problems]
+
+    def __str__(self) -> str:
+        return f"stage {self.stage!r}: " + "; ".join(message for _, message in self.problems)
 
 
 class InputError(RecipeError):

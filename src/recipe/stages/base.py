@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, fields
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import dask.bag as db
@@ -21,7 +21,7 @@ import dask.bag as db
 from recipe import errors
 from recipe.factory import ClientSpec, shared_async_client
 from recipe.services.event_loop import cancelled, check_cancelled, run_sync
-from recipe.stages import breaker, progress
+from recipe.stages import breaker, params, progress
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
@@ -55,12 +55,36 @@ def failure_record(stage: str, exc: BaseException, record: Any, *, ignore_conver
 
 @dataclass
 class Stage:
-    """Base of every stage. ``name`` labels the graph layer and the error records."""
+    """Base of every stage. ``name`` labels the graph layer and the error records.
+
+    A stage's parameters are its dataclass fields, typed (see :mod:`recipe.stages.params`); the
+    record fields it reads and writes are :attr:`inputs` and :attr:`outputs`, so a whole chain is
+    checked before the first request (:mod:`recipe.stages.chain`).
+    """
 
     name: str = ""
 
     def __post_init__(self) -> None:
         self.name = self.name or type(self).__name__.removesuffix("Stage").lower()
+        params.check(self)
+
+    def rules(self) -> Iterable[tuple[str, str]]:
+        """``(parameter, problem)`` for each rule that ties parameters together and is broken."""
+        return ()
+
+    @property
+    def inputs(self) -> set[str]:
+        """Record fields this stage reads: every record must have them."""
+        return set()
+
+    @property
+    def outputs(self) -> set[str]:
+        """Record fields this stage writes."""
+        return set()
+
+    def provides(self, available: set[str] | None) -> set[str] | None:
+        """The fields every record has after this stage, given those before (None: not known)."""
+        return None if available is None else available | self.outputs
 
     def __call__(self, bag: db.Bag) -> db.Bag:
         return bag.map_partitions(_apply_stage, self, token=self.name)

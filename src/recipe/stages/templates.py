@@ -42,7 +42,9 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 @lru_cache(maxsize=512)
-def _fields_used(source: str) -> frozenset[str]:
+def fields_used(source: str) -> frozenset[str]:
+    """The variables a template reads (Jinja's own analysis): what a stage declares it reads."""
+    compile_template(source)  # a syntax error is a ConfigError naming the line
     return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
 
 
@@ -50,7 +52,7 @@ def render(source: str, fields: dict, may_be_blank: tuple[str, ...] = ()) -> str
     """``may_be_blank`` names the fields a stage itself supplies and a template tests (``{{ x if x }}``),
     such as a dialogue's optional user style: those are not the record's missing values."""
     template = compile_template(source)
-    for name in sorted(_fields_used(source)):  # null and blank are as good as missing
+    for name in sorted(fields_used(source)):  # null and blank are as good as missing
         if name not in fields or name in may_be_blank:
             continue  # missing: StrictUndefined says so below, unless the template checks `is defined`
         value = fields[name]

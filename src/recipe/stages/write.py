@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask.bag as db
 from dask import delayed
@@ -86,7 +86,7 @@ class WriteStage(Stage):
     """
 
     path: str | None = None  # the runner fills in output_dir
-    format: str = "jsonl"
+    format: Literal["jsonl", "parquet", "hf"] = "jsonl"
 
     def __call__(self, bag: db.Bag) -> db.Bag:
         return self.write(bag)
