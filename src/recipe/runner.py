@@ -476,6 +476,9 @@ def _run(cfg: Any, output_dir: str | None = None) -> RunSummary:
 
     stages = build_stages(data["recipe"], spec, output_dir,
                           target.partition_size(data.get("target"), data["dask"]["partition_size"]))
+    from recipe.stages import chain
+
+    chain.check(stages)  # a field a stage reads that nothing provides: refused before any request
     _mark_counting_stage(stages)
     from recipe.services import budget
 
