@@ -72,10 +72,8 @@ class FilterStage(LLMStage):
             answer = value["answer"]
         else:
             answer = (await self.ask(llm, turns, n=1))[0]
-        verdict = parsers.parse_yes_no(answer)
-        if verdict is None and not self.keep_undecided:
-            verdict = False
-        if not verdict:
+        verdict = parsers.parse_yes_no(answer)  # None: neither yes nor no
+        if verdict is False or (verdict is None and not self.keep_undecided):
             progress.add_filtered(1)
             return []
         if self.verdict_field:
