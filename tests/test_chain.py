@@ -68,3 +68,9 @@ def test_an_input_it_cannot_read_cheaply_is_not_guessed(tmp_path):
     assert chain.problems(stages) == []
     source.write_text(json.dumps({"prompt": "p"}) + "\n")
     assert chain.problems(stages) == ["stage 'generate' reads 'anything', which no input or earlier stage provides"]
+
+
+def test_a_field_the_template_only_tests_or_defaults_is_not_required():
+    stages = [ReadStage(seeds=["s"]), GenerateStage(prompt="{{ seed }}{% if hint is defined %} {{ hint }}{% endif %} "
+                                                           "{{ tone | default('plain') }} {{ topic }}")]
+    assert chain.problems(stages) == ["stage 'generate' reads 'topic', which no input or earlier stage provides"]

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from recipe.errors import InputError, ParseError
 from recipe.stages.base import LLMStage
-from recipe.stages.templates import fields_used, render
+from recipe.stages.templates import fields_required, render
 
 #: What the stage itself puts into the user-turn template, beside the record's fields.
 TEMPLATE_FIELDS = ("history", "style")
@@ -56,7 +56,7 @@ class DialogueStage(LLMStage):
 
     @property
     def inputs(self) -> set[str]:
-        return {self.openline_field} | (set(fields_used(self.user_turn_prompt)) - set(TEMPLATE_FIELDS))
+        return {self.openline_field} | (set(fields_required(self.user_turn_prompt)) - set(TEMPLATE_FIELDS))
 
     @property
     def outputs(self) -> set[str]:

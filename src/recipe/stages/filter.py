@@ -13,7 +13,7 @@ from recipe.stages import parsers, progress
 from recipe.stages.base import LLMStage, Stage
 from recipe.stages.functions import load_function
 from recipe.stages.structured import ask_valid
-from recipe.stages.templates import fields_used, render
+from recipe.stages.templates import fields_required, render
 
 
 @dataclass
@@ -48,7 +48,7 @@ class FilterStage(LLMStage):
 
     @property
     def inputs(self) -> set[str]:
-        return set(fields_used(self.prompt)) if self.prompt else set()
+        return set(fields_required(self.prompt)) if self.prompt else set()
 
     @property
     def outputs(self) -> set[str]:

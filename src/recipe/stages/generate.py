@@ -11,7 +11,7 @@ from recipe.errors import ConfigError, InputError
 from recipe.services.structured_output import load_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
-from recipe.stages.templates import fields_used, render
+from recipe.stages.templates import fields_required, render
 
 
 def message_templates(prompt: str | None, messages: list | None, system: str | None) -> list[dict]:
@@ -68,7 +68,7 @@ class GenerateStage(LLMStage):
     @property
     def inputs(self) -> set[str]:
         return {name for m in message_templates(self.prompt, self.messages, self.system)
-                for name in fields_used(m.get("content", ""))}
+                for name in fields_required(m.get("content", ""))}
 
     @property
     def outputs(self) -> set[str]:

@@ -22,7 +22,7 @@ from recipe.services.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
-from recipe.stages.templates import fields_used, render
+from recipe.stages.templates import fields_required, render
 
 AGGREGATE = "aggregate"
 #: What the stage itself puts into the judge's template, beside the record's fields.
@@ -84,7 +84,7 @@ class JudgeStage(LLMStage):
 
     @property
     def inputs(self) -> set[str]:
-        return {self.prompt_field, self.response_field} | (set(fields_used(self.prompt)) - set(TEMPLATE_FIELDS))
+        return {self.prompt_field, self.response_field} | (set(fields_required(self.prompt)) - set(TEMPLATE_FIELDS))
 
     @property
     def outputs(self) -> set[str]:

@@ -25,7 +25,7 @@ from recipe.errors import InputError, ParseError
 from recipe.stages.base import LLMStage
 from recipe.stages.parsers import LIST_ITEM, preview
 from recipe.stages.records import child
-from recipe.stages.templates import fields_used, render
+from recipe.stages.templates import fields_required, render
 
 REWRITES = ("wikipedia", "diverse_qa", "distill", "extract_knowledge", "knowledge_list")
 
@@ -166,7 +166,7 @@ class RewritesStage(LLMStage):
     def inputs(self) -> set[str]:
         used = {self.input_field}
         for source in [self.system or ""] + [self.templates[r] for r in self.rewrites if r in self.templates]:
-            used |= fields_used(source)
+            used |= fields_required(source)
         return used
 
     @property

@@ -12,6 +12,7 @@ stops the run with one line naming it.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -46,6 +47,14 @@ def fields_used(source: str) -> frozenset[str]:
     """The variables a template reads (Jinja's own analysis): what a stage declares it reads."""
     compile_template(source)  # a syntax error is a ConfigError naming the line
     return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
+
+
+def fields_required(source: str) -> frozenset[str]:
+    """The variables a template reads and cannot do without: those it only tests
+    (``x is defined``) or gives a default (``x | default(...)``) are left out."""
+    return frozenset(name for name in fields_used(source)
+                     if not re.search(rf"\b{re.escape(name)}\s*(?:is\s+(?:not\s+)?defined\b|\|\s*(?:default|d)\b)",
+                                      source))
 
 
 def render(source: str, fields: dict, may_be_blank: tuple[str, ...] = ()) -> str:
