@@ -325,3 +325,31 @@ def test_every_bad_parameter_of_a_stage_is_reported_at_once():
         FilterStage(schema_retries=-1)
     assert [p for p, _ in info.value.problems] == ["schema_retries", "prompt"]
     assert DedupStage(threshold="0.5", ngram="3").threshold == 0.5  # values are coerced to their types
+
+
+@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"]),
+                                        ("two_turn", ["user", "assistant", "user"])])
+def test_dialogue_recipes_on_the_stub(stub_server, tmp_path, name, turns):
+    """Both recipes run the one DialogueStage with dialogue.yaml's styles and user-turn template."""
+    server = stub_server()
+    cfg = recipe.compose([f"recipe={name}", "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
+                          "model.name=m", "cache.enabled=false", "progress=false"])
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    rows = read_jsonl(tmp_path / "out")
+    openlines = [json.loads(line)["openline"] for line in
+                 Path(recipe.config.paths.sample_path("openlines.jsonl")).read_text().splitlines()]
+    assert summary.records == len(rows) == 3 * len(openlines) and summary.failed == 0
+    assert sorted((r["openline"], r["style"]) for r in rows) == sorted(
+        (o, s) for o in openlines for s in ("normal", "complex", "concise"))
+    for row in rows:
+        conversation = row["conversation"]
+        assert [t["role"] for t in conversation] == turns
+        assert conversation[0]["content"] == row["openline"]
+        assert conversation[1]["content"] == f"echo: {row['openline']}"
+        style = {"normal": "", "complex": " that is detailed and demanding, in the tone of an expert user",
+                 "concise": " that is short and to the point"}[row["style"]]
+        assert conversation[2]["content"] == (
+            f"echo: Here is a conversation between a user and an AI assistant.\n\nUser: {row['openline']}\n\n"
+            f"Assistant: echo: {row['openline']}\n\nWrite the user's next message: a follow-up request or "
+            f"question{style}. Reply with the message only, without any preamble.")
+    assert server.stats()["requests"] == len(rows) * (len(turns) - 1)
