@@ -123,10 +123,10 @@ class LLMStage(Stage):
     """
 
     client: ClientSpec | None = None
-    sampling: dict = field(default_factory=dict)
+    sampling: dict | None = field(default_factory=dict)
     ignore_conversion_failure: bool = True
     model: str | None = None  # another model for this stage (e.g. a reward model)
-    backend: dict = field(default_factory=dict)  # backend keys to change for this stage
+    backend: dict | None = field(default_factory=dict)  # backend keys to change for this stage
 
     @property
     def spec(self) -> ClientSpec:

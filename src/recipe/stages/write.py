@@ -83,6 +83,8 @@ class WriteStage(Stage):
     """The last stage: returns a bag with one manifest per partition (records, errors, ...).
 
     ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.hf_dataset`).
+
+    Input columns: none required (every field is written). Output columns: none.
     """
 
     path: str | None = None  # the runner fills in output_dir
