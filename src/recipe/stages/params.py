@@ -14,7 +14,7 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
 
 from recipe.errors import StageParamsError
 
@@ -24,13 +24,19 @@ _INJECTED = ("client", "name")
 
 @lru_cache(maxsize=None)
 def _adapters(cls: type) -> tuple[tuple[str, TypeAdapter], ...]:
-    hints = typing.get_type_hints(cls, include_extras=True)
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except (NameError, TypeError):  # a user's stage annotated with names its module cannot resolve
+        hints = {}
     out = []
     for f in fields(cls):
         kind = hints.get(f.name, Any)
         if f.name in _INJECTED or kind is Any or not f.init:
             continue
-        out.append((f.name, TypeAdapter(kind)))
+        try:
+            out.append((f.name, TypeAdapter(kind)))
+        except PydanticSchemaGenerationError:  # a type pydantic cannot check: the stage checks it itself
+            continue
     return tuple(out)
 
 
