@@ -221,3 +221,36 @@ def test_import_is_lazy_and_offline(stub_server):
     assert report["answer"] == ["echo: hi"]
     assert report["outside"] == []  # no DNS lookup or connection outside loopback, import included
     assert report["litellm_import_seconds"] < 30  # no fetch-and-retry loop (generous: shared CPUs)
+
+
+def test_usage_stats_every_field_merges_pickles_and_resets():
+    import pickle
+    from dataclasses import fields
+
+    from recipe.services.usage import UsageStats
+
+    a = UsageStats()
+    for f in fields(UsageStats):
+        if type(f.default) is int:
+            setattr(a, f.name, 2)
+        elif type(f.default) is float:
+            setattr(a, f.name, 1.25)
+    a.cache_failed("cache broke")
+    a.fail("ServerError")
+    a.add_tokens("m", 3, 4)
+    a.count_schema("Answer", asked=2, invalid=1)
+    b = UsageStats()
+    b.merge(a)
+    b.merge(pickle.loads(pickle.dumps(a)).as_dict())
+    merged = b.as_dict()
+    assert merged == {
+        "requests": 4, "retries": 4, "cache_hits": 4, "rate_limited": 4, "schema_retries": 4,
+        "schema_failures": 4, "retry_wait_seconds": 2.5, "limit_wait_seconds": 2.5,
+        "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",
+        "failures": {"ServerError": 2}, "tokens_by_model": {"m": [6, 8]},
+        "structured_by_schema": {"Answer": {"asked": 4, "invalid": 2}}}
+    assert b.reset() == merged
+    assert b.as_dict() == UsageStats().as_dict()
+    assert b.as_dict()["requests"] == 0 and b.as_dict()["failures"] == {} and b.as_dict()["cache_error"] == ""
+    b.count("requests")
+    assert UsageStats().as_dict()["requests"] == 0  # reset gave b its own fresh containers and counts
