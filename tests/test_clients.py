@@ -108,7 +108,7 @@ def test_async_client_20_concurrent_calls(llama_server):
 def test_closed_port_raises_the_packages_connection_error():
     client = LiteLLMClient(provider="openai", api_base=f"http://127.0.0.1:{free_port()}/v1", api_key="none",
                            num_retries=0)
-    with pytest.raises(errors.ConnectionError) as info:
+    with pytest.raises(errors.EndpointConnectionError) as info:
         client.query_model(messages=POEM, model=MODEL, max_tokens=8)
     assert isinstance(info.value, errors.LLMError) and info.value.retryable
 

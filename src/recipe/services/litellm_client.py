@@ -207,7 +207,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # ValueErrors, but a bad reply
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 except asyncio.TimeoutError:
-                    error = errors.TimeoutError(f"{self.provider}: no complete answer within "
+                    error = errors.RequestTimeoutError(f"{self.provider}: no complete answer within "
                                                 f"backend.timeout={self.timeout:g} s")
                 except ValueError:
                     raise  # a caller's mistake or a non-reward model: retrying cannot help
