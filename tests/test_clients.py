@@ -254,3 +254,20 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
     assert b.as_dict()["requests"] == 0 and b.as_dict()["failures"] == {} and b.as_dict()["cache_error"] == ""
     b.count("requests")
     assert UsageStats().as_dict()["requests"] == 0  # reset gave b its own fresh containers and counts
+
+
+def test_a_client_built_with_nothing_set_takes_the_schemas_defaults():
+    from recipe.config.schema import BackendConfig
+    from recipe.factory import ClientSpec
+    from recipe.services.limits import LocalLimiter
+
+    schema = BackendConfig()
+    client = AsyncLiteLLMClient(provider="openai")
+    assert (client.timeout, client.num_retries) == (schema.timeout, schema.num_retries)
+    assert client.limiter.pacer.max_concurrency == schema.max_concurrency
+    assert LocalLimiter().pacer.max_concurrency == schema.max_concurrency
+    assert LiteLLMClient(provider="openai")._async.num_retries == schema.num_retries
+    for spec in (ClientSpec(provider="openai", model="m"),
+                 ClientSpec.from_config({"backend": {"provider": "openai"}, "model": {"name": "m"}})):
+        assert (spec.timeout, spec.num_retries, spec.max_concurrency, spec.batch_poll_seconds) == \
+            (schema.timeout, schema.num_retries, schema.max_concurrency, schema.batch_poll_seconds)

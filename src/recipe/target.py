@@ -20,6 +20,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+from recipe.config import defaults
 from recipe.errors import ConfigError
 from recipe.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, part_name
 
@@ -233,8 +234,8 @@ def finish_report(report: dict, stats: dict) -> dict:
 def parallelism(dask_cfg: dict) -> int:
     """Partitions a wave should hold at least, to keep every worker busy."""
     if dask_cfg.get("n_workers", 0) > 0:
-        return int(dask_cfg["n_workers"]) * int(dask_cfg.get("threads_per_worker", 2))
-    return max(4, int(dask_cfg.get("threads_per_worker", 4)))
+        return int(dask_cfg["n_workers"]) * int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))
+    return max(4, int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER)))
 
 
 def run_target(data: dict, stages: list, plan: list | None, folder, config_hash: str, client: Any,

@@ -13,6 +13,8 @@ from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Protocol
 
+from recipe.config import defaults
+
 
 class Limiter(Protocol):
     """What the async client asks before and tells after every attempt."""
@@ -162,7 +164,7 @@ class GatedLimiter:
 class LocalLimiter(GatedLimiter):
     """A :class:`Pacer` for one process, enforced on its event loop."""
 
-    def __init__(self, max_concurrency: int = 64, rpm: float | None = None, tpm: float | None = None,
+    def __init__(self, max_concurrency: int = defaults.MAX_CONCURRENCY, rpm: float | None = None, tpm: float | None = None,
                  stats=None):
         self.pacer = Pacer(max_concurrency, rpm, tpm)
         self.stats = stats

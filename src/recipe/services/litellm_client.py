@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from recipe import errors
+from recipe.config import defaults
 from recipe.services.conversation_formatter import ConversationFormatter
 from recipe.services.error_mapping import translate
 from recipe.services.event_loop import run_sync
@@ -98,7 +99,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
     """
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
-                 timeout: float = 120.0, num_retries: int = 3, max_concurrency: int = 64,
+                 timeout: float = defaults.TIMEOUT, num_retries: int = defaults.NUM_RETRIES,
+                 max_concurrency: int = defaults.MAX_CONCURRENCY,
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
