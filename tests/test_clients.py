@@ -271,3 +271,27 @@ def test_a_client_built_with_nothing_set_takes_the_schemas_defaults():
                  ClientSpec.from_config({"backend": {"provider": "openai"}, "model": {"name": "m"}})):
         assert (spec.timeout, spec.num_retries, spec.max_concurrency, spec.batch_poll_seconds) == \
             (schema.timeout, schema.num_retries, schema.max_concurrency, schema.batch_poll_seconds)
+
+
+def test_a_replaced_context_key_is_one_error_naming_its_replacement():
+    from recipe import compose
+
+    with pytest.raises(errors.ConfigError, match=r"backend\.n_ctx: no longer taken; set model\.context_length"):
+        compose(["backend.n_ctx=4096"])
+
+
+@pytest.mark.llm
+def test_the_embedded_server_starts_with_model_context_length(tmp_path):
+    """model.context_length=256 reaches llama.cpp's n_ctx: a prompt the ~4-characters estimate lets
+    through (about 208 tokens with max_tokens) but that tokenizes to hundreds of digit tokens is
+    refused by the server itself; under the former fixed n_ctx=2048 it would have been answered."""
+    import recipe
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": " ".join("79" * 200)}) + "\n")
+    out = tmp_path / "out"
+    recipe.run(recipe.compose([f"input={source}", f"output_dir={out}", "model.context_length=256",
+                               "sampling.max_tokens=4", "backend.on_truncated=keep", "progress=false"]))
+    rows = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    assert [row["_error"]["class"] for row in rows] == ["ContextWindowError"]
+    assert "maximum context length is 256 tokens" in rows[0]["_error"]["message"]

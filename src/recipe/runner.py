@@ -585,7 +585,8 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
         if backend.get("start_local_server") and not backend.get("api_base"):
             from recipe.services.llamacpp_server import LlamaCppServer
 
-            server = stack.enter_context(LlamaCppServer(backend.get("model_path"), n_ctx=backend.get("n_ctx", 2048),
+            server = stack.enter_context(LlamaCppServer(backend.get("model_path"),
+                                                        n_ctx=spec.context_length or defaults.LOCAL_CONTEXT_LENGTH,
                                                         alias=spec.model))
             local = spec.with_overrides(api_base=server.base_url,
                                         endpoint_id=f"llamacpp://{Path(server.model_path).name}")

@@ -49,7 +49,7 @@ class BackendConfig:
     # llamacpp only: start the embedded server for the run when api_base is null.
     start_local_server: bool = False
     model_path: Optional[str] = None
-    n_ctx: int = 2048
+    n_ctx: Optional[int] = None  # removed: the server starts with model.context_length (see REPLACED_KEYS)
     # The provider's batch API (OpenAI-compatible): about half the price, answers within the window.
     batch: bool = False
     batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
@@ -245,6 +245,9 @@ def sampling_problems(sampling: Any, where: str) -> list[str]:
     return problems
 
 
+# Keys that said again what another key says: setting one is an error naming its replacement.
+REPLACED_KEYS = {("backend", "n_ctx"): "model.context_length"}
+
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
              "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
              "budget": BudgetConfig, "target": TargetConfig, "hub": HubConfig}
@@ -264,6 +267,10 @@ def unknown_keys(cfg: Any) -> list[str]:
             continue
         known = {f.name for f in fields(cls)}
         for key in node.keys():
-            if key not in known:
+            replacement = REPLACED_KEYS.get((section, key))
+            if replacement is not None and node.get(key) is not None:
+                problems.append(f"{section}.{key}: no longer taken; set {replacement} instead (the one place "
+                                "a model's context is given; the embedded server starts with it)")
+            elif key not in known:
                 problems.append(f"{section}.{key}: unknown key ({section} takes: {', '.join(sorted(known))})")
     return problems

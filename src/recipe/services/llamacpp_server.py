@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from recipe.config import defaults
 from recipe.errors import ConfigError, LocalServerError
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,7 +57,7 @@ class LlamaCppServer:
     ``/v1/models`` answers, and stops it on exit.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048,
+    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = defaults.LOCAL_CONTEXT_LENGTH,
                  n_threads: int | None = None, alias: str = SMOLLM2_ALIAS, startup_timeout: float = 120.0):
         self.model_path = Path(model_path) if model_path else smollm2_path()
         self.n_ctx = n_ctx
