@@ -20,15 +20,15 @@ import os
 import random
 import select
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from fractions import Fraction
 from typing import Any
 
 from aiohttp import web
+
+from recipe.services.subprocess_server import ServerProcess
 
 HOST = "127.0.0.1"
 _JSON = "application/json"
@@ -650,7 +650,7 @@ class StubServer:
         if batch_expire:
             self.args.append("--batch-expire")
         self.port = port
-        self._proc: subprocess.Popen | None = None
+        self._proc: ServerProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -658,43 +658,29 @@ class StubServer:
 
     def start(self) -> "StubServer":
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
-        self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}", *self.args],
-            stdout=subprocess.PIPE, stderr=self._err)
-        deadline, buf, fd = time.monotonic() + 30, b"", self._proc.stdout.fileno()
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._proc.poll() is not None:
-                break
-            if select.select([fd], [], [], min(left, 0.2))[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-        line = buf.split(b"\n", 1)[0].decode(errors="replace")
+        self._buf = b""
+        self._proc = ServerProcess([sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}",
+                                    *self.args], "stub server", capture_stdout=True, error=RuntimeError)
+        line = self._proc.start(self._ready_line, timeout=30).decode(errors="replace")
         if not line.startswith("READY "):
+            message = f"stub server did not start: {line!r}\n{self._proc.output()}"
             self.stop()
-            self._err.seek(0)
-            raise RuntimeError(f"stub server did not start: {line!r}\n"
-                               f"{self._err.read().decode(errors='replace')}")
+            raise RuntimeError(message)
         self.port = int(line.split()[1])
         return self
+
+    def _ready_line(self) -> bytes | None:
+        """The first line the server prints, once it is complete (waits up to 0.2 s for more)."""
+        fd = self._proc.stdout.fileno()
+        if select.select([fd], [], [], 0.2)[0]:
+            self._buf += os.read(fd, 4096)
+        return self._buf.split(b"\n", 1)[0] + b"\n" if b"\n" in self._buf else None
 
     def stop(self) -> None:
         """Terminate the subprocess, killing it if it does not exit within 5 s."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        if proc is not None:
+            proc.stop(grace=5)
 
     def __enter__(self) -> "StubServer":
         return self.start()
