@@ -218,21 +218,14 @@ def test_closed_port_is_connection_error(provider):
     assert c.stats.as_dict()["retries"] == 1  # retryable, so retried once
 
 
-def test_json_decode_error_raised_inside_a_request_is_retried_as_malformed(monkeypatch):
-    """ValueErrors normally pass through (caller mistakes), but a JSONDecodeError is a bad reply."""
-    litellm = get_litellm()
-    calls = []
-
-    async def broken(**kwargs):
-        calls.append(kwargs)
-        raise json.JSONDecodeError("Expecting value", "data: {broken", 6)
-
-    monkeypatch.setattr(litellm, "acompletion", broken)
-    # ollama stays on litellm.acompletion; the lean path's malformed replies are the stub's "malformed" fault.
-    c = LiteLLMClient(provider="ollama", api_base="http://127.0.0.1:9", num_retries=2, backoff_base=0.01)
+def test_a_reply_cut_short_on_the_litellm_path_is_retried_as_malformed(stub_server):
+    """ValueErrors normally pass through (caller mistakes), but a JSON decoding error is a bad reply.
+    ollama stays on litellm.acompletion; the lean path's malformed replies are covered above."""
+    server = stub_server(malformed=1.0)
+    c = LiteLLMClient(provider="ollama", api_base=server.base_url[:-len("/v1")], num_retries=2, backoff_base=0.01)
     with pytest.raises(errors.MalformedResponseError):
         c.query_model(messages=MESSAGES, model="m")
-    assert len(calls) == 3
+    assert server.stats()["requests"] == 3 and c.stats.as_dict()["retries"] == 2
 
 
 @pytest.mark.parametrize("provider", ["openai", "hosted_vllm", "nvidia_nim", "ollama", "mistral", "deepseek",

@@ -85,7 +85,9 @@ def translate(exc: BaseException, *, provider: str, secrets: tuple[str | None, .
         elif isinstance(exc, OSError):
             target = errors.EndpointConnectionError
     status = getattr(exc, "status_code", None)
-    if target in (None, errors.ServerError, errors.BadRequestError) or (target is errors.LLMError):
+    # litellm's generic classes say little: the message says more (its ollama route, for one,
+    # reports a reply cut short as APIConnectionError)
+    if target in (None, errors.ServerError, errors.BadRequestError, errors.EndpointConnectionError):
         if any(h in lowered for h in _MISSING_KEY_HINTS):
             target = errors.AuthenticationError
         elif any(h in lowered for h in _CONNECTION_HINTS) and status in (None, 500):
