@@ -257,3 +257,27 @@ def test_records_failed_under_the_former_class_names_are_still_rerun():
     assert not is_transient("ContextWindowError") and not is_transient("NoSuchError")
     assert errors.error_class("TimeoutError") is errors.RequestTimeoutError
     assert not hasattr(errors, "TimeoutError") and not hasattr(errors, "ConnectionError")  # no builtin shadowed
+
+
+def test_the_context_check_counts_with_the_one_token_estimate(stub_server, tmp_path):
+    """~4 characters a token plus 4 a message (services/tokens.py), the same count the budget
+    reserves: 400 characters and max_tokens=6 just fit a context of 110 (100 + 4 + 6); 404 do not
+    (101 + 4 + 6) and are refused before any request."""
+    import recipe
+    from recipe.services.tokens import estimate_tokens
+
+    assert estimate_tokens([{"role": "user", "content": "x" * 400}]) == 104
+    assert estimate_tokens("x" * 401) == 101 and estimate_tokens(None) == 0
+    server = stub_server()
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": "a" * 400}) + "\n" + json.dumps({"prompt": "b" * 404}) + "\n")
+    out = tmp_path / "out"
+    recipe.run(recipe.compose(["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
+                               "model.name=stub-model", "progress=false", f"input={source}", f"output_dir={out}",
+                               "model.context_length=110", "sampling.max_tokens=6", "backend.on_truncated=keep"]))
+    good = [json.loads(line) for part in sorted(out.glob("*.jsonl")) for line in part.read_text().splitlines()]
+    bad = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    assert [row["prompt"][0] for row in good] == ["a"]
+    assert [(row["_error"]["class"], row["_error"]["message"]) for row in bad] == [
+        ("ContextWindowError", "prompt of about 105 tokens plus max_tokens=6 exceeds the model's context of 110 tokens")]
+    assert server.stats()["requests"] == 1
