@@ -268,3 +268,15 @@ def test_no_hydra_internals_in_the_package():
     offenders = [str(p) for p in sources
                  if "hydra._internal" in p.read_text() or "Singleton._instances" in p.read_text()]
     assert offenders == []
+
+
+def test_compose_searches_config_dirs_and_a_searchpath_override(tmp_path):
+    # recipe.compose's twin of `--config-dir A 'hydra.searchpath=[file://B]'`: both dirs are searched
+    for name, option in (("a", "from_a"), ("b", "from_b")):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / f"{option}.yaml").write_text(
+            f"# @package _global_\nmodel:\n  name: {option}-model\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'b'}]"
+    for choice, expected in (("+model=from_a", "from_a-model"), ("model=from_b", "from_b-model")):
+        cfg = recipe.compose([searchpath, choice], config_dirs=[str(tmp_path / "a")])
+        assert cfg.model.name == expected

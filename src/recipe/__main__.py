@@ -37,8 +37,13 @@ def _interrupted() -> None:
 
 
 def _fail(message: str) -> None:
+    """A mistake found before the run: one line, exit 2. Nothing is open yet but the thread that
+    may still be importing litellm (``preload``); the interpreter's shutdown under such a thread
+    was seen to crash (SIGSEGV after the error line), so the process leaves without it."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_USER_ERROR)
 
 
 def _hydra_args(argv: list[str]):
