@@ -15,7 +15,7 @@ EXIT_RECORDS_FAILED = 3
 EXIT_BUDGET_REACHED = 4  # the budget stopped the run; the same command with a larger budget resumes it
 _exit_code = 0
 _stopping: int | None = None  # the signal that is stopping the run
-_ARGV = list(sys.argv[1:])  # the command as typed (the resume hint repeats it)
+_argv: list[str] = []  # the command as typed (the resume hint repeats it)
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -220,7 +220,7 @@ def _job(cfg) -> int:
 
         if summary.failed:
             print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
-        print(f"{prefix}{resume_hint(summary.stats['budget'], _ARGV)}", file=sys.stderr)
+        print(f"{prefix}{resume_hint(summary.stats['budget'], _argv)}", file=sys.stderr)
         return EXIT_BUDGET_REACHED
     if summary.failed:
         print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
@@ -248,6 +248,8 @@ def _main() -> None:
     from recipe.config.compose import model_choice, setup
     from recipe.errors import ConfigError
 
+    global _argv
+    _argv = sys.argv[1:]
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
     # Secrets are known, and both streams redact them, before Hydra prints or saves anything.
