@@ -95,6 +95,8 @@ MISTAKES = [
     pytest.param(["+model=nope"], {}, "model/nope", id="unknown-option"),
     pytest.param(["model=nemotron"], {}, "NVIDIA_API_KEY", id="model-without-plus-missing-key"),
     pytest.param(["model=nope"], {}, "model/nope", id="unknown-option-without-plus"),
+    pytest.param(["model=null"], {}, "model=null: Config group override", id="group-set-to-null"),
+    pytest.param(["--cfg", "job", "sampling=null"], {}, "sampling=null: ", id="cfg-group-set-to-null"),
     pytest.param(["sampling.temperature=-1"], {}, "sampling.temperature", id="bad-value"),
     pytest.param(["sampling.top_p=1.5"], {}, "sampling.top_p", id="bad-top-p"),
     pytest.param(["sampling.n=abc"], {}, "could not be converted", id="bad-type"),

@@ -70,8 +70,13 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
         with _outside_any_app(), initialize_config_dir(config_dir=str(paths.config_dir()), job_name="recipe",
                                                        version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except ConfigError:
+        raise
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(one_line(exc)) from None
+    except ValueError as exc:  # Hydra's own for `group=null` ("Config group override must be ...")
+        nulls = [o for o in overrides if o.partition("=")[2].strip() == "null"]
+        raise ConfigError(f"{', '.join(nulls)}: {one_line(exc)}" if nulls else one_line(exc)) from None
     except yaml.YAMLError as exc:  # a syntax error in a config file (often a user's --config-dir)
         raise ConfigError(yaml_error_line(exc)) from None
     check(cfg)
