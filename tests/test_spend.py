@@ -335,3 +335,33 @@ def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
 
     shown = set(re.findall(r"batches=(\w+):1", err))
     assert {"validating", "in_progress", "finalizing"} & shown and "completed" in shown, err[-500:]
+
+
+# ---- budget and target together: whichever comes first ends the run -----------------------------
+
+def test_budget_and_target_together_stop_at_whichever_comes_first(stub_server, tmp_path):
+    import spend_helpers  # noqa: F401 - the filter's module (pytest put tests/ on the path)
+
+    server = stub_server(usage=(PROMPT, COMPLETION))
+    source = write_inputs(tmp_path / "in.jsonl", 200)
+    base = priced(server, source, "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
+                  "backend.max_concurrency=1")
+    # the target first: 12 records at a 50% filter need 24 answered inputs, far under a $10 budget
+    first = recipe.run(recipe.compose(base + ["target.records=12", "budget.max_usd=10"]),
+                       output_dir=str(tmp_path / "target_first"))
+    assert first.records == 12 and first.stats["target"]["reached"] and not first.budget_reached
+    assert [r["prompt"] for r in outputs(tmp_path / "target_first")] == [f"question {i}" for i in range(0, 24, 2)]
+    sent = server.stats()["requests"]
+    assert first.stats["target"]["accepted"] + first.stats["target"]["rejected"] == sent
+    assert first.stats["budget"]["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    assert sent < 200
+    # the budget first: $0.06 pays for exactly 8 requests (one in flight at a time): far short of 40 records
+    server.reset()
+    second = recipe.run(recipe.compose(base + ["target.records=40", "budget.max_usd=0.06",
+                                               f"cache.dir={tmp_path / 'cold'}"]),  # no answer from the first run
+                        output_dir=str(tmp_path / "budget_first"))
+    assert second.budget_reached and not second.stats["target"]["reached"]
+    assert server.stats()["requests"] == 8
+    assert second.stats["budget"]["spent_usd"] == pytest.approx(8 * GPT4O_REQUEST_USD)
+    assert second.records == 0, "no partition (10 inputs) was answered whole: nothing committed"
+    assert second.notes == ["target.records not reached: 0 of 40 records: the budget was reached"]
