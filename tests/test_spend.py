@@ -365,3 +365,75 @@ def test_budget_and_target_together_stop_at_whichever_comes_first(stub_server, t
     assert second.stats["budget"]["spent_usd"] == pytest.approx(8 * GPT4O_REQUEST_USD)
     assert second.records == 0, "no partition (10 inputs) was answered whole: nothing committed"
     assert second.notes == ["target.records not reached: 0 of 40 records: the budget was reached"]
+
+
+def test_exactly_n_through_a_whole_bag_dedup_reads_only_a_prefix_of_the_input(stub_server, tmp_path):
+    import spend_helpers
+
+    server = stub_server()
+    conf = halves_conf(tmp_path)
+    (conf / "recipe" / "halves_dedup.yaml").write_text(spend_helpers.DEDUP_RECIPE)
+    source = tmp_path / "in.jsonl"  # every even question twice in a row: the dedup keeps the first of each pair
+    source.write_text("".join(json.dumps({"prompt": f"question {i - i % 2}"}) + "\n" for i in range(2000)))
+    base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", f"input={source}", "recipe=halves_dedup", f"hydra.searchpath=[file://{conf}]"]
+    out = tmp_path / "out"
+    summary = recipe.run(recipe.compose(base + ["target.records=30"]), output_dir=str(out))
+    rows = outputs(out)
+    assert [r["prompt"] for r in rows] == [f"question {i}" for i in range(0, 60, 2)]
+    assert summary.records == 30 and summary.stats["target"]["reached"]
+    # 60 inputs hold the 30 records; a wave overshoots by little, and a pair's twin is a cache hit
+    assert server.stats()["requests"] < 200, f"{server.stats()['requests']} requests: the dedup pulled in all 2000 inputs"
+    assert summary.stats["deduplicated"] == {"dedup": summary.stats["target"]["rejected"]}
+
+
+# ---- Anthropic's Message Batches API -------------------------------------------------------------
+
+CLAUDE = "claude-haiku-4-5"  # litellm's price: $1 / $5 per million tokens online, half of that in batches
+CLAUDE_BATCH_REQUEST_USD = PROMPT * 0.5e-6 + COMPLETION * 2.5e-6
+
+
+def anthropic_batch_args(server, source: Path, *extra: str) -> list[str]:
+    return ["backend=openai", "backend.provider=anthropic", f"backend.api_base={server.base_url}",
+            "backend.api_key=sk-ant-stub", f"model.name={CLAUDE}", "progress=false", f"input={source}",
+            "sampling.max_tokens=500", "sampling.temperature=0.5", "sampling.top_p=0.9",
+            "dask.partition_size=10", "backend.batch=true", "backend.batch_poll_seconds=0.2", *extra]
+
+
+def test_anthropic_message_batches_answer_exactly_at_the_batch_price(stub_server, tmp_path):
+    server = stub_server(usage=(PROMPT, COMPLETION), fail_500=0.1, batch_seconds=0.3, api_key="sk-ant-stub")
+    source = write_inputs(tmp_path / "in.jsonl", 20)
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source)), output_dir=str(tmp_path / "b"))
+    assert summary.records == 20 and summary.failed == 0
+    rows = outputs(tmp_path / "b")
+    assert sorted((r["prompt"], r["response"]) for r in rows) == sorted(
+        (f"question {i}", f"echo: question {i}") for i in range(20))
+    stub = server.stats()
+    # Anthropic's wire: inline Messages params per custom_id, nothing through a live or OpenAI route
+    expected = [{"model": CLAUDE, "max_tokens": 500, "temperature": 0.5, "top_p": 0.9,
+                 "messages": [{"role": "user", "content": [{"type": "text", "text": f"question {i}"}]}]}
+                for i in range(20)]
+    params = stub["message_batch_params"]
+    assert sorted({json.dumps(p, sort_keys=True) for p in params}) == sorted(json.dumps(e, sort_keys=True) for e in expected)
+    assert {k: v for k, v in stub["by_path"].items() if not k.startswith(("/v1/messages/batches", "batch:"))} == {}
+    # the failed lines (10%) went again in a new batch; answered lines never did
+    resubmitted = summary.stats["batch"]["resubmitted_lines"]
+    assert resubmitted == 2 and summary.stats["batch"]["lines"] == 20 + resubmitted
+    assert stub["message_batches_created"] == summary.stats["batch"]["batches"] >= 2
+    assert len(stub["message_batch_params"]) == 20 + resubmitted
+    assert stub["by_path"]["batch:/v1/messages"] == 20 + resubmitted
+    assert summary.stats["cost_usd"] == pytest.approx(20 * CLAUDE_BATCH_REQUEST_USD)
+    recorded = sorted((tmp_path / "b" / "batches").glob("*.json"))
+    assert len(recorded) == stub["message_batches_created"]
+    assert all(json.loads(p.read_text())["id"].startswith("msgbatch_") for p in recorded)
+
+
+def test_anthropic_expired_requests_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.2, batch_expire=True)
+    source = write_inputs(tmp_path / "in.jsonl", 4)
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "backend.num_retries=2")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 0 and summary.failed == 4
+    assert server.stats()["message_batches_created"] == 3  # the first, and one per retry
+    assert summary.stats["failed_by_class"] == {"ServerError": 4}
+    assert server.stats()["requests"] == 0, "an expired request was never answered, so never paid"

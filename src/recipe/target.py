@@ -8,6 +8,12 @@ file) run whole rounds instead, each with the sampling seed shifted by the round
 requests, new cache keys) and its own part numbers, until N are accepted or
 ``target.max_rounds`` is reached.
 
+A stage whose output for one partition depends on others (``whole_bag``: the dedup stage, which
+keeps the first occurrence in input order) would pull the whole input into every wave. Each
+wave is then built over the input's prefix up to its last partition instead: keeping the first
+occurrence depends only on earlier records, so a committed partition stays right as the prefix
+grows, and the earlier partitions' answers come from the request cache (no request is paid twice).
+
 Once the committed partitions hold N records, the output is trimmed in part order: the
 partition where the count reaches N keeps its first records, later partitions are removed.
 Their answers stay in the request cache, so a rerun (with the same or a larger N) is free where
@@ -87,11 +93,13 @@ class TargetRun:
 
     # ---- graphs ---------------------------------------------------------------------------
 
-    def _pipeline(self, stages: list):
+    def _pipeline(self, stages: list, upto: int | None = None):
+        """The recipe's bag before its write stage; over the plan's first ``upto`` partitions if given."""
         from recipe.stages.read import ReadStage
 
         first, *middle, _ = stages
-        bag = first.read(self.plan) if isinstance(first, ReadStage) and self.plan is not None else first(None)
+        plan = self.plan if upto is None or self.plan is None else self.plan[:upto]
+        bag = first.read(plan) if isinstance(first, ReadStage) and plan is not None else first(None)
         for stage in middle:
             bag = stage(bag)
         return bag
@@ -115,6 +123,7 @@ class TargetRun:
         bag = self._pipeline(self.stages)
         total = bag.npartitions
         size = self.parallel
+        prefix = self.plan is not None and any(getattr(s, "whole_bag", False) for s in self.stages)
         while True:
             done = self.committed()
             have = sum(m.get("records", 0) for i, m in done.items() if i < total)
@@ -132,6 +141,8 @@ class TargetRun:
             elif used:
                 size = 2 * size  # nothing accepted yet: widen
             wave = missing[:size]
+            if prefix:  # a whole-bag stage: only the input up to the wave's last partition, not all of it
+                bag = self._pipeline(self.stages, upto=wave[-1] + 1)
             self.compute([write.write(bag, only=wave, config_hash=self.config_hash, sources=self.plan)])
             self.rounds += 1
 
