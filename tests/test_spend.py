@@ -437,3 +437,13 @@ def test_anthropic_expired_requests_are_resubmitted_then_their_records_fail(stub
     assert server.stats()["message_batches_created"] == 3  # the first, and one per retry
     assert summary.stats["failed_by_class"] == {"ServerError": 4}
     assert server.stats()["requests"] == 0, "an expired request was never answered, so never paid"
+
+
+def test_anthropic_batch_refuses_n_as_online_in_one_error_per_record(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.2)
+    source = write_inputs(tmp_path / "in.jsonl", 3)
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "+recipe.stages.generate.n=2",
+                                                             "backend.num_retries=0")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 0 and summary.stats["failed_by_class"] == {"UnsupportedParamError": 3}
+    assert server.stats()["message_batches_created"] == 0

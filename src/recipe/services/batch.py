@@ -137,7 +137,12 @@ class BatchCollector:
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
         """The provider's response body (a chat.completion or text_completion dict) for one request."""
         if route == "anthropic":  # the Messages API body, built by litellm's provider configuration
-            body = self._anthropic_route(model).build(payload)
+            try:
+                body = self._anthropic_route(model).build(payload)
+            except Exception as exc:  # e.g. n or seed, which Anthropic does not take: refused as online
+                from recipe.services.error_mapping import translate
+
+                raise translate(exc, provider=self.client.provider, secrets=(self.client._api_key,)) from None
             endpoint = ANTHROPIC_ENDPOINT
         else:
             body = line_body(model, payload)
