@@ -110,6 +110,32 @@ def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_re
     assert second.stats["budget"]["spent_usd"] == pytest.approx(120 * GPT4O_REQUEST_USD)
 
 
+def test_budget_holds_on_an_existing_scheduler(stub_server, tmp_path):
+    """``dask.address=``: the budget's ledger goes to a scheduler the run did not start."""
+    from distributed import Client, LocalCluster
+
+    server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
+    source = write_inputs(tmp_path / "in.jsonl", 60)
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        overrides = priced(server, source, f"dask.address={cluster.scheduler_address}", "backend.max_concurrency=4")
+        out = tmp_path / "out"
+        first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.1"]), output_dir=str(out))
+        budget = first.stats["budget"]
+        sent = server.stats()["requests"]
+        assert first.budget_reached and budget["reached"] and first.records < 60
+        assert budget["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+        assert 0.1 - GPT4O_REQUEST_USD < budget["spent_usd"] <= 0.1 + budget["max_in_flight"] * GPT4O_REQUEST_USD
+        assert budget["max_in_flight"] <= 4 and budget["reserved_usd"] == 0
+        with Client(cluster.scheduler_address) as client:  # both workers asked, through the one ledger
+            asked = client.run(lambda: __import__("recipe.factory").factory.process_stats().as_dict()["requests"])
+        assert sum(asked.values()) == sent and len(asked) == 2
+        second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
+        assert not second.budget_reached and second.records == 60
+        assert server.stats()["requests"] == 60, "every record paid for once over both attempts"
+        assert second.stats["budget"]["spent_usd"] == pytest.approx(60 * GPT4O_REQUEST_USD)
+
+
 def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 3)
