@@ -318,16 +318,23 @@ def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tm
     assert summary.stats["failed_by_class"] == {"ServerError": 4}
 
 
-def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_server, tmp_path):
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_server, tmp_path, wire):
     import signal
     import time
 
     server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=6)
     source = write_inputs(tmp_path / "in.jsonl", 40)
+    created_key = "batches_created" if wire == "openai" else "message_batches_created"
+
+    def lines() -> int:
+        stub = server.stats()
+        return stub["batch_lines"] if wire == "openai" else len(stub["message_batch_params"])
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
     env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
                PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]))
-    command = [sys.executable, "-m", "recipe", *batch_args(server, source)]
+    args = batch_args(server, source) if wire == "openai" else anthropic_batch_args(server, source)
+    command = [sys.executable, "-m", "recipe", *args]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 120
@@ -336,18 +343,18 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    created = server.stats()["batches_created"]
+    created = server.stats()[created_key]
     assert created >= 1
     states = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs").glob("*/batches/*.json")]
     assert "completed" not in states, "killed while its batches were running"
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     folder, stats = stats_of(tmp_path)
-    assert server.stats()["batches_created"] == created, "no batch was submitted again"
+    assert server.stats()[created_key] == created, "no batch was submitted again"
     assert stats["batch"]["polled_batches"] == created and stats["batch"].get("batches", 0) == 0
     rows = outputs(folder)
     assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(40))
-    assert server.stats()["batch_lines"] == 40
+    assert lines() == 40
 
 
 def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
