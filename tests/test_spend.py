@@ -480,3 +480,19 @@ def test_anthropic_batch_refuses_n_as_online_in_one_error_per_record(stub_server
                          output_dir=str(tmp_path / "b"))
     assert summary.records == 0 and summary.stats["failed_by_class"] == {"UnsupportedParamError": 3}
     assert server.stats()["message_batches_created"] == 0
+
+
+def test_anthropic_batch_structured_output_is_valid_json_of_the_schema(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.2)
+    source = write_inputs(tmp_path / "in.jsonl", 3)
+    schema = "{type:object,properties:{answer:{type:string}},required:[answer]}"
+    # the OpenAI form (response_format json_schema), which litellm turns into Anthropic's output_format
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, f"+recipe.stages.generate.schema={schema}",
+                                                             "backend.structured_output=openai")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 3 and summary.failed == 0
+    # the stub answers {"answer": "answer about <prompt>"} under the schema it was given as output_format
+    assert sorted((r["prompt"], r["response"]) for r in outputs(tmp_path / "b")) == [
+        (f"question {i}", {"answer": f"answer about question {i}"}) for i in range(3)]
+    params = server.stats()["message_batch_params"]
+    assert all(p["output_format"]["type"] == "json_schema" and "json_mode" not in p for p in params)

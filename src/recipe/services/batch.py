@@ -139,6 +139,7 @@ class BatchCollector:
         if route == "anthropic":  # the Messages API body, built by litellm's provider configuration
             try:
                 body = self._anthropic_route(model).build(payload)
+                body.pop("json_mode", None)  # litellm's own flag for reading the answer, never on Anthropic's wire
             except Exception as exc:  # e.g. n or seed, which Anthropic does not take: refused as online
                 from recipe.services.error_mapping import translate
 
@@ -323,7 +324,11 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
 def openai_answer(message: dict) -> dict:
     """An Anthropic message as the chat.completion fields the client reads (its texts, finish
     reason and usage), as the lean path reads plain JSON rather than litellm's objects."""
-    text = "".join(block.get("text", "") for block in message.get("content") or () if block.get("type") == "text")
+    blocks = message.get("content") or ()
+    text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
+    if not text:  # structured output through litellm's forced tool (models without output_format)
+        text = next((json.dumps(block.get("input")) for block in blocks
+                     if block.get("type") == "tool_use" and block.get("name") == "json_tool_call"), "")
     usage = message.get("usage") or {}
     return {"id": message.get("id"), "object": "chat.completion", "model": message.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -336,6 +341,7 @@ class AnthropicWire:
     """Anthropic's Message Batches API over httpx (litellm cannot create one: see the module's docstring)."""
 
     VERSION = "2023-06-01"
+    STRUCTURED_BETA = "structured-outputs-2025-11-13"  # the header litellm sends online with output_format
 
     def __init__(self, client: Any, poll_seconds: float) -> None:
         endpoint = client._endpoint_kwargs("anthropic")
@@ -346,10 +352,12 @@ class AnthropicWire:
         self.poll_seconds = poll_seconds
         self.secrets = tuple(k for k in (self.key,) if k)
 
-    async def _http(self, method: str, url: str, **kwargs: Any) -> Any:
+    async def _http(self, method: str, url: str, beta: str | None = None, **kwargs: Any) -> Any:
         import httpx
 
         headers = {"anthropic-version": self.VERSION, "content-type": "application/json"}
+        if beta:
+            headers["anthropic-beta"] = beta
         if self.key:
             headers["x-api-key"] = self.key
         try:
@@ -372,7 +380,10 @@ class AnthropicWire:
 
     async def create(self, group: list[tuple[str, dict]], endpoint: str) -> tuple[str, str, dict]:
         requests = [{"custom_id": cid, "params": entry["body"]} for cid, entry in group]
-        batch = (await self._http("POST", f"{self.base}/v1/messages/batches", json={"requests": requests})).json()
+        # structured output (a schema as output_format) is a beta: its header goes on the batch's request
+        beta = self.STRUCTURED_BETA if any("output_format" in r["params"] for r in requests) else None
+        batch = (await self._http("POST", f"{self.base}/v1/messages/batches", beta=beta,
+                                  json={"requests": requests})).json()
         return batch["id"], batch["processing_status"], {}
 
     async def finish(self, batch_id: str) -> tuple[str, dict[str, dict], dict[str, str]]:

@@ -23,6 +23,9 @@ from aiohttp import web
 
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _STOP = {"stop": "end_turn", "length": "max_tokens"}
+_PARAMS = frozenset({"model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences",
+                     "metadata", "tools", "tool_choice", "output_format", "thinking", "service_tier", "stream",
+                     "container", "mcp_servers"})  # what the Messages API takes; anything else is refused
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -44,6 +47,9 @@ def _openai_body(params: dict) -> dict:
                          ("stop", "stop_sequences")):
         if params.get(theirs) is not None:
             body[ours] = params[theirs]
+    output_format = params.get("output_format") or {}
+    if output_format.get("type") == "json_schema":  # answered valid under the schema, as a text block
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": output_format["schema"]}}
     return body
 
 
@@ -98,6 +104,11 @@ class AnthropicBatches:
             missing = [k for k in ("model", "max_tokens", "messages") if k not in params]
             if missing:
                 return _error(400, "invalid_request_error", f"params.{missing[0]}: Field required")
+            unknown = sorted(set(params) - _PARAMS)
+            if unknown:
+                return _error(400, "invalid_request_error", f"params.{unknown[0]}: Extra inputs are not permitted")
+            if "output_format" in params and "structured-outputs" not in request.headers.get("anthropic-beta", ""):
+                return _error(400, "invalid_request_error", "output_format: needs the structured-outputs beta header")
         if len(set(ids)) != len(ids):
             return _error(400, "invalid_request_error", "custom_id values must be unique within a batch")
         bid = f"msgbatch_stub{len(app.message_batches) + 1}"
