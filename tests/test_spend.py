@@ -496,3 +496,23 @@ def test_anthropic_batch_structured_output_is_valid_json_of_the_schema(stub_serv
         (f"question {i}", {"answer": f"answer about question {i}"}) for i in range(3)]
     params = server.stats()["message_batch_params"]
     assert all(p["output_format"]["type"] == "json_schema" and "json_mode" not in p for p in params)
+
+
+def test_seed_rounds_are_deduplicated_against_the_earlier_rounds(stub_server, tmp_path):
+    # Under a schema the stub's lists ignore the seed, so every later round repeats round 0 word for
+    # word: the whole-bag dedup must remove all of it, and the target cannot be reached.
+    server = stub_server()
+    base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", "recipe=open_qa", "recipe.stages.dedup_questions.method=exact"]
+    one_round = recipe.run(recipe.compose(base), output_dir=str(tmp_path / "plain"))
+    per_round = one_round.records
+    assert per_round > 0
+    out = tmp_path / "out"
+    summary = recipe.run(recipe.compose(base + [f"target.records={2 * per_round + 1}", "target.max_rounds=3"]),
+                         output_dir=str(out))
+    rows = outputs(out)
+    assert summary.records == len(rows) == per_round
+    assert {r.get("_round", 0) for r in rows} == {0}
+    assert len({r["question"] for r in rows}) == per_round
+    assert summary.notes == [f"target.records not reached: {per_round} of {2 * per_round + 1} records: "
+                             "target.max_rounds=3 rounds were run"]

@@ -13,6 +13,7 @@ keeps the first occurrence in input order) would pull the whole input into every
 wave is then built over the input's prefix up to its last partition instead: keeping the first
 occurrence depends only on earlier records, so a committed partition stays right as the prefix
 grows, and the earlier partitions' answers come from the request cache (no request is paid twice).
+Seed rounds do the same over the rounds: round ``r`` is deduplicated against rounds ``0..r-1``.
 
 Once the committed partitions hold N records, the output is trimmed in part order: the
 partition where the count reaches N keeps its first records, later partitions are removed.
@@ -146,9 +147,22 @@ class TargetRun:
             self.compute([write.write(bag, only=wave, config_hash=self.config_hash, sources=self.plan)])
             self.rounds += 1
 
+    def _rounds_upto(self, number: int, whole: int):
+        """Rounds 0..``number`` as one bag up to the stage ``whole`` (which spans partitions), then
+        that stage and the rest with round ``number``'s sampling: part ``r * per_round + p`` is
+        round ``r``'s partition ``p``, so the dedup keeps the first occurrence in round order."""
+        import dask.bag as db
+
+        write = self.stages[-1]
+        bag = db.concat([self._pipeline(round_stages(self.stages, r)[:whole] + [write]) for r in range(number + 1)])
+        for stage in round_stages(self.stages, number)[whole:-1]:
+            bag = stage(bag)
+        return bag
+
     def _rounds(self) -> str | None:
         write = self.stages[-1]
         per_round = self._pipeline(self.stages).npartitions
+        whole = next((i for i, s in enumerate(self.stages) if getattr(s, "whole_bag", False)), None)
         started = 0
         while True:
             done = self.committed()
@@ -167,8 +181,13 @@ class TargetRun:
             batch = pending[:count]
             bags = []
             for number in batch:
-                bag = self._pipeline(round_stages(self.stages, number))
                 todo = [p for p in range(per_round) if number * per_round + p not in done]
+                if whole is not None:  # the rounds so far, one bag, so the dedup spans them (earlier ones cached)
+                    bag = self._rounds_upto(number, whole)
+                    bags.append(write.write(bag, only=[number * per_round + p for p in todo], config_hash=self.config_hash,
+                                            sources=[[ROUND_FIELD, r] for r in range(number + 1) for _ in range(per_round)]))
+                    continue
+                bag = self._pipeline(round_stages(self.stages, number))
                 bags.append(write.write(bag, only=todo, config_hash=self.config_hash,
                                         sources=[[ROUND_FIELD, number]] * per_round, part_offset=number * per_round))
             self.compute(bags)
