@@ -536,7 +536,7 @@ def _run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         notes.append(f"target.records not reached: {stats['target']['why_short']}")
     if stats["cache_errors"]:
         notes.append(stats["cache_error"])
-    if records + failed == 0:
+    if records + failed == 0 and not (stats.get("budget") or {}).get("reached"):  # not the input's fault
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
     return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)

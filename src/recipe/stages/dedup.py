@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask.bag as db
 from dask import delayed
@@ -95,6 +95,8 @@ class DedupStage(Stage):
     they duplicate. ``shuffle_partitions`` sets the shuffle's width (default: a sixteenth of
     the bag's partitions). Error records pass through; a record without ``field`` becomes one.
     """
+
+    whole_bag: ClassVar[bool] = True  # a partition's output depends on every earlier partition (target.py)
 
     field: str = "text"
     method: str = "exact"  # exact | minhash

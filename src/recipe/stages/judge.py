@@ -6,6 +6,10 @@ can constrain decoding, and checked and retried (``schema_retries``) by the one 
 output loop otherwise. The scores land on the record in the shape :class:`RewardStage` gives
 (``{name: number}``, a list of those for a list of responses), with the ``aggregate`` beside
 them, so :class:`PreferencePairsStage` takes either (``score_key: aggregate`` or a criterion).
+
+``mode: reward_model`` scores with an NVIDIA-style reward model instead (the answer of
+:class:`RewardStage`, ``{helpfulness: x, correctness: y, ...}``): a recipe built on the judge (the
+preference recipe) then switches to a reward model by overriding one key, not its stage class.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from recipe.errors import ConfigError, ParseError
 from recipe.services.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
+from recipe.stages.reward import reward_model_scores
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
@@ -48,7 +53,9 @@ class JudgeStage(LLMStage):
     the responses below it are dropped with their scores. ``rationale_field`` asks for a short
     rationale and stores it there. ``prompt`` is a Jinja template over the record, ``prompt``,
     ``response``, ``criteria``, ``scale`` and ``rationale``. ``model:``/``backend:`` choose
-    another judge model for this stage only, as for every LLM stage.
+    another judge model for this stage only, as for every LLM stage. ``mode: reward_model`` asks
+    ``model`` as a reward model (``query_reward_model``): the scores are its attributes, with no
+    aggregate; ``criteria``, ``prompt`` and ``scale`` are then unused.
     """
 
     criteria: dict = field(default_factory=dict)
@@ -62,10 +69,16 @@ class JudgeStage(LLMStage):
     rationale_field: str | None = None
     rationale_max_length: int = 300
     schema_retries: int = 2
+    mode: str = "judge"  # judge | reward_model
 
     def __post_init__(self) -> None:
         super().__post_init__()
         where = f"stage {self.name!r}"
+        if self.mode not in ("judge", "reward_model"):
+            raise ConfigError(f"{where}: mode must be judge or reward_model, not {self.mode!r}")
+        if self.mode == "reward_model" and (self.min_score is not None or self.rationale_field):
+            raise ConfigError(f"{where}: min_score and rationale_field need mode judge "
+                              "(a reward model gives its own attributes, no aggregate or rationale)")
         if not self.criteria or not isinstance(self.criteria, dict):
             raise ConfigError(f"{where}: criteria must map each criterion's name to its description")
         if AGGREGATE in self.criteria or "rationale" in self.criteria:
@@ -91,6 +104,8 @@ class JudgeStage(LLMStage):
                 "required": list(properties), "additionalProperties": False}
 
     async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None]:
+        if self.mode == "reward_model":
+            return await reward_model_scores(llm, self.spec.model, prompt, response), None
         text = render(self.prompt, {**record, "prompt": prompt, "response": response, "criteria": self.criteria,
                                     "scale": self.scale, "rationale": bool(self.rationale_field)})
         value = (await ask_valid(self, llm, [{"role": "user", "content": text}], as_schema(self.schema()),

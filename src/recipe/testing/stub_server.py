@@ -166,6 +166,8 @@ class _App:
         self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
+        self.message_batches: dict[str, dict] = {}  # Anthropic's (testing/anthropic_batches.py)
+        self.message_batch_params: list[dict] = []
         self.schema_schedule = _Schedule({"break": a.schema_break})
         self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
 
@@ -176,7 +178,8 @@ class _App:
             "batch_lines": sum(b["request_counts"]["total"] for b in self.batches.values()),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
-            "bodies": list(self.bodies), "schema_log": self.schema_log})
+            "bodies": list(self.bodies), "schema_log": self.schema_log,
+            "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -598,6 +601,9 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_get("/v1/files/{fid}/content", batches.file_content)
     app.router.add_post("/v1/batches", batches.create_batch)
     app.router.add_get("/v1/batches/{bid}", batches.get_batch)
+    from recipe.testing.anthropic_batches import AnthropicBatches
+
+    AnthropicBatches(state).routes(app.router)
     app.router.add_post("/api/chat", state.ollama_chat)
     app.router.add_post("/api/generate", state.ollama_generate)
     app.router.add_get("/_stats", state.stats)
