@@ -20,8 +20,8 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
         │   ├── ContextWindowError
         │   └── UnsupportedParamError
         ├── RateLimitError           retryable
-        ├── TimeoutError             retryable
-        ├── ConnectionError          retryable
+        ├── RequestTimeoutError      retryable: no complete answer within backend.timeout
+        ├── EndpointConnectionError  retryable: the endpoint could not be reached or dropped the connection
         ├── ServerError              retryable (5xx)
         ├── MalformedResponseError   retryable
         ├── EmptyAnswerError         no text came back (retried only with on_truncated=retry)
@@ -139,11 +139,16 @@ class RateLimitError(LLMError):
     retryable = True
 
 
-class TimeoutError(LLMError):  # noqa: A001 - deliberately scoped to recipe.errors
+class RequestTimeoutError(LLMError):
+    """No complete answer within ``backend.timeout`` (named apart from the builtin ``TimeoutError``)."""
+
     retryable = True
 
 
-class ConnectionError(LLMError):  # noqa: A001
+class EndpointConnectionError(LLMError):
+    """The endpoint refused the connection, or dropped it before answering (named apart from the
+    builtin ``ConnectionError``)."""
+
     retryable = True
 
 
@@ -172,6 +177,16 @@ class TruncatedError(LLMError):
     def __init__(self, message: str, retry_after: float | None = None, retryable: bool = False):
         super().__init__(message, retry_after)
         self.retryable = retryable
+
+
+#: Former names of renamed classes, as error records and stats written before the rename hold them.
+FORMER_NAMES = {"TimeoutError": "RequestTimeoutError", "ConnectionError": "EndpointConnectionError"}
+
+
+def error_class(name: str) -> type | None:
+    """The package's error class called ``name`` (or formerly so), if there is one."""
+    cls = globals().get(FORMER_NAMES.get(name, name))
+    return cls if isinstance(cls, type) and issubclass(cls, RecipeError) else None
 
 
 _SECRET_PATTERNS = [

@@ -21,6 +21,7 @@ import dask.bag as db
 from recipe import errors
 from recipe.factory import ClientSpec, shared_async_client
 from recipe.services.event_loop import cancelled, check_cancelled, run_sync
+from recipe.services.tokens import estimate_tokens
 from recipe.stages import breaker, params, progress
 from recipe.stages.records import error_record, is_error
 
@@ -229,9 +230,9 @@ class LLMStage(Stage):
         limit = self.spec.context_length
         if not limit:
             return
-        # ~4 characters per token (English text): what clearly cannot fit is caught here, for
-        # free; what the estimate misses, the server refuses and the client maps to the same error.
-        estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + (max_tokens or 0)
+        # What clearly cannot fit is caught here, for free; what the estimate misses, the server
+        # refuses and the client maps to the same error.
+        estimate = estimate_tokens(messages) + (max_tokens or 0)
         if estimate > limit:
             raise errors.ContextWindowError(
                 f"prompt of about {estimate - (max_tokens or 0)} tokens plus max_tokens={max_tokens} "

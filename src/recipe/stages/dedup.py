@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import dask.bag as db
 from dask import delayed
@@ -98,6 +98,8 @@ class DedupStage(Stage):
 
     Input columns: ``field``. Output columns: none (records are dropped, not changed).
     """
+
+    whole_bag: ClassVar[bool] = True  # a partition's output depends on every earlier partition (target.py)
 
     field: str = "text"
     method: Literal["exact", "minhash"] = "exact"

@@ -6,6 +6,10 @@ can constrain decoding, and checked and retried (``schema_retries``) by the one 
 output loop otherwise. The scores land on the record in the shape :class:`RewardStage` gives
 (``{name: number}``, a list of those for a list of responses), with the ``aggregate`` beside
 them, so :class:`PreferencePairsStage` takes either (``score_key: aggregate`` or a criterion).
+
+``mode: reward_model`` scores with an NVIDIA-style reward model instead (the answer of
+:class:`RewardStage`, ``{helpfulness: x, correctness: y, ...}``): a recipe built on the judge (the
+preference recipe) then switches to a reward model by overriding one key, not its stage class.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from recipe.errors import ParseError
 from recipe.services.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
+from recipe.stages.reward import reward_model_scores
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import fields_required, render
 
@@ -53,9 +58,11 @@ class JudgeStage(LLMStage):
     the responses below it are dropped with their scores. ``rationale_field`` asks for a short
     rationale and stores it there. ``prompt`` is a Jinja template over the record, ``prompt``,
     ``response``, ``criteria``, ``scale`` and ``rationale``. ``model:``/``backend:`` choose
-    another judge model for this stage only, as for every LLM stage.
+    another judge model for this stage only, as for every LLM stage. ``mode: reward_model`` asks
+    ``model`` as a reward model (``query_reward_model``): the scores are its attributes, with no
+    aggregate; ``criteria``, ``prompt`` and ``scale`` are then unused.
 
-    Input columns: ``prompt_field``, ``response_field``, the template's other fields.
+    Input columns: ``prompt_field``, ``response_field``, the template's other fields (mode judge).
     Output columns: ``output_field``, ``rationale_field``.
     """
 
@@ -70,8 +77,12 @@ class JudgeStage(LLMStage):
     rationale_field: str | None = None
     rationale_max_length: Annotated[int, Field(ge=1)] = 300
     schema_retries: Annotated[int, Field(ge=0)] = 2
+    mode: Literal["judge", "reward_model"] = "judge"
 
     def rules(self):
+        if self.mode == "reward_model" and (self.min_score is not None or self.rationale_field):
+            yield "mode", ("min_score and rationale_field need mode judge "
+                           "(a reward model gives its own attributes, no aggregate or rationale)")
         if not self.criteria:
             yield "criteria", "criteria must map each criterion's name to its description"
         if AGGREGATE in self.criteria or "rationale" in self.criteria:
@@ -84,7 +95,8 @@ class JudgeStage(LLMStage):
 
     @property
     def inputs(self) -> set[str]:
-        return {self.prompt_field, self.response_field} | (set(fields_required(self.prompt)) - set(TEMPLATE_FIELDS))
+        template = set(fields_required(self.prompt)) - set(TEMPLATE_FIELDS) if self.mode == "judge" else set()
+        return {self.prompt_field, self.response_field} | template
 
     @property
     def outputs(self) -> set[str]:
@@ -100,6 +112,8 @@ class JudgeStage(LLMStage):
                 "required": list(properties), "additionalProperties": False}
 
     async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None]:
+        if self.mode == "reward_model":
+            return await reward_model_scores(llm, self.spec.model, prompt, response), None
         text = render(self.prompt, {**record, "prompt": prompt, "response": response, "criteria": self.criteria,
                                     "scale": self.scale, "rationale": bool(self.rationale_field)})
         value = (await ask_valid(self, llm, [{"role": "user", "content": text}], as_schema(self.schema()),

@@ -27,6 +27,13 @@ JUDGE_PROMPT = (
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+async def reward_model_scores(llm, model: str, prompt: str, response: str) -> dict:
+    """A reward model's ``{attribute: score}`` for one answer to one prompt (the one place both
+    this stage and :class:`~recipe.stages.judge.JudgeStage`'s ``mode: reward_model`` ask it)."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return await llm.query_reward_model(messages=messages, model=model)
+
+
 @dataclass
 class RewardStage(LLMStage):
     """``record[output_field]`` = scores for ``response_field`` (a list of score dicts if it is a list).
@@ -63,8 +70,7 @@ class RewardStage(LLMStage):
 
     async def _score(self, llm, prompt: str, response: str) -> dict:
         if self.mode == "reward_model":
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return await llm.query_reward_model(messages=messages, model=self.spec.model)
+            return await reward_model_scores(llm, self.spec.model, prompt, response)
         turns = [{"role": "user", "content": render(self.judge_prompt, {"prompt": prompt, "response": response})}]
         if self.structured and self.spec.constrains_output:
             schema = as_schema(score_schema(self.score_min, self.score_max))
