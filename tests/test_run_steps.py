@@ -24,7 +24,7 @@ STUB = ["recipe=generate", "backend=openai", "model.name=m", "progress=false"]
 BAD = ["+bogus_key=1", "backend.timeout=-1", "+recipe.stages.read.bogus_param=1",
        "+recipe.stages.generate.schema_retries=-1"]
 NAMED = ["bogus_key: unknown key", "backend.timeout=-1", "recipe.stages.read.bogus_param: unknown parameter",
-         "recipe.stages.generate: schema_retries must be >= 0"]
+         "recipe.stages.generate.schema_retries: must be >= 0"]
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -98,7 +98,7 @@ def test_build_stages_names_every_bad_stage_not_just_the_first():
         build_stages({"stages": stages}, None, "/nonexistent/out")
     problems = str(caught.value).removeprefix("invalid config: ").split("; ")
     assert [p.split(":")[0] for p in problems] == ["recipe.stages.read.colour", "recipe.stages.nothing",
-                                                   "recipe.stages.judge"], problems
+                                                   "recipe.stages.judge.schema_retries"], problems
 
 
 def test_a_stage_problem_and_its_unknown_parameter_are_both_reported():
@@ -107,7 +107,7 @@ def test_a_stage_problem_and_its_unknown_parameter_are_both_reported():
     problems = stage_problems({"stages": {"gen": {"_target_": "recipe.stages.GenerateStage", "prompt": "p",
                                                   "schema_retries": -1, "tempreature": 0.5}}})
     assert len(problems) == 2 and problems[0].startswith("recipe.stages.gen.tempreature: unknown parameter (")
-    assert problems[1] == "recipe.stages.gen: schema_retries must be >= 0, not -1"
+    assert problems[1] == "recipe.stages.gen.schema_retries: must be >= 0, not -1"
 
 
 def test_a_missing_input_is_not_a_config_problem_but_is_refused_when_the_run_starts(tmp_path):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from recipe.config import defaults
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.errors import ConfigError
 
@@ -27,9 +28,9 @@ class ClientSpec:
     # A key by reference (an EnvKey: the variable's name) unless backend.ship_key=true: this spec
     # travels in task graphs, and each process resolves the key from its own environment.
     api_key: "str | EnvKey | None" = field(default=None, repr=False)
-    timeout: float = 120.0
-    num_retries: int = 5
-    max_concurrency: int = 16
+    timeout: float = defaults.TIMEOUT
+    num_retries: int = defaults.NUM_RETRIES
+    max_concurrency: int = defaults.MAX_CONCURRENCY
     rpm: float | None = None
     tpm: float | None = None
     context_length: int | None = None
@@ -43,7 +44,7 @@ class ClientSpec:
     budget: Any = None  # a recipe.services.budget.BudgetSpec, set by the runner for budget.* runs
     batch: bool = False  # backend.batch: through the provider's batch API (recipe.services.batch)
     batch_dir: str | None = None  # where batch ids are recorded: the run folder's batches/, set by the runner
-    batch_poll_seconds: float = 30.0
+    batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
     structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
     on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
@@ -59,13 +60,14 @@ class ClientSpec:
         cache = data.get("cache") or {}
         return cls(
             provider=backend["provider"], model=model["name"], api_base=backend.get("api_base"),
-            api_key=backend.get("api_key"), timeout=float(backend.get("timeout", 120)),
-            num_retries=int(backend.get("num_retries", 5)), max_concurrency=int(backend.get("max_concurrency", 16)),
+            api_key=backend.get("api_key"), timeout=float(backend.get("timeout", defaults.TIMEOUT)),
+            num_retries=int(backend.get("num_retries", defaults.NUM_RETRIES)),
+            max_concurrency=int(backend.get("max_concurrency", defaults.MAX_CONCURRENCY)),
             rpm=backend.get("rpm"), tpm=backend.get("tpm"), context_length=model.get("context_length"),
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
-            batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", 30.0)),
+            batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", defaults.BATCH_POLL_SECONDS)),
             cache_url=cache.get("url") if cache.get("enabled", True) else None,
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
@@ -217,12 +219,18 @@ def _param_names(cls: type) -> set[str] | None:
     return set(model_fields) if isinstance(model_fields, dict) else None
 
 
-def _stage_message(name: str, exc: BaseException) -> str:
-    """A stage's own error as ``recipe.stages.NAME: problem`` (its ``stage 'NAME': `` prefix dropped)."""
+def _stage_messages(name: str, exc: BaseException) -> list[str]:
+    """A stage's own error as ``recipe.stages.NAME.PARAM: problem`` lines, one per parameter when
+    the stage names them (:class:`StageParamsError`), else ``recipe.stages.NAME: problem``."""
+    from recipe.errors import StageParamsError
+
+    if isinstance(exc, StageParamsError):
+        return [f"recipe.stages.{name}.{param}: {message.removeprefix(f'{param} ')}"
+                for param, message in exc.problems]
     text = str(exc).removeprefix("invalid config: ")
     for prefix in (f"stage {name!r}: ", f"recipe.stages.{name}: "):
         text = text.removeprefix(prefix)
-    return f"recipe.stages.{name}: {text}"
+    return [f"recipe.stages.{name}: {text}"]
 
 
 def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None, partition_size: int,
@@ -269,7 +277,7 @@ def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None,
         try:
             stages.append(cls(**{**params, **inject}))
         except (ConfigError, TypeError, ValueError) as exc:  # the stage's own checks (ValueError: pydantic's)
-            problems.append(_stage_message(name, exc))
+            problems += _stage_messages(name, exc)
     return stages, problems
 
 

@@ -55,7 +55,7 @@ def notes(plan: RunPlan, stats: dict) -> list[str]:
         found.append(f"target.records not reached: {stats['target']['why_short']}")
     if stats["cache_errors"]:
         found.append(stats["cache_error"])
-    if stats["records"] + stats["failed"] == 0:
+    if stats["records"] + stats["failed"] == 0 and not (stats.get("budget") or {}).get("reached"):  # not the input's fault
         found.append("no records were produced: the input is empty" if plan.data.get("input")
                      else "no records were produced")
     return found

@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 
+from recipe.config import defaults
 from recipe.errors import ConfigError
 
 
@@ -73,7 +74,7 @@ def dask_context(dask_cfg: dict):
                 stack.enter_context(_quiet_distributed())
                 with _workers_ignore_ctrl_c():
                     cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
-                                           threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                           threads_per_worker=dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER),
                                            processes=True, host="127.0.0.1", dashboard_address=None,
                                            silence_logs=logging.CRITICAL,
                                            # the scheduler's HTTP routes on a free loopback port, not
@@ -95,7 +96,7 @@ def dask_context(dask_cfg: dict):
 
         # The function, not the name "threads": for a name Dask imports distributed (~0.8 s of CPU
         # before the first request) to look for a Client that a threaded run never has.
-        with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
+        with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))):
             yield None
 
 

@@ -53,7 +53,10 @@ def start_local_server(stack: contextlib.ExitStack, plan: RunPlan) -> None:
         return
     from recipe.services.llamacpp_server import LlamaCppServer
 
-    server = stack.enter_context(LlamaCppServer(backend.get("model_path"), n_ctx=backend.get("n_ctx", 2048),
+    from recipe.config import defaults
+
+    server = stack.enter_context(LlamaCppServer(backend.get("model_path"),
+                                                n_ctx=plan.spec.context_length or defaults.LOCAL_CONTEXT_LENGTH,
                                                 alias=plan.spec.model))
     local = plan.spec.with_overrides(api_base=server.base_url, endpoint_id=f"llamacpp://{Path(server.model_path).name}")
     for stage in plan.stages:

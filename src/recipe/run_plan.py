@@ -135,6 +135,9 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
     # Stages before any server or cluster: a missing input is refused here.
     stages = build_stages(data["recipe"], spec, output_dir,
                           target.partition_size(data.get("target"), data["dask"]["partition_size"]))
+    from recipe.stages import chain
+
+    chain.check(stages)  # a field a stage reads that nothing provides: refused before any request
     _mark_counting_stage(stages)
     plan = RunPlan(data=data, output_dir=str(output_dir), ident=ident, config_hash=config_hash, spec=spec,
                    stages=stages, folder=folder)
