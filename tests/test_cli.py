@@ -69,6 +69,15 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert not (tmp_path / "runs").exists() and list((tmp_path / "cwd").iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["math", "open_qa"])
+def test_cfg_job_resolve_prints_list_schemas(tmp_path, name):
+    """``--resolve`` writes each ``${list_schema:...}`` back into the config as a mapping."""
+    result = run_cli(tmp_path, "--cfg", "job", "--resolve", f"recipe={name}", "recipe.n_macro_topics=4")
+    assert result.returncode == 0, result.stderr
+    schema = yaml.safe_load(result.stdout)["recipe"]["stages"]["macro_topics"]["schema"]
+    assert schema["properties"]["items"]["minItems"] == schema["properties"]["items"]["maxItems"] == 4
+
+
 def test_any_key_can_be_overridden(tmp_path):
     result = run_cli(tmp_path, "--cfg", "job", "sampling.temperature=0.2", "backend.max_concurrency=32",
                      "recipe=math", "+model=llama3", "dask.n_workers=2")

@@ -21,14 +21,17 @@ def _input_or_sample(name: str, *, _root_: Any) -> str:
     return str(given) if given else paths.sample_path(name)
 
 
-def _list_schema(mode: str, n: Any, max_length: int = 200) -> dict | None:
+def _list_schema(mode: str, n: Any, max_length: int = 200) -> DictConfig | None:
     """``${list_schema:${recipe.list_mode},N}``: a generating stage's list schema, only when
-    ``list_mode`` is ``structured`` (direct and yaml keep NeMo Curator's free-text lists)."""
+    ``list_mode`` is ``structured`` (direct and yaml keep NeMo Curator's free-text lists).
+
+    A config node, not a dict: ``OmegaConf.resolve`` (``--cfg job --resolve``) writes the value
+    back into the tree, which takes no plain dict."""
     if mode != "structured":
         return None
     from recipe.services.structured_output import list_schema
 
-    return list_schema(int(n) if n not in (None, "") else None, max_length=int(max_length))
+    return OmegaConf.create(list_schema(int(n) if n not in (None, "") else None, max_length=int(max_length)))
 
 
 def setup() -> None:
