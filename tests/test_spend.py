@@ -16,35 +16,16 @@ from pathlib import Path
 import pytest
 
 import recipe
+from conftest import cli, outputs, write_prompts
 
 PROMPT, COMPLETION = 1000, 500
 GPT4O_REQUEST_USD = PROMPT * 2.5e-6 + COMPLETION * 1e-5  # litellm's gpt-4o price, per request on the stub
-
-
-def write_inputs(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
-    return path
-
-
-def outputs(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
 
 
 def priced(server, source: Path, *extra: str) -> list[str]:
     return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
             "model.name=gpt-4o", "progress=false", f"input={source}", "sampling.max_tokens=500",
             "dask.partition_size=10", *extra]
-
-
-def cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m recipe`` in a subprocess, importing this checkout's package (workers inherit it)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]), NO_PROXY="127.0.0.1")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def stats_of(tmp_path: Path) -> tuple[Path, dict]:
@@ -54,7 +35,7 @@ def stats_of(tmp_path: Path) -> tuple[Path, dict]:
 
 def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 40)
+    source = write_prompts(tmp_path / "in.jsonl", 40)
     first = cli(tmp_path, *priced(server, source, "budget.max_usd=0.1"))
     assert first.returncode == 4, first.stderr
     (line,) = [ln for ln in first.stderr.splitlines() if ln.startswith("budget reached")]
@@ -88,7 +69,7 @@ def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_ser
 
 def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_record_once(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
-    source = write_inputs(tmp_path / "in.jsonl", 120)
+    source = write_prompts(tmp_path / "in.jsonl", 120)
     overrides = priced(server, source, "dask.n_workers=2", "backend.max_concurrency=8")
     out = tmp_path / "out"
     first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.2"]), output_dir=str(out))
@@ -112,7 +93,7 @@ def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_re
 
 def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_path):
     server = stub_server()
-    source = write_inputs(tmp_path / "in.jsonl", 3)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source, "budget.max_usd=1")]
     result = cli(tmp_path, *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -125,7 +106,7 @@ def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_pa
 
 def test_a_given_price_prices_a_local_model(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 6)
+    source = write_prompts(tmp_path / "in.jsonl", 6)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source)]
     summary = recipe.run(recipe.compose(args + ["budget.max_usd=1", "model.price.input_per_mtok=2",
                                                 "model.price.output_per_mtok=10"]), output_dir=str(tmp_path / "o"))
@@ -135,7 +116,7 @@ def test_a_given_price_prices_a_local_model(stub_server, tmp_path):
 
 def test_max_tokens_caps_any_model(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 30)
+    source = write_prompts(tmp_path / "in.jsonl", 30)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source)]
     summary = recipe.run(recipe.compose(args + ["budget.max_tokens=10000", "backend.max_concurrency=2"]),
                          output_dir=str(tmp_path / "o"))
@@ -170,7 +151,7 @@ def halves_conf(tmp_path: Path) -> Path:
 
 def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_server, tmp_path):
     server = stub_server()
-    source = write_inputs(tmp_path / "in.jsonl", 5000)
+    source = write_prompts(tmp_path / "in.jsonl", 5000)
     args = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
             "progress=false", f"input={source}", "recipe=halves", "target.records=137",
             f"hydra.searchpath=[file://{halves_conf(tmp_path)}]"]
@@ -201,7 +182,7 @@ def test_exactly_n_on_a_two_worker_cluster_and_a_larger_n_continues(stub_server,
     import spend_helpers  # noqa: F401 - importable here and in the workers (pytest put tests/ on the path)
 
     server = stub_server()
-    source = write_inputs(tmp_path / "in.jsonl", 600)
+    source = write_prompts(tmp_path / "in.jsonl", 600)
     base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
             "progress=false", f"input={source}", "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
             "dask.n_workers=2"]
@@ -252,7 +233,7 @@ def batch_args(server, source: Path, *extra: str) -> list[str]:
 
 def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines(stub_server, tmp_path):
     online_server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 30)
+    source = write_prompts(tmp_path / "in.jsonl", 30)
     sampling = ["sampling.seed=7", "sampling.n=2", "+recipe.stages.generate.n=2", "sampling.stop=[END]",
                 "sampling.temperature=0.5"]
     online = recipe.run(recipe.compose(priced(online_server, source, "cache.enabled=false", *sampling)),
@@ -284,7 +265,7 @@ def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines
 
 def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
     server = stub_server(batch_seconds=0.3, batch_expire=True)
-    source = write_inputs(tmp_path / "in.jsonl", 4)
+    source = write_prompts(tmp_path / "in.jsonl", 4)
     summary = recipe.run(recipe.compose(batch_args(server, source, "backend.num_retries=2")),
                          output_dir=str(tmp_path / "b"))
     assert summary.records == 0 and summary.failed == 4
@@ -297,7 +278,7 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
     import time
 
     server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=6)
-    source = write_inputs(tmp_path / "in.jsonl", 40)
+    source = write_prompts(tmp_path / "in.jsonl", 40)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
     env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
                PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]))
@@ -326,7 +307,7 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
 
 def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
     server = stub_server(batch_seconds=4)
-    source = write_inputs(tmp_path / "in.jsonl", 5)
+    source = write_prompts(tmp_path / "in.jsonl", 5)
     args = [a for a in batch_args(server, source) if a != "progress=false"] + ["progress=true"]
     summary = recipe.run(recipe.compose(args), output_dir=str(tmp_path / "b"))
     assert summary.records == 5
