@@ -172,13 +172,11 @@ def test_reward_format():
                                               messages=convo)
         assert len(r.choices) == 1
         content = r.choices[0].message.content
-        h, c = round(19 % 50 / 10, 4), round(sum(map(ord, "Hi! How can I help?")) % 40 / 10, 4)
-        assert content == f"helpfulness:{h},correctness:{c},coherence:3.5,complexity:0.5," \
-                          "verbosity:1.0"
+        pairs = [pair.split(":") for pair in content.split(",")]
+        assert [name for name, _ in pairs] == ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
         lp = r.choices[0].logprobs.content
-        assert [t.token for t in lp] == ["helpfulness", "correctness", "coherence", "complexity",
-                                         "verbosity"]
-        assert [t.logprob for t in lp] == [h, c, 3.5, 0.5, 1.0]
+        assert [(t.token, t.logprob) for t in lp] == [(name, float(value)) for name, value in pairs]
+        assert s.stats()["answers"] == [["Hi! How can I help?", content]], "the answer is logged with what it scored"
         assert lp[0].bytes is None and lp[0].top_logprobs == []
         other = client(s).chat.completions.create(
             model="m", messages=MSG + [{"role": "assistant", "content": "No."}])
