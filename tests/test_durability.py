@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
 
 import recipe
-from conftest import error_rows, outputs, stub_overrides, write_prompts
+from conftest import cli, cli_process, error_rows, outputs, stub_overrides, write_prompts
 from recipe.errors import ConfigError
 from recipe.services.cache import RequestCache
 
@@ -134,11 +131,9 @@ def test_a_torn_entry_is_detected_and_never_served(tmp_path):
 def test_rerun_after_sigkill_completes_without_paying_twice(stub_server, tmp_path):
     server = stub_server(latency=0.4)
     source = write_prompts(tmp_path / "in.jsonl", 80)
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "recipe", *stub_overrides(server, f"input={source}", "backend.max_concurrency=4",
-                                                                "backend.start_local_server=false",
-                                                                f"output_dir={tmp_path / 'out'}")]
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = stub_overrides(server, f"input={source}", "backend.max_concurrency=4", "backend.start_local_server=false",
+                          f"output_dir={tmp_path / 'out'}")
+    proc = cli_process(tmp_path, *args)
     deadline = time.monotonic() + 60
     while server.stats()["status_counts"].get("200", 0) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -147,7 +142,8 @@ def test_rerun_after_sigkill_completes_without_paying_twice(stub_server, tmp_pat
     answered = server.stats()["status_counts"].get("200", 0)
     assert 20 <= answered < 80, "the kill must land part-way"
     server.reset()
-    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc.communicate()
+    rerun = cli(tmp_path, *args, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     rows = outputs(tmp_path / "out")
     assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(80)), "every record exactly once"

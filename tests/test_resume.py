@@ -7,11 +7,9 @@ Real processes throughout: ``python -m recipe`` subprocesses or ``recipe.run``, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 import recipe
 from conftest import cli as run_cli
-from conftest import error_rows, outputs, stub_overrides, write_jsonl
+from conftest import cli_process, error_rows, outputs, stub_overrides, write_jsonl
 
 
 def write_inputs(path: Path, n: int) -> Path:
@@ -210,14 +208,12 @@ def test_after_a_kill_only_uncommitted_partitions_are_done(stub_server, tmp_path
     out = tmp_path / "out"
     args = stub_overrides(server, f"input={source}", f"output_dir={out}", "dask.partition_size=5",
                      "backend.max_concurrency=4")
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.Popen([sys.executable, "-m", "recipe", *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process(tmp_path, *args)
     deadline = time.monotonic() + 90
     while len(list((out / "manifests").glob("part-*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     committed = [json.loads(p.read_text()) for p in (out / "manifests").glob("part-*.json")]
     done = sum(m["records"] for m in committed)
     assert 3 <= len(committed) < 12, "the kill must land part-way"

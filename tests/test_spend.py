@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import recipe
-from conftest import cli, outputs, write_prompts
+from conftest import SRC, cli, cli_process, outputs, write_prompts
 
 PROMPT, COMPLETION = 1000, 500
 GPT4O_REQUEST_USD = PROMPT * 2.5e-6 + COMPLETION * 1e-5  # litellm's gpt-4o price, per request on the stub
@@ -155,11 +153,8 @@ def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_ser
     args = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
             "progress=false", f"input={source}", "recipe=halves", "target.records=137",
             f"hydra.searchpath=[file://{halves_conf(tmp_path)}]"]
-    tests_dir = str(Path(__file__).resolve().parent)
-    env_path = f"{Path(recipe.__file__).resolve().parents[1]}{os.pathsep}{tests_dir}"
-    result = subprocess.run([sys.executable, "-m", "recipe", *args], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
-                                 "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": env_path})
+    helpers = {"PYTHONPATH": os.pathsep.join((SRC, str(Path(__file__).resolve().parent)))}  # spend_helpers
+    result = cli(tmp_path, *args, env=helpers)
     assert result.returncode == 0, result.stderr
     folder, stats = stats_of(tmp_path)
     rows = outputs(folder)
@@ -170,9 +165,7 @@ def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_ser
     assert 274 <= sent <= 400, f"{sent} requests for 137 records at a 50% filter over 5000 inputs"
     assert stats["target"]["acceptance_rate"] == 0.5
     assert stats["target"]["accepted"] == stats["target"]["rejected"] == sent // 2
-    again = subprocess.run([sys.executable, "-m", "recipe", *args], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
-                                "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": env_path})
+    again = cli(tmp_path, *args, env=helpers)
     assert again.returncode == 0, again.stderr
     assert outputs(folder) == rows, "a rerun gives the same N records"
     assert server.stats()["requests"] == sent
@@ -279,12 +272,7 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
 
     server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=6)
     source = write_prompts(tmp_path / "in.jsonl", 40)
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]))
-    command = [sys.executable, "-m", "recipe", *batch_args(server, source)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = cli_process(tmp_path, *batch_args(server, source), start_new_session=True)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "runs").glob("*/batches/*.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before its batch was created"
@@ -295,7 +283,8 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
     assert created >= 1
     states = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs").glob("*/batches/*.json")]
     assert "completed" not in states, "killed while its batches were running"
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    proc.communicate()
+    result = cli(tmp_path, *batch_args(server, source))
     assert result.returncode == 0, result.stderr
     folder, stats = stats_of(tmp_path)
     assert server.stats()["batches_created"] == created, "no batch was submitted again"
