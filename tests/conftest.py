@@ -99,6 +99,25 @@ def llama_server():
         yield server
 
 
+@pytest.fixture(scope="session")
+def two_workers():
+    """A LocalCluster of two worker processes on 127.0.0.1, started once for the session (each
+    start costs two imports of litellm); tests that need "a two-worker cluster" but not fresh
+    processes pass ``dask.address=<this>``. Yields the scheduler's address."""
+    import asyncio
+    import contextlib
+
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+                           dashboard_address=None, scheduler_kwargs={"dashboard": False})
+    try:
+        yield cluster.scheduler_address
+    finally:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # a loaded machine: slow to exit
+            cluster.close(timeout=60)
+
+
 @pytest.fixture
 def stub_server():
     """A factory of OpenAI-compatible stub servers on 127.0.0.1, stopped after the test."""

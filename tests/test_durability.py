@@ -154,15 +154,16 @@ def test_rerun_after_sigkill_completes_without_paying_twice(stub_server, tmp_pat
 
 # ---- rate limits ---------------------------------------------------------------------------
 
-def test_rpm_holds_across_a_two_worker_cluster(stub_server, tmp_path):
+def test_rpm_holds_across_a_two_worker_cluster(stub_server, tmp_path, two_workers):
     server = stub_server(latency=0.05)
-    source = write_prompts(tmp_path / "in.jsonl", 80)
+    source = write_prompts(tmp_path / "in.jsonl", 50)
     rpm = 360  # 6 requests per second, split over 2 worker processes
     cfg = recipe.compose(stub_overrides(server, f"input={source}", f"backend.rpm={rpm}", "cache.enabled=false",
-                                        "dask.n_workers=2", "dask.partition_size=10", "backend.max_concurrency=16"))
+                                        f"dask.address={two_workers}", "dask.partition_size=5",
+                                        "backend.max_concurrency=16"))
     recipe.run(cfg, output_dir=str(tmp_path / "out"))
     arrivals = sorted(server.stats()["arrivals"])
-    assert len(arrivals) == 80
+    assert len(arrivals) == 50
     # A bound that holds on loaded cores: never faster than the limit. Starts are booked 60/rpm s
     # apart; a late start (a busy core) can only shorten the gap after it, so the first 5 (cold
     # clients) are left out and 15% is left for delivery jitter. How close to the limit the rate
@@ -172,10 +173,10 @@ def test_rpm_holds_across_a_two_worker_cluster(stub_server, tmp_path):
     assert measured <= 1.15 * rpm, f"measured {measured:.0f} rpm against a limit of {rpm}"
 
 
-def test_max_concurrency_holds_across_a_two_worker_cluster(stub_server, tmp_path):
+def test_max_concurrency_holds_across_a_two_worker_cluster(stub_server, tmp_path, two_workers):
     server = stub_server(latency=0.3)
     source = write_prompts(tmp_path / "in.jsonl", 60)
-    cfg = recipe.compose(stub_overrides(server, f"input={source}", "cache.enabled=false", "dask.n_workers=2",
+    cfg = recipe.compose(stub_overrides(server, f"input={source}", "cache.enabled=false", f"dask.address={two_workers}",
                                         "dask.partition_size=10", "backend.max_concurrency=6"))
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
     assert summary.records == 60

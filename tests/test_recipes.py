@@ -1,7 +1,8 @@
 """The recipes in recipes/: each composes, builds its stages, and runs end to end.
 
-The ``llm`` tests run every recipe on the real embedded model (SmolLM2-135M on llama.cpp)
-with tiny counts. Lists, verdicts and scores are structured output (llama.cpp constrains
+The ``llm`` tests run the recipes whose stages meet the real model differently (lists, verdicts,
+scores and rewrites parsed from its answers, a dialogue) on the embedded model (SmolLM2-135M on
+llama.cpp) with tiny counts; every recipe also runs on the stub, where each count and field is exact. Lists, verdicts and scores are structured output (llama.cpp constrains
 decoding to their schemas), so the tests assert exact counts: n items per list, one record per
 item, nothing failed; besides lineage back to a read record. The words themselves are not
 asserted: a 135M model is too weak for that. The preference recipe also runs against a stub
@@ -189,26 +190,7 @@ def test_open_qa(llama_server, tmp_path):
 
 
 @pytest.mark.llm
-def test_writing(llama_server, tmp_path):
-    summary, good, _ = run_recipe("writing", llama_server, tmp_path, LISTS, "recipe.topics=[Gardening]",
-                                  "recipe.text_material_types=[poem]", "recipe.n_openlines=1", "recipe.n_revisions=1")
-    assert summary.failed == 0 and summary.records == 1
-    for r in good:
-        assert r["topic"] == "Gardening" and r["text_material_type"] == "poem"
-        assert r["task"] and r["revised_task"]
-
-
-@pytest.mark.llm
-def test_closed_qa(llama_server, tmp_path):
-    summary, good, bad = run_recipe("closed_qa", llama_server, tmp_path, LISTS, "recipe.n_openlines=1")
-    ids = {"doc-honeybees", "doc-bridges", "doc-bread", "doc-tides"}
-    assert summary.failed == 0 and sorted(r["id"] for r in good) == sorted(ids), "one question per document"
-    for r in good:
-        assert isinstance(r["question"], str) and r["question"].strip() and r["questions"] == [r["question"]]
-
-
-@pytest.mark.llm
-@pytest.mark.parametrize("name,flag", [("math", "is_math"), ("python", "is_python")])
+@pytest.mark.parametrize("name,flag", [("math", "is_math")])  # python: the same chain (exact on the stub)
 def test_math_and_python(llama_server, tmp_path, name, flag):
     summary, good, _ = run_recipe(name, llama_server, tmp_path, LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1",
                                   "recipe.n_openlines=1")
@@ -223,8 +205,7 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
 
 
 @pytest.mark.llm
-@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"]),
-                                        ("two_turn", ["user", "assistant", "user"])])
+@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"])])  # two_turn: stub
 def test_dialogues(llama_server, tmp_path, name, turns):
     src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
     summary, good, _ = run_recipe(name, llama_server, tmp_path, f"input={src}", "recipe.user_styles=[concise]",
