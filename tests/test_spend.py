@@ -65,10 +65,11 @@ def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_ser
     assert not stats["budget"]["reached"]
 
 
-def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_record_once(stub_server, tmp_path):
+def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_record_once(stub_server, tmp_path,
+                                                                                         two_workers):
     server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
     source = write_prompts(tmp_path / "in.jsonl", 120)
-    overrides = priced(server, source, "dask.n_workers=2", "backend.max_concurrency=8")
+    overrides = priced(server, source, f"dask.address={two_workers}", "backend.max_concurrency=8")
     out = tmp_path / "out"
     first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.2"]), output_dir=str(out))
     budget = first.stats["budget"]
@@ -171,14 +172,14 @@ def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_ser
     assert server.stats()["requests"] == sent
 
 
-def test_exactly_n_on_a_two_worker_cluster_and_a_larger_n_continues(stub_server, tmp_path):
+def test_exactly_n_on_a_two_worker_cluster_and_a_larger_n_continues(stub_server, tmp_path, two_workers):
     import spend_helpers  # noqa: F401 - importable here and in the workers (pytest put tests/ on the path)
 
     server = stub_server()
     source = write_prompts(tmp_path / "in.jsonl", 600)
     base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
             "progress=false", f"input={source}", "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
-            "dask.n_workers=2"]
+            f"dask.address={two_workers}"]
     out = tmp_path / "out"
     first = recipe.run(recipe.compose(base + ["target.records=50"]), output_dir=str(out))
     assert first.records == 50
