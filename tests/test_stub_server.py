@@ -223,3 +223,26 @@ def test_stats_and_reset():
 def test_start_failure_reports_stderr():
     with pytest.raises(RuntimeError, match="invalid choice"):
         StubServer(reply="bogus").start()
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "maybe", "no"]},
+                                           "score": {"type": "integer", "minimum": 1, "maximum": 5},
+                                           "topic": {"type": "string"}}}
+
+
+def _schema_answer(s: StubServer, text: str) -> dict:
+    r = client(s).chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
+                                          response_format={"type": "json_object", "schema": SCHEMA})
+    return json.loads(r.choices[0].message.content)
+
+
+def test_schema_answers_pick_first_or_last_and_a_marker_decides_per_conversation():
+    with StubServer(pick="first", echo_chars=8) as s:
+        assert _schema_answer(s, "Is this maths?") == {"answer": "yes", "score": 1, "topic": "topic about Is this"}
+        assert _schema_answer(s, "Is this maths? <<last>>") == {"answer": "no", "score": 5, "topic": "topic about Is this"}
+        answers = s.stats()["answers"]
+        assert [m for m, _ in answers] == ["Is this maths?", "Is this maths? <<last>>"]
+        assert [json.loads(c)["answer"] for _, c in answers] == ["yes", "no"], "what was sent, as sent"
+    with StubServer(pick="last") as s:
+        assert _schema_answer(s, "Is this maths? <<first>>")["answer"] == "yes"
+        assert _schema_answer(s, "Is this maths?")["score"] == 5
