@@ -47,3 +47,24 @@ def save(name: str, results: list[dict]) -> None:
 def small() -> bool:
     """Smoke mode for tests: tiny counts, same code paths."""
     return "--smoke" in sys.argv
+
+
+def rows(smoke: int, default: int = 1_000_000) -> int:
+    """How many records: ``smoke`` in smoke mode, else ``--rows N``, else ``default``."""
+    if small():
+        return smoke
+    return int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else default
+
+
+def write_prompts(path: str, rows: int) -> None:
+    """``rows`` prompt records in JSONL, streamed (the records are never held)."""
+    with open(path, "w") as handle:
+        for i in range(rows):
+            handle.write(json.dumps({"prompt": f"Question {i}: write one short sentence about the number {i}."}))
+            handle.write("\n")
+
+
+def stub_overrides(base_url: str, source: str, *extra: str) -> list[str]:
+    """The generate recipe over ``source`` against a stub server, as the rerun and scale benches run it."""
+    return ["backend=vllm", f"backend.api_base={base_url}", "backend.api_key=k", "model.name=m",
+            f"input={source}", "backend.max_concurrency=64", "progress=false", *extra]

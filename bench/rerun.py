@@ -14,21 +14,13 @@ N records (default 1,000,000; ``--rows N``; smoke: 600) go through the ``generat
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, report, save, small, timed  # noqa: E402
-
-
-def write_input(path: str, rows: int) -> None:
-    with open(path, "w") as handle:  # streamed: never holds the records
-        for i in range(rows):
-            handle.write(json.dumps({"prompt": f"Question {i}: write one short sentence about the number {i}."}))
-            handle.write("\n")
+from _common import banner, report, rows as rows_arg, save, small, stub_overrides, timed, write_prompts  # noqa: E402
 
 
 def main() -> None:
@@ -36,16 +28,14 @@ def main() -> None:
     from recipe.testing.stub_server import StubServer
 
     banner("rerun")
-    rows = 600 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    rows = rows_arg(smoke=600)
     workers = 0 if small() else 2
     with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
         os.environ["RECIPE_CACHE_DIR"] = os.path.join(tmp, "cache")
         source = os.path.join(tmp, "in.jsonl")
-        write_input(source, rows)
+        write_prompts(source, rows)
         out = Path(tmp) / "out"
-        overrides = ["backend=vllm", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
-                     f"input={source}", f"output_dir={out}", "backend.max_concurrency=64",
-                     f"dask.n_workers={workers}", "progress=false"]
+        overrides = stub_overrides(server.base_url, source, f"output_dir={out}", f"dask.n_workers={workers}")
         with timed() as first_t:
             first = recipe.run(recipe.compose(overrides))
         assert first.records == rows and first.failed == 0, first.line()

@@ -15,14 +15,13 @@ server on 127.0.0.1, through s3fs), against a local-disk run of N records as the
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, peak_rss_mib, report, save, small, timed  # noqa: E402
+from _common import banner, peak_rss_mib, report, rows as rows_arg, save, small, stub_overrides, timed, write_prompts  # noqa: E402
 
 PARTITIONS = 64
 
@@ -34,13 +33,6 @@ def vmhwm_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def write_input(path: str, rows: int) -> None:
-    with open(path, "w") as handle:  # streamed: never holds the records
-        for i in range(rows):
-            handle.write(json.dumps({"prompt": f"Question {i}: write one short sentence about the number {i}."}))
-            handle.write("\n")
 
 
 def start_s3() -> object:
@@ -71,7 +63,7 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
     from recipe.services.cluster_limits import enable_cluster_limits
 
     input_path = os.path.join(tmp, f"in-{rows}.jsonl")
-    write_input(input_path, rows)
+    write_prompts(input_path, rows)
     if store is not None:  # the input goes up first; its upload is not timed
         from recipe.services import storage
 
@@ -79,10 +71,8 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
         fs, inner = storage.filesystem(input_path)
         fs.put_file(local, inner)
     size = max(1, -(-rows // PARTITIONS))
-    cfg = recipe.compose(["backend=vllm", f"backend.api_base={base_url}", "backend.api_key=k", "model.name=m",
-                          f"input={input_path}", "backend.max_concurrency=64", "dask.n_workers=2",
-                          f"dask.partition_size={size}",
-                          "cache.enabled=false", "progress=false"])
+    cfg = recipe.compose(stub_overrides(base_url, input_path, "dask.n_workers=2", f"dask.partition_size={size}",
+                                        "cache.enabled=false"))
     data = resolved_container(cfg)
     out = f"{store}/out-{rows}" if store is not None else os.path.join(tmp, f"out-{rows}")
     with dask_context(data["dask"]) as client:
@@ -104,7 +94,7 @@ def main() -> None:
     from recipe.testing.stub_server import StubServer
 
     banner("scale")
-    rows = 2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    rows = rows_arg(smoke=2000)
     if "--s3" in sys.argv:
         return main_s3(500 if small() else rows)
     results = []

@@ -7,6 +7,8 @@ completion tokens), priced from litellm's model price map; the cost is what ``st
 1. 1000 records (smoke: 40), ``generate`` recipe: online (the baseline) against ``backend.batch=true``.
 2. 5000 inputs (smoke: 400), a filter that keeps half, ``target.records=137`` (smoke: 20): requests sent
    against the whole input (the baseline: one request per input).
+3. The same inputs, each twice in a row, then a whole-bag exact dedup of the prompts (a stage that
+   spans partitions): requests for ``target.records`` against the whole input.
 
     python bench/spend.py [--smoke]
 """
@@ -73,6 +75,23 @@ def main() -> None:
                   f"target.records={target}: {exact.records} records from {exact.stats['requests']} requests "
                   f"in {exact.stats['target']['rounds']} waves")
             results.append(report(f"requests for {target} of {inputs} (50% filter)", exact.stats["requests"],
+                                  whole.stats["requests"], "requests"))
+        from spend_helpers import DEDUP_RECIPE
+
+        (conf / "halves_dedup.yaml").write_text(DEDUP_RECIPE)
+        twice = tmp / "twice.jsonl"  # question 0, question 0, question 2, question 2, ...: the filter keeps all
+        twice.write_text("".join(json.dumps({"prompt": f"question {i - i % 2}"}) + "\n" for i in range(inputs)))
+        with StubServer() as server:
+            base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
+                    f"input={twice}", "recipe=halves_dedup", f"hydra.searchpath=[file://{tmp / 'conf'}]",
+                    "progress=false"]
+            whole, _ = _run(base + [f"cache.dir={tmp / 'c5'}"], str(tmp / "whole_dedup"))
+            exact, _ = _run(base + [f"cache.dir={tmp / 'c6'}", f"target.records={target}"], str(tmp / "exact_dedup"))
+            assert exact.records == target, exact.records
+            print(f"whole input with dedup: {whole.records} records from {whole.stats['requests']} requests; "
+                  f"target.records={target}: {exact.records} records from {exact.stats['requests']} requests "
+                  f"in {exact.stats['target']['rounds']} waves")
+            results.append(report(f"requests for {target} of {inputs}, whole-bag dedup", exact.stats["requests"],
                                   whole.stats["requests"], "requests"))
     save("spend", results)
 

@@ -17,6 +17,7 @@ import pytest
 
 import recipe
 from recipe.services.llamacpp_server import LlamaCppServer
+from recipe.services.subprocess_server import ServerProcess, free_port
 from recipe.testing.stub_server import StubServer
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -153,25 +154,6 @@ def fresh_clients():
 
 # ---- scale-out services: separate Dask processes, Redis, an S3-compatible server -------------
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(check, what: str, timeout: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
-
-
 @pytest.fixture
 def dask_processes(tmp_path):
     """A factory: ``start(n_workers, env)`` runs ``dask scheduler`` and ``n_workers`` separate
@@ -180,31 +162,32 @@ def dask_processes(tmp_path):
     import json
     import os
     import shutil
-    import subprocess
     import sys
     from pathlib import Path
 
     dask_cli = shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
-    procs: list[subprocess.Popen] = []
+    procs: list[ServerProcess] = []
 
     def start(n_workers: int = 2, env: dict | None = None, nthreads: int = 1) -> str:
         env = {**os.environ, **(env or {})}
         sched_file = tmp_path / "scheduler.json"
         sched_dir = tmp_path / "scheduler"
         sched_dir.mkdir()
-        procs.append(subprocess.Popen(
+        scheduler = ServerProcess(
             [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-             "--scheduler-file", str(sched_file)], cwd=sched_dir, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for(sched_file.exists, "dask scheduler")
+             "--scheduler-file", str(sched_file)], "dask scheduler", cwd=str(sched_dir), env=env)
+        procs.append(scheduler)
+        scheduler.start(sched_file.exists, timeout=60)
         address = json.loads(sched_file.read_text())["address"]
         for index in range(n_workers):
             workdir = Path(tmp_path / f"worker-{index}")
             workdir.mkdir()
-            procs.append(subprocess.Popen(
+            worker = ServerProcess(
                 [dask_cli, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
                  "--no-dashboard", "--local-directory", str(workdir), "--name", f"w{index}"],
-                cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                f"dask worker {index}", cwd=str(workdir), env=env)
+            procs.append(worker)
+            worker.start()  # Client.wait_for_workers below waits for all of them
         from distributed import Client
 
         with Client(address, timeout=60) as client:
@@ -213,29 +196,24 @@ def dask_processes(tmp_path):
 
     yield start
     for proc in reversed(procs):
-        proc.terminate()
+        proc.terminate()  # all at once, then each is waited for
     for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(grace=15)
 
 
 @pytest.fixture
 def redis_server(tmp_path):
     """A real ``redis-server`` on 127.0.0.1 (random port, no persistence); yields its URL."""
     import shutil
-    import subprocess
 
     import redis
 
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    server = ServerProcess([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                            "--dir", str(tmp_path)], "redis-server")
     url = f"redis://127.0.0.1:{port}/0"
 
     def up() -> bool:
@@ -244,12 +222,11 @@ def redis_server(tmp_path):
         except redis.RedisError:
             return False
 
+    server.start(up, timeout=30)
     try:
-        _wait_for(up, "redis-server", timeout=30)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop(grace=10)
 
 
 @pytest.fixture
@@ -262,7 +239,7 @@ def s3_bucket(monkeypatch):
     import s3fs
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")

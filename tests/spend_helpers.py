@@ -23,3 +23,12 @@ stages:
     _target_: recipe.stages.WriteStage
     format: jsonl
 """
+
+# halves, then an exact dedup of the prompts over the whole bag (a stage that spans partitions)
+DEDUP_RECIPE = HALVES_RECIPE.replace("""  write:
+""", """  dedup:
+    _target_: recipe.stages.DedupStage
+    field: prompt
+    method: exact
+  write:
+""").replace("name: halves", "name: halves_dedup")

@@ -16,16 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+import recipe
 from recipe.config import paths
 
 SECRET = "sk-test-SECRET123"
+
+
+SRC = str(Path(recipe.__file__).resolve().parents[1])  # the code under test, not an installed copy
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR", "PYTHONPATH")}
     env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PYTHONPATH=SRC)
     env.update(extra)
     return env
 
@@ -65,6 +69,15 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert not (tmp_path / "runs").exists() and list((tmp_path / "cwd").iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["math", "open_qa"])
+def test_cfg_job_resolve_prints_list_schemas(tmp_path, name):
+    """``--resolve`` writes each ``${list_schema:...}`` back into the config as a mapping."""
+    result = run_cli(tmp_path, "--cfg", "job", "--resolve", f"recipe={name}", "recipe.n_macro_topics=4")
+    assert result.returncode == 0, result.stderr
+    schema = yaml.safe_load(result.stdout)["recipe"]["stages"]["macro_topics"]["schema"]
+    assert schema["properties"]["items"]["minItems"] == schema["properties"]["items"]["maxItems"] == 4
+
+
 def test_any_key_can_be_overridden(tmp_path):
     result = run_cli(tmp_path, "--cfg", "job", "sampling.temperature=0.2", "backend.max_concurrency=32",
                      "recipe=math", "+model=llama3", "dask.n_workers=2")
@@ -89,7 +102,10 @@ def test_cfg_hydra_keeps_chdir_off(tmp_path):
 MISTAKES = [
     pytest.param(["sampling.temperature=["], {}, "sampling.temperature=[", id="bad-override-syntax"),
     pytest.param(["+model=nope"], {}, "model/nope", id="unknown-option"),
-    pytest.param(["model=nemotron"], {}, "+model=nemotron", id="group-without-plus"),
+    pytest.param(["model=nemotron"], {}, "NVIDIA_API_KEY", id="model-without-plus-missing-key"),
+    pytest.param(["model=nope"], {}, "model/nope", id="unknown-option-without-plus"),
+    pytest.param(["model=null"], {}, "model=null: Config group override", id="group-set-to-null"),
+    pytest.param(["--cfg", "job", "sampling=null"], {}, "sampling=null: ", id="cfg-group-set-to-null"),
     pytest.param(["sampling.temperature=-1"], {}, "sampling.temperature", id="bad-value"),
     pytest.param(["sampling.top_p=1.5"], {}, "sampling.top_p", id="bad-top-p"),
     pytest.param(["sampling.n=abc"], {}, "could not be converted", id="bad-type"),
@@ -216,3 +232,62 @@ def test_no_argument_runs_the_default_recipe_offline(tmp_path):
     assert " 0 failed, " in summary and "requests" in summary and "tokens" in summary
     assert any(output_dir.glob("*.jsonl"))
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+@pytest.mark.parametrize("choice", ["+model=nemotron", "model=nemotron"])
+def test_model_option_with_or_without_plus(tmp_path, choice):
+    result = run_cli(tmp_path, "--cfg", "job", choice, "recipe=math")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    nemotron = yaml.safe_load((paths.config_dir() / "model" / "nemotron.yaml").read_text())
+    # the option's keys, over config.yaml's neutral ones (name, context_length, description)
+    assert {key: cfg["model"][key] for key in nemotron["model"]} == nemotron["model"]
+    assert cfg["backend"]["provider"] == "nvidia_nim"  # its `override /backend: nim` applied
+    assert cfg["recipe"]["name"] == "math"
+
+
+def test_sweep_over_model_options_with_plus(tmp_path, stub_server):
+    server = stub_server(api_key=SECRET)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "prompts.jsonl").write_text('{"prompt": "Say hi"}\n')
+    # each option brings its own model.name; backend=openai on the command line wins over its backend
+    result = run_cli(tmp_path, "-m", "+model=gpt4o,llama3", "input=prompts.jsonl", "backend=openai",
+                     "backend.start_local_server=false", f"backend.api_base={server.base_url}", "progress=false",
+                     OPENAI_API_KEY=SECRET)
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith("output: ")]) == 2
+    assert sorted(body["model"] for body in server.stats()["bodies"]) == ["gpt-4o", "meta/llama-3.1-70b-instruct"]
+
+
+def test_help_and_cfg_job_do_not_import_litellm(tmp_path):
+    for args in (["--help"], ["--cfg", "job"]):
+        cwd = tmp_path / "cwd"
+        cwd.mkdir(exist_ok=True)
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "recipe", *args], cwd=cwd,
+                                env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert "hydra" in imported and "recipe.config.compose" in imported, args  # the report is real
+        assert not {name for name in imported if name.split(".")[0] in ("litellm", "openai")}, args
+
+
+def test_no_hydra_internals_in_the_package():
+    # Hydra's private modules and singletons change between releases; only its public API is used
+    sources = sorted(Path(SRC, "recipe").rglob("*.py"))
+    assert len(sources) > 10
+    offenders = [str(p) for p in sources
+                 if "hydra._internal" in p.read_text() or "Singleton._instances" in p.read_text()]
+    assert offenders == []
+
+
+def test_compose_searches_config_dirs_and_a_searchpath_override(tmp_path):
+    # recipe.compose's twin of `--config-dir A 'hydra.searchpath=[file://B]'`: both dirs are searched
+    for name, option in (("a", "from_a"), ("b", "from_b")):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / f"{option}.yaml").write_text(
+            f"# @package _global_\nmodel:\n  name: {option}-model\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'b'}]"
+    for choice, expected in (("+model=from_a", "from_a-model"), ("model=from_b", "from_b-model")):
+        cfg = recipe.compose([searchpath, choice], config_dirs=[str(tmp_path / "a")])
+        assert cfg.model.name == expected

@@ -108,7 +108,7 @@ def test_async_client_20_concurrent_calls(llama_server):
 def test_closed_port_raises_the_packages_connection_error():
     client = LiteLLMClient(provider="openai", api_base=f"http://127.0.0.1:{free_port()}/v1", api_key="none",
                            num_retries=0)
-    with pytest.raises(errors.ConnectionError) as info:
+    with pytest.raises(errors.EndpointConnectionError) as info:
         client.query_model(messages=POEM, model=MODEL, max_tokens=8)
     assert isinstance(info.value, errors.LLMError) and info.value.retryable
 
@@ -221,3 +221,77 @@ def test_import_is_lazy_and_offline(stub_server):
     assert report["answer"] == ["echo: hi"]
     assert report["outside"] == []  # no DNS lookup or connection outside loopback, import included
     assert report["litellm_import_seconds"] < 30  # no fetch-and-retry loop (generous: shared CPUs)
+
+
+def test_usage_stats_every_field_merges_pickles_and_resets():
+    import pickle
+    from dataclasses import fields
+
+    from recipe.services.usage import UsageStats
+
+    a = UsageStats()
+    for f in fields(UsageStats):
+        if type(f.default) is int:
+            setattr(a, f.name, 2)
+        elif type(f.default) is float:
+            setattr(a, f.name, 1.25)
+    a.cache_failed("cache broke")
+    a.fail("ServerError")
+    a.add_tokens("m", 3, 4)
+    a.count_schema("Answer", asked=2, invalid=1)
+    b = UsageStats()
+    b.merge(a)
+    b.merge(pickle.loads(pickle.dumps(a)).as_dict())
+    merged = b.as_dict()
+    assert merged == {
+        "requests": 4, "retries": 4, "cache_hits": 4, "rate_limited": 4, "schema_retries": 4,
+        "schema_failures": 4, "retry_wait_seconds": 2.5, "limit_wait_seconds": 2.5,
+        "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",
+        "failures": {"ServerError": 2}, "tokens_by_model": {"m": [6, 8]},
+        "structured_by_schema": {"Answer": {"asked": 4, "invalid": 2}}}
+    assert b.reset() == merged
+    assert b.as_dict() == UsageStats().as_dict()
+    assert b.as_dict()["requests"] == 0 and b.as_dict()["failures"] == {} and b.as_dict()["cache_error"] == ""
+    b.count("requests")
+    assert UsageStats().as_dict()["requests"] == 0  # reset gave b its own fresh containers and counts
+
+
+def test_a_client_built_with_nothing_set_takes_the_schemas_defaults():
+    from recipe.config.schema import BackendConfig
+    from recipe.factory import ClientSpec
+    from recipe.services.limits import LocalLimiter
+
+    schema = BackendConfig()
+    client = AsyncLiteLLMClient(provider="openai")
+    assert (client.timeout, client.num_retries) == (schema.timeout, schema.num_retries)
+    assert client.limiter.pacer.max_concurrency == schema.max_concurrency
+    assert LocalLimiter().pacer.max_concurrency == schema.max_concurrency
+    assert LiteLLMClient(provider="openai")._async.num_retries == schema.num_retries
+    for spec in (ClientSpec(provider="openai", model="m"),
+                 ClientSpec.from_config({"backend": {"provider": "openai"}, "model": {"name": "m"}})):
+        assert (spec.timeout, spec.num_retries, spec.max_concurrency, spec.batch_poll_seconds) == \
+            (schema.timeout, schema.num_retries, schema.max_concurrency, schema.batch_poll_seconds)
+
+
+def test_a_replaced_context_key_is_one_error_naming_its_replacement():
+    from recipe import compose
+
+    with pytest.raises(errors.ConfigError, match=r"backend\.n_ctx: no longer taken; set model\.context_length"):
+        compose(["backend.n_ctx=4096"])
+
+
+@pytest.mark.llm
+def test_the_embedded_server_starts_with_model_context_length(tmp_path):
+    """model.context_length=256 reaches llama.cpp's n_ctx: a prompt the ~4-characters estimate lets
+    through (about 208 tokens with max_tokens) but that tokenizes to hundreds of digit tokens is
+    refused by the server itself; under the former fixed n_ctx=2048 it would have been answered."""
+    import recipe
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": " ".join("79" * 200)}) + "\n")
+    out = tmp_path / "out"
+    recipe.run(recipe.compose([f"input={source}", f"output_dir={out}", "model.context_length=256",
+                               "sampling.max_tokens=4", "backend.on_truncated=keep", "progress=false"]))
+    rows = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    assert [row["_error"]["class"] for row in rows] == ["ContextWindowError"]
+    assert "maximum context length is 256 tokens" in rows[0]["_error"]["message"]

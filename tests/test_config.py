@@ -194,7 +194,7 @@ def test_edge_values_are_accepted(override):
     ("sampling.n=abc", "abc"),
     ("sampling.temperature=[", "temperature"),
     ("+model=nope", "model/nope"),
-    ("model=nemotron", "+model=nemotron"),
+    ("model=nope", "model/nope"),  # without + as with it
     ("recipe=nope", "recipe/nope"),
 ])
 def test_mistakes_are_one_clear_line(override, needle):

@@ -289,3 +289,17 @@ def test_pickle_round_trip(formatter):
 def test_repr_hides_the_template():
     assert "im_start|>system" not in repr(ChatTemplateFormatter.smollm2())
     assert repr(NemotronFormatter()) == "NemotronFormatter()"
+
+
+def test_the_chat_template_config_is_smollm2s_template_unless_a_user_gives_one():
+    from recipe import compose
+    from recipe.factory import ClientSpec
+
+    shipped = ClientSpec.from_config(compose(["formatter=chat_template"])).conversation_formatter
+    assert shipped == ChatTemplateFormatter.smollm2()
+    assert shipped.format_conversation([U1]) == (SMOLLM2_DEFAULT_SYSTEM + "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                                                 "<|im_start|>assistant\n")
+    own = ClientSpec.from_config(compose(["formatter=chat_template",
+                                          "formatter.chat_template='{{ bos_token }}{{ messages[0].content }}'",
+                                          "formatter.bos_token='<s>'"])).conversation_formatter
+    assert own.format_conversation([U1]) == "<s>What is 2+2?" and own.eos_token == ""

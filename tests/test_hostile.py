@@ -221,7 +221,7 @@ def test_timeout_bounds_the_whole_attempt_not_each_read(tmp_path, stub_server):
     check(result, 3)
     good, bad = parts(tmp_path / "out")
     assert good == [] and len(bad) == 1
-    assert bad[0]["_error"]["class"] == "TimeoutError" and "backend.timeout=3" in bad[0]["_error"]["message"]
+    assert bad[0]["_error"]["class"] == "RequestTimeoutError" and "backend.timeout=3" in bad[0]["_error"]["message"]
 
 
 # --- 10. truncated and empty answers ---------------------------------------------------------------

@@ -89,6 +89,10 @@ def test_bad_rubrics_are_config_errors():
         JudgeStage(criteria=CRITERIA, min_score=9)
     with pytest.raises(ConfigError, match="aggregate must be"):
         JudgeStage(criteria=CRITERIA, aggregate="median")
+    with pytest.raises(ConfigError, match="mode must be"):
+        JudgeStage(criteria=CRITERIA, mode="reward")
+    with pytest.raises(ConfigError, match="need mode judge"):
+        JudgeStage(criteria=CRITERIA, mode="reward_model", min_score=3)
 
 
 @pytest.mark.llm

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from recipe.services.limits import AdjustableGate, Pacer
+import pytest
+
+from recipe.services.cluster_limits import ClusterLimiter
+from recipe.services.limits import AdjustableGate, LocalLimiter, Pacer
 
 
 def test_rpm_books_evenly_spaced_start_times():
@@ -78,3 +82,28 @@ def test_one_decrease_per_round_trip():
     assert pacer.concurrency == 16
     pacer.rate_limited(None, now=1.2, started_at=1.1)  # started under the new limit
     assert pacer.concurrency == 8
+
+
+def _local_limiter(capacity: int) -> LocalLimiter:
+    return LocalLimiter(capacity)
+
+
+def _cluster_share(capacity: int) -> ClusterLimiter:
+    """A cluster limiter whose scheduler share is ``capacity``, reporting to no scheduler (as after
+    a missing plugin): its own decreases are what is left to see."""
+    limiter = ClusterLimiter(None, "key", capacity, None, None)
+    limiter.gate.resize(capacity)
+    limiter._disabled = True
+    return limiter
+
+
+@pytest.mark.parametrize("make", [_local_limiter, _cluster_share], ids=["local", "cluster"])
+def test_local_and_cluster_limiters_share_one_decrease_per_round_trip(make):
+    limiter = make(16)
+    before = time.monotonic()
+    limiter.on_rate_limited(None, started_at=before - 1.0)
+    assert limiter.gate.capacity == 8
+    limiter.on_rate_limited(None, started_at=before - 0.5)  # in flight before that decrease
+    assert limiter.gate.capacity == 8
+    limiter.on_rate_limited(None, started_at=time.monotonic())  # sent under the lowered limit
+    assert limiter.gate.capacity == 4

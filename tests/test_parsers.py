@@ -7,12 +7,10 @@ import pickle
 import pytest
 
 from recipe.errors import ParseError
+from recipe.stages.nemotron_cc import clean_knowledge_list, format_qa_pairs, parse_qa_pairs
 from recipe.stages.parsers import (
     check_substrings,
-    clean_knowledge_list,
-    format_qa_pairs,
     parse_list,
-    parse_qa_pairs,
     parse_yaml_list,
     parse_yes_no,
     trim,

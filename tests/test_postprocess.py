@@ -10,19 +10,8 @@ import pytest
 from recipe.errors import ConfigError, InputError, ParseError
 from recipe.factory import ClientSpec
 from recipe.stages import progress
-from recipe.stages.nemotron_cc import RewritesStage
-from recipe.stages.postprocess import (
-    AppendSeedsStage,
-    CombineStage,
-    CrossStage,
-    KnowledgeListStage,
-    MapStage,
-    PreferencePairsStage,
-    QAPairsStage,
-    StyledDialogueStage,
-    diverse_qa_text,
-    knowledge_list_text,
-)
+from recipe.stages import AppendSeedsStage, CombineStage, CrossStage, DialogueStage, PreferencePairsStage
+from recipe.stages.nemotron_cc import RewritesStage, clean_knowledge_list, diverse_qa_text
 from recipe.stages.records import make_id
 
 ROOT = {"_id": "r", "_parent": None}
@@ -31,48 +20,6 @@ ROOT = {"_id": "r", "_parent": None}
 def run(stage, records):
     """A stage's partition function, as Dask calls it: bad records become error records."""
     return stage.process_partition([dict(r) for r in records])
-
-
-# --- map ---------------------------------------------------------------------------------
-
-def upper_name(record, field="name"):
-    record[field] = record[field].upper()
-    return record
-
-
-def split_words(record):
-    return [{"word": w} for w in record["text"].split()]
-
-
-def drop_empty(record):
-    return record if record.get("text") else None
-
-
-def returns_string(record):
-    return "nope"
-
-
-def test_map_stage_record_children_and_drop():
-    out = run(MapStage(function=f"{__name__}:upper_name", kwargs={"field": "n"}), [{**ROOT, "n": "ab"}])
-    assert out == [{"_id": "r", "_parent": None, "n": "AB"}]
-    kids = run(MapStage(function=f"{__name__}:split_words"), [{**ROOT, "text": "a b"}])
-    assert [k["word"] for k in kids] == ["a", "b"]
-    assert [k["_id"] for k in kids] == [make_id("r", 0), make_id("r", 1)] and {k["_parent"] for k in kids} == {"r"}
-    progress.reset()
-    assert run(MapStage(function=f"{__name__}:drop_empty"), [{**ROOT, "text": ""}]) == []
-    assert progress.snapshot()["filtered"] == 1
-
-
-def test_map_stage_malformed():
-    with pytest.raises(ConfigError, match="module:function"):
-        MapStage(function="no_colon")
-    with pytest.raises(ConfigError, match="not found"):
-        MapStage(function="recipe.stages.postprocess:missing")
-    out = run(MapStage(function=f"{__name__}:returns_string"), [ROOT])
-    assert out[0]["_error"]["class"] == "InputError" and "str" in out[0]["_error"]["message"]
-    out = run(MapStage(function=f"{__name__}:upper_name"), [ROOT, {**ROOT, "name": "x"}])  # no "name"
-    assert out[0]["_error"]["class"] == "InputError" and "KeyError" in out[0]["_error"]["message"]
-    assert out[1]["name"] == "X"
 
 
 # --- combine, cross, append ---------------------------------------------------------------
@@ -167,31 +114,17 @@ def test_diverse_qa_text_keeps_1_to_max_pairs():
 def test_diverse_qa_malformed(answer):
     with pytest.raises(ParseError):
         diverse_qa_text("Doc.", answer, 3)
-    out = run(QAPairsStage(input_field="response", document_field="text"), [{**ROOT, "text": "Doc.", "response": answer}])
-    assert out[0]["_error"]["class"] == "ParseError"
-
-
-def test_qa_pairs_stage():
-    out = run(QAPairsStage(max_num_pairs=1, output_field="training_text"), [{**ROOT, "text": "Doc.", "response": [QA]}])
-    assert out[0]["training_text"] == "Doc.\n\nQuestion: Why?\nAnswer: Because." and out[0]["text"] == "Doc."
-    out = run(QAPairsStage(), [{**ROOT, "response": QA}])
-    assert out[0]["_error"]["class"] == "InputError"
-    with pytest.raises(ConfigError):
-        QAPairsStage(max_num_pairs=0)
 
 
 def test_knowledge_list():
     text = "Here is the list:\n- Owls hunt at night.\n  * Their flight is silent. \n\n2. Mice cannot hear them."
-    assert knowledge_list_text(text) == "Owls hunt at night.\nTheir flight is silent.\nMice cannot hear them."
-    out = run(KnowledgeListStage(input_field="response", output_field="text"), [{**ROOT, "response": text}])
-    assert out[0]["text"].splitlines()[0] == "Owls hunt at night."
+    assert clean_knowledge_list(text) == "Owls hunt at night.\nTheir flight is silent.\nMice cannot hear them."
 
 
 @pytest.mark.parametrize("answer", ["", "Here is the list:", "   \n\n", "- \n* "])
 def test_knowledge_list_malformed(answer):
-    out = run(KnowledgeListStage(), [{**ROOT, "response": answer}])
-    assert out[0]["_error"]["class"] == "ParseError"
-    assert run(KnowledgeListStage(), [ROOT])[0]["_error"]["class"] == "InputError"
+    with pytest.raises(ParseError):
+        clean_knowledge_list(answer)
 
 
 # --- LLM-backed stages with a scripted client ---------------------------------------------
@@ -272,15 +205,19 @@ def test_rewrites_stage_malformed_config_and_record():
     assert out[0]["_error"]["class"] == "InputError"  # a template field the record lacks
 
 
-def test_styled_dialogue_reads_style_per_record():
+USER_TURN = "{{ history }} next message ({{ style }})"
+
+
+def test_dialogue_reads_style_per_record():
     llm = ScriptedLLM({"next message": "And why?"})
-    stage = StyledDialogueStage(client=SPEC, n_user_turns=2, user_turn_prompt="{{ history }} next message ({{ style }})")
+    stage = DialogueStage(client=SPEC, n_user_turns=2, user_turn_prompt=USER_TURN,
+                          styles={"concise": "that is short and to the point"})
     out = asyncio.run(stage.aprocess(llm, {**ROOT, "openline": "Hi", "style": "concise"}))
     roles = [t["role"] for t in out[0]["conversation"]]
     assert roles == ["user", "assistant", "user", "assistant"]
     assert out[0]["conversation"][2]["content"] == "And why?"
     assert "(that is short and to the point)" in llm.prompts[1][0]["content"]
-    two = StyledDialogueStage(client=SPEC, n_user_turns=1, end_with_user=True)
+    two = DialogueStage(client=SPEC, n_user_turns=1, end_with_user=True, user_turn_prompt=USER_TURN)
     out = asyncio.run(two.aprocess(ScriptedLLM({}), {**ROOT, "openline": "Hi", "style": "a pirate"}))
     assert [t["role"] for t in out[0]["conversation"]] == ["user", "assistant", "user"]
     with pytest.raises(InputError):

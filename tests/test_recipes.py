@@ -239,10 +239,14 @@ def test_preference_judge(llama_server, tmp_path):
     src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
     summary, good, bad = run_recipe("preference", llama_server, tmp_path, f"input={src}")
     assert summary.failed == 0 and summary.records + summary.stats["filtered"] == 1
-    assert summary.stats["structured_by_schema"]["score"]["asked"] == 2, "both responses scored as structured output"
+    assert summary.stats["structured_by_schema"]["judgement"]["asked"] == 2, "both responses judged as structured output"
+    _, stages = _stages(["recipe=preference"])
+    assert type(stages[2]).__name__ == "JudgeStage"
     for r in good:
         assert len(r["responses"]) == 2 and r["chosen_score"] > r["rejected_score"]
-        assert all(0 <= s["helpfulness"] <= 4 for s in r["scores"])
+        for s in r["scores"]:  # the judge's shape: the rubric's one criterion and its aggregate
+            assert set(s) == {"helpfulness", "aggregate"} and s["helpfulness"] == s["aggregate"]
+            assert float(s["helpfulness"]).is_integer() and 1 <= s["helpfulness"] <= 5
         assert {r["chosen"], r["rejected"]} <= set(r["responses"])
 
 
@@ -453,6 +457,33 @@ def test_preference_with_reward_model(stub_server, tmp_path):
         values = [said[x]["helpfulness"] for x in r["responses"]]
         assert r["chosen_score"] == max(values) and r["rejected_score"] == min(values)
         assert said[r["chosen"]]["helpfulness"] == max(values) and said[r["rejected"]]["helpfulness"] == min(values)
+    assert reward.stats()["requests"] == 3 * len(prompts), "every response scored by the reward model"
+
+
+def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
+    server = stub_server()  # answers "echo: <prompt>", then "... #1" for n=2; a schema gets valid JSON
+    prompts = [{"prompt": "Tell me about tides."}, {"prompt": "Why is the sea salty?"}, {"prompt": "tie: Hi"}]
+    src = _jsonl(tmp_path / "p.jsonl", prompts)
+    # the judge sees the response itself (its length decides the stub's score), or for "tie:"
+    # prompts the prompt alone: every response then scores the same and the prompt is dropped
+    judge = '{% if prompt.startswith("tie:") %}{{ prompt }}{% else %}{{ response }}{% endif %}'
+    cfg = recipe.compose(overrides=[
+        "recipe=preference", f"input={src}", "backend=openai", f"backend.api_base={server.base_url}",
+        "backend.api_key=stub", "model.name=stub-model", "progress=false", f"recipe.templates.judge='{judge}'"])
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    good, bad = _read_parts(tmp_path / "out")
+    assert not bad and summary.failed == 0 and summary.stats["filtered"] == 1  # the tie
+    said = {message: float(json.loads(content)["score"]) for message, content in _answers(server).items()}
+    expected = []
+    for p in prompts[:2]:
+        responses = [f"echo: {p['prompt']}", f"echo: {p['prompt']} #1"]
+        scores = [said[r] for r in responses]  # what the judge answered on the wire for each
+        assert scores[0] != scores[1]
+        best, worst = scores.index(max(scores)), scores.index(min(scores))
+        expected.append((p["prompt"], responses[best], responses[worst], max(scores), min(scores),
+                         [{"helpfulness": s, "aggregate": s} for s in scores]))
+    assert sorted((r["prompt"], r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"], r["scores"])
+                  for r in good) == sorted(expected)
 
 
 @pytest.mark.parametrize("ignore", [True, False])

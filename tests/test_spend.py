@@ -90,6 +90,30 @@ def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_re
     assert second.stats["budget"]["spent_usd"] == pytest.approx(120 * GPT4O_REQUEST_USD)
 
 
+def test_budget_holds_on_an_existing_scheduler(stub_server, tmp_path, two_workers):
+    """``dask.address=``: the budget's ledger goes to a scheduler the run did not start."""
+    from distributed import Client
+
+    server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
+    source = write_prompts(tmp_path / "in.jsonl", 60)
+    overrides = priced(server, source, f"dask.address={two_workers}", "backend.max_concurrency=4")
+    out = tmp_path / "out"
+    first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.1"]), output_dir=str(out))
+    budget = first.stats["budget"]
+    sent = server.stats()["requests"]
+    assert first.budget_reached and budget["reached"] and first.records < 60
+    assert budget["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    assert 0.1 - GPT4O_REQUEST_USD < budget["spent_usd"] <= 0.1 + budget["max_in_flight"] * GPT4O_REQUEST_USD
+    assert budget["max_in_flight"] <= 4 and budget["reserved_usd"] == 0
+    with Client(two_workers) as client:  # both workers asked, through the one ledger
+        asked = client.run(lambda: __import__("recipe.factory").factory.process_stats().as_dict()["requests"])
+    assert sum(asked.values()) == sent and len(asked) == 2
+    second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
+    assert not second.budget_reached and second.records == 60
+    assert server.stats()["requests"] == 60, "every record paid for once over both attempts"
+    assert second.stats["budget"]["spent_usd"] == pytest.approx(60 * GPT4O_REQUEST_USD)
+
+
 def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_path):
     server = stub_server()
     source = write_prompts(tmp_path / "in.jsonl", 3)
@@ -267,32 +291,39 @@ def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tm
     assert summary.stats["failed_by_class"] == {"ServerError": 4}
 
 
-def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_server, tmp_path):
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_server, tmp_path, wire):
     import signal
     import time
 
     server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=6)
     source = write_prompts(tmp_path / "in.jsonl", 40)
-    proc = cli_process(tmp_path, *batch_args(server, source), start_new_session=True)
+    created_key = "batches_created" if wire == "openai" else "message_batches_created"
+
+    def lines() -> int:
+        stub = server.stats()
+        return stub["batch_lines"] if wire == "openai" else len(stub["message_batch_params"])
+    args = batch_args(server, source) if wire == "openai" else anthropic_batch_args(server, source)
+    proc = cli_process(tmp_path, *args, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "runs").glob("*/batches/*.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before its batch was created"
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    created = server.stats()["batches_created"]
+    created = server.stats()[created_key]
     assert created >= 1
     states = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs").glob("*/batches/*.json")]
     assert "completed" not in states, "killed while its batches were running"
     proc.communicate()
-    result = cli(tmp_path, *batch_args(server, source))
+    result = cli(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     folder, stats = stats_of(tmp_path)
-    assert server.stats()["batches_created"] == created, "no batch was submitted again"
+    assert server.stats()[created_key] == created, "no batch was submitted again"
     assert stats["batch"]["polled_batches"] == created and stats["batch"].get("batches", 0) == 0
     rows = outputs(folder)
     assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(40))
-    assert server.stats()["batch_lines"] == 40
+    assert lines() == 40
 
 
 def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
@@ -306,3 +337,151 @@ def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
 
     shown = set(re.findall(r"batches=(\w+):1", err))
     assert {"validating", "in_progress", "finalizing"} & shown and "completed" in shown, err[-500:]
+
+
+# ---- budget and target together: whichever comes first ends the run -----------------------------
+
+def test_budget_and_target_together_stop_at_whichever_comes_first(stub_server, tmp_path):
+    import spend_helpers  # noqa: F401 - the filter's module (pytest put tests/ on the path)
+
+    server = stub_server(usage=(PROMPT, COMPLETION))
+    source = write_prompts(tmp_path / "in.jsonl", 200)
+    base = priced(server, source, "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
+                  "backend.max_concurrency=1")
+    # the target first: 12 records at a 50% filter need 24 answered inputs, far under a $10 budget
+    first = recipe.run(recipe.compose(base + ["target.records=12", "budget.max_usd=10"]),
+                       output_dir=str(tmp_path / "target_first"))
+    assert first.records == 12 and first.stats["target"]["reached"] and not first.budget_reached
+    assert [r["prompt"] for r in outputs(tmp_path / "target_first")] == [f"question {i}" for i in range(0, 24, 2)]
+    sent = server.stats()["requests"]
+    assert first.stats["target"]["accepted"] + first.stats["target"]["rejected"] == sent
+    assert first.stats["budget"]["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    assert sent < 200
+    # the budget first: $0.06 pays for exactly 8 requests (one in flight at a time): far short of 40 records
+    server.reset()
+    second = recipe.run(recipe.compose(base + ["target.records=40", "budget.max_usd=0.06",
+                                               f"cache.dir={tmp_path / 'cold'}"]),  # no answer from the first run
+                        output_dir=str(tmp_path / "budget_first"))
+    assert second.budget_reached and not second.stats["target"]["reached"]
+    assert server.stats()["requests"] == 8
+    assert second.stats["budget"]["spent_usd"] == pytest.approx(8 * GPT4O_REQUEST_USD)
+    assert second.records == 0, "no partition (10 inputs) was answered whole: nothing committed"
+    assert second.notes == ["target.records not reached: 0 of 40 records: the budget was reached"]
+
+
+def test_exactly_n_through_a_whole_bag_dedup_reads_only_a_prefix_of_the_input(stub_server, tmp_path):
+    import spend_helpers
+
+    server = stub_server()
+    conf = halves_conf(tmp_path)
+    (conf / "recipe" / "halves_dedup.yaml").write_text(spend_helpers.DEDUP_RECIPE)
+    source = tmp_path / "in.jsonl"  # every even question twice in a row: the dedup keeps the first of each pair
+    source.write_text("".join(json.dumps({"prompt": f"question {i - i % 2}"}) + "\n" for i in range(2000)))
+    base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", f"input={source}", "recipe=halves_dedup", f"hydra.searchpath=[file://{conf}]"]
+    out = tmp_path / "out"
+    summary = recipe.run(recipe.compose(base + ["target.records=30"]), output_dir=str(out))
+    rows = outputs(out)
+    assert [r["prompt"] for r in rows] == [f"question {i}" for i in range(0, 60, 2)]
+    assert summary.records == 30 and summary.stats["target"]["reached"]
+    # 60 inputs hold the 30 records; a wave overshoots by little, and a pair's twin is a cache hit
+    assert server.stats()["requests"] < 200, f"{server.stats()['requests']} requests: the dedup pulled in all 2000 inputs"
+    assert summary.stats["deduplicated"] == {"dedup": summary.stats["target"]["rejected"]}
+
+
+# ---- Anthropic's Message Batches API -------------------------------------------------------------
+
+CLAUDE = "claude-haiku-4-5"  # litellm's price: $1 / $5 per million tokens online, half of that in batches
+CLAUDE_BATCH_REQUEST_USD = PROMPT * 0.5e-6 + COMPLETION * 2.5e-6
+
+
+def anthropic_batch_args(server, source: Path, *extra: str) -> list[str]:
+    return ["backend=openai", "backend.provider=anthropic", f"backend.api_base={server.base_url}",
+            "backend.api_key=sk-ant-stub", f"model.name={CLAUDE}", "progress=false", f"input={source}",
+            "sampling.max_tokens=500", "sampling.temperature=0.5", "sampling.top_p=0.9",
+            "dask.partition_size=10", "backend.batch=true", "backend.batch_poll_seconds=0.2", *extra]
+
+
+def test_anthropic_message_batches_answer_exactly_at_the_batch_price(stub_server, tmp_path):
+    server = stub_server(usage=(PROMPT, COMPLETION), fail_500=0.1, batch_seconds=0.3, api_key="sk-ant-stub")
+    source = write_prompts(tmp_path / "in.jsonl", 20)
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source)), output_dir=str(tmp_path / "b"))
+    assert summary.records == 20 and summary.failed == 0
+    rows = outputs(tmp_path / "b")
+    assert sorted((r["prompt"], r["response"]) for r in rows) == sorted(
+        (f"question {i}", f"echo: question {i}") for i in range(20))
+    stub = server.stats()
+    # Anthropic's wire: inline Messages params per custom_id, nothing through a live or OpenAI route
+    expected = [{"model": CLAUDE, "max_tokens": 500, "temperature": 0.5, "top_p": 0.9,
+                 "messages": [{"role": "user", "content": [{"type": "text", "text": f"question {i}"}]}]}
+                for i in range(20)]
+    params = stub["message_batch_params"]
+    assert sorted({json.dumps(p, sort_keys=True) for p in params}) == sorted(json.dumps(e, sort_keys=True) for e in expected)
+    assert {k: v for k, v in stub["by_path"].items() if not k.startswith(("/v1/messages/batches", "batch:"))} == {}
+    # the failed lines (10%) went again in a new batch; answered lines never did
+    resubmitted = summary.stats["batch"]["resubmitted_lines"]
+    assert resubmitted == 2 and summary.stats["batch"]["lines"] == 20 + resubmitted
+    assert stub["message_batches_created"] == summary.stats["batch"]["batches"] >= 2
+    assert len(stub["message_batch_params"]) == 20 + resubmitted
+    assert stub["by_path"]["batch:/v1/messages"] == 20 + resubmitted
+    assert summary.stats["cost_usd"] == pytest.approx(20 * CLAUDE_BATCH_REQUEST_USD)
+    recorded = sorted((tmp_path / "b" / "batches").glob("*.json"))
+    assert len(recorded) == stub["message_batches_created"]
+    assert all(json.loads(p.read_text())["id"].startswith("msgbatch_") for p in recorded)
+
+
+def test_anthropic_expired_requests_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.2, batch_expire=True)
+    source = write_prompts(tmp_path / "in.jsonl", 4)
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "backend.num_retries=2")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 0 and summary.failed == 4
+    assert server.stats()["message_batches_created"] == 3  # the first, and one per retry
+    assert summary.stats["failed_by_class"] == {"ServerError": 4}
+    assert server.stats()["requests"] == 0, "an expired request was never answered, so never paid"
+
+
+def test_anthropic_batch_refuses_n_as_online_in_one_error_per_record(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.2)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "+recipe.stages.generate.n=2",
+                                                             "backend.num_retries=0")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 0 and summary.stats["failed_by_class"] == {"UnsupportedParamError": 3}
+    assert server.stats()["message_batches_created"] == 0
+
+
+def test_anthropic_batch_structured_output_is_valid_json_of_the_schema(stub_server, tmp_path):
+    server = stub_server(batch_seconds=0.2)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    schema = "{type:object,properties:{answer:{type:string}},required:[answer]}"
+    # the OpenAI form (response_format json_schema), which litellm turns into Anthropic's output_format
+    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, f"+recipe.stages.generate.schema={schema}",
+                                                             "backend.structured_output=openai")),
+                         output_dir=str(tmp_path / "b"))
+    assert summary.records == 3 and summary.failed == 0
+    # the stub answers {"answer": "answer about <prompt>"} under the schema it was given as output_format
+    assert sorted((r["prompt"], r["response"]) for r in outputs(tmp_path / "b")) == [
+        (f"question {i}", {"answer": f"answer about question {i}"}) for i in range(3)]
+    params = server.stats()["message_batch_params"]
+    assert all(p["output_format"]["type"] == "json_schema" and "json_mode" not in p for p in params)
+
+
+def test_seed_rounds_are_deduplicated_against_the_earlier_rounds(stub_server, tmp_path):
+    # Under a schema the stub's lists ignore the seed, so every later round repeats round 0 word for
+    # word: the whole-bag dedup must remove all of it, and the target cannot be reached.
+    server = stub_server()
+    base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+            "progress=false", "recipe=open_qa", "recipe.stages.dedup_questions.method=exact"]
+    one_round = recipe.run(recipe.compose(base), output_dir=str(tmp_path / "plain"))
+    per_round = one_round.records
+    assert per_round > 0
+    out = tmp_path / "out"
+    summary = recipe.run(recipe.compose(base + [f"target.records={2 * per_round + 1}", "target.max_rounds=3"]),
+                         output_dir=str(out))
+    rows = outputs(out)
+    assert summary.records == len(rows) == per_round
+    assert {r.get("_round", 0) for r in rows} == {0}
+    assert len({r["question"] for r in rows}) == per_round
+    assert summary.notes == [f"target.records not reached: {per_round} of {2 * per_round + 1} records: "
+                             "target.max_rounds=3 rounds were run"]

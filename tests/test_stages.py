@@ -220,3 +220,136 @@ def test_dask_partition_size_reaches_the_read_stage(stub_server, tmp_path):
     recipe.run(cfg, output_dir=str(tmp_path / "out"))
     sizes = [len(p.read_text().splitlines()) for p in sorted((tmp_path / "out").glob("part-*.jsonl"))]
     assert sizes == [3, 3, 3, 1]
+
+
+# --- each stage's own behaviour on the stub server (exact content: the stub echoes the last user turn)
+
+def run_stage(stage, records: list[dict]) -> list[dict]:
+    return stage(db.from_sequence(records, npartitions=1)).compute(scheduler="sync")
+
+
+def test_dialogue_stage_on_the_stub_exact_turns(stub_server):
+    from recipe.stages import DialogueStage
+
+    server = stub_server()
+    stage = DialogueStage(client=stub_spec(server), n_user_turns=2, user_turn_prompt="Follow up {{ style }}: {{ history }}",
+                          styles={"concise": "briefly"})
+    [out] = run_stage(stage, [{ID: "r", PARENT: None, "openline": "Hi", "style": "concise"}])
+    follow_up = "echo: Follow up briefly: User: Hi\n\nAssistant: echo: Hi"
+    assert out["conversation"] == [{"role": "user", "content": "Hi"},
+                                   {"role": "assistant", "content": "echo: Hi"},
+                                   {"role": "user", "content": follow_up},
+                                   {"role": "assistant", "content": f"echo: {follow_up}"}]
+    assert out["style"] == "concise" and out[ID] == "r"
+    bodies = server.stats()["bodies"]
+    assert len(bodies) == 3
+    assert bodies[1]["messages"] == [{"role": "user", "content": "Follow up briefly: User: Hi\n\nAssistant: echo: Hi"}]
+    assert [m["role"] for m in bodies[2]["messages"]] == ["user", "assistant", "user"]
+    server.reset()
+    two = DialogueStage(client=stub_spec(server), n_user_turns=1, end_with_user=True, user_turn_prompt="Next: {{ history }}")
+    [out] = run_stage(two, [{ID: "s", PARENT: None, "openline": "Yo"}])
+    assert [t["role"] for t in out["conversation"]] == ["user", "assistant", "user"]
+    assert out["conversation"][2]["content"] == "echo: Next: User: Yo\n\nAssistant: echo: Yo"
+    assert server.stats()["requests"] == 2
+
+
+def test_generate_stage_messages_and_system_reach_the_wire(stub_server):
+    server = stub_server()
+    stage = GenerateStage(client=stub_spec(server), system="You are {{ persona }}.", output_field="answer",
+                          messages=[{"role": "user", "content": "Q: {{ q }}"}, {"role": "assistant", "content": "A: ok"},
+                                    {"role": "user", "content": "More on {{ q }}"}])
+    [out] = run_stage(stage, [{ID: "r", PARENT: None, "q": "owls", "persona": "terse"}])
+    assert out["answer"] == "echo: More on owls"
+    [body] = server.stats()["bodies"]
+    assert body["messages"] == [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Q: owls"},
+                                {"role": "assistant", "content": "A: ok"}, {"role": "user", "content": "More on owls"}]
+    assert stage.inputs == {"persona", "q"} and stage.outputs == {"answer"}
+
+
+def test_parse_list_yaml_mode_end_to_end(stub_server):
+    server = stub_server()
+    text = "Some ideas:\n- alpha\n- beta"
+    stage = ParseListStage(client=stub_spec(server), mode="yaml", input_field="response", output_field="items",
+                           conversion_prompt="```yaml\n- alpha\n- beta\n```")
+    [out] = run_stage(stage, [{ID: "r", PARENT: None, "response": text}])
+    assert out["items"] == ["alpha", "beta"] and out["response"] == text
+    [body] = server.stats()["bodies"]
+    assert body["messages"][0]["content"] == "```yaml\n- alpha\n- beta\n```"
+    # the converter's answer holds an item the original does not: NeMo Curator's hallucination check
+    invented = ParseListStage(client=stub_spec(server), mode="yaml", conversion_prompt="```yaml\n- alpha\n- gamma\n```")
+    [bad] = run_stage(invented, [{ID: "r", PARENT: None, "response": text}])
+    assert bad["_error"]["class"] == "ParseError" and "gamma" in bad["_error"]["message"]
+
+
+def test_filter_stage_keep_undecided(stub_server):
+    from recipe.stages import progress
+
+    server = stub_server()  # echoes: "echo: ..." is neither yes nor no
+    records = [{ID: f"r{i}", PARENT: None, "q": f"is {i} odd?"} for i in range(3)]
+    keep = FilterStage(client=stub_spec(server), prompt="{{ q }}", structured=False, keep_undecided=True,
+                       verdict_field="verdict")
+    kept = run_stage(keep, records)
+    assert [(r[ID], r["verdict"]) for r in kept] == [(f"r{i}", f"echo: is {i} odd?") for i in range(3)]
+    progress.reset()
+    drop = FilterStage(client=stub_spec(server), prompt="{{ q }}", structured=False, keep_undecided=False)
+    assert run_stage(drop, records) == []
+    assert progress.snapshot()["filtered"] == 3
+    assert server.stats()["requests"] == 6
+
+
+def test_explode_index_field():
+    from recipe.stages.records import make_id
+
+    stage = ExplodeStage(field="items", output_field="item", index_field="position")
+    out = stage.process_partition([{ID: "p", PARENT: None, "items": ["a", "b", "c"], "keep": 1}])
+    assert [(r["item"], r["position"], r[ID], r[PARENT]) for r in out] == [
+        ("a", 0, make_id("p", 0), "p"), ("b", 1, make_id("p", 1), "p"), ("c", 2, make_id("p", 2), "p")]
+    assert all(r["keep"] == 1 and r["items"] == ["a", "b", "c"] for r in out)
+    assert "position" not in ExplodeStage(field="items").process_partition([{ID: "p", "items": ["a"]}])[0]
+
+
+def test_every_bad_parameter_of_a_stage_is_reported_at_once():
+    from recipe.errors import ConfigError, StageParamsError
+    from recipe.stages import DedupStage
+
+    with pytest.raises(StageParamsError) as info:
+        DedupStage(name="dups", method="fuzzy", threshold=1.5, ngram=0, num_perm=64)
+    error = info.value
+    assert isinstance(error, ConfigError) and error.stage == "dups"
+    assert [p for p, _ in error.problems] == ["method", "threshold", "ngram"]
+    assert str(error) == ("stage 'dups': method must be exact or minhash, not 'fuzzy'; threshold must be <= 1.0, "
+                          "not 1.5; ngram must be >= 1, not 0")
+    again = pickle.loads(pickle.dumps(error))  # it crosses Dask's process boundaries like every error
+    assert again.problems == error.problems and str(again) == str(error)
+    with pytest.raises(StageParamsError) as info:  # a rule tying parameters together, beside a type
+        FilterStage(schema_retries=-1)
+    assert [p for p, _ in info.value.problems] == ["schema_retries", "prompt"]
+    assert DedupStage(threshold="0.5", ngram="3").threshold == 0.5  # values are coerced to their types
+
+
+@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"]),
+                                        ("two_turn", ["user", "assistant", "user"])])
+def test_dialogue_recipes_on_the_stub(stub_server, tmp_path, name, turns):
+    """Both recipes run the one DialogueStage with dialogue.yaml's styles and user-turn template."""
+    server = stub_server()
+    cfg = recipe.compose([f"recipe={name}", "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
+                          "model.name=m", "cache.enabled=false", "progress=false"])
+    summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    rows = read_jsonl(tmp_path / "out")
+    openlines = [json.loads(line)["openline"] for line in
+                 Path(recipe.config.paths.sample_path("openlines.jsonl")).read_text().splitlines()]
+    assert summary.records == len(rows) == 3 * len(openlines) and summary.failed == 0
+    assert sorted((r["openline"], r["style"]) for r in rows) == sorted(
+        (o, s) for o in openlines for s in ("normal", "complex", "concise"))
+    for row in rows:
+        conversation = row["conversation"]
+        assert [t["role"] for t in conversation] == turns
+        assert conversation[0]["content"] == row["openline"]
+        assert conversation[1]["content"] == f"echo: {row['openline']}"
+        style = {"normal": "", "complex": " that is detailed and demanding, in the tone of an expert user",
+                 "concise": " that is short and to the point"}[row["style"]]
+        assert conversation[2]["content"] == (
+            f"echo: Here is a conversation between a user and an AI assistant.\n\nUser: {row['openline']}\n\n"
+            f"Assistant: echo: {row['openline']}\n\nWrite the user's next message: a follow-up request or "
+            f"question{style}. Reply with the message only, without any preamble.")
+    assert server.stats()["requests"] == len(rows) * (len(turns) - 1)

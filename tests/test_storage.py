@@ -148,3 +148,22 @@ def test_s3_run_killed_and_rerun_on_separate_dask_workers(stub_server, s3_bucket
     _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, f"dask.address={address}", "cache.enabled=false")
     # without a cache, a partition in flight at the kill is asked again: at most one per worker thread
     assert server.stats()["requests"] <= 60 + 2 * 5
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute", "file_url", "home"])
+def test_local_paths_in_every_form_go_through_the_same_calls(tmp_path, monkeypatch, form):
+    """isfile, exists, read_range and remove ask fsspec for local paths too: each form a user may
+    write (relative, absolute, file://, ~) names the same file."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_bytes(b"0123456789")
+    path = {"relative": "d/f.txt", "absolute": str(tmp_path / "d" / "f.txt"),
+            "file_url": f"file://{tmp_path / 'd' / 'f.txt'}", "home": "~/d/f.txt"}[form]
+    folder = path.rsplit("/", 1)[0]
+    assert storage.isfile(path) and storage.exists(path)
+    assert not storage.isfile(folder) and storage.exists(folder)
+    assert storage.read_range(path, 2, 5) == b"234"
+    storage.remove(path)
+    storage.remove(path)  # gone already: nothing to do
+    assert not storage.isfile(path) and not storage.exists(path) and not (tmp_path / "d" / "f.txt").exists()

@@ -246,3 +246,55 @@ def test_schema_answers_pick_first_or_last_and_a_marker_decides_per_conversation
     with StubServer(pick="last") as s:
         assert _schema_answer(s, "Is this maths? <<first>>")["answer"] == "yes"
         assert _schema_answer(s, "Is this maths?")["score"] == 5
+
+
+# ---- the one launcher every child server uses (services/subprocess_server.py) ----------------
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_child_that_exits_while_starting_names_itself_and_its_last_line():
+    import sys
+
+    from recipe.errors import LocalServerError
+    from recipe.services.subprocess_server import ServerProcess
+
+    child = ServerProcess([sys.executable, "-c", "import sys; print('loading'); sys.exit('bad model file')"],
+                          "the test server")
+    with pytest.raises(LocalServerError, match=r"^the test server exited with code 1 while starting: bad model file$"):
+        child.start(lambda: False, timeout=30)
+    assert child.pid is None  # reaped
+
+
+@pytest.mark.parametrize("why", ["timeout", "interrupt"])
+def test_a_start_that_times_out_or_is_interrupted_leaves_no_child(why):
+    import sys
+
+    from recipe.errors import LocalServerError
+    from recipe.services.subprocess_server import ServerProcess
+
+    # the first ignores SIGTERM: stop() must kill it after the grace period
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if why == "timeout" else ""
+    child = ServerProcess([sys.executable, "-c", f"import signal, time; {ignore}print('up', flush=True); time.sleep(60)"],
+                          "the test server")
+    pids = []
+
+    def ready():
+        pids.append(child.pid)
+        if why == "interrupt" and len(pids) == 3:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt if why == "interrupt" else LocalServerError) as info:
+        child.start(ready, timeout=1.5 if why == "timeout" else 30, hint=" (a hint)")
+    if why == "timeout":
+        assert str(info.value) == "the test server did not answer within 2 s (a hint)"
+    assert pids and _gone(pids[0]) and child.pid is None

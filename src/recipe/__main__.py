@@ -15,6 +15,7 @@ EXIT_RECORDS_FAILED = 3
 EXIT_BUDGET_REACHED = 4  # the budget stopped the run; the same command with a larger budget resumes it
 _exit_code = 0
 _stopping: int | None = None  # the signal that is stopping the run
+_argv: list[str] = []  # the command as typed (the resume hint repeats it)
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -36,8 +37,34 @@ def _interrupted() -> None:
 
 
 def _fail(message: str) -> None:
+    """A mistake found before the run: one line, exit 2. Nothing is open yet but the thread that
+    may still be importing litellm (``preload``); the interpreter's shutdown under such a thread
+    was seen to crash (SIGSEGV after the error line), so the process leaves without it."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_USER_ERROR)
+
+
+def _hydra_args(argv: list[str]):
+    """Hydra's command-line flags, parsed as ``@hydra.main`` will parse them.
+
+    Hydra's own parser is not public API and may change in any release; this declares the same
+    documented flags (``python -m recipe --hydra-help``), so the precheck knows the mode,
+    the config name and dir, and which arguments are overrides.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("--help/-h", "--hydra-help", "--version", "--resolve", "--run/-r", "--multirun/-m",
+                 "--shell-completion/-sc"):
+        parser.add_argument(*flag.split("/"), action="store_true")
+    for flag in ("--cfg/-c", "--package/-p", "--config-path/-cp", "--config-name/-cn", "--config-dir/-cd",
+                 "--experimental-rerun"):
+        parser.add_argument(*flag.split("/"))
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser.parse_known_args(argv)[0]
 
 
 def _precheck(argv: list[str]) -> None:
@@ -51,20 +78,19 @@ def _precheck(argv: list[str]) -> None:
     import glob
     import os
 
-    from hydra._internal.utils import get_args_parser
-
     from recipe.config import secrets
     from recipe.config.compose import compose, resolved_container
     from recipe.config.env_keys import resolved_by_reference
     from recipe.preflight import check_backends, check_writable
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    args = _hydra_args(argv)
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
                                    ("--info", args.info is not None), ("--shell-completion", args.shell_completion))
              if on]
     if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
         raise _config_error(f"{' and '.join(modes)} cannot be combined: use one of them")
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path is not None:
+    if (args.help or args.hydra_help or args.version or args.info or args.shell_completion
+            or args.experimental_rerun is not None or args.config_path is not None):
         return
     if not args.cfg:  # a run: litellm's seconds of import overlap with composing, reading and Dask's start
         from recipe.services.litellm_setup import preload
@@ -194,7 +220,7 @@ def _job(cfg) -> int:
 
         if summary.failed:
             print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
-        print(f"{prefix}{resume_hint(summary.stats['budget'], sys.argv[1:])}", file=sys.stderr)
+        print(f"{prefix}{resume_hint(summary.stats['budget'], _argv)}", file=sys.stderr)
         return EXIT_BUDGET_REACHED
     if summary.failed:
         print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
@@ -219,9 +245,11 @@ def _main() -> None:
     from omegaconf import DictConfig
 
     from recipe.config import paths, secrets
-    from recipe.config.compose import setup
+    from recipe.config.compose import model_choice, setup
     from recipe.errors import ConfigError
 
+    global _argv
+    _argv = sys.argv[1:]
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
     # Secrets are known, and both streams redact them, before Hydra prints or saves anything.
@@ -233,6 +261,8 @@ def _main() -> None:
         _precheck(sys.argv[1:])
     except ConfigError as exc:
         _fail(str(exc))
+    # +model=NAME as model=NAME, as the precheck composed it (see compose.model_choice)
+    sys.argv[1:] = model_choice(sys.argv[1:], _hydra_args(sys.argv[1:]).config_name or "config")
 
     @hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:

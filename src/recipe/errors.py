@@ -5,6 +5,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
 
     RecipeError
     ├── ConfigError                 a bad config, override or missing secret (user mistake)
+    │   └── StageParamsError        every bad parameter of one stage, each named
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
     │   └── SchemaError             an answer that is not valid under its schema (keeps the raw text)
@@ -19,8 +20,8 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
         │   ├── ContextWindowError
         │   └── UnsupportedParamError
         ├── RateLimitError           retryable
-        ├── TimeoutError             retryable
-        ├── ConnectionError          retryable
+        ├── RequestTimeoutError      retryable: no complete answer within backend.timeout
+        ├── EndpointConnectionError  retryable: the endpoint could not be reached or dropped the connection
         ├── ServerError              retryable (5xx)
         ├── MalformedResponseError   retryable
         ├── EmptyAnswerError         no text came back (retried only with on_truncated=retry)
@@ -44,6 +45,21 @@ class RecipeError(Exception):
 
 class ConfigError(RecipeError):
     """A bad config: printed as one line, never as a traceback."""
+
+
+class StageParamsError(ConfigError):
+    """A stage's parameters that break their declared types or rules: all of them, in one error.
+
+    ``problems`` holds ``(parameter, message)`` pairs, so a caller that builds many stages can
+    report every problem of every stage, each under its own key.
+    """
+
+    def __init__(self, stage: str, problems: list):
+        super().__init__(stage, [tuple(p) for p in problems])
+        self.stage, self.problems = stage, [tuple(p) for p in problems]
+
+    def __str__(self) -> str:
+        return f"stage {self.stage!r}: " + "; ".join(message for _, message in self.problems)
 
 
 class InputError(RecipeError):
@@ -123,11 +139,16 @@ class RateLimitError(LLMError):
     retryable = True
 
 
-class TimeoutError(LLMError):  # noqa: A001 - deliberately scoped to recipe.errors
+class RequestTimeoutError(LLMError):
+    """No complete answer within ``backend.timeout`` (named apart from the builtin ``TimeoutError``)."""
+
     retryable = True
 
 
-class ConnectionError(LLMError):  # noqa: A001
+class EndpointConnectionError(LLMError):
+    """The endpoint refused the connection, or dropped it before answering (named apart from the
+    builtin ``ConnectionError``)."""
+
     retryable = True
 
 
@@ -156,6 +177,16 @@ class TruncatedError(LLMError):
     def __init__(self, message: str, retry_after: float | None = None, retryable: bool = False):
         super().__init__(message, retry_after)
         self.retryable = retryable
+
+
+#: Former names of renamed classes, as error records and stats written before the rename hold them.
+FORMER_NAMES = {"TimeoutError": "RequestTimeoutError", "ConnectionError": "EndpointConnectionError"}
+
+
+def error_class(name: str) -> type | None:
+    """The package's error class called ``name`` (or formerly so), if there is one."""
+    cls = globals().get(FORMER_NAMES.get(name, name))
+    return cls if isinstance(cls, type) and issubclass(cls, RecipeError) else None
 
 
 _SECRET_PATTERNS = [

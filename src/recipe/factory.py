@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from recipe.config import defaults
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.errors import ConfigError
 
@@ -25,9 +26,9 @@ class ClientSpec:
     # A key by reference (an EnvKey: the variable's name) unless backend.ship_key=true: this spec
     # travels in task graphs, and each process resolves the key from its own environment.
     api_key: "str | EnvKey | None" = field(default=None, repr=False)
-    timeout: float = 120.0
-    num_retries: int = 5
-    max_concurrency: int = 16
+    timeout: float = defaults.TIMEOUT
+    num_retries: int = defaults.NUM_RETRIES
+    max_concurrency: int = defaults.MAX_CONCURRENCY
     rpm: float | None = None
     tpm: float | None = None
     context_length: int | None = None
@@ -41,7 +42,7 @@ class ClientSpec:
     budget: Any = None  # a recipe.services.budget.BudgetSpec, set by the runner for budget.* runs
     batch: bool = False  # backend.batch: through the provider's batch API (recipe.services.batch)
     batch_dir: str | None = None  # where batch ids are recorded: the run folder's batches/, set by the runner
-    batch_poll_seconds: float = 30.0
+    batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
     structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
     on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
@@ -57,13 +58,14 @@ class ClientSpec:
         cache = data.get("cache") or {}
         return cls(
             provider=backend["provider"], model=model["name"], api_base=backend.get("api_base"),
-            api_key=backend.get("api_key"), timeout=float(backend.get("timeout", 120)),
-            num_retries=int(backend.get("num_retries", 5)), max_concurrency=int(backend.get("max_concurrency", 16)),
+            api_key=backend.get("api_key"), timeout=float(backend.get("timeout", defaults.TIMEOUT)),
+            num_retries=int(backend.get("num_retries", defaults.NUM_RETRIES)),
+            max_concurrency=int(backend.get("max_concurrency", defaults.MAX_CONCURRENCY)),
             rpm=backend.get("rpm"), tpm=backend.get("tpm"), context_length=model.get("context_length"),
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
             cache_dir=cache.get("dir") if cache.get("enabled", True) else None,
-            batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", 30.0)),
+            batch=bool(backend.get("batch", False)), batch_poll_seconds=float(backend.get("batch_poll_seconds", defaults.BATCH_POLL_SECONDS)),
             cache_url=cache.get("url") if cache.get("enabled", True) else None,
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),

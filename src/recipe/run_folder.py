@@ -68,8 +68,8 @@ def is_transient(error_class: str) -> bool:
     """Whether a record that failed with ``error_class`` may succeed on a rerun (5xx, timeouts, 429s...)."""
     from recipe import errors
 
-    cls = getattr(errors, error_class, None)
-    return isinstance(cls, type) and issubclass(cls, errors.RecipeError) and cls.retryable
+    cls = errors.error_class(error_class)
+    return cls is not None and cls.retryable
 
 
 def commit_partition(directory: str, index: int, good_file: str | None, error_file: str | None,

@@ -81,8 +81,8 @@ def identity(cfg: Any) -> dict:
     if backend.get("api_base") or not backend.get("start_local_server"):
         endpoint = {k: backend.get(k) for k in _ENDPOINT_KEYS}
     else:  # the embedded llama.cpp server: its port changes every run, its model and context do not
-        endpoint = {"provider": backend.get("provider"), "local_model": backend.get("model_path"),
-                    "n_ctx": backend.get("n_ctx")}
+        # (its context is the model's context_length, below)
+        endpoint = {"provider": backend.get("provider"), "local_model": backend.get("model_path")}
     model = _section(config, "model") or {}
     recipe = _section(config, "recipe") or {}
     from recipe.services import storage

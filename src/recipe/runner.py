@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe import preflight
+from recipe.config import defaults
 from recipe.config.compose import check, resolved_container, setup
 from recipe.config.env_keys import resolved_by_reference
 from recipe.errors import ConfigError
@@ -150,7 +151,7 @@ def dask_context(dask_cfg: dict):
                 stack.enter_context(_quiet_distributed())
                 with _workers_ignore_ctrl_c():
                     cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
-                                           threads_per_worker=dask_cfg.get("threads_per_worker", 2),
+                                           threads_per_worker=dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER),
                                            processes=True, host="127.0.0.1", dashboard_address=None,
                                            silence_logs=logging.CRITICAL,
                                            # the scheduler's HTTP routes on a free loopback port, not
@@ -172,7 +173,7 @@ def dask_context(dask_cfg: dict):
 
         # The function, not the name "threads": for a name Dask imports distributed (~0.8 s of CPU
         # before the first request) to look for a Client that a threaded run never has.
-        with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", 4))):
+        with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))):
             yield None
 
 
@@ -476,6 +477,9 @@ def _run(cfg: Any, output_dir: str | None = None) -> RunSummary:
 
     stages = build_stages(data["recipe"], spec, output_dir,
                           target.partition_size(data.get("target"), data["dask"]["partition_size"]))
+    from recipe.stages import chain
+
+    chain.check(stages)  # a field a stage reads that nothing provides: refused before any request
     _mark_counting_stage(stages)
     from recipe.services import budget
 
@@ -535,7 +539,7 @@ def _run(cfg: Any, output_dir: str | None = None) -> RunSummary:
         notes.append(f"target.records not reached: {stats['target']['why_short']}")
     if stats["cache_errors"]:
         notes.append(stats["cache_error"])
-    if records + failed == 0:
+    if records + failed == 0 and not (stats.get("budget") or {}).get("reached"):  # not the input's fault
         notes.append("no records were produced: the input is empty" if data.get("input")
                      else "no records were produced")
     return RunSummary(output_dir=str(output_dir), records=records, failed=failed, stats=stats, notes=notes)
@@ -584,7 +588,8 @@ def _compute(stages, plan, folder, config_hash, retry_failed, data, backend, spe
         if backend.get("start_local_server") and not backend.get("api_base"):
             from recipe.services.llamacpp_server import LlamaCppServer
 
-            server = stack.enter_context(LlamaCppServer(backend.get("model_path"), n_ctx=backend.get("n_ctx", 2048),
+            server = stack.enter_context(LlamaCppServer(backend.get("model_path"),
+                                                        n_ctx=spec.context_length or defaults.LOCAL_CONTEXT_LENGTH,
                                                         alias=spec.model))
             local = spec.with_overrides(api_base=server.base_url,
                                         endpoint_id=f"llamacpp://{Path(server.model_path).name}")

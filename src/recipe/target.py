@@ -8,6 +8,13 @@ file) run whole rounds instead, each with the sampling seed shifted by the round
 requests, new cache keys) and its own part numbers, until N are accepted or
 ``target.max_rounds`` is reached.
 
+A stage whose output for one partition depends on others (``whole_bag``: the dedup stage, which
+keeps the first occurrence in input order) would pull the whole input into every wave. Each
+wave is then built over the input's prefix up to its last partition instead: keeping the first
+occurrence depends only on earlier records, so a committed partition stays right as the prefix
+grows, and the earlier partitions' answers come from the request cache (no request is paid twice).
+Seed rounds do the same over the rounds: round ``r`` is deduplicated against rounds ``0..r-1``.
+
 Once the committed partitions hold N records, the output is trimmed in part order: the
 partition where the count reaches N keeps its first records, later partitions are removed.
 Their answers stay in the request cache, so a rerun (with the same or a larger N) is free where
@@ -20,6 +27,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+from recipe.config import defaults
 from recipe.errors import ConfigError
 from recipe.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, part_name
 
@@ -87,11 +95,13 @@ class TargetRun:
 
     # ---- graphs ---------------------------------------------------------------------------
 
-    def _pipeline(self, stages: list):
+    def _pipeline(self, stages: list, upto: int | None = None):
+        """The recipe's bag before its write stage; over the plan's first ``upto`` partitions if given."""
         from recipe.stages.read import ReadStage
 
         first, *middle, _ = stages
-        bag = first.read(self.plan) if isinstance(first, ReadStage) and self.plan is not None else first(None)
+        plan = self.plan if upto is None or self.plan is None else self.plan[:upto]
+        bag = first.read(plan) if isinstance(first, ReadStage) and plan is not None else first(None)
         for stage in middle:
             bag = stage(bag)
         return bag
@@ -115,6 +125,7 @@ class TargetRun:
         bag = self._pipeline(self.stages)
         total = bag.npartitions
         size = self.parallel
+        prefix = self.plan is not None and any(getattr(s, "whole_bag", False) for s in self.stages)
         while True:
             done = self.committed()
             have = sum(m.get("records", 0) for i, m in done.items() if i < total)
@@ -132,12 +143,27 @@ class TargetRun:
             elif used:
                 size = 2 * size  # nothing accepted yet: widen
             wave = missing[:size]
+            if prefix:  # a whole-bag stage: only the input up to the wave's last partition, not all of it
+                bag = self._pipeline(self.stages, upto=wave[-1] + 1)
             self.compute([write.write(bag, only=wave, config_hash=self.config_hash, sources=self.plan)])
             self.rounds += 1
+
+    def _rounds_upto(self, number: int, whole: int):
+        """Rounds 0..``number`` as one bag up to the stage ``whole`` (which spans partitions), then
+        that stage and the rest with round ``number``'s sampling: part ``r * per_round + p`` is
+        round ``r``'s partition ``p``, so the dedup keeps the first occurrence in round order."""
+        import dask.bag as db
+
+        write = self.stages[-1]
+        bag = db.concat([self._pipeline(round_stages(self.stages, r)[:whole] + [write]) for r in range(number + 1)])
+        for stage in round_stages(self.stages, number)[whole:-1]:
+            bag = stage(bag)
+        return bag
 
     def _rounds(self) -> str | None:
         write = self.stages[-1]
         per_round = self._pipeline(self.stages).npartitions
+        whole = next((i for i, s in enumerate(self.stages) if getattr(s, "whole_bag", False)), None)
         started = 0
         while True:
             done = self.committed()
@@ -156,8 +182,13 @@ class TargetRun:
             batch = pending[:count]
             bags = []
             for number in batch:
-                bag = self._pipeline(round_stages(self.stages, number))
                 todo = [p for p in range(per_round) if number * per_round + p not in done]
+                if whole is not None:  # the rounds so far, one bag, so the dedup spans them (earlier ones cached)
+                    bag = self._rounds_upto(number, whole)
+                    bags.append(write.write(bag, only=[number * per_round + p for p in todo], config_hash=self.config_hash,
+                                            sources=[[ROUND_FIELD, r] for r in range(number + 1) for _ in range(per_round)]))
+                    continue
+                bag = self._pipeline(round_stages(self.stages, number))
                 bags.append(write.write(bag, only=todo, config_hash=self.config_hash,
                                         sources=[[ROUND_FIELD, number]] * per_round, part_offset=number * per_round))
             self.compute(bags)
@@ -233,8 +264,8 @@ def finish_report(report: dict, stats: dict) -> dict:
 def parallelism(dask_cfg: dict) -> int:
     """Partitions a wave should hold at least, to keep every worker busy."""
     if dask_cfg.get("n_workers", 0) > 0:
-        return int(dask_cfg["n_workers"]) * int(dask_cfg.get("threads_per_worker", 2))
-    return max(4, int(dask_cfg.get("threads_per_worker", 4)))
+        return int(dask_cfg["n_workers"]) * int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))
+    return max(4, int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER)))
 
 
 def run_target(data: dict, stages: list, plan: list | None, folder, config_hash: str, client: Any,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -20,14 +21,17 @@ def _input_or_sample(name: str, *, _root_: Any) -> str:
     return str(given) if given else paths.sample_path(name)
 
 
-def _list_schema(mode: str, n: Any, max_length: int = 200) -> dict | None:
+def _list_schema(mode: str, n: Any, max_length: int = 200) -> DictConfig | None:
     """``${list_schema:${recipe.list_mode},N}``: a generating stage's list schema, only when
-    ``list_mode`` is ``structured`` (direct and yaml keep NeMo Curator's free-text lists)."""
+    ``list_mode`` is ``structured`` (direct and yaml keep NeMo Curator's free-text lists).
+
+    A config node, not a dict: ``OmegaConf.resolve`` (``--cfg job --resolve``) writes the value
+    back into the tree, which takes no plain dict."""
     if mode != "structured":
         return None
     from recipe.services.structured_output import list_schema
 
-    return list_schema(int(n) if n not in (None, "") else None, max_length=int(max_length))
+    return OmegaConf.create(list_schema(int(n) if n not in (None, "") else None, max_length=int(max_length)))
 
 
 def setup() -> None:
@@ -49,8 +53,9 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
             config_dirs: Sequence[str] = ()) -> DictConfig:
     """The composed, validated config for ``overrides``, as ``python -m recipe`` would see it.
 
-    ``config_dirs`` are extra config dirs searched as Hydra's ``--config-dir`` would be; a user's
-    own dir can also come in as the override ``hydra.searchpath=[file:///abs/dir]``.
+    ``config_dirs`` are extra config dirs searched as Hydra's ``--config-dir`` would be (after the
+    shipped configs); a user's own dir can also come in as the override
+    ``hydra.searchpath=[file:///abs/dir]``. ``+model=NAME`` and ``model=NAME`` are the same choice.
 
     Does not change the working directory, writes nothing and leaves Hydra's global state as it
     found it (so it can be called inside a ``@hydra.main`` app). ``output_dir`` stays null unless
@@ -58,38 +63,80 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
     ``${oc.env:...}`` keys are not resolved here.
     """
     from hydra import compose as hydra_compose
-    from hydra import version
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.singleton import Singleton
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     setup()
-    saved = Singleton._instances.pop(GlobalHydra, None)
     try:
-        version.setbase("1.3")
-        search_path = create_config_search_path(str(paths.config_dir()))
-        for extra in config_dirs:
-            extra = os.path.abspath(os.path.expanduser(str(extra)))
-            if not os.path.isdir(extra):
-                raise ConfigError(f"config directory not found: {extra}")
-            search_path.prepend(provider="command-line", path=f"file://{extra}",
-                                anchor=SearchPathQuery(provider="schema"))
-        Hydra.create_main_hydra2(task_name="recipe", config_search_path=search_path)
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        overrides = _with_config_dirs(model_choice(overrides, config_name), config_dirs)
+        with _outside_any_app(), initialize_config_dir(config_dir=str(paths.config_dir()), job_name="recipe",
+                                                       version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except ConfigError:
+        raise
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(one_line(exc)) from None
+    except ValueError as exc:  # Hydra's own for `group=null` ("Config group override must be ...")
+        nulls = [o for o in overrides if o.partition("=")[2].strip() == "null"]
+        raise ConfigError(f"{', '.join(nulls)}: {one_line(exc)}" if nulls else one_line(exc)) from None
     except yaml.YAMLError as exc:  # a syntax error in a config file (often a user's --config-dir)
         raise ConfigError(yaml_error_line(exc)) from None
-    finally:
-        Singleton._instances.pop(GlobalHydra, None)
-        if saved is not None:
-            Singleton._instances[GlobalHydra] = saved
     check(cfg)
     return cfg
+
+
+def model_choice(overrides: Sequence[str], config_name: str = "config") -> list[str]:
+    """``+model=NAME`` written as ``model=NAME``, so that both forms choose a model option.
+
+    The shipped primary config lists ``model: null`` in its defaults, which makes ``model=NAME``
+    work, but Hydra (1.3) refuses ``+model=NAME`` then ("Multiple values for model"), and
+    ``+model=NAME`` is the form the README has always documented. A user's own primary config
+    (``--config-name``) may lack the group, so its overrides are left as they are.
+    """
+    if config_name != "config":
+        return list(overrides)
+    return [str(o)[1:] if str(o).startswith("+model=") else str(o) for o in overrides]
+
+
+def _with_config_dirs(overrides: list[str], config_dirs: Sequence[str]) -> list[str]:
+    """``config_dirs`` as entries of ``hydra.searchpath`` (Hydra's public way to add config dirs),
+    before any the overrides already give."""
+    if not config_dirs:
+        return overrides
+    entries = []
+    for extra in config_dirs:
+        extra = os.path.abspath(os.path.expanduser(str(extra)))
+        if not os.path.isdir(extra):
+            raise ConfigError(f"config directory not found: {extra}")
+        entries.append(f"file://{extra}")
+    rest = []
+    for override in overrides:
+        if override.split("=", 1)[0].lstrip("+") == "hydra.searchpath":
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            given = OverridesParser.create().parse_override(override).value()
+            entries += [str(v) for v in (given if isinstance(given, list) else [given])]
+        else:
+            rest.append(override)
+    quoted = ",".join("'" + e.replace("'", "\\'") + "'" for e in entries)  # Hydra's quoted strings
+    return [*rest, f"hydra.searchpath=[{quoted}]"]
+
+
+@contextmanager
+def _outside_any_app() -> Iterator[None]:
+    """Compose beside a running ``@hydra.main`` app: Hydra allows one initialized instance, so the
+    app's is set aside (public GlobalHydra methods) and put back afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)
 
 
 def check(cfg: Any) -> None:

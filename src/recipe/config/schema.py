@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from recipe.config import defaults
+
 TRUNCATION_POLICIES = ("keep", "error", "retry")
 
 
@@ -39,18 +41,18 @@ class BackendConfig:
     # false: task graphs carry the key's variable name and workers read their own environment;
     # true: the driver's key travels with the tasks (for workers that lack the variable).
     ship_key: bool = False
-    timeout: float = 120.0
-    num_retries: int = 5
-    max_concurrency: int = 16
+    timeout: float = defaults.TIMEOUT
+    num_retries: int = defaults.NUM_RETRIES
+    max_concurrency: int = defaults.MAX_CONCURRENCY
     rpm: Optional[float] = None
     tpm: Optional[float] = None
     # llamacpp only: start the embedded server for the run when api_base is null.
     start_local_server: bool = False
     model_path: Optional[str] = None
-    n_ctx: int = 2048
+    n_ctx: Optional[int] = None  # removed: the server starts with model.context_length (see REPLACED_KEYS)
     # The provider's batch API (OpenAI-compatible): about half the price, answers within the window.
     batch: bool = False
-    batch_poll_seconds: float = 30.0
+    batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
     # How the server takes a JSON Schema (services/structured_output.py DIALECTS): openai, vllm,
     # nim, ollama, llamacpp or none; null: the provider's own.
     structured_output: Optional[str] = None
@@ -82,7 +84,7 @@ class SamplingConfig:
 class DaskConfig:
     address: Optional[str] = None  # an existing scheduler; null for a local one
     n_workers: int = 0  # 0: threads in this process; >0: a LocalCluster of worker processes
-    threads_per_worker: int = 2
+    threads_per_worker: int = defaults.THREADS_PER_WORKER
     partition_size: int = 256  # records per partition when reading
     dashboard: bool = False  # serve Dask's dashboard (LocalCluster, 127.0.0.1) and print its address
 
@@ -243,6 +245,9 @@ def sampling_problems(sampling: Any, where: str) -> list[str]:
     return problems
 
 
+# Keys that said again what another key says: setting one is an error naming its replacement.
+REPLACED_KEYS = {("backend", "n_ctx"): "model.context_length"}
+
 _SECTIONS = {"model": ModelConfig, "backend": BackendConfig, "formatter": FormatterConfig,
              "sampling": SamplingConfig, "dask": DaskConfig, "cache": CacheConfig,
              "budget": BudgetConfig, "target": TargetConfig, "hub": HubConfig}
@@ -262,6 +267,10 @@ def unknown_keys(cfg: Any) -> list[str]:
             continue
         known = {f.name for f in fields(cls)}
         for key in node.keys():
-            if key not in known:
+            replacement = REPLACED_KEYS.get((section, key))
+            if replacement is not None and node.get(key) is not None:
+                problems.append(f"{section}.{key}: no longer taken; set {replacement} instead (the one place "
+                                "a model's context is given; the embedded server starts with it)")
+            elif key not in known:
                 problems.append(f"{section}.{key}: unknown key ({section} takes: {', '.join(sorted(known))})")
     return problems

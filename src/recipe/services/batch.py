@@ -13,6 +13,15 @@ custom ids, finds them in a recorded batch and polls that batch: nothing is subm
 Lines that failed, or whose batch failed or expired, are submitted again in a new batch (up to
 ``num_retries`` times); answered lines are never sent again and go into the request cache like
 any other answer. Batch states are counted per process for the progress bar.
+
+Anthropic (``backend.provider=anthropic``) has its own Message Batches API: the requests go
+inline in one ``POST /v1/messages/batches`` (``custom_id`` + Messages ``params`` per request),
+the batch is polled at ``GET /v1/messages/batches/{id}`` until ``processing_status`` is
+``ended``, and the results are JSONL at its ``results_url``. :class:`AnthropicWire` speaks it
+with httpx: litellm 1.110 builds no Anthropic batch (its ``transform_create_batch_request``
+raises ``NotImplementedError``) and its results reader ignores ``results_url``. litellm still
+builds each request's ``params`` (the provider configuration, as on the lean path) and prices
+the answers at ``input/output_cost_per_token_batches`` (half the online price).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -30,6 +40,9 @@ from recipe import errors
 
 MAX_LINES = 50_000  # OpenAI's limits per batch: lines and input file bytes
 MAX_BYTES = 190 * 1024 * 1024
+ANTHROPIC_MAX_LINES = 100_000  # Anthropic's limits per Message Batch: requests and bytes
+ANTHROPIC_MAX_BYTES = 256 * 1000 * 1000
+ANTHROPIC_ENDPOINT = "/v1/messages"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _WIRE_ONLY = ("api_base", "api_key", "timeout", "max_retries", "allowed_openai_params", "extra_body", "stream")
 
@@ -118,22 +131,49 @@ class BatchCollector:
         self._pending: dict[str, dict] = {}  # custom id -> {"body", "endpoint", "futures", "route", "ticket"}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()  # every partition's coroutines share the process's one loop
+        self._anthropic: AnthropicWire | None = None
+        self._anthropic_routes: dict[str, Any] = {}  # model -> lean_http.LeanRoute, which builds the params
 
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
         """The provider's response body (a chat.completion or text_completion dict) for one request."""
-        body = line_body(model, payload)
+        if route == "anthropic":  # the Messages API body, built by litellm's provider configuration
+            try:
+                body = self._anthropic_route(model).build(payload)
+                body.pop("json_mode", None)  # litellm's own flag for reading the answer, never on Anthropic's wire
+            except Exception as exc:  # e.g. n or seed, which Anthropic does not take: refused as online
+                from recipe.services.error_mapping import translate
+
+                raise translate(exc, provider=self.client.provider, secrets=(self.client._api_key,)) from None
+            endpoint = ANTHROPIC_ENDPOINT
+        else:
+            body = line_body(model, payload)
+            endpoint = "/v1/completions" if text else "/v1/chat/completions"
         cid = custom_id({"route": route, "body": body})
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         entry = self._pending.get(cid)
         if entry is None:
-            entry = self._pending[cid] = {"body": body, "route": route, "futures": [],
-                                          "endpoint": "/v1/completions" if text else "/v1/chat/completions"}
+            entry = self._pending[cid] = {"body": body, "route": route, "futures": [], "endpoint": endpoint}
         entry["futures"].append(future)
         if self._timer is not None:
             self._timer.cancel()
         self._timer = loop.call_later(self.quiet_seconds, self._flush)
         return await future
+
+    def _anthropic_route(self, model: str):
+        from recipe.services.lean_http import LeanRoute
+
+        if model not in self._anthropic_routes:
+            self._anthropic_routes[model] = LeanRoute("anthropic", model)
+        return self._anthropic_routes[model]
+
+    def _wire(self, endpoint: str):
+        """Who speaks to the provider's batch API for lines of ``endpoint``."""
+        if endpoint == ANTHROPIC_ENDPOINT:
+            if self._anthropic is None:
+                self._anthropic = AnthropicWire(self.client, self.poll_seconds)
+            return self._anthropic
+        return OpenAIWire(self)
 
     def _flush(self) -> None:
         pending, self._pending, self._timer = self._pending, {}, None
@@ -200,45 +240,21 @@ class BatchCollector:
 
     async def _create(self, group: list[tuple[str, dict]], resubmitted: bool) -> str:
         endpoint = group[0][1]["endpoint"]
-        data = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": entry["body"]}) + "\n"
-                       for cid, entry in group).encode()
-        upload = await self._call("acreate_file", file=("batch.jsonl", data), purpose="batch")
-        batch = await self._call("acreate_batch", input_file_id=upload.id, endpoint=endpoint,
-                                 completion_window=self.completion_window)
-        self.records.save({"id": batch.id, "input_file_id": upload.id, "status": batch.status, "created": time.time(),
+        batch_id, status, extra = await self._wire(endpoint).create(group, endpoint)
+        self.records.save({"id": batch_id, **extra, "status": status, "created": time.time(),
                            "endpoint": endpoint, "custom_ids": [cid for cid, _ in group]})
-        _note(batch.id, batch.status)
+        _note(batch_id, status)
         _count("batches")
         _count("lines", len(group))
         self.client.stats.count("requests", len(group))
         if resubmitted:
             _count("resubmitted_lines", len(group))
-        return batch.id
+        return batch_id
 
     async def _wait(self, batch_id: str, cids: list[str], pending: dict[str, dict]) -> dict[str, str]:
         """Poll until the batch ends; resolve its answered lines; return the others with why."""
-        while True:
-            batch = await self._call("aretrieve_batch", batch_id=batch_id)
-            _note(batch_id, batch.status)
-            if batch.status in TERMINAL:
-                break
-            await asyncio.sleep(self.poll_seconds)
-        self._update_record(batch_id, batch.status)
-        answered: dict[str, dict] = {}
-        reasons: dict[str, str] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await self._call("afile_content", file_id=file_id)
-            for raw in content.content.decode("utf-8").splitlines():
-                if not raw.strip():
-                    continue
-                line = json.loads(raw)
-                response = line.get("response") or {}
-                if response.get("status_code") == 200:
-                    answered[line["custom_id"]] = response.get("body") or {}
-                else:
-                    reasons[line["custom_id"]] = json.dumps(line.get("error") or response.get("body") or {})[:200]
+        status, answered, reasons = await self._wire(pending[cids[0]]["endpoint"]).finish(batch_id)
+        self._update_record(batch_id, status)
         unanswered: dict[str, str] = {}
         for cid in cids:
             entry = pending[cid]
@@ -247,7 +263,7 @@ class BatchCollector:
                     if not future.done():
                         future.set_result(answered[cid])
             else:
-                unanswered[cid] = reasons.get(cid, f"batch {batch_id} {batch.status}")
+                unanswered[cid] = reasons.get(cid, f"batch {batch_id} {status}")
         return unanswered
 
     def _update_record(self, batch_id: str, status: str) -> None:
@@ -258,6 +274,139 @@ class BatchCollector:
             return
         if record.get("status") != status:
             self.records.save({**record, "status": status})
+
+
+class OpenAIWire:
+    """OpenAI's (and OpenAI-compatible) Files and Batches API, through litellm's functions."""
+
+    def __init__(self, collector: BatchCollector) -> None:
+        self.collector = collector
+
+    async def create(self, group: list[tuple[str, dict]], endpoint: str) -> tuple[str, str, dict]:
+        call = self.collector._call
+        data = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": entry["body"]}) + "\n"
+                       for cid, entry in group).encode()
+        upload = await call("acreate_file", file=("batch.jsonl", data), purpose="batch")
+        batch = await call("acreate_batch", input_file_id=upload.id, endpoint=endpoint,
+                           completion_window=self.collector.completion_window)
+        return batch.id, batch.status, {"input_file_id": upload.id}
+
+    async def finish(self, batch_id: str) -> tuple[str, dict[str, dict], dict[str, str]]:
+        """The batch's final status, its answered lines (custom id -> response body) and why others failed."""
+        call = self.collector._call
+        while True:
+            batch = await call("aretrieve_batch", batch_id=batch_id)
+            _note(batch_id, batch.status)
+            if batch.status in TERMINAL:
+                break
+            await asyncio.sleep(self.collector.poll_seconds)
+        answered: dict[str, dict] = {}
+        reasons: dict[str, str] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            content = await call("afile_content", file_id=file_id)
+            for raw in content.content.decode("utf-8").splitlines():
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                response = line.get("response") or {}
+                if response.get("status_code") == 200:
+                    answered[line["custom_id"]] = response.get("body") or {}
+                else:
+                    reasons[line["custom_id"]] = json.dumps(line.get("error") or response.get("body") or {})[:200]
+        return batch.status, answered, reasons
+
+
+_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def openai_answer(message: dict) -> dict:
+    """An Anthropic message as the chat.completion fields the client reads (its texts, finish
+    reason and usage), as the lean path reads plain JSON rather than litellm's objects."""
+    blocks = message.get("content") or ()
+    text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
+    if not text:  # structured output through litellm's forced tool (models without output_format)
+        text = next((json.dumps(block.get("input")) for block in blocks
+                     if block.get("type") == "tool_use" and block.get("name") == "json_tool_call"), "")
+    usage = message.get("usage") or {}
+    return {"id": message.get("id"), "object": "chat.completion", "model": message.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": _ANTHROPIC_FINISH.get(message.get("stop_reason"), "stop")}],
+            "usage": {"prompt_tokens": int(usage.get("input_tokens") or 0),
+                      "completion_tokens": int(usage.get("output_tokens") or 0)}}
+
+
+class AnthropicWire:
+    """Anthropic's Message Batches API over httpx (litellm cannot create one: see the module's docstring)."""
+
+    VERSION = "2023-06-01"
+    STRUCTURED_BETA = "structured-outputs-2025-11-13"  # the header litellm sends online with output_format
+
+    def __init__(self, client: Any, poll_seconds: float) -> None:
+        endpoint = client._endpoint_kwargs("anthropic")
+        base = (endpoint.get("api_base") or os.environ.get("ANTHROPIC_API_BASE") or "https://api.anthropic.com")
+        self.base = base.rstrip("/").removesuffix("/v1")
+        self.key = endpoint.get("api_key") or os.environ.get("ANTHROPIC_API_KEY")
+        self.timeout = float(endpoint.get("timeout") or 120)
+        self.poll_seconds = poll_seconds
+        self.secrets = tuple(k for k in (self.key,) if k)
+
+    async def _http(self, method: str, url: str, beta: str | None = None, **kwargs: Any) -> Any:
+        import httpx
+
+        headers = {"anthropic-version": self.VERSION, "content-type": "application/json"}
+        if beta:
+            headers["anthropic-beta"] = beta
+        if self.key:
+            headers["x-api-key"] = self.key
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as http:
+                response = await http.request(method, url, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.ConnectionError(f"anthropic batch API: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            cls = errors.AuthenticationError if response.status_code in (401, 403) else \
+                errors.RateLimitError if response.status_code == 429 else \
+                errors.BadRequestError if response.status_code < 500 else errors.ServerError
+            raise cls(f"anthropic batch API: {method} {url.removeprefix(self.base)}: {response.status_code} {message}")
+        return response
+
+    async def create(self, group: list[tuple[str, dict]], endpoint: str) -> tuple[str, str, dict]:
+        requests = [{"custom_id": cid, "params": entry["body"]} for cid, entry in group]
+        # structured output (a schema as output_format) is a beta: its header goes on the batch's request
+        beta = self.STRUCTURED_BETA if any("output_format" in r["params"] for r in requests) else None
+        batch = (await self._http("POST", f"{self.base}/v1/messages/batches", beta=beta,
+                                  json={"requests": requests})).json()
+        return batch["id"], batch["processing_status"], {}
+
+    async def finish(self, batch_id: str) -> tuple[str, dict[str, dict], dict[str, str]]:
+        while True:
+            batch = (await self._http("GET", f"{self.base}/v1/messages/batches/{batch_id}")).json()
+            _note(batch_id, batch["processing_status"])
+            if batch["processing_status"] == "ended":
+                break
+            await asyncio.sleep(self.poll_seconds)
+        answered: dict[str, dict] = {}
+        reasons: dict[str, str] = {}
+        if batch.get("results_url"):
+            text = (await self._http("GET", batch["results_url"])).text
+            for raw in text.splitlines():
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                result = line.get("result") or {}
+                if result.get("type") == "succeeded":
+                    answered[line["custom_id"]] = openai_answer(result.get("message") or {})
+                else:
+                    reasons[line["custom_id"]] = json.dumps(result)[:200]
+        return "completed", answered, reasons
 
 
 def _split(lines: list[tuple[str, dict]]) -> list[list[tuple[str, dict]]]:
@@ -271,7 +420,9 @@ def _split(lines: list[tuple[str, dict]]) -> list[list[tuple[str, dict]]]:
         size = 0
         for cid, entry in items:
             line_size = len(json.dumps(entry["body"])) + 128
-            if group and (len(group) >= MAX_LINES or size + line_size > MAX_BYTES):
+            most, most_bytes = (ANTHROPIC_MAX_LINES, ANTHROPIC_MAX_BYTES) if entry["endpoint"] == ANTHROPIC_ENDPOINT \
+                else (MAX_LINES, MAX_BYTES)
+            if group and (len(group) >= most or size + line_size > most_bytes):
                 groups.append(group)
                 group, size = [], 0
             group.append((cid, entry))

@@ -14,7 +14,6 @@ this (litellm's ``max_budget`` is a per-process soft limit checked after the fac
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,15 +63,6 @@ def max_output_tokens(provider: str, model: str, context_length: int | None) -> 
     """The longest answer a request without ``max_tokens`` can get, for its worst-case reservation."""
     entry = _price_entry(provider, model) or {}
     return int(entry.get("max_output_tokens") or entry.get("max_tokens") or context_length or DEFAULT_MAX_OUTPUT)
-
-
-def estimate_prompt_tokens(body: Any) -> int:
-    """Prompt tokens of a chat or text body: ~4 characters a token plus 4 per message (the
-    project's one estimate, see the context check); the real count settles the reservation."""
-    if isinstance(body, list):
-        chars = sum(len(str(m.get("content", "")) if isinstance(m, dict) else str(m)) for m in body)
-        return math.ceil(chars / 4) + 4 * len(body)
-    return math.ceil(len(str(body or "")) / 4)
 
 
 class BudgetLedger:

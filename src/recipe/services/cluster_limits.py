@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from recipe.services.limits import AdjustableGate, GatedLimiter, LocalLimiter, Pacer
+from recipe.services.limits import AdjustableGate, GatedLimiter, LocalLimiter, OneDecreasePerRoundTrip, Pacer
 
 log = logging.getLogger(__name__)
 HANDLER = "recipe_limits"
@@ -90,7 +90,7 @@ class ClusterLimiter(GatedLimiter):
         self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
         self._successes = 0
         self._paused_until = 0.0
-        self._last_decrease = -1e18
+        self._decreases = OneDecreasePerRoundTrip()
         self._ready_event: asyncio.Event | None = None
         self._refresher: asyncio.Task | None = None
         self._disabled = False
@@ -143,10 +143,8 @@ class ClusterLimiter(GatedLimiter):
         self._successes += 1
 
     def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None:
-        now = time.monotonic()
-        if started_at is not None and started_at < self._last_decrease:
-            return  # answers for a limit already lowered (see Pacer): one decrease per round trip
-        self._last_decrease = now
+        if not self._decreases.allows(time.monotonic(), started_at):
+            return  # answers for a limit already lowered
         self.gate.resize(self.gate.capacity // 2)  # act at once; the scheduler's answer follows
         if retry_after:
             self._paused_until = max(self._paused_until, time.monotonic() + retry_after)

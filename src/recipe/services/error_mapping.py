@@ -19,8 +19,8 @@ _LITELLM_TABLE: list[tuple[str, type[errors.LLMError]]] = [
     ("AuthenticationError", errors.AuthenticationError),
     ("PermissionDeniedError", errors.AuthenticationError),
     ("RateLimitError", errors.RateLimitError),
-    ("Timeout", errors.TimeoutError),
-    ("APIConnectionError", errors.ConnectionError),
+    ("Timeout", errors.RequestTimeoutError),
+    ("APIConnectionError", errors.EndpointConnectionError),
     ("APIResponseValidationError", errors.MalformedResponseError),
     ("ServiceUnavailableError", errors.ServerError),
     ("BadGatewayError", errors.ServerError),
@@ -79,17 +79,19 @@ def translate(exc: BaseException, *, provider: str, secrets: tuple[str | None, .
             break
     if target is None:
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-            target = errors.TimeoutError
+            target = errors.RequestTimeoutError
         elif isinstance(exc, (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError)):
             target = errors.MalformedResponseError
         elif isinstance(exc, OSError):
-            target = errors.ConnectionError
+            target = errors.EndpointConnectionError
     status = getattr(exc, "status_code", None)
-    if target in (None, errors.ServerError, errors.BadRequestError) or (target is errors.LLMError):
+    # litellm's generic classes say little: the message says more (its ollama route, for one,
+    # reports a reply cut short as APIConnectionError)
+    if target in (None, errors.ServerError, errors.BadRequestError, errors.EndpointConnectionError):
         if any(h in lowered for h in _MISSING_KEY_HINTS):
             target = errors.AuthenticationError
         elif any(h in lowered for h in _CONNECTION_HINTS) and status in (None, 500):
-            target = errors.ConnectionError
+            target = errors.EndpointConnectionError
         elif any(h in lowered for h in _MALFORMED_HINTS) and target is not errors.BadRequestError:
             target = errors.MalformedResponseError
     if status in (401, 403) and target is not errors.RateLimitError:

@@ -202,15 +202,21 @@ class ChatTemplateFormatter(ConversationFormatter):
     """Render a conversation with a Hugging Face Jinja chat template.
 
     Renders exactly as ``tokenizer.apply_chat_template(..., tokenize=False)`` would, so a
-    completions-only server receives the prompt the model was trained on.
+    completions-only server receives the prompt the model was trained on. Without a template it
+    is SmolLM2's (the embedded model's), with SmolLM2's tokens where none are given: this module
+    holds that template once, and ``conf/formatter/chat_template.yaml`` only names this class.
     """
 
-    chat_template: str = field(repr=False)
+    chat_template: str | None = field(default=None, repr=False)
     bos_token: str = ""
     eos_token: str = ""
     add_generation_prompt: bool = True
 
     def __post_init__(self) -> None:
+        if self.chat_template is None:
+            self.chat_template = SMOLLM2_CHAT_TEMPLATE
+            self.bos_token = self.bos_token or SMOLLM2_BOS_TOKEN
+            self.eos_token = self.eos_token or SMOLLM2_EOS_TOKEN
         if not isinstance(self.chat_template, str) or not self.chat_template.strip():
             raise ConfigError("chat_template must be a non-empty Jinja template string")
         try:
@@ -264,9 +270,4 @@ class ChatTemplateFormatter(ConversationFormatter):
     @classmethod
     def smollm2(cls, add_generation_prompt: bool = True) -> ChatTemplateFormatter:
         """SmolLM2-Instruct's ChatML template: the package's embedded default model."""
-        return cls(
-            chat_template=SMOLLM2_CHAT_TEMPLATE,
-            bos_token=SMOLLM2_BOS_TOKEN,
-            eos_token=SMOLLM2_EOS_TOKEN,
-            add_generation_prompt=add_generation_prompt,
-        )
+        return cls(add_generation_prompt=add_generation_prompt)

@@ -203,7 +203,7 @@ class LeanRoute:
     def _mapped(self, exc: BaseException) -> BaseException:
         """litellm's exception for ``exc``, as ``acompletion`` would raise it (one table maps it next)."""
         if isinstance(exc, asyncio.TimeoutError):
-            return exc  # error_mapping: TimeoutError
+            return exc  # error_mapping: RequestTimeoutError
         try:
             mapped = self._litellm.exception_type(model=self.model, original_exception=exc,
                                                   custom_llm_provider=self.route)

@@ -13,6 +13,8 @@ from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Protocol
 
+from recipe.config import defaults
+
 
 class Limiter(Protocol):
     """What the async client asks before and tells after every attempt."""
@@ -24,13 +26,30 @@ class Limiter(Protocol):
     def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None: ...
 
 
+class OneDecreasePerRoundTrip:
+    """Like TCP, one decrease per round trip: a 429 lowers a limit only if its request started
+    after the last decrease (the requests already in flight answer for the old limit); without a
+    start time, at most once per ``interval`` seconds. Used by :class:`Pacer` (a process's or the
+    scheduler's limit) and by the cluster limiter's local share."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self._last = -1e18
+
+    def allows(self, now: float, started_at: float | None = None) -> bool:
+        """Whether a 429 seen at ``now`` (its request sent at ``started_at``) may lower the limit;
+        if so, it counts as the decrease."""
+        fresh = started_at >= self._last if started_at is not None else now - self._last >= self.interval
+        if fresh:
+            self._last = now
+        return fresh
+
+
 class Pacer:
     """Decides when the next request may start.
 
     - Concurrency follows AIMD: +1 per ``limit`` successes, halved on a 429, never above
-      ``max_concurrency`` nor below 1. Like TCP, one decrease per round trip: a 429 halves the
-      limit only if its request started after the last decrease (the requests already in flight
-      answer for the old limit); without a start time, at most once per ``decrease_interval``.
+      ``max_concurrency`` nor below 1, at most once per round trip (:class:`OneDecreasePerRoundTrip`).
     - ``rpm`` and ``tpm`` are paced with GCRA (a virtual schedule): each request reserves the
       next free start time, so the rate is smooth rather than bursty at minute boundaries.
     - A 429's ``Retry-After`` pauses every new start until it has passed.
@@ -42,11 +61,10 @@ class Pacer:
         self.limit = float(self.max_concurrency)
         self.rpm = rpm or None
         self.tpm = tpm or None
-        self.decrease_interval = decrease_interval
+        self._decreases = OneDecreasePerRoundTrip(decrease_interval)
         self._next_request_at = 0.0
         self._next_token_at = 0.0
         self._paused_until = 0.0
-        self._last_decrease = -1e18
 
     @property
     def concurrency(self) -> int:
@@ -67,11 +85,8 @@ class Pacer:
         self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
 
     def rate_limited(self, retry_after: float | None, now: float, started_at: float | None = None) -> None:
-        fresh = (started_at >= self._last_decrease if started_at is not None
-                 else now - self._last_decrease >= self.decrease_interval)
-        if fresh:
+        if self._decreases.allows(now, started_at):
             self.limit = max(1.0, self.limit / 2.0)
-            self._last_decrease = now
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
 
@@ -149,7 +164,7 @@ class GatedLimiter:
 class LocalLimiter(GatedLimiter):
     """A :class:`Pacer` for one process, enforced on its event loop."""
 
-    def __init__(self, max_concurrency: int = 64, rpm: float | None = None, tpm: float | None = None,
+    def __init__(self, max_concurrency: int = defaults.MAX_CONCURRENCY, rpm: float | None = None, tpm: float | None = None,
                  stats=None):
         self.pacer = Pacer(max_concurrency, rpm, tpm)
         self.stats = stats

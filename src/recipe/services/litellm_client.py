@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from recipe import errors
+from recipe.config import defaults
 from recipe.services.conversation_formatter import ConversationFormatter
 from recipe.services.error_mapping import translate
 from recipe.services.event_loop import run_sync
@@ -26,6 +27,7 @@ from recipe.services.lean_http import LeanRoute, takes_lean_path
 from recipe.services.limits import LocalLimiter
 from recipe.services.litellm_setup import ensure_model_known, get_litellm
 from recipe.services.model_client import AsyncLLMClient, LLMClient
+from recipe.services.tokens import estimate_tokens
 from recipe.services.usage import UsageStats
 
 # The text-completions route per provider. nvidia_nim/ and openai/ wrap a text completion
@@ -40,10 +42,6 @@ _ALLOWLIST_ROUTES = {"nvidia_nim"}
 _NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 # The budget ticket of the attempt running in this task: its usage settles the reservation.
 _TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
-
-
-def _estimate_tokens(text_chars: int, max_tokens: int | None) -> int:
-    return text_chars // 4 + (max_tokens or 256)
 
 
 def _read_field(obj: Any, name: str) -> Any:
@@ -101,7 +99,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
     """
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
-                 timeout: float = 120.0, num_retries: int = 3, max_concurrency: int = 64,
+                 timeout: float = defaults.TIMEOUT, num_retries: int = defaults.NUM_RETRIES,
+                 max_concurrency: int = defaults.MAX_CONCURRENCY,
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -210,7 +209,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # ValueErrors, but a bad reply
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 except asyncio.TimeoutError:
-                    error = errors.TimeoutError(f"{self.provider}: no complete answer within "
+                    error = errors.RequestTimeoutError(f"{self.provider}: no complete answer within "
                                                 f"backend.timeout={self.timeout:g} s")
                 except ValueError:
                     raise  # a caller's mistake or a non-reward model: retrying cannot help
@@ -291,20 +290,16 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
     async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
         send = self._caller(route, model, text)
-        size = len(str(payload.get("prompt") or payload.get("messages") or ""))
+        prompt_tokens = estimate_tokens(payload.get("prompt") or payload.get("messages"))
 
         async def once() -> list[str]:
             return await self._read(await send(stream=stream, **payload), stream, text, model)
 
-        charge = None
-        if self.budget is not None:
-            from recipe.services.budget import estimate_prompt_tokens
-
-            charge = (model, estimate_prompt_tokens(payload.get("prompt") or payload.get("messages")),
-                      payload.get("max_tokens"))
+        charge = (model, prompt_tokens, payload.get("max_tokens")) if self.budget is not None else None
         if self.batcher is not None:
             return await self._send_batched(route, model, payload, text, charge)
-        return await self._with_retries(_estimate_tokens(size, payload.get("max_tokens")), once, charge)
+        # tpm pacing books the prompt plus the answer's bound (256 when the request sets none)
+        return await self._with_retries(prompt_tokens + (payload.get("max_tokens") or 256), once, charge)
 
     async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None) -> list[str]:
         """One request as a line of a provider batch (never streamed); the budget charges it the same way."""
@@ -440,12 +435,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 raise ValueError(f"{model}: {exc}") from None
 
         async def produce() -> dict:
-            charge = None
-            if self.budget is not None:
-                from recipe.services.budget import estimate_prompt_tokens
-
-                charge = (model, estimate_prompt_tokens(messages), 1)
-            return await self._with_retries(_estimate_tokens(len(str(messages)), 1), once, charge)
+            prompt_tokens = estimate_tokens(messages)
+            charge = (model, prompt_tokens, 1) if self.budget is not None else None
+            return await self._with_retries(prompt_tokens + 1, once, charge)
 
         send = self._caller(route, model)
         return await self._cached(self.request_key("reward", model, messages, {}, 1), produce)

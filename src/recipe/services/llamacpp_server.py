@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from recipe.errors import ConfigError, LocalServerError
+from recipe.config import defaults
+from recipe.errors import ConfigError
+from recipe.services.subprocess_server import ServerProcess, free_port  # noqa: F401 - free_port: tests use it from here
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ALIAS = "smollm2"
@@ -43,12 +41,6 @@ def smollm2_path() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class LlamaCppServer:
     """A llama.cpp server subprocess bound to 127.0.0.1 on a free port.
 
@@ -56,7 +48,7 @@ class LlamaCppServer:
     ``/v1/models`` answers, and stops it on exit.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 2048,
+    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = defaults.LOCAL_CONTEXT_LENGTH,
                  n_threads: int | None = None, alias: str = SMOLLM2_ALIAS, startup_timeout: float = 120.0):
         self.model_path = Path(model_path) if model_path else smollm2_path()
         self.n_ctx = n_ctx
@@ -64,8 +56,7 @@ class LlamaCppServer:
         self.alias = alias
         self.startup_timeout = startup_timeout
         self.port: int | None = None
-        self._process: subprocess.Popen | None = None
-        self._log = None
+        self._server: ServerProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -75,64 +66,31 @@ class LlamaCppServer:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ConfigError("llama.cpp's server is not installed: pip install 'recipe[local]'")
         self.port = free_port()
-        self._log = tempfile.TemporaryFile()
         command = [sys.executable, "-m", __name__, str(os.getpid()),
                    "--model", str(self.model_path),
                    "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
                    "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), "--verbose", "False"]
-        try:
-            # stdin is the watchdog pipe: we hold its write end until stop() or our death.
-            self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.PIPE, start_new_session=True)
-            self._wait_ready()
-        except BaseException:  # Ctrl-C or SIGTERM during the start-up included: no orphan
-            self.stop()
-            raise
+        # stdin is the watchdog pipe: we hold its write end until stop() or our death.
+        self._server = ServerProcess(command, "the llama.cpp server", watchdog_stdin=True, new_session=True)
+        self._server.start(self._answers, self.startup_timeout, hint=f" (model {self.model_path})")
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise LocalServerError(f"the llama.cpp server exited with code {self._process.returncode} "
-                                       f"while starting: {self._last_line()}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
-        raise LocalServerError(f"the llama.cpp server did not answer within {self.startup_timeout:.0f} s "
-                               f"(model {self.model_path})")
-
-    def _tail(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-2000:]
-
-    def _last_line(self) -> str:
-        lines = [line.strip() for line in self._tail().splitlines() if line.strip()]
-        return lines[-1][:300] if lines else "no output"
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._server.pid if self._server is not None else None
 
     def stop(self) -> None:
         """Stop the server at once (nothing of it needs saving); wait until it is gone."""
-        process, self._process = self._process, None
-        if process is not None:
-            if process.stdin is not None:
-                process.stdin.close()  # the watchdog exits the server at once
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> "LlamaCppServer":
         return self.start()

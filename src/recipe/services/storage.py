@@ -1,7 +1,10 @@
 """Files wherever Dask users keep them: local paths, or fsspec URLs (s3://, gs://, abfs://, file://).
 
-Local paths (and ``file://`` URLs) go through the standard library, unchanged. URLs go through
-fsspec, whose backends are optional extras: a missing one is one line naming what to install.
+Questions and deletions go through fsspec for every path, local ones included (its local
+filesystem is one more backend). Listing, stat-based fingerprints, opening and writing local files
+keep the standard library: relative paths stay relative, fingerprints keep nanosecond mtimes,
+files are real file objects, and a local commit is a rename. fsspec's remote backends are
+optional extras: a missing one is one line naming what to install.
 Credentials come from where each backend looks (environment, profiles, instance roles); nothing
 here reads or writes them. ``AWS_ENDPOINT_URL`` points s3fs at an S3-compatible server.
 
@@ -58,12 +61,13 @@ def name(path: str | os.PathLike) -> str:
 
 
 def filesystem(path: str | os.PathLike):
-    """(fsspec filesystem, path within it) for a URL; one clear line when its backend is missing."""
+    """(fsspec filesystem, path within it) for a URL or a local path; one clear line when its
+    backend is missing."""
     import fsspec
 
     proto = protocol(path)
     try:
-        return fsspec.core.url_to_fs(str(path))
+        return fsspec.core.url_to_fs(str(path) if is_remote(path) else local_path(path))
     except ImportError:
         if proto in _EXTRAS:
             hint = f"pip install 'recipe[{_EXTRAS[proto]}]'"
@@ -98,19 +102,20 @@ def has_magic(pattern: str) -> bool:
     return _glob.has_magic(str(pattern))
 
 
-def isfile(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.isfile(local_path(path))
+def _fresh(path: str):
+    """(filesystem, inner path) with no cached listing of it: other processes (workers) write there."""
     fs, inner = filesystem(path)
     fs.invalidate_cache(inner)
+    return fs, inner
+
+
+def isfile(path: str) -> bool:
+    fs, inner = _fresh(path)
     return fs.isfile(inner)
 
 
 def exists(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.exists(local_path(path))
-    fs, inner = filesystem(path)
-    fs.invalidate_cache(inner)
+    fs, inner = _fresh(path)
     return fs.exists(inner)
 
 
@@ -137,10 +142,6 @@ def open_file(path: str, mode: str = "rb") -> IO[Any]:
 
 def read_range(path: str, start: int, end: int) -> bytes:
     """Bytes ``[start, end)`` of a file: one ranged GET on object storage."""
-    if not is_remote(path):
-        with open(local_path(path), "rb") as handle:
-            handle.seek(start)
-            return handle.read(end - start)
     fs, inner = filesystem(path)
     return fs.cat_file(inner, start=start, end=end)
 
@@ -209,9 +210,6 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def remove(path: str) -> None:
     """Delete a file if it exists."""
-    if not is_remote(path):
-        Path(local_path(path)).unlink(missing_ok=True)
-        return
     fs, inner = filesystem(path)
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(inner)

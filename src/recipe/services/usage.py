@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 
 @dataclass
@@ -73,10 +73,8 @@ class UsageStats:
     def merge(self, other: "UsageStats | dict") -> None:
         data = other.as_dict() if isinstance(other, UsageStats) else other
         with self._lock:
-            for name in ("requests", "retries", "cache_hits", "rate_limited", "retry_wait_seconds",
-                         "limit_wait_seconds", "schema_retries", "schema_failures",
-                         "prompt_tokens", "completion_tokens", "cache_errors"):
-                setattr(self, name, getattr(self, name) + data.get(name, 0))
+            for f in _counters():
+                setattr(self, f.name, getattr(self, f.name) + data.get(f.name, 0))
             self.cache_error = self.cache_error or data.get("cache_error", "")
             self.failures.update(data.get("failures", {}))
             for model, (p, c) in data.get("tokens_by_model", {}).items():
@@ -89,29 +87,28 @@ class UsageStats:
 
     def as_dict(self) -> dict:
         with self._lock:
-            return {
-                "requests": self.requests, "retries": self.retries, "cache_hits": self.cache_hits,
-                "rate_limited": self.rate_limited,
-                "schema_retries": self.schema_retries, "schema_failures": self.schema_failures,
-                "retry_wait_seconds": round(self.retry_wait_seconds, 3),
-                "limit_wait_seconds": round(self.limit_wait_seconds, 3),
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cache_errors": self.cache_errors, "cache_error": self.cache_error,
-                "failures": dict(self.failures),
-                "tokens_by_model": {m: list(v) for m, v in self.tokens_by_model.items()},
-                "structured_by_schema": {k: dict(v) for k, v in self.structured_by_schema.items()},
-            }
+            data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return data
 
     def reset(self) -> dict:
         """Return the counts so far and start from zero (used to ship deltas off a worker)."""
         snapshot = self.as_dict()
         with self._lock:
-            self.requests = self.retries = self.cache_hits = self.rate_limited = 0
-            self.schema_retries = self.schema_failures = 0
-            self.prompt_tokens = self.completion_tokens = 0
-            self.retry_wait_seconds = self.limit_wait_seconds = 0.0
-            self.cache_errors, self.cache_error = 0, ""
-            self.failures = Counter()
-            self.tokens_by_model = {}
-            self.structured_by_schema = {}
+            for f in fields(self):
+                setattr(self, f.name, f.default_factory() if f.default is MISSING else f.default)
         return snapshot
+
+
+def _counters() -> list:
+    """The fields that add up across processes: every number."""
+    return [f for f in fields(UsageStats) if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+
+
+def _plain(value):
+    """A field's value as JSON keeps it: seconds rounded, containers copied, pairs as lists."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):  # failures (a Counter), tokens_by_model, structured_by_schema
+        return {k: list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+                for k, v in value.items()}
+    return value

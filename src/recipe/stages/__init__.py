@@ -15,18 +15,11 @@ from recipe.stages.write import WriteStage
 __all__ = ["Stage", "LLMStage", "ReadStage", "GenerateStage", "ParseListStage", "ExplodeStage",
            "FilterStage", "RewardStage", "JudgeStage", "DialogueStage", "DedupStage", "WriteStage"]
 
-# Recipe glue and post-processing stages (recipes/*.yaml).
+# Recipe glue (recipes/*.yaml), one module each, and Nemotron-CC's rewrites.
+from recipe.stages.append_seeds import AppendSeedsStage  # noqa: E402
+from recipe.stages.combine import CombineStage  # noqa: E402
+from recipe.stages.cross import CrossStage  # noqa: E402
 from recipe.stages.nemotron_cc import RewritesStage  # noqa: E402
-from recipe.stages.postprocess import (  # noqa: E402
-    AppendSeedsStage,
-    CombineStage,
-    CrossStage,
-    KnowledgeListStage,
-    MapStage,
-    PreferencePairsStage,
-    QAPairsStage,
-    StyledDialogueStage,
-)
+from recipe.stages.preference import PreferencePairsStage  # noqa: E402
 
-__all__ += ["MapStage", "CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage",
-            "QAPairsStage", "KnowledgeListStage", "StyledDialogueStage", "RewritesStage"]
+__all__ += ["CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage", "RewritesStage"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, fields
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import dask.bag as db
@@ -21,7 +21,8 @@ import dask.bag as db
 from recipe import errors
 from recipe.factory import ClientSpec, shared_async_client
 from recipe.services.event_loop import cancelled, check_cancelled, run_sync
-from recipe.stages import breaker, progress
+from recipe.services.tokens import estimate_tokens
+from recipe.stages import breaker, params, progress
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
@@ -55,12 +56,36 @@ def failure_record(stage: str, exc: BaseException, record: Any, *, ignore_conver
 
 @dataclass
 class Stage:
-    """Base of every stage. ``name`` labels the graph layer and the error records."""
+    """Base of every stage. ``name`` labels the graph layer and the error records.
+
+    A stage's parameters are its dataclass fields, typed (see :mod:`recipe.stages.params`); the
+    record fields it reads and writes are :attr:`inputs` and :attr:`outputs`, so a whole chain is
+    checked before the first request (:mod:`recipe.stages.chain`).
+    """
 
     name: str = ""
 
     def __post_init__(self) -> None:
         self.name = self.name or type(self).__name__.removesuffix("Stage").lower()
+        params.check(self)
+
+    def rules(self) -> Iterable[tuple[str, str]]:
+        """``(parameter, problem)`` for each rule that ties parameters together and is broken."""
+        return ()
+
+    @property
+    def inputs(self) -> set[str]:
+        """Record fields this stage reads: every record must have them."""
+        return set()
+
+    @property
+    def outputs(self) -> set[str]:
+        """Record fields this stage writes."""
+        return set()
+
+    def provides(self, available: set[str] | None) -> set[str] | None:
+        """The fields every record has after this stage, given those before (None: not known)."""
+        return None if available is None else available | self.outputs
 
     def __call__(self, bag: db.Bag) -> db.Bag:
         return bag.map_partitions(_apply_stage, self, token=self.name)
@@ -99,10 +124,10 @@ class LLMStage(Stage):
     """
 
     client: ClientSpec | None = None
-    sampling: dict = field(default_factory=dict)
+    sampling: dict | None = field(default_factory=dict)
     ignore_conversion_failure: bool = True
     model: str | None = None  # another model for this stage (e.g. a reward model)
-    backend: dict = field(default_factory=dict)  # backend keys to change for this stage
+    backend: dict | None = field(default_factory=dict)  # backend keys to change for this stage
 
     @property
     def spec(self) -> ClientSpec:
@@ -205,9 +230,9 @@ class LLMStage(Stage):
         limit = self.spec.context_length
         if not limit:
             return
-        # ~4 characters per token (English text): what clearly cannot fit is caught here, for
-        # free; what the estimate misses, the server refuses and the client maps to the same error.
-        estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + (max_tokens or 0)
+        # What clearly cannot fit is caught here, for free; what the estimate misses, the server
+        # refuses and the client maps to the same error.
+        estimate = estimate_tokens(messages) + (max_tokens or 0)
         if estimate > limit:
             raise errors.ContextWindowError(
                 f"prompt of about {estimate - (max_tokens or 0)} tokens plus max_tokens={max_tokens} "

@@ -25,10 +25,11 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import dask.bag as db
 from dask import delayed
+from pydantic import Field
 
 from recipe.errors import ConfigError, InputError
 from recipe.stages import progress
@@ -94,29 +95,26 @@ class DedupStage(Stage):
     ``<output_dir>/removed/<stage>/`` carrying ``_duplicate_of``, the ``_id`` of the record
     they duplicate. ``shuffle_partitions`` sets the shuffle's width (default: a sixteenth of
     the bag's partitions). Error records pass through; a record without ``field`` becomes one.
+
+    Input columns: ``field``. Output columns: none (records are dropped, not changed).
     """
 
+    whole_bag: ClassVar[bool] = True  # a partition's output depends on every earlier partition (target.py)
+
     field: str = "text"
-    method: str = "exact"  # exact | minhash
-    threshold: float = 0.8
-    num_perm: int = 128
-    ngram: int = 5
-    shingle: str = "char"  # char | word: what an n-gram counts
+    method: Literal["exact", "minhash"] = "exact"
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
+    num_perm: Annotated[int, Field(ge=2)] = 128
+    ngram: Annotated[int, Field(ge=1)] = 5
+    shingle: Literal["char", "word"] = "char"  # what an n-gram counts
     seed: int = 1
     keep_removed: bool = False
     output_dir: str | None = None  # the runner fills in the run's output_dir
-    shuffle_partitions: int | None = None
+    shuffle_partitions: Annotated[int, Field(ge=1)] | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.method not in ("exact", "minhash"):
-            raise ConfigError(f"stage {self.name!r}: method must be exact or minhash, not {self.method!r}")
-        if not 0 < self.threshold <= 1:
-            raise ConfigError(f"stage {self.name!r}: threshold must be in (0, 1], not {self.threshold!r}")
-        if self.shingle not in ("char", "word"):
-            raise ConfigError(f"stage {self.name!r}: shingle must be char or word, not {self.shingle!r}")
-        if self.num_perm < 2 or self.ngram < 1:
-            raise ConfigError(f"stage {self.name!r}: num_perm must be >= 2 and ngram >= 1")
+    @property
+    def inputs(self) -> set[str]:
+        return {self.field}
 
     # --- per record: the keys ---------------------------------------------------------------
     def keys(self, texts: list[str]) -> list[list[int]]:

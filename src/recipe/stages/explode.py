@@ -11,9 +11,22 @@ from recipe.stages.records import child
 
 @dataclass
 class ExplodeStage(Stage):
+    """One child per item of ``record[field]``, holding the item in ``output_field``.
+
+    Input columns: ``field``. Output columns: ``output_field`` (default: ``field``), ``index_field``.
+    """
+
     field: str = "items"
     output_field: str | None = None  # default: same name, now holding one item
     index_field: str | None = None  # optionally record the item's position
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.field}
+
+    @property
+    def outputs(self) -> set[str]:
+        return {self.output_field or self.field} | ({self.index_field} if self.index_field else set())
 
     def process(self, record: dict) -> list[dict]:
         items = record.get(self.field)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from recipe.errors import ConfigError
 from recipe.services.structured_output import as_schema, verdict_schema
@@ -11,7 +13,7 @@ from recipe.stages import parsers, progress
 from recipe.stages.base import LLMStage, Stage
 from recipe.stages.functions import load_function
 from recipe.stages.structured import ask_valid
-from recipe.stages.templates import render
+from recipe.stages.templates import fields_required, render
 
 
 @dataclass
@@ -24,6 +26,8 @@ class FilterStage(LLMStage):
     With ``structured`` (the default) and a backend that constrains decoding, the model answers
     ``{"answer": "yes" | "no"}`` and an invalid answer is asked again (``schema_retries``); elsewhere
     (or with ``structured: false``) the text is read as NeMo Curator does.
+
+    Input columns: the prompt's fields (a predicate's are not known). Output columns: ``verdict_field``.
     """
 
     predicate: Any = None  # "module:function" or a callable
@@ -31,12 +35,24 @@ class FilterStage(LLMStage):
     keep_undecided: bool = False
     verdict_field: str | None = None
     structured: bool = True
-    schema_retries: int = 2
+    schema_retries: Annotated[int, Field(ge=0)] = 2
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def rules(self):
         if (self.predicate is None) == (self.prompt is None):
-            raise ConfigError(f"stage {self.name!r}: give exactly one of predicate or prompt")
+            yield "prompt", "give exactly one of predicate or prompt"
+        elif self.predicate is not None:
+            try:
+                load_function(self.predicate)  # refused when built, not per record
+            except ConfigError as exc:
+                yield "predicate", str(exc)
+
+    @property
+    def inputs(self) -> set[str]:
+        return set(fields_required(self.prompt)) if self.prompt else set()
+
+    @property
+    def outputs(self) -> set[str]:
+        return {self.verdict_field} if self.verdict_field and self.prompt else set()
 
     def process_partition(self, records: list[dict]) -> list[dict]:
         if self.predicate is not None:  # no model: the plain per-record loop (and error policy)
@@ -56,10 +72,8 @@ class FilterStage(LLMStage):
             answer = value["answer"]
         else:
             answer = (await self.ask(llm, turns, n=1))[0]
-        verdict = parsers.parse_yes_no(answer)
-        if verdict is None and not self.keep_undecided:
-            verdict = False
-        if not verdict:
+        verdict = parsers.parse_yes_no(answer)  # None: neither yes nor no
+        if verdict is False or (verdict is None and not self.keep_undecided):
             progress.add_filtered(1)
             return []
         if self.verdict_field:

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from recipe.errors import ConfigError, InputError
 from recipe.services.structured_output import load_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
-from recipe.stages.templates import render
+from recipe.stages.templates import fields_required, render
+
+
+def message_templates(prompt: str | None, messages: list | None, system: str | None) -> list[dict]:
+    """The ``{role, content}`` templates a record's chat messages are rendered from."""
+    turns = [{"role": "system", "content": system}] if system else []
+    return turns + (list(messages) if messages else [{"role": "user", "content": prompt or "{{ prompt }}"}])
 
 
 def build_messages(record: dict, prompt: str | None, messages: list | None, system: str | None) -> list[dict]:
     """Chat messages for ``record``: ``messages`` templates if given, else one user ``prompt``."""
-    turns: list[dict] = []
-    if system:
-        turns.append({"role": "system", "content": render(system, record)})
-    if messages:
-        turns += [{"role": m["role"], "content": render(m["content"], record)} for m in messages]
-    else:
-        turns.append({"role": "user", "content": render(prompt or "{{ prompt }}", record)})
+    turns = [{"role": m["role"], "content": render(m["content"], record)}
+             for m in message_templates(prompt, messages, system)]
     if not any(turn["content"].strip() for turn in turns if turn["role"] != "system"):
         raise InputError("the prompt rendered to blank text: nothing to send")
     return turns
@@ -29,6 +32,8 @@ def build_messages(record: dict, prompt: str | None, messages: list | None, syst
 @dataclass
 class GenerateStage(LLMStage):
     """``record[output_field]`` = the model's answer (a list when ``n`` > 1).
+
+    Input columns: the fields the templates use. Output columns: ``output_field``.
 
     Args:
         prompt: Jinja template over the record's fields.
@@ -43,18 +48,31 @@ class GenerateStage(LLMStage):
     """
 
     prompt: str | None = "{{ prompt }}"
-    messages: list | None = None
+    messages: list[dict[str, str]] | None = None
     system: str | None = None
     output_field: str = "response"
-    n: int | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
     schema: Any = None
-    schema_retries: int = 2
+    schema_retries: Annotated[int, Field(ge=0)] = 2
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.schema_retries < 0:
-            raise ConfigError(f"stage {self.name!r}: schema_retries must be >= 0, not {self.schema_retries}")
-        self._schema = load_schema(self.schema, where=f"stage {self.name!r}: schema")
+    def rules(self):
+        self._schema = None
+        try:
+            self._schema = load_schema(self.schema, where="schema")
+        except ConfigError as exc:
+            yield "schema", str(exc)
+        for index, message in enumerate(self.messages or []):
+            if not {"role", "content"} <= set(message):
+                yield "messages", f"messages[{index}] needs a role and a content, got {sorted(message)}"
+
+    @property
+    def inputs(self) -> set[str]:
+        return {name for m in message_templates(self.prompt, self.messages, self.system)
+                for name in fields_required(m.get("content", ""))}
+
+    @property
+    def outputs(self) -> set[str]:
+        return {self.output_field}
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         turns = build_messages(record, self.prompt, self.messages, self.system)

@@ -6,6 +6,10 @@ can constrain decoding, and checked and retried (``schema_retries``) by the one 
 output loop otherwise. The scores land on the record in the shape :class:`RewardStage` gives
 (``{name: number}``, a list of those for a list of responses), with the ``aggregate`` beside
 them, so :class:`PreferencePairsStage` takes either (``score_key: aggregate`` or a criterion).
+
+``mode: reward_model`` scores with an NVIDIA-style reward model instead (the answer of
+:class:`RewardStage`, ``{helpfulness: x, correctness: y, ...}``): a recipe built on the judge (the
+preference recipe) then switches to a reward model by overriding one key, not its stage class.
 """
 
 from __future__ import annotations
@@ -13,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import statistics
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from recipe.errors import ConfigError, ParseError
+from pydantic import Field, StrictInt
+
+from recipe.errors import ParseError
 from recipe.services.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
+from recipe.stages.reward import reward_model_scores
 from recipe.stages.structured import ask_valid
-from recipe.stages.templates import render
+from recipe.stages.templates import fields_required, render
 
 AGGREGATE = "aggregate"
+#: What the stage itself puts into the judge's template, beside the record's fields.
+TEMPLATE_FIELDS = ("prompt", "response", "criteria", "scale", "rationale")
 _AGGREGATES = {"mean": statistics.fmean, "min": min, "max": max}
 
 JUDGE_PROMPT = """\
@@ -48,38 +58,49 @@ class JudgeStage(LLMStage):
     the responses below it are dropped with their scores. ``rationale_field`` asks for a short
     rationale and stores it there. ``prompt`` is a Jinja template over the record, ``prompt``,
     ``response``, ``criteria``, ``scale`` and ``rationale``. ``model:``/``backend:`` choose
-    another judge model for this stage only, as for every LLM stage.
+    another judge model for this stage only, as for every LLM stage. ``mode: reward_model`` asks
+    ``model`` as a reward model (``query_reward_model``): the scores are its attributes, with no
+    aggregate; ``criteria``, ``prompt`` and ``scale`` are then unused.
+
+    Input columns: ``prompt_field``, ``response_field``, the template's other fields (mode judge).
+    Output columns: ``output_field``, ``rationale_field``.
     """
 
-    criteria: dict = field(default_factory=dict)
-    scale: list = field(default_factory=lambda: [1, 5])
+    criteria: dict[str, str] = field(default_factory=dict)
+    scale: list[StrictInt] = field(default_factory=lambda: [1, 5])
     prompt: str = JUDGE_PROMPT
     prompt_field: str = "prompt"
     response_field: str = "response"
     output_field: str = "scores"
     min_score: float | None = None
-    aggregate: str = "mean"
+    aggregate: Literal["mean", "min", "max"] = "mean"
     rationale_field: str | None = None
-    rationale_max_length: int = 300
-    schema_retries: int = 2
+    rationale_max_length: Annotated[int, Field(ge=1)] = 300
+    schema_retries: Annotated[int, Field(ge=0)] = 2
+    mode: Literal["judge", "reward_model"] = "judge"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        where = f"stage {self.name!r}"
-        if not self.criteria or not isinstance(self.criteria, dict):
-            raise ConfigError(f"{where}: criteria must map each criterion's name to its description")
+    def rules(self):
+        if self.mode == "reward_model" and (self.min_score is not None or self.rationale_field):
+            yield "mode", ("min_score and rationale_field need mode judge "
+                           "(a reward model gives its own attributes, no aggregate or rationale)")
+        if not self.criteria:
+            yield "criteria", "criteria must map each criterion's name to its description"
         if AGGREGATE in self.criteria or "rationale" in self.criteria:
-            raise ConfigError(f"{where}: 'aggregate' and 'rationale' are reserved, not criterion names")
-        self.criteria = {str(k): str(v) for k, v in self.criteria.items()}
+            yield "criteria", "'aggregate' and 'rationale' are reserved, not criterion names"
         scale = list(self.scale or [])
-        if len(scale) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in scale) \
-                or scale[0] >= scale[1]:
-            raise ConfigError(f"{where}: scale must be [lowest, highest], two integers, lowest first; got {self.scale!r}")
-        self.scale = scale
-        if self.aggregate not in _AGGREGATES:
-            raise ConfigError(f"{where}: aggregate must be one of {', '.join(_AGGREGATES)}, not {self.aggregate!r}")
-        if self.min_score is not None and not scale[0] <= self.min_score <= scale[1]:
-            raise ConfigError(f"{where}: min_score {self.min_score} is outside the scale {scale}")
+        if len(scale) != 2 or scale[0] >= scale[1]:
+            yield "scale", f"scale must be [lowest, highest], two integers, lowest first; got {self.scale!r}"
+        elif self.min_score is not None and not scale[0] <= self.min_score <= scale[1]:
+            yield "min_score", f"min_score {self.min_score} is outside the scale {scale}"
+
+    @property
+    def inputs(self) -> set[str]:
+        template = set(fields_required(self.prompt)) - set(TEMPLATE_FIELDS) if self.mode == "judge" else set()
+        return {self.prompt_field, self.response_field} | template
+
+    @property
+    def outputs(self) -> set[str]:
+        return {self.output_field} | ({self.rationale_field} if self.rationale_field else set())
 
     def schema(self) -> dict:
         """One integer per criterion within the scale, every one required, nothing else."""
@@ -91,6 +112,8 @@ class JudgeStage(LLMStage):
                 "required": list(properties), "additionalProperties": False}
 
     async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None]:
+        if self.mode == "reward_model":
+            return await reward_model_scores(llm, self.spec.model, prompt, response), None
         text = render(self.prompt, {**record, "prompt": prompt, "response": response, "criteria": self.criteria,
                                     "scale": self.scale, "rationale": bool(self.rationale_field)})
         value = (await ask_valid(self, llm, [{"role": "user", "content": text}], as_schema(self.schema()),

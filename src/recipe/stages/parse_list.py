@@ -13,8 +13,11 @@ Curator's hallucination check). ``n`` trims over-long lists to the requested cou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from recipe.errors import ConfigError, ParseError
+from pydantic import Field
+
+from recipe.errors import ParseError
 from recipe.services.structured_output import as_schema, list_schema
 from recipe.stages import parsers
 from recipe.stages.base import LLMStage
@@ -30,25 +33,35 @@ STRUCTURED_CONVERSION_PROMPT = (
     "The following text contains a list of items. Copy every item exactly as it appears in the text, "
     "without the numbering or bullets, and do not add items.\n\nText:\n{{ text }}"
 )
-_MODES = ("structured", "direct", "yaml")
 
 
 @dataclass
 class ParseListStage(LLMStage):
+    """``record[output_field or input_field]`` = the list of strings in ``record[input_field]``.
+
+    Input columns: ``input_field``. Output columns: ``output_field`` (default: ``input_field``).
+    """
+
     input_field: str = "response"
     output_field: str | None = None  # default: replace input_field
-    mode: str = "direct"  # structured | direct | yaml
-    n: int | None = None  # keep at most n items (structured: ask for exactly n)
-    min_items: int = 1
+    mode: Literal["structured", "direct", "yaml"] = "direct"
+    n: Annotated[int, Field(ge=1)] | None = None  # keep at most n items (structured: ask for exactly n)
+    min_items: Annotated[int, Field(ge=0)] = 1
     conversion_prompt: str | None = None  # default: the YAML or the structured conversion prompt
-    schema_retries: int = 2  # structured conversions only
+    schema_retries: Annotated[int, Field(ge=0)] = 2  # structured conversions only
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mode not in _MODES:
-            raise ConfigError(f"stage {self.name!r}: mode must be one of {', '.join(_MODES)}, not {self.mode!r}")
         if self.conversion_prompt is None:
             self.conversion_prompt = STRUCTURED_CONVERSION_PROMPT if self.mode == "structured" else YAML_CONVERSION_PROMPT
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.input_field}
+
+    @property
+    def outputs(self) -> set[str]:
+        return {self.output_field or self.input_field}
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         if self.input_field not in record:

@@ -3,7 +3,7 @@
 No I/O and no model calls: stages call these on a response and turn a ``ParseError`` into
 a dropped or retried record, so every parser either returns a clean structure or raises.
 NeMo Curator's behaviour is followed where it has one (YAML conversion, the hallucination
-check, Nemotron-CC post-processing); the direct list parser exists so small models that
+check); the direct list parser exists so small models that
 answer in plain markdown need no second "convert to YAML" call.
 """
 
@@ -17,25 +17,24 @@ import yaml
 from recipe.errors import ParseError
 
 __all__ = [
+    "LIST_ITEM",
+    "preview",
     "check_substrings",
     "clean_items",
-    "clean_knowledge_list",
-    "format_qa_pairs",
     "parse_list",
-    "parse_qa_pairs",
     "parse_yaml_list",
     "parse_yes_no",
     "trim",
 ]
 
 # A list item: bullet (- * • +) or number (1. 1) (1) 1:) followed by whitespace, or alone.
-_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,4}[.):]|\(\d{1,4}\))(?:\s+(?P<body>.*))?$")
+LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,4}[.):]|\(\d{1,4}\))(?:\s+(?P<body>.*))?$")
 # A fenced code block; the closing fence may be missing when the model ran out of tokens.
 _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)(?:^[ \t]*```|\Z)", re.S | re.M)
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`"}
 
 
-def _preview(text: str) -> str:
+def preview(text: str) -> str:
     return repr(text[:80])
 
 
@@ -71,7 +70,7 @@ def _is_scalar(x: object) -> bool:
 def _line_items(text: str) -> list[str]:
     items = []
     for line in text.splitlines():
-        m = _ITEM.match(line)
+        m = LIST_ITEM.match(line)
         if m:
             item = _clean_item(m["body"] or "")
             if item:
@@ -103,7 +102,7 @@ def parse_list(text: str) -> list[str]:
             scalar_fallback = [c for c in (_clean_item(str(x)) for x in doc) if c]
     if scalar_fallback:  # a flow list such as [1, 2, 3]
         return scalar_fallback
-    raise ParseError(f"no list items found in {_preview(text)}")
+    raise ParseError(f"no list items found in {preview(text)}")
 
 
 def clean_items(items: Iterable[str]) -> list[str]:
@@ -111,7 +110,7 @@ def clean_items(items: Iterable[str]) -> list[str]:
     still put inside the strings (the prompts show numbered lists); empty items are dropped."""
     out = []
     for item in items:
-        m = _ITEM.match(str(item))
+        m = LIST_ITEM.match(str(item))
         cleaned = _clean_item(m["body"] or "" if m else str(item))
         if cleaned:
             out.append(cleaned)
@@ -131,9 +130,9 @@ def parse_yaml_list(text: str) -> list[str]:
         doc = yaml.safe_load(source)
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ParseError(f"not valid YAML ({first}): {_preview(text)}") from None
+        raise ParseError(f"not valid YAML ({first}): {preview(text)}") from None
     if not isinstance(doc, list):
-        raise ParseError(f"YAML is a {type(doc).__name__}, not a list: {_preview(text)}")
+        raise ParseError(f"YAML is a {type(doc).__name__}, not a list: {preview(text)}")
     items = []
     for i, x in enumerate(doc):
         if isinstance(x, str):
@@ -165,91 +164,6 @@ def trim(items: Sequence[str], n: int | None) -> list[str]:
     if n < 0:
         raise ValueError(f"n must be >= 0 or None, got {n}")
     return list(items[:n])
-
-
-# --- Nemotron-CC ----------------------------------------------------------------------
-
-_QA_LABEL = re.compile(
-    r"^(?:(?:[-*•+]|\d{1,4}[.):]|\(\d{1,4}\))\s*)?"  # optional bullet or number
-    r"(?:\*\*|__)?\s*(?P<label>question|answer)(?:\s*\d{1,4})?\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?",
-    re.I,
-)
-
-
-def _strip_unbalanced_bold(text: str) -> str:
-    """``**Question: Why?**`` leaves ``Why?**`` after the label; drop the orphan marker."""
-    text = text.strip()
-    if text.count("**") % 2 == 1 and text.endswith("**"):
-        text = text[:-2].rstrip()
-    return text
-
-
-def parse_qa_pairs(text: str, max_num_pairs: int) -> list[tuple[str, str]]:
-    """Read "Question: ...\\nAnswer: ..." pairs, as Nemotron-CC's diverse-QA post-processing.
-
-    Tolerates bullets, numbers (``1. Question:``) and bold labels (``**Question:**``), and
-    multi-line questions or answers; a blank line ends a pair so an outro is not glued to
-    the last answer. Keeps the first ``max_num_pairs`` complete pairs (Nemotron-CC samples
-    between 1 and max_num_pairs at random; taking the first keeps runs reproducible).
-    Raises ``ParseError`` when no complete pair is found.
-    """
-    if max_num_pairs < 1:
-        raise ValueError(f"max_num_pairs must be >= 1, got {max_num_pairs}")
-    pairs: list[list[str | None]] = []  # [question, answer]; answer None until seen
-    open_field: int | None = None  # 0 question, 1 answer, None: continuation lines ignored
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            open_field = None  # a label still attaches; unlabeled lines after this do not
-            continue
-        m = _QA_LABEL.match(line)
-        rest = _strip_unbalanced_bold(line[m.end():]) if m else ""
-        if m and m["label"].lower() == "question":
-            pairs.append([rest, None])
-            open_field = 0
-        elif m and pairs and pairs[-1][1] is None:  # an answer to the open question
-            pairs[-1][1] = rest
-            open_field = 1
-        elif m:
-            open_field = None  # an answer with no question: ignore it and what follows
-        elif open_field is not None:
-            current = pairs[-1][open_field]
-            pairs[-1][open_field] = f"{current}\n{line}" if current else line
-    complete = [(q.strip(), a.strip()) for q, a in pairs if q and q.strip() and a and a.strip()]
-    if not complete:
-        raise ParseError(f"no Question/Answer pairs found in {_preview(text)}")
-    return complete[:max_num_pairs]
-
-
-def format_qa_pairs(document: str, pairs: Iterable[tuple[str, str]]) -> str:
-    """Append QA pairs to their document, as Nemotron-CC's diverse-QA training text."""
-    blocks = [f"Question: {q}\nAnswer: {a}" for q, a in pairs]
-    if not blocks:
-        raise ValueError("no QA pairs to append")
-    return document + "\n\n" + "\n\n".join(blocks)
-
-
-def clean_knowledge_list(text: str) -> str:
-    """Tidy a knowledge list, as Nemotron-CC's knowledge-list post-processing.
-
-    A first line that is not a list item is the model's preamble ("Here is the list:") and
-    is dropped; every remaining line loses its bullet or number and surrounding whitespace,
-    empty lines go, and the items are joined one per line. Raises ``ParseError`` when
-    nothing is left.
-    """
-    lines = text.strip().splitlines()
-    if lines and not _ITEM.match(lines[0]):
-        lines = lines[1:]
-    items = []
-    for line in lines:
-        m = _ITEM.match(line)
-        item = (m["body"] or "") if m else line
-        item = item.strip()
-        if item:
-            items.append(item)
-    if not items:
-        raise ParseError(f"knowledge list is empty after cleaning: {_preview(text)}")
-    return "\n".join(items)
 
 
 # --- classification -------------------------------------------------------------------

@@ -13,15 +13,16 @@ import base64
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import dask.bag as db
+from pydantic import Field
 
 from recipe.errors import ConfigError, InputError
 from recipe.services import storage
 from recipe.stages.base import Stage
 from recipe.stages.records import (ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
-                                   make_id)
+                                   make_id, root)
 
 
 def resolve_paths(path: str | list[str]) -> list[str]:
@@ -165,29 +166,58 @@ class ReadStage(Stage):
         path: a JSONL or Parquet file, a glob, or a list of them.
         seeds: records given inline instead (strings become ``{seed_field: s}``).
         partition_size: records per partition.
+
+    Input columns: none. Output columns: the input's fields (see :meth:`input_fields`).
     """
 
     path: Any = None
     seeds: list = field(default_factory=list)
     seed_field: str = "seed"
-    partition_size: int = 256
+    partition_size: Annotated[int, Field(ge=1)] = 256
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def rules(self):
         if self.path and not self.seeds:
-            resolve_paths(self.path)  # a missing file is refused before anything starts
+            try:
+                resolve_paths(self.path)  # a missing file is refused before anything starts
+            except ConfigError as exc:
+                yield "path", str(exc)
+
+    @property
+    def outputs(self) -> set[str]:
+        fields = self.input_fields()
+        return set() if fields is None else fields
+
+    def provides(self, available: set[str] | None) -> set[str] | None:
+        return self.input_fields()  # the first stage: what came before does not count
+
+    def input_fields(self) -> set[str] | None:
+        """The fields the input provides, read cheaply: the seeds' common keys, else the first
+        record of the first input file (a Parquet file's schema); None when that cannot be read."""
+        if self.seeds:
+            return set.intersection(*(set(r) for r in self._seed_records()))
+        if not self.path:
+            return None
+        try:
+            first = resolve_paths(self.path)[0]
+            if first.endswith((".parquet", ".pq")):
+                import pyarrow.parquet as pq
+
+                with storage.open_file(first, "rb") as handle:
+                    return set(pq.ParquetFile(handle).schema_arrow.names)
+            with storage.open_file(first, "rb") as handle:
+                line = next((raw for raw in handle if raw.strip()), None)
+            value = json.loads(line.decode("utf-8").lstrip("\ufeff")) if line else None
+        except (ConfigError, OSError, ValueError):
+            return None
+        if is_error_line(value):  # an errors/ file: its records are retried
+            value = value["record"]
+        return set(value) if isinstance(value, dict) else None
 
     def __call__(self, bag: db.Bag | None = None) -> db.Bag:
         return self.read(self.plan())
 
     def _seed_records(self) -> list[dict]:
-        records = []
-        for index, seed in enumerate(self.seeds):
-            record = dict(seed) if isinstance(seed, dict) else {self.seed_field: seed}
-            record.setdefault(ID, make_id("seed", index, json.dumps(record, sort_keys=True, default=str)))
-            record.setdefault(PARENT, None)
-            records.append(record)
-        return records
+        return [root(seed, self.seed_field, "seed", index) for index, seed in enumerate(self.seeds)]
 
     def plan(self) -> list[list]:
         """The input range of each partition, as JSON-able ``[kind, where]`` items.

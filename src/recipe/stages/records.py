@@ -72,6 +72,15 @@ def foreign_reserved(record: dict) -> list[str]:
     return [] if ours else present
 
 
+def root(value: Any, field: str, *id_parts: Any) -> dict:
+    """An input record made from a config value (a seed): a string becomes ``{field: value}``, a
+    dict is taken as the record; its ``_id`` is stable (``id_parts`` and its content), no parent."""
+    record = dict(value) if isinstance(value, dict) else {field: value}
+    record.setdefault(ID, make_id(*id_parts, json.dumps(record, sort_keys=True, default=str)))
+    record.setdefault(PARENT, None)
+    return record
+
+
 def child(parent: dict, index: int, **fields: Any) -> dict:
     """A record derived from ``parent``: its fields, a new id, and ``_parent`` pointing back."""
     parent_id = record_id(parent)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from recipe.errors import ConfigError, ParseError
+from pydantic import Field
+
+from recipe.errors import ParseError
 from recipe.services.structured_output import as_schema, score_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
@@ -24,6 +27,13 @@ JUDGE_PROMPT = (
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+async def reward_model_scores(llm, model: str, prompt: str, response: str) -> dict:
+    """A reward model's ``{attribute: score}`` for one answer to one prompt (the one place both
+    this stage and :class:`~recipe.stages.judge.JudgeStage`'s ``mode: reward_model`` ask it)."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return await llm.query_reward_model(messages=messages, model=model)
+
+
 @dataclass
 class RewardStage(LLMStage):
     """``record[output_field]`` = scores for ``response_field`` (a list of score dicts if it is a list).
@@ -31,30 +41,36 @@ class RewardStage(LLMStage):
     In judge mode with ``structured`` (the default) and a backend that constrains decoding, the
     model answers ``{"score": x}`` with x in ``[score_min, score_max]`` (the rubric's range);
     elsewhere the first number in its text is taken, as before.
+
+    Input columns: ``prompt_field``, ``response_field``. Output columns: ``output_field``.
     """
 
     prompt_field: str = "prompt"
     response_field: str = "response"
     output_field: str = "scores"
-    mode: str = "reward_model"  # reward_model | judge
+    mode: Literal["reward_model", "judge"] = "reward_model"
     judge_prompt: str = JUDGE_PROMPT
     judge_score: str = "helpfulness"
     score_min: float = 0
     score_max: float = 4
     structured: bool = True
-    schema_retries: int = 2
+    schema_retries: Annotated[int, Field(ge=0)] = 2
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.mode not in ("reward_model", "judge"):
-            raise ConfigError(f"stage {self.name!r}: mode must be reward_model or judge, not {self.mode!r}")
+    def rules(self):
         if self.score_min >= self.score_max:
-            raise ConfigError(f"stage {self.name!r}: score_min must be below score_max")
+            yield "score_min", "score_min must be below score_max"
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.prompt_field, self.response_field}
+
+    @property
+    def outputs(self) -> set[str]:
+        return {self.output_field}
 
     async def _score(self, llm, prompt: str, response: str) -> dict:
         if self.mode == "reward_model":
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return await llm.query_reward_model(messages=messages, model=self.spec.model)
+            return await reward_model_scores(llm, self.spec.model, prompt, response)
         turns = [{"role": "user", "content": render(self.judge_prompt, {"prompt": prompt, "response": response})}]
         if self.structured and self.spec.constrains_output:
             schema = as_schema(score_schema(self.score_min, self.score_max))

@@ -12,6 +12,7 @@ stops the run with one line naming it.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -42,15 +43,25 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 @lru_cache(maxsize=512)
-def _fields_used(source: str) -> frozenset[str]:
+def fields_used(source: str) -> frozenset[str]:
+    """The variables a template reads (Jinja's own analysis): what a stage declares it reads."""
+    compile_template(source)  # a syntax error is a ConfigError naming the line
     return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
+
+
+def fields_required(source: str) -> frozenset[str]:
+    """The variables a template reads and cannot do without: those it only tests
+    (``x is defined``) or gives a default (``x | default(...)``) are left out."""
+    return frozenset(name for name in fields_used(source)
+                     if not re.search(rf"\b{re.escape(name)}\s*(?:is\s+(?:not\s+)?defined\b|\|\s*(?:default|d)\b)",
+                                      source))
 
 
 def render(source: str, fields: dict, may_be_blank: tuple[str, ...] = ()) -> str:
     """``may_be_blank`` names the fields a stage itself supplies and a template tests (``{{ x if x }}``),
     such as a dialogue's optional user style: those are not the record's missing values."""
     template = compile_template(source)
-    for name in sorted(_fields_used(source)):  # null and blank are as good as missing
+    for name in sorted(fields_used(source)):  # null and blank are as good as missing
         if name not in fields or name in may_be_blank:
             continue  # missing: StrictUndefined says so below, unless the template checks `is defined`
         value = fields[name]

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask.bag as db
 from dask import delayed
@@ -83,10 +83,12 @@ class WriteStage(Stage):
     """The last stage: returns a bag with one manifest per partition (records, errors, ...).
 
     ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.hf_dataset`).
+
+    Input columns: none required (every field is written). Output columns: none.
     """
 
     path: str | None = None  # the runner fills in output_dir
-    format: str = "jsonl"
+    format: Literal["jsonl", "parquet", "hf"] = "jsonl"
 
     def __call__(self, bag: db.Bag) -> db.Bag:
         return self.write(bag)

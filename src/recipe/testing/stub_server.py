@@ -25,15 +25,15 @@ import os
 import random
 import select
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from fractions import Fraction
 from typing import Any
 
 from aiohttp import web
+
+from recipe.services.subprocess_server import ServerProcess
 
 HOST = "127.0.0.1"
 _JSON = "application/json"
@@ -177,6 +177,8 @@ class _App:
         self.bodies: collections.deque[Any] = collections.deque(maxlen=200)
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
+        self.message_batches: dict[str, dict] = {}  # Anthropic's (testing/anthropic_batches.py)
+        self.message_batch_params: list[dict] = []
         self.schema_schedule = _Schedule({"break": a.schema_break})
         self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
         # [the message answered, content] per reward or schema answer: what a test expects is read
@@ -190,7 +192,8 @@ class _App:
             "batch_lines": sum(b["request_counts"]["total"] for b in self.batches.values()),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
-            "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers})
+            "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers,
+            "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -222,6 +225,9 @@ class _App:
         self.by_path[request.path] += 1
         body = await request.json()
         self.bodies.append(body)
+        if self.schedule.next() == "malformed":  # the one fault this API has here: a reply cut short
+            self.status["malformed"] += 1
+            return web.Response(text='{"model": "broken", "message": {"role": "assis', content_type=_JSON)
         if chat:
             texts = [_text(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)]
             users = [_text(m.get("content")) for m in body.get("messages") or []
@@ -617,6 +623,9 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_get("/v1/files/{fid}/content", batches.file_content)
     app.router.add_post("/v1/batches", batches.create_batch)
     app.router.add_get("/v1/batches/{bid}", batches.get_batch)
+    from recipe.testing.anthropic_batches import AnthropicBatches
+
+    AnthropicBatches(state).routes(app.router)
     app.router.add_post("/api/chat", state.ollama_chat)
     app.router.add_post("/api/generate", state.ollama_generate)
     app.router.add_get("/_stats", state.stats)
@@ -673,7 +682,7 @@ class StubServer:
         if batch_expire:
             self.args.append("--batch-expire")
         self.port = port
-        self._proc: subprocess.Popen | None = None
+        self._proc: ServerProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -681,43 +690,29 @@ class StubServer:
 
     def start(self) -> "StubServer":
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
-        self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}", *self.args],
-            stdout=subprocess.PIPE, stderr=self._err)
-        deadline, buf, fd = time.monotonic() + 30, b"", self._proc.stdout.fileno()
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._proc.poll() is not None:
-                break
-            if select.select([fd], [], [], min(left, 0.2))[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                buf += chunk
-        line = buf.split(b"\n", 1)[0].decode(errors="replace")
+        self._buf = b""
+        self._proc = ServerProcess([sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}",
+                                    *self.args], "stub server", capture_stdout=True, error=RuntimeError)
+        line = self._proc.start(self._ready_line, timeout=30).decode(errors="replace")
         if not line.startswith("READY "):
+            message = f"stub server did not start: {line!r}\n{self._proc.output()}"
             self.stop()
-            self._err.seek(0)
-            raise RuntimeError(f"stub server did not start: {line!r}\n"
-                               f"{self._err.read().decode(errors='replace')}")
+            raise RuntimeError(message)
         self.port = int(line.split()[1])
         return self
+
+    def _ready_line(self) -> bytes | None:
+        """The first line the server prints, once it is complete (waits up to 0.2 s for more)."""
+        fd = self._proc.stdout.fileno()
+        if select.select([fd], [], [], 0.2)[0]:
+            self._buf += os.read(fd, 4096)
+        return self._buf.split(b"\n", 1)[0] + b"\n" if b"\n" in self._buf else None
 
     def stop(self) -> None:
         """Terminate the subprocess, killing it if it does not exit within 5 s."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        if proc is not None:
+            proc.stop(grace=5)
 
     def __enter__(self) -> "StubServer":
         return self.start()

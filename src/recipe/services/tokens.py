@@ -1,0 +1,23 @@
+"""The project's one token estimate, for checks made before a request (nothing is tokenized).
+
+~4 characters a token (English text) plus 4 tokens a chat message for its role and markers.
+The context check (``stages/base.py``), the budget's worst-case reservation
+(``services/budget.py``) and the ``tpm`` pacing (``services/litellm_client.py``) all use it,
+so they agree on what a prompt costs; the server's own count settles what the estimate misses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(body: Any) -> int:
+    """Prompt tokens of chat messages (a list of ``{"role", "content"}``) or of a text prompt."""
+    if isinstance(body, list):
+        chars = sum(len(str(m.get("content", "")) if isinstance(m, dict) else str(m)) for m in body)
+        return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(body)
+    return math.ceil(len(str(body or "")) / CHARS_PER_TOKEN)
