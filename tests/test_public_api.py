@@ -12,9 +12,8 @@ from recipe.stages.base import Stage
 TOP_LEVEL = {"compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError", "LLMError",
              "ParseError", "SchemaError"}
 STAGES = {"AppendSeedsStage", "CombineStage", "CrossStage", "DedupStage", "DialogueStage", "ExplodeStage",
-          "FilterStage", "GenerateStage", "JudgeStage", "KnowledgeListStage", "LLMStage", "MapStage",
-          "ParseListStage", "PreferencePairsStage", "QAPairsStage", "ReadStage", "RewardStage", "RewritesStage",
-          "Stage", "StyledDialogueStage", "WriteStage"}
+          "FilterStage", "GenerateStage", "JudgeStage", "LLMStage", "ParseListStage", "PreferencePairsStage",
+          "ReadStage", "RewardStage", "RewritesStage", "Stage", "WriteStage"}
 
 
 def test_top_level_exports():

@@ -403,11 +403,11 @@ def test_stub_preference_by_judge(stub_server, tmp_path):
     server = stub_server()  # scores vary with the judged text
     prompts = [r["prompt"] for r in _sample("prompts.jsonl")]
     summary, good, asked = stub_recipe("preference", server, tmp_path)
-    judged = {m: json.loads(c)["score"] for m, c in _answers(server).items()}
+    judged = {m: json.loads(c)["helpfulness"] for m, c in _answers(server).items()}
     assert len(judged) == 16, "2 responses per prompt, each judged once"
 
     def score(prompt: str, response: str) -> float:
-        (value,) = [v for m, v in judged.items() if f"Question: {prompt}\nAnswer: {response}\nScore:" in m]
+        (value,) = [v for m, v in judged.items() if f"Question: {prompt}\n" in m and f"Answer: {response}\n" in m]
         return value
 
     ties = [p for p in prompts if score(p, f"echo: {p}") == score(p, f"echo: {p} #1")]
@@ -473,7 +473,7 @@ def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
     good, bad = _read_parts(tmp_path / "out")
     assert not bad and summary.failed == 0 and summary.stats["filtered"] == 1  # the tie
-    said = {message: float(json.loads(content)["score"]) for message, content in _answers(server).items()}
+    said = {message: float(json.loads(content)["helpfulness"]) for message, content in _answers(server).items()}
     expected = []
     for p in prompts[:2]:
         responses = [f"echo: {p['prompt']}", f"echo: {p['prompt']} #1"]
