@@ -222,10 +222,11 @@ def test_nemotron_cc(llama_server, tmp_path):
                                "their flight almost silent, so mice do not hear them coming."}
     src = _jsonl(tmp_path / "d.jsonl", [doc])
     summary, good, bad = run_recipe("nemotron_cc", llama_server, tmp_path, f"input={src}",
-                                    "recipe.rewrites=[wikipedia,diverse_qa,knowledge_list]", "recipe.max_num_pairs=2")
-    assert summary.records + summary.failed + _removed(summary) == 3
+                                    "recipe.rewrites=[diverse_qa,knowledge_list]",  # the two parsed from the answer
+                                    "recipe.max_num_pairs=2")
+    assert summary.records + summary.failed + _removed(summary) == 2
     if not _removed(summary):
-        assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"wikipedia", "diverse_qa", "knowledge_list"}
+        assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"diverse_qa", "knowledge_list"}
     for r in good:
         assert r["id"] == "d1" and r["source_text"] == doc["text"] and r["text"].strip()
         if r["rewrite"] == "diverse_qa":
