@@ -126,3 +126,29 @@ def test_an_old_cache_file_gains_the_recency_column(tmp_path):
     old = RequestCache(tmp_path)
     old.put({"q": 1}, ["kept"])
     assert RequestCache(tmp_path, max_bytes=10_000_000).get({"q": 1}) == ["kept"]
+
+
+def test_threads_opening_a_fresh_cache_together_all_store(tmp_path):
+    """Switching a new file to WAL took a lock SQLite does not wait for: one open in about twenty
+    failed with "database is locked", and the run then bypassed its cache (a rerun paid again)."""
+    import threading
+
+    failures: list[BaseException] = []
+    for trial in range(60):
+        cache = RequestCache(tmp_path / str(trial))
+        start = threading.Barrier(4)
+
+        def store(i: int) -> None:
+            start.wait()
+            try:
+                cache.put({"q": i}, [f"answer {i}"])
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == [], f"trial {trial}: {failures[0]!r}"
+        assert [cache.get({"q": i}) for i in range(4)] == [[f"answer {i}"] for i in range(4)]
