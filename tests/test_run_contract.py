@@ -22,13 +22,13 @@ def _inputs(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("form", ["glob", "list"])
+@pytest.mark.parametrize("form", ["glob", "list", "stage-list"])
 def test_a_glob_or_a_list_of_inputs_reads_every_file_once(stub_server, tmp_path, form):
     server = stub_server()
     folder = _inputs(tmp_path)
-    # ``input`` is typed as one string (a file or a glob) in the config schema; a list goes to the read stage
-    given = (f"input={folder}/*.jsonl" if form == "glob"
-             else f"recipe.stages.read.path=[{folder / 'a.jsonl'},{folder / 'b.jsonl'}]")
+    given = {"glob": f"input={folder}/*.jsonl",
+             "list": f"input=[{folder / 'a.jsonl'},{folder / 'b.jsonl'}]",
+             "stage-list": f"recipe.stages.read.path=[{folder / 'a.jsonl'},{folder / 'b.jsonl'}]"}[form]
     summary = recipe.run(recipe.compose(stub_overrides(server, given)), output_dir=str(tmp_path / "out"))
     rows = outputs(tmp_path / "out")
     assert summary.records == 5 and summary.failed == 0 and server.stats()["requests"] == 5
@@ -36,6 +36,18 @@ def test_a_glob_or_a_list_of_inputs_reads_every_file_once(stub_server, tmp_path,
         ("a.jsonl:1", "echo: a1"), ("a.jsonl:2", "echo: a2"), ("a.jsonl:3", "echo: a3"),
         ("b.jsonl:1", "echo: b1"), ("b.jsonl:2", "echo: b2")]
     assert len({r["_id"] for r in rows}) == 5, "the same line number in two files is two records"
+
+
+@pytest.mark.parametrize("given,message", [
+    ("[{folder}/a.jsonl,{folder}/missing.jsonl]", "error: input file not found: {folder}/missing.jsonl"),
+    ("[]", "error: invalid config: input=[]: must be a path or glob, or a list of them"),
+])
+def test_a_bad_input_list_is_one_line_before_any_request(stub_server, tmp_path, given, message):
+    server = stub_server()
+    folder = _inputs(tmp_path)
+    result = cli(tmp_path, *stub_overrides(server, "input=" + given.format(folder=folder)), check_exit=2)
+    assert result.stderr.strip() == message.format(folder=folder)
+    assert server.stats()["requests"] == 0
 
 
 def test_tpm_paces_requests_by_their_tokens(stub_server, tmp_path):

@@ -87,8 +87,9 @@ def identity(cfg: Any) -> dict:
     recipe = _section(config, "recipe") or {}
     from recipe.services import storage
 
-    inputs = sorted({p for p in _read_paths(recipe) + ([config.input] if config.get("input") else [])
-                     if storage.isfile(p)})
+    given = config.get("input") or []
+    inputs = sorted({p for p in _read_paths(recipe) + (list(given) if OmegaConf.is_list(given) else [given])
+                     if isinstance(p, str) and storage.isfile(p)})
     return {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},
         "endpoint": endpoint,
