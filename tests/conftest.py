@@ -1,13 +1,96 @@
-"""Shared fixtures: the real llama.cpp server with SmolLM2, stub servers, isolated dirs."""
+"""Shared fixtures: the real llama.cpp server with SmolLM2, stub servers, isolated dirs.
+
+Also the shared helpers (import them with ``from conftest import ...``): the stub's backend
+overrides, input files, a run's output and error records, and ``python -m recipe`` as a
+subprocess that imports this checkout's package.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import recipe
 from recipe.services.llamacpp_server import LlamaCppServer
 from recipe.services.subprocess_server import ServerProcess, free_port
 from recipe.testing.stub_server import StubServer
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+SRC = str(Path(recipe.__file__).resolve().parents[1])  # the package under test, for subprocesses
+
+
+def stub_overrides(server, *extra: str) -> list[str]:
+    """The overrides that point a run at a stub server (OpenAI's wire format, model ``stub-model``)."""
+    return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
+            "model.name=stub-model", "progress=false", *extra]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """One line per row: a dict as JSON, a string as it is (a deliberately bad line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    """``n`` records ``{"prompt": "question <i>"}``."""
+    return write_jsonl(path, [{"prompt": f"question {i}"} for i in range(n)])
+
+
+def outputs(directory: Path) -> list[dict]:
+    """The records a run wrote (its ``part-*.jsonl`` files, in order)."""
+    return [json.loads(line) for part in sorted(Path(directory).glob("part-*.jsonl"))
+            for line in part.read_text().splitlines()]
+
+
+def error_rows(directory: Path) -> list[dict]:
+    """The error records a run wrote (``errors/*.jsonl``); none when there is no such folder."""
+    return [json.loads(line) for part in sorted((Path(directory) / "errors").glob("*.jsonl"))
+            for line in part.read_text().splitlines()]
+
+
+def cli_env(tmp_path: Path, env: dict | None = None) -> dict[str, str]:
+    """The CLI's environment: this test's cache and runs dirs, no API keys or HYDRA_FULL_ERROR
+    from the caller, loopback unproxied, and the package under test first on PYTHONPATH (the
+    Dask workers it starts inherit it)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
+    full.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
+                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+                PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
+    full.update(env or {})
+    return full
+
+
+def _cwd(tmp_path: Path) -> Path:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    return cwd
+
+
+def cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = None,
+        check_exit: int | None = None, **run) -> subprocess.CompletedProcess:
+    """``python -m recipe *args`` to completion, in a scratch working directory (``tmp_path/cwd``);
+    ``check_exit`` asserts the exit code (showing stderr when it differs)."""
+    result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=_cwd(tmp_path), env=cli_env(tmp_path, env),
+                            capture_output=True, text=True, timeout=timeout, **run)
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr[-3000:]
+    return result
+
+
+def cli_process(tmp_path: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """``python -m recipe *args`` started (for signals and kills): pipes for stdout and stderr."""
+    return subprocess.Popen([sys.executable, "-m", "recipe", *args], cwd=_cwd(tmp_path), env=cli_env(tmp_path, env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+# ---- fixtures --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +98,25 @@ def llama_server():
     """The embedded default model, started once for the whole test session."""
     with LlamaCppServer(n_ctx=2048) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def two_workers():
+    """A LocalCluster of two worker processes on 127.0.0.1, started once for the session (each
+    start costs two imports of litellm); tests that need "a two-worker cluster" but not fresh
+    processes pass ``dask.address=<this>``. Yields the scheduler's address."""
+    import asyncio
+    import contextlib
+
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+                           dashboard_address=None, scheduler_kwargs={"dashboard": False})
+    try:
+        yield cluster.scheduler_address
+    finally:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # a loaded machine: slow to exit
+            cluster.close(timeout=60)
 
 
 @pytest.fixture

@@ -6,36 +6,13 @@ the circuit-breaker cases run the CLI as a real process.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import dask.bag as db
 
 import recipe
+from conftest import cli, error_rows, outputs, write_jsonl
+from conftest import stub_overrides as overrides
 from recipe.stages import FilterStage
 from recipe.stages.records import is_error
-
-
-def overrides(server, *extra: str) -> list[str]:
-    return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
-            "model.name=stub-model", "progress=false", *extra]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
-    return path
-
-
-def outputs(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
-
-
-def error_rows(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted((directory / "errors").glob("*.jsonl"))
-            for line in part.read_text().splitlines()] if (directory / "errors").exists() else []
 
 
 def test_fields_named_self_cls_and_class_render_like_any_other(stub_server, tmp_path):
@@ -120,11 +97,6 @@ def test_a_non_llm_stage_follows_the_same_error_policy():
 
 # ---- the circuit breaker -------------------------------------------------------------------
 
-def _cli(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    return subprocess.run([sys.executable, "-m", "recipe", *args], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-
 
 def test_a_model_that_does_not_exist_stops_the_run_with_one_line_and_it_resumes(stub_server, tmp_path):
     server = stub_server(models="another-model")
@@ -132,7 +104,7 @@ def test_a_model_that_does_not_exist_stops_the_run_with_one_line_and_it_resumes(
     out = tmp_path / "out"
     args = overrides(server, f"input={source}", f"output_dir={out}", "dask.partition_size=50",
                      "backend.max_concurrency=4")
-    stopped = _cli(tmp_path, args)
+    stopped = cli(tmp_path, *args)
     assert stopped.returncode == 2, stopped.stderr
     lines = stopped.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: stopped:"), stopped.stderr
@@ -141,7 +113,7 @@ def test_a_model_that_does_not_exist_stops_the_run_with_one_line_and_it_resumes(
     assert server.stats()["requests"] < 100, "the run stops soon after the pattern is clear"
 
     server.set_models("stub-model")  # the cause is fixed: the same command completes the run
-    resumed = _cli(tmp_path, args)
+    resumed = cli(tmp_path, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(r["prompt"] for r in outputs(out)) == sorted(f"question {i}" for i in range(400))
     assert not error_rows(out)

@@ -13,33 +13,23 @@ import os
 import resource
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import recipe
+from conftest import cli as run_cli
+from conftest import outputs, write_jsonl
+from conftest import stub_overrides as overrides
 from recipe.services.cache import BUSY_TIMEOUT, RequestCache
 from recipe.services.event_loop import run_sync
 from recipe.services.litellm_client import AsyncLiteLLMClient
 
 
-def overrides(server, *extra: str) -> list[str]:
-    return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
-            "model.name=stub-model", "progress=false", *extra]
-
-
 def write_inputs(path: Path, n: int, size: int = 0) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"question {i} " + "x" * size}) + "\n" for i in range(n)))
-    return path
+    return write_jsonl(path, [{"prompt": f"question {i} " + "x" * size} for i in range(n)])
 
 
-def outputs(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
-
-
-def cli(tmp_path: Path, cache: Path, args: list[str], **popen) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(cache), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    return subprocess.run([sys.executable, "-m", "recipe", *args], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, **popen)
+def cli(tmp_path: Path, cache: Path, args: list[str], **run) -> subprocess.CompletedProcess:
+    return run_cli(tmp_path, *args, env={"RECIPE_CACHE_DIR": str(cache)}, **run)
 
 
 def test_a_locked_cache_neither_stalls_the_loop_nor_fails_the_request(stub_server, tmp_path):
@@ -136,3 +126,29 @@ def test_an_old_cache_file_gains_the_recency_column(tmp_path):
     old = RequestCache(tmp_path)
     old.put({"q": 1}, ["kept"])
     assert RequestCache(tmp_path, max_bytes=10_000_000).get({"q": 1}) == ["kept"]
+
+
+def test_threads_opening_a_fresh_cache_together_all_store(tmp_path):
+    """Switching a new file to WAL took a lock SQLite does not wait for: one open in about twenty
+    failed with "database is locked", and the run then bypassed its cache (a rerun paid again)."""
+    import threading
+
+    failures: list[BaseException] = []
+    for trial in range(60):
+        cache = RequestCache(tmp_path / str(trial))
+        start = threading.Barrier(4)
+
+        def store(i: int) -> None:
+            start.wait()
+            try:
+                cache.put({"q": i}, [f"answer {i}"])
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == [], f"trial {trial}: {failures[0]!r}"
+        assert [cache.get({"q": i}) for i in range(4)] == [[f"answer {i}"] for i in range(4)]

@@ -258,10 +258,11 @@ def test_async_client_sends_the_same_body(stub):
 CONVERSATION = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
 
 
-def expected_scores(last: str) -> dict[str, float]:
-    """What the stub (like nemotron-4-340b-reward) scores for the last message."""
-    return {"helpfulness": round((len(last) % 50) / 10, 4), "correctness": round((sum(map(ord, last)) % 40) / 10, 4),
-            "coherence": 3.5, "complexity": 0.5, "verbosity": 1.0}
+def said_on_the_wire(server) -> dict[str, float]:
+    """The scores the reward stub sent for its last answer, read from its log of answers
+    (``name:value,...``, as nemotron-4-340b-reward's content), not recomputed from its rule."""
+    _, content = server.stats()["answers"][-1]
+    return {name: float(value) for name, value in (pair.split(":") for pair in content.split(","))}
 
 
 @pytest.mark.parametrize("provider", ["nvidia_nim", "openai"])
@@ -271,7 +272,9 @@ def test_reward_scores_from_logprobs_or_content(reward_stub, reward_content_stub
     server.reset()
     scores = client_for(server, provider).query_reward_model(
         messages=CONVERSATION, model="nvidia/nemotron-4-340b-reward")
-    assert scores == expected_scores("4.")
+    said = said_on_the_wire(server)
+    assert list(said) == ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+    assert scores == said
     assert all(isinstance(v, float) for v in scores.values())
     stats = server.stats()
     assert stats["by_path"] == {"/v1/chat/completions": 1}

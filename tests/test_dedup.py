@@ -89,15 +89,14 @@ def test_first_occurrences_kept_whatever_the_partitioning_on_threads(npartitions
     assert kept == [r["_id"] for r in records if r["_id"] not in truth]
 
 
-def test_first_occurrences_kept_on_a_two_worker_local_cluster(tmp_path):
-    from distributed import Client, LocalCluster
+def test_first_occurrences_kept_on_a_two_worker_local_cluster(tmp_path, two_workers):
+    from distributed import Client
 
     records, truth = _mixed_records(seed=11)
     source = tmp_path / "in.jsonl"
     # `_id` is reserved for recipe's own ids in input files: the test's names travel as `key`
     source.write_text("".join(json.dumps({"key": r["_id"], "text": r["text"]}) + "\n" for r in records))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with Client(two_workers) as client:
         bag = ReadStage(path=str(source), partition_size=7)()  # 12 partitions over both workers
         stage = DedupStage(field="text", method="minhash", keep_removed=True, output_dir=str(tmp_path))
         rows = client.compute(stage(bag)).result()
@@ -110,15 +109,14 @@ def test_first_occurrences_kept_on_a_two_worker_local_cluster(tmp_path):
     assert {r["key"]: key_of[r[DUPLICATE_OF]] for r in removed} == truth
 
 
-def test_exact_on_the_cluster_matches_threads():
-    from distributed import Client, LocalCluster
+def test_exact_on_the_cluster_matches_threads(two_workers):
+    from distributed import Client
 
     records, truth = _mixed_records(seed=5)
     exact_dups = {d for d, o in truth.items() if int(d[1:]) % 2 == 0}  # the copies with no word swapped
     expected = [r["_id"] for r in records if r["_id"] not in exact_dups]
     assert kept_ids(DedupStage(field="text"), records, 5) == expected
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with Client(two_workers) as client:
         rows = client.compute(DedupStage(field="text")(db.from_sequence(records, npartitions=9))).result()
     assert [r["_id"] for r in rows] == expected
 

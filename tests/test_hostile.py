@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import resource
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import cli, error_rows, outputs, write_jsonl
 
 KEY = "sk-hostile-KEY1234567"
 ENV_KEY = "sk-from-env-KEY7654321"
@@ -25,29 +24,12 @@ STUB = ["backend=openai", "model.name=m", "progress=false"]
 
 
 def run_cli(tmp_path: Path, *args: str, timeout: float = 120, preexec_fn=None, **env: str):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
-    full = {k: v for k, v in os.environ.items()
-            if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    full.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", OPENAI_API_KEY=ENV_KEY,
-                PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
-    full.update(env)
-    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=full, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=preexec_fn)
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    """The CLI with a key in the environment (OPENAI_API_KEY), which must never show anywhere."""
+    return cli(tmp_path, *args, timeout=timeout, preexec_fn=preexec_fn, env={"OPENAI_API_KEY": ENV_KEY, **env})
 
 
 def parts(out: Path) -> tuple[list[dict], list[dict]]:
-    good = [json.loads(l) for p in sorted(out.glob("part-*.jsonl")) for l in p.read_text().splitlines()]
-    bad = [json.loads(l) for p in sorted(out.glob("errors/part-*.jsonl")) for l in p.read_text().splitlines()]
-    return good, bad
+    return outputs(out), error_rows(out)
 
 
 def check(result, rc: int, needle: str | None = None) -> None:
@@ -175,40 +157,25 @@ def test_null_and_blank_prompts_are_input_errors_and_structures_are_json(tmp_pat
 
 # --- 5. bare CR, 7. BOM ----------------------------------------------------------------------
 
-def test_a_bare_cr_inside_a_line_does_not_split_the_record(tmp_path, stub_server):
+@pytest.mark.parametrize("raw, rc, good_expected, malformed", [
+    (b'{"prompt":\r "a"}\n{"prompt": "b",\r"n": 2}\n', 0, [("in.jsonl:1", "echo: a"), ("in.jsonl:2", "echo: b")], 0),
+    (b'{"prompt": "a"}\r{"prompt": "b"}\r', 3, [], 1),
+    (b"\xef\xbb\xbf" + '{"prompt": "caf\u00e9"}\n{"prompt": "b"}\n'.encode(), 0,
+     [("in.jsonl:1", "echo: caf\u00e9"), ("in.jsonl:2", "echo: b")], 0),
+], ids=["a-bare-cr-inside-a-line-does-not-split-the-record",
+        "cr-only-line-endings-are-one-malformed-line-not-two-records-with-one-id", "a-utf8-bom-is-read-as-utf8"])
+def test_line_endings_and_bom(tmp_path, stub_server, raw, rc, good_expected, malformed):
     server = stub_server()
     src = tmp_path / "in.jsonl"
-    src.write_bytes(b'{"prompt":\r "a"}\n{"prompt": "b",\r"n": 2}\n')
+    src.write_bytes(raw)
     result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
                      f"output_dir={tmp_path / 'out'}")
-    check(result, 0)
+    check(result, rc)
     good, bad = parts(tmp_path / "out")
-    assert bad == []
-    assert sorted((g["_source"], g["response"]) for g in good) == [("in.jsonl:1", "echo: a"), ("in.jsonl:2", "echo: b")]
-
-
-def test_cr_only_line_endings_are_one_malformed_line_not_two_records_with_one_id(tmp_path, stub_server):
-    server = stub_server()
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(b'{"prompt": "a"}\r{"prompt": "b"}\r')
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     f"output_dir={tmp_path / 'out'}")
-    check(result, 3)
-    good, bad = parts(tmp_path / "out")
-    assert good == [] and len(bad) == 1
-    assert bad[0]["_error"]["where"].endswith("in.jsonl:1") and "malformed JSON" in bad[0]["_error"]["message"]
-    assert server.stats()["requests"] == 0
-
-
-def test_a_utf8_bom_is_read_as_utf8(tmp_path, stub_server):
-    server = stub_server()
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(b"\xef\xbb\xbf" + '{"prompt": "caf\u00e9"}\n{"prompt": "b"}\n'.encode())
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     f"output_dir={tmp_path / 'out'}")
-    check(result, 0)
-    good, bad = parts(tmp_path / "out")
-    assert bad == [] and sorted(g["response"] for g in good) == ["echo: b", "echo: caf\u00e9"]
+    assert sorted((g["_source"], g["response"]) for g in good) == good_expected
+    assert len(bad) == malformed and server.stats()["requests"] == len(good_expected)
+    for b in bad:
+        assert b["_error"]["where"].endswith("in.jsonl:1") and "malformed JSON" in b["_error"]["message"]
 
 
 # --- 6. the input changes during the run ----------------------------------------------------------

@@ -16,15 +16,40 @@ def code_after(marker: str) -> str:
     return re.search(r"```python\n(.*?)```", block, re.S).group(1)
 
 
-@pytest.mark.llm
-def test_embedding_example_runs(llama_server, capsys):
-    code = code_after("<!-- embedding-example").replace("http://127.0.0.1:8080/v1", llama_server.base_url)
+def _run_embedding_example(base_url: str) -> list[dict]:
+    code = code_after("<!-- embedding-example").replace("http://127.0.0.1:8080/v1", base_url)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    rows = namespace["rows"]
-    assert rows, "the example produced no rows"
-    assert all(r["_parent"] for r in rows if "_error" not in r)
-    assert {r["topic"] for r in rows if "_error" not in r} <= {"volcanoes", "bread"}
+    return namespace["rows"]
+
+
+def test_embedding_example_on_the_stub(stub_server, capsys):
+    server = stub_server(reply="list")  # five numbered items "item <n> about <the prompt's start>"
+    rows = _run_embedding_example(server.base_url)
+    by_topic: dict[str, list[str]] = {}
+    for row in rows:
+        by_topic.setdefault(row["topic"], []).append(row["question"])
+    prompts = {t: f"List 3 questions about {t}." for t in ("volcanoes", "bread")}
+    assert by_topic == {t: [f"item {w} about {p[:30]}" for w in ("one", "two", "three")] for t, p in prompts.items()}
+    assert len({r["_parent"] for r in rows}) == 2 and len({r["_id"] for r in rows}) == 6
+    assert server.stats()["requests"] == 2
+    assert capsys.readouterr().out.splitlines() == [f"{r['_id']} {r['_parent']} {r['question']}" for r in rows]
+
+
+@pytest.mark.llm
+def test_embedding_example_runs(llama_server, capsys):
+    rows = _run_embedding_example(llama_server.base_url)
+    # each topic gives 1 to 3 questions (at most n=3; one parent), one row per question of its
+    # list, in order; or exactly one error record (no parent)
+    good = [r for r in rows if "_error" not in r]
+    parents = {r["_parent"] for r in good}
+    assert all(r["_parent"] for r in good) and len(rows) - len(good) == 2 - len(parents)
+    for parent in parents:
+        mine = [r for r in good if r["_parent"] == parent]
+        assert 1 <= len(mine) <= 3 and [r["question"] for r in mine] == mine[0]["questions"]
+    topics = {r["topic"] for r in good}
+    assert len(topics) == len(parents) and topics <= {"volcanoes", "bread"}, "one parent per topic"
+    assert all(isinstance(r["question"], str) and r["question"].strip() for r in good)
     assert capsys.readouterr().out.count("\n") == len(rows)
 
 

@@ -1,7 +1,8 @@
 """The recipes in recipes/: each composes, builds its stages, and runs end to end.
 
-The ``llm`` tests run every recipe on the real embedded model (SmolLM2-135M on llama.cpp)
-with tiny counts. Lists, verdicts and scores are structured output (llama.cpp constrains
+The ``llm`` tests run the recipes whose stages meet the real model differently (lists, verdicts,
+scores and rewrites parsed from its answers, a dialogue) on the embedded model (SmolLM2-135M on
+llama.cpp) with tiny counts; every recipe also runs on the stub, where each count and field is exact. Lists, verdicts and scores are structured output (llama.cpp constrains
 decoding to their schemas), so the tests assert exact counts: n items per list, one record per
 item, nothing failed; besides lineage back to a read record. The words themselves are not
 asserted: a 135M model is too weak for that. The preference recipe also runs against a stub
@@ -189,26 +190,7 @@ def test_open_qa(llama_server, tmp_path):
 
 
 @pytest.mark.llm
-def test_writing(llama_server, tmp_path):
-    summary, good, _ = run_recipe("writing", llama_server, tmp_path, LISTS, "recipe.topics=[Gardening]",
-                                  "recipe.text_material_types=[poem]", "recipe.n_openlines=1", "recipe.n_revisions=1")
-    assert summary.failed == 0 and summary.records == 1
-    for r in good:
-        assert r["topic"] == "Gardening" and r["text_material_type"] == "poem"
-        assert r["task"] and r["revised_task"]
-
-
-@pytest.mark.llm
-def test_closed_qa(llama_server, tmp_path):
-    summary, good, bad = run_recipe("closed_qa", llama_server, tmp_path, LISTS, "recipe.n_openlines=1")
-    ids = {"doc-honeybees", "doc-bridges", "doc-bread", "doc-tides"}
-    assert summary.failed == 0 and sorted(r["id"] for r in good) == sorted(ids), "one question per document"
-    for r in good:
-        assert isinstance(r["question"], str) and r["question"].strip() and r["questions"] == [r["question"]]
-
-
-@pytest.mark.llm
-@pytest.mark.parametrize("name,flag", [("math", "is_math"), ("python", "is_python")])
+@pytest.mark.parametrize("name,flag", [("math", "is_math")])  # python: the same chain (exact on the stub)
 def test_math_and_python(llama_server, tmp_path, name, flag):
     summary, good, _ = run_recipe(name, llama_server, tmp_path, LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1",
                                   "recipe.n_openlines=1")
@@ -223,8 +205,7 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
 
 
 @pytest.mark.llm
-@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"]),
-                                        ("two_turn", ["user", "assistant", "user"])])
+@pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"])])  # two_turn: stub
 def test_dialogues(llama_server, tmp_path, name, turns):
     src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
     summary, good, _ = run_recipe(name, llama_server, tmp_path, f"input={src}", "recipe.user_styles=[concise]",
@@ -241,10 +222,11 @@ def test_nemotron_cc(llama_server, tmp_path):
                                "their flight almost silent, so mice do not hear them coming."}
     src = _jsonl(tmp_path / "d.jsonl", [doc])
     summary, good, bad = run_recipe("nemotron_cc", llama_server, tmp_path, f"input={src}",
-                                    "recipe.rewrites=[wikipedia,diverse_qa,knowledge_list]", "recipe.max_num_pairs=2")
-    assert summary.records + summary.failed + _removed(summary) == 3
+                                    "recipe.rewrites=[diverse_qa,knowledge_list]",  # the two parsed from the answer
+                                    "recipe.max_num_pairs=2")
+    assert summary.records + summary.failed + _removed(summary) == 2
     if not _removed(summary):
-        assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"wikipedia", "diverse_qa", "knowledge_list"}
+        assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"diverse_qa", "knowledge_list"}
     for r in good:
         assert r["id"] == "d1" and r["source_text"] == doc["text"] and r["text"].strip()
         if r["rewrite"] == "diverse_qa":
@@ -270,10 +252,186 @@ def test_preference_judge(llama_server, tmp_path):
 
 
 # --- stubs: exact answers --------------------------------------------------------------------
+#
+# Every recipe runs once on the stub server, which answers each list as a JSON list of exactly n
+# items ("items <i> about <the prompt's start>"), each verdict and score by ``pick`` (first: "yes"
+# and the scale's minimum, last: "no" and the maximum; ``<<first>>``/``<<last>>`` in a conversation
+# decide for that record), and any other prompt with ``echo: <prompt>``. Each count and each field
+# is known exactly; where a value follows the stub's own rule (a score), the test reads it from
+# what the stub answered on the wire, never from a copy of the rule.
 
-def _stub_helpfulness(response: str) -> float:
-    """What StubServer(reward=True) answers for helpfulness, as NVIDIA's reward model would."""
-    return round((len(response) % 50) / 10, 4)
+STUB_ECHO_CHARS = 185  # items made from different prompts differ; with "items N about " under 200 characters
+
+
+def stub_recipe(name: str, server, tmp_path: Path, *overrides: str):
+    """Run recipe ``name`` on ``server``; (summary, records, error records, asked), where ``asked``
+    is the number of answers the run asked for: sent to the stub or served from the cache."""
+    over = [f"recipe={name}", "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=stub",
+            "model.name=stub-model", "progress=false", *overrides]
+    out = tmp_path / "out"
+    summary = recipe.run(recipe.compose(overrides=over), output_dir=str(out))
+    good, bad = _read_parts(out)
+    assert summary.records == len(good) and summary.failed == len(bad) == 0, bad[:1]
+    _, stages = _stages(over)
+    _check_lineage(good, _roots(stages))
+    return summary, good, server.stats()["requests"] + summary.stats["cache_hits"]
+
+
+def _sample(name: str) -> list[dict]:
+    return [json.loads(line) for line in (paths.recipes_dir() / "data" / name).read_text().splitlines() if line.strip()]
+
+
+def _items(n: int, start: str) -> list[str]:
+    return [f"items {i} about {start}" for i in range(1, n + 1)]
+
+
+def test_stub_generate(stub_server, tmp_path):
+    server = stub_server()
+    prompts = [r["prompt"] for r in _sample("prompts.jsonl")]
+    summary, good, asked = stub_recipe("generate", server, tmp_path)
+    assert asked == summary.records == len(prompts) == 8
+    assert sorted((r["prompt"], r["response"]) for r in good) == sorted((p, f"echo: {p}") for p in prompts)
+
+
+def test_stub_open_qa(stub_server, tmp_path):
+    server = stub_server(pick="first", echo_chars=STUB_ECHO_CHARS)
+    summary, good, asked = stub_recipe("open_qa", server, tmp_path, "~recipe.stages.dedup_questions")
+    # 3 macro topics, each itself + 2 subtopics = 9 topics; 2 questions each; 1 revision each
+    assert summary.records == 9 * 2 * 1 and summary.stats["filtered"] == 0
+    assert asked == 1 + 3 + 9 + 18, "1 macro list, 3 subtopic lists, 9 question lists, 18 revisions"
+    assert len({r["macro_topic"] for r in good}) == 3 and len({r["topic"] for r in good}) == 9
+    assert len({r["question"] for r in good}) == 18
+    for r in good:
+        assert len(r["macro_topics"]) == 3 and r["macro_topic"] in r["macro_topics"]
+        assert [s[:14] for s in r["subtopics"]] == ["items 1 about ", "items 2 about "]
+        assert all(f"of {r['macro_topic'][:60]}" in s for s in r["subtopics"]), "subtopics of this macro topic"
+        assert r["topics"] == [r["macro_topic"], *r["subtopics"]] and r["topic"] in r["topics"]
+        assert len(r["questions"]) == 2 and r["question"] in r["questions"]
+        assert r["revisions"] == [r["revised_question"]]
+        assert r["revised_question"].startswith(f"items 1 about Here is a question: {r['question'][:100]}")
+    macro = good[0]["macro_topics"]
+    assert [m[:14] for m in macro] == ["items 1 about ", "items 2 about ", "items 3 about "]
+    assert len({m[14:] for m in macro}) == 1, "one list answered for all three"
+
+
+def test_stub_writing(stub_server, tmp_path):
+    server = stub_server(pick="first", echo_chars=STUB_ECHO_CHARS)
+    summary, good, asked = stub_recipe("writing", server, tmp_path, "~recipe.stages.dedup_tasks")
+    topics, kinds = ["Climate change", "Friendship", "Artificial intelligence"], ["essay", "poem", "short story", "letter"]
+    assert summary.records == 3 * 4 * 2 and asked == 3 * 4 + 3 * 4 * 2, "12 task lists, then 1 revision per task"
+    assert sorted({(r["topic"], r["text_material_type"]) for r in good}) == sorted((t, k) for t in topics for k in kinds)
+    for r in good:
+        assert len(r["tasks"]) == 2 and r["task"] in r["tasks"]
+        assert f"write a {r['text_material_type']} about {r['topic']}" in r["task"]
+        assert r["revisions"] == [r["revised_task"]] and r["task"][:40] in r["revised_task"]
+    assert len({r["task"] for r in good}) == 24
+
+
+def test_stub_closed_qa(stub_server, tmp_path):
+    server = stub_server(pick="first", echo_chars=STUB_ECHO_CHARS)
+    docs = _sample("documents.jsonl")
+    summary, good, asked = stub_recipe("closed_qa", server, tmp_path)
+    assert summary.records == 2 * len(docs) == 8 and asked == len(docs)
+    assert sorted(r["id"] for r in good) == sorted(d["id"] for d in docs for _ in range(2))
+    for r in good:
+        assert len(r["questions"]) == 2 and r["question"] in r["questions"]
+        assert r["text"][:20] in r["question"], "a question about its own document"
+    assert len({r["question"] for r in good}) == 8
+
+
+@pytest.mark.parametrize("name,flag,pick,kept", [("math", "is_math", "first", True), ("python", "is_python", "first", True),
+                                                 ("math", "is_math", "last", False)],
+                         ids=["math-yes", "python-yes", "math-no"])
+def test_stub_math_and_python(stub_server, tmp_path, name, flag, pick, kept):
+    server = stub_server(pick=pick, echo_chars=STUB_ECHO_CHARS)  # first: every verdict "yes"; last: "no"
+    summary, good, asked = stub_recipe(name, server, tmp_path, "~recipe.stages.dedup_problems")
+    # 3 macro topics, each itself + 2 subtopics = 9 topics, 9 verdicts; a kept topic gets 2 problems
+    assert summary.stats["structured_by_schema"]["verdict"]["asked"] == 9
+    assert summary.stats["filtered"] == (0 if kept else 9)
+    assert summary.records == (18 if kept else 0)
+    assert asked == 1 + 3 + 9 + (9 if kept else 0)
+    assert len({r["topic"] for r in good}) == (9 if kept else 0) and len({r["problem"] for r in good}) == summary.records
+    for r in good:
+        assert r[flag] == "yes" and r["topic"] in r["topics"] and len(r["subtopics"]) == 2
+        assert len(r["problems"]) == 2 and r["problem"] in r["problems"]
+
+
+@pytest.mark.parametrize("name,user_turns", [("dialogue", 2), ("two_turn", 2)])
+def test_stub_dialogues(stub_server, tmp_path, name, user_turns):
+    server = stub_server()
+    openlines = [r["openline"] for r in _sample("openlines.jsonl")]
+    styles = recipe.compose(overrides=[f"recipe={name}"]).recipe.styles
+    summary, good, asked = stub_recipe(name, server, tmp_path)
+    ends_with_assistant = name == "dialogue"
+    turns = 2 * user_turns if ends_with_assistant else 2 * user_turns - 1
+    assert summary.records == len(openlines) * 3 == 15
+    assert asked == 15 * (turns - 1), "every turn after the openline is one answer"
+    assert sorted((r["openline"], r["style"]) for r in good) == sorted((o, s) for o in openlines for s in styles)
+    for r in good:
+        c = r["conversation"]
+        assert [t["role"] for t in c] == (["user", "assistant"] * user_turns)[:turns]
+        assert len(c) == turns and c[0]["content"] == r["openline"] and c[1]["content"] == f"echo: {r['openline']}"
+        user = c[2]["content"]
+        assert user.startswith("echo: Here is a conversation") and c[1]["content"] in user
+        assert (styles[r["style"]] or "follow-up request or question.") in user, "the style's instruction"
+        if ends_with_assistant:
+            assert c[3]["content"] == f"echo: {user}"
+
+
+def test_stub_nemotron_cc(stub_server, tmp_path):
+    server = stub_server()
+    docs = {d["id"]: d["text"] for d in _sample("documents.jsonl")}
+    summary, good, asked = stub_recipe("nemotron_cc", server, tmp_path)
+    rewrites = ["wikipedia", "diverse_qa", "distill", "extract_knowledge", "knowledge_list"]
+    assert summary.records == asked == len(docs) * len(rewrites) == 20
+    assert sorted((r["id"], r["rewrite"]) for r in good) == sorted((d, w) for d in docs for w in rewrites)
+    for r in good:
+        assert r["source_text"] == docs[r["id"]]
+        if r["rewrite"] == "diverse_qa":  # the document, then the pairs read from the answer
+            assert r["text"] == docs[r["id"]] + "\n\nQuestion: <question>\nAnswer: <answer>"
+        elif r["rewrite"] == "knowledge_list":  # bullets stripped, one fact per line
+            assert "<fact>" in r["text"] and not any(line.lstrip().startswith("-") for line in r["text"].splitlines())
+        else:
+            assert r["text"].startswith("echo: ") and r["text"].endswith(docs[r["id"]])
+
+
+def _answers(server) -> dict[str, str]:
+    """What the stub answered (reward or schema), by the message it answered: read off the wire."""
+    return {message: content for message, content in server.stats()["answers"]}
+
+
+def test_stub_preference_by_judge(stub_server, tmp_path):
+    server = stub_server()  # scores vary with the judged text
+    prompts = [r["prompt"] for r in _sample("prompts.jsonl")]
+    summary, good, asked = stub_recipe("preference", server, tmp_path)
+    judged = {m: json.loads(c)["helpfulness"] for m, c in _answers(server).items()}
+    assert len(judged) == 16, "2 responses per prompt, each judged once"
+
+    def score(prompt: str, response: str) -> float:
+        (value,) = [v for m, v in judged.items() if f"Question: {prompt}\n" in m and f"Answer: {response}\n" in m]
+        return value
+
+    ties = [p for p in prompts if score(p, f"echo: {p}") == score(p, f"echo: {p} #1")]
+    assert summary.records == len(prompts) - len(ties) and summary.stats["filtered"] == len(ties)
+    assert asked == 8 + 16
+    for r in good:
+        assert r["responses"] == [f"echo: {r['prompt']}", f"echo: {r['prompt']} #1"]
+        given = [score(r["prompt"], x) for x in r["responses"]]
+        assert [s["helpfulness"] for s in r["scores"]] == given
+        assert (r["chosen"], r["rejected"]) == tuple(x for _, x in sorted(zip(given, r["responses"]), reverse=True))
+        assert r["chosen_score"] == max(given) > r["rejected_score"] == min(given)
+
+
+def test_stub_judged_qa(stub_server, tmp_path):
+    server = stub_server(pick="first")  # scores at the scale's minimum, unless the prompt says <<last>>
+    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Why is the sky blue? <<last>>"}, {"prompt": "Name a fruit. <<last>>"},
+                                        {"prompt": "Say something."}])
+    summary, good, asked = stub_recipe("judged_qa", server, tmp_path, f"input={src}")
+    assert summary.records == 2 and summary.stats["filtered"] == 1 and asked == 3 + 3
+    assert sorted(r["prompt"] for r in good) == ["Name a fruit. <<last>>", "Why is the sky blue? <<last>>"]
+    for r in good:
+        assert r["response"] == f"echo: {r['prompt']}"
+        assert r["scores"] == {"helpfulness": 5.0, "correctness": 5.0, "clarity": 5.0, "aggregate": 5.0}
 
 
 def test_preference_with_reward_model(stub_server, tmp_path):
@@ -289,22 +447,18 @@ def test_preference_with_reward_model(stub_server, tmp_path):
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
     good, bad = _read_parts(tmp_path / "out")
     assert not bad and summary.failed == 0
-    assert summary.records + summary.stats["filtered"] == len(prompts)
-    assert summary.records >= 1
+    # the reward model's answers as they went over the wire: "helpfulness:x,correctness:y,..."
+    said = {m: {k: float(v) for k, v in (kv.split(":") for kv in c.split(","))} for m, c in _answers(reward).items()}
+    assert len(said) == 9, "3 responses per prompt, each scored once"
+    ties = [p["prompt"] for p in prompts if len({said[f"echo: {p['prompt']}{s}"]["helpfulness"] for s in ("", " #1", " #2")}) == 1]
+    assert summary.records == len(prompts) - len(ties) and summary.stats["filtered"] == len(ties)
     for r in good:
-        assert len(r["responses"]) == 3 and len(r["scores"]) == 3
-        assert set(r["scores"][0]) == {"helpfulness", "correctness", "coherence", "complexity", "verbosity"}
-        values = [_stub_helpfulness(x) for x in r["responses"]]
-        assert [s["helpfulness"] for s in r["scores"]] == values
-        assert r["chosen_score"] == max(values) and r["rejected_score"] == min(values) and max(values) > min(values)
-        assert _stub_helpfulness(r["chosen"]) == max(values) and _stub_helpfulness(r["rejected"]) == min(values)
+        assert r["responses"] == [f"echo: {r['prompt']}{s}" for s in ("", " #1", " #2")]
+        assert r["scores"] == [said[x] for x in r["responses"]]
+        values = [said[x]["helpfulness"] for x in r["responses"]]
+        assert r["chosen_score"] == max(values) and r["rejected_score"] == min(values)
+        assert said[r["chosen"]]["helpfulness"] == max(values) and said[r["rejected"]]["helpfulness"] == min(values)
     assert reward.stats()["requests"] == 3 * len(prompts), "every response scored by the reward model"
-
-
-def _stub_judge_score(text: str, low: int = 1, high: int = 5) -> float:
-    """What the stub answers for an integer in [low, high] under a schema: keyed by the first
-    user message's length (see ``_instance`` in recipe/testing/stub_server.py)."""
-    return float(low + len(text) % (high - low + 1))
 
 
 def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
@@ -320,10 +474,11 @@ def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
     good, bad = _read_parts(tmp_path / "out")
     assert not bad and summary.failed == 0 and summary.stats["filtered"] == 1  # the tie
+    said = {message: float(json.loads(content)["helpfulness"]) for message, content in _answers(server).items()}
     expected = []
     for p in prompts[:2]:
         responses = [f"echo: {p['prompt']}", f"echo: {p['prompt']} #1"]
-        scores = [_stub_judge_score(r) for r in responses]
+        scores = [said[r] for r in responses]  # what the judge answered on the wire for each
         assert scores[0] != scores[1]
         best, worst = scores.index(max(scores)), scores.index(min(scores))
         expected.append((p["prompt"], responses[best], responses[worst], max(scores), min(scores),

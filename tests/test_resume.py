@@ -7,50 +7,26 @@ Real processes throughout: ``python -m recipe`` subprocesses or ``recipe.run``, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import recipe
-from recipe.testing.stub_server import StubServer
-
-
-def stub_args(server, *extra: str) -> list[str]:
-    return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
-            "model.name=stub-model", "progress=false", *extra]
+from conftest import cli as run_cli
+from conftest import cli_process, error_rows, outputs, stub_overrides, write_jsonl
 
 
 def write_inputs(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"question {i}", "n": i}) + "\n" for i in range(n)))
-    return path
-
-
-def good_rows(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
-
-
-def error_rows(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted((directory / "errors").glob("*.jsonl"))
-            for line in part.read_text().splitlines()]
+    return write_jsonl(path, [{"prompt": f"question {i}", "n": i} for i in range(n)])
 
 
 def cli(tmp_path: Path, *args: str, timeout: float = 120, check_exit: int | None = 0) -> subprocess.CompletedProcess:
-    """``python -m recipe`` in a scratch working directory (the test's PYTHONPATH is kept)."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
-    env = {**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"), "RECIPE_CACHE_DIR": str(tmp_path / "cache"),
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    if check_exit is not None:
-        assert result.returncode == check_exit, result.stderr
-    return result
+    """The CLI, its exit code checked (0 unless told)."""
+    return run_cli(tmp_path, *args, timeout=timeout, check_exit=check_exit)
 
 
 def output_of(result: subprocess.CompletedProcess) -> Path:
@@ -62,7 +38,7 @@ def output_of(result: subprocess.CompletedProcess) -> Path:
 def test_the_same_command_continues_the_same_run(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 6)
-    args = stub_args(server, f"input={source}", "dask.partition_size=2")
+    args = stub_overrides(server, f"input={source}", "dask.partition_size=2")
     first = cli(tmp_path, *args)
     sent = server.stats()["requests"]
     second = cli(tmp_path, *args)
@@ -74,13 +50,13 @@ def test_the_same_command_continues_the_same_run(stub_server, tmp_path):
     line = second.stdout.splitlines()[-1]
     assert line.startswith("6 records, 0 failed, 6 requests")
     assert "resumed, attempt 2: 6 records and 0 failures in 3 of 3 partitions were already done" in line
-    assert sorted(r["n"] for r in good_rows(run)) == list(range(6))
+    assert sorted(r["n"] for r in outputs(run)) == list(range(6))
 
 
 def test_a_changed_config_is_a_different_run_and_sizing_is_not(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 4)
-    base = stub_args(server, f"input={source}")
+    base = stub_overrides(server, f"input={source}")
     a = recipe.run(recipe.compose(base + ["sampling.temperature=0.3"]))
     b = recipe.run(recipe.compose(base + ["sampling.temperature=0.9"]))
     c = recipe.run(recipe.compose(base + ["sampling.temperature=0.3", "dask.partition_size=1",
@@ -99,9 +75,9 @@ def test_output_dir_holding_another_configs_results_is_refused(stub_server, tmp_
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 3)
     out = tmp_path / "out"
-    cli(tmp_path, *stub_args(server, f"input={source}", f"output_dir={out}", "sampling.temperature=0.3"))
+    cli(tmp_path, *stub_overrides(server, f"input={source}", f"output_dir={out}", "sampling.temperature=0.3"))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
-    refused = cli(tmp_path, *stub_args(server, f"input={source}", f"output_dir={out}", "sampling.temperature=0.9"),
+    refused = cli(tmp_path, *stub_overrides(server, f"input={source}", f"output_dir={out}", "sampling.temperature=0.9"),
                   check_exit=2)
     assert refused.stderr.startswith("error: output_dir ") and "different config" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
@@ -109,7 +85,7 @@ def test_output_dir_holding_another_configs_results_is_refused(stub_server, tmp_
     assert server.stats()["requests"] == 3
     # the same refusal through the API
     with pytest.raises(recipe.ConfigError, match="different config"):
-        recipe.run(recipe.compose(stub_args(server, f"input={source}", "sampling.temperature=0.9")),
+        recipe.run(recipe.compose(stub_overrides(server, f"input={source}", "sampling.temperature=0.9")),
                    output_dir=str(out))
 
 
@@ -117,7 +93,7 @@ def test_explicit_output_dir_resumes_and_holds_config_log_and_stats(stub_server,
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 3)
     out = tmp_path / "out"
-    args = stub_args(server, f"input={source}", f"output_dir={out}")
+    args = stub_overrides(server, f"input={source}", f"output_dir={out}")
     cli(tmp_path, *args)
     second = cli(tmp_path, *args)
     assert output_of(second) == out and "resumed, attempt 2" in second.stdout
@@ -132,12 +108,12 @@ def test_resume_false_clears_the_runs_parts_first(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out"
-    base = stub_args(server, f"input={source}", f"output_dir={out}", "cache.enabled=false")
+    base = stub_overrides(server, f"input={source}", f"output_dir={out}", "cache.enabled=false")
     recipe.run(recipe.compose(base + ["dask.partition_size=3"]))
     assert len(list(out.glob("part-*.jsonl"))) == 4
     summary = recipe.run(recipe.compose(base + ["dask.partition_size=5", "resume=false"]))
     assert sorted(p.name for p in out.glob("part-*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl"]
-    assert sorted(r["n"] for r in good_rows(out)) == list(range(10))
+    assert sorted(r["n"] for r in outputs(out)) == list(range(10))
     assert summary.stats["attempts"] == 1 and summary.stats["requests"] == 10 and summary.stats["resumed"] is None
     assert server.stats()["requests"] == 20
 
@@ -145,7 +121,7 @@ def test_resume_false_clears_the_runs_parts_first(stub_server, tmp_path):
 def test_a_sweep_gives_each_job_its_run_folder_and_resumes_them(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 2)
-    args = ["-m", "sampling.temperature=0.2,0.8", *stub_args(server, f"input={source}")]
+    args = ["-m", "sampling.temperature=0.2,0.8", *stub_overrides(server, f"input={source}")]
     first = cli(tmp_path, *args)
     folders = [Path(l.removeprefix("output: ")) for l in first.stdout.splitlines() if l.startswith("output: ")]
     assert len(set(folders)) == 2 and all(f.parent == tmp_path / "runs" for f in folders)
@@ -167,7 +143,7 @@ def _failing_then_healthy(stub_server, tmp_path, *extra: str, bad_record: bool =
     source.write_text("".join(json.dumps({"prompt": f"question {i}", "n": i}) + "\n" for i in range(3))
                       + (json.dumps({"question": "no prompt field", "n": 3}) + "\n" if bad_record else ""))
     out = tmp_path / "out"
-    args = stub_args(failing, f"input={source}", f"output_dir={out}", "backend.num_retries=0", *extra)
+    args = stub_overrides(failing, f"input={source}", f"output_dir={out}", "backend.num_retries=0", *extra)
     first = recipe.run(recipe.compose(args))
     assert first.records == 0 and first.failed == 3 + bad_record
     assert first.stats["failed_by_class"] == ({"ServerError": 3, "InputError": 1} if bad_record else {"ServerError": 3})
@@ -181,7 +157,7 @@ def test_rerun_retries_transient_failures_and_keeps_records_that_failed_for_thei
     healthy, out, args = _failing_then_healthy(stub_server, tmp_path)
     second = recipe.run(recipe.compose(args))
     assert healthy.stats()["requests"] == 3
-    good, bad = good_rows(out), error_rows(out)
+    good, bad = outputs(out), error_rows(out)
     assert sorted(r["n"] for r in good) == [0, 1, 2]
     assert [e["_error"]["class"] for e in bad] == ["InputError"]
     assert not {r["_id"] for r in good} & {e["_id"] for e in bad}, "a record is both in part-N and errors/part-N"
@@ -196,7 +172,7 @@ def test_a_partitions_good_and_error_files_are_replaced_together(stub_server, tm
     errors/part-00000.jsonl, and stats.json said failed: 0."""
     healthy, out, args = _failing_then_healthy(stub_server, tmp_path, bad_record=False)
     recipe.run(recipe.compose(args))
-    assert sorted(r["n"] for r in good_rows(out)) == [0, 1, 2]
+    assert sorted(r["n"] for r in outputs(out)) == [0, 1, 2]
     assert not (out / "errors" / "part-00000.jsonl").exists()
     assert error_rows(out) == []
     stats = json.loads((out / "stats.json").read_text())
@@ -207,7 +183,7 @@ def test_retry_failed_false_keeps_every_failure(stub_server, tmp_path):
     healthy, out, args = _failing_then_healthy(stub_server, tmp_path)
     second = recipe.run(recipe.compose(args + ["retry_failed=false"]))
     assert healthy.stats()["requests"] == 0
-    assert good_rows(out) == [] and len(error_rows(out)) == 4
+    assert outputs(out) == [] and len(error_rows(out)) == 4
     assert second.failed == 4 and second.records == 0
 
 
@@ -216,7 +192,7 @@ def test_retry_failed_false_keeps_every_failure(stub_server, tmp_path):
 def test_a_complete_run_is_not_replayed_from_the_cache(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 8)
-    args = stub_args(server, f"input={source}", f"output_dir={tmp_path / 'out'}", "dask.partition_size=3")
+    args = stub_overrides(server, f"input={source}", f"output_dir={tmp_path / 'out'}", "dask.partition_size=3")
     recipe.run(recipe.compose(args))
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*")}
     again = recipe.run(recipe.compose(args))
@@ -230,16 +206,14 @@ def test_after_a_kill_only_uncommitted_partitions_are_done(stub_server, tmp_path
     server = stub_server(latency=0.3)
     source = write_inputs(tmp_path / "in.jsonl", 60)
     out = tmp_path / "out"
-    args = stub_args(server, f"input={source}", f"output_dir={out}", "dask.partition_size=5",
+    args = stub_overrides(server, f"input={source}", f"output_dir={out}", "dask.partition_size=5",
                      "backend.max_concurrency=4")
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.Popen([sys.executable, "-m", "recipe", *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_process(tmp_path, *args)
     deadline = time.monotonic() + 90
     while len(list((out / "manifests").glob("part-*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     committed = [json.loads(p.read_text()) for p in (out / "manifests").glob("part-*.json")]
     done = sum(m["records"] for m in committed)
     assert 3 <= len(committed) < 12, "the kill must land part-way"
@@ -247,7 +221,7 @@ def test_after_a_kill_only_uncommitted_partitions_are_done(stub_server, tmp_path
     this = rerun.stats["this_attempt"]
     assert this["requests"] + this["cache_hits"] == 60 - done, "committed partitions were done again"
     assert this["partitions_written"] == 12 - len(committed)
-    assert sorted(r["n"] for r in good_rows(out)) == list(range(60)), "every record exactly once"
+    assert sorted(r["n"] for r in outputs(out)) == list(range(60)), "every record exactly once"
     assert sorted(p.name for p in out.glob("part-*.jsonl")) == [f"part-{i:05d}.jsonl" for i in range(12)]
     assert rerun.stats["attempts"] == 2 and rerun.stats["resumed"]["partitions"] == len(committed)
 
@@ -256,12 +230,12 @@ def test_a_resumed_run_keeps_its_partitioning(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out"
-    base = stub_args(server, f"input={source}", f"output_dir={out}")
+    base = stub_overrides(server, f"input={source}", f"output_dir={out}")
     recipe.run(recipe.compose(base + ["dask.partition_size=3"]))
     (out / "manifests" / "part-00003.json").unlink()  # as if the attempt died before committing the last one
     summary = recipe.run(recipe.compose(base + ["dask.partition_size=4"]))
     assert sorted(p.name for p in out.glob("part-*.jsonl")) == [f"part-{i:05d}.jsonl" for i in range(4)]
-    assert sorted(r["n"] for r in good_rows(out)) == list(range(10)), "a stale or overlapping part survived"
+    assert sorted(r["n"] for r in outputs(out)) == list(range(10)), "a stale or overlapping part survived"
     assert summary.records == 10 and summary.stats["this_attempt"]["partitions_written"] == 1
 
 
@@ -269,7 +243,7 @@ def test_stale_temporary_files_are_cleaned_up(stub_server, tmp_path):
     server = stub_server()
     source = write_inputs(tmp_path / "in.jsonl", 3)
     out = tmp_path / "out"
-    args = stub_args(server, f"input={source}", f"output_dir={out}")
+    args = stub_overrides(server, f"input={source}", f"output_dir={out}")
     recipe.run(recipe.compose(args))
     stale = [out / ".part-00000.jsonl.4242.tmp", out / "errors" / ".part-00000.jsonl.4242.tmp",
              out / ".part-00007.parquet.99.ab12cd34.tmp"]
@@ -299,7 +273,7 @@ def test_stats_sum_every_attempt_and_count_nothing_twice(stub_server, tmp_path):
 def test_the_progress_bar_moves_with_records_inside_a_partition(stub_server, tmp_path):
     server = stub_server(latency=0.05)
     source = write_inputs(tmp_path / "in.jsonl", 256)
-    result = cli(tmp_path, *stub_args(server, f"input={source}", "backend.max_concurrency=4", "progress=true",
+    result = cli(tmp_path, *stub_overrides(server, f"input={source}", "backend.max_concurrency=4", "progress=true",
                                       "dask.partition_size=256"), timeout=180)
     shown = [int(n) for n in re.findall(r"records: (\d+)", result.stderr)]
     assert shown and shown[-1] == 256
@@ -323,7 +297,7 @@ def test_parquet_keeps_every_field_and_reads_back_as_one_dataset(stub_server, tm
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    summary = recipe.run(recipe.compose(stub_args(server, f"input={source}", f"output_dir={out}",
+    summary = recipe.run(recipe.compose(stub_overrides(server, f"input={source}", f"output_dir={out}",
                                                   "dask.partition_size=2", "recipe.stages.write.format=parquet")))
     assert summary.records == 5 and summary.failed == 0
     assert summary.stats["json_fields"] == ["across", "big", "empty", "mixed"]
@@ -363,4 +337,4 @@ def test_a_partition_computed_twice_is_counted_once(tmp_path):
     assert [m["records"] for m in first] == [m["records"] for m in again] == [2, 2, 1]
     counted = collect(None)
     assert (counted["records"], counted["errors"]) == (5, 0)
-    assert sorted(r["n"] for r in good_rows(tmp_path / "out")) == list(range(5))
+    assert sorted(r["n"] for r in outputs(tmp_path / "out")) == list(range(5))

@@ -9,42 +9,21 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import recipe
+from conftest import SRC, cli, cli_process, outputs, write_prompts
 
 PROMPT, COMPLETION = 1000, 500
 GPT4O_REQUEST_USD = PROMPT * 2.5e-6 + COMPLETION * 1e-5  # litellm's gpt-4o price, per request on the stub
-
-
-def write_inputs(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
-    return path
-
-
-def outputs(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
 
 
 def priced(server, source: Path, *extra: str) -> list[str]:
     return ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=test-key",
             "model.name=gpt-4o", "progress=false", f"input={source}", "sampling.max_tokens=500",
             "dask.partition_size=10", *extra]
-
-
-def cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m recipe`` in a subprocess, importing this checkout's package (workers inherit it)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]), NO_PROXY="127.0.0.1")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def stats_of(tmp_path: Path) -> tuple[Path, dict]:
@@ -54,7 +33,7 @@ def stats_of(tmp_path: Path) -> tuple[Path, dict]:
 
 def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 40)
+    source = write_prompts(tmp_path / "in.jsonl", 40)
     first = cli(tmp_path, *priced(server, source, "budget.max_usd=0.1"))
     assert first.returncode == 4, first.stderr
     (line,) = [ln for ln in first.stderr.splitlines() if ln.startswith("budget reached")]
@@ -86,10 +65,11 @@ def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_ser
     assert not stats["budget"]["reached"]
 
 
-def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_record_once(stub_server, tmp_path):
+def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_record_once(stub_server, tmp_path,
+                                                                                         two_workers):
     server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
-    source = write_inputs(tmp_path / "in.jsonl", 120)
-    overrides = priced(server, source, "dask.n_workers=2", "backend.max_concurrency=8")
+    source = write_prompts(tmp_path / "in.jsonl", 120)
+    overrides = priced(server, source, f"dask.address={two_workers}", "backend.max_concurrency=8")
     out = tmp_path / "out"
     first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.2"]), output_dir=str(out))
     budget = first.stats["budget"]
@@ -110,35 +90,33 @@ def test_budget_holds_across_a_two_worker_cluster_and_a_rerun_completes_every_re
     assert second.stats["budget"]["spent_usd"] == pytest.approx(120 * GPT4O_REQUEST_USD)
 
 
-def test_budget_holds_on_an_existing_scheduler(stub_server, tmp_path):
+def test_budget_holds_on_an_existing_scheduler(stub_server, tmp_path, two_workers):
     """``dask.address=``: the budget's ledger goes to a scheduler the run did not start."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     server = stub_server(usage=(PROMPT, COMPLETION), latency=0.05)
-    source = write_inputs(tmp_path / "in.jsonl", 60)
-    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        overrides = priced(server, source, f"dask.address={cluster.scheduler_address}", "backend.max_concurrency=4")
-        out = tmp_path / "out"
-        first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.1"]), output_dir=str(out))
-        budget = first.stats["budget"]
-        sent = server.stats()["requests"]
-        assert first.budget_reached and budget["reached"] and first.records < 60
-        assert budget["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
-        assert 0.1 - GPT4O_REQUEST_USD < budget["spent_usd"] <= 0.1 + budget["max_in_flight"] * GPT4O_REQUEST_USD
-        assert budget["max_in_flight"] <= 4 and budget["reserved_usd"] == 0
-        with Client(cluster.scheduler_address) as client:  # both workers asked, through the one ledger
-            asked = client.run(lambda: __import__("recipe.factory").factory.process_stats().as_dict()["requests"])
-        assert sum(asked.values()) == sent and len(asked) == 2
-        second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
-        assert not second.budget_reached and second.records == 60
-        assert server.stats()["requests"] == 60, "every record paid for once over both attempts"
-        assert second.stats["budget"]["spent_usd"] == pytest.approx(60 * GPT4O_REQUEST_USD)
+    source = write_prompts(tmp_path / "in.jsonl", 60)
+    overrides = priced(server, source, f"dask.address={two_workers}", "backend.max_concurrency=4")
+    out = tmp_path / "out"
+    first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.1"]), output_dir=str(out))
+    budget = first.stats["budget"]
+    sent = server.stats()["requests"]
+    assert first.budget_reached and budget["reached"] and first.records < 60
+    assert budget["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
+    assert 0.1 - GPT4O_REQUEST_USD < budget["spent_usd"] <= 0.1 + budget["max_in_flight"] * GPT4O_REQUEST_USD
+    assert budget["max_in_flight"] <= 4 and budget["reserved_usd"] == 0
+    with Client(two_workers) as client:  # both workers asked, through the one ledger
+        asked = client.run(lambda: __import__("recipe.factory").factory.process_stats().as_dict()["requests"])
+    assert sum(asked.values()) == sent and len(asked) == 2
+    second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
+    assert not second.budget_reached and second.records == 60
+    assert server.stats()["requests"] == 60, "every record paid for once over both attempts"
+    assert second.stats["budget"]["spent_usd"] == pytest.approx(60 * GPT4O_REQUEST_USD)
 
 
 def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_path):
     server = stub_server()
-    source = write_inputs(tmp_path / "in.jsonl", 3)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source, "budget.max_usd=1")]
     result = cli(tmp_path, *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -151,7 +129,7 @@ def test_max_usd_on_an_unpriced_model_is_refused_in_one_line(stub_server, tmp_pa
 
 def test_a_given_price_prices_a_local_model(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 6)
+    source = write_prompts(tmp_path / "in.jsonl", 6)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source)]
     summary = recipe.run(recipe.compose(args + ["budget.max_usd=1", "model.price.input_per_mtok=2",
                                                 "model.price.output_per_mtok=10"]), output_dir=str(tmp_path / "o"))
@@ -161,7 +139,7 @@ def test_a_given_price_prices_a_local_model(stub_server, tmp_path):
 
 def test_max_tokens_caps_any_model(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 30)
+    source = write_prompts(tmp_path / "in.jsonl", 30)
     args = [a.replace("model.name=gpt-4o", "model.name=stub-model") for a in priced(server, source)]
     summary = recipe.run(recipe.compose(args + ["budget.max_tokens=10000", "backend.max_concurrency=2"]),
                          output_dir=str(tmp_path / "o"))
@@ -196,15 +174,12 @@ def halves_conf(tmp_path: Path) -> Path:
 
 def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_server, tmp_path):
     server = stub_server()
-    source = write_inputs(tmp_path / "in.jsonl", 5000)
+    source = write_prompts(tmp_path / "in.jsonl", 5000)
     args = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
             "progress=false", f"input={source}", "recipe=halves", "target.records=137",
             f"hydra.searchpath=[file://{halves_conf(tmp_path)}]"]
-    tests_dir = str(Path(__file__).resolve().parent)
-    env_path = f"{Path(recipe.__file__).resolve().parents[1]}{os.pathsep}{tests_dir}"
-    result = subprocess.run([sys.executable, "-m", "recipe", *args], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
-                                 "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": env_path})
+    helpers = {"PYTHONPATH": os.pathsep.join((SRC, str(Path(__file__).resolve().parent)))}  # spend_helpers
+    result = cli(tmp_path, *args, env=helpers)
     assert result.returncode == 0, result.stderr
     folder, stats = stats_of(tmp_path)
     rows = outputs(folder)
@@ -215,22 +190,20 @@ def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_ser
     assert 274 <= sent <= 400, f"{sent} requests for 137 records at a 50% filter over 5000 inputs"
     assert stats["target"]["acceptance_rate"] == 0.5
     assert stats["target"]["accepted"] == stats["target"]["rejected"] == sent // 2
-    again = subprocess.run([sys.executable, "-m", "recipe", *args], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
-                                "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": env_path})
+    again = cli(tmp_path, *args, env=helpers)
     assert again.returncode == 0, again.stderr
     assert outputs(folder) == rows, "a rerun gives the same N records"
     assert server.stats()["requests"] == sent
 
 
-def test_exactly_n_on_a_two_worker_cluster_and_a_larger_n_continues(stub_server, tmp_path):
+def test_exactly_n_on_a_two_worker_cluster_and_a_larger_n_continues(stub_server, tmp_path, two_workers):
     import spend_helpers  # noqa: F401 - importable here and in the workers (pytest put tests/ on the path)
 
     server = stub_server()
-    source = write_inputs(tmp_path / "in.jsonl", 600)
+    source = write_prompts(tmp_path / "in.jsonl", 600)
     base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
             "progress=false", f"input={source}", "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
-            "dask.n_workers=2"]
+            f"dask.address={two_workers}"]
     out = tmp_path / "out"
     first = recipe.run(recipe.compose(base + ["target.records=50"]), output_dir=str(out))
     assert first.records == 50
@@ -278,7 +251,7 @@ def batch_args(server, source: Path, *extra: str) -> list[str]:
 
 def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines(stub_server, tmp_path):
     online_server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 30)
+    source = write_prompts(tmp_path / "in.jsonl", 30)
     sampling = ["sampling.seed=7", "sampling.n=2", "+recipe.stages.generate.n=2", "sampling.stop=[END]",
                 "sampling.temperature=0.5"]
     online = recipe.run(recipe.compose(priced(online_server, source, "cache.enabled=false", *sampling)),
@@ -310,7 +283,7 @@ def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines
 
 def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
     server = stub_server(batch_seconds=0.3, batch_expire=True)
-    source = write_inputs(tmp_path / "in.jsonl", 4)
+    source = write_prompts(tmp_path / "in.jsonl", 4)
     summary = recipe.run(recipe.compose(batch_args(server, source, "backend.num_retries=2")),
                          output_dir=str(tmp_path / "b"))
     assert summary.records == 0 and summary.failed == 4
@@ -324,19 +297,14 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
     import time
 
     server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=6)
-    source = write_inputs(tmp_path / "in.jsonl", 40)
+    source = write_prompts(tmp_path / "in.jsonl", 40)
     created_key = "batches_created" if wire == "openai" else "message_batches_created"
 
     def lines() -> int:
         stub = server.stats()
         return stub["batch_lines"] if wire == "openai" else len(stub["message_batch_params"])
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(Path(recipe.__file__).resolve().parents[1]))
     args = batch_args(server, source) if wire == "openai" else anthropic_batch_args(server, source)
-    command = [sys.executable, "-m", "recipe", *args]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = cli_process(tmp_path, *args, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "runs").glob("*/batches/*.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before its batch was created"
@@ -347,7 +315,8 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
     assert created >= 1
     states = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs").glob("*/batches/*.json")]
     assert "completed" not in states, "killed while its batches were running"
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    proc.communicate()
+    result = cli(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     folder, stats = stats_of(tmp_path)
     assert server.stats()[created_key] == created, "no batch was submitted again"
@@ -359,7 +328,7 @@ def test_cli_batch_killed_with_sigkill_is_resumed_without_submitting_again(stub_
 
 def test_progress_bar_shows_batch_states(stub_server, tmp_path, capsys):
     server = stub_server(batch_seconds=4)
-    source = write_inputs(tmp_path / "in.jsonl", 5)
+    source = write_prompts(tmp_path / "in.jsonl", 5)
     args = [a for a in batch_args(server, source) if a != "progress=false"] + ["progress=true"]
     summary = recipe.run(recipe.compose(args), output_dir=str(tmp_path / "b"))
     assert summary.records == 5
@@ -376,7 +345,7 @@ def test_budget_and_target_together_stop_at_whichever_comes_first(stub_server, t
     import spend_helpers  # noqa: F401 - the filter's module (pytest put tests/ on the path)
 
     server = stub_server(usage=(PROMPT, COMPLETION))
-    source = write_inputs(tmp_path / "in.jsonl", 200)
+    source = write_prompts(tmp_path / "in.jsonl", 200)
     base = priced(server, source, "recipe=halves", f"hydra.searchpath=[file://{halves_conf(tmp_path)}]",
                   "backend.max_concurrency=1")
     # the target first: 12 records at a 50% filter need 24 answered inputs, far under a $10 budget
@@ -435,7 +404,7 @@ def anthropic_batch_args(server, source: Path, *extra: str) -> list[str]:
 
 def test_anthropic_message_batches_answer_exactly_at_the_batch_price(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION), fail_500=0.1, batch_seconds=0.3, api_key="sk-ant-stub")
-    source = write_inputs(tmp_path / "in.jsonl", 20)
+    source = write_prompts(tmp_path / "in.jsonl", 20)
     summary = recipe.run(recipe.compose(anthropic_batch_args(server, source)), output_dir=str(tmp_path / "b"))
     assert summary.records == 20 and summary.failed == 0
     rows = outputs(tmp_path / "b")
@@ -463,7 +432,7 @@ def test_anthropic_message_batches_answer_exactly_at_the_batch_price(stub_server
 
 def test_anthropic_expired_requests_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
     server = stub_server(batch_seconds=0.2, batch_expire=True)
-    source = write_inputs(tmp_path / "in.jsonl", 4)
+    source = write_prompts(tmp_path / "in.jsonl", 4)
     summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "backend.num_retries=2")),
                          output_dir=str(tmp_path / "b"))
     assert summary.records == 0 and summary.failed == 4
@@ -474,7 +443,7 @@ def test_anthropic_expired_requests_are_resubmitted_then_their_records_fail(stub
 
 def test_anthropic_batch_refuses_n_as_online_in_one_error_per_record(stub_server, tmp_path):
     server = stub_server(batch_seconds=0.2)
-    source = write_inputs(tmp_path / "in.jsonl", 3)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
     summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "+recipe.stages.generate.n=2",
                                                              "backend.num_retries=0")),
                          output_dir=str(tmp_path / "b"))
@@ -484,7 +453,7 @@ def test_anthropic_batch_refuses_n_as_online_in_one_error_per_record(stub_server
 
 def test_anthropic_batch_structured_output_is_valid_json_of_the_schema(stub_server, tmp_path):
     server = stub_server(batch_seconds=0.2)
-    source = write_inputs(tmp_path / "in.jsonl", 3)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
     schema = "{type:object,properties:{answer:{type:string}},required:[answer]}"
     # the OpenAI form (response_format json_schema), which litellm turns into Anthropic's output_format
     summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, f"+recipe.stages.generate.schema={schema}",

@@ -172,13 +172,11 @@ def test_reward_format():
                                               messages=convo)
         assert len(r.choices) == 1
         content = r.choices[0].message.content
-        h, c = round(19 % 50 / 10, 4), round(sum(map(ord, "Hi! How can I help?")) % 40 / 10, 4)
-        assert content == f"helpfulness:{h},correctness:{c},coherence:3.5,complexity:0.5," \
-                          "verbosity:1.0"
+        pairs = [pair.split(":") for pair in content.split(",")]
+        assert [name for name, _ in pairs] == ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
         lp = r.choices[0].logprobs.content
-        assert [t.token for t in lp] == ["helpfulness", "correctness", "coherence", "complexity",
-                                         "verbosity"]
-        assert [t.logprob for t in lp] == [h, c, 3.5, 0.5, 1.0]
+        assert [(t.token, t.logprob) for t in lp] == [(name, float(value)) for name, value in pairs]
+        assert s.stats()["answers"] == [["Hi! How can I help?", content]], "the answer is logged with what it scored"
         assert lp[0].bytes is None and lp[0].top_logprobs == []
         other = client(s).chat.completions.create(
             model="m", messages=MSG + [{"role": "assistant", "content": "No."}])
@@ -225,6 +223,29 @@ def test_stats_and_reset():
 def test_start_failure_reports_stderr():
     with pytest.raises(RuntimeError, match="invalid choice"):
         StubServer(reply="bogus").start()
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "maybe", "no"]},
+                                           "score": {"type": "integer", "minimum": 1, "maximum": 5},
+                                           "topic": {"type": "string"}}}
+
+
+def _schema_answer(s: StubServer, text: str) -> dict:
+    r = client(s).chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
+                                          response_format={"type": "json_object", "schema": SCHEMA})
+    return json.loads(r.choices[0].message.content)
+
+
+def test_schema_answers_pick_first_or_last_and_a_marker_decides_per_conversation():
+    with StubServer(pick="first", echo_chars=8) as s:
+        assert _schema_answer(s, "Is this maths?") == {"answer": "yes", "score": 1, "topic": "topic about Is this"}
+        assert _schema_answer(s, "Is this maths? <<last>>") == {"answer": "no", "score": 5, "topic": "topic about Is this"}
+        answers = s.stats()["answers"]
+        assert [m for m, _ in answers] == ["Is this maths?", "Is this maths? <<last>>"]
+        assert [json.loads(c)["answer"] for _, c in answers] == ["yes", "no"], "what was sent, as sent"
+    with StubServer(pick="last") as s:
+        assert _schema_answer(s, "Is this maths? <<first>>")["answer"] == "yes"
+        assert _schema_answer(s, "Is this maths?")["score"] == 5
 
 
 # ---- the one launcher every child server uses (services/subprocess_server.py) ----------------

@@ -84,12 +84,11 @@ def precheck(argv: list[str]) -> None:
             check_writable(data["output_dir"], "output_dir")
         if (data.get("cache") or {}).get("enabled") and data["cache"].get("dir"):
             check_writable(data["cache"]["dir"], "cache.dir")
-        given = cfg.get("input")
-        if isinstance(given, str) and given and not glob.has_magic(given):
-            from recipe.services import storage
-
-            if not storage.isfile(given if storage.is_remote(given) else os.path.expanduser(given)):
-                raise config_error(f"input file not found: {given}")
+        given = data.get("input")
+        for path in given if isinstance(given, list) else [given]:
+            if isinstance(path, str) and path and not glob.has_magic(path):
+                if not storage.isfile(path if storage.is_remote(path) else os.path.expanduser(path)):
+                    raise config_error(f"input file not found: {path}")
         if cfg.get("output_dir"):  # refused before Hydra writes its config into another run's folder
             from recipe import run_identity
             from recipe.run_folder import RunFolder

@@ -102,8 +102,10 @@ def identity(cfg: Any) -> dict:
     recipe = _section(config, "recipe") or {}
     from recipe.services import storage
 
-    inputs = sorted({p for p in _read_paths(recipe) + ([config.get("input")] if config.get("input") else [])
-                     if storage.isfile(p)})
+    given = config.get("input") or []
+    many = OmegaConf.is_list(given) or isinstance(given, (list, tuple))  # a list of paths or globs
+    inputs = sorted({p for p in _read_paths(recipe) + (list(given) if many else [given])
+                     if isinstance(p, str) and storage.isfile(p)})
     return {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},
         "endpoint": endpoint,

@@ -15,9 +15,12 @@ from recipe.errors import ConfigError
 _registered = False
 
 
-def _input_or_sample(name: str, *, _root_: Any) -> str:
-    """``input`` when the user gave one, else the recipe's shipped sample file."""
+def _input_or_sample(name: str, *, _root_: Any) -> Any:
+    """``input`` when the user gave one (a path, a glob, or a list of them), else the recipe's
+    shipped sample file."""
     given = _root_.get("input")
+    if OmegaConf.is_list(given):
+        return OmegaConf.create([str(p) for p in given])
     return str(given) if given else paths.sample_path(name)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from recipe.config import defaults
 
@@ -126,7 +126,7 @@ class RecipeConfig:
     formatter: FormatterConfig = field(default_factory=FormatterConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recipe: Any = MISSING  # free-form: stages keyed by name, each with a _target_
-    input: Optional[str] = None
+    input: Any = None  # a path or glob, or a list of them (a list needs Any: OmegaConf has no Union of str and list)
     output_dir: Optional[str] = None  # null: the run folder, named after the recipe and the config hash
     dask: DaskConfig = field(default_factory=DaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -204,6 +204,11 @@ def value_problems(cfg: Any) -> list[str]:
     if cfg.target.records is not None:
         check(cfg.target.records >= 1, "target.records", "must be >= 1 (or null for every input)", cfg.target.records)
     check(cfg.target.max_rounds >= 1, "target.max_rounds", "must be >= 1", cfg.target.max_rounds)
+    given = cfg.get("input")
+    if given is not None:
+        paths_given = list(given) if OmegaConf.is_list(given) else [given]
+        check(bool(paths_given) and all(isinstance(p, str) and p for p in paths_given), "input",
+              "must be a path or glob, or a list of them", OmegaConf.to_container(given) if OmegaConf.is_list(given) else given)
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
     if not stages:
         problems.append("recipe.stages: a recipe needs at least one stage")

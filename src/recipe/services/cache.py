@@ -34,6 +34,8 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, digest T
 _INDEX = "CREATE INDEX IF NOT EXISTS responses_last_used ON responses (last_used)"
 BUSY_TIMEOUT = 20.0  # seconds to wait for another process's lock before giving up (then: a live request)
 _THREADS = 4
+_prepare_lock = threading.Lock()
+_prepared: set[tuple[int, str]] = set()  # (process, cache file) already in WAL mode with its table
 
 
 def request_key(parts: Any) -> str:
@@ -109,19 +111,42 @@ class RequestCache(OffLoop):
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
             try:
-                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
-                conn.execute(_SCHEMA)
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
-                if "last_used" not in columns:  # a cache written before the bound existed
-                    conn.execute("ALTER TABLE responses ADD COLUMN last_used REAL NOT NULL DEFAULT 0")
-                conn.execute(_INDEX)
+                conn.execute("PRAGMA synchronous=NORMAL")  # per connection; durable across process crashes
+                self._prepare(conn)
             except BaseException:
                 conn.close()
                 raise
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """WAL mode and the table, once per file and process.
+
+        Switching a fresh file to WAL takes a lock that SQLite does not wait for (the busy timeout
+        does not apply): the cache's threads opening a new file together failed about one time in
+        twenty with "database is locked", and the cache was then bypassed for the whole run. So one
+        thread of this process prepares the file, and a race with another process is retried.
+        """
+        key = (os.getpid(), str(self.path))
+        with _prepare_lock:
+            if key in _prepared:
+                return
+            deadline = time.monotonic() + BUSY_TIMEOUT
+            while True:
+                try:
+                    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute(_SCHEMA)
+                    columns = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+                    if "last_used" not in columns:  # a cache written before the bound existed
+                        conn.execute("ALTER TABLE responses ADD COLUMN last_used REAL NOT NULL DEFAULT 0")
+                    conn.execute(_INDEX)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            _prepared.add(key)
 
     def get(self, parts: Any) -> Any | None:
         key = request_key(parts)

@@ -5,6 +5,11 @@ OpenAI and vLLM do) but is instant, deterministic and can misbehave on demand: l
 jitter, faults in exact proportions, throttling, reward-model answers. It binds to 127.0.0.1 only.
 Per record, a prompt containing ``<<empty>>`` gets a reply with no choice at all (an empty
 stream when streamed), and one containing ``<<object>>`` a reply whose content is a JSON object.
+Answers to a JSON Schema pick enum values and numbers by ``--pick`` (``length``: by the prompt's
+length; ``first``: the first enum value and the minimum; ``last``: the last and the maximum); a
+conversation containing ``<<first>>`` or ``<<last>>`` picks so whatever the server's setting, so a
+test can decide each record's verdict or score. Strings carry the prompt's first ``--echo-chars``
+characters.
 
 Run ``python -m recipe.testing.stub_server --help``; it prints ``READY <port>`` once serving.
 ``StubServer`` runs it as a subprocess so the server never shares the client's GIL.
@@ -63,42 +68,48 @@ def _schema_in(body: dict) -> dict | None:
     return body.get("format") if isinstance(body.get("format"), dict) else None
 
 
-def _instance(schema: dict, root: dict, text: str, label: str = "value") -> Any:
+def _instance(schema: dict, root: dict, text: str, label: str = "value", pick: str = "length",
+              chars: int = 30) -> Any:
     """A deterministic value valid under ``schema`` (the subset of JSON Schema tests use):
-    strings carry ``label`` and the prompt's start, numbers vary with the prompt's length."""
+    strings carry ``label`` and the prompt's first ``chars`` characters; enum values and numbers
+    follow ``pick`` (by the prompt's length, or the first/minimum, or the last/maximum)."""
+    def again(node: dict, name: str = label) -> Any:
+        return _instance(node, root, text, name, pick, chars)
+
     if "$ref" in schema:
         node: Any = root
         for part in schema["$ref"].lstrip("#/").split("/"):
             node = node[part]
-        return _instance(node, root, text, label)
+        return again(node)
     for key in ("anyOf", "oneOf", "allOf"):
         if schema.get(key):
             options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return _instance(options[0], root, text, label)
+            return again(options[0])
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
-        return schema["enum"][len(text) % len(schema["enum"])]
+        at = {"first": 0, "last": -1}.get(pick, len(text) % len(schema["enum"]))
+        return schema["enum"][at]
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         props = schema.get("properties") or {}
-        return {k: _instance(v, root, text, k) for k, v in props.items()}
+        return {k: again(v, k) for k, v in props.items()}
     if kind == "array":
         count = max(int(schema.get("minItems", 1)), min(int(schema.get("maxItems", 3)), 3))
-        return [_instance(schema.get("items") or {}, root, text, f"{label} {i + 1}") for i in range(count)]
+        return [again(schema.get("items") or {}, f"{label} {i + 1}") for i in range(count)]
     if kind in ("integer", "number"):
         low, high = schema.get("minimum", 0), schema.get("maximum", 9)
-        value = low + len(text) % (int(high - low) + 1)
+        value = {"first": low, "last": high}.get(pick, low + len(text) % (int(high - low) + 1))
         return int(value) if kind == "integer" else float(value)
     if kind == "boolean":
-        return len(text) % 2 == 0
+        return {"first": False, "last": True}.get(pick, len(text) % 2 == 0)
     if kind == "null":
         return None
     if "pattern" in schema:  # keep to letters, digits and plain punctuation: what list patterns allow
         text = "".join(c for c in text if c.isalnum() or c in " ?.,:'")
-    value = f"{label} about {text[:30]}".strip()
+    value = f"{label} about {text[:chars]}".strip()
     value = value.ljust(int(schema.get("minLength", 0)), ".")
     return value[:int(schema.get("maxLength", len(value)))]
 
@@ -170,6 +181,9 @@ class _App:
         self.message_batch_params: list[dict] = []
         self.schema_schedule = _Schedule({"break": a.schema_break})
         self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
+        # [the message answered, content] per reward or schema answer: what a test expects is read
+        # from here (the wire), never recomputed from the stub's rules
+        self.answers: list[list] = []
 
     async def stats(self, request):
         return web.json_response({
@@ -178,7 +192,7 @@ class _App:
             "batch_lines": sum(b["request_counts"]["total"] for b in self.batches.values()),
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
-            "bodies": list(self.bodies), "schema_log": self.schema_log,
+            "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers,
             "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params})
 
     async def set_models(self, request):
@@ -357,6 +371,7 @@ class _App:
             content = ",".join(f"{k}:{v}" for k, v in scores)
             lp = None if a.reward_content_only else {"content": [
                 {"token": k, "logprob": v, "bytes": None, "top_logprobs": []} for k, v in scores]}
+            self.answers.append([last_msg, content])
             return [(0, content, lp)]
         n = 1 if a.ignore_n else max(1, int(body.get("n") or 1))
         seed = body.get("seed")
@@ -367,11 +382,15 @@ class _App:
                 # Keyed by the first user turn: a follow-up turn asking again is the same record.
                 first = next((_text(m.get("content")) for m in body.get("messages") or []
                               if isinstance(m, dict) and m.get("role") == "user"), p) if chat else p
+                said = " ".join(_text(m.get("content")) for m in body.get("messages") or []
+                                if isinstance(m, dict)) if chat else p
+                pick = next((w for w in ("first", "last") if f"<<{w}>>" in said), a.pick)
                 for _ in range(n):
-                    valid = _instance(schema, schema, first)
+                    valid = _instance(schema, schema, first, pick=pick, chars=a.echo_chars)
                     broken = self.schema_schedule.next() == "break"
                     self.schema_log.append([first, broken])
                     content = _broken(schema, valid, len(self.schema_log)) if broken else json.dumps(valid)
+                    self.answers.append([first, content])
                     out.append((len(out), content, None))
                 continue
             if a.reply == "list":
@@ -575,6 +594,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-content-only", action="store_true", help="reward with no logprobs")
     p.add_argument("--reply", choices=("echo", "list", "yes", "empty", "null"), default="echo",
                    help="empty: content \"\"; null: content null")
+    p.add_argument("--pick", choices=("length", "first", "last"), default="length",
+                   help="schema answers: enum value and number by the prompt's length, or the first/min, or the last/max")
+    p.add_argument("--echo-chars", type=int, default=30, help="schema answers: prompt characters a string carries")
     p.add_argument("--schema-break", type=float, default=0.0,
                    help="exact fraction of answers to a schema that break it")
     p.add_argument("--finish-reason", default="stop", help="e.g. length: a truncated answer")
@@ -640,7 +662,8 @@ class StubServer:
                  api_key: str | None = None, context_length: int = 0, finish_reason: str = "stop",
                  status: int = 0, drip: float = 0.0, port: int = 0,
                  models: str = "", schema_break: float = 0.0, usage: tuple[int, int] | None = None,
-                 batch_seconds: float = 1.0, batch_expire: bool = False) -> None:
+                 batch_seconds: float = 1.0, batch_expire: bool = False, pick: str = "length",
+                 echo_chars: int = 30) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
@@ -648,7 +671,7 @@ class StubServer:
                      f"--malformed={malformed}", f"--retry-after={retry_after}",
                      f"--throttle-above={throttle_above}", f"--reply={reply}",
                      f"--context-length={context_length}", f"--models={models}",
-                     f"--schema-break={schema_break}"]
+                     f"--schema-break={schema_break}", f"--pick={pick}", f"--echo-chars={echo_chars}"]
         self.args += [f for f, on in (("--ignore-n", ignore_n), ("--reward", reward),
                                       ("--reward-content-only", reward_content_only)) if on]
         if api_key:
