@@ -78,6 +78,19 @@ def test_cost_usd_is_the_reported_usage_at_the_known_price(stub_server, tmp_path
     assert summary.stats["cost_usd"] == pytest.approx(0.075, rel=1e-9)
 
 
+def test_cost_usd_of_a_model_priced_by_the_config(stub_server, tmp_path):
+    """``model.price`` prices a model litellm does not know, for ``cost_usd`` as for the budget."""
+    server = stub_server(usage=(1000, 500))
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}"} for i in range(4)])
+    out = tmp_path / "out"
+    summary = recipe.run(recipe.compose(stub_overrides(
+        server, f"input={source}", "model.name=our-own-model", "model.price.input_per_mtok=3",
+        "model.price.output_per_mtok=20")), output_dir=str(out))
+    assert summary.records == 4
+    # 4 answers x (1000 prompt tokens at $3/M + 500 completion tokens at $20/M) = 4 x $0.013
+    assert json.loads((out / "stats.json").read_text())["cost_usd"] == pytest.approx(0.052, rel=1e-9)
+
+
 def test_exit_code_3_when_records_failed_and_0_when_none_did(stub_server, tmp_path):
     failing, healthy = stub_server(fail_500=0.5), stub_server()
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}"} for i in range(10)])

@@ -22,7 +22,7 @@ def account(plan: RunPlan, attempt: Attempt) -> dict:
     record["wall_seconds"] = round(time.monotonic() - attempt.started, 3)
     usage = {**run_progress.usage(now), "wall_seconds": record["wall_seconds"]}
     if usage.get("requests"):
-        usage["cost_usd"] = cost(spec, usage.get("tokens_by_model") or {})
+        usage["cost_usd"] = cost(spec, usage.get("tokens_by_model") or {}, _price(plan))
     folder.save_attempt(record["attempt"], {**record, "usage": usage, "outcome": attempt.outcome})
     completed = attempt.outcome == "completed"
     json_fields = _unify_parquet(plan.output_dir, plan.stages) if attempt.has_work and completed else None
@@ -61,23 +61,26 @@ def notes(plan: RunPlan, stats: dict) -> list[str]:
     return found
 
 
-def cost(spec: ClientSpec, tokens_by_model: dict) -> float | None:
-    """The run's cost from token counts, computed once, where litellm knows the model's price."""
+def cost(spec: ClientSpec, tokens_by_model: dict, price: dict | None = None) -> float | None:
+    """The run's cost from token counts, computed once, where the price is known.
+
+    ``price`` is the config's ``model.price`` (USD per million tokens): it prices the run's own
+    model here as it does for the budget, before litellm's price map."""
     if not tokens_by_model:
         return None
+    from recipe.services.budget import price_for
     from recipe.services.litellm_setup import get_litellm, is_unpriced
 
     litellm, total = get_litellm(), 0.0
-    if spec.batch:  # at the provider's batch price (input/output_cost_per_token_batches)
-        from recipe.services.budget import price_for
-
-        for model, (prompt, completion) in tokens_by_model.items():
-            price = price_for(spec.provider, model, batch=True)
-            if price is None:
-                return None
-            total += price.cost(prompt, completion)
-        return round(total, 6)
+    given = price if price and price.get("input_per_mtok") is not None else None
     for model, (prompt, completion) in tokens_by_model.items():
+        override = given if model == spec.model else None
+        if spec.batch or override:  # the given price, or the provider's batch price
+            found = price_for(spec.provider, model, override, batch=spec.batch)
+            if found is None:
+                return None
+            total += found.cost(prompt, completion)
+            continue
         if is_unpriced(f"{spec.provider}/{model}"):
             return None
         try:
@@ -159,3 +162,8 @@ def _total_cost(spec: ClientSpec, attempts: list[dict]) -> float | None:
             return None
         total += value
     return round(total, 6)
+
+
+def _price(plan: RunPlan) -> dict | None:
+    """The config's ``model.price``, which prices the run's own model."""
+    return (plan.data.get("model") or {}).get("price")
