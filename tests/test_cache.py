@@ -19,7 +19,7 @@ import recipe
 from conftest import cli as run_cli
 from conftest import outputs, write_jsonl
 from conftest import stub_overrides as overrides
-from recipe.services.cache import BUSY_TIMEOUT, RequestCache
+from recipe.services.cache import RequestCache
 from recipe.services.event_loop import run_sync
 from recipe.services.litellm_client import AsyncLiteLLMClient
 
@@ -34,7 +34,7 @@ def cli(tmp_path: Path, cache: Path, args: list[str], **run) -> subprocess.Compl
 
 def test_a_locked_cache_neither_stalls_the_loop_nor_fails_the_request(stub_server, tmp_path):
     server = stub_server()
-    cache = RequestCache(tmp_path / "cache")
+    cache = RequestCache(tmp_path / "cache", busy_timeout=3)
     len(cache)  # create the file and its table
     holder = sqlite3.connect(cache.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -55,7 +55,7 @@ def test_a_locked_cache_neither_stalls_the_loop_nor_fails_the_request(stub_serve
         holder.execute("ROLLBACK")
         holder.close()
     assert answer == ["echo: hello"], "the live answer, although the cache could not store it"
-    assert ticks >= BUSY_TIMEOUT / 0.05 / 2, "the loop kept running while the cache waited for the lock"
+    assert ticks >= cache.busy_timeout / 0.05 / 2, "the loop kept running while the cache waited for the lock"
     assert client.stats.cache_errors == 1 and "locked" in client.stats.cache_error
 
 

@@ -133,7 +133,9 @@ def test_push_to_a_stub_hub_uploads_the_data_and_the_card(stub_server, tmp_path,
 def test_failed_push_is_one_error_and_the_dataset_stays(stub_server, tmp_path, monkeypatch):
     import datasets
 
-    with HubStub(fail_commits=True) as hub, pytest.raises(HubError) as caught:
+    # A refused commit (a token without write access). A 5xx goes the same way once huggingface_hub's
+    # own retries (about 20 s of backoff) are spent.
+    with HubStub(fail_commits=403) as hub, pytest.raises(HubError) as caught:
         _hub_run(stub_server, tmp_path, monkeypatch, hub, "my-org/my-data")
     message = str(caught.value)
     assert message.startswith("push to the Hub dataset 'my-org/my-data' failed (") and "\n" not in message

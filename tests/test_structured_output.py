@@ -377,13 +377,12 @@ REAL = {"type": "object", "required": ["name", "colours", "size", "habitat"], "a
 
 
 @pytest.mark.llm
-def test_llamacpp_twenty_requests_give_twenty_valid_objects(llama_server):
+def test_llamacpp_concurrent_requests_all_give_valid_objects(llama_server):
     import asyncio
 
     client = AsyncLiteLLMClient(provider="hosted_vllm", api_base=llama_server.base_url, num_retries=1,
                                 structured_output="llamacpp")
-    animals = ["cat", "dog", "owl", "frog", "bee", "fox", "eel", "yak", "ant", "bat",
-               "cow", "hen", "elk", "ape", "emu", "gnu", "koi", "ram", "seal", "wolf"]
+    animals = ["cat", "dog", "owl", "frog", "bee", "fox", "eel", "yak"]
 
     async def ask(animal: str) -> str:
         messages = [{"role": "user", "content": f"Describe a {animal} as JSON: name, colours, size, habitat."}]
@@ -396,7 +395,7 @@ def test_llamacpp_twenty_requests_give_twenty_valid_objects(llama_server):
     answers = run_sync(all_of_them())
     schema = structured_output.as_schema(REAL)
     values = [structured_output.parse(a, schema) for a in answers]  # raises on any invalid answer
-    assert len(values) == 20 and all(v["size"] in ("small", "medium", "large") for v in values)
+    assert len(values) == len(animals) and all(v["size"] in ("small", "medium", "large") for v in values)
 
 
 @pytest.mark.llm

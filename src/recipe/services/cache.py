@@ -92,13 +92,16 @@ class RequestCache(OffLoop):
         directory: where ``requests.sqlite`` lives (a local disk, not NFS).
         max_bytes: the bound on the entries' size; least recently used entries are evicted
             beyond it. None: unbounded.
+        busy_timeout: seconds to wait for another process's lock before the cache gives up
+            (the request then goes out live).
     """
 
     def __init__(self, directory: str | os.PathLike, filename: str = "requests.sqlite",
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, busy_timeout: float = BUSY_TIMEOUT):
         self.path = Path(directory).expanduser() / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes) if max_bytes else None
+        self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_pid: int | None = None
@@ -109,7 +112,7 @@ class RequestCache(OffLoop):
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")  # per connection; durable across process crashes
                 self._prepare(conn)
@@ -131,7 +134,7 @@ class RequestCache(OffLoop):
         with _prepare_lock:
             if key in _prepared:
                 return
-            deadline = time.monotonic() + BUSY_TIMEOUT
+            deadline = time.monotonic() + self.busy_timeout
             while True:
                 try:
                     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
@@ -199,7 +202,8 @@ class RequestCache(OffLoop):
         return self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def __getstate__(self) -> dict:  # connections and threads stay behind; the path travels
-        return {"path": self.path, "max_bytes": self.max_bytes, "corrupt": 0, "evicted": 0}
+        return {"path": self.path, "max_bytes": self.max_bytes, "busy_timeout": self.busy_timeout,
+                "corrupt": 0, "evicted": 0}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

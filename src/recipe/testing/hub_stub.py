@@ -20,7 +20,8 @@ HOST = "127.0.0.1"
 class HubStub:
     """Run with ``with HubStub() as hub:``; ``hub.files[repo_id][path]`` holds the committed bytes."""
 
-    def __init__(self, fail_commits: bool = False) -> None:
+    def __init__(self, fail_commits: int | None = None) -> None:
+        """``fail_commits``: the HTTP status every commit gets instead of success (None: commits work)."""
         self.files: dict[str, dict[str, bytes]] = {}
         self.created: list[dict] = []
         self.auth: list[str | None] = []
@@ -64,7 +65,7 @@ class HubStub:
                                                         "shouldIgnore": False} for f in body.get("files", [])]})
                 if len(parts) >= 6 and parts[:2] == ["api", "datasets"] and parts[4] == "commit":
                     if stub.fail_commits:
-                        return self._reply(500, {"error": "commit failed (injected)"})
+                        return self._reply(stub.fail_commits, {"error": "commit failed (injected)"})
                     repo = f"{parts[2]}/{parts[3]}"
                     for line in raw.decode().splitlines():
                         item = json.loads(line)
