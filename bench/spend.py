@@ -65,35 +65,31 @@ def main() -> None:
         conf.mkdir(parents=True)
         (conf / "halves.yaml").write_text(HALVES_RECIPE)
         source = _inputs(tmp / "many.jsonl", inputs)
-        with StubServer() as server:
-            base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
-                    f"input={source}", "recipe=halves", f"hydra.searchpath=[file://{tmp / 'conf'}]", "progress=false"]
-            whole, _ = _run(base + [f"cache.dir={tmp / 'c3'}"], str(tmp / "whole"))
-            exact, _ = _run(base + [f"cache.dir={tmp / 'c4'}", f"target.records={target}"], str(tmp / "exact"))
-            assert exact.records == target, exact.records
-            print(f"whole input: {whole.records} records from {whole.stats['requests']} requests; "
-                  f"target.records={target}: {exact.records} records from {exact.stats['requests']} requests "
-                  f"in {exact.stats['target']['rounds']} waves")
-            results.append(report(f"requests for {target} of {inputs} (50% filter)", exact.stats["requests"],
-                                  whole.stats["requests"], "requests"))
+        results.append(_whole_and_exact(tmp, source, "halves", target, f"requests for {target} of {inputs} (50% filter)"))
         from spend_helpers import DEDUP_RECIPE
 
         (conf / "halves_dedup.yaml").write_text(DEDUP_RECIPE)
         twice = tmp / "twice.jsonl"  # question 0, question 0, question 2, question 2, ...: the filter keeps all
         twice.write_text("".join(json.dumps({"prompt": f"question {i - i % 2}"}) + "\n" for i in range(inputs)))
-        with StubServer() as server:
-            base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
-                    f"input={twice}", "recipe=halves_dedup", f"hydra.searchpath=[file://{tmp / 'conf'}]",
-                    "progress=false"]
-            whole, _ = _run(base + [f"cache.dir={tmp / 'c5'}"], str(tmp / "whole_dedup"))
-            exact, _ = _run(base + [f"cache.dir={tmp / 'c6'}", f"target.records={target}"], str(tmp / "exact_dedup"))
-            assert exact.records == target, exact.records
-            print(f"whole input with dedup: {whole.records} records from {whole.stats['requests']} requests; "
-                  f"target.records={target}: {exact.records} records from {exact.stats['requests']} requests "
-                  f"in {exact.stats['target']['rounds']} waves")
-            results.append(report(f"requests for {target} of {inputs}, whole-bag dedup", exact.stats["requests"],
-                                  whole.stats["requests"], "requests"))
+        results.append(_whole_and_exact(tmp, twice, "halves_dedup", target,
+                                        f"requests for {target} of {inputs}, whole-bag dedup"))
     save("spend", results)
+
+
+def _whole_and_exact(tmp: Path, source: Path, recipe_name: str, target: int, label: str):
+    """The whole input (the baseline) against ``target.records``, each with its own cache."""
+    with StubServer() as server:
+        base = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
+                f"input={source}", f"recipe={recipe_name}", f"hydra.searchpath=[file://{tmp / 'conf'}]",
+                "progress=false"]
+        whole, _ = _run(base + [f"cache.dir={tmp / recipe_name / 'c-whole'}"], str(tmp / recipe_name / "whole"))
+        exact, _ = _run(base + [f"cache.dir={tmp / recipe_name / 'c-exact'}", f"target.records={target}"],
+                        str(tmp / recipe_name / "exact"))
+    assert exact.records == target, exact.records
+    print(f"{recipe_name}: whole input {whole.records} records from {whole.stats['requests']} requests; "
+          f"target.records={target}: {exact.records} records from {exact.stats['requests']} requests "
+          f"in {exact.stats['target']['rounds']} waves")
+    return report(label, exact.stats["requests"], whole.stats["requests"], "requests")
 
 
 if __name__ == "__main__":
