@@ -281,14 +281,17 @@ def test_batch_answers_like_online_at_the_batch_price_and_resubmits_failed_lines
     assert {json.loads(p.read_text())["status"] for p in recorded} == {"completed"}
 
 
-def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
-    server = stub_server(batch_seconds=0.3, batch_expire=True)
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_expired_batches_are_resubmitted_then_their_records_fail(stub_server, tmp_path, wire):
+    server = stub_server(batch_seconds=0.2, batch_expire=True)
     source = write_prompts(tmp_path / "in.jsonl", 4)
-    summary = recipe.run(recipe.compose(batch_args(server, source, "backend.num_retries=2")),
-                         output_dir=str(tmp_path / "b"))
+    args = (batch_args if wire == "openai" else anthropic_batch_args)(server, source, "backend.num_retries=2")
+    summary = recipe.run(recipe.compose(args), output_dir=str(tmp_path / "b"))
     assert summary.records == 0 and summary.failed == 4
-    assert server.stats()["batches_created"] == 3  # the first, and one per retry
+    created = "batches_created" if wire == "openai" else "message_batches_created"
+    assert server.stats()[created] == 3  # the first, and one per retry
     assert summary.stats["failed_by_class"] == {"ServerError": 4}
+    assert server.stats()["requests"] == 0, "an expired request was never answered, so never paid"
 
 
 @pytest.mark.parametrize("wire", ["openai", "anthropic"])
@@ -428,17 +431,6 @@ def test_anthropic_message_batches_answer_exactly_at_the_batch_price(stub_server
     recorded = sorted((tmp_path / "b" / "batches").glob("*.json"))
     assert len(recorded) == stub["message_batches_created"]
     assert all(json.loads(p.read_text())["id"].startswith("msgbatch_") for p in recorded)
-
-
-def test_anthropic_expired_requests_are_resubmitted_then_their_records_fail(stub_server, tmp_path):
-    server = stub_server(batch_seconds=0.2, batch_expire=True)
-    source = write_prompts(tmp_path / "in.jsonl", 4)
-    summary = recipe.run(recipe.compose(anthropic_batch_args(server, source, "backend.num_retries=2")),
-                         output_dir=str(tmp_path / "b"))
-    assert summary.records == 0 and summary.failed == 4
-    assert server.stats()["message_batches_created"] == 3  # the first, and one per retry
-    assert summary.stats["failed_by_class"] == {"ServerError": 4}
-    assert server.stats()["requests"] == 0, "an expired request was never answered, so never paid"
 
 
 def test_anthropic_batch_refuses_n_as_online_in_one_error_per_record(stub_server, tmp_path):
