@@ -172,6 +172,32 @@ def halves_conf(tmp_path: Path) -> Path:
     return conf
 
 
+def test_filtered_and_deduplicated_count_each_record_once_over_a_stopped_attempt_and_its_rerun(stub_server, tmp_path):
+    """The budget stops partitions part-way (not committed); their records were already filtered
+    and deduplicated once. The rerun does them again: each dropped record still counts once."""
+    from spend_helpers import DEDUP_RECIPE
+
+    server = stub_server(usage=(PROMPT, COMPLETION))
+    conf = halves_conf(tmp_path)
+    (conf / "recipe" / "halves_dedup.yaml").write_text(DEDUP_RECIPE)
+    source = tmp_path / "in.jsonl"  # question 0, 0, 2, 2, 4, 4 ... and every odd question once
+    source.write_text("".join(json.dumps({"prompt": f"question {i - i % 4 if i % 4 < 2 else i}"}) + "\n"
+                              for i in range(40)))
+    overrides = priced(server, source, "recipe=halves_dedup", f"hydra.searchpath=[file://{conf}]",
+                       "backend.max_concurrency=2")
+    out = tmp_path / "out"
+    first = recipe.run(recipe.compose(overrides + ["budget.max_usd=0.1"]), output_dir=str(out))
+    assert first.budget_reached and first.stats["filtered"] < 20
+    second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
+    prompts = [json.loads(line)["prompt"] for line in source.read_text().splitlines()]
+    odd = sum(1 for p in prompts if int(p.split()[-1]) % 2)
+    kept = sorted({p for p in prompts if int(p.split()[-1]) % 2 == 0})
+    assert second.records == len(kept) and sorted(r["prompt"] for r in outputs(out)) == kept
+    assert second.stats["filtered"] == odd
+    assert second.stats["deduplicated"] == {"dedup": 40 - odd - len(kept)}
+    assert second.records + second.stats["filtered"] + second.stats["deduplicated"]["dedup"] == 40
+
+
 def test_cli_exactly_n_after_a_half_filter_costs_a_few_hundred_requests(stub_server, tmp_path):
     server = stub_server()
     source = write_prompts(tmp_path / "in.jsonl", 5000)

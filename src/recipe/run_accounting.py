@@ -114,7 +114,8 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
     stats = {
         "records": done["records"], "failed": done["failed"], "failed_by_class": done["failed_by_class"],
         "transient_failed": done["transient_failed"],
-        "filtered": total["filtered"], "deduplicated": _deduplicated(attempts),
+        "filtered": total["filtered"] if done["filtered"] is None else done["filtered"],
+        "deduplicated": _deduplicated(attempts) if done["deduplicated"] is None else done["deduplicated"],
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],

@@ -272,11 +272,19 @@ def sum_manifests(manifests: dict[int, dict]) -> dict:
     """Records and failures of the committed partitions."""
     by_class: dict[str, int] = {}
     json_fields: set[str] = set()
+    filtered, deduplicated = 0, {}
     for manifest in manifests.values():
         for name, count in (manifest.get("failures") or {}).items():
             by_class[name] = by_class.get(name, 0) + count
         json_fields.update(manifest.get("json_fields") or ())
+        drops = manifest.get("dropped") or {}
+        filtered += int(drops.get("filtered", 0))
+        for stage, count in (drops.get("deduplicated") or {}).items():
+            deduplicated[stage] = deduplicated.get(stage, 0) + count
     return {"records": sum(m.get("records", 0) for m in manifests.values()),
+            # dropped records, each counted once (None: a manifest written before they were counted there)
+            "filtered": filtered if all("dropped" in m for m in manifests.values()) else None,
+            "deduplicated": deduplicated if all("dropped" in m for m in manifests.values()) else None,
             "failed": sum(by_class.values()), "failed_by_class": by_class,
             "transient_failed": sum(m.get("transient", 0) for m in manifests.values()),
             "partitions": len(manifests), "json_fields": sorted(json_fields)}

@@ -23,6 +23,7 @@ from recipe.factory import ClientSpec, shared_async_client
 from recipe.services.event_loop import cancelled, check_cancelled, run_sync
 from recipe.services.tokens import estimate_tokens
 from recipe.stages import breaker, params, progress
+from recipe.stages.partition import carry, counting_filtered
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
@@ -111,7 +112,9 @@ def _apply_stage(partition, stage: Stage) -> list[dict]:
     records = list(partition)
     good = [r for r in records if not is_error(r)]
     passed = [r for r in records if is_error(r)]
-    return passed + (stage.process_partition(good) if good else [])
+    with counting_filtered() as tally:
+        out = passed + (stage.process_partition(good) if good else [])
+    return carry(partition, out, filtered=tally.filtered)
 
 
 @dataclass

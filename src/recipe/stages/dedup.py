@@ -34,6 +34,7 @@ from pydantic import Field
 from recipe.errors import ConfigError, InputError
 from recipe.stages import progress
 from recipe.stages.base import Stage
+from recipe.stages.partition import carry
 from recipe.stages.records import error_record, is_error, record_id
 
 DUPLICATE_OF = "_duplicate_of"
@@ -208,7 +209,7 @@ def _bucket_verdicts(frame):
 def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[dict]:
     """The partition's records minus those with a verdict; each removed one duplicates the
     earliest record among its buckets' first members."""
-    records = list(records)
+    source, records = records, list(records)
     lo, hi = index << _POS_BITS, (index + 1) << _POS_BITS
     mine = verdicts[(verdicts.index >= lo) & (verdicts.index < hi)]
     dup_of: dict[int, Any] = {}
@@ -234,4 +235,4 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
             directory = Path(stage.output_dir) / "removed" / stage.name
             directory.mkdir(parents=True, exist_ok=True)
             _write_jsonl(directory / f"part-{index:05d}.jsonl", removed)
-    return out
+    return carry(source, out, deduplicated={stage.name: len(removed)} if removed else None)

@@ -43,9 +43,13 @@ def finish(handle: int) -> None:
 
 
 def add_filtered(count: int) -> None:
+    """Records a filter dropped: for the live counters, and for the partition's manifest."""
     global _filtered
     with _lock:
         _filtered += count
+    from recipe.stages.partition import count_filtered
+
+    count_filtered(count)
 
 
 def deduplicated(stage: str, index: int, count: int) -> None:

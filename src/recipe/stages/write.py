@@ -23,6 +23,7 @@ from recipe.run_folder import ERRORS, atomic_write, commit_partition, is_transie
 from recipe.services import storage
 from recipe.stages import progress
 from recipe.stages.base import Stage
+from recipe.stages.partition import dropped
 from recipe.stages.records import is_error
 
 
@@ -38,7 +39,7 @@ def _write_jsonl(path: str, records: list[dict]) -> None:
 
 def _write_partition(records, index: int, directory: str, fmt: str, config_hash: str | None,
                      source: Any = None) -> list[dict]:
-    records = list(records)
+    drops, records = dropped(records), list(records)
     if any(is_error(r) and r["_error"]["class"] == "BudgetExhausted" for r in records):
         # The budget stopped this partition part-way: not committed (an earlier commit stays), so a
         # rerun with a larger budget does it, its answered requests coming from the cache.
@@ -72,7 +73,7 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
     manifest = {"part": index, "input": source, "records": len(good), "errors": len(bad), "failures": failures,
                 "transient": sum(n for cls, n in failures.items() if is_transient(cls)),
                 "config_hash": config_hash, "files": [f for f in (good_file, error_file) if f],
-                "json_fields": json_fields, "committed": time.time()}
+                "json_fields": json_fields, "dropped": drops, "committed": time.time()}
     commit_partition(directory, index, good_file, error_file, manifest)
     progress.committed(index, len(good), len(bad))
     return [manifest]
