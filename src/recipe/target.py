@@ -92,6 +92,7 @@ class TargetRun:
         self.compute, self.parallel, self.stopped = compute, max(1, parallel), stopped
         self.rounds = 0  # waves (input recipes) or seed rounds computed in this attempt
         self.dropped = 0  # records made but cut off by the trim
+        self.rejected_in_removed = 0  # records filtered, failed or deduplicated in partitions the trim removed
 
     # ---- graphs ---------------------------------------------------------------------------
 
@@ -210,6 +211,9 @@ class TargetRun:
             records = manifest.get("records", 0)
             if kept >= self.n:
                 self.dropped += records
+                drops = manifest.get("dropped") or {}
+                self.rejected_in_removed += (manifest.get("errors", 0) + int(drops.get("filtered", 0))
+                                             + sum((drops.get("deduplicated") or {}).values()))
                 self._remove(index, manifest)
             elif kept + records > self.n:
                 keep = self.n - kept
@@ -246,7 +250,7 @@ class TargetRun:
 
     def report(self, output: int, reason: str | None) -> dict:
         return {"records": self.n, "output": output, "reached": output >= self.n, "rounds": self.rounds,
-                "trimmed": self.dropped, "max_rounds": self.max_rounds if _seed_rounds(self.stages) else None,
+                "trimmed": self.dropped, "rejected_in_trimmed": self.rejected_in_removed, "max_rounds": self.max_rounds if _seed_rounds(self.stages) else None,
                 "why_short": None if output >= self.n else f"{output} of {self.n} records: {reason}"}
 
 
@@ -255,7 +259,7 @@ def finish_report(report: dict, stats: dict) -> dict:
     accepted = report["output"] + report["trimmed"]
     dropped = stats.get("deduplicated") or {}
     rejected = int(stats.get("filtered", 0) or 0) + int(stats.get("failed", 0) or 0) + \
-        (sum(dropped.values()) if isinstance(dropped, dict) else int(dropped))
+        (sum(dropped.values()) if isinstance(dropped, dict) else int(dropped)) + report.get("rejected_in_trimmed", 0)
     seen = accepted + rejected
     return {**report, "accepted": accepted, "rejected": rejected,
             "acceptance_rate": round(accepted / seen, 4) if seen else None}
