@@ -167,3 +167,25 @@ def test_local_paths_in_every_form_go_through_the_same_calls(tmp_path, monkeypat
     storage.remove(path)
     storage.remove(path)  # gone already: nothing to do
     assert not storage.isfile(path) and not storage.exists(path) and not (tmp_path / "d" / "f.txt").exists()
+
+
+def test_a_large_jsonl_on_s3_plans_the_same_blocks_as_on_disk(s3_bucket, tmp_path):
+    """Planning reads the file in chunks: lines that cross a chunk (3 MiB of lines of varied length,
+    no newline at the end) fall in the same blocks on S3 as on disk, at their true byte offsets."""
+    from recipe.services import storage
+    from recipe.stages.read import ReadStage
+
+    lines = [json.dumps({"i": i, "pad": "x" * (i * 37 % 300)}).encode() for i in range(14000)]
+    data = b"\n".join(lines)  # the last line has no newline
+    local = tmp_path / "in.jsonl"
+    local.write_bytes(data)
+    remote = f"{s3_bucket}/in.jsonl"
+    with storage.open_file(remote, "wb") as handle:
+        handle.write(data)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    expected = [[s, min(starts[i + 1000], len(data)), i + 1] for i, s in enumerate(starts[:-1]) if i % 1000 == 0]
+    for path in (str(local), remote):
+        plan = ReadStage(path=path, partition_size=1000).plan()
+        assert [where[1:] for _, where in plan] == expected

@@ -42,22 +42,33 @@ def resolve_paths(path: str | list[str]) -> list[str]:
     return files
 
 
+_PLAN_CHUNK = 1 << 20
+
+
 def _jsonl_blocks(path: str, lines_per_block: int) -> list[tuple[str, int, int, int]]:
     """(path, start byte, end byte, first line number) for blocks of ``lines_per_block`` lines.
 
-    One streaming pass over the file (buffered reads on object storage); each block is then read
-    by its own task with one ranged read.
+    One streaming pass over the file in 1 MiB reads; each block is then read by its own task with
+    one ranged read. Not ``for line in file``: on object storage fsspec's ``readline`` copies a
+    whole block (up to 50 MiB with s3fs) for every line, and planning a 1M-line file on S3 ran for
+    over 20 minutes.
     """
-    blocks, start, line_no, block_first, offset = [], 0, 1, 1, 0
+    blocks, start, line_no, block_first, offset, line_end = [], 0, 1, 1, 0, 0
     count = 0
     with storage.open_file(path, "rb") as handle:
-        for raw in handle:
-            offset += len(raw)
-            count += 1
-            line_no += 1
-            if count == lines_per_block:
-                blocks.append((path, start, offset, block_first))
-                start, block_first, count = offset, line_no, 0
+        while chunk := handle.read(_PLAN_CHUNK):
+            base, pos = offset, 0
+            while (newline := chunk.find(b"\n", pos)) != -1:  # only \n ends a line (see _read_jsonl_block)
+                pos = newline + 1
+                line_end = base + pos
+                count += 1
+                line_no += 1
+                if count == lines_per_block:
+                    blocks.append((path, start, line_end, block_first))
+                    start, block_first, count = line_end, line_no, 0
+            offset = base + len(chunk)
+    if offset > line_end:  # a last line without a newline
+        count += 1
     if count:
         blocks.append((path, start, offset, block_first))
     return blocks
