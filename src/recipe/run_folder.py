@@ -281,10 +281,11 @@ def sum_manifests(manifests: dict[int, dict]) -> dict:
         filtered += int(drops.get("filtered", 0))
         for stage, count in (drops.get("deduplicated") or {}).items():
             deduplicated[stage] = deduplicated.get(stage, 0) + count
+    # dropped records, each counted once (None: a manifest written before they were counted there)
+    counted = all("dropped" in m for m in manifests.values())
     return {"records": sum(m.get("records", 0) for m in manifests.values()),
-            # dropped records, each counted once (None: a manifest written before they were counted there)
-            "filtered": filtered if all("dropped" in m for m in manifests.values()) else None,
-            "deduplicated": deduplicated if all("dropped" in m for m in manifests.values()) else None,
+            "filtered": filtered if counted else None,
+            "deduplicated": deduplicated if counted else None,
             "failed": sum(by_class.values()), "failed_by_class": by_class,
             "transient_failed": sum(m.get("transient", 0) for m in manifests.values()),
             "partitions": len(manifests), "json_fields": sorted(json_fields)}

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from recipe.config import defaults
 from recipe.errors import ConfigError
-from recipe.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, part_name
+from recipe.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, part_name, sum_manifests
 
 ROUND_FIELD = "_round"  # on the seeds of rounds after the first: their records get new ids
 
@@ -211,9 +211,9 @@ class TargetRun:
             records = manifest.get("records", 0)
             if kept >= self.n:
                 self.dropped += records
-                drops = manifest.get("dropped") or {}
-                self.rejected_in_removed += (manifest.get("errors", 0) + int(drops.get("filtered", 0))
-                                             + sum((drops.get("deduplicated") or {}).values()))
+                gone = sum_manifests({index: manifest})
+                self.rejected_in_removed += (gone["failed"] + (gone["filtered"] or 0)
+                                             + sum((gone["deduplicated"] or {}).values()))
                 self._remove(index, manifest)
             elif kept + records > self.n:
                 keep = self.n - kept

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import threading
 
+from recipe.stages.partition import count_filtered
+
 _lock = threading.Lock()
 _committed: dict[int, tuple[int, int]] = {}  # part number -> (records, errors)
 _live: dict[int, int] = {}  # partition in flight -> records answered
@@ -47,8 +49,6 @@ def add_filtered(count: int) -> None:
     global _filtered
     with _lock:
         _filtered += count
-    from recipe.stages.partition import count_filtered
-
     count_filtered(count)
 
 
