@@ -14,6 +14,8 @@ percentile of arrivals (once running); ``wall`` is requests / the process's whol
 included. ``first`` is the time from the process's start to its first request at the server.
 ``CPU per request`` is the CPU (user + system) the side's process tree used between those two
 arrivals, divided by the requests in between: on a shared machine it moves much less than the rates.
+``server CPU per request`` is the same for the stub server's process: when client and server
+together need all the machine's cores, no client-side change can raise the rate.
 Every ratio is against the raw SDK of the same repetition; repetitions are interleaved and the
 report gives ranges (the machine is shared and noisy).
 
@@ -118,13 +120,17 @@ def _run_side(server, command: list[str], total: int, env: dict) -> dict:
 
     server.reset()
     samples: list[tuple[float, float]] = []
+    server_samples: list[tuple[float, float]] = []  # the stub's own CPU: is the server the bottleneck?
+    stub = psutil.Process(server.pid)
     with tempfile.TemporaryFile() as err:
         began = time.time()
         proc = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
         while proc.poll() is None:
             try:
                 tree = [proc] + proc.children(recursive=True)
-                samples.append((time.time(), sum(sum(p.cpu_times()[:2]) for p in tree)))
+                now = time.time()
+                samples.append((now, sum(sum(p.cpu_times()[:2]) for p in tree)))
+                server_samples.append((now, sum(stub.cpu_times()[:2])))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -139,7 +145,8 @@ def _run_side(server, command: list[str], total: int, env: dict) -> dict:
         raise SystemExit(f"{command[1:4]}: the server saw {stats['requests']} requests, expected {total}")
     lo, hi = len(arrivals) // 10, len(arrivals) - 1 - len(arrivals) // 10
     cpu_ms = 1000 * (_cpu_at(samples, arrivals[hi]) - _cpu_at(samples, arrivals[lo])) / max(1, hi - lo)
-    return {"steady": _steady(arrivals), "wall": total / wall, "wall_s": wall, "cpu_ms": cpu_ms,
+    server_ms = 1000 * (_cpu_at(server_samples, arrivals[hi]) - _cpu_at(server_samples, arrivals[lo])) / max(1, hi - lo)
+    return {"steady": _steady(arrivals), "wall": total / wall, "wall_s": wall, "cpu_ms": cpu_ms, "server_ms": server_ms,
             "first_s": arrivals[0] - began, "max_in_flight": stats["max_in_flight"]}
 
 
@@ -204,13 +211,14 @@ def driver(args: argparse.Namespace) -> None:
                     report(f"  {label}, c={concurrency}, CPU per request", got["cpu_ms"], base["cpu_ms"], "ms")
         print("\nsummary (ranges over repetitions; ratios against the raw SDK of the same repetition)")
         print("| concurrency | side | steady req/s | steady ratio | wall (s) | wall ratio | first request (s) "
-              "| client CPU ms/req (steady) | CPU ratio |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| client CPU ms/req (steady) | CPU ratio | server CPU ms/req |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for (concurrency, label), runs in table.items():
             print(f"| {concurrency} | {label} | {_fmt([r['steady'] for r in runs])} | "
                   f"{_fmt([r['ratio'] for r in runs], 2)} | {_fmt([r['wall_s'] for r in runs], 1)} | "
                   f"{_fmt([r['wall_ratio'] for r in runs], 2)} | {_fmt([r['first_s'] for r in runs], 1)} | "
-                  f"{_fmt([r['cpu_ms'] for r in runs], 2)} | {_fmt([r['cpu_ratio'] for r in runs], 2)} |")
+                  f"{_fmt([r['cpu_ms'] for r in runs], 2)} | {_fmt([r['cpu_ratio'] for r in runs], 2)} | "
+                  f"{_fmt([r['server_ms'] for r in runs], 2)} |")
     save("overhead", results)
 
 

@@ -6,6 +6,11 @@ ratio is ours / bare interpreter. One extra ``python -X importtime`` run per com
 whether litellm (or Dask) got imported. Goal: ``--help`` and ``--cfg job`` under 1.5 s, with
 litellm never imported.
 
+Then the first request of a run: seconds from a fresh process's start to its first request at a
+zero-latency stub server, for ``python -m recipe backend=vllm`` on 20 prompts, against the raw
+OpenAI SDK's first request (baseline) and against ``python -c 'import litellm'`` alone (the floor
+for anything whose requests litellm builds). Goal: under 3 s.
+
     python bench/startup.py [--smoke]
 """
 
@@ -52,6 +57,55 @@ def imported(args: list[str], env: dict) -> list[str]:
     return [name for name in HEAVY if name in names]
 
 
+RAW_FIRST = """
+import asyncio, openai, sys
+async def main():
+    client = openai.AsyncOpenAI(base_url=sys.argv[1], api_key="k", max_retries=0)
+    await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    await client.close()
+asyncio.run(main())
+"""
+
+
+def first_request(server, args: list[str], env: dict) -> float:
+    """Seconds from starting ``python args`` to its first request at ``server``."""
+    server.reset()
+    began = time.time()
+    subprocess.run([sys.executable, *args], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    arrivals = server.stats()["arrivals"]
+    if not arrivals:
+        raise SystemExit(f"{args[:3]}: no request reached the server")
+    return min(arrivals) - began
+
+
+def first_requests(repeats: int, tmp: str, env: dict) -> list[dict]:
+    """The first-request section (see the module's docstring)."""
+    import json
+
+    from overhead import _cli_command
+    from recipe.testing.stub_server import StubServer
+
+    prompts = os.path.join(tmp, "prompts.jsonl")
+    with open(prompts, "w") as handle:
+        handle.writelines(json.dumps({"prompt": f"Say something short ({i})."}) + "\n" for i in range(20))
+    results = []
+    with StubServer() as server:
+        import_litellm = statistics.median(once(["-c", "import litellm"], env)[0] for _ in range(repeats))
+        raw, cli = [], []
+        for i in range(repeats):  # interleaved: a load change hits both sides alike
+            raw.append(first_request(server, ["-c", RAW_FIRST, server.base_url], env))
+            command = _cli_command(server.base_url, 64, "vllm", prompts, os.path.join(tmp, f"out-{i}"), 0)
+            cli.append(first_request(server, command[1:], env))
+        raw_s, cli_s = statistics.median(raw), statistics.median(cli)
+        print(f"first request, median of {repeats}:")
+        results.append(report("raw openai SDK: first request", raw_s * 1000, raw_s * 1000, "ms"))
+        results.append(report("python -c 'import litellm' (whole process)", import_litellm * 1000, raw_s * 1000, "ms"))
+        results.append(report("python -m recipe backend=vllm: first request", cli_s * 1000, raw_s * 1000, "ms"))
+        print(f"  goal under 3 s: {'met' if cli_s < 3 else 'NOT met'} ({cli_s:.2f} s; import litellm alone "
+              f"{import_litellm:.2f} s)")
+    return results
+
+
 def main() -> None:
     banner("startup")
     repeats = 1 if small() else 5
@@ -74,6 +128,7 @@ def main() -> None:
                 wall = measured[label][0]
                 ok = wall < 1.5 and "litellm" not in heavy
                 print(f"  goal under 1.5 s without litellm: {'met' if ok else 'NOT met'} ({wall:.2f} s)")
+        results += first_requests(repeats, tmp, env)
     save("startup", results)
 
 

@@ -68,11 +68,11 @@ def cost(spec: ClientSpec, tokens_by_model: dict, price: dict | None = None) -> 
     model here as it does for the budget, before litellm's price map."""
     if not tokens_by_model:
         return None
-    from recipe.services.budget import price_for
+    from recipe.services.budget import given_price, price_for
     from recipe.services.litellm_setup import get_litellm, is_unpriced
 
     litellm, total = get_litellm(), 0.0
-    given = price if price and price.get("input_per_mtok") is not None else None
+    given = price if given_price(price) is not None else None
     for model, (prompt, completion) in tokens_by_model.items():
         override = given if model == spec.model else None
         if spec.batch or override:  # the given price, or the provider's batch price

@@ -46,11 +46,19 @@ def _price_entry(provider: str, model: str) -> dict | None:
     return None
 
 
-def price_for(provider: str, model: str, override: dict | None = None, batch: bool = False) -> Price | None:
-    """The model's price: ``model.price`` when given, else litellm's model price map, else None."""
+def given_price(override: dict | None) -> Price | None:
+    """``model.price`` (USD per million tokens) when both of its prices are given, else None."""
     override = override or {}
     if override.get("input_per_mtok") is not None and override.get("output_per_mtok") is not None:
         return Price(float(override["input_per_mtok"]) / 1e6, float(override["output_per_mtok"]) / 1e6)
+    return None
+
+
+def price_for(provider: str, model: str, override: dict | None = None, batch: bool = False) -> Price | None:
+    """The model's price: ``model.price`` when given, else litellm's model price map, else None."""
+    given = given_price(override)
+    if given is not None:
+        return given
     entry = _price_entry(provider, model)
     if entry is None:
         return None

@@ -688,6 +688,11 @@ class StubServer:
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}/v1"
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (benches sample its CPU), or None when it is not running."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> "StubServer":
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
         self._buf = b""
