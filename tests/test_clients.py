@@ -295,3 +295,19 @@ def test_the_embedded_server_starts_with_model_context_length(tmp_path):
     rows = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
     assert [row["_error"]["class"] for row in rows] == ["ContextWindowError"]
     assert "maximum context length is 256 tokens" in rows[0]["_error"]["message"]
+
+
+def test_importing_litellm_leaves_the_collector_on_and_its_objects_frozen():
+    """The import runs with the collector paused (a quarter of its time was full collections):
+    afterwards the collector must be on again, and litellm's objects out of its way (frozen)."""
+    code = textwrap.dedent("""
+        import gc
+        from recipe.services.litellm_setup import get_litellm
+        before = gc.get_freeze_count()
+        get_litellm()
+        print(gc.isenabled(), gc.get_freeze_count() - before)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    enabled, frozen = out.stdout.split()
+    assert enabled == "True"
+    assert int(frozen) > 100_000, f"only {frozen} objects frozen: litellm's objects are still scanned"

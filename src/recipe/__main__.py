@@ -37,9 +37,9 @@ def _interrupted() -> None:
 
 
 def _fail(message: str) -> None:
-    """A mistake found before the run: one line, exit 2. Nothing is open yet but the thread that
-    may still be importing litellm (``preload``); the interpreter's shutdown under such a thread
-    was seen to crash (SIGSEGV after the error line), so the process leaves without it."""
+    """A mistake found before the run: one line, exit 2. Nothing is open or unwritten yet, so the
+    process leaves at once, without the interpreter's teardown of what it imported (litellm's
+    objects among them)."""
     print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -53,10 +53,6 @@ def precheck(argv: list[str]) -> None:
     if (args.help or args.hydra_help or args.version or args.info or args.shell_completion
             or args.experimental_rerun is not None or args.config_path is not None):
         return
-    if not args.cfg:  # a run: litellm's seconds of import overlap with composing, reading and Dask's start
-        from recipe.services.litellm_setup import preload
-
-        preload()
     if args.config_dir is not None and not os.path.isdir(args.config_dir):
         raise config_error(f"config directory not found: {os.path.abspath(args.config_dir)}")
     config_dirs = [args.config_dir] if args.config_dir is not None else []
