@@ -75,14 +75,15 @@ def test_the_cli_prints_every_problem_on_one_error_line_before_anything_starts(t
     env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
                OPENAI_API_KEY="sk-test", NO_PROXY="127.0.0.1,localhost",
                PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
+    # ...and a provider litellm does not know: the backends' problems join the same line
     result = subprocess.run([sys.executable, "-m", "recipe", *STUB, f"input={source}",
-                             f"backend.api_base={server.base_url}", *BAD],
+                             f"backend.api_base={server.base_url}", *BAD, "backend.provider=nosuchprovider"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: invalid config: "), result.stderr
-    for needle in NAMED:
+    for needle in NAMED + ["backend.provider='nosuchprovider': not a provider litellm knows"]:
         assert needle in lines[0], (needle, lines[0])
     assert server.stats()["requests"] == 0 and not (tmp_path / "runs").exists()
 

@@ -39,10 +39,11 @@ def precheck(argv: list[str]) -> None:
     For ``--multirun`` every value of every sweep is composed once (not the whole product). The
     backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
     """
-    from recipe.config import secrets
-    from recipe.config.compose import compose, resolved_container
-    from recipe.config.env_keys import resolved_by_reference
-    from recipe.preflight import check_backends, check_writable
+    from recipe.config import schema, secrets
+    from recipe.config.compose import compose_unchecked
+    from recipe.errors import ConfigError
+    from recipe.preflight import backend_problems, check_writable
+    from recipe.run_plan import refuse
 
     args = hydra_args(argv)
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
@@ -58,21 +59,19 @@ def precheck(argv: list[str]) -> None:
     config_dirs = [args.config_dir] if args.config_dir is not None else []
     config_name = args.config_name or "config"
     for overrides in variants(args.overrides, args.multirun):
-        cfg = compose(overrides, config_name=config_name, config_dirs=config_dirs)
+        cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs)
         secrets.from_config(cfg)  # before anything is printed or saved
+        problems = schema.validate(cfg)
         if args.cfg:  # printing a config needs no key and no input
+            refuse(problems)
             continue
-        if "backend" in cfg:
-            if cfg.get("dask") and cfg.dask.get("address"):
-                # Workers of an existing cluster read keys from their own environment: the driver
-                # may lack the variable, so keys stay references (EnvKey) here.
-                data = resolved_by_reference(cfg)
-            else:
-                resolved_container(cfg.backend)
-                data = resolved_container(cfg)
-        else:
-            data = resolved_container(cfg)
-        check_backends(data)
+        try:
+            data = _resolved(cfg)
+        except ConfigError as exc:  # a missing key or a bad interpolation: with the rest, if any
+            if not problems:
+                raise
+            refuse(problems + [str(exc).removeprefix("invalid config: ")])
+        refuse(problems + backend_problems(data))  # one line naming every problem
         # Hydra makes the run folder (output_dir) and its log file before any of our code runs.
         from recipe.services import storage
 
@@ -90,6 +89,21 @@ def precheck(argv: list[str]) -> None:
             from recipe.run_folder import RunFolder
 
             RunFolder(cfg.output_dir).check(run_identity.config_hash(run_identity.identity(cfg)))
+
+
+def _resolved(cfg) -> dict:
+    """The config as the run will read it; a missing API key variable is refused here."""
+    from recipe.config.compose import resolved_container
+    from recipe.config.env_keys import resolved_by_reference
+
+    if "backend" not in cfg:
+        return resolved_container(cfg)
+    if cfg.get("dask") and cfg.dask.get("address"):
+        # Workers of an existing cluster read keys from their own environment: the driver may
+        # lack the variable, so keys stay references (EnvKey) here.
+        return resolved_by_reference(cfg)
+    resolved_container(cfg.backend)  # the backend's key first: its error names the variable
+    return resolved_container(cfg)
 
 
 def config_error(message: str):

@@ -21,15 +21,9 @@ def _providers() -> set[str]:
     return {getattr(p, "value", p) for p in litellm.provider_list}
 
 
-def check_backends(data: dict) -> None:
-    """The run's backend and every stage's own ``backend`` keys: provider and api_base."""
-    problems = backend_problems(data)
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(problems))
-
-
 def backend_problems(data: dict) -> list[str]:
-    """What :func:`check_backends` refuses, as a list (a run's report gathers it with the rest)."""
+    """The backends' problems (the run's and each stage's: provider and api_base), as a list: a
+    config's report gathers them with the rest (the CLI's precheck, ``run_plan.checked_data``)."""
     backends = [("backend", data.get("backend") or {})]
     for name, stage in ((data.get("recipe") or {}).get("stages") or {}).items():
         if isinstance(stage, dict) and isinstance(stage.get("backend"), dict):

@@ -65,6 +65,15 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
     overridden: :func:`recipe.run` then uses the config's run folder (``recipe.run_identity``).
     ``${oc.env:...}`` keys are not resolved here.
     """
+    cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs)
+    check(cfg)
+    return cfg
+
+
+def compose_unchecked(overrides: Sequence[str] = (), config_name: str = "config",
+                      config_dirs: Sequence[str] = ()) -> DictConfig:
+    """:func:`compose` without :func:`check`, for a caller that gathers the config's problems with
+    its own (the CLI's precheck adds the backends') into one report."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -85,7 +94,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
         raise ConfigError(f"{', '.join(nulls)}: {one_line(exc)}" if nulls else one_line(exc)) from None
     except yaml.YAMLError as exc:  # a syntax error in a config file (often a user's --config-dir)
         raise ConfigError(yaml_error_line(exc)) from None
-    check(cfg)
     return cfg
 
 
