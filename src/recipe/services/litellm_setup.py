@@ -55,7 +55,7 @@ def get_litellm() -> ModuleType:
 def _import_without_collections() -> ModuleType:
     """``import litellm`` with the cyclic garbage collector paused, then its objects frozen.
 
-    The import allocates about a million objects that live as long as the process; on the way the
+    The import leaves about 520,000 tracked objects that live as long as the process; on the way the
     collector ran six full passes over them: a quarter of the import (0.7 of 2.9 s, bench/RESULTS.md).
     Nothing the import creates is garbage, so pausing loses nothing; ``gc.freeze`` then keeps
     later full collections of the run from walking that graph again.
