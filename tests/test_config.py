@@ -283,3 +283,35 @@ def test_build_client_from_dictconfig_and_dict(keys):
     assert isinstance(async_client, AsyncLiteLLMClient)
     assert async_client.provider == "openai" and async_client.api_base == "http://127.0.0.1:1/v1"
     assert "sk-test" not in repr(sync) and "sk-test" not in repr(async_client)
+
+
+def test_known_providers_are_litellm_providers_and_cover_every_shipped_backend():
+    """The precheck trusts KNOWN_PROVIDERS without importing litellm: each must be one of litellm's."""
+    from recipe.preflight import KNOWN_PROVIDERS
+    from recipe.services.litellm_setup import get_litellm
+
+    litellm_providers = {getattr(p, "value", p) for p in get_litellm().provider_list}
+    assert KNOWN_PROVIDERS <= litellm_providers, KNOWN_PROVIDERS - litellm_providers
+    shipped = {yaml.safe_load(f.read_text())["provider"] for f in (paths.config_dir() / "backend").glob("*.yaml")}
+    assert shipped and shipped <= KNOWN_PROVIDERS, shipped - KNOWN_PROVIDERS
+
+
+def test_the_precheck_of_a_shipped_backend_does_not_import_litellm(tmp_path):
+    """A run on Dask workers starts its cluster before the driver pays for ``import litellm`` (2 s);
+    an unknown provider is still checked against litellm's list."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a"}\n')
+    code = ("import sys\nfrom recipe.cli_precheck import precheck\n"
+            f"precheck(['backend=vllm', 'backend.api_base=http://127.0.0.1:9/v1', 'input={source}',"
+            f" 'output_dir={tmp_path / 'out'}'])\n"
+            "print('litellm' in sys.modules)\n"
+            "try:\n"
+            "    precheck(['backend=vllm', 'backend.provider=nosuchprovider'])\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, 'litellm' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "ConfigError", "True"], out.stdout

@@ -14,6 +14,12 @@ from urllib.parse import urlparse
 from recipe.errors import ConfigError
 
 
+# The shipped backends' providers (conf/backend) and Anthropic's (batches): in litellm's provider
+# list, as tests/test_config.py checks. Checking them needs no ``import litellm`` (2 s), so a run
+# on Dask workers starts its cluster before the driver imports it, not after.
+KNOWN_PROVIDERS = frozenset({"openai", "hosted_vllm", "nvidia_nim", "ollama", "anthropic"})
+
+
 def _providers() -> set[str]:
     from recipe.services.litellm_setup import get_litellm
 
@@ -32,7 +38,7 @@ def backend_problems(data: dict) -> list[str]:
     providers: set[str] | None = None
     for where, backend in backends:
         provider = backend.get("provider")
-        if provider is not None:
+        if provider is not None and provider not in KNOWN_PROVIDERS:
             providers = providers if providers is not None else _providers()
             if provider not in providers:
                 problems.append(f"{where}.provider={provider!r}: not a provider litellm knows "
