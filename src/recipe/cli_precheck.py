@@ -39,11 +39,10 @@ def precheck(argv: list[str]) -> None:
     For ``--multirun`` every value of every sweep is composed once (not the whole product). The
     backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
     """
-    from recipe.config import schema, secrets
-    from recipe.config.compose import compose_unchecked
-    from recipe.errors import ConfigError
-    from recipe.preflight import backend_problems, check_writable
-    from recipe.run_plan import refuse
+    from recipe.config import secrets
+    from recipe.config.compose import check, compose_unchecked
+    from recipe.preflight import check_writable
+    from recipe.run_plan import checked_data
 
     args = hydra_args(argv)
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
@@ -61,17 +60,10 @@ def precheck(argv: list[str]) -> None:
     for overrides in variants(args.overrides, args.multirun):
         cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs)
         secrets.from_config(cfg)  # before anything is printed or saved
-        problems = schema.validate(cfg)
         if args.cfg:  # printing a config needs no key and no input
-            refuse(problems)
+            check(cfg)
             continue
-        try:
-            data = _resolved(cfg)
-        except ConfigError as exc:  # a missing key or a bad interpolation: with the rest, if any
-            if not problems:
-                raise
-            refuse(problems + [str(exc).removeprefix("invalid config: ")])
-        refuse(problems + backend_problems(data))  # one line naming every problem
+        data = checked_data(cfg, resolve=_resolved)  # one line naming every problem, backends included
         # Hydra makes the run folder (output_dir) and its log file before any of our code runs.
         from recipe.services import storage
 

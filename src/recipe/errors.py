@@ -47,6 +47,13 @@ class ConfigError(RecipeError):
     """A bad config: printed as one line, never as a traceback."""
 
 
+def refuse(problems: list[str]) -> None:
+    """One :class:`ConfigError` naming every problem found (each once), in the CLI's one-line form;
+    nothing when there is none. Every report of a config's problems is made here."""
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(dict.fromkeys(problems)))
+
+
 class StageParamsError(ConfigError):
     """A stage's parameters that break their declared types or rules: all of them, in one error.
 

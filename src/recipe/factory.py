@@ -15,7 +15,7 @@ from typing import Any
 
 from recipe.config import defaults
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, refuse
 
 
 @dataclass(frozen=True)
@@ -287,8 +287,7 @@ def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size
 
     Raises one :class:`ConfigError` listing every bad stage, each named by its key."""
     stages, problems = _build_stages(recipe, spec, output_dir, partition_size, world=True)
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(problems))
+    refuse(problems)
     return stages
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, refuse
 from recipe.factory import ClientSpec
 
 
@@ -77,14 +77,11 @@ def _llm_stages(stages: list) -> list:
     return [stage for stage in stages if isinstance(stage, LLMStage)]
 
 
-def refuse(problems: list[str]) -> None:
-    """One report of every problem found, in the CLI's one-line form."""
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(dict.fromkeys(problems)))
+def checked_data(cfg: Any, resolve: Callable[[Any], dict] | None = None) -> dict:
+    """``cfg`` checked as a whole (every problem in one report) and resolved, once.
 
-
-def checked_data(cfg: Any) -> dict:
-    """``cfg`` checked as a whole (every problem in one report) and resolved, once."""
+    ``resolve`` makes the plain dict; by default keys stay variable names (EnvKey), so the task
+    graph never holds one. The CLI's precheck resolves them, to refuse a missing variable."""
     from recipe import preflight
     from recipe.config.compose import setup
     from recipe.config.env_keys import resolved_by_reference
@@ -93,7 +90,7 @@ def checked_data(cfg: Any) -> dict:
     setup()  # the resolvers, for a config made outside recipe.compose
     problems = schema.value_problems(cfg)
     try:
-        data = resolved_by_reference(cfg)  # keys stay variable names (EnvKey): the graph never holds one
+        data = (resolve or resolved_by_reference)(cfg)
     except ConfigError as exc:
         if not problems:
             raise

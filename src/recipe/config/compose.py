@@ -10,7 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.config import paths, schema
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, refuse
 
 _registered = False
 
@@ -152,9 +152,7 @@ def _outside_any_app() -> Iterator[None]:
 
 def check(cfg: Any) -> None:
     """Raise one ConfigError listing every problem with ``cfg``."""
-    problems = schema.validate(cfg)
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(problems))
+    refuse(schema.validate(cfg))
 
 
 _NOISE = ("full_key", "object_type", "Set the environment", "reference_type", "See https://hydra.cc")
