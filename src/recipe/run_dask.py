@@ -96,8 +96,17 @@ def dask_context(dask_cfg: dict):
 
         # The function, not the name "threads": for a name Dask imports distributed (~0.8 s of CPU
         # before the first request) to look for a Client that a threaded run never has.
-        with dask.config.set(scheduler=dask.threaded.get, num_workers=max(4, dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))):
+        with dask.config.set(scheduler=dask.threaded.get, num_workers=parallelism(dask_cfg)):
             yield None
+
+
+def parallelism(dask_cfg: dict) -> int:
+    """Partitions the run computes at once: every worker's threads, or this process's thread pool
+    (at least 4 threads: a threaded run has no other way to overlap partitions)."""
+    threads = int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))
+    if dask_cfg.get("n_workers", 0) > 0:
+        return int(dask_cfg["n_workers"]) * threads
+    return max(4, threads)
 
 
 def _cull_only(dsk, keys, **kwargs):

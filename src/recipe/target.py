@@ -27,7 +27,6 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from recipe.config import defaults
 from recipe.errors import ConfigError
 from recipe.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, part_name, sum_manifests
 
@@ -92,7 +91,7 @@ class TargetRun:
         self.compute, self.parallel, self.stopped = compute, max(1, parallel), stopped
         self.rounds = 0  # waves (input recipes) or seed rounds computed in this attempt
         self.dropped = 0  # records made but cut off by the trim
-        self.rejected_in_removed = 0  # records filtered, failed or deduplicated in partitions the trim removed
+        self.rejected_in_trimmed = 0  # records filtered, failed or deduplicated in partitions the trim removed
 
     # ---- graphs ---------------------------------------------------------------------------
 
@@ -212,7 +211,7 @@ class TargetRun:
             if kept >= self.n:
                 self.dropped += records
                 gone = sum_manifests({index: manifest})
-                self.rejected_in_removed += (gone["failed"] + (gone["filtered"] or 0)
+                self.rejected_in_trimmed += (gone["failed"] + (gone["filtered"] or 0)
                                              + sum((gone["deduplicated"] or {}).values()))
                 self._remove(index, manifest)
             elif kept + records > self.n:
@@ -250,7 +249,7 @@ class TargetRun:
 
     def report(self, output: int, reason: str | None) -> dict:
         return {"records": self.n, "output": output, "reached": output >= self.n, "rounds": self.rounds,
-                "trimmed": self.dropped, "rejected_in_trimmed": self.rejected_in_removed, "max_rounds": self.max_rounds if _seed_rounds(self.stages) else None,
+                "trimmed": self.dropped, "rejected_in_trimmed": self.rejected_in_trimmed, "max_rounds": self.max_rounds if _seed_rounds(self.stages) else None,
                 "why_short": None if output >= self.n else f"{output} of {self.n} records: {reason}"}
 
 
@@ -265,16 +264,11 @@ def finish_report(report: dict, stats: dict) -> dict:
             "acceptance_rate": round(accepted / seen, 4) if seen else None}
 
 
-def parallelism(dask_cfg: dict) -> int:
-    """Partitions a wave should hold at least, to keep every worker busy."""
-    if dask_cfg.get("n_workers", 0) > 0:
-        return int(dask_cfg["n_workers"]) * int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))
-    return max(4, int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER)))
-
-
 def run_target(data: dict, stages: list, plan: list | None, folder, config_hash: str, client: Any,
                stopped: Callable[[], bool]) -> dict:
     """The runner's hook: compute waves on ``client`` (or threads) and return the target's report."""
+    from recipe.run_dask import parallelism
+
     target = data.get("target") or {}
 
     def compute(bags: list) -> None:
@@ -286,7 +280,7 @@ def run_target(data: dict, stages: list, plan: list | None, folder, config_hash:
             dask.compute(*bags)
 
     return TargetRun(target["records"], target.get("max_rounds", 10), stages, plan, folder, config_hash,
-                     compute, parallelism(data.get("dask") or {}), stopped).run()
+                     compute, parallelism(data.get("dask") or {}), stopped).run()  # a wave keeps every worker busy
 
 
 def wanted(data: dict) -> bool:
