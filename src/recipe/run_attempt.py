@@ -37,7 +37,7 @@ class Attempt:
 def start(plan: RunPlan) -> Attempt:
     """Open the run folder for a new attempt (under its lock): the folder's partition plan, the
     partitions still to do, the attempt's record, its budget ledger and batch folder."""
-    from recipe.run_execute import build_bag
+    from recipe.run_execute import partitions
     from recipe.run_folder import sum_manifests
     from recipe.services import budget
 
@@ -48,7 +48,7 @@ def start(plan: RunPlan) -> Attempt:
     if input_plan is None and hasattr(stages[0], "plan"):
         input_plan = stages[0].plan()
         folder.save_plan(input_plan)
-    _, todo, kept, n_partitions = build_bag(stages, input_plan, folder, plan.config_hash, plan.retry_failed)
+    todo, kept, n_partitions = partitions(stages, input_plan, folder, plan.config_hash, plan.retry_failed)
     record = {"attempt": folder.new_attempt(), "started": time.time(), "partitions_to_do": len(todo),
               "partitions_kept": len(kept), "of_partitions": n_partitions}
     folder.save_attempt(record["attempt"], {**record, "usage": {}, "outcome": "running"})

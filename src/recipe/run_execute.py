@@ -14,24 +14,42 @@ from recipe.run_attempt import Attempt
 from recipe.run_plan import RunPlan
 
 
-def build_bag(stages: list, input_plan: list | None, folder, config_hash: str, retry_failed: bool):
-    """The run's graph: the read stage on the run's fixed plan, then each stage; the write stage
-    gets only the partitions that are not committed. Returns (bag, partitions to do, kept, of)."""
+def _until_last(stages: list, input_plan: list | None):
+    """The graph of every stage but the last (the read stage on the run's fixed plan), and the last
+    stage (None for a one-stage recipe)."""
     from recipe.stages.read import ReadStage
-    from recipe.stages.write import WriteStage
 
     first, *rest = stages
     bag = first.read(input_plan) if isinstance(first, ReadStage) and input_plan is not None else first(None)
     *middle, last = rest if rest else [None]
     for stage in middle:
         bag = stage(bag)
+    return bag, last
+
+
+def partitions(stages: list, input_plan: list | None, folder, config_hash: str,
+               retry_failed: bool) -> tuple[list[int], dict, int]:
+    """(partitions to do, the committed ones kept, of how many), from the run folder's manifests."""
+    from recipe.stages.write import WriteStage
+
+    bag, last = _until_last(stages, input_plan)
     if isinstance(last, WriteStage):
         todo, kept = folder.todo(bag.npartitions, config_hash, retry_failed)
+        return todo, kept, bag.npartitions
+    return list(range(bag.npartitions)), {}, bag.npartitions  # no write stage last: nothing can be skipped
+
+
+def build_bag(stages: list, input_plan: list | None, todo: list[int], config_hash: str):
+    """The run's graph; the write stage gets only the partitions ``todo`` (the attempt's, so the
+    manifests are not read again). Built anew for the computation: the stages' specs carry what
+    the attempt added (its budget ledger, its batch folder)."""
+    from recipe.stages.write import WriteStage
+
+    bag, last = _until_last(stages, input_plan)
+    if isinstance(last, WriteStage):
         sources = input_plan if input_plan is not None and len(input_plan) == bag.npartitions else None
-        return last.write(bag, only=todo, config_hash=config_hash, sources=sources), todo, kept, bag.npartitions
-    if last is not None:  # no write stage last: everything is computed, nothing can be skipped
-        bag = last(bag)
-    return bag, list(range(bag.npartitions)), {}, bag.npartitions
+        return last.write(bag, only=todo, config_hash=config_hash, sources=sources)
+    return bag if last is None else last(bag)
 
 
 def execute(plan: RunPlan, attempt: Attempt) -> None:
@@ -40,7 +58,7 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
     with contextlib.ExitStack() as stack:
         start_local_server(stack, plan)
         client = stack.enter_context(run_dask.open_dask(plan.dask))
-        bag, _, _, _ = build_bag(plan.stages, attempt.input_plan, plan.folder, plan.config_hash, plan.retry_failed)
+        bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
         with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress):
             compute(plan, attempt, client, bag)
 
