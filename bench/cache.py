@@ -41,7 +41,7 @@ def main() -> None:
         input_path = os.path.join(tmp, "prompts.jsonl")
         with open(input_path, "w") as handle:
             handle.writelines(json.dumps({"prompt": f"Question {i}: say something."}) + "\n" for i in range(total))
-        from recipe.services.litellm_setup import get_litellm
+        from recipe.clients.litellm_setup import get_litellm
 
         get_litellm()  # the one-time import would otherwise inflate the cold run and the speedup
         cache_dir = os.path.join(tmp, "cache")

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import banner, report, save, small, timed  # noqa: E402
 
-from recipe.services.event_loop import run_sync  # noqa: E402
+from recipe.clients.event_loop import run_sync  # noqa: E402
 from recipe.testing.stub_server import StubServer  # noqa: E402
 
 CONCURRENCY = 64
@@ -79,13 +79,13 @@ def main() -> None:
         input_path = os.path.join(tmp, "prompts.jsonl")
         with open(input_path, "w") as handle:
             handle.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
-        from recipe.services.litellm_setup import get_litellm
+        from recipe.clients.litellm_setup import get_litellm
 
         get_litellm()  # one-time import costs (bench/startup.py measures them) are kept out of the runs
         import dask.bag  # noqa: F401
         import openai  # noqa: F401
 
-        import recipe.runner  # noqa: F401
+        import recipe.engine.runner  # noqa: F401
         import recipe.stages  # noqa: F401
 
         print(f"{total} records, concurrency {CONCURRENCY}, latency lognormal mean {LATENCY} s sigma 0.5")

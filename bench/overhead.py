@@ -66,7 +66,7 @@ async def _raw(base_url: str, total: int, concurrency: int) -> None:
 
 
 async def _client(base_url: str, total: int, concurrency: int, provider: str) -> None:
-    from recipe.services.litellm_client import AsyncLiteLLMClient
+    from recipe.clients.litellm_client import AsyncLiteLLMClient
 
     client = AsyncLiteLLMClient(provider=provider, api_base=base_url, api_key="k", max_concurrency=concurrency)
 
@@ -246,7 +246,7 @@ def profile(args: argparse.Namespace) -> None:
         with open(input_path, "w") as handle:
             handle.writelines(json.dumps({"prompt": f"Say something short ({i})."}) + "\n" for i in range(total))
         import recipe
-        from recipe.services.litellm_setup import get_litellm
+        from recipe.clients.litellm_setup import get_litellm
 
         get_litellm()
         cfg = recipe.compose(_cli_command(server.base_url, 64, "vllm", input_path, os.path.join(tmp, "out"), 0)[3:])

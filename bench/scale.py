@@ -2,7 +2,7 @@
 
 N records (default 1,000,000; ``--rows N``; smoke: 2000) in 64 partitions go through the
 generate recipe against a zero-latency stub server, cache disabled, on a LocalCluster of 2
-worker processes built exactly as ``recipe.run`` builds it (``recipe.run_dask.dask_context``,
+worker processes built exactly as ``recipe.run`` builds it (``recipe.engine.cluster.dask_context``,
 ``build_stages``, cluster limits). A run of N/10 records comes first and is the baseline.
 Reported: records/s, and each worker's peak RSS (VmHWM from /proc/self/status, read in the
 workers at the end of each run). Goal: peak RSS grows < 20% from N/10 to N, and stays < 1 GiB.
@@ -58,15 +58,15 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
     """(records/s, records written, peak RSS MiB of each worker) of one run of ``rows`` records."""
     import recipe
     from recipe.config.compose import resolved_container
-    from recipe.factory import ClientSpec
-    from recipe.factory import build_stages
-    from recipe.run_dask import dask_context
-    from recipe.services.cluster_limits import enable_cluster_limits
+    from recipe.clients.factory import ClientSpec
+    from recipe.stages.build import build_stages
+    from recipe.engine.cluster import dask_context
+    from recipe.clients.cluster_limits import enable_cluster_limits
 
     input_path = os.path.join(tmp, f"in-{rows}.jsonl")
     write_prompts(input_path, rows)
     if store is not None:  # the input goes up first; its upload is not timed
-        from recipe.services import storage
+        from recipe import storage
 
         local, input_path = input_path, f"{store}/in-{rows}.jsonl"
         fs, inner = storage.filesystem(input_path)

@@ -33,9 +33,9 @@ def measure(name: str, mode: str, backend: list[str], cache_dir: str, extra: lis
 
     import recipe
     from recipe.config.compose import resolved_container
-    from recipe.factory import ClientSpec, process_stats
-    from recipe.factory import build_stages
-    from recipe.run_dask import _reset
+    from recipe.clients.factory import ClientSpec, process_stats
+    from recipe.stages.build import build_stages
+    from recipe.engine.cluster import _reset
     from recipe.stages import ParseListStage, WriteStage
     from recipe.stages.records import is_error
 
@@ -89,11 +89,11 @@ def main() -> None:
             backend = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
                        "model.name=stub-model"]
         else:
-            from recipe.services.llamacpp_server import LlamaCppServer
+            from recipe.clients.llamacpp_server import LlamaCppServer
 
             server = stack.enter_context(LlamaCppServer(n_ctx=2048))
             backend = [f"backend.api_base={server.base_url}", "backend.start_local_server=false", "sampling.seed=1"]
-        from recipe.services.litellm_setup import get_litellm
+        from recipe.clients.litellm_setup import get_litellm
 
         get_litellm()
         for name in names:

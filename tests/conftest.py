@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import recipe
-from recipe.services.llamacpp_server import LlamaCppServer
-from recipe.services.subprocess_server import ServerProcess, free_port
+from recipe.clients.llamacpp_server import LlamaCppServer
+from recipe.clients.subprocess_server import ServerProcess, free_port
 from recipe.testing.stub_server import StubServer
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def fresh_clients():
     """Clients are shared per process; tests start from none."""
-    from recipe.factory import forget_clients
+    from recipe.clients.factory import forget_clients
 
     forget_clients()
     yield

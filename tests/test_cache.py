@@ -19,9 +19,9 @@ import recipe
 from conftest import cli as run_cli
 from conftest import outputs, write_jsonl
 from conftest import stub_overrides as overrides
-from recipe.services.cache import RequestCache
-from recipe.services.event_loop import run_sync
-from recipe.services.litellm_client import AsyncLiteLLMClient
+from recipe.cache.sqlite import RequestCache
+from recipe.clients.event_loop import run_sync
+from recipe.clients.litellm_client import AsyncLiteLLMClient
 
 
 def write_inputs(path: Path, n: int, size: int = 0) -> Path:

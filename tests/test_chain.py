@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 import recipe
 from recipe.config import paths
-from recipe.factory import ClientSpec
-from recipe.runner import build_stages
+from recipe.clients.factory import ClientSpec
+from recipe.engine.runner import build_stages
 from recipe.stages import ExplodeStage, GenerateStage, ReadStage, chain
 
 SRC = str(Path(recipe.__file__).resolve().parents[1])  # this checkout's code, in the subprocess too

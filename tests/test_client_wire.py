@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from recipe.services.formatters import ChatTemplateFormatter, NemotronFormatter
-from recipe.services.event_loop import run_sync
-from recipe.services.litellm_client import AsyncLiteLLMClient, LiteLLMClient
+from recipe.clients.formatters import ChatTemplateFormatter, NemotronFormatter
+from recipe.clients.event_loop import run_sync
+from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
 from recipe.testing.stub_server import StubServer
 
 PROVIDERS = ["openai", "hosted_vllm", "nvidia_nim"]
@@ -286,7 +286,7 @@ def test_reward_scores_from_logprobs_or_content(reward_stub, reward_content_stub
 def test_reward_prefers_logprobs_over_content():
     from types import SimpleNamespace as NS
 
-    from recipe.services.litellm_client import parse_reward_scores
+    from recipe.clients.litellm_client import parse_reward_scores
 
     response = NS(choices=[NS(logprobs=NS(content=[NS(token="helpfulness", logprob=4.09375),
                                                    NS(token="correctness", logprob=4.03125)]),

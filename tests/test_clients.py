@@ -13,12 +13,12 @@ import textwrap
 import pytest
 
 from recipe import errors
-from recipe.services.conversation_formatter import ConversationFormatter
-from recipe.services.event_loop import run_sync
-from recipe.services.formatters import ChatTemplateFormatter
-from recipe.services.litellm_client import AsyncLiteLLMClient, LiteLLMClient
-from recipe.services.llamacpp_server import free_port
-from recipe.services.model_client import AsyncLLMClient, LLMClient
+from recipe.clients.conversation_formatter import ConversationFormatter
+from recipe.clients.event_loop import run_sync
+from recipe.clients.formatters import ChatTemplateFormatter
+from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
+from recipe.clients.llamacpp_server import free_port
+from recipe.clients.model_client import AsyncLLMClient, LLMClient
 
 MODEL = "smollm2"
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -194,9 +194,9 @@ _OFFLINE_PROBE = textwrap.dedent("""
     import recipe  # noqa: E402
     report = {"litellm_after_import": "litellm" in sys.modules,
               "cost_map_env": os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP")}
-    from recipe.services.litellm_client import LiteLLMClient
+    from recipe.clients.litellm_client import LiteLLMClient
     report["litellm_after_client_module"] = "litellm" in sys.modules
-    from recipe.services.litellm_setup import get_litellm
+    from recipe.clients.litellm_setup import get_litellm
     began = time.monotonic()
     get_litellm()
     report["litellm_import_seconds"] = time.monotonic() - began
@@ -227,7 +227,7 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
     import pickle
     from dataclasses import fields
 
-    from recipe.services.usage import UsageStats
+    from recipe.clients.usage import UsageStats
 
     a = UsageStats()
     for f in fields(UsageStats):
@@ -258,8 +258,8 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
 
 def test_a_client_built_with_nothing_set_takes_the_schemas_defaults():
     from recipe.config.schema import BackendConfig
-    from recipe.factory import ClientSpec
-    from recipe.services.limits import LocalLimiter
+    from recipe.clients.factory import ClientSpec
+    from recipe.clients.limits import LocalLimiter
 
     schema = BackendConfig()
     client = AsyncLiteLLMClient(provider="openai")
@@ -302,7 +302,7 @@ def test_importing_litellm_leaves_the_collector_on_and_its_objects_frozen():
     afterwards the collector must be on again, and litellm's objects out of its way (frozen)."""
     code = textwrap.dedent("""
         import gc
-        from recipe.services.litellm_setup import get_litellm
+        from recipe.clients.litellm_setup import get_litellm
         before = gc.get_freeze_count()
         get_litellm()
         print(gc.isenabled(), gc.get_freeze_count() - before)

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import recipe
 from recipe.config import paths
-from recipe.config.compose import compose, resolved_container
+from recipe.config.compose import resolved_container
+from recipe.engine.plan import compose
 from recipe.errors import ConfigError
 
 CONF = paths.config_dir()
@@ -273,7 +274,7 @@ def test_user_model_does_not_inherit_the_default_models_context(tmp_path):
 
 
 def test_build_client_from_dictconfig_and_dict(keys):
-    from recipe.services.litellm_client import AsyncLiteLLMClient, LiteLLMClient
+    from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
 
     cfg = compose(["backend=openai", "backend.api_base=http://127.0.0.1:1/v1"])
     sync = recipe.build_client(cfg)
@@ -287,8 +288,8 @@ def test_build_client_from_dictconfig_and_dict(keys):
 
 def test_known_providers_are_litellm_providers_and_cover_every_shipped_backend():
     """The precheck trusts KNOWN_PROVIDERS without importing litellm: each must be one of litellm's."""
-    from recipe.preflight import KNOWN_PROVIDERS
-    from recipe.services.litellm_setup import get_litellm
+    from recipe.engine.preflight import KNOWN_PROVIDERS
+    from recipe.clients.litellm_setup import get_litellm
 
     litellm_providers = {getattr(p, "value", p) for p in get_litellm().provider_list}
     assert KNOWN_PROVIDERS <= litellm_providers, KNOWN_PROVIDERS - litellm_providers
@@ -304,7 +305,7 @@ def test_the_precheck_of_a_shipped_backend_does_not_import_litellm(tmp_path):
 
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "a"}\n')
-    code = ("import sys\nfrom recipe.cli_precheck import precheck\n"
+    code = ("import sys\nfrom recipe.cli.precheck import precheck\n"
             f"precheck(['backend=vllm', 'backend.api_base=http://127.0.0.1:9/v1', 'input={source}',"
             f" 'output_dir={tmp_path / 'out'}'])\n"
             "print('litellm' in sys.modules)\n"

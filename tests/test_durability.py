@@ -13,7 +13,7 @@ import pytest
 import recipe
 from conftest import cli, cli_process, error_rows, outputs, stub_overrides, write_prompts
 from recipe.errors import ConfigError
-from recipe.services.cache import RequestCache
+from recipe.cache.sqlite import RequestCache
 
 
 # ---- request cache ------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def test_cache_off_sends_again(stub_server, tmp_path):
 
 
 def test_cache_key_ignores_api_key_and_timeout(tmp_path):
-    from recipe.services.litellm_client import AsyncLiteLLMClient
+    from recipe.clients.litellm_client import AsyncLiteLLMClient
 
     a = AsyncLiteLLMClient(provider="openai", api_base="http://x/v1", api_key="k1", timeout=5)
     b = AsyncLiteLLMClient(provider="openai", api_base="http://x/v1", api_key="k2", timeout=50)

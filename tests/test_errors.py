@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from recipe import errors
-from recipe.services.error_mapping import translate
-from recipe.services.formatters import NemotronFormatter
-from recipe.services.litellm_client import LiteLLMClient
-from recipe.services.litellm_setup import get_litellm
-from recipe.services.llamacpp_server import free_port
+from recipe.clients.error_mapping import translate
+from recipe.clients.formatters import NemotronFormatter
+from recipe.clients.litellm_client import LiteLLMClient
+from recipe.clients.litellm_setup import get_litellm
+from recipe.clients.llamacpp_server import free_port
 
 KEY = "sk-supersecret-abcdef123456"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -250,7 +250,7 @@ def test_a_parameter_litellm_refuses_is_unsupported_param_error_naming_it():
 
 def test_records_failed_under_the_former_class_names_are_still_rerun():
     """Error records written before TimeoutError/ConnectionError were renamed keep their class."""
-    from recipe.run_folder import is_transient
+    from recipe.storage.run_folder import is_transient
 
     assert is_transient("TimeoutError") and is_transient("ConnectionError")
     assert is_transient("RequestTimeoutError") and is_transient("EndpointConnectionError")
@@ -264,7 +264,7 @@ def test_the_context_check_counts_with_the_one_token_estimate(stub_server, tmp_p
     reserves: 400 characters and max_tokens=6 just fit a context of 110 (100 + 4 + 6); 404 do not
     (101 + 4 + 6) and are refused before any request."""
     import recipe
-    from recipe.services.tokens import estimate_tokens
+    from recipe.clients.tokens import estimate_tokens
 
     assert estimate_tokens([{"role": "user", "content": "x" * 400}]) == 104
     assert estimate_tokens("x" * 401) == 101 and estimate_tokens(None) == 0

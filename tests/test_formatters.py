@@ -9,8 +9,8 @@ import re
 import pytest
 
 from recipe.errors import ConfigError
-from recipe.services.conversation_formatter import ConversationFormatter
-from recipe.services.formatters import (
+from recipe.clients.conversation_formatter import ConversationFormatter
+from recipe.clients.formatters import (
     SMOLLM2_CHAT_TEMPLATE,
     ChatTemplateFormatter,
     Mixtral8x7BFormatter,
@@ -293,7 +293,7 @@ def test_repr_hides_the_template():
 
 def test_the_chat_template_config_is_smollm2s_template_unless_a_user_gives_one():
     from recipe import compose
-    from recipe.factory import ClientSpec
+    from recipe.clients.factory import ClientSpec
 
     shipped = ClientSpec.from_config(compose(["formatter=chat_template"])).conversation_formatter
     assert shipped == ChatTemplateFormatter.smollm2()

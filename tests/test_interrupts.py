@@ -225,7 +225,7 @@ def _refresh_tasks() -> int:
     """Cluster-limiter refresh tasks still alive on this worker's event loop."""
     import asyncio
 
-    from recipe.services.event_loop import get_loop
+    from recipe.clients.event_loop import get_loop
 
     async def count() -> int:
         return sum("_refresh_forever" in repr(task.get_coro()) for task in asyncio.all_tasks() if not task.done())

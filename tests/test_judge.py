@@ -9,7 +9,7 @@ import pytest
 
 import recipe
 from recipe.errors import ConfigError
-from recipe.factory import ClientSpec
+from recipe.clients.factory import ClientSpec
 from recipe.stages import JudgeStage, PreferencePairsStage
 
 CRITERIA = {"helpfulness": "Does it help?", "correctness": "Is it true?", "clarity": "Is it clear?"}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 import recipe
-from recipe.factory import build_client
-from recipe.services.event_loop import run_sync
-from recipe.services.formatters import NemotronFormatter
-from recipe.services.lean_http import LEAN_ROUTES, takes_lean_path
-from recipe.services.litellm_client import AsyncLiteLLMClient
+from recipe.clients.factory import build_client
+from recipe.clients.event_loop import run_sync
+from recipe.clients.formatters import NemotronFormatter
+from recipe.clients.lean_http import LEAN_ROUTES, takes_lean_path
+from recipe.clients.litellm_client import AsyncLiteLLMClient
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 LEAN_AGENT = "recipe (lean_http; aiohttp)"

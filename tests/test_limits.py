@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from recipe.services.cluster_limits import ClusterLimiter
-from recipe.services.limits import AdjustableGate, LocalLimiter, Pacer
+from recipe.clients.cluster_limits import ClusterLimiter
+from recipe.clients.limits import AdjustableGate, LocalLimiter, Pacer
 
 
 def test_rpm_books_evenly_spaced_start_times():

@@ -8,7 +8,7 @@ import dask.bag as db
 import pytest
 
 from recipe.errors import ConfigError, InputError, ParseError
-from recipe.factory import ClientSpec
+from recipe.clients.factory import ClientSpec
 from recipe.stages import progress
 from recipe.stages import AppendSeedsStage, CombineStage, CrossStage, DialogueStage, PreferencePairsStage
 from recipe.stages.nemotron_cc import RewritesStage, clean_knowledge_list, diverse_qa_text

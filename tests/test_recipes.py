@@ -21,8 +21,8 @@ import recipe
 from recipe.config import paths
 from recipe.config.compose import resolved_container
 from recipe.errors import ConfigError, ParseError
-from recipe.factory import ClientSpec
-from recipe.runner import build_stages
+from recipe.clients.factory import ClientSpec
+from recipe.engine.runner import build_stages
 from recipe.stages import AppendSeedsStage, ReadStage, WriteStage
 from recipe.stages.records import make_id
 

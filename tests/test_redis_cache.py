@@ -12,7 +12,7 @@ import redis
 
 import recipe
 from recipe.errors import ConfigError
-from recipe.services.redis_cache import PREFIX, RedisCache
+from recipe.cache.redis import PREFIX, RedisCache
 
 
 def write_inputs(path: Path, n: int) -> Path:

@@ -325,7 +325,7 @@ def test_parquet_keeps_every_field_and_reads_back_as_one_dataset(stub_server, tm
 def test_a_partition_computed_twice_is_counted_once(tmp_path):
     """Dask may compute a task again (a lost worker, a second compute): the counters the progress bar
     reads are set per committed partition, not added."""
-    from recipe.run_progress import collect
+    from recipe.engine.progress import collect
     from recipe.stages import ReadStage, WriteStage, progress
 
     source = write_inputs(tmp_path / "in.jsonl", 5)

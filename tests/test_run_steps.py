@@ -1,7 +1,7 @@
 """Issue 17: the run's steps, each used alone, and validation that reports every problem at once.
 
-The run's plan is resolved once (``recipe.run_plan``), an attempt is opened in the run folder
-(``recipe.run_attempt``), executed (``recipe.run_execute``) and accounted (``recipe.run_accounting``).
+The run's plan is resolved once (``recipe.engine.plan``), an attempt is opened in the run folder
+(``recipe.engine.attempt``), executed (``recipe.engine.execute``) and accounted (``recipe.engine.accounting``).
 A bad config is one report naming each bad key, before any request, server or cluster.
 """
 
@@ -89,7 +89,7 @@ def test_the_cli_prints_every_problem_on_one_error_line_before_anything_starts(t
 
 
 def test_build_stages_names_every_bad_stage_not_just_the_first():
-    from recipe.factory import build_stages
+    from recipe.stages.build import build_stages
 
     stages = {"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["x"], "colour": "red"},
               "nothing": {"prompt": "no target"},
@@ -103,7 +103,7 @@ def test_build_stages_names_every_bad_stage_not_just_the_first():
 
 
 def test_a_stage_problem_and_its_unknown_parameter_are_both_reported():
-    from recipe.factory import stage_problems
+    from recipe.stages.build import stage_problems
 
     problems = stage_problems({"stages": {"gen": {"_target_": "recipe.stages.GenerateStage", "prompt": "p",
                                                   "schema_retries": -1, "tempreature": 0.5}}})
@@ -121,7 +121,8 @@ def test_a_missing_input_is_not_a_config_problem_but_is_refused_when_the_run_sta
 # --- the steps, each alone ----------------------------------------------------------------------
 
 def test_the_plan_is_the_resolved_config_with_the_same_identity(tmp_path, stub_server, monkeypatch):
-    from recipe import run_identity, run_plan
+    from recipe.config import identity as run_identity
+    from recipe.engine import plan as run_plan
     from recipe.config.env_keys import EnvKey
 
     monkeypatch.setenv("S17_TEST_KEY", "sk-secret-in-env")
@@ -138,7 +139,9 @@ def test_the_plan_is_the_resolved_config_with_the_same_identity(tmp_path, stub_s
 
 
 def test_an_attempt_opened_and_accounted_without_executing_is_recorded_as_stopped(tmp_path, stub_server):
-    from recipe import run_accounting, run_attempt, run_plan
+    from recipe.engine import accounting as run_accounting
+    from recipe.engine import attempt as run_attempt
+    from recipe.engine import plan as run_plan
 
     server = stub_server()
     plan = run_plan.resolve(stub_config(tmp_path, server, "dask.partition_size=2"), output_dir=str(tmp_path / "out"))
@@ -154,7 +157,10 @@ def test_an_attempt_opened_and_accounted_without_executing_is_recorded_as_stoppe
 
 
 def test_the_steps_in_order_make_the_run(tmp_path, stub_server):
-    from recipe import run_accounting, run_attempt, run_execute, run_plan
+    from recipe.engine import accounting as run_accounting
+    from recipe.engine import attempt as run_attempt
+    from recipe.engine import execute as run_execute
+    from recipe.engine import plan as run_plan
 
     server = stub_server()
     plan = run_plan.resolve(stub_config(tmp_path, server), output_dir=str(tmp_path / "out"))
@@ -171,7 +177,7 @@ def test_the_steps_in_order_make_the_run(tmp_path, stub_server):
 
 
 def test_dask_opens_as_threads_without_workers_and_refuses_a_dashboard_there():
-    from recipe import run_dask
+    from recipe.engine import cluster as run_dask
 
     with run_dask.open_dask({"n_workers": 0, "threads_per_worker": 2}) as client:
         assert client is None

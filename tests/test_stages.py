@@ -12,7 +12,7 @@ import pytest
 from dask.base import tokenize
 
 import recipe
-from recipe.factory import ClientSpec
+from recipe.clients.factory import ClientSpec
 from recipe.stages import ExplodeStage, FilterStage, GenerateStage, ParseListStage, ReadStage, WriteStage
 from recipe.stages.records import ID, PARENT
 

@@ -13,8 +13,9 @@ import s3fs
 
 import recipe
 from recipe.errors import ConfigError
-from recipe.services import storage
-from recipe.stages.read import _jsonl_blocks, _read_jsonl_block, resolve_paths
+from recipe import storage
+from recipe.stages.read import _jsonl_blocks, _read_jsonl_block
+from recipe.storage import resolve_paths
 
 
 def lines(n: int, bad_at: int | None = None) -> bytes:
@@ -172,7 +173,7 @@ def test_local_paths_in_every_form_go_through_the_same_calls(tmp_path, monkeypat
 def test_a_large_jsonl_on_s3_plans_the_same_blocks_as_on_disk(s3_bucket, tmp_path):
     """Planning reads the file in chunks: lines that cross a chunk (3 MiB of lines of varied length,
     no newline at the end) fall in the same blocks on S3 as on disk, at their true byte offsets."""
-    from recipe.services import storage
+    from recipe import storage
     from recipe.stages.read import ReadStage
 
     lines = [json.dumps({"i": i, "pad": "x" * (i * 37 % 300)}).encode() for i in range(14000)]

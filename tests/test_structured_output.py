@@ -23,11 +23,11 @@ from pydantic import BaseModel
 
 import recipe
 from recipe.errors import ConfigError, SchemaError
-from recipe.services import structured_output
-from recipe.services.cache import RequestCache
-from recipe.services.formatters import ChatTemplateFormatter, NemotronFormatter
-from recipe.services.litellm_client import AsyncLiteLLMClient, LiteLLMClient
-from recipe.services.event_loop import run_sync
+from recipe.clients import structured_output
+from recipe.cache.sqlite import RequestCache
+from recipe.clients.formatters import ChatTemplateFormatter, NemotronFormatter
+from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
+from recipe.clients.event_loop import run_sync
 from recipe.testing.stub_server import StubServer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -287,7 +287,7 @@ def test_open_qa_lists_have_exactly_n_items_on_the_stub(stub_server, tmp_path):
 
 
 def _spec(server, **changes):
-    from recipe.factory import ClientSpec
+    from recipe.clients.factory import ClientSpec
 
     return ClientSpec(provider="openai", model="stub-model", api_base=server.base_url, api_key="stub", **changes)
 
@@ -429,8 +429,8 @@ def test_without_constrained_decoding_the_schema_goes_in_the_prompt_and_is_still
 @pytest.mark.parametrize("name", ["open_qa", "writing", "closed_qa", "math", "python"])
 def test_list_mode_switches_every_list_of_a_recipe(name):
     from recipe.config.compose import resolved_container
-    from recipe.factory import ClientSpec
-    from recipe.runner import build_stages
+    from recipe.clients.factory import ClientSpec
+    from recipe.engine.runner import build_stages
     from recipe.stages import GenerateStage, ParseListStage
 
     def stages(*overrides):

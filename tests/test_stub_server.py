@@ -265,7 +265,7 @@ def test_a_child_that_exits_while_starting_names_itself_and_its_last_line():
     import sys
 
     from recipe.errors import LocalServerError
-    from recipe.services.subprocess_server import ServerProcess
+    from recipe.clients.subprocess_server import ServerProcess
 
     child = ServerProcess([sys.executable, "-c", "import sys; print('loading'); sys.exit('bad model file')"],
                           "the test server")
@@ -279,7 +279,7 @@ def test_a_start_that_times_out_or_is_interrupted_leaves_no_child(why):
     import sys
 
     from recipe.errors import LocalServerError
-    from recipe.services.subprocess_server import ServerProcess
+    from recipe.clients.subprocess_server import ServerProcess
 
     # the first ignores SIGTERM: stop() must kill it after the grace period
     ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if why == "timeout" else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from recipe.errors import ConfigError, InputError, LLMError, ParseError, RecipeError, SchemaError
-from recipe.services.litellm_setup import offline_environment
+from recipe.clients.litellm_setup import offline_environment
 
 offline_environment()  # before anything can import litellm, here or in a Dask worker
 
@@ -17,12 +17,12 @@ __all__ = ["compose", "build_client", "run", "ClientSpec", "RecipeError", "Confi
            "LLMError", "ParseError", "SchemaError"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from recipe.config.compose import compose
-    from recipe.factory import ClientSpec, build_client
-    from recipe.runner import run
+    from recipe.engine.plan import compose
+    from recipe.clients.factory import ClientSpec, build_client
+    from recipe.engine.runner import run
 
-_LAZY = {"compose": "recipe.config.compose", "build_client": "recipe.factory", "ClientSpec": "recipe.factory",
-         "run": "recipe.runner"}
+_LAZY = {"compose": "recipe.engine.plan", "build_client": "recipe.clients.factory", "ClientSpec": "recipe.clients.factory",
+         "run": "recipe.engine.runner"}
 
 
 def __getattr__(name: str) -> Any:

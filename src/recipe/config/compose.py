@@ -32,7 +32,7 @@ def _list_schema(mode: str, n: Any, max_length: int = 200) -> DictConfig | None:
     back into the tree, which takes no plain dict."""
     if mode != "structured":
         return None
-    from recipe.services.structured_output import list_schema
+    from recipe.config.list_schema import list_schema
 
     return OmegaConf.create(list_schema(int(n) if n not in (None, "") else None, max_length=int(max_length)))
 
@@ -46,7 +46,7 @@ def setup() -> None:
     OmegaConf.register_new_resolver("input_or_sample", _input_or_sample, replace=True)
     OmegaConf.register_new_resolver("sample", paths.sample_path, replace=True)
     OmegaConf.register_new_resolver("list_schema", _list_schema, replace=True)
-    from recipe.run_identity import register_resolver
+    from recipe.config.identity import register_resolver
 
     register_resolver()  # ${recipe_run_dir:ROOT}: Hydra's run dir is the run folder
     _registered = True
@@ -62,7 +62,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
 
     Does not change the working directory, writes nothing and leaves Hydra's global state as it
     found it (so it can be called inside a ``@hydra.main`` app). ``output_dir`` stays null unless
-    overridden: :func:`recipe.run` then uses the config's run folder (``recipe.run_identity``).
+    overridden: :func:`recipe.run` then uses the config's run folder (``recipe.config.identity``).
     ``${oc.env:...}`` keys are not resolved here.
     """
     cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs)

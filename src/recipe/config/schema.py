@@ -144,23 +144,16 @@ def register() -> None:
 
 
 def validate(cfg: Any) -> list[str]:
-    """Every problem in a composed config, each as ``key: problem``: unknown keys, values out of
-    range, and the stages' own parameters (checked by building each stage, input files aside).
+    """Every problem in a composed config's values, each as ``key: problem``: unknown keys and values
+    out of range. The stages' own parameters need the stage classes, a layer above the config: the
+    run's plan (:func:`recipe.engine.plan.checked_data`) adds them to the same report."""
+    return list(dict.fromkeys(value_problems(cfg)))  # a key reported twice (unknown, then out of range) once
 
-    One report for all of them, in that order, each once: a user fixes a config in one go."""
-    problems = value_problems(cfg)
+
+def recipe_stages(cfg: Any) -> dict:
+    """The composed config's ``recipe.stages``, resolved (none when the recipe has none)."""
     stages = cfg.recipe.get("stages") if hasattr(cfg.recipe, "get") else None
-    if stages:
-        problems += stage_problems(_resolved_stages(stages))
-    return list(dict.fromkeys(problems))  # a key reported twice (unknown, then out of range) once
-
-
-def stage_problems(stages: dict) -> list[str]:
-    """The problems of resolved ``recipe.stages`` (see :func:`recipe.factory.stage_problems`)."""
-    # Late import: building stages imports Dask; the config layer needs it only here.
-    from recipe.factory import stage_problems as problems_of
-
-    return problems_of({"stages": stages})
+    return _resolved_stages(stages) if stages else {}
 
 
 def value_problems(cfg: Any) -> list[str]:

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import dask.bag as db
 
 from recipe import errors
-from recipe.factory import ClientSpec, shared_async_client
-from recipe.services.event_loop import cancelled, check_cancelled, run_sync
-from recipe.services.tokens import estimate_tokens
+from recipe.clients.factory import ClientSpec, shared_async_client
+from recipe.clients.event_loop import cancelled, check_cancelled, run_sync
+from recipe.clients.tokens import estimate_tokens
 from recipe.stages import breaker, params, progress
 from recipe.stages.partition import carry, counting_filtered
 from recipe.stages.records import error_record, is_error

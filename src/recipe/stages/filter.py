@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from recipe.errors import ConfigError
-from recipe.services.structured_output import as_schema, verdict_schema
+from recipe.clients.structured_output import as_schema, verdict_schema
 from recipe.stages import parsers, progress
 from recipe.stages.base import LLMStage, Stage
 from recipe.stages.functions import load_function

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from recipe.errors import ConfigError, InputError
-from recipe.services.structured_output import load_schema
+from recipe.clients.structured_output import load_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import fields_required, render

@@ -28,7 +28,7 @@ def write_shard(directory: Path, index: int, records: list[dict]) -> tuple[str |
     """``data/part-NNNNN.parquet`` for one partition (every field kept, as the parquet format does);
     returns the file relative to ``directory`` (None when the partition has no good record, and a
     shard left by an earlier attempt is removed) and the fields stored as JSON text."""
-    from recipe.run_folder import part_name
+    from recipe.storage.run_folder import part_name
     from recipe.stages.parquet import write_part
 
     data = Path(directory) / DATA_DIR

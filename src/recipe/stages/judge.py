@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictInt
 
 from recipe.errors import ParseError
-from recipe.services.structured_output import as_schema
+from recipe.clients.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
 from recipe.stages.reward import reward_model_scores

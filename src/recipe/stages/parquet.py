@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recipe.run_folder import atomic_write
-from recipe.services import storage
+from recipe.storage.run_folder import atomic_write
+from recipe import storage
 
 JSON_FIELDS_KEY = b"recipe.json_fields"
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,

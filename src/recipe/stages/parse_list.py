@@ -18,7 +18,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from recipe.errors import ParseError
-from recipe.services.structured_output import as_schema, list_schema
+from recipe.clients.structured_output import as_schema
+from recipe.config.list_schema import list_schema
 from recipe.stages import parsers
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid

@@ -19,27 +19,10 @@ import dask.bag as db
 from pydantic import Field
 
 from recipe.errors import ConfigError, InputError
-from recipe.services import storage
+from recipe import storage
 from recipe.stages.base import Stage
 from recipe.stages.records import (ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
                                    make_id, root)
-
-
-def resolve_paths(path: str | list[str]) -> list[str]:
-    """Files for a path, a glob or a list of either (local, or fsspec URLs such as s3://bucket/in/*.jsonl);
-    a missing file is refused up front."""
-    patterns = [path] if isinstance(path, str) else list(path)
-    files: list[str] = []
-    for pattern in patterns:
-        pattern = str(pattern) if storage.is_remote(pattern) else os.path.expanduser(str(pattern))
-        matches = storage.glob(pattern) if storage.has_magic(pattern) else [pattern]
-        for match in matches:
-            if not storage.isfile(match):
-                raise ConfigError(f"input file not found: {match}")
-            files.append(match)
-    if not files:
-        raise ConfigError(f"no input file matches {path!r}")
-    return files
 
 
 _PLAN_CHUNK = 1 << 20
@@ -189,7 +172,7 @@ class ReadStage(Stage):
     def rules(self):
         if self.path and not self.seeds:
             try:
-                resolve_paths(self.path)  # a missing file is refused before anything starts
+                storage.resolve_paths(self.path)  # a missing file is refused before anything starts
             except ConfigError as exc:
                 yield "path", str(exc)
 
@@ -209,7 +192,7 @@ class ReadStage(Stage):
         if not self.path:
             return None
         try:
-            first = resolve_paths(self.path)[0]
+            first = storage.resolve_paths(self.path)[0]
             if first.endswith((".parquet", ".pq")):
                 import pyarrow.parquet as pq
 
@@ -243,7 +226,7 @@ class ReadStage(Stage):
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: give a path (input=FILE) or seeds")
         items: list[list] = []
-        for path in resolve_paths(self.path):
+        for path in storage.resolve_paths(self.path):
             if path.endswith((".parquet", ".pq")):
                 import pyarrow.parquet as pq
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from recipe.errors import ParseError
-from recipe.services.structured_output import as_schema, score_schema
+from recipe.clients.structured_output import as_schema, score_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render

@@ -15,8 +15,8 @@ import asyncio
 from typing import Any
 
 from recipe.errors import SchemaError
-from recipe.services import structured_output
-from recipe.services.structured_output import Schema
+from recipe.clients import structured_output
+from recipe.clients.structured_output import Schema
 
 _RAW_IN_FOLLOW_UP = 1000  # characters of the invalid answer shown back to the model
 

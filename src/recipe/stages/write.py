@@ -2,7 +2,7 @@
 
 Good records go to ``<path>/part-NNNNN.<format>`` (a local path or an fsspec URL), error records to
 ``<path>/errors/part-NNNNN.jsonl``, then ``<path>/manifests/part-NNNNN.json`` marks the
-partition committed (see :mod:`recipe.run_folder`). Each file is replaced atomically, and a
+partition committed (see :mod:`recipe.storage.run_folder`). Each file is replaced atomically, and a
 partition's leftover good or error file from an earlier attempt is removed before its manifest
 is written: a rerun never finds a record both in ``part-N`` and in ``errors/part-N``.
 """
@@ -19,8 +19,8 @@ import dask.bag as db
 from dask import delayed
 
 from recipe.errors import ConfigError
-from recipe.run_folder import ERRORS, atomic_write, commit_partition, is_transient, part_name, uncommit_partition
-from recipe.services import storage
+from recipe.storage.run_folder import ERRORS, atomic_write, commit_partition, is_transient, part_name, uncommit_partition
+from recipe import storage
 from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.partition import dropped

@@ -161,14 +161,14 @@ class AnthropicBatches:
                      results_url=results_url, _results=lines)
 
     async def _answer(self, item: dict) -> dict:
-        from recipe.testing.stub_server import _LineRequest
+        from recipe.testing.line_request import LineRequest
 
         app = self.app
         app.requests += 1
         app.by_path["batch:/v1/messages"] += 1
         params = item.get("params") or {}
         auth = f"Bearer {app.a.api_key}" if app.a.api_key else None  # checked when the batch was created
-        resp = await app._respond(_LineRequest(_openai_body(params)), True, auth, app.schedule.next())
+        resp = await app._respond(LineRequest(_openai_body(params)), True, auth, app.schedule.next())
         status = 0 if resp is None else resp.status
         app.status[str(status or "drop")] += 1
         try:

@@ -33,7 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
-from recipe.services.subprocess_server import ServerProcess
+from recipe.testing.line_request import LineRequest
+from recipe.clients.subprocess_server import ServerProcess
 
 HOST = "127.0.0.1"
 _JSON = "application/json"
@@ -445,18 +446,6 @@ class _App:
         return resp
 
 
-class _LineRequest:
-    """One line of a batch, handed to the same code as a live request (no transport, never streamed)."""
-
-    transport = None
-
-    def __init__(self, body: dict) -> None:
-        self.body = {**body, "stream": False}
-
-    async def json(self) -> dict:
-        return self.body
-
-
 class _Batches:
     """OpenAI's Files and Batches API (``/v1/files``, ``/v1/batches``), wire format included.
 
@@ -565,7 +554,7 @@ class _Batches:
         app.requests += 1
         app.by_path["batch:" + str(line.get("url"))] += 1
         fault = app.schedule.next()
-        resp = await app._respond(_LineRequest(line.get("body") or {}), line.get("url") != "/v1/completions",
+        resp = await app._respond(LineRequest(line.get("body") or {}), line.get("url") != "/v1/completions",
                                   None, fault)
         rid = f"batch_req_{app.requests}"
         if resp is None:  # a dropped connection, in a batch: the line failed

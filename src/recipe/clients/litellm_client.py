@@ -1,0 +1,473 @@
+"""litellm-backed implementations of :mod:`recipe.clients.model_client`.
+
+Request building, response reading, retries, the ``n`` top-up and the cache are written
+once, in :class:`AsyncLiteLLMClient`. :class:`LiteLLMClient` runs the same coroutines on the
+process's background loop (:mod:`recipe.clients.event_loop`), because litellm's logging
+worker binds to one loop and a second, sync code path would duplicate every rule below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import os
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from recipe import errors
+from recipe.config import defaults
+from recipe.clients.conversation_formatter import ConversationFormatter
+from recipe.clients.error_mapping import translate
+from recipe.clients.event_loop import run_sync
+from recipe.clients import structured_output as structured
+from recipe.clients.lean_http import LeanRoute, takes_lean_path
+from recipe.clients.limits import LocalLimiter
+from recipe.clients.litellm_setup import ensure_model_known, get_litellm
+from recipe.clients.model_client import AsyncLLMClient, LLMClient
+from recipe.clients.tokens import estimate_tokens
+from recipe.clients.usage import UsageStats
+
+# The text-completions route per provider. nvidia_nim/ and openai/ wrap a text completion
+# into a chat message (see shared notes), so the explicit OpenAI text route is used there.
+_TEXT_ROUTE = {"hosted_vllm": "hosted_vllm", "ollama": "ollama"}
+_CHAT_ROUTE = {"ollama": "ollama_chat"}
+# Providers whose servers take top_k as a top-level body field (OpenAI-compatible servers).
+_EXTRA_BODY_TOP_K = {"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai", "llamacpp"}
+# nvidia_nim/ filters every param (max_retries included) through an allowlist: without this
+# the OpenAI SDK's default two retries run under our own retry loop (3x the requests).
+_ALLOWLIST_ROUTES = {"nvidia_nim"}
+_NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
+# The budget ticket of the attempt running in this task: its usage settles the reservation.
+_TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
+
+
+def _read_field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def parse_reward_scores(response: Any) -> dict[str, float]:
+    """Scores from an NVIDIA reward response: ``choices[0].logprobs.content``, else the content."""
+    choice = _read_field(response, "choices")[0]
+    logprobs = _read_field(choice, "logprobs")
+    entries = _read_field(logprobs, "content") if logprobs is not None else None
+    scores: dict[str, float] = {}
+    for entry in entries or []:
+        token, value = _read_field(entry, "token"), _read_field(entry, "logprob")
+        if token is not None and value is not None:
+            scores[str(token).strip()] = float(value)
+    if scores:
+        return scores
+    content = _read_field(_read_field(choice, "message"), "content") or ""
+    for part in str(content).split(","):
+        name, sep, value = part.partition(":")
+        try:
+            if sep:
+                scores[name.strip()] = float(value)
+        except ValueError:
+            scores.clear()
+            break
+    if not scores:
+        raise ValueError(f"no scores in the response ({str(content)[:80]!r}): the model is likely not a reward model")
+    return scores
+
+
+class AsyncLiteLLMClient(AsyncLLMClient):
+    """Any provider litellm reaches, with retries, limits and an optional request cache.
+
+    Args:
+        provider: litellm's provider prefix (``nvidia_nim``, ``openai``, ``hosted_vllm``,
+            ``ollama``, ...); ``model`` given per call is the name at that provider.
+        api_base, api_key, timeout: where and how to reach it (``backend.*`` in configs).
+        num_retries: retries of retryable errors (429, 5xx, timeouts, dropped connections,
+            malformed responses), with exponential backoff and jitter, honouring Retry-After.
+        max_concurrency, rpm, tpm: limits for this process; pass ``limiter`` for cluster-wide ones.
+        cache: a :class:`recipe.cache.sqlite.RequestCache`; hits send no request.
+        endpoint_id: names the endpoint in cache keys instead of ``api_base``.
+        structured_output: the backend's schema dialect (a key of
+            :data:`recipe.clients.structured_output.DIALECTS`); None: the provider's own.
+        on_truncated: an answer cut at ``max_tokens``: ``keep`` it (this class's default, as
+            NeMo Curator's clients do; runs take ``backend.on_truncated``, default ``error``),
+            make it an ``error`` (:class:`~recipe.errors.TruncatedError`), or ``retry`` it. An
+            empty answer is never a success (:class:`~recipe.errors.EmptyAnswerError`); neither
+            is cached.
+
+    ``timeout`` is a deadline for each whole attempt (connect, wait and read, streams included),
+    not for each read: a server that drips a byte every second cannot hold a request longer.
+    """
+
+    def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
+                 timeout: float = defaults.TIMEOUT, num_retries: int = defaults.NUM_RETRIES,
+                 max_concurrency: int = defaults.MAX_CONCURRENCY,
+                 rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
+                 cache: Any = None, endpoint_id: str | None = None,
+                 backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 stats: UsageStats | None = None, structured_output: str | None = None,
+                 on_truncated: str = "keep", budget: Any = None, batcher: Any = None):
+        if on_truncated not in ("keep", "error", "retry"):
+            raise ValueError(f"on_truncated must be keep, error or retry, not {on_truncated!r}")
+        self.provider = provider
+        self.structured_dialect = structured.dialect_for(provider, structured_output)
+        self.on_truncated = on_truncated
+        self.api_base = api_base
+        self._api_key = api_key
+        self.timeout = float(timeout)
+        self.num_retries = int(num_retries)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.stats = stats if stats is not None else UsageStats()
+        self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
+        self.cache = cache
+        self.budget = budget  # recipe.clients.budget: reserve before each attempt, settle after
+        self.batcher = batcher  # recipe.clients.batch: requests go through the provider's batch API
+        # What names the endpoint in cache keys: api_base, unless the address is not stable
+        # (the embedded llama.cpp server gets a new port each run).
+        self.endpoint_id = endpoint_id or api_base
+        self._lean_routes: dict[tuple, LeanRoute] = {}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
+
+    def __reduce__(self):
+        raise TypeError("clients hold connections and are never pickled; ship the config and build one per process")
+
+    # ---- request building -------------------------------------------------------------
+    def _sampling(self, max_tokens, seed, stop, temperature, top_k, top_p) -> dict:
+        params = {"max_tokens": max_tokens, "seed": seed, "stop": stop, "temperature": temperature,
+                  "top_k": top_k, "top_p": top_p}
+        return {k: v for k, v in params.items() if v is not None}  # None: not sent
+
+    def _endpoint_kwargs(self, route: str) -> dict:
+        """Where and how to connect; one attempt per call (our loop does the retries)."""
+        api_base, api_key = self.api_base, self._api_key
+        if self.provider == "nvidia_nim" and route != "nvidia_nim":
+            # The formatter path leaves litellm's nvidia_nim route (which would wrap the prompt
+            # into a chat message), so NIM's own defaults must be filled in here, not OpenAI's.
+            api_base = api_base or os.environ.get("NVIDIA_NIM_API_BASE") or _NIM_DEFAULT_BASE
+            api_key = api_key or os.environ.get("NVIDIA_NIM_API_KEY")
+        if api_key is None and api_base and route in _EXTRA_BODY_TOP_K:
+            api_key = "no-key"  # a keyless OpenAI-compatible server (llama.cpp, vLLM); the SDK insists on one
+        kwargs: dict[str, Any] = {"api_base": api_base, "api_key": api_key,
+                                  "timeout": self.timeout, "max_retries": 0}
+        if route in _ALLOWLIST_ROUTES:
+            kwargs["allowed_openai_params"] = ["max_retries"]
+        return kwargs
+
+    def _wire_kwargs(self, route: str, n: int, params: dict, schema_params: dict | None = None) -> dict:
+        kwargs = self._endpoint_kwargs(route)
+        params = dict(params)
+        top_k = params.pop("top_k", None)
+        if top_k is not None:
+            if route in _EXTRA_BODY_TOP_K:
+                kwargs["extra_body"] = {"top_k": top_k}
+            else:
+                params["top_k"] = top_k  # litellm maps it (ollama options) or refuses it loudly
+        if n != 1:
+            params["n"] = n
+            if route in _ALLOWLIST_ROUTES:  # NIM's allowlist refuses n unless told (shared notes)
+                kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), "n"]
+        kwargs.update(params)
+        for name, value in (schema_params or {}).items():  # the schema's wire form (structured_output)
+            if name == "extra_body":
+                kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **value}
+            else:
+                kwargs[name] = value
+                if route in _ALLOWLIST_ROUTES:
+                    kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), name]
+        return kwargs
+
+    def _route(self, text: bool) -> str:
+        """litellm's provider prefix for chat requests, or for the formatter's text completions."""
+        if text:
+            return _TEXT_ROUTE.get(self.provider, "text-completion-openai")
+        return _CHAT_ROUTE.get(self.provider, self.provider)
+
+    def transport(self, formatted: bool = False) -> str:
+        """Which path this client's requests take: ``"lean"`` (litellm's provider configuration
+        plus one aiohttp session, :mod:`recipe.clients.lean_http`) or ``"litellm"`` (``acompletion``)."""
+        return "lean" if takes_lean_path(self._route(formatted)) else "litellm"
+
+    # ---- attempts, with retries -------------------------------------------------------
+    async def _with_retries(self, tokens: int, attempt_once, charge: tuple | None = None) -> Any:
+        """Run ``attempt_once()`` under the limiter, retrying what may succeed next time.
+
+        ``charge`` is ``(model, prompt tokens, max_tokens)`` for the budget: each attempt reserves
+        its worst case first (raising BudgetExhausted, unsent, when it does not fit).
+        """
+        attempt = 0
+        while True:
+            async with self.limiter.slot(tokens):
+                ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
+                token = _TICKET.set(ticket)
+                try:
+                    self.stats.count("requests")
+                    started = time.monotonic()
+                    # The SDK's timeout bounds each socket read; this bounds the attempt.
+                    result = await asyncio.wait_for(attempt_once(), self.timeout)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # ValueErrors, but a bad reply
+                    error = translate(exc, provider=self.provider, secrets=(self._api_key,))
+                except asyncio.TimeoutError:
+                    error = errors.RequestTimeoutError(f"{self.provider}: no complete answer within "
+                                                f"backend.timeout={self.timeout:g} s")
+                except ValueError:
+                    raise  # a caller's mistake or a non-reward model: retrying cannot help
+                except Exception as exc:  # translated here, in one place
+                    error = translate(exc, provider=self.provider, secrets=(self._api_key,))
+                else:
+                    self.limiter.on_success()
+                    return result
+                finally:
+                    _TICKET.reset(token)
+                    if ticket is not None:
+                        await self.budget.settle(ticket)
+            if isinstance(error, errors.RateLimitError):
+                self.stats.count("rate_limited")
+                self.limiter.on_rate_limited(error.retry_after, started)
+            if not error.retryable or attempt >= self.num_retries:
+                self.stats.fail(type(error).__name__)
+                raise error
+            attempt += 1
+            self.stats.count("retries")
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            delay = max(delay, error.retry_after or 0.0)
+            self.stats.count("retry_wait_seconds", delay)
+            await asyncio.sleep(delay)
+
+    def _caller(self, route: str, model: str, text: bool = False):
+        """The call for ``route/model``: the lean HTTP path where litellm's provider configuration
+        allows it (resolved once per client and route), else ``litellm.acompletion``."""
+        if takes_lean_path(route):
+            key = (route, model, text)
+            lean = self._lean_routes.get(key)
+            if lean is None:
+                lean = self._lean_routes[key] = LeanRoute(route, model, text)
+            return lean
+        litellm = get_litellm()
+        call = litellm.atext_completion if text else litellm.acompletion
+        wire_model = f"{route}/{model}"
+        ensure_model_known(wire_model, route)
+
+        async def send(**payload: Any) -> Any:
+            # "no-log": litellm skips its logging hooks for this call; we keep our own counters.
+            return await call(model=wire_model, **payload, **{"no-log": True})
+
+        return send
+
+    async def _cached(self, key: dict, produce) -> Any:
+        """The stored answer for ``key``, or ``await produce()`` stored under it.
+
+        The cache runs on its own threads (never on the loop all requests share). A cache that
+        fails (locked, corrupt, disk full) is bypassed: the request goes out live, the failure is
+        reported once, and the cache stays off in this process for the rest of the run.
+        """
+        cache = self.cache
+        if cache is not None:
+            try:
+                hit = await cache.aget(key)
+            except Exception as exc:  # noqa: BLE001 - any failure of the store, never the record's
+                hit = self._cache_failed(exc)
+            if hit is not None:
+                self.stats.count("cache_hits")
+                return hit
+        answer = await produce()
+        cache = self.cache
+        if cache is not None:
+            try:
+                await cache.aput(key, answer)
+            except Exception as exc:  # noqa: BLE001
+                self._cache_failed(exc)
+        return answer
+
+    def _cache_failed(self, exc: BaseException) -> None:
+        if self.cache is None:
+            return None
+        where, self.cache = getattr(self.cache, "path", "?"), None
+        self.stats.cache_failed(f"request cache {where}: {type(exc).__name__}: {exc}; "
+                                "bypassed for the rest of the run (live requests)")
+        return None
+
+    async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
+        send = self._caller(route, model, text)
+        prompt_tokens = estimate_tokens(payload.get("prompt") or payload.get("messages"))
+
+        async def once() -> list[str]:
+            return await self._read(await send(stream=stream, **payload), stream, text, model)
+
+        charge = (model, prompt_tokens, payload.get("max_tokens")) if self.budget is not None else None
+        if self.batcher is not None:
+            return await self._send_batched(route, model, payload, text, charge)
+        # tpm pacing books the prompt plus the answer's bound (256 when the request sets none)
+        return await self._with_retries(prompt_tokens + (payload.get("max_tokens") or 256), once, charge)
+
+    async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None) -> list[str]:
+        """One request as a line of a provider batch (never streamed); the budget charges it the same way."""
+        ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
+        token = _TICKET.set(ticket)
+        try:
+            return await self._read(await self.batcher.request(route, model, payload, text), False, text, model)
+        finally:
+            _TICKET.reset(token)
+            if ticket is not None:
+                await self.budget.settle(ticket)
+
+    async def _read(self, response: Any, stream: bool, text: bool, model: str) -> list[str]:
+        """Texts in choice order; streams are accumulated per choice index.
+
+        Each text is checked by :meth:`_accept`: an empty or truncated answer raises here, inside
+        the attempt, so the retry loop applies ``on_truncated`` and the cache never stores it.
+        """
+        if stream:
+            parts: dict[int, list[str]] = {}
+            finish: dict[int, Any] = {}
+            usage = None
+            async for chunk in response:
+                usage = _read_field(chunk, "usage") or usage
+                for choice in _read_field(chunk, "choices") or []:
+                    index = _read_field(choice, "index") or 0
+                    piece = _read_field(choice, "text") if text else _read_field(_read_field(choice, "delta"), "content")
+                    parts.setdefault(index, []).append(piece or "")
+                    finish[index] = _read_field(choice, "finish_reason") or finish.get(index)
+            self._record_usage(usage, model)
+            return [self._accept("".join(parts[i]), finish.get(i)) for i in sorted(parts)]
+        choices = _read_field(response, "choices")
+        if not choices:
+            raise errors.MalformedResponseError(f"{self.provider}: response has no choices")
+        self._record_usage(_read_field(response, "usage"), model)
+        ordered = sorted(choices, key=lambda c: _read_field(c, "index") or 0)
+        texts = [_read_field(c, "text") if text else _read_field(_read_field(c, "message"), "content") for c in ordered]
+        return [self._accept(t, _read_field(c, "finish_reason")) for t, c in zip(texts, ordered)]
+
+    def _accept(self, content: Any, finish_reason: Any) -> str:
+        """The answer's text, or the error an empty or truncated answer is (``on_truncated``)."""
+        retry = self.on_truncated == "retry"
+        cut = str(getattr(finish_reason, "value", finish_reason) or "") == "length"
+        if content is None or content == "":
+            reason = " (cut at max_tokens before any text)" if cut else ""
+            raise errors.EmptyAnswerError(f"{self.provider}: the answer is empty{reason}", None, retry)
+        if not isinstance(content, str):  # the lean path reads plain JSON, where a server may put anything
+            raise errors.MalformedResponseError(f"{self.provider}: answer content is {type(content).__name__}, "
+                                                "not text")
+        if cut and self.on_truncated != "keep":
+            raise errors.TruncatedError(f"{self.provider}: the answer was cut at max_tokens (finish_reason "
+                                        "length); raise sampling.max_tokens, or set backend.on_truncated="
+                                        "keep or retry", None, retry)
+        return str(content)
+
+    def _record_usage(self, usage: Any, model: str) -> None:
+        if usage is not None:
+            prompt = int(_read_field(usage, "prompt_tokens") or 0)
+            completion = int(_read_field(usage, "completion_tokens") or 0)
+            self.stats.add_tokens(model, prompt, completion)
+            ticket = _TICKET.get()
+            if ticket is not None:
+                ticket.used.append((prompt, completion))
+
+    # ---- the public API -----------------------------------------------------------------
+    def request_key(self, kind: str, model: str, body: Any, params: dict, n: int) -> dict:
+        """Everything that determines the answer, and nothing else (no key, no timeout)."""
+        return {"kind": kind, "provider": self.provider, "api_base": self.endpoint_id, "model": model,
+                "body": body, "params": params, "n": n}
+
+    async def query_model(self, *, messages: Iterable, model: str,
+                          conversation_formatter: ConversationFormatter | None = None,
+                          max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
+                          stop: str | None | list[str] = None, stream: bool = False,
+                          temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None, response_format: Any = None) -> list[str]:
+        """Texts of ``n`` choices. ``response_format`` (a JSON Schema dict or a pydantic model
+        class) is sent in the backend's own form where it can constrain decoding and enters the
+        cache key; the texts are returned unparsed (``structured_output.parse`` checks them)."""
+        messages = list(messages)
+        n = 1 if n is None else int(n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p)
+        text = conversation_formatter is not None
+        route = self._route(text)
+        if text:
+            body: Any = conversation_formatter.format_conversation(messages)
+            payload_key = "prompt"
+        else:
+            body, payload_key = messages, "messages"
+        schema = structured.as_schema(response_format)
+        wire = structured.wire_params(self.structured_dialect, schema, text) if schema else {}
+
+        async def produce() -> list[str]:
+            payload = {payload_key: body, **self._wire_kwargs(route, n, params, wire)}
+            texts = await self._send(route, model, payload, stream, text)
+            if len(texts) < n:
+                texts += await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text, wire)
+            return texts[:n]
+
+        key_params = {**params, "response_format": schema.key()} if schema else params
+        return await self._cached(self.request_key("text" if text else "chat", model, body, key_params, n), produce)
+
+    async def _top_up(self, route, model, body, payload_key, params, missing, stream, text, wire=None) -> list[str]:
+        """Servers that ignore ``n`` get the missing choices as further requests, seeds shifted."""
+        calls = []
+        for i in range(1, missing + 1):
+            extra = dict(params)
+            if extra.get("seed") is not None:
+                extra["seed"] = extra["seed"] + i
+            payload = {payload_key: body, **self._wire_kwargs(route, 1, extra, wire)}
+            calls.append(self._send(route, model, payload, stream, text))
+        return [t[0] for t in await asyncio.gather(*calls)]
+
+    async def query_reward_model(self, *, messages: Iterable, model: str,
+                                 conversation_formatter: ConversationFormatter | None = None) -> dict:
+        """Scores of the conversation's last assistant turn.
+
+        ``conversation_formatter`` is accepted for the interface's sake and unused: NVIDIA's
+        reward models only take chat messages.
+        """
+        messages = list(messages)
+        route = self._route(False)
+        payload = {"messages": messages, **self._endpoint_kwargs(route)}
+
+        async def once() -> dict:
+            response = await send(**payload)
+            self._record_usage(_read_field(response, "usage"), model)
+            try:
+                return parse_reward_scores(response)
+            except ValueError as exc:
+                raise ValueError(f"{model}: {exc}") from None
+
+        async def produce() -> dict:
+            prompt_tokens = estimate_tokens(messages)
+            charge = (model, prompt_tokens, 1) if self.budget is not None else None
+            return await self._with_retries(prompt_tokens + 1, once, charge)
+
+        send = self._caller(route, model)
+        return await self._cached(self.request_key("reward", model, messages, {}, 1), produce)
+
+
+class LiteLLMClient(LLMClient):
+    """The synchronous face of :class:`AsyncLiteLLMClient`; takes the same arguments."""
+
+    def __init__(self, **kwargs: Any):
+        self._async = AsyncLiteLLMClient(**kwargs)
+
+    @property
+    def stats(self) -> UsageStats:
+        return self._async.stats
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncLiteLLMClient", "LiteLLMClient")
+
+    def query_model(self, *, messages: Iterable, model: str,
+                    conversation_formatter: ConversationFormatter | None = None,
+                    max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
+                    stop: str | None | list[str] = None, stream: bool = False,
+                    temperature: float | None = None, top_k: int | None = None,
+                    top_p: float | None = None, response_format: Any = None) -> list[str]:
+        return run_sync(self._async.query_model(
+            messages=messages, model=model, conversation_formatter=conversation_formatter,
+            max_tokens=max_tokens, n=n, seed=seed, stop=stop, stream=stream,
+            temperature=temperature, top_k=top_k, top_p=top_p, response_format=response_format))
+
+    def query_reward_model(self, *, messages: Iterable, model: str,
+                           conversation_formatter: ConversationFormatter | None = None) -> dict:
+        return run_sync(self._async.query_reward_model(
+            messages=messages, model=model, conversation_formatter=conversation_formatter))

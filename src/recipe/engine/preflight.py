@@ -1,0 +1,64 @@
+"""Checks that need the environment, made once before the first paid request.
+
+The schema (:mod:`recipe.config.schema`) checks values on their own; these check them against
+the world: a provider litellm knows, an ``api_base`` that is a URL, folders that can be written.
+A problem is one :class:`ConfigError` line, before any request, server or cluster starts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from recipe.errors import ConfigError
+
+
+# The shipped backends' providers (conf/backend) and Anthropic's (batches): in litellm's provider
+# list, as tests/test_config.py checks. Checking them needs no ``import litellm`` (2 s), so a run
+# on Dask workers starts its cluster before the driver imports it, not after.
+KNOWN_PROVIDERS = frozenset({"openai", "hosted_vllm", "nvidia_nim", "ollama", "anthropic"})
+
+
+def _providers() -> set[str]:
+    from recipe.clients.litellm_setup import get_litellm
+
+    litellm = get_litellm()
+    return {getattr(p, "value", p) for p in litellm.provider_list}
+
+
+def backend_problems(data: dict) -> list[str]:
+    """The backends' problems (the run's and each stage's: provider and api_base), as a list: a
+    config's report gathers them with the rest (the CLI's precheck, ``run_plan.checked_data``)."""
+    backends = [("backend", data.get("backend") or {})]
+    for name, stage in ((data.get("recipe") or {}).get("stages") or {}).items():
+        if isinstance(stage, dict) and isinstance(stage.get("backend"), dict):
+            backends.append((f"recipe.stages.{name}.backend", stage["backend"]))
+    problems: list[str] = []
+    providers: set[str] | None = None
+    for where, backend in backends:
+        provider = backend.get("provider")
+        if provider is not None and provider not in KNOWN_PROVIDERS:
+            providers = providers if providers is not None else _providers()
+            if provider not in providers:
+                problems.append(f"{where}.provider={provider!r}: not a provider litellm knows "
+                                "(for example openai, nvidia_nim, hosted_vllm, ollama)")
+        api_base = backend.get("api_base")
+        if api_base is not None:
+            url = urlparse(str(api_base))
+            if url.scheme not in ("http", "https") or not url.netloc:
+                problems.append(f"{where}.api_base={api_base!r}: not an http(s) URL "
+                                "(for example http://127.0.0.1:8000/v1)")
+    return problems
+
+
+def check_writable(path: str | Path, what: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written in it."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder} cannot be written: {exc.strerror or exc}") from None
+    return folder

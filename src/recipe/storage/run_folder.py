@@ -1,0 +1,291 @@
+"""The run folder: what makes a rerun of the same command continue, never repeat or mix.
+
+Layout (``D`` is ``output_dir``, or ``<RECIPE_RUNS_DIR>/<recipe>-<hash>``)::
+
+    D/run.json                   the config hash and identity, and the partition plan (fixed at attempt 1)
+    D/part-NNNNN.<fmt>           good records of partition N
+    D/errors/part-NNNNN.jsonl    error records of partition N
+    D/manifests/part-NNNNN.json  written last, atomically: partition N is committed
+    D/attempts/attempt-NNN.json  what each attempt sent and received (requests, tokens, time)
+    D/stats.json                 the whole run's account, summed over attempts
+    D/.hydra/, D/recipe.log      Hydra's composed config and the log (the CLI's run dir is D)
+
+A partition counts as done only when its manifest exists: its part file and error file were both
+replaced before it, so a crash anywhere in between makes the next attempt redo the partition.
+Everything here goes through :mod:`recipe.storage`, so ``D`` may be a local path or an
+fsspec URL (``s3://bucket/run``): every file is committed whole (a rename locally, one PUT on an
+object store), and the manifests there make resume work from any machine. The CLI checks a folder
+before Hydra writes into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from recipe.errors import ConfigError
+from recipe import storage
+
+RUN_FILE = "run.json"
+MANIFESTS = "manifests"
+ATTEMPTS = "attempts"
+ERRORS = "errors"
+STATS = "stats.json"
+LOCK = ".lock"
+FORMAT_VERSION = 1
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def atomic_write(path: str | Path, fill: Callable[[Path], None]) -> None:
+    """Write ``path`` (a local path or a URL) whole or not at all; ``fill`` writes a local temporary file.
+
+    Local temporaries are named ``.<name>.<pid>.<random>.tmp`` beside the target, which the next
+    attempt cleans up if a crash or a full disk leaves one behind (see :func:`storage.atomic_write`).
+    """
+    storage.atomic_write(str(path), fill)
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8"))
+
+
+def _read_json(path: str | Path) -> Any:
+    try:
+        text = storage.read_text(str(path))
+        return None if text is None else json.loads(text)
+    except (OSError, ValueError):
+        return None
+
+
+def is_transient(error_class: str) -> bool:
+    """Whether a record that failed with ``error_class`` may succeed on a rerun (5xx, timeouts, 429s...)."""
+    from recipe import errors
+
+    cls = errors.error_class(error_class)
+    return cls is not None and cls.retryable
+
+
+def commit_partition(directory: str, index: int, good_file: str | None, error_file: str | None,
+                     manifest: dict) -> None:
+    """Make partition ``index`` consist of exactly these files, then mark it committed.
+
+    Called by the write task after writing the new files (or with ``None`` where the partition
+    has none): a leftover from an earlier attempt, good or error, is removed so that no
+    ``errors/part-N`` survives beside a new ``part-N``; the manifest is written last.
+    """
+    name = part_name(index)
+    for path in storage.listdir(directory, f"{name}.*"):
+        if storage.name(path) != good_file:
+            storage.remove(path)
+    if error_file is None:
+        storage.remove(storage.join(directory, ERRORS, f"{name}.jsonl"))
+    storage.makedirs(storage.join(directory, MANIFESTS))
+    atomic_write_json(storage.join(directory, MANIFESTS, f"{name}.json"), manifest)
+
+
+def uncommit_partition(directory: str, index: int) -> None:
+    """Called before a partition is written again: it is not done until its new manifest exists."""
+    storage.remove(storage.join(directory, MANIFESTS, f"{part_name(index)}.json"))
+
+
+class RunFolder:
+    """One run's folder: its identity, its partition plan, its committed partitions and attempts."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.remote = storage.is_remote(path)
+        self.root = str(path) if self.remote else storage.local_path(path)
+        self.path = self.root if self.remote else Path(self.root)  # what messages name
+
+    def _at(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    # ---- identity --------------------------------------------------------------------------
+
+    def info(self) -> dict | None:
+        return _read_json(self._at(RUN_FILE))
+
+    def check(self, config_hash: str) -> None:
+        """Refuse a folder that holds another config's results (one line, exit 2 at the CLI)."""
+        info = self.info()
+        if info is not None:
+            if info.get("config_hash") != config_hash:
+                raise ConfigError(
+                    f"output_dir {self.path} holds the results of a different config (run "
+                    f"{info.get('config_hash')}, this config is {config_hash}): choose another output_dir, "
+                    f"or leave output_dir unset to get a folder of its own")
+            return
+        if storage.listdir(self.root, "part-*") or storage.exists(self._at(STATS)):
+            raise ConfigError(f"output_dir {self.path} holds results that no run of this config made: "
+                              f"choose another output_dir, or leave output_dir unset to get a folder of its own")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held for the whole attempt: two copies of one command must not write one folder."""
+        import fcntl
+
+        if self.remote:  # object stores have no locks: one run per remote folder is the user's to keep
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(f"run folder {self.path} is in use by another run of the same config: "
+                              "wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def open(self, config_hash: str, ident: dict, resume: bool = True) -> bool:
+        """Claim the folder for this config; ``resume=False`` clears its parts first.
+
+        Returns whether earlier attempts exist (the run resumes).
+        """
+        self.check(config_hash)
+        storage.makedirs(self.root)
+        if not resume:
+            self.clear()
+        self.clean_temporaries()
+        info = self.info()
+        if info is None:
+            atomic_write_json(self._at(RUN_FILE), {"format": FORMAT_VERSION, "config_hash": config_hash,
+                                                      "identity": ident, "created": time.time(), "plan": None})
+        return bool(self.attempt_files())
+
+    def clear(self) -> None:
+        """Remove this run's results and account (not its log or Hydra's config)."""
+        for path in storage.listdir(self.root, "part-*"):
+            storage.remove(path)
+        for sub in (ERRORS, MANIFESTS, ATTEMPTS):
+            storage.remove_tree(self._at(sub))
+        for name in (RUN_FILE, STATS):
+            storage.remove(self._at(name))
+
+    def clean_temporaries(self) -> int:
+        """Delete the ``.part-N.*.tmp`` (and other ``*.tmp``) files a crash or a full disk left
+        (none on object stores: an object appears whole or not at all)."""
+        if self.remote:
+            return 0
+        stale = [*self.path.glob(".part-*.tmp"), *self.path.glob(f".{STATS}.*.tmp"),
+                 *self.path.glob(f".{RUN_FILE}.*.tmp")]
+        for sub in (ERRORS, MANIFESTS, ATTEMPTS):
+            stale += (self.path / sub).glob(".*.tmp")
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    # ---- partitions ------------------------------------------------------------------------
+
+    def plan(self) -> list | None:
+        info = self.info() or {}
+        return info.get("plan")
+
+    def save_plan(self, plan: list) -> None:
+        info = self.info() or {}
+        info["plan"] = plan
+        atomic_write_json(self._at(RUN_FILE), info)
+
+    def manifests(self, config_hash: str | None = None) -> dict[int, dict]:
+        """Committed partitions by number (a manifest of another config hash does not count)."""
+        found: dict[int, dict] = {}
+        for path in storage.listdir(self._at(MANIFESTS), "part-*.json"):
+            manifest = _read_json(path)
+            if not isinstance(manifest, dict) or "part" not in manifest:
+                continue
+            if config_hash is not None and manifest.get("config_hash") != config_hash:
+                continue
+            found[int(manifest["part"])] = manifest
+        return found
+
+    def todo(self, n_partitions: int, config_hash: str, retry_failed: bool = True) -> tuple[list[int], dict]:
+        """Partitions to (re)do, and the committed ones kept as they are.
+
+        A committed partition holding records that failed for transient reasons is done again
+        when ``retry_failed``: its answered requests come from the cache.
+        """
+        committed = self.manifests(config_hash)
+        kept = {i: m for i, m in committed.items()
+                if i < n_partitions and not (retry_failed and m.get("transient", 0))}
+        return [i for i in range(n_partitions) if i not in kept], kept
+
+    # ---- attempts and the account ----------------------------------------------------------
+
+    def attempt_files(self) -> list[str]:
+        return storage.listdir(self._at(ATTEMPTS), "attempt-*.json")
+
+    def new_attempt(self) -> int:
+        storage.makedirs(self._at(ATTEMPTS))
+        numbers = [int(storage.name(p).split("-")[1].split(".")[0]) for p in self.attempt_files()]
+        return max(numbers, default=0) + 1
+
+    def save_attempt(self, number: int, data: dict) -> None:
+        atomic_write_json(self._at(ATTEMPTS, f"attempt-{number:03d}.json"), {"attempt": number, **data})
+
+    def attempts(self) -> list[dict]:
+        return [a for a in (_read_json(p) for p in self.attempt_files()) if isinstance(a, dict)]
+
+    def save_stats(self, stats: dict) -> None:
+        atomic_write_json(self._at(STATS), stats)
+
+
+_SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
+           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures")
+
+
+def sum_attempts(attempts: list[dict]) -> dict:
+    """Usage over every attempt: each attempt's own counts, so nothing is counted twice."""
+    total: dict[str, Any] = {key: 0 for key in _SUMMED}
+    failures: dict[str, int] = {}
+    tokens: dict[str, list[int]] = {}
+    structured: dict[str, dict[str, int]] = {}  # per schema name (UsageStats.structured_by_schema)
+    for attempt in attempts:
+        usage = attempt.get("usage") or {}
+        for key in _SUMMED:
+            total[key] += usage.get(key, 0) or 0
+        for name, count in (usage.get("failures") or {}).items():
+            failures[name] = failures.get(name, 0) + count
+        for model, (p, c) in (usage.get("tokens_by_model") or {}).items():
+            mp, mc = tokens.get(model, [0, 0])
+            tokens[model] = [mp + p, mc + c]
+        for name, amounts in (usage.get("structured_by_schema") or {}).items():
+            counts = structured.setdefault(name, {})
+            for key, amount in amounts.items():
+                counts[key] = counts.get(key, 0) + amount
+    total["failures"], total["tokens_by_model"], total["structured_by_schema"] = failures, tokens, structured
+    for key in ("retry_wait_seconds", "limit_wait_seconds", "wall_seconds"):
+        total[key] = round(total[key], 3)
+    return total
+
+
+def sum_manifests(manifests: dict[int, dict]) -> dict:
+    """Records and failures of the committed partitions."""
+    by_class: dict[str, int] = {}
+    json_fields: set[str] = set()
+    filtered, deduplicated = 0, {}
+    for manifest in manifests.values():
+        for name, count in (manifest.get("failures") or {}).items():
+            by_class[name] = by_class.get(name, 0) + count
+        json_fields.update(manifest.get("json_fields") or ())
+        drops = manifest.get("dropped") or {}
+        filtered += int(drops.get("filtered", 0))
+        for stage, count in (drops.get("deduplicated") or {}).items():
+            deduplicated[stage] = deduplicated.get(stage, 0) + count
+    # dropped records, each counted once (None: a manifest written before they were counted there)
+    counted = all("dropped" in m for m in manifests.values())
+    return {"records": sum(m.get("records", 0) for m in manifests.values()),
+            "filtered": filtered if counted else None,
+            "deduplicated": deduplicated if counted else None,
+            "failed": sum(by_class.values()), "failed_by_class": by_class,
+            "transient_failed": sum(m.get("transient", 0) for m in manifests.values()),
+            "partitions": len(manifests), "json_fields": sorted(json_fields)}
