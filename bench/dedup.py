@@ -81,7 +81,7 @@ def pipeline(input_path: str, out: str, method: str | None, partition_size: int)
 
 def python_set(input_path: str) -> tuple[float, set[str]]:
     """The baseline of ``--exact``: one process, one set of normalised texts, first occurrence kept."""
-    from recipe.stages.dedup import normalize
+    from recipe.stages.quality.dedup import normalize
 
     seen: set[str] = set()
     kept: set[str] = set()

@@ -11,7 +11,7 @@ import pytest
 import recipe
 from recipe.errors import ConfigError
 from recipe.stages import DedupStage, ReadStage, WriteStage
-from recipe.stages.dedup import DUPLICATE_OF, normalize
+from recipe.stages.quality.dedup import DUPLICATE_OF, normalize
 
 _rng = random.Random(7)
 _VOCAB = ["".join(_rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(_rng.randint(3, 9))) for _ in range(3000)]

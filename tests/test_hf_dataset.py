@@ -68,7 +68,7 @@ def test_shards_with_different_fields_and_types_load_as_one_dataset(tmp_path):
     import datasets
 
     from recipe.stages import WriteStage
-    from recipe.stages.hf_dataset import finish
+    from recipe.stages.io.hf_dataset import finish
 
     records = [{"_id": "a", "text": "one", "note": None, "score": 1},
                {"_id": "b", "text": "two", "note": None, "score": 2},

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from recipe.errors import ParseError
-from recipe.stages.nemotron_cc import clean_knowledge_list, format_qa_pairs, parse_qa_pairs
+from recipe.stages.llm.nemotron_cc import clean_knowledge_list, format_qa_pairs, parse_qa_pairs
 from recipe.stages.parsers import (
     check_substrings,
     parse_list,

@@ -11,7 +11,7 @@ from recipe.errors import ConfigError, InputError, ParseError
 from recipe.clients.factory import ClientSpec
 from recipe.stages import progress
 from recipe.stages import AppendSeedsStage, CombineStage, CrossStage, DialogueStage, PreferencePairsStage
-from recipe.stages.nemotron_cc import RewritesStage, clean_knowledge_list, diverse_qa_text
+from recipe.stages.llm.nemotron_cc import RewritesStage, clean_knowledge_list, diverse_qa_text
 from recipe.stages.records import make_id
 
 ROOT = {"_id": "r", "_parent": None}

@@ -14,7 +14,7 @@ import s3fs
 import recipe
 from recipe.errors import ConfigError
 from recipe import storage
-from recipe.stages.read import _jsonl_blocks, _read_jsonl_block
+from recipe.stages.io.read import _jsonl_blocks, _read_jsonl_block
 from recipe.storage import resolve_paths
 
 
@@ -174,7 +174,7 @@ def test_a_large_jsonl_on_s3_plans_the_same_blocks_as_on_disk(s3_bucket, tmp_pat
     """Planning reads the file in chunks: lines that cross a chunk (3 MiB of lines of varied length,
     no newline at the end) fall in the same blocks on S3 as on disk, at their true byte offsets."""
     from recipe import storage
-    from recipe.stages.read import ReadStage
+    from recipe.stages.io.read import ReadStage
 
     lines = [json.dumps({"i": i, "pad": "x" * (i * 37 % 300)}).encode() for i in range(14000)]
     data = b"\n".join(lines)  # the last line has no newline

@@ -302,7 +302,7 @@ def _through(stage, records):
 
 def test_filter_verdicts_and_judge_scores_are_structured(stub_server):
     from recipe.stages import FilterStage, RewardStage
-    from recipe.stages.reward import JUDGE_PROMPT
+    from recipe.stages.llm.reward import JUDGE_PROMPT
     from recipe.stages.templates import render
 
     server = stub_server()

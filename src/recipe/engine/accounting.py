@@ -44,7 +44,7 @@ def account(plan: RunPlan, attempt: Attempt) -> dict:
 def finish(plan: RunPlan, attempt: Attempt, stats: dict) -> None:
     """What is written once all the records are: a ``format: hf`` dataset's card (and Hub push)."""
     if attempt.outcome == "completed" and any(getattr(s, "format", None) == "hf" for s in plan.stages):
-        from recipe.stages.hf_dataset import finish as finish_dataset
+        from recipe.stages.io.hf_dataset import finish as finish_dataset
 
         finish_dataset(plan.output_dir, stats, plan.data)
 
@@ -94,11 +94,11 @@ def cost(spec: ClientSpec, tokens_by_model: dict, price: dict | None = None) -> 
 
 
 def _unify_parquet(output_dir: str, stages: list) -> list | None:
-    from recipe.stages.write import WriteStage
+    from recipe.stages.io.write import WriteStage
 
     if not any(isinstance(s, WriteStage) and s.format == "parquet" for s in stages):
         return None
-    from recipe.stages.parquet import unify_parts
+    from recipe.stages.io.parquet import unify_parts
 
     return unify_parts(output_dir)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 def until_last(stages: list, input_plan: list | None):
     """The graph of every stage but the last (the read stage on the run's fixed plan), and the last
     stage (None for a one-stage recipe)."""
-    from recipe.stages.read import ReadStage
+    from recipe.stages.io.read import ReadStage
 
     first, *rest = stages
     bag = first.read(input_plan) if isinstance(first, ReadStage) and input_plan is not None else first(None)
@@ -20,7 +20,7 @@ def until_last(stages: list, input_plan: list | None):
 def partitions(stages: list, input_plan: list | None, folder, config_hash: str,
                retry_failed: bool) -> tuple[list[int], dict, int]:
     """(partitions to do, the committed ones kept, of how many), from the run folder's manifests."""
-    from recipe.stages.write import WriteStage
+    from recipe.stages.io.write import WriteStage
 
     bag, last = until_last(stages, input_plan)
     if isinstance(last, WriteStage):
@@ -33,7 +33,7 @@ def build_bag(stages: list, input_plan: list | None, todo: list[int], config_has
     """The run's graph; the write stage gets only the partitions ``todo`` (the attempt's, so the
     manifests are not read again). Built anew for the computation: the stages' specs carry what
     the attempt added (its budget ledger, its batch folder)."""
-    from recipe.stages.write import WriteStage
+    from recipe.stages.io.write import WriteStage
 
     bag, last = until_last(stages, input_plan)
     if isinstance(last, WriteStage):

@@ -42,7 +42,7 @@ def partition_size(target: dict | None, configured: int) -> int:
 
 
 def _seed_rounds(stages: list) -> bool:
-    from recipe.stages.read import ReadStage
+    from recipe.stages.io.read import ReadStage
 
     first = stages[0]
     return isinstance(first, ReadStage) and bool(first.seeds) and not first.path
@@ -57,7 +57,7 @@ def round_stages(stages: list, number: int) -> list:
     if number == 0:
         return stages
     from recipe.stages.base import LLMStage
-    from recipe.stages.read import ReadStage
+    from recipe.stages.io.read import ReadStage
 
     out = []
     for stage in stages:
@@ -82,7 +82,7 @@ class TargetRun:
 
     def __init__(self, n: int, max_rounds: int, stages: list, plan: list | None, folder, config_hash: str,
                  compute: Callable[[list], None], parallel: int, stopped: Callable[[], bool] = lambda: False):
-        from recipe.stages.write import WriteStage
+        from recipe.stages.io.write import WriteStage
 
         if not isinstance(stages[-1], WriteStage):
             raise ConfigError("target.records: the recipe must end with a write stage")
@@ -97,7 +97,7 @@ class TargetRun:
 
     def _pipeline(self, stages: list, upto: int | None = None):
         """The recipe's bag before its write stage; over the plan's first ``upto`` partitions if given."""
-        from recipe.stages.read import ReadStage
+        from recipe.stages.io.read import ReadStage
 
         first, *middle, _ = stages
         plan = self.plan if upto is None or self.plan is None else self.plan[:upto]

@@ -49,8 +49,8 @@ def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None,
     """The stages, and every problem found on the way (all of them: one bad stage does not hide
     the next). ``world=False`` leaves out what depends on the machine (the input files)."""
     from recipe.stages.base import LLMStage
-    from recipe.stages.read import ReadStage
-    from recipe.stages.write import WriteStage
+    from recipe.stages.io.read import ReadStage
+    from recipe.stages.io.write import WriteStage
 
     stages: list = []
     problems: list[str] = []

@@ -25,7 +25,7 @@ from recipe.errors import ParseError
 from recipe.clients.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
-from recipe.stages.reward import reward_model_scores
+from recipe.stages.llm.reward import reward_model_scores
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import fields_required, render
 

@@ -29,7 +29,7 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 async def reward_model_scores(llm, model: str, prompt: str, response: str) -> dict:
     """A reward model's ``{attribute: score}`` for one answer to one prompt (the one place both
-    this stage and :class:`~recipe.stages.judge.JudgeStage`'s ``mode: reward_model`` ask it)."""
+    this stage and :class:`~recipe.stages.quality.judge.JudgeStage`'s ``mode: reward_model`` ask it)."""
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     return await llm.query_reward_model(messages=messages, model=model)
 

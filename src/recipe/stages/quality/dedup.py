@@ -230,7 +230,7 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
     if removed:
         progress.deduplicated(stage.name, index, len(removed))
         if stage.keep_removed:
-            from recipe.stages.write import _write_jsonl
+            from recipe.stages.io.write import _write_jsonl
 
             directory = Path(stage.output_dir) / "removed" / stage.name
             directory.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def write_shard(directory: Path, index: int, records: list[dict]) -> tuple[str |
     returns the file relative to ``directory`` (None when the partition has no good record, and a
     shard left by an earlier attempt is removed) and the fields stored as JSON text."""
     from recipe.storage.run_folder import part_name
-    from recipe.stages.parquet import write_part
+    from recipe.stages.io.parquet import write_part
 
     data = Path(directory) / DATA_DIR
     path = data / f"{part_name(index)}.parquet"
@@ -102,7 +102,7 @@ def finish(directory: str | Path, stats: dict, data: dict, command: str | None =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recipe.stages.parquet import unify_parts
+    from recipe.stages.io.parquet import unify_parts
 
     directory = Path(directory)
     unify_parts(directory / DATA_DIR)  # one schema across shards, or datasets refuses to cast them together

@@ -51,13 +51,13 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
     good_file = error_file = None
     json_fields: list[str] = []
     if fmt == "hf":  # a Hugging Face dataset: shards under data/, the card when the run is over
-        from recipe.stages.hf_dataset import write_shard
+        from recipe.stages.io.hf_dataset import write_shard
 
         good_file, json_fields = write_shard(directory, index, good)
     elif good:
         good_file = f"{name}.{fmt}"
         if fmt == "parquet":
-            from recipe.stages.parquet import write_part
+            from recipe.stages.io.parquet import write_part
 
             json_fields = write_part(storage.join(directory, good_file), good)
         else:
@@ -83,7 +83,7 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
 class WriteStage(Stage):
     """The last stage: returns a bag with one manifest per partition (records, errors, ...).
 
-    ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.hf_dataset`).
+    ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.io.hf_dataset`).
 
     Input columns: none required (every field is written). Output columns: none.
     """

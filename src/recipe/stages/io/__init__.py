@@ -1,0 +1,1 @@
+"""Stages that read inputs and write results: JSONL, Parquet and Hugging Face datasets."""

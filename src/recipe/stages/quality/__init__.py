@@ -1,0 +1,1 @@
+"""Stages that keep the good records: dedup, filters and judges."""
