@@ -188,7 +188,7 @@ def test_a_server_that_cannot_start_is_one_line(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: the llama.cpp server exited with code"), stderr
+    assert len(lines) == 1 and lines[0].startswith("error: the llama.cpp server was killed by SIGABRT while starting"), stderr
 
 
 def test_dask_workers_are_gone_within_30_s_of_a_kill_9_of_the_cli(stub_server, tmp_path):
@@ -231,3 +231,24 @@ def _refresh_tasks() -> int:
         return sum("_refresh_forever" in repr(task.get_coro()) for task in asyncio.all_tasks() if not task.done())
 
     return asyncio.run_coroutine_threadsafe(count(), get_loop()).result()
+
+
+@pytest.mark.llm
+def test_an_embedded_server_that_dies_mid_run_stops_the_run_with_one_line_and_the_fix(tmp_path):
+    """A llama.cpp wheel built natively on another CPU dies with SIGILL on the first prompt. The run
+    stops at once with one line naming the signal and the rebuild command, instead of retrying every
+    record against a closed port and ending as "N records failed" (exit 3)."""
+    source = write_prompts(tmp_path / "in.jsonl", 200)
+    proc = cli(tmp_path, ["progress=false", f"input={source}", f"output_dir={tmp_path / 'out'}",
+                          "sampling.max_tokens=32"])
+    server = _server_of(proc)
+    wait_for(lambda: _answers(server), 120, "the server to answer")
+    os.kill(server.pid, signal.SIGILL)
+    started = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert time.monotonic() - started < 30, "no retries against a dead server"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("error: the embedded llama.cpp server was killed by SIGILL"), stderr
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir --force-reinstall llama-cpp-python==' in lines[0]

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from recipe.config import defaults
-from recipe.errors import ConfigError
-from recipe.clients.subprocess_server import ServerProcess, free_port  # noqa: F401 - free_port: tests use it from here
+from recipe.errors import ConfigError, LocalServerError
+from recipe.clients.subprocess_server import ServerProcess, exit_description, free_port  # noqa: F401 - free_port: tests use it from here
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ALIAS = "smollm2"
@@ -57,6 +60,7 @@ class LlamaCppServer:
         self.startup_timeout = startup_timeout
         self.port: int | None = None
         self._server: ServerProcess | None = None
+        self.death: str | None = None  # why the server died under us (see watch)
 
     @property
     def base_url(self) -> str:
@@ -72,8 +76,32 @@ class LlamaCppServer:
                    "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads), "--verbose", "False"]
         # stdin is the watchdog pipe: we hold its write end until stop() or our death.
         self._server = ServerProcess(command, "the llama.cpp server", watchdog_stdin=True, new_session=True)
-        self._server.start(self._answers, self.startup_timeout, hint=f" (model {self.model_path})")
+        try:
+            self._server.start(self._answers, self.startup_timeout, hint=f" (model {self.model_path})")
+        except LocalServerError as exc:
+            code = self._server.returncode if self._server is not None else None
+            raise LocalServerError(f"{exc}{_rebuild_hint(code)}") from None
         return self
+
+    def watch(self, on_death: Callable[[str], None], interval: float = 0.5) -> None:
+        """Call ``on_death(message)`` from a watcher thread if the server dies before :meth:`stop`.
+
+        A llama.cpp wheel built natively on another CPU dies with SIGILL on the first prompt; without
+        this the run would retry every record against a closed port and end as "records failed"."""
+        server = self._server
+
+        def watcher() -> None:
+            while self._server is server and server is not None:
+                code = server.returncode
+                if code is not None:
+                    if self._server is server:  # not stopped by us
+                        self.death = (f"the embedded llama.cpp server {exit_description(code)}: "
+                                      f"{server.last_line()}{_rebuild_hint(code)}")
+                        on_death(self.death)
+                    return
+                threading.Event().wait(interval)
+
+        threading.Thread(target=watcher, name="llamacpp-watch", daemon=True).start()
 
     def _answers(self) -> bool:
         try:
@@ -97,6 +125,22 @@ class LlamaCppServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _rebuild_hint(code: int | None) -> str:
+    """An illegal instruction or a segfault is almost always a llama.cpp wheel built for another CPU
+    (pip reuses a cached wheel whatever CMAKE_ARGS says): say how to rebuild it. (A bad model file
+    aborts instead: SIGABRT gets no such hint.)"""
+    if code is None or -code not in (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS):
+        return ""
+    try:
+        from importlib.metadata import version
+
+        pinned = f"=={version('llama-cpp-python')}"
+    except Exception:  # not installed as a distribution: the plain name still works
+        pinned = ""
+    return ("; rebuild llama.cpp for this CPU: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install --no-cache-dir "
+            f"--force-reinstall llama-cpp-python{pinned}")
 
 
 def _follow_parent(parent: int) -> None:

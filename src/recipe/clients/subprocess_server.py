@@ -10,6 +10,7 @@ has the parts but not this sequence, and no library we depend on offers it.
 from __future__ import annotations
 
 import socket
+import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def exit_description(code: int) -> str:
+    """``exited with code 1`` or ``was killed by SIGILL``: how a child ended, in words."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
 
 
 class ServerProcess:
@@ -60,6 +71,11 @@ class ServerProcess:
         return self._process.pid if self._process is not None else None
 
     @property
+    def returncode(self) -> int | None:
+        """The child's exit code (negative: the signal that killed it); None while it runs."""
+        return self._process.poll() if self._process is not None else None
+
+    @property
     def stdout(self):
         return self._process.stdout if self._process is not None else None
 
@@ -83,8 +99,8 @@ class ServerProcess:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
-                    raise self.error(f"{self.what} exited with code {self._process.returncode} "
-                                     f"while starting: {self.last_line()}")
+                    code = self._process.returncode
+                    raise self.error(f"{self.what} {exit_description(code)} while starting: {self.last_line()}")
                 value = ready()
                 if value:
                     return value

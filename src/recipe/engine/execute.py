@@ -40,10 +40,34 @@ def start_local_server(stack: contextlib.ExitStack, plan: RunPlan) -> None:
     server = stack.enter_context(LlamaCppServer(backend.get("model_path"),
                                                 n_ctx=plan.spec.context_length or defaults.LOCAL_CONTEXT_LENGTH,
                                                 alias=plan.spec.model))
+    _stop_run_if_it_dies(stack, server)
     local = plan.spec.with_overrides(api_base=server.base_url, endpoint_id=f"llamacpp://{Path(server.model_path).name}")
     for stage in plan.stages:
         if getattr(stage, "client", None) == plan.spec:
             stage.client = local
+
+
+def _stop_run_if_it_dies(stack: contextlib.ExitStack, server) -> None:
+    """A server that dies under the run stops it at once with one line naming the signal or exit
+    code and the fix (:meth:`LlamaCppServer.watch`), instead of every record retrying against a
+    closed port. The watcher thread signals this process; the handler raises in the main thread,
+    wherever it waits. Off the main thread (a library user's own thread) no handler can be set:
+    the records' connection errors then end the run as before."""
+    import os
+    import signal
+    import threading
+
+    from recipe.errors import LocalServerError
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def raise_in_main(signum, frame) -> None:
+        raise LocalServerError(server.death or "the embedded llama.cpp server died")
+
+    previous = signal.signal(signal.SIGUSR2, raise_in_main)
+    stack.callback(signal.signal, signal.SIGUSR2, previous)  # restored before the server stops
+    server.watch(lambda message: os.kill(os.getpid(), signal.SIGUSR2))
 
 
 def compute(plan: RunPlan, attempt: Attempt, client, bag) -> None:
