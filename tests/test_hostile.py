@@ -106,7 +106,7 @@ def test_records_carrying_reserved_fields_get_their_own_error_records(tmp_path, 
     result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
                      f"output_dir={tmp_path / 'out'}")
     check(result, 3)
-    assert result.stdout.splitlines()[-1].startswith("1 records, 5 failed, 1 requests")
+    assert result.stdout.splitlines()[-1].startswith("1 record, 5 failed, 1 request ")
     good, bad = parts(tmp_path / "out")
     assert [g["response"] for g in good] == ["echo: a"]
     assert sorted(b["record"]["prompt"] for b in bad) == ["b", "c", "d", "e", "f"]

@@ -91,11 +91,11 @@ def _job(cfg) -> int:
         from recipe.clients.budget import resume_hint
 
         if summary.failed:
-            print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
+            print(f"{prefix}{summary.failed_line()}", file=sys.stderr)
         print(f"{prefix}{resume_hint(summary.stats['budget'], _argv)}", file=sys.stderr)
         return EXIT_BUDGET_REACHED
     if summary.failed:
-        print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
+        print(f"{prefix}{summary.failed_line()}", file=sys.stderr)
         return EXIT_RECORDS_FAILED
     return 0
 

@@ -39,7 +39,7 @@ class RunSummary:
 
     def line(self) -> str:
         s = self.stats
-        text = (f"{self.records} records, {self.failed} failed, {s.get('requests', 0)} requests "
+        text = (f"{counted(self.records, 'record')}, {self.failed} failed, {counted(s.get('requests', 0), 'request')} "
                 f"({s.get('cache_hits', 0)} cached), {s.get('prompt_tokens', 0) + s.get('completion_tokens', 0)} tokens, "
                 f"{s.get('wall_seconds', 0):.1f} s")
         resumed = s.get("resumed")
@@ -48,6 +48,15 @@ class RunSummary:
                      f"failures in {resumed['partitions']} of {resumed['of_partitions']} partitions were already done; "
                      f"this attempt: {s['this_attempt']['requests']} requests, {s['this_attempt']['wall_seconds']:.1f} s)")
         return text
+
+    def failed_line(self) -> str:
+        """``1 record failed: see DIR/errors/``."""
+        return f"{counted(self.failed, 'record')} failed: see {self.output_dir}/errors/"
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 record``, ``2 records``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def run(cfg: Any, output_dir: str | None = None) -> RunSummary:
