@@ -68,3 +68,26 @@ def test_ci_runs_the_readme_commands():
     assert len(commands) == 2, "exactly two set-up commands"
     for command in commands:
         assert command in ci, f"CI does not run the README's {command!r}"
+
+
+def test_ci_does_no_set_up_of_its_own():
+    """`.ci/run` runs the README's two commands and checks; nothing it installs is missing from the README."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    setup = re.search(r"## Set up.*?```bash\n(.*?)```", README, re.S).group(1)
+    readme_commands = {line.split("#")[0].strip() for line in setup.strip().splitlines()}
+    commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.strip().startswith("#")]
+    commands = [c for c in commands if not c.startswith(("set -", "cd "))]
+    checks = (".venv/bin/ruff ", ".venv/bin/mypy ", ".venv/bin/lint-imports", ".venv/bin/mkdocs ")
+    extra = [c for c in commands if c not in readme_commands and not c.startswith(checks)]
+    assert extra == []
+
+
+@pytest.mark.llm
+def test_the_default_recipe_finishes_clean_on_the_embedded_model(tmp_path):
+    """`python -m recipe`, the README's run command, exits 0 with no failed record on SmolLM2."""
+    from conftest import cli
+
+    result = cli(tmp_path, "progress=false", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert ", 0 failed, " in summary and summary.startswith("8 records"), summary
