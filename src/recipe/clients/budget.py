@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from recipe.errors import BudgetExhausted, ConfigError
 

@@ -9,13 +9,13 @@ validation also uses, so that a bad parameter is found the same way before a run
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 from recipe.config import defaults
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
-from recipe.errors import ConfigError, refuse
+from recipe.errors import ConfigError
 
 
 @dataclass(frozen=True)

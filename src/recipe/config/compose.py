@@ -171,7 +171,7 @@ def one_line(exc: BaseException) -> str:
         seen.add(id(exc))
         text = str(exc).split("Config search path:")[0]
         lines = [line.strip() for line in text.splitlines()]
-        lines = [l for l in lines if l and not l.startswith(_NOISE)]
+        lines = [line for line in lines if line and not line.startswith(_NOISE)]
         message = " ".join(lines)
         if message and not any(message in p for p in parts):
             parts.append(message)
