@@ -129,3 +129,33 @@ def test_record_specific_failures_never_stop_the_run(stub_server, tmp_path):
                          output_dir=str(tmp_path / "out"))
     assert summary.records == 6 and summary.failed == 54
     assert {e["_error"]["class"] for e in error_rows(tmp_path / "out")} == {"ContextWindowError"}
+
+
+def _stage_kinds():
+    from recipe.stages import CombineStage, DialogueStage, JudgeStage, ParseListStage, RewardStage, RewritesStage
+
+    return [(ParseListStage, {"input_field": "topics"}), (JudgeStage, {"criteria": {"helpful": "Is it helpful?"}}), (RewardStage, {"mode": "judge"}),
+            (DialogueStage, {"user_turn_prompt": "Ask about {{ openline }}"}), (RewritesStage, {"input_field": "text", "rewrites": ["short"], "templates": {"short": "Shorten: {{ text }}"}}), (CombineStage, {"fields": ["a", "b"]})]
+
+
+def test_a_record_missing_a_field_is_one_error_record_in_every_stage(stub_server):
+    """One class and one policy: a record without the field a stage reads becomes a
+    MissingFieldError record, also with ignore_conversion_failure=false (that switch is about the
+    model's answers), and no request is sent for it."""
+    import dask
+    import dask.bag as db
+
+    from recipe.clients.factory import ClientSpec
+    from recipe.stages.base import LLMStage
+
+    server = stub_server()
+    spec = ClientSpec(provider="openai", model="stub-model", api_base=server.base_url, api_key="test-key")
+    for cls, params in _stage_kinds():
+        extra = {"client": spec, "ignore_conversion_failure": False} if issubclass(cls, LLMStage) else {}
+        stage = cls(name="s", **params, **extra)
+        with dask.config.set(scheduler="sync"):
+            (out,) = stage(db.from_sequence([{"unrelated": 1, "_id": "0123456789abcdef"}], npartitions=1)).compute()
+        assert is_error(out), (cls.__name__, out)
+        assert out["_error"]["class"] == "MissingFieldError", (cls.__name__, out["_error"])
+        assert "record has no field" in out["_error"]["message"]
+    assert server.stats()["requests"] == 0

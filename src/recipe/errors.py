@@ -73,6 +73,12 @@ class InputError(RecipeError):
     """A bad input file or record."""
 
 
+class MissingFieldError(InputError):
+    """A record lacks a field a stage reads. Always one error record, whatever
+    ``ignore_conversion_failure`` says: that switch is about the model's answers, and this is the
+    record's own problem (raised by :func:`recipe.stages.records.require_fields`)."""
+
+
 class HubError(RecipeError):
     """The dataset was written, but pushing it to the Hugging Face Hub failed."""
 

@@ -12,6 +12,8 @@ wrote them: a line of an ``errors/`` file (it is retried) or a record of a previ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import hashlib
 import json
 import re
@@ -89,3 +91,13 @@ def child(parent: dict, index: int, **fields: Any) -> dict:
     record[ID] = make_id(parent_id, index)
     record[PARENT] = parent_id
     return record
+
+
+def require_fields(record: dict, fields: Iterable[str], purpose: str) -> None:
+    """The one check that a record has the fields a stage reads: a :class:`MissingFieldError`
+    naming the first missing one and what the stage wanted it for."""
+    from recipe.errors import MissingFieldError
+
+    for name in fields:
+        if name not in record:
+            raise MissingFieldError(f"record has no field {name!r} to {purpose}")

@@ -13,8 +13,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from recipe.errors import InputError, ParseError
+from recipe.errors import ParseError
 from recipe.stages.base import LLMStage
+from recipe.stages.records import require_fields
 from recipe.stages.templates import fields_required, render
 
 #: What the stage itself puts into the user-turn template, beside the record's fields.
@@ -71,8 +72,7 @@ class DialogueStage(LLMStage):
         return {"role": "user", "content": text}
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
-        if self.openline_field not in record:
-            raise InputError(f"record has no field {self.openline_field!r} to open the dialogue")
+        require_fields(record, (self.openline_field,), "open the dialogue")
         name = record.get(self.style_field, self.style) if self.style_field else self.style
         style = (self.styles or {}).get(name, name) or ""
         conversation = [{"role": "user", "content": str(record[self.openline_field])}]

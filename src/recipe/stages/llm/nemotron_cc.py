@@ -21,8 +21,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from recipe.errors import InputError, ParseError
+from recipe.errors import ParseError
 from recipe.stages.base import LLMStage
+from recipe.stages.records import require_fields
 from recipe.stages.parsers import LIST_ITEM, preview
 from recipe.stages.records import child
 from recipe.stages.templates import fields_required, render
@@ -207,6 +208,5 @@ class RewritesStage(LLMStage):
         return await self.attempt(self._rewrite(llm, record, out, rewrite), out)
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
-        if self.input_field not in record:
-            raise InputError(f"record has no field {self.input_field!r} to rewrite")
+        require_fields(record, (self.input_field,), "rewrite")
         return list(await asyncio.gather(*(self._one(llm, record, i, r) for i, r in enumerate(self.rewrites))))

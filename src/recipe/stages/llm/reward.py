@@ -16,6 +16,7 @@ from pydantic import Field
 from recipe.errors import ParseError
 from recipe.clients.structured_output import as_schema, score_schema
 from recipe.stages.base import LLMStage
+from recipe.stages.records import require_fields
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
@@ -85,9 +86,7 @@ class RewardStage(LLMStage):
     async def aprocess(self, llm, record: dict) -> list[dict]:
         import asyncio
 
-        for key in (self.prompt_field, self.response_field):
-            if key not in record:
-                raise ParseError(f"record has no field {key!r} to score")
+        require_fields(record, (self.prompt_field, self.response_field), "score")
         responses = record[self.response_field]
         prompt = str(record[self.prompt_field])
         record = dict(record)

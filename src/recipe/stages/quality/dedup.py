@@ -31,7 +31,7 @@ import dask.bag as db
 from dask import delayed
 from pydantic import Field
 
-from recipe.errors import ConfigError, InputError
+from recipe.errors import MissingFieldError, ConfigError
 from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.partition import carry
@@ -221,7 +221,7 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
         if is_error(record):
             out.append(record)
         elif stage.field not in record or record[stage.field] is None:
-            out.append(error_record(stage.name, InputError(f"record has no field {stage.field!r} to deduplicate"),
+            out.append(error_record(stage.name, MissingFieldError(f"record has no field {stage.field!r} to deduplicate"),
                                     record))
         elif offset in dup_of:
             removed.append({**record, DUPLICATE_OF: dup_of[offset]})

@@ -21,10 +21,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictInt
 
-from recipe.errors import ParseError
 from recipe.clients.structured_output import as_schema
 from recipe.stages import progress
 from recipe.stages.base import LLMStage
+from recipe.stages.records import require_fields
 from recipe.stages.llm.reward import reward_model_scores
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import fields_required, render
@@ -126,9 +126,7 @@ class JudgeStage(LLMStage):
         return self.min_score is None or scores[AGGREGATE] >= self.min_score
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
-        for key in (self.prompt_field, self.response_field):
-            if key not in record:
-                raise ParseError(f"record has no field {key!r} to judge")
+        require_fields(record, (self.prompt_field, self.response_field), "judge")
         prompt, responses = str(record[self.prompt_field]), record[self.response_field]
         record = dict(record)
         if not isinstance(responses, list):

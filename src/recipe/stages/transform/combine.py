@@ -9,6 +9,7 @@ from pydantic import Field
 
 from recipe.errors import InputError
 from recipe.stages.base import Stage
+from recipe.stages.records import require_fields
 
 
 def _as_list(value: Any) -> list:
@@ -50,9 +51,8 @@ class CombineStage(Stage):
 
     def process(self, record: dict) -> list[dict]:
         items: list = []
+        require_fields(record, self._names(), "combine")
         for name in self._names():
-            if name not in record:
-                raise InputError(f"record has no field {name!r} to combine")
             items += _as_list(record[name])
         items += list(self.extra or [])
         if self.unique:

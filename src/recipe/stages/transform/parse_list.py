@@ -22,6 +22,7 @@ from recipe.clients.structured_output import as_schema
 from recipe.config.list_schema import list_schema
 from recipe.stages import parsers
 from recipe.stages.base import LLMStage
+from recipe.stages.records import require_fields
 from recipe.stages.structured import ask_valid
 from recipe.stages.templates import render
 
@@ -65,8 +66,7 @@ class ParseListStage(LLMStage):
         return {self.output_field or self.input_field}
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
-        if self.input_field not in record:
-            raise ParseError(f"record has no field {self.input_field!r} to parse")
+        require_fields(record, (self.input_field,), "parse")
         text = record[self.input_field]
         if isinstance(text, dict) and isinstance(text.get("items"), list):  # a structured list
             text = parsers.clean_items(text["items"])
