@@ -88,11 +88,19 @@ def _job(cfg) -> int:
     print(f"output: {summary.output_dir}")
     print(summary.line())
     if summary.budget_reached:  # the budget stopped the run: say how to resume it (exit 4)
+        from omegaconf import OmegaConf
+
+        from recipe.config import secrets
         from recipe.services.budget import resume_hint
 
         if summary.failed:
             print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
-        print(f"{prefix}{resume_hint(summary.stats['budget'], _argv)}", file=sys.stderr)
+        # a command to paste: no key in it, the key read from the environment (said in a note)
+        words, variables = secrets.pasteable(_argv, OmegaConf.select(cfg, "backend.provider", default=None))
+        note = secrets.key_note(variables)
+        print(f"{prefix}{resume_hint(summary.stats['budget'], words)}", file=sys.stderr)
+        if note:  # its own line: the hint's line ends with the whole command, ready to paste
+            print(f"note: {prefix}{note}", file=sys.stderr)
         return EXIT_BUDGET_REACHED
     if summary.failed:
         print(f"{prefix}{summary.failed} records failed: see {summary.output_dir}/errors/", file=sys.stderr)
@@ -129,6 +137,7 @@ def _main() -> None:
     secrets.from_environment(os.environ)
     secrets.from_overrides(sys.argv[1:])
     sys.stdout, sys.stderr = secrets.RedactingStream(sys.stdout), secrets.RedactingStream(sys.stderr)
+    secrets.paste_safe_sweep_lines()  # Hydra's "#0 : overrides" lines, pasted, must work too
     setup()
     try:
         precheck(sys.argv[1:])

@@ -15,6 +15,7 @@ from typing import Any
 
 from recipe.config import defaults
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
+from recipe.config.secrets import remember
 from recipe.errors import ConfigError, refuse
 
 
@@ -89,6 +90,9 @@ class ClientSpec:
             return None
         from hydra.utils import instantiate
 
+        from recipe.services.conversation_formatter import ConversationFormatter
+
+        allowed_class(dict(self.formatter).get("_target_"), ConversationFormatter, "formatter._target_")
         try:
             return instantiate(dict(self.formatter))
         except Exception as exc:
@@ -109,8 +113,13 @@ class ClientSpec:
         return ("ClientSpec", sorted(data.items(), key=lambda kv: kv[0]))
 
     def client_kwargs(self) -> dict:
-        """The client's arguments, the key resolved here (in the process that builds the client)."""
-        return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
+        """The client's arguments, the key resolved here (in the process that builds the client).
+
+        The key is remembered as a secret of this process: whatever this process writes (an
+        error record, a message) is redacted of it."""
+        key = resolve_key(self.api_key)
+        remember(key)
+        return {"provider": self.provider, "api_base": self.api_base, "api_key": key,
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
@@ -202,13 +211,55 @@ def forget_clients() -> None:
 
 # --- stages -------------------------------------------------------------------------------------
 
-def _stage_class(target: Any):
-    from hydra.utils import get_class
+def allowed_class(target: Any, base: type, where: str) -> type:
+    """The class ``target`` names, if it is ``base`` or a subclass of it; else one ConfigError.
 
-    try:
-        return get_class(str(target))
-    except Exception as exc:
-        raise ConfigError(f"stage target {target!r} not found: {exc}") from None
+    The one allow-list for what a config may instantiate (``formatter._target_``, each stage's
+    ``_target_``): only the module is imported, nothing is built, so a config naming another
+    class (``tarfile.TarFile``, ``pathlib.Path``) or a function is refused before it can do
+    anything - printing a config (``--cfg job``) included."""
+    import importlib
+
+    path = str(target or "")
+    module, found = None, None
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+        try:
+            module = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        found = module
+        try:
+            for name in parts[cut:]:
+                found = getattr(found, name)
+        except AttributeError:
+            found = None
+        break
+    if found is None:
+        raise ConfigError(f"{where}={path!r}: not found (give the full dotted path of a {base.__name__} class)")
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(f"{where}={path!r}: not a {base.__name__} class (a subclass of "
+                          f"{base.__module__}.{base.__qualname__}); only those can be used here")
+    return found
+
+
+def _stage_class(target: Any):
+    from recipe.stages.base import Stage
+
+    return allowed_class(target, Stage, "_target_")
+
+
+def stage_target_problems(recipe: dict) -> list[str]:
+    """Each stage whose ``_target_`` is not a stage class, without building any stage (what
+    ``--cfg job`` checks: printing a config builds nothing)."""
+    problems = []
+    for name, stage_cfg in ((recipe or {}).get("stages") or {}).items():
+        if isinstance(stage_cfg, dict) and "_target_" in stage_cfg:
+            try:
+                _stage_class(stage_cfg["_target_"])
+            except ConfigError as exc:
+                problems.append(f"recipe.stages.{name}.{exc}")
+    return problems
 
 
 def _param_names(cls: type) -> set[str] | None:
@@ -253,7 +304,7 @@ def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None,
         try:
             cls = _stage_class(stage_cfg["_target_"])
         except ConfigError as exc:
-            problems.append(f"recipe.stages.{name}: {exc}")
+            problems.append(f"recipe.stages.{name}.{exc}")
             continue
         params = {k: v for k, v in stage_cfg.items() if k != "_target_"}
         known = _param_names(cls)
@@ -278,7 +329,19 @@ def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None,
             stages.append(cls(**{**params, **inject}))
         except (ConfigError, TypeError, ValueError) as exc:  # the stage's own checks (ValueError: pydantic's)
             problems += _stage_messages(name, exc)
-    return stages, problems
+    return _write_last(stages), problems
+
+
+def _write_last(stages: list) -> list:
+    """The chain with its one write stage last. A stage added with ``+recipe.stages.NAME=...``
+    lands after ``write`` in the mapping, where it would never run (its records unwritten, the
+    run never committed); it runs before the write instead. (Several write stages: kept as given.)"""
+    from recipe.stages.write import WriteStage
+
+    writes = [stage for stage in stages if isinstance(stage, WriteStage)]
+    if len(writes) != 1 or stages[-1] is writes[0]:
+        return stages
+    return [stage for stage in stages if stage is not writes[0]] + writes
 
 
 def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size: int = 256) -> list:
