@@ -49,7 +49,10 @@ def command_line(provider: str | None = None) -> str | None:
 
     if not HydraConfig.initialized():
         return None
-    words, variables = pasteable(list(HydraConfig.get().overrides.task), provider)
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as typed: not resolved
+    words, variables = pasteable([str(word) for word in typed], provider)
     note = key_note(variables)
     return shlex.join(["python", "-m", "recipe", *words]) + (f"\n# {note}" if note else "")
 
