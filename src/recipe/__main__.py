@@ -137,7 +137,6 @@ def _main() -> None:
     secrets.from_environment(os.environ)
     secrets.from_overrides(sys.argv[1:])
     sys.stdout, sys.stderr = secrets.RedactingStream(sys.stdout), secrets.RedactingStream(sys.stderr)
-    secrets.paste_safe_sweep_lines()  # Hydra's "#0 : overrides" lines, pasted, must work too
     setup()
     try:
         precheck(sys.argv[1:])

@@ -24,7 +24,6 @@ Hydra offers no hook to filter what it saves or prints, hence this module.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
@@ -204,24 +203,17 @@ def key_note(variables: Sequence[str], environ: Mapping[str, str] | None = None)
     return text + (f"; export {' and '.join(unset)} first" if unset else "")
 
 
-class PasteableSweepLines(logging.Filter):
-    """Hydra's sweep lines (``#0 : a=1 backend.api_key=...``) as overrides a user may paste."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        head, sep, overrides = message.partition(" : ")
-        if sep and head.strip().startswith("#"):
-            words = re.findall(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""", overrides)
-            record.msg, record.args = f"{head}{sep}{' '.join(pasteable(words)[0])}", ()
-        return True
+_SWEEP_LINE = re.compile(r"^(.*\t#\d+ : )(.*?)(\r?\n?)$", re.S)  # Hydra's "[HYDRA] \t#0 : a=1 b=2"
 
 
-def paste_safe_sweep_lines() -> None:
-    """Install :class:`PasteableSweepLines` on Hydra's launchers' loggers (idempotent)."""
-    for name in ("hydra._internal.core_plugins.basic_launcher",):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, PasteableSweepLines) for f in logger.filters):
-            logger.addFilter(PasteableSweepLines())
+def pasteable_sweep_line(text: str) -> str:
+    """A line Hydra prints for each job of a sweep (``\t#0 : a=1 backend.api_key=...``), with its
+    overrides as a user may paste them (:func:`pasteable`); any other text unchanged."""
+    match = _SWEEP_LINE.match(text) if "\t#" in text else None
+    if match is None:
+        return text
+    words = re.findall(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""", match.group(2))
+    return match.group(1) + " ".join(pasteable(words)[0]) + match.group(3)
 
 
 def scrub_file(path: Path) -> None:
@@ -238,13 +230,14 @@ def scrub_file(path: Path) -> None:
 
 
 class RedactingStream:
-    """A text stream that redacts known secrets from everything written to it."""
+    """A text stream that redacts known secrets from everything written to it, and prints
+    Hydra's sweep lines as overrides a user may paste (:func:`pasteable_sweep_line`)."""
 
     def __init__(self, stream: Any):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text))
+        self._stream.write(redact(pasteable_sweep_line(text)))
         return len(text)
 
     def __getattr__(self, name: str) -> Any:
