@@ -92,7 +92,9 @@ def test_other_package_errors_pickle(cls):
 
 
 def test_redact_removes_key_shapes():
-    text = errors.redact(f"Bearer {KEY} api_key=abc123xyz nvapi-ABCDEFGH12345 {KEY}", (KEY,))
+    from recipe.config.secrets import redact
+
+    text = redact(f"Bearer {KEY} api_key=abc123xyz nvapi-ABCDEFGH12345 {KEY}", (KEY,), shapes=True)
     assert KEY not in text and "nvapi-ABCDEFGH12345" not in text and "abc123xyz" not in text
 
 

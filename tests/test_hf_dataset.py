@@ -59,7 +59,7 @@ def test_cli_run_loads_with_datasets_and_the_card_describes_it(stub_server, tmp_
     assert "| requests | 3 (0 from the cache) |" in body and "| cost | unknown" in body
     assert '"temperature": 0.7' in body
     assert f"python -m recipe recipe=generate input={source} backend=openai" in body
-    assert "'backend.api_key=***'" in body
+    assert "'backend.api_key=${oc.env:TEST_KEY}'" in body  # a command to paste: the key read from the environment
     assert SECRET not in (out / "README.md").read_text()
 
 

@@ -48,8 +48,11 @@ def test_cli_budget_stops_then_the_printed_command_resumes_and_finishes(stub_ser
     command = shlex.split(line.split("resume with a higher budget: ", 1)[1])
     assert command[:3] == ["python", "-m", "recipe"] and "budget.max_usd=0.2" in command
     assert "budget.max_usd=0.1" not in command
+    # no key in the command: it reads the key from the variable the note names (issue 21, item 3)
+    assert "backend.api_key=${oc.env:OPENAI_API_KEY}" in command and "test-key" not in line
+    assert "note: the API key is not repeated" in first.stderr and "export OPENAI_API_KEY first" in first.stderr
     # the budget covers the whole run: 40 requests at $0.0075 = $0.30 > $0.20, so this one stops too
-    second = cli(tmp_path, *command[3:])
+    second = cli(tmp_path, *command[3:], env={"OPENAI_API_KEY": "test-key"})
     assert second.returncode == 4, second.stderr
     _, stats = stats_of(tmp_path)
     assert stats["budget"]["spent_before_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)

@@ -30,8 +30,6 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
 
 from __future__ import annotations
 
-import re
-
 
 class RecipeError(Exception):
     """Root of every error the package raises on purpose."""
@@ -200,21 +198,3 @@ def error_class(name: str) -> type | None:
     """The package's error class called ``name`` (or formerly so), if there is one."""
     cls = globals().get(FORMER_NAMES.get(name, name))
     return cls if isinstance(cls, type) and issubclass(cls, RecipeError) else None
-
-
-_SECRET_PATTERNS = [
-    re.compile(r"(nvapi-)[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(sk-)[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(Bearer\s+)\S+", re.IGNORECASE),
-    re.compile(r"((?:api[_-]?key|authorization)['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE),
-]
-
-
-def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
-    """Remove known secrets and anything shaped like an API key from a message."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + "***", text)
-    return text

@@ -88,11 +88,19 @@ def _job(cfg) -> int:
     print(f"output: {summary.output_dir}")
     print(summary.line())
     if summary.budget_reached:  # the budget stopped the run: say how to resume it (exit 4)
+        from omegaconf import OmegaConf
+
         from recipe.clients.budget import resume_hint
+        from recipe.config import secrets
 
         if summary.failed:
             print(f"{prefix}{summary.failed_line()}", file=sys.stderr)
-        print(f"{prefix}{resume_hint(summary.stats['budget'], _argv)}", file=sys.stderr)
+        # a command to paste: no key in it, the key read from the environment (said in a note)
+        words, variables = secrets.pasteable(_argv, OmegaConf.select(cfg, "backend.provider", default=None))
+        note = secrets.key_note(variables)
+        print(f"{prefix}{resume_hint(summary.stats['budget'], words)}", file=sys.stderr)
+        if note:  # its own line: the hint's line ends with the whole command, ready to paste
+            print(f"note: {prefix}{note}", file=sys.stderr)
         return EXIT_BUDGET_REACHED
     if summary.failed:
         print(f"{prefix}{summary.failed_line()}", file=sys.stderr)

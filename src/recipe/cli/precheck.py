@@ -40,7 +40,7 @@ def precheck(argv: list[str]) -> None:
     backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
     """
     from recipe.config import secrets
-    from recipe.config.compose import check, compose_unchecked
+    from recipe.config.compose import compose_unchecked
     from recipe.engine.preflight import check_writable
     from recipe.engine.plan import checked_data
 
@@ -60,8 +60,13 @@ def precheck(argv: list[str]) -> None:
     for overrides in variants(args.overrides, args.multirun):
         cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs)
         secrets.from_config(cfg)  # before anything is printed or saved
-        if args.cfg:  # printing a config needs no key and no input
-            check(cfg)
+        if args.cfg:  # printing a config needs no key and no input, and builds nothing
+            from recipe.config import schema
+            from recipe.errors import refuse
+            from recipe.stages.build import stage_target_problems
+
+            stages = schema._resolved_stages(cfg.recipe.get("stages") or {}) if hasattr(cfg.recipe, "get") else {}
+            refuse(schema.value_problems(cfg) + stage_target_problems({"stages": stages}))
             continue
         data = checked_data(cfg, resolve=_resolved)  # one line naming every problem, backends included
         # Hydra makes the run folder (output_dir) and its log file before any of our code runs.

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from recipe import errors
+from recipe.redaction import redact
+from recipe.clients.error_mapping import MESSAGE_LIMIT
 
 MAX_LINES = 50_000  # OpenAI's limits per batch: lines and input file bytes
 MAX_BYTES = 190 * 1024 * 1024
@@ -369,9 +371,8 @@ class AnthropicWire:
             try:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
+                message = response.text
+            message = redact(message, self.secrets, shapes=True, limit=MESSAGE_LIMIT)  # redacted, then cut
             cls = errors.AuthenticationError if response.status_code in (401, 403) else \
                 errors.RateLimitError if response.status_code == 429 else \
                 errors.BadRequestError if response.status_code < 500 else errors.ServerError

@@ -10,6 +10,9 @@ import asyncio
 import json
 
 from recipe import errors
+from recipe.redaction import redact
+
+MESSAGE_LIMIT = 500  # characters of the provider's message an error keeps (after redaction)
 
 # Checked in order: subclasses before their bases. Names are looked up on litellm lazily
 # so that importing this module does not import litellm.
@@ -60,14 +63,14 @@ def _message(exc: BaseException) -> str:
     while text.lower().startswith("litellm.") and ": " in text:
         text = text.split(": ", 1)[1]
     text = text.split("Traceback (most recent call last)", 1)[0]  # litellm may append one
-    return " ".join(text.split())[:500]
+    return " ".join(text.split())  # cut only once redacted (translate)
 
 
 def translate(exc: BaseException, *, provider: str, secrets: tuple[str | None, ...] = ()) -> errors.LLMError:
     """Map any exception raised by a request into the package's ``LLMError`` tree."""
     if isinstance(exc, errors.LLMError):
         return exc
-    message = errors.redact(f"{provider}: {_message(exc)}", secrets)
+    message = redact(f"{provider}: {_message(exc)}", secrets, shapes=True, limit=MESSAGE_LIMIT)
     lowered = message.lower() + " " + type(exc).__name__.lower()
     target: type[errors.LLMError] | None = None
     import litellm  # already imported when a request has run

@@ -15,6 +15,8 @@ from typing import Any
 
 from recipe.config import defaults
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
+from recipe.config.secrets import remember
+from recipe.config.targets import allowed_class
 from recipe.errors import ConfigError
 
 
@@ -89,6 +91,9 @@ class ClientSpec:
             return None
         from hydra.utils import instantiate
 
+        from recipe.clients.conversation_formatter import ConversationFormatter
+
+        allowed_class(dict(self.formatter).get("_target_"), ConversationFormatter, "formatter._target_")
         try:
             return instantiate(dict(self.formatter))
         except Exception as exc:
@@ -109,8 +114,13 @@ class ClientSpec:
         return ("ClientSpec", sorted(data.items(), key=lambda kv: kv[0]))
 
     def client_kwargs(self) -> dict:
-        """The client's arguments, the key resolved here (in the process that builds the client)."""
-        return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
+        """The client's arguments, the key resolved here (in the process that builds the client).
+
+        The key is remembered as a secret of this process: whatever this process writes (an
+        error record, a message) is redacted of it."""
+        key = resolve_key(self.api_key)
+        remember(key)
+        return {"provider": self.provider, "api_base": self.api_base, "api_key": key,
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,

@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from recipe.config.secrets import is_secret_name
 from recipe.errors import ConfigError
 
 # ${oc.env:NAME} or ${oc.env:NAME,literal default}; anything fancier cannot be sent by name.
 _ENV = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^${}]*))?\}$")
-KEY = "api_key"
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,12 @@ def _here() -> str:
 
 
 def _key_paths(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
-    """(path, raw value) of every ``api_key`` in an unresolved container."""
+    """(path, raw value) of every key named like a secret (``secrets.is_secret_name``: ``api_key``
+    and the like) in an unresolved container."""
     found: list[tuple[tuple, Any]] = []
     if isinstance(node, dict):
         for name, value in node.items():
-            if name == KEY and (value is None or isinstance(value, str)):
+            if is_secret_name(name) and (value is None or isinstance(value, str)):
                 found.append(((*path, name), value))
             else:
                 found += _key_paths(value, (*path, name))

@@ -18,32 +18,25 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from recipe.config.secrets import is_secret_name, without_secrets
+
 HASH_LENGTH = 12
 # backend keys that decide where requests go; the rest (timeouts, limits, the key) do not change answers
 _ENDPOINT_KEYS = ("provider", "api_base")
-_SECRET_KEYS = ("api_key",)
 
 
 def _strip_secrets(node: Any) -> None:
-    """Delete every ``api_key`` in a config tree, so a key is never resolved, hashed or stored."""
+    """Delete every key named like a secret (``is_secret_name``) in a config tree, so a key is
+    never resolved, hashed or stored."""
     if isinstance(node, DictConfig):
         for key in list(node.keys()):
-            if key in _SECRET_KEYS:
+            if is_secret_name(key):
                 del node[key]
             else:
                 _strip_secrets(node._get_node(key))
     elif OmegaConf.is_list(node):
         for item in node:
             _strip_secrets(item)
-
-
-def _without_secrets(node: Any) -> Any:
-    """A resolved config (plain dicts and lists) without any ``api_key``."""
-    if isinstance(node, dict):
-        return {k: _without_secrets(v) for k, v in node.items() if k not in _SECRET_KEYS}
-    if isinstance(node, list):
-        return [_without_secrets(v) for v in node]
-    return node
 
 
 def _as_config(cfg: Any) -> Any:
@@ -54,7 +47,7 @@ def _as_config(cfg: Any) -> Any:
     for section in ("hydra", "output_dir"):  # never part of a run's identity (hydra.run.dir points here)
         plain.pop(section, None)
     if resolved:  # already resolved (the runner's plan): secrets out, nothing else to do
-        return _without_secrets(plain)
+        return without_secrets(plain)
     config = OmegaConf.create(plain)
     _strip_secrets(config)
     return config

@@ -1,4 +1,9 @@
-"""Keeping API keys out of everything the CLI writes or prints.
+"""What a secret is, and keeping secrets out of everything recipe writes, uploads or prints.
+
+One predicate (:func:`is_secret_name`) says which config keys, overrides and environment
+variables hold a secret; one function (:func:`redact`) takes secrets out of a text. Everything
+else (the run's identity, the keys sent by reference to Dask workers, error records, the
+dataset card, the printed commands, the batch client) asks these two.
 
 Hydra saves the composed config, the overrides and (under ``-m``) the sweep config in the run
 folder, logs each sweep job's overrides, prints ``Error executing job with overrides: [...]``
@@ -7,55 +12,34 @@ the command line, written in a user's config file, or resolved from the environm
 CLI learns the secret *values* before Hydra starts (from config keys named like a secret, from
 such overrides and from such environment variables), and replaces them with ``***`` in its
 stdout and stderr and in the files Hydra saves (:class:`RedactSecrets`, a Hydra callback).
+Every process (a Dask worker too) also knows the secrets of its own environment and the key of
+each client it builds, so an error message redacted there is clean as well.
+
+A command recipe prints for a user to paste (the resume hint, the dataset card's "Produced by",
+Hydra's sweep lines) must work when pasted: :func:`pasteable` puts ``${oc.env:VAR}`` where a
+key was, so the key is read from the environment instead of being repeated or masked.
 
 Hydra offers no hook to filter what it saves or prints, hence this module.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from hydra.experimental.callback import Callback
 
-# `*api_key*`, `*secret*`, `*password*`, and `token` as a word's end (hf_token, not max_tokens).
-_NAME = re.compile(r"api[_-]?key|secret|password|passwd|(?:^|[_\-.])(?:access_|auth_|api_)?token$", re.I)
-_MIN_LENGTH = 6  # shorter values ("none", "EMPTY") are placeholders, and redacting them would mangle text
-REDACTED = "'***'"  # quoted: `--cfg job` output stays valid YAML
+from recipe.redaction import MIN_LENGTH, REDACTED, from_environment, is_secret_name, known, redact, remember  # noqa: F401 - the policy's core, re-exported
 
-_lock = threading.Lock()
-_known: set[str] = set()
-
-
-def is_secret_name(name: str) -> bool:
-    return bool(_NAME.search(str(name)))
-
-
-def remember(*values: Any) -> None:
-    """Add secret values to redact from now on in this process."""
-    with _lock:
-        for value in values:
-            if isinstance(value, str) and len(value.strip()) >= _MIN_LENGTH:
-                _known.add(value.strip())
-
-
-def known() -> tuple[str, ...]:
-    with _lock:
-        return tuple(sorted(_known, key=len, reverse=True))  # longest first: no partial leftovers
-
-
-def redact(text: str) -> str:
-    for secret in known():
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-def from_environment(environ: dict) -> None:
-    """Environment variables named like a secret (OPENAI_API_KEY, HF_TOKEN, ...)."""
-    remember(*(value for name, value in environ.items() if is_secret_name(name)))
+def without_secrets(node: Any) -> Any:
+    """A plain config tree (dicts and lists) without any key named like a secret, at any depth."""
+    if isinstance(node, Mapping):
+        return {k: without_secrets(v) for k, v in node.items() if not is_secret_name(k)}
+    if isinstance(node, (list, tuple)):
+        return [without_secrets(v) for v in node]
+    return node
 
 
 def from_overrides(overrides: Iterable[str]) -> None:
@@ -95,6 +79,76 @@ def from_config(cfg: Any) -> None:
     walk(cfg)
 
 
+def pasteable(args: Sequence[str], provider: str | None = None,
+              environ: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """``args`` (command-line arguments) as a command a user may paste, and the variables it reads.
+
+    A printed command must work when pasted, so a key is neither repeated nor masked (a masked
+    ``'***'`` would be sent as the key): an override that sets a key named like a secret to a
+    literal, and any known secret value inside an override (a key nested in ``backend={...}``),
+    become ``${oc.env:VAR}``. ``VAR`` is the environment variable that holds that key when one
+    does, else ``<PROVIDER>_API_KEY`` (say so with :func:`key_note`).
+    """
+    environ = os.environ if environ is None else environ
+    names: dict[str, str] = {}  # secret value -> the variable the command reads it from
+    for name, value in environ.items():
+        if is_secret_name(name) and isinstance(value, str) and len(value.strip()) >= MIN_LENGTH:
+            names.setdefault(value.strip(), name)
+    used: list[str] = []
+
+    def variable(secret: str) -> str:
+        if secret not in names:
+            base = re.sub(r"\W+", "_", provider or "recipe").strip("_").upper() + "_API_KEY"
+            name, n = base, 1
+            while name in names.values():
+                n += 1
+                name = f"{base}_{n}"
+            names[secret] = name
+        if names[secret] not in used:
+            used.append(names[secret])
+        return "${oc.env:" + names[secret] + "}"
+
+    return [_pasteable_argument(arg, variable) for arg in args], used
+
+
+def _pasteable_argument(arg: str, variable: Any) -> str:
+    key, sep, value = str(arg).partition("=")
+    if not sep or arg.startswith("-"):  # a flag (-m, --cfg) or a group choice without a value
+        return arg
+    bare = value.strip()
+    if len(bare) >= 2 and bare[0] == bare[-1] and bare[0] in "'\"":
+        bare = bare[1:-1].strip()
+    if is_secret_name(key.lstrip("+~").split("@")[0]) and "${" not in value and len(bare) >= MIN_LENGTH:
+        return f"{key}={variable(bare)}"
+    for secret in known():
+        if secret in value:
+            value = value.replace(secret, variable(secret))
+    return f"{key}={value}"
+
+
+def key_note(variables: Sequence[str], environ: Mapping[str, str] | None = None) -> str | None:
+    """What to tell a user about the keys a :func:`pasteable` command reads from the environment."""
+    if not variables:
+        return None
+    environ = os.environ if environ is None else environ
+    unset = [v for v in variables if not environ.get(v)]
+    text = f"the API key is not repeated: the command reads it from the environment ({', '.join(variables)})"
+    return text + (f"; export {' and '.join(unset)} first" if unset else "")
+
+
+_SWEEP_LINE = re.compile(r"^(.*\t#\d+ : )(.*?)(\r?\n?)$", re.S)  # Hydra's "[HYDRA] \t#0 : a=1 b=2"
+
+
+def pasteable_sweep_line(text: str) -> str:
+    """A line Hydra prints for each job of a sweep (``\t#0 : a=1 backend.api_key=...``), with its
+    overrides as a user may paste them (:func:`pasteable`); any other text unchanged."""
+    match = _SWEEP_LINE.match(text) if "\t#" in text else None
+    if match is None:
+        return text
+    words = re.findall(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""", match.group(2))
+    return match.group(1) + " ".join(pasteable(words)[0]) + match.group(3)
+
+
 def scrub_file(path: Path) -> None:
     """Replace known secrets in a text file, in place (atomically: the file is whole or unchanged)."""
     try:
@@ -109,13 +163,14 @@ def scrub_file(path: Path) -> None:
 
 
 class RedactingStream:
-    """A text stream that redacts known secrets from everything written to it."""
+    """A text stream that redacts known secrets from everything written to it, and prints
+    Hydra's sweep lines as overrides a user may paste (:func:`pasteable_sweep_line`)."""
 
     def __init__(self, stream: Any):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text))
+        self._stream.write(redact(pasteable_sweep_line(text)))
         return len(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -153,6 +153,10 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
     from recipe.stages import chain
 
     chain.check(stages)  # a field a stage reads that nothing provides: refused before any request
+    if any(getattr(stage, "format", None) == "hf" for stage in stages) and not storage.is_remote(output_dir):
+        from recipe.stages.io.hf_dataset import check_folder
+
+        check_folder(output_dir, ours=folder.info() is not None)  # never overwrite a user's README.md
     _mark_counting_stage(stages)
     plan = RunPlan(data=data, output_dir=str(output_dir), ident=ident, config_hash=config_hash, spec=spec,
                    stages=stages, folder=folder)

@@ -11,15 +11,26 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from recipe.clients.factory import ClientSpec
+from recipe.config.targets import allowed_class
 from recipe.errors import ConfigError, refuse
 
 def _stage_class(target: Any):
-    from hydra.utils import get_class
+    from recipe.stages.base import Stage
 
-    try:
-        return get_class(str(target))
-    except Exception as exc:
-        raise ConfigError(f"stage target {target!r} not found: {exc}") from None
+    return allowed_class(target, Stage, "_target_")
+
+
+def stage_target_problems(recipe: dict) -> list[str]:
+    """Each stage whose ``_target_`` is not a stage class, without building any stage (what
+    ``--cfg job`` checks: printing a config builds nothing)."""
+    problems = []
+    for name, stage_cfg in ((recipe or {}).get("stages") or {}).items():
+        if isinstance(stage_cfg, dict) and "_target_" in stage_cfg:
+            try:
+                _stage_class(stage_cfg["_target_"])
+            except ConfigError as exc:
+                problems.append(f"recipe.stages.{name}.{exc}")
+    return problems
 
 
 def _param_names(cls: type) -> set[str] | None:
@@ -64,7 +75,7 @@ def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None,
         try:
             cls = _stage_class(stage_cfg["_target_"])
         except ConfigError as exc:
-            problems.append(f"recipe.stages.{name}: {exc}")
+            problems.append(f"recipe.stages.{name}.{exc}")
             continue
         params = {k: v for k, v in stage_cfg.items() if k != "_target_"}
         known = _param_names(cls)
@@ -89,7 +100,19 @@ def _build_stages(recipe: dict, spec: ClientSpec | None, output_dir: str | None,
             stages.append(cls(**{**params, **inject}))
         except (ConfigError, TypeError, ValueError) as exc:  # the stage's own checks (ValueError: pydantic's)
             problems += _stage_messages(name, exc)
-    return stages, problems
+    return _write_last(stages), problems
+
+
+def _write_last(stages: list) -> list:
+    """The chain with its one write stage last. A stage added with ``+recipe.stages.NAME=...``
+    lands after ``write`` in the mapping, where it would never run (its records unwritten, the
+    run never committed); it runs before the write instead. (Several write stages: kept as given.)"""
+    from recipe.stages.io.write import WriteStage
+
+    writes = [stage for stage in stages if isinstance(stage, WriteStage)]
+    if len(writes) != 1 or stages[-1] is writes[0]:
+        return stages
+    return [stage for stage in stages if stage is not writes[0]] + writes
 
 
 def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size: int = 256) -> list:

@@ -19,6 +19,8 @@ import json
 import re
 from typing import Any
 
+from recipe.redaction import redact
+
 ID, PARENT, SOURCE, ERROR = "_id", "_parent", "_source", "_error"
 #: Fields recipe writes into records; the README documents them.
 RESERVED = (ID, PARENT, SOURCE, ERROR)
@@ -42,14 +44,17 @@ def is_error(record: dict) -> bool:
 
 
 def error_record(stage: str, error: BaseException, record: Any, where: str | None = None) -> dict:
-    """The failed input, with the stage, the error's class and message, and where it came from."""
-    info = {"stage": stage, "class": type(error).__name__, "message": str(error)}
+    """The failed input, with the stage, the error's class and message, and where it came from.
+
+    The message (and a SchemaError's raw text) is redacted of every secret this process knows:
+    an error record is written to ``errors/``, and an exception's text may echo a key."""
+    info = {"stage": stage, "class": type(error).__name__, "message": redact(str(error), shapes=True)}
     where = where or (record.get(SOURCE) if isinstance(record, dict) else None)
     if where:
         info["where"] = where
     raw = getattr(error, "raw", None)  # a SchemaError keeps the model's text for inspection
     if raw is not None:
-        info["raw"] = raw
+        info["raw"] = redact(raw) if isinstance(raw, str) else raw
     rid = record_id(record) if isinstance(record, dict) else None
     return {ERROR: info, ID: rid, "record": record}
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from recipe.redaction import redact
 from recipe.errors import ConfigError
 from recipe import storage
 
@@ -53,7 +54,8 @@ def atomic_write(path: str | Path, fill: Callable[[Path], None]) -> None:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8"))
+    text = redact(json.dumps(data, indent=1, default=str))  # no key's value, whatever brought it (a template)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _read_json(path: str | Path) -> Any:

@@ -5,7 +5,7 @@
 ``manifests/``). When the run is over, :func:`finish` makes the shards agree on one Arrow
 schema (a field missing from a partition, or null in all of it, would otherwise make
 ``datasets`` refuse to cast the shards together), writes ``README.md`` (YAML metadata: configs/data_files, features, size category; a body with
-recipe, model, backend, sampling, counts, cost and the producing command) and, with
+recipe, model, backend, sampling, counts, cost and the producing command, with no key in it) and, with
 ``hub.repo_id``, pushes ``data/`` and the card with ``huggingface_hub`` (token: ``HF_TOKEN``).
 """
 
@@ -16,10 +16,12 @@ import os
 import shlex
 from pathlib import Path
 
+from recipe.config.secrets import key_note, pasteable, redact
 from recipe.errors import HubError
 
 DATA_DIR = "data"
-_SECRET_WORDS = ("key", "token", "secret", "password")
+CARD = "README.md"
+CARD_MARK = "<!-- dataset card written by recipe -->"  # a README.md without it is the user's: never overwritten
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 
@@ -40,18 +42,40 @@ def write_shard(directory: Path, index: int, records: list[dict]) -> tuple[str |
     return f"{DATA_DIR}/{path.name}", write_part(path, records)
 
 
-def command_line() -> str | None:
-    """The command that produced the run, with secret-looking overrides masked; None from Python."""
+def command_line(provider: str | None = None) -> str | None:
+    """The command that produced the run, as a user may paste it (no key: a key override reads
+    the key from the environment, see ``secrets.pasteable``); None from Python."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
-    words = ["python", "-m", "recipe"]
-    for override in HydraConfig.get().overrides.task:
-        key, sep, _ = override.partition("=")
-        secret = sep and any(w in key.lower() for w in _SECRET_WORDS)
-        words.append(f"{key}=***" if secret else override)
-    return shlex.join(words)
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as typed: not resolved
+    words, variables = pasteable([str(word) for word in typed], provider)
+    note = key_note(variables)
+    return shlex.join(["python", "-m", "recipe", *words]) + (f"\n# {note}" if note else "")
+
+
+def check_folder(directory: str | Path, ours: bool) -> None:
+    """Refuse a folder where writing the dataset would overwrite a file recipe did not write:
+    a ``README.md`` that is not a card of ours, or ``data/`` shards when the folder holds no run
+    of this config (``ours``). One line, before anything starts."""
+    from recipe.errors import ConfigError
+
+    directory = Path(directory)
+    card_path = directory / CARD
+    if card_path.is_file():
+        try:
+            head = card_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            head = ""
+        if CARD_MARK not in head and not (ours and ": synthetic data made with recipe" in head):  # (older cards)
+            raise ConfigError(f"output_dir {directory} holds a {CARD} that recipe did not write, and a format=hf "
+                              f"dataset writes its card there: choose another output_dir (or leave it unset)")
+    if not ours and any((directory / DATA_DIR).glob("part-*.parquet")):
+        raise ConfigError(f"output_dir {directory} holds {DATA_DIR}/ shards that no run of this config made: "
+                          "choose another output_dir (or leave it unset)")
 
 
 def size_category(n: int) -> str:
@@ -93,6 +117,7 @@ def card(directory: Path, schema, stats: dict, data: dict, command: str | None, 
         f"| tokens | {stats.get('prompt_tokens', 0)} prompt, {stats.get('completion_tokens', 0)} completion |",
         f"| cost | {'unknown (no price for this model)' if cost is None else f'${cost:.6f}'} |", "",
         "Produced by:", "", "```bash", command or "recipe.run(cfg)  # from Python", "```", "",
+        CARD_MARK, "",
         "Load it with `datasets.load_dataset(\"<this directory or repo>\", split=\"train\")`.", ""])
     return str(DatasetCard(f"---\n{meta.to_yaml()}\n---\n\n{body}"))
 
@@ -110,8 +135,9 @@ def finish(directory: str | Path, stats: dict, data: dict, command: str | None =
     schema = pq.read_schema(shards[0]).remove_metadata() if shards else pa.schema([])
     num_bytes = sum(pq.read_metadata(s).row_group(g).total_byte_size  # uncompressed, as datasets counts
                     for s in shards for g in range(pq.read_metadata(s).num_row_groups))
-    (directory / "README.md").write_text(card(directory, schema, stats, data, command or command_line(), num_bytes),
-                                         encoding="utf-8")
+    command = command or command_line((data.get("backend") or {}).get("provider"))
+    text = card(directory, schema, stats, data, command, num_bytes)
+    (directory / CARD).write_text(redact(text), encoding="utf-8")  # and no key's value, whatever brought it
     hub = data.get("hub") or {}
     if hub.get("repo_id"):
         push(directory, hub["repo_id"], private=bool(hub.get("private")))
@@ -129,7 +155,7 @@ def push(directory: Path, repo_id: str, private: bool = False) -> str:
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="dataset",
-                                 allow_patterns=[f"{DATA_DIR}/*.parquet", "README.md"],
+                                 allow_patterns=[f"{DATA_DIR}/*.parquet", CARD],
                                  commit_message="Upload dataset made with recipe")
     except Exception as exc:  # huggingface_hub raises HTTP and validation errors of many classes
         raise HubError(f"push to the Hub dataset {repo_id!r} failed ({type(exc).__name__}: "
