@@ -79,11 +79,14 @@ def writable(records: list[dict], stage: str) -> list[dict]:
     record naming its field: one bad value costs one record, in every format, never the run."""
     out = []
     for record in records:
-        field = None if is_error(record) else _unencodable(record)
-        if field is not None:
-            record = error_record(stage, InputError(
-                f"field {field!r} holds a lone UTF-16 surrogate, which UTF-8 (JSONL, Parquet) cannot "
-                "store: fix that value in the input"), record)
+        if not is_error(record):
+            try:  # one C-speed pass; the field is looked for only when there is one
+                json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
+            except UnicodeEncodeError:
+                field = _unencodable(record) or "(a value written as text)"
+                record = error_record(stage, InputError(
+                    f"field {field!r} holds a lone UTF-16 surrogate, which UTF-8 (JSONL, Parquet) cannot "
+                    "store: fix that value in the input"), record)
         out.append(record)
     return out
 
