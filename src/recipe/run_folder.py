@@ -142,7 +142,7 @@ def intact(directory: str, manifest: dict, sizes: dict[str, int]) -> str | None:
             continue
         try:
             found = count_records(storage.join(directory, *name.split("/")))
-        except Exception as exc:  # an unreadable or cut Parquet footer, a vanished file
+        except (OSError, ValueError) as exc:  # a vanished file, a cut Parquet footer (ArrowInvalid)
             return f"{name} cannot be read ({type(exc).__name__})"
         if found != count:
             return f"{name} holds {found} records, its manifest says {count}"

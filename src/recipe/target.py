@@ -28,8 +28,7 @@ import math
 from typing import Any, Callable
 
 from recipe.errors import ConfigError
-from recipe.run_folder import (ERRORS, MANIFESTS, atomic_write, atomic_write_json, file_entries, part_name,
-                               sum_manifests)
+from recipe.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, file_entries, part_name, sum_manifests
 from recipe.services import storage
 
 ROUND_FIELD = "_round"  # on the seeds of rounds after the first: their records get new ids
@@ -250,10 +249,10 @@ class TargetRun:
 
                 with storage.open_file(path, "rb") as handle:
                     table = pq.read_table(handle).slice(0, keep)
-                atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+                atomic_write(path, lambda tmp, table=table: pq.write_table(table, tmp))
             else:
                 lines = (storage.read_text(path) or "").splitlines(keepends=True)[:keep]
-                atomic_write(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
+                atomic_write(path, lambda tmp, lines=lines: tmp.write_text("".join(lines), encoding="utf-8"))
         errors = next((f for f in manifest.get("files") or () if f.startswith(f"{ERRORS}/")), None)
         atomic_write_json(self._at(MANIFESTS, f"{part_name(index)}.json"),
                           {**manifest, "records": keep, "trimmed_from": manifest.get("records", 0),

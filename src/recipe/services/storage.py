@@ -249,12 +249,11 @@ def sizes(directory: str) -> dict[str, int]:
     when the directory does not exist)."""
     if not is_remote(directory):
         found: dict[str, int] = {}
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            with os.scandir(local_path(directory)) as entries:
-                for entry in entries:
-                    with contextlib.suppress(OSError):
-                        if entry.is_file():
-                            found[entry.name] = entry.stat().st_size
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(local_path(directory)) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_file():
+                        found[entry.name] = entry.stat().st_size
         return found
     fs, inner = _fresh(directory)
     try:

@@ -18,8 +18,7 @@ from typing import Any, Literal
 import dask.bag as db
 from dask import delayed
 
-from recipe.errors import ConfigError
-from recipe.errors import InputError
+from recipe.errors import ConfigError, InputError
 from recipe.run_folder import (ERRORS, atomic_write, commit_partition, file_entries, is_transient, part_name,
                                uncommit_partition)
 from recipe.services import storage
@@ -44,8 +43,7 @@ def _line(record: dict) -> str:
 def _write_jsonl(path: str, records: list[dict]) -> None:
     def fill(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(_line(record))
+            handle.writelines(_line(record) for record in records)
 
     atomic_write(path, fill)
 
