@@ -56,10 +56,22 @@ def notes(plan: RunPlan, stats: dict) -> list[str]:
         found.append(f"target.records not reached: {stats['target']['why_short']}")
     if stats["cache_errors"]:
         found.append(stats["cache_error"])
+    if stats.get("unreadable_attempts"):
+        found.append(f"could not read {', '.join(stats['unreadable_attempts'])}: the requests, tokens and cost "
+                     "in it are not counted in stats.json (what could be read is)")
     if stats["records"] + stats["failed"] == 0 and not (stats.get("budget") or {}).get("reached"):  # not the input's fault
-        found.append("no records were produced: the input is empty" if plan.data.get("input")
-                     else "no records were produced")
+        found.append(_why_no_records(plan, stats))
     return found
+
+
+def _why_no_records(plan: RunPlan, stats: dict) -> str:
+    """Where the records went when none came out: filtered, deduplicated, or none to begin with."""
+    gone = {"filtered out": stats.get("filtered") or 0, **{f"removed as duplicates by {stage}": count
+                                                            for stage, count in (stats.get("deduplicated") or {}).items()}}
+    said = [f"{count} {what}" for what, count in gone.items() if count]
+    if said:
+        return f"no records were produced: {', '.join(said)}"
+    return "no records were produced: the input is empty" if plan.data.get("input") else "no records were produced"
 
 
 def cost(spec: ClientSpec, tokens_by_model: dict, price: dict | None = None) -> float | None:
@@ -109,7 +121,7 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
     from recipe.storage.run_folder import sum_attempts, sum_manifests
 
     done = sum_manifests(folder.manifests(config_hash))
-    attempts = folder.attempts()
+    attempts, unreadable = folder.read_attempts()
     total = sum_attempts(attempts)
     wall = total["wall_seconds"]
     stats = {
@@ -130,6 +142,7 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
         "records_per_second": round(done["records"] / wall, 3) if wall else None,
         "requests_per_second": round(total["requests"] / wall, 3) if wall else None,
         "attempts": len(attempts),
+        "unreadable_attempts": unreadable,  # not counted: the notes say so
         "partitions": done["partitions"],
         "json_fields": sorted(set(json_fields or []) | set(done["json_fields"])),
         "config_hash": config_hash,

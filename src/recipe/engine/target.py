@@ -28,7 +28,8 @@ import math
 from typing import Any, Callable
 
 from recipe.errors import ConfigError
-from recipe.storage.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, part_name, sum_manifests
+from recipe.storage.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, file_entries, part_name, sum_manifests
+from recipe import storage
 
 ROUND_FIELD = "_round"  # on the seeds of rounds after the first: their records get new ids
 
@@ -124,7 +125,7 @@ class TargetRun:
         write = self.stages[-1]
         bag = self._pipeline(self.stages)
         total = bag.npartitions
-        size = self.parallel
+        size = self._first_wave()
         prefix = self.plan is not None and any(getattr(s, "whole_bag", False) for s in self.stages)
         while True:
             done = self.committed()
@@ -147,6 +148,12 @@ class TargetRun:
                 bag = self._pipeline(self.stages, upto=wave[-1] + 1)
             self.compute([write.write(bag, only=wave, config_hash=self.config_hash, sources=self.plan)])
             self.rounds += 1
+
+    def _first_wave(self) -> int:
+        """Partitions of the first wave: as many as hold ``n`` inputs (at most one wave of the
+        run's parallelism), as if every input made a record; later waves follow the rate seen."""
+        per_partition = getattr(self.stages[0], "partition_size", None) or 1
+        return max(1, min(self.parallel, math.ceil(self.n / per_partition)))
 
     def _rounds_upto(self, number: int, whole: int):
         """Rounds 0..``number`` as one bag up to the stage ``whole`` (which spans partitions), then
@@ -197,11 +204,14 @@ class TargetRun:
 
     # ---- trimming -------------------------------------------------------------------------
 
+    def _at(self, *parts: str) -> str:
+        return storage.join(self.folder.root, *parts)
+
     def _redo_trimmed(self) -> None:
         """A partition cut by an earlier trim is done again (from the cache) if it is needed."""
         for index, manifest in self.committed().items():
             if manifest.get("trimmed_from") is not None:
-                (self.folder.path / MANIFESTS / f"{part_name(index)}.json").unlink(missing_ok=True)
+                storage.remove(self._at(MANIFESTS, f"{part_name(index)}.json"))
 
     def _trim(self) -> int:
         """Keep the first ``n`` records in part order; returns how many the output holds."""
@@ -224,26 +234,29 @@ class TargetRun:
         return kept
 
     def _remove(self, index: int, manifest: dict) -> None:
-        root = self.folder.path
-        (root / MANIFESTS / f"{part_name(index)}.json").unlink(missing_ok=True)
+        storage.remove(self._at(MANIFESTS, f"{part_name(index)}.json"))
         for name in manifest.get("files") or ():
-            (root / name).unlink(missing_ok=True)
+            storage.remove(self._at(*name.split("/")))
 
     def _cut(self, index: int, manifest: dict, keep: int) -> None:
-        root = self.folder.path
+        """Keep the partition's first ``keep`` records; its manifest says it was cut (``trimmed_from``),
+        so a later run that wants more does it again (see :meth:`RunFolder.todo`)."""
         good = [f for f in manifest.get("files") or () if not f.startswith(f"{ERRORS}/")]
         for name in good:
-            path = root / name
+            path = self._at(*name.split("/"))
             if name.endswith(".parquet"):
                 import pyarrow.parquet as pq
 
-                table = pq.read_table(path).slice(0, keep)
-                atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+                with storage.open_file(path, "rb") as handle:
+                    table = pq.read_table(handle).slice(0, keep)
+                atomic_write(path, lambda tmp, table=table: pq.write_table(table, tmp))
             else:
-                lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
-                atomic_write(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
-        atomic_write_json(root / MANIFESTS / f"{part_name(index)}.json",
-                          {**manifest, "records": keep, "trimmed_from": manifest.get("records", 0)})
+                lines = (storage.read_text(path) or "").splitlines(keepends=True)[:keep]
+                atomic_write(path, lambda tmp, lines=lines: tmp.write_text("".join(lines), encoding="utf-8"))
+        errors = next((f for f in manifest.get("files") or () if f.startswith(f"{ERRORS}/")), None)
+        atomic_write_json(self._at(MANIFESTS, f"{part_name(index)}.json"),
+                          {**manifest, "records": keep, "trimmed_from": manifest.get("records", 0),
+                           "sizes": file_entries(self.folder.root, good[0] if good else None, errors)})
 
     # ---- the account ----------------------------------------------------------------------
 

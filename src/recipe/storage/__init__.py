@@ -17,6 +17,7 @@ sent as one object, so a reader never sees a part or a manifest half-written.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import tempfile
@@ -78,6 +79,52 @@ def filesystem(path: str | os.PathLike):
         raise ConfigError(f"{path}: {exc}") from None
 
 
+# ---- a store that cannot be reached -------------------------------------------------------------
+
+_UNREACHABLE_MODULES = ("botocore", "aiobotocore", "aiohttp", "google.auth", "google.api_core", "azure.core")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store itself cannot be used (no or refused credentials, an endpoint
+    that does not answer), not that one file is missing."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return False
+    if isinstance(exc, (PermissionError, ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _UNREACHABLE_MODULES or cls.__module__.startswith(_UNREACHABLE_MODULES)
+               for cls in type(exc).__mro__)
+
+
+def unreachable_message(path: str, exc: BaseException) -> str:
+    """One line: which store, why it cannot be used, where credentials are looked for."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    text = f"{path}: cannot use this storage: {reason} ({type(exc).__name__})"
+    if "credential" in reason.lower() or "NoCredentials" in type(exc).__name__:
+        text += ("; credentials come from where the backend looks: for s3://, AWS_ACCESS_KEY_ID and "
+                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role")
+    elif protocol(path) in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+        text += f"; the endpoint is AWS_ENDPOINT_URL={os.environ['AWS_ENDPOINT_URL']}"
+    return text
+
+
+def _one_line(func: Callable) -> Callable:
+    """A remote store that cannot be reached makes a :class:`ConfigError` (one ``error:`` line
+    at the CLI) naming the path, instead of the backend's traceback."""
+
+    @functools.wraps(func)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return func(path, *args, **kwargs)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            if is_remote(path) and _unreachable(exc):
+                raise ConfigError(unreachable_message(str(path), exc)) from None
+            raise
+
+    return wrapper
+
+
 def _url(fs, inner: str, like: str) -> str:
     """A path within ``fs`` back as a URL of the same protocol as ``like``."""
     return fs.unstrip_protocol(inner) if is_remote(like) else inner
@@ -85,6 +132,7 @@ def _url(fs, inner: str, like: str) -> str:
 
 # ---- reading ---------------------------------------------------------------------------------
 
+@_one_line
 def glob(pattern: str) -> list[str]:
     """Files matching a pattern (sorted), as paths or URLs like the pattern."""
     if not is_remote(pattern):
@@ -109,16 +157,33 @@ def _fresh(path: str):
     return fs, inner
 
 
+@_one_line
 def isfile(path: str) -> bool:
+    """Whether ``path`` is a file; a store that cannot be reached is an error, not "no file"
+    (fsspec's own ``isfile`` answers False for both)."""
+    if not is_remote(path):
+        return os.path.isfile(local_path(path))
     fs, inner = _fresh(path)
-    return fs.isfile(inner)
+    try:
+        return fs.info(inner).get("type") == "file"
+    except FileNotFoundError:
+        return False
 
 
+@_one_line
 def exists(path: str) -> bool:
+    """Whether ``path`` exists (as :func:`isfile`: an unreachable store is an error)."""
+    if not is_remote(path):
+        return os.path.exists(local_path(path))
     fs, inner = _fresh(path)
-    return fs.exists(inner)
+    try:
+        fs.info(inner)
+        return True
+    except FileNotFoundError:
+        return False
 
 
+@_one_line
 def fingerprint(path: str) -> dict:
     """What identifies a file's content cheaply: absolute path or URL, size, and mtime (local) or
     ETag / last-modified (object stores), so that a changed input makes a new run."""
@@ -132,6 +197,7 @@ def fingerprint(path: str) -> dict:
     return {"path": str(path), "size": info.get("size"), **version}
 
 
+@_one_line
 def open_file(path: str, mode: str = "rb") -> IO[Any]:
     """An open file (close it, or use ``with``); reads of remote files are buffered by fsspec."""
     if not is_remote(path):
@@ -140,12 +206,14 @@ def open_file(path: str, mode: str = "rb") -> IO[Any]:
     return fs.open(inner, mode)
 
 
+@_one_line
 def read_range(path: str, start: int, end: int) -> bytes:
     """Bytes ``[start, end)`` of a file: one ranged GET on object storage."""
     fs, inner = filesystem(path)
     return fs.cat_file(inner, start=start, end=end)
 
 
+@_one_line
 def read_text(path: str) -> str | None:
     """A small file's text, or None when it does not exist."""
     try:
@@ -155,6 +223,7 @@ def read_text(path: str) -> str | None:
         return None
 
 
+@_one_line
 def listdir(directory: str, pattern: str = "*") -> list[str]:
     """Files directly in ``directory`` whose names match ``pattern`` (sorted paths or URLs)."""
     if not is_remote(directory):  # the directory's own name is taken literally, as Path.glob does
@@ -165,6 +234,36 @@ def listdir(directory: str, pattern: str = "*") -> list[str]:
     return glob(join(directory, pattern))
 
 
+@_one_line
+def size(path: str) -> int:
+    """A file's size in bytes."""
+    if not is_remote(path):
+        return os.stat(local_path(path)).st_size
+    fs, inner = _fresh(path)
+    return int(fs.info(inner)["size"])
+
+
+@_one_line
+def sizes(directory: str) -> dict[str, int]:
+    """Each file directly in ``directory`` by name, with its size in bytes: one listing (none
+    when the directory does not exist)."""
+    if not is_remote(directory):
+        found: dict[str, int] = {}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(local_path(directory)) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_file():
+                        found[entry.name] = entry.stat().st_size
+        return found
+    fs, inner = _fresh(directory)
+    try:
+        listing = fs.ls(inner, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {posixpath.basename(item["name"].rstrip("/")): int(item.get("size") or 0)
+            for item in listing if item.get("type") == "file"}
+
+
 # ---- writing ---------------------------------------------------------------------------------
 
 def makedirs(directory: str) -> None:
@@ -173,6 +272,7 @@ def makedirs(directory: str) -> None:
         os.makedirs(local_path(directory), exist_ok=True)
 
 
+@_one_line
 def atomic_write(path: str, fill: Callable[[Path], None]) -> None:
     """Write ``path`` whole or not at all; ``fill`` writes the content into the local file it is given.
 
@@ -208,6 +308,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+@_one_line
 def remove(path: str) -> None:
     """Delete a file if it exists."""
     fs, inner = filesystem(path)
@@ -215,6 +316,7 @@ def remove(path: str) -> None:
         fs.rm_file(inner)
 
 
+@_one_line
 def remove_tree(directory: str) -> None:
     if not is_remote(directory):
         import shutil

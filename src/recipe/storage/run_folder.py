@@ -10,8 +10,11 @@ Layout (``D`` is ``output_dir``, or ``<RECIPE_RUNS_DIR>/<recipe>-<hash>``)::
     D/stats.json                 the whole run's account, summed over attempts
     D/.hydra/, D/recipe.log      Hydra's composed config and the log (the CLI's run dir is D)
 
-A partition counts as done only when its manifest exists: its part file and error file were both
-replaced before it, so a crash anywhere in between makes the next attempt redo the partition.
+A partition counts as done only while its manifest exists and the files it names are there with the
+records it counts (:func:`intact`): its part file and error file were both replaced before it, so a
+crash anywhere in between, or a part file deleted or cut by hand later, makes the next attempt redo
+the partition. A partition that ``target.records`` cut short (``trimmed_from`` in its manifest) is
+kept by the runs that want at most that many records, and done again by any other run.
 Everything here goes through :mod:`recipe.storage`, so ``D`` may be a local path or an
 fsspec URL (``s3://bucket/run``): every file is committed whole (a rename locally, one PUT on an
 object store), and the manifests there make resume work from any machine. The CLI checks a folder
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import posixpath
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,6 +43,8 @@ ERRORS = "errors"
 STATS = "stats.json"
 LOCK = ".lock"
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def part_name(index: int) -> str:
@@ -90,6 +97,58 @@ def commit_partition(directory: str, index: int, good_file: str | None, error_fi
         storage.remove(storage.join(directory, ERRORS, f"{name}.jsonl"))
     storage.makedirs(storage.join(directory, MANIFESTS))
     atomic_write_json(storage.join(directory, MANIFESTS, f"{name}.json"), manifest)
+
+
+def count_records(path: str) -> int:
+    """Records in a part file as the write stage writes them: a JSONL file's lines, a Parquet
+    file's rows (read from its footer)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with storage.open_file(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    lines = 0
+    last = b"\n"
+    with storage.open_file(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def file_entries(directory: str, good_file: str | None, error_file: str | None) -> dict[str, int]:
+    """The ``sizes`` a manifest records: each file it names, by its size in bytes once written."""
+    return {f: storage.size(storage.join(directory, *f.split("/"))) for f in (good_file, error_file) if f}
+
+
+def intact(directory: str, manifest: dict, sizes: dict[str, int]) -> str | None:
+    """Why a committed partition's files do not hold what its manifest says (None: they do).
+
+    Each file the manifest names must exist, with the manifest's count of records (``records``
+    for the part file, ``errors`` for ``errors/``). A file of the size recorded at commit holds
+    it; a file of another size (a Parquet part rewritten to the run's schema, a hand edit) is
+    counted, so nothing is read for an untouched folder.
+    """
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        return None  # nothing to check against
+    recorded = manifest.get("sizes") or {}
+    expected = {f: manifest.get("errors", 0) if f.startswith(f"{ERRORS}/") else manifest.get("records", 0)
+                for f in files}
+    if manifest.get("records", 0) and not any(not f.startswith(f"{ERRORS}/") for f in files):
+        return "its manifest names no part file"
+    for name, count in expected.items():
+        if name not in sizes:
+            return f"{name} is missing"
+        if recorded.get(name) == sizes[name]:
+            continue
+        try:
+            found = count_records(storage.join(directory, *name.split("/")))
+        except (OSError, ValueError) as exc:  # a vanished file, a cut Parquet footer (ArrowInvalid)
+            return f"{name} cannot be read ({type(exc).__name__})"
+        if found != count:
+            return f"{name} holds {found} records, its manifest says {count}"
+    return None
 
 
 def uncommit_partition(directory: str, index: int) -> None:
@@ -199,7 +258,8 @@ class RunFolder:
         atomic_write_json(self._at(RUN_FILE), info)
 
     def manifests(self, config_hash: str | None = None) -> dict[int, dict]:
-        """Committed partitions by number (a manifest of another config hash does not count)."""
+        """Committed partitions by number: a manifest of another config hash does not count, nor
+        one whose files are gone or hold another number of records than it says (:func:`intact`)."""
         found: dict[int, dict] = {}
         for path in storage.listdir(self._at(MANIFESTS), "part-*.json"):
             manifest = _read_json(path)
@@ -208,17 +268,37 @@ class RunFolder:
             if config_hash is not None and manifest.get("config_hash") != config_hash:
                 continue
             found[int(manifest["part"])] = manifest
+        if not found:
+            return found
+        sizes = self.file_sizes({posixpath.dirname(f) for m in found.values() for f in m.get("files") or ()})
+        for index, manifest in list(found.items()):
+            problem = intact(self.root, manifest, sizes)
+            if problem is not None:
+                log.warning("%s: partition %d is not committed (%s): it is done again", self.path, index, problem)
+                del found[index]
         return found
+
+    def file_sizes(self, subdirs: set[str]) -> dict[str, int]:
+        """Size of each file in the folder and in ``subdirs`` (``errors``, ``data``...), by its path
+        relative to the folder: one listing per directory, also on object stores."""
+        sizes: dict[str, int] = {}
+        for sub in sorted(subdirs | {""}):
+            for name, size in storage.sizes(self._at(sub) if sub else self.root).items():
+                sizes[f"{sub}/{name}" if sub else name] = size
+        return sizes
 
     def todo(self, n_partitions: int, config_hash: str, retry_failed: bool = True) -> tuple[list[int], dict]:
         """Partitions to (re)do, and the committed ones kept as they are.
 
         A committed partition holding records that failed for transient reasons is done again
-        when ``retry_failed``: its answered requests come from the cache.
+        when ``retry_failed``: its answered requests come from the cache. So is one that a
+        ``target.records`` run cut short: this run wants all its records (a target run redoes
+        it as well, see :mod:`recipe.engine.target`), and they come from the cache too.
         """
         committed = self.manifests(config_hash)
         kept = {i: m for i, m in committed.items()
-                if i < n_partitions and not (retry_failed and m.get("transient", 0))}
+                if i < n_partitions and not (retry_failed and m.get("transient", 0))
+                and m.get("trimmed_from") is None}
         return [i for i in range(n_partitions) if i not in kept], kept
 
     # ---- attempts and the account ----------------------------------------------------------
@@ -235,7 +315,23 @@ class RunFolder:
         atomic_write_json(self._at(ATTEMPTS, f"attempt-{number:03d}.json"), {"attempt": number, **data})
 
     def attempts(self) -> list[dict]:
-        return [a for a in (_read_json(p) for p in self.attempt_files()) if isinstance(a, dict)]
+        return self.read_attempts()[0]
+
+    def read_attempts(self) -> tuple[list[dict], list[str]]:
+        """The attempts' accounts, each with what of its usage can be read, and what could not
+        (``attempts/attempt-NNN.json``, or one of its counts): the summary says so instead of
+        counting it as nothing, and sums the rest."""
+        readable, unreadable = [], []
+        for path in self.attempt_files():
+            name = f"{ATTEMPTS}/{storage.name(path)}"
+            data = _read_json(path)
+            if not isinstance(data, dict) or not isinstance(data.get("usage", {}), dict):
+                unreadable.append(name)
+                continue
+            usage, bad = readable_usage(data.get("usage") or {})
+            unreadable += [f"{name} ({key})" for key in bad]
+            readable.append({**data, "usage": usage})
+        return readable, unreadable
 
     def save_stats(self, stats: dict) -> None:
         atomic_write_json(self._at(STATS), stats)
@@ -243,6 +339,41 @@ class RunFolder:
 
 _SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
            "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _counts(value: Any, depth: int) -> bool:
+    """A count, or a mapping of ``depth`` levels down to counts (a model's [prompt, completion])."""
+    if depth == 0:
+        return _count(value)
+    if isinstance(value, list):
+        return all(_count(v) for v in value)
+    return isinstance(value, dict) and all(_counts(v, depth - 1) for v in value.values())
+
+
+_NESTED = {"failures": 1, "tokens_by_model": 2, "structured_by_schema": 2, "deduplicated": 1}
+
+
+def readable_usage(usage: dict) -> tuple[dict, list[str]]:
+    """An attempt's usage without the values that are not counts where counts belong (a hand edit,
+    a damaged disk), and the names of those left out."""
+    clean, bad = {}, []
+    for key, value in usage.items():
+        if key in _SUMMED or key == "cost_usd":
+            ok = value is None or _count(value)
+        elif key in _NESTED:
+            ok = value is None or _counts(value, _NESTED[key]) and (key != "tokens_by_model" or all(
+                isinstance(v, list) and len(v) == 2 for v in value.values()))
+        else:
+            ok = True
+        if ok:
+            clean[key] = value
+        else:
+            bad.append(f"usage.{key}")
+    return clean, bad
 
 
 def sum_attempts(attempts: list[dict]) -> dict:

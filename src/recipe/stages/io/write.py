@@ -18,28 +18,80 @@ from typing import Any, Literal
 import dask.bag as db
 from dask import delayed
 
-from recipe.errors import ConfigError
-from recipe.storage.run_folder import ERRORS, atomic_write, commit_partition, is_transient, part_name, uncommit_partition
+from recipe.errors import ConfigError, InputError
+from recipe.storage.run_folder import (ERRORS, atomic_write, commit_partition, file_entries, is_transient, part_name,
+                               uncommit_partition)
 from recipe import storage
 from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.partition import dropped
-from recipe.stages.records import is_error
+from recipe.stages.records import error_record, is_error
+
+
+def _line(record: dict) -> str:
+    """One JSONL line. A value no UTF-8 text can hold (a lone UTF-16 surrogate) only reaches here
+    in an error record, which keeps it as a JSON ``\\uXXXX`` escape: the line is valid and the
+    record reads back as it was when it is retried."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True, default=str)
+    return text + "\n"
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
     def fill(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False, default=str))
-                handle.write("\n")
+            handle.writelines(_line(record) for record in records)
 
     atomic_write(path, fill)
 
 
+def _unencodable(value: Any, where: str = "") -> str | None:
+    """The first field (``a.b[2]``) of ``value`` holding text no UTF-8 file can hold, a lone
+    UTF-16 surrogate (from an input's ``\\ud800`` escape, say), as a key or a value; None if none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(the record)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            found = _unencodable(key, name) if isinstance(key, str) else None
+            found = found or _unencodable(item, name)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _unencodable(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def writable(records: list[dict], stage: str) -> list[dict]:
+    """The records, each one holding a value no output format can store turned into an error
+    record naming its field: one bad value costs one record, in every format, never the run."""
+    out = []
+    for record in records:
+        if not is_error(record):
+            try:  # one C-speed pass; the field is looked for only when there is one
+                json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
+            except UnicodeEncodeError:
+                field = _unencodable(record) or "(a value written as text)"
+                record = error_record(stage, InputError(
+                    f"field {field!r} holds a lone UTF-16 surrogate, which UTF-8 (JSONL, Parquet) cannot "
+                    "store: fix that value in the input"), record)
+        out.append(record)
+    return out
+
+
 def _write_partition(records, index: int, directory: str, fmt: str, config_hash: str | None,
-                     source: Any = None) -> list[dict]:
-    drops, records = dropped(records), list(records)
+                     source: Any = None, stage: str = "write") -> list[dict]:
+    drops, records = dropped(records), writable(list(records), stage)
     if any(is_error(r) and r["_error"]["class"] == "BudgetExhausted" for r in records):
         # The budget stopped this partition part-way: not committed (an earlier commit stays), so a
         # rerun with a larger budget does it, its answered requests coming from the cache.
@@ -73,6 +125,7 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
     manifest = {"part": index, "input": source, "records": len(good), "errors": len(bad), "failures": failures,
                 "transient": sum(n for cls, n in failures.items() if is_transient(cls)),
                 "config_hash": config_hash, "files": [f for f in (good_file, error_file) if f],
+                "sizes": file_entries(directory, good_file, error_file),
                 "json_fields": json_fields, "dropped": drops, "committed": time.time()}
     commit_partition(directory, index, good_file, error_file, manifest)
     progress.committed(index, len(good), len(bad))
@@ -114,7 +167,7 @@ class WriteStage(Stage):
         wanted = range(len(parts)) if only is None else only
         write = delayed(_write_partition, pure=True)
         summaries = [write(parts[i], part_offset + i, self.path, self.format, config_hash,
-                           sources[i] if sources is not None and i < len(sources) else None,
+                           sources[i] if sources is not None and i < len(sources) else None, self.name,
                            dask_key_name=f"{self.name}-{i}-{bag.name}")
                      for i in wanted]
         return db.from_delayed(summaries) if summaries else db.from_sequence([], npartitions=1)
