@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from recipe import run_dask, run_progress
+from recipe import run_accounting, run_dask, run_progress
 from recipe.run_attempt import Attempt
 from recipe.run_plan import RunPlan
 
@@ -59,7 +59,8 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
         start_local_server(stack, plan)
         client = stack.enter_context(run_dask.open_dask(plan.dask))
         bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
-        with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress):
+        prices = lambda: run_accounting.prices(plan, attempt, loaded_only=True)  # noqa: E731 - the killed attempt's cost
+        with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress, prices):
             compute(plan, attempt, client, bag)
 
 

@@ -52,6 +52,11 @@ def get_litellm() -> ModuleType:
     return _module
 
 
+def loaded() -> bool:
+    """litellm is already imported in this process (asking costs nothing)."""
+    return _module is not None
+
+
 def _import_without_collections() -> ModuleType:
     """``import litellm`` with the cyclic garbage collector paused, then its objects frozen.
 
