@@ -303,12 +303,13 @@ class BatchCollector:
                 future.set_exception(error)
 
     async def _call(self, name: str, **kwargs) -> Any:
-        from recipe.services.litellm_setup import get_litellm
+        from recipe.services.litellm_setup import get_litellm, unlogged
 
         endpoint = self.client._endpoint_kwargs(self.client.provider)
         connection = {k: endpoint[k] for k in ("api_base", "api_key", "timeout") if endpoint.get(k) is not None}
         try:
-            return await getattr(get_litellm(), name)(custom_llm_provider="openai", **connection, **kwargs)
+            with unlogged():  # litellm's logging would fetch a completed batch's output again, to price it
+                return await getattr(get_litellm(), name)(custom_llm_provider="openai", **connection, **kwargs)
         except Exception as exc:
             from recipe.services.error_mapping import translate
 
