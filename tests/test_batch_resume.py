@@ -214,3 +214,43 @@ def test_cli_anthropic_batch_api_unreachable_is_a_connection_error_per_record(tm
     assert [r["_error"]["class"] for r in rows] == ["EndpointConnectionError"] * 3, rows
     assert all("anthropic batch API" in r["_error"]["message"] and "AttributeError" not in r["_error"]["message"]
                for r in rows)
+
+
+def test_cli_anthropic_batch_of_another_client_is_not_taken_for_the_killed_runs_own(tmp_path):
+    """Anthropic's batches carry no metadata: a listed batch of the intent's time and size is polled,
+    and its results decide. Another client's batch is left alone and the run's lines go out anew."""
+    from recipe.testing.stub_server import StubServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    class Nowhere:
+        base_url = f"http://127.0.0.1:{port}/v1"
+
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    args = anthropic_args(Nowhere, source, "backend.num_retries=0")
+    first = cli(tmp_path, *args)  # the create call never got an answer: whether the batch exists is unknown
+    assert first.returncode != 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    folder = run_folder(tmp_path)
+    assert len(list((folder / "batches" / "intents").glob("*.json"))) == 1
+    with StubServer(port=port, usage=(PROMPT, COMPLETION), batch_seconds=0.5) as server:
+        foreign = json.dumps({"requests": [
+            {"custom_id": f"someone-else-{i}", "params": {"model": CLAUDE, "max_tokens": 50,
+                                                          "messages": [{"role": "user", "content": f"theirs {i}"}]}}
+            for i in range(3)]}).encode()
+        request = urllib.request.Request(f"{server.base_url}/messages/batches", data=foreign, method="POST",
+                                         headers={"anthropic-version": "2023-06-01", "content-type": "application/json"})
+        with urllib.request.urlopen(request) as response:
+            theirs = json.loads(response.read())["id"]
+        result = cli(tmp_path, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        stub = server.stats()
+    assert sorted((r["prompt"], r["response"]) for r in outputs(folder)) == [
+        (f"question {i}", f"echo: question {i}") for i in range(3)]
+    assert stub["message_batches_created"] == 2, "theirs, then the run's own"
+    records = {json.loads(p.read_text())["id"]: json.loads(p.read_text()) for p in (folder / "batches").glob("*.json")}
+    assert records[theirs]["status"] == "foreign" and records[theirs]["found_by_intent"]
+    (ours,) = [r for bid, r in records.items() if bid != theirs]
+    assert ours["status"] == "completed"
+    assert stats_of(tmp_path)["batch"]["found_batches"] == 1
