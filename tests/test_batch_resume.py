@@ -89,6 +89,7 @@ def kill_when(proc, ready, what: str, timeout: float = 120) -> None:
 
 # ---- item 10: a resumed batch costs what its answers cost, at the batch price ---------------------
 
+@pytest.mark.slow  # kills a run and resumes it
 def test_cli_batch_killed_while_it_runs_then_resumed_costs_its_answers_at_the_batch_price(stub_server, tmp_path):
     server = stub_server(usage=(PROMPT, COMPLETION), batch_seconds=8)
     source = write_prompts(tmp_path / "in.jsonl", N)
@@ -112,6 +113,7 @@ def test_cli_batch_killed_while_it_runs_then_resumed_costs_its_answers_at_the_ba
 
 # ---- item 10b: a batch created as the run is killed is found, not paid for twice -------------------
 
+@pytest.mark.slow  # kills a run and resumes it
 @pytest.mark.parametrize("wire", ["openai", "anthropic"])
 def test_cli_batch_created_as_the_run_is_killed_is_found_by_its_intent_and_not_submitted_again(
         stub_server, tmp_path, wire):
@@ -216,6 +218,7 @@ def test_cli_anthropic_batch_api_unreachable_is_a_connection_error_per_record(tm
                for r in rows)
 
 
+@pytest.mark.slow  # two runs, one against a closed port
 def test_cli_anthropic_batch_of_another_client_is_not_taken_for_the_killed_runs_own(tmp_path):
     """Anthropic's batches carry no metadata: a listed batch of the intent's time and size is polled,
     and its results decide. Another client's batch is left alone and the run's lines go out anew."""
