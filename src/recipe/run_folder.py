@@ -239,33 +239,19 @@ class RunFolder:
         atomic_write_json(self._at(STATS), stats)
 
 
-_SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
-           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures")
-
-
 def sum_attempts(attempts: list[dict]) -> dict:
-    """Usage over every attempt: each attempt's own counts, so nothing is counted twice."""
-    total: dict[str, Any] = {key: 0 for key in _SUMMED}
-    failures: dict[str, int] = {}
-    tokens: dict[str, list[int]] = {}
-    structured: dict[str, dict[str, int]] = {}  # per schema name (UsageStats.structured_by_schema)
+    """Usage over every attempt: each attempt's own counts, so nothing is counted twice. The
+    counters add up as they do across processes (:meth:`UsageStats.merge`, the one sum of usage);
+    ``filtered`` and ``wall_seconds`` are the attempt's own."""
+    from recipe.services.usage import UsageStats
+
+    usage, filtered, wall = UsageStats(), 0, 0.0
     for attempt in attempts:
-        usage = attempt.get("usage") or {}
-        for key in _SUMMED:
-            total[key] += usage.get(key, 0) or 0
-        for name, count in (usage.get("failures") or {}).items():
-            failures[name] = failures.get(name, 0) + count
-        for model, (p, c) in (usage.get("tokens_by_model") or {}).items():
-            mp, mc = tokens.get(model, [0, 0])
-            tokens[model] = [mp + p, mc + c]
-        for name, amounts in (usage.get("structured_by_schema") or {}).items():
-            counts = structured.setdefault(name, {})
-            for key, amount in amounts.items():
-                counts[key] = counts.get(key, 0) + amount
-    total["failures"], total["tokens_by_model"], total["structured_by_schema"] = failures, tokens, structured
-    for key in ("retry_wait_seconds", "limit_wait_seconds", "wall_seconds"):
-        total[key] = round(total[key], 3)
-    return total
+        one = attempt.get("usage") or {}
+        usage.merge(one)
+        filtered += one.get("filtered", 0) or 0
+        wall += one.get("wall_seconds", 0) or 0
+    return {**usage.as_dict(), "filtered": filtered, "wall_seconds": round(wall, 3)}
 
 
 def sum_manifests(manifests: dict[int, dict]) -> dict:
