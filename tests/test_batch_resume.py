@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import cli, cli_process, error_rows, outputs, write_prompts
 
 PROMPT, COMPLETION = 1000, 500
@@ -95,7 +94,7 @@ def test_cli_batch_killed_while_it_runs_then_resumed_costs_its_answers_at_the_ba
     source = write_prompts(tmp_path / "in.jsonl", N)
     args = openai_args(server, source, "budget.max_usd=10")
     proc = cli_process(tmp_path, *args, start_new_session=True)
-    attempt_file = lambda: list((tmp_path / "runs").glob("*/attempts/attempt-001.json"))  # noqa: E731
+    attempt_file = lambda: list((tmp_path / "runs").glob("*/attempts/attempt-001.json"))
     # killed while the batch runs, once the attempt saved its account on the way (its requests sent)
     kill_when(proc, lambda: list((tmp_path / "runs").glob("*/batches/*.json")) and attempt_file()
               and json.loads(attempt_file()[0].read_text()).get("usage", {}).get("requests"),

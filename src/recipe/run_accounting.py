@@ -19,7 +19,7 @@ def account(plan: RunPlan, attempt: Attempt) -> dict:
 
     spec, folder, now, record = plan.spec, plan.folder, attempt.now, attempt.record
     record["wall_seconds"] = round(time.monotonic() - attempt.started, 3)
-    table = lambda: prices(plan, attempt)  # noqa: E731 - litellm's map is read only if a cost needs it
+    table = lambda: prices(plan, attempt)  # litellm's map is read only if a cost needs it
     usage = {**run_progress.usage(now, table), "wall_seconds": record["wall_seconds"]}
     folder.save_attempt(record["attempt"], {**record, "usage": usage, "outcome": attempt.outcome})
     completed = attempt.outcome == "completed"

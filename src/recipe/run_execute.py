@@ -59,7 +59,7 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
         start_local_server(stack, plan)
         client = stack.enter_context(run_dask.open_dask(plan.dask))
         bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
-        prices = lambda: run_accounting.prices(plan, attempt, loaded_only=True)  # noqa: E731 - the killed attempt's cost
+        prices = lambda: run_accounting.prices(plan, attempt, loaded_only=True)  # the killed attempt's cost
         with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress, prices):
             compute(plan, attempt, client, bag)
 

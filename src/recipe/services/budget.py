@@ -16,11 +16,18 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from recipe.errors import BudgetExhausted, ConfigError
+
 # one function prices a request, for the budget and for stats.json's cost_usd
-from recipe.services.pricing import Price, PriceTable, attempt_cost, given_price, price_entry, price_for  # noqa: F401
+from recipe.services.pricing import (  # noqa: F401
+    Price,
+    PriceTable,
+    attempt_cost,
+    given_price,
+    price_entry,
+    price_for,
+)
 
 BUDGET_HANDLER = "recipe_budget"
 DEFAULT_MAX_OUTPUT = 4096  # worst-case answer length when neither max_tokens nor the price map bounds it

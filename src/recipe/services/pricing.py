@@ -11,8 +11,8 @@ another price (or none) never reprices what was already billed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
