@@ -61,7 +61,7 @@ _WIRE_ONLY = ("api_base", "api_key", "timeout", "max_retries", "allowed_openai_p
 
 _states_lock = threading.Lock()
 _states: dict[str, str] = {}  # batch id -> last status seen in this process
-_submitted = Counter()  # "batches", "lines", "resubmitted_lines", "polled_batches" in this process
+_submitted: Counter[str] = Counter()  # "batches", "lines", "resubmitted_lines", "polled_batches", "found_batches"
 
 
 def states() -> dict:
@@ -444,7 +444,7 @@ def openai_answer(message: dict) -> dict:
     usage = message.get("usage") or {}
     return {"id": message.get("id"), "object": "chat.completion", "model": message.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": _ANTHROPIC_FINISH.get(message.get("stop_reason"), "stop")}],
+                         "finish_reason": _ANTHROPIC_FINISH.get(str(message.get("stop_reason")), "stop")}],
             "usage": {"prompt_tokens": int(usage.get("input_tokens") or 0),
                       "completion_tokens": int(usage.get("output_tokens") or 0)}}
 
@@ -476,8 +476,9 @@ class AnthropicWire:
             async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as http:
                 response = await http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            cls = errors.RequestTimeoutError if isinstance(exc, httpx.TimeoutException) else errors.EndpointConnectionError
-            raise cls(f"anthropic batch API: {type(exc).__name__}: {exc}") from None
+            unreachable = errors.RequestTimeoutError if isinstance(exc, httpx.TimeoutException) \
+                else errors.EndpointConnectionError
+            raise unreachable(f"anthropic batch API: {type(exc).__name__}: {exc}") from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]
@@ -559,7 +560,7 @@ def _epoch(iso: Any) -> float | None:
     from datetime import datetime
 
     try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(iso)).timestamp()  # "Z" included (Python 3.11)
     except ValueError:
         return None
 

@@ -154,7 +154,7 @@ class _Budget:
         return Ticket(model, usd, tokens)
 
     async def settle(self, ticket: Ticket) -> None:
-        usd = tokens = 0
+        usd, tokens = 0.0, 0
         for prompt, completion in ticket.used:
             u, t = self.spec.charge(ticket.model, prompt, completion)
             usd, tokens = usd + u, tokens + t
