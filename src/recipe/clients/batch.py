@@ -10,6 +10,14 @@ answers with ``afile_content``.
 Durability: each batch is recorded in ``<run folder>/batches/<batch id>.json`` (its custom ids)
 right after it is created. A rerun after ``kill -9`` makes the same requests, hence the same
 custom ids, finds them in a recorded batch and polls that batch: nothing is submitted twice.
+A kill can also land while the provider creates a batch, before its id is known here. So before
+creating one, the intent is recorded under an id of ours (``batches/intents/<intent>.json``) and
+the batch is tagged with it: OpenAI's ``metadata`` holds it, and Anthropic's batches (which take
+no metadata) carry it in every ``custom_id`` (``<intent>_<request id>``). A rerun with intents left
+over asks the provider's list of batches (``GET /v1/batches``, ``GET /v1/messages/batches``) for
+them before it submits anything. OpenAI's metadata names the batch exactly; an Anthropic batch is
+taken by its time and size, polled, and kept only if its results carry the intent (else its
+lines go out anew, and that batch is recorded as ``foreign``, never polled again).
 Lines that failed, or whose batch failed or expired, are submitted again in a new batch (up to
 ``num_retries`` times); answered lines are never sent again and go into the request cache like
 any other answer. Batch states are counted per process for the progress bar.
@@ -32,6 +40,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,11 +55,15 @@ ANTHROPIC_MAX_LINES = 100_000  # Anthropic's limits per Message Batch: requests 
 ANTHROPIC_MAX_BYTES = 256 * 1000 * 1000
 ANTHROPIC_ENDPOINT = "/v1/messages"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+DEAD = ("failed", "expired", "cancelled", "foreign")  # recorded batches whose lines are not answered there
+INTENT_KEY = "recipe_intent"  # the OpenAI batch's metadata key that names our intent
+CLOCK_SKEW = 600.0  # seconds: the provider's clock against ours, when a listed batch is matched by time
+ABSENT = "absent"  # why a line is unanswered: the batch found for an intent was another's (not a try)
 _WIRE_ONLY = ("api_base", "api_key", "timeout", "max_retries", "allowed_openai_params", "extra_body", "stream")
 
 _states_lock = threading.Lock()
 _states: dict[str, str] = {}  # batch id -> last status seen in this process
-_submitted = Counter()  # "batches", "lines", "resubmitted_lines", "polled_batches" in this process
+_submitted: Counter[str] = Counter()  # "batches", "lines", "resubmitted_lines", "polled_batches", "found_batches"
 
 
 def states() -> dict:
@@ -108,11 +121,38 @@ class BatchRecords:
                 continue
         return found
 
+    def load(self, batch_id: str) -> dict:
+        try:
+            return json.loads((self.path / f"{batch_id}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    # a batch about to be created: recorded first, so a kill during its creation leaves a trace
+    def intend(self, intent: dict) -> None:
+        from recipe.storage.run_folder import atomic_write_json
+
+        (self.path / "intents").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "intents" / f"{intent['intent']}.json", intent)
+
+    def intents(self) -> list[dict]:
+        found = []
+        for path in sorted((self.path / "intents").glob("*.json")):
+            try:
+                intent = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(intent, dict) and intent.get("intent"):
+                found.append(intent)
+        return found
+
+    def drop_intent(self, intent: str) -> None:
+        (self.path / "intents" / f"{intent}.json").unlink(missing_ok=True)
+
     def index(self) -> dict[str, str]:
         """custom id -> the newest recorded batch holding it that did not fail or expire."""
         found: dict[str, tuple[float, str]] = {}
         for record in self.all():
-            if record.get("status") in ("failed", "expired", "cancelled"):
+            if record.get("status") in DEAD:
                 continue
             for cid in record.get("custom_ids") or ():
                 if cid not in found or found[cid][0] < record.get("created", 0):
@@ -188,32 +228,41 @@ class BatchCollector:
 
     async def _run(self, pending: dict[str, dict]) -> None:
         try:
-            attempt = 0
+            tries: Counter = Counter()  # failed rounds per line (a line not found in another's batch: none)
+            last_error: dict[str, str] = {}
+            first = True
             while pending:
-                known = self.records.index() if attempt == 0 else {}
                 batches: dict[str, list[str]] = {}
-                fresh = [cid for cid in pending if cid not in known]
-                for cid in pending:
-                    if cid in known:
-                        batches.setdefault(known[cid], []).append(cid)
-                if batches:
-                    _count("polled_batches", len(batches))
+                fresh = list(pending)
+                if first:  # lines an earlier attempt submitted: poll their batches, never submit again
+                    first = False
+                    known = self.records.index()
+                    for cid in pending:
+                        if cid in known:
+                            batches.setdefault(known[cid], []).append(cid)
+                    if batches:
+                        _count("polled_batches", len(batches))
+                    fresh = [cid for cid in pending if cid not in known]
+                    if fresh:
+                        for bid, cids in (await self._find_intended(set(fresh))).items():
+                            batches.setdefault(bid, []).extend(cids)
+                        claimed = {cid for cids in batches.values() for cid in cids}
+                        fresh = [cid for cid in fresh if cid not in claimed]
                 for group in _split([(cid, pending[cid]) for cid in fresh]):
-                    batch_id = await self._create(group, resubmitted=attempt > 0)
+                    batch_id = await self._create(group, resubmitted=any(tries[cid] for cid, _ in group))
                     batches[batch_id] = [cid for cid, _ in group]
                 results = await asyncio.gather(*(self._wait(bid, cids, pending) for bid, cids in batches.items()))
                 failed: dict[str, dict] = {}
-                last_error: dict[str, str] = {}
                 for unanswered in results:
                     for cid, why in unanswered.items():
                         failed[cid] = pending[cid]
-                        last_error[cid] = why
+                        if why != ABSENT:
+                            tries[cid] += 1
+                            last_error[cid] = why
+                for cid in [cid for cid in failed if tries[cid] > self.client.num_retries]:
+                    self._fail(failed.pop(cid), errors.ServerError(
+                        f"batch line {cid} failed {tries[cid]} times: {last_error[cid]}"))
                 pending = failed
-                attempt += 1
-                if pending and attempt > self.client.num_retries:
-                    for cid, entry in pending.items():
-                        self._fail(entry, errors.ServerError(f"batch line {cid} failed {attempt} times: {last_error[cid]}"))
-                    return
         except BaseException as exc:  # never leave a record waiting forever
             error = exc if isinstance(exc, errors.RecipeError) else errors.ServerError(
                 f"batch API: {type(exc).__name__}: {exc}")
@@ -222,6 +271,33 @@ class BatchCollector:
             if not isinstance(exc, Exception):
                 raise
 
+    async def _find_intended(self, fresh: set[str]) -> dict[str, list[str]]:
+        """Batches an earlier attempt created but never recorded (killed during their creation),
+        looked up at the provider by the intent they carry: batch id -> the lines of ``fresh`` in it."""
+        found: dict[str, list[str]] = {}
+        for intent in self.records.intents():
+            mine = [cid for cid in intent.get("custom_ids") or () if cid in fresh]
+            if not mine or not intent.get("endpoint"):
+                continue
+            recorded = {record.get("id") for record in self.records.all()}
+            hit = await self._wire(intent["endpoint"]).find(intent, exclude=recorded)
+            if hit is None:
+                # not created (yet): an intent older than any creation could take is dropped
+                if time.time() - float(intent.get("created") or 0) > 2 * self.client.timeout + CLOCK_SKEW:
+                    self.records.drop_intent(intent["intent"])
+                continue
+            batch_id, status = hit
+            self.records.save({"id": batch_id, "intent": intent["intent"], "status": status,
+                               "created": intent.get("created", time.time()), "endpoint": intent["endpoint"],
+                               "custom_ids": intent.get("custom_ids") or [], "found_by_intent": True})
+            self.records.drop_intent(intent["intent"])
+            _note(batch_id, status)
+            _count("found_batches")
+            _count("polled_batches")
+            found[batch_id] = mine
+            fresh.difference_update(mine)
+        return found
+
     @staticmethod
     def _fail(entry: dict, error: BaseException) -> None:
         for future in entry["futures"]:
@@ -229,12 +305,13 @@ class BatchCollector:
                 future.set_exception(error)
 
     async def _call(self, name: str, **kwargs) -> Any:
-        from recipe.clients.litellm_setup import get_litellm
+        from recipe.clients.litellm_setup import get_litellm, unlogged
 
         endpoint = self.client._endpoint_kwargs(self.client.provider)
         connection = {k: endpoint[k] for k in ("api_base", "api_key", "timeout") if endpoint.get(k) is not None}
         try:
-            return await getattr(get_litellm(), name)(custom_llm_provider="openai", **connection, **kwargs)
+            with unlogged():  # litellm's logging would fetch a completed batch's output again, to price it
+                return await getattr(get_litellm(), name)(custom_llm_provider="openai", **connection, **kwargs)
         except Exception as exc:
             from recipe.clients.error_mapping import translate
 
@@ -242,9 +319,18 @@ class BatchCollector:
 
     async def _create(self, group: list[tuple[str, dict]], resubmitted: bool) -> str:
         endpoint = group[0][1]["endpoint"]
-        batch_id, status, extra = await self._wire(endpoint).create(group, endpoint)
-        self.records.save({"id": batch_id, **extra, "status": status, "created": time.time(),
-                           "endpoint": endpoint, "custom_ids": [cid for cid, _ in group]})
+        cids = [cid for cid, _ in group]
+        intent = "rb" + uuid.uuid4().hex[:16]  # ours: recorded before the provider hears of the batch
+        created = time.time()
+        self.records.intend({"intent": intent, "created": created, "endpoint": endpoint, "custom_ids": cids})
+        try:
+            batch_id, status, extra = await self._wire(endpoint).create(group, endpoint, intent)
+        except (errors.BadRequestError, errors.AuthenticationError):
+            self.records.drop_intent(intent)  # refused: no batch exists
+            raise
+        self.records.save({"id": batch_id, "intent": intent, **extra, "status": status, "created": created,
+                           "endpoint": endpoint, "custom_ids": cids})
+        self.records.drop_intent(intent)
         _note(batch_id, status)
         _count("batches")
         _count("lines", len(group))
@@ -255,7 +341,12 @@ class BatchCollector:
 
     async def _wait(self, batch_id: str, cids: list[str], pending: dict[str, dict]) -> dict[str, str]:
         """Poll until the batch ends; resolve its answered lines; return the others with why."""
-        status, answered, reasons = await self._wire(pending[cids[0]]["endpoint"]).finish(batch_id)
+        record = self.records.load(batch_id)
+        status, answered, reasons, ours = await self._wire(pending[cids[0]]["endpoint"]).finish(
+            batch_id, record.get("intent"))
+        if not ours:  # taken by its time and size, but its results carry another intent
+            self._update_record(batch_id, "foreign")
+            return {cid: ABSENT for cid in cids}
         self._update_record(batch_id, status)
         unanswered: dict[str, str] = {}
         for cid in cids:
@@ -284,17 +375,33 @@ class OpenAIWire:
     def __init__(self, collector: BatchCollector) -> None:
         self.collector = collector
 
-    async def create(self, group: list[tuple[str, dict]], endpoint: str) -> tuple[str, str, dict]:
+    async def create(self, group: list[tuple[str, dict]], endpoint: str, intent: str) -> tuple[str, str, dict]:
         call = self.collector._call
         data = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": entry["body"]}) + "\n"
                        for cid, entry in group).encode()
         upload = await call("acreate_file", file=("batch.jsonl", data), purpose="batch")
         batch = await call("acreate_batch", input_file_id=upload.id, endpoint=endpoint,
-                           completion_window=self.collector.completion_window)
+                           completion_window=self.collector.completion_window, metadata={INTENT_KEY: intent})
         return batch.id, batch.status, {"input_file_id": upload.id}
 
-    async def finish(self, batch_id: str) -> tuple[str, dict[str, dict], dict[str, str]]:
-        """The batch's final status, its answered lines (custom id -> response body) and why others failed."""
+    async def find(self, intent: dict, exclude: set) -> tuple[str, str] | None:
+        """The batch tagged with ``intent`` (its metadata), from the provider's list, newest first;
+        the search stops at batches older than the intent."""
+        call, after = self.collector._call, None
+        oldest = float(intent.get("created") or 0) - CLOCK_SKEW
+        while True:
+            page = await call("alist_batches", limit=100, **({"after": after} if after else {}))
+            data = list(_read(page, "data") or [])
+            for batch in data:
+                if (_read(batch, "metadata") or {}).get(INTENT_KEY) == intent["intent"]:
+                    return _read(batch, "id"), _read(batch, "status")
+            if not data or not _read(page, "has_more") or float(_read(data[-1], "created_at") or 0) < oldest:
+                return None
+            after = _read(data[-1], "id")
+
+    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
+        """The batch's final status, its answered lines (custom id -> response body), why others
+        failed, and whether it is ours (always: OpenAI's metadata named it exactly)."""
         call = self.collector._call
         while True:
             batch = await call("aretrieve_batch", batch_id=batch_id)
@@ -317,7 +424,12 @@ class OpenAIWire:
                     answered[line["custom_id"]] = response.get("body") or {}
                 else:
                     reasons[line["custom_id"]] = json.dumps(line.get("error") or response.get("body") or {})[:200]
-        return batch.status, answered, reasons
+        return batch.status, answered, reasons, True
+
+
+def _read(obj: Any, name: str) -> Any:
+    """A field of litellm's objects or of plain JSON."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -334,7 +446,7 @@ def openai_answer(message: dict) -> dict:
     usage = message.get("usage") or {}
     return {"id": message.get("id"), "object": "chat.completion", "model": message.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": _ANTHROPIC_FINISH.get(message.get("stop_reason"), "stop")}],
+                         "finish_reason": _ANTHROPIC_FINISH.get(str(message.get("stop_reason")), "stop")}],
             "usage": {"prompt_tokens": int(usage.get("input_tokens") or 0),
                       "completion_tokens": int(usage.get("output_tokens") or 0)}}
 
@@ -366,7 +478,9 @@ class AnthropicWire:
             async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as http:
                 response = await http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            raise errors.ConnectionError(f"anthropic batch API: {type(exc).__name__}: {exc}") from None
+            unreachable = errors.RequestTimeoutError if isinstance(exc, httpx.TimeoutException) \
+                else errors.EndpointConnectionError
+            raise unreachable(f"anthropic batch API: {type(exc).__name__}: {exc}") from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]
@@ -379,15 +493,42 @@ class AnthropicWire:
             raise cls(f"anthropic batch API: {method} {url.removeprefix(self.base)}: {response.status_code} {message}")
         return response
 
-    async def create(self, group: list[tuple[str, dict]], endpoint: str) -> tuple[str, str, dict]:
-        requests = [{"custom_id": cid, "params": entry["body"]} for cid, entry in group]
+    async def create(self, group: list[tuple[str, dict]], endpoint: str, intent: str) -> tuple[str, str, dict]:
+        # a Message Batch takes no metadata: each custom_id carries the intent (64 characters at most)
+        requests = [{"custom_id": f"{intent}_{cid}", "params": entry["body"]} for cid, entry in group]
         # structured output (a schema as output_format) is a beta: its header goes on the batch's request
         beta = self.STRUCTURED_BETA if any("output_format" in r["params"] for r in requests) else None
         batch = (await self._http("POST", f"{self.base}/v1/messages/batches", beta=beta,
                                   json={"requests": requests})).json()
         return batch["id"], batch["processing_status"], {}
 
-    async def finish(self, batch_id: str) -> tuple[str, dict[str, dict], dict[str, str]]:
+    async def find(self, intent: dict, exclude: set) -> tuple[str, str] | None:
+        """A listed batch that may be the intent's: created around the intent's time (the provider's
+        clock, give or take :data:`CLOCK_SKEW`, and the create call's timeout) with as many
+        requests, not recorded already. Its results, once it ends, say whether it is (``finish``)."""
+        created = float(intent.get("created") or 0)
+        oldest, newest = created - CLOCK_SKEW, created + CLOCK_SKEW + self.timeout
+        size = len(intent.get("custom_ids") or ())
+        after = None
+        while True:
+            url = f"{self.base}/v1/messages/batches?limit=100" + (f"&after_id={after}" if after else "")
+            page = (await self._http("GET", url)).json()
+            data = page.get("data") or []
+            for batch in data:
+                when = _epoch(batch.get("created_at"))
+                if when is None or batch.get("id") in exclude or when > newest:
+                    continue
+                if when < oldest:
+                    return None
+                if sum((batch.get("request_counts") or {}).values()) == size:
+                    return batch["id"], batch.get("processing_status", "in_progress")
+            if not data or not page.get("has_more"):
+                return None
+            after = data[-1].get("id")
+
+    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
+        """The batch's answered lines and why others failed, keyed by our request ids; and whether
+        it is ours: with an ``intent``, only lines whose custom_id carries it count."""
         while True:
             batch = (await self._http("GET", f"{self.base}/v1/messages/batches/{batch_id}")).json()
             _note(batch_id, batch["processing_status"])
@@ -396,18 +537,33 @@ class AnthropicWire:
             await asyncio.sleep(self.poll_seconds)
         answered: dict[str, dict] = {}
         reasons: dict[str, str] = {}
+        lines = 0
         if batch.get("results_url"):
             text = (await self._http("GET", batch["results_url"])).text
             for raw in text.splitlines():
                 if not raw.strip():
                     continue
                 line = json.loads(raw)
+                lines += 1
+                tag, _, cid = line["custom_id"].rpartition("_")  # "<intent>_<request id>", or a bare request id
+                if (tag or None) != intent:
+                    continue
                 result = line.get("result") or {}
                 if result.get("type") == "succeeded":
-                    answered[line["custom_id"]] = openai_answer(result.get("message") or {})
+                    answered[cid] = openai_answer(result.get("message") or {})
                 else:
-                    reasons[line["custom_id"]] = json.dumps(result)[:200]
-        return "completed", answered, reasons
+                    reasons[cid] = json.dumps(result)[:200]
+        return "completed", answered, reasons, not lines or bool(answered or reasons)
+
+
+def _epoch(iso: Any) -> float | None:
+    """An RFC 3339 time (Anthropic's ``created_at``) as seconds since the epoch."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()  # "Z" included (Python 3.11)
+    except ValueError:
+        return None
 
 
 def _split(lines: list[tuple[str, dict]]) -> list[list[tuple[str, dict]]]:

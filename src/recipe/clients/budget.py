@@ -19,56 +19,23 @@ from dataclasses import dataclass, field
 
 from recipe.errors import BudgetExhausted, ConfigError
 
+# one function prices a request, for the budget and for stats.json's cost_usd
+from recipe.clients.pricing import (  # noqa: F401
+    Price,
+    PriceTable,
+    attempt_cost,
+    given_price,
+    price_entry,
+    price_for,
+)
+
 BUDGET_HANDLER = "recipe_budget"
 DEFAULT_MAX_OUTPUT = 4096  # worst-case answer length when neither max_tokens nor the price map bounds it
 
 
-@dataclass(frozen=True)
-class Price:
-    """USD per token, input and output."""
-
-    input: float
-    output: float
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input + completion_tokens * self.output
-
-
-def _price_entry(provider: str, model: str) -> dict | None:
-    from recipe.clients.litellm_setup import get_litellm, is_unpriced
-
-    litellm = get_litellm()
-    for name in (f"{provider}/{model}", model):
-        entry = litellm.model_cost.get(name)
-        if entry and not is_unpriced(name) and (entry.get("input_cost_per_token") or entry.get("output_cost_per_token")):
-            return entry
-    return None
-
-
-def given_price(override: dict | None) -> Price | None:
-    """``model.price`` (USD per million tokens) when both of its prices are given, else None."""
-    override = override or {}
-    if override.get("input_per_mtok") is not None and override.get("output_per_mtok") is not None:
-        return Price(float(override["input_per_mtok"]) / 1e6, float(override["output_per_mtok"]) / 1e6)
-    return None
-
-
-def price_for(provider: str, model: str, override: dict | None = None, batch: bool = False) -> Price | None:
-    """The model's price: ``model.price`` when given, else litellm's model price map, else None."""
-    given = given_price(override)
-    if given is not None:
-        return given
-    entry = _price_entry(provider, model)
-    if entry is None:
-        return None
-    if batch and entry.get("input_cost_per_token_batches") is not None:
-        return Price(float(entry["input_cost_per_token_batches"]), float(entry.get("output_cost_per_token_batches") or 0))
-    return Price(float(entry.get("input_cost_per_token") or 0), float(entry.get("output_cost_per_token") or 0))
-
-
 def max_output_tokens(provider: str, model: str, context_length: int | None) -> int:
     """The longest answer a request without ``max_tokens`` can get, for its worst-case reservation."""
-    entry = _price_entry(provider, model) or {}
+    entry = price_entry(provider, model) or {}
     return int(entry.get("max_output_tokens") or entry.get("max_tokens") or context_length or DEFAULT_MAX_OUTPUT)
 
 
@@ -150,9 +117,8 @@ class BudgetSpec:
         return dict(self.max_output).get(model, DEFAULT_MAX_OUTPUT)
 
     def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[float, int]:
-        price = self.price(model)
-        usd = price.cost(prompt_tokens, completion_tokens) if price is not None else 0.0
-        return usd, prompt_tokens + completion_tokens
+        usd = PriceTable(self.prices).cost(model, prompt_tokens, completion_tokens)
+        return usd or 0.0, prompt_tokens + completion_tokens
 
     def ledger_config(self) -> dict:
         return {"max_usd": self.max_usd, "max_tokens": self.max_tokens, "spent_usd": self.spent_usd,
@@ -188,7 +154,7 @@ class _Budget:
         return Ticket(model, usd, tokens)
 
     async def settle(self, ticket: Ticket) -> None:
-        usd = tokens = 0
+        usd, tokens = 0.0, 0
         for prompt, completion in ticket.used:
             u, t = self.spec.charge(ticket.model, prompt, completion)
             usd, tokens = usd + u, tokens + t
@@ -298,39 +264,45 @@ def forget(spec: BudgetSpec) -> None:
 # ---- the run's side: prices, earlier attempts, the report -------------------------------------
 
 
-def prepare(data: dict, specs: list, key: str, attempts: list[dict], batch: bool = False) -> BudgetSpec | None:
+def wanted(data: dict) -> bool:
+    """The config caps the run's spend (``budget.max_usd`` or ``budget.max_tokens``)."""
+    budget = data.get("budget") or {}
+    return budget.get("max_usd") is not None or budget.get("max_tokens") is not None
+
+
+def prepare(data: dict, specs: list, key: str, attempts: list[dict], batch: bool = False,
+            prices: PriceTable | None = None) -> BudgetSpec | None:
     """The run's :class:`BudgetSpec`, or None without ``budget.*``. Refuses (ConfigError) a
-    ``budget.max_usd`` for a model with no known price unless ``model.price`` gives one."""
+    ``budget.max_usd`` for a model with no known price unless ``model.price`` gives one.
+
+    ``prices`` is the attempt's price table (:func:`recipe.clients.pricing.table`), the one that
+    also prices ``cost_usd``; built here when not given."""
+    from recipe.clients import pricing
+
     budget = data.get("budget") or {}
     max_usd, max_tokens = budget.get("max_usd"), budget.get("max_tokens")
     if max_usd is None and max_tokens is None:
         return None
-    override = (data.get("model") or {}).get("price") or {}
-    run_model = (data.get("model") or {}).get("name")
-    prices, outputs = {}, {}
-    for spec in specs:
-        price = price_for(spec.provider, spec.model, override if spec.model == run_model else None, batch)
-        if price is None and max_usd is not None:
-            raise ConfigError(
-                f"budget.max_usd: model {spec.provider}/{spec.model} has no known price; give one with "
-                f"model.price.input_per_mtok=USD and model.price.output_per_mtok=USD (per million tokens)")
-        if price is not None:
-            prices[spec.model] = (price.input, price.output)
-        outputs[spec.model] = max_output_tokens(spec.provider, spec.model, spec.context_length)
+    prices = prices if prices is not None else pricing.table(data, specs, batch)
+    if max_usd is not None and prices.unpriced:
+        spec = next(s for s in specs if s.model in prices.unpriced)
+        raise ConfigError(
+            f"budget.max_usd: model {spec.provider}/{spec.model} has no known price; give one with "
+            f"model.price.input_per_mtok=USD and model.price.output_per_mtok=USD (per million tokens)")
+    outputs = {spec.model: max_output_tokens(spec.provider, spec.model, spec.context_length) for spec in specs}
     spent_usd, spent_tokens = spent_before(attempts, prices)
-    return BudgetSpec(key=key, max_usd=max_usd, max_tokens=max_tokens,
-                      prices=tuple(sorted((m, i, o) for m, (i, o) in prices.items())),
+    return BudgetSpec(key=key, max_usd=max_usd, max_tokens=max_tokens, prices=prices.prices,
                       max_output=tuple(sorted(outputs.items())), spent_usd=spent_usd, spent_tokens=spent_tokens)
 
 
-def spent_before(attempts: list[dict], prices: dict) -> tuple[float, int]:
-    """What earlier attempts spent, from the token counts each saved in the run folder."""
+def spent_before(attempts: list[dict], prices: PriceTable) -> tuple[float, int]:
+    """What earlier attempts spent: the cost each recorded when it was billed (the same sum as
+    ``cost_usd``), and its tokens."""
     usd, tokens = 0.0, 0
     for attempt in attempts:
-        for model, (prompt, completion) in ((attempt.get("usage") or {}).get("tokens_by_model") or {}).items():
-            inp, out = prices.get(model, (0.0, 0.0))
-            usd += prompt * inp + completion * out
-            tokens += prompt + completion
+        usage = attempt.get("usage") or {}
+        usd += attempt_cost(usage, lambda: prices) or 0.0
+        tokens += sum(p + c for p, c in (usage.get("tokens_by_model") or {}).values())
     return usd, tokens
 
 

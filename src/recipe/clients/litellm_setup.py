@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -50,6 +51,35 @@ def get_litellm() -> ModuleType:
             _module = litellm
             atexit.register(_close_connections)
     return _module
+
+
+def loaded() -> bool:
+    """litellm is already imported in this process (asking costs nothing)."""
+    return _module is not None
+
+
+@contextlib.contextmanager
+def unlogged():
+    """litellm's own logging off for the calls made inside (we keep our own counters, and no
+    litellm callback is ever registered).
+
+    Every call through litellm's ``@client`` wrapper otherwise queues a success handler on its
+    ``LoggingWorker``, callbacks or not. For a completed batch that handler downloads the batch's
+    output file a second time to price it, and handlers still queued when the process exits print
+    ``cannot schedule new futures after shutdown`` tracebacks after the run's summary. litellm has
+    no global switch: its internal-call flag (the one its own nested calls set) skips the handler
+    for the calls of this task only.
+    """
+    try:
+        from litellm._internal_context import is_internal_call
+    except ImportError:  # another litellm: its handlers run, as before
+        yield
+        return
+    token = is_internal_call.set(True)
+    try:
+        yield
+    finally:
+        is_internal_call.reset(token)
 
 
 def _import_without_collections() -> ModuleType:

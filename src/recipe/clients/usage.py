@@ -74,13 +74,13 @@ class UsageStats:
         data = other.as_dict() if isinstance(other, UsageStats) else other
         with self._lock:
             for f in _counters():
-                setattr(self, f.name, getattr(self, f.name) + data.get(f.name, 0))
+                setattr(self, f.name, getattr(self, f.name) + (data.get(f.name) or 0))
             self.cache_error = self.cache_error or data.get("cache_error", "")
-            self.failures.update(data.get("failures", {}))
-            for model, (p, c) in data.get("tokens_by_model", {}).items():
+            self.failures.update(data.get("failures") or {})
+            for model, (p, c) in (data.get("tokens_by_model") or {}).items():
                 mp, mc = self.tokens_by_model.get(model, (0, 0))
                 self.tokens_by_model[model] = (mp + p, mc + c)
-            for name, amounts in data.get("structured_by_schema", {}).items():
+            for name, amounts in (data.get("structured_by_schema") or {}).items():
                 counts = self.structured_by_schema.setdefault(name, {})
                 for key, amount in amounts.items():
                     counts[key] = counts.get(key, 0) + amount

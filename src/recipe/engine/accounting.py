@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from recipe.clients.factory import ClientSpec
 from recipe.engine.attempt import Attempt
 from recipe.engine.plan import RunPlan
 
@@ -21,13 +20,13 @@ def account(plan: RunPlan, attempt: Attempt) -> dict:
 
     spec, folder, now, record = plan.spec, plan.folder, attempt.now, attempt.record
     record["wall_seconds"] = round(time.monotonic() - attempt.started, 3)
-    usage = {**run_progress.usage(now), "wall_seconds": record["wall_seconds"]}
-    if usage.get("requests"):
-        usage["cost_usd"] = cost(spec, usage.get("tokens_by_model") or {}, _price(plan))
+    def table():  # litellm's map is read only if a cost needs it
+        return prices(plan, attempt)
+    usage = {**run_progress.usage(now, table), "wall_seconds": record["wall_seconds"]}
     folder.save_attempt(record["attempt"], {**record, "usage": usage, "outcome": attempt.outcome})
     completed = attempt.outcome == "completed"
     json_fields = _unify_parquet(plan.output_dir, plan.stages) if attempt.has_work and completed else None
-    stats = _stats(folder, plan.config_hash, spec, record, usage, attempt.before, attempt.resumed, json_fields)
+    stats = _stats(folder, plan.config_hash, table, record, usage, attempt.before, attempt.resumed, json_fields)
     if spec.budget is not None:
         state = now.get("budget_state") or budget.final_state(spec.budget)
         stats["budget"] = budget.report(spec.budget, state)
@@ -74,35 +73,20 @@ def _why_no_records(plan: RunPlan, stats: dict) -> str:
     return "no records were produced: the input is empty" if plan.data.get("input") else "no records were produced"
 
 
-def cost(spec: ClientSpec, tokens_by_model: dict, price: dict | None = None) -> float | None:
-    """The run's cost from token counts, computed once, where the price is known.
+def prices(plan: RunPlan, attempt: Attempt, loaded_only: bool = False):
+    """The attempt's price table (:mod:`recipe.clients.pricing`), built once: the budget's, when
+    the run has one, so ``cost_usd`` and the budget's ``spent`` are the same sum.
 
-    ``price`` is the config's ``model.price`` (USD per million tokens): it prices the run's own
-    model here as it does for the budget, before litellm's price map."""
-    if not tokens_by_model:
-        return None
-    from recipe.clients.budget import given_price, price_for
-    from recipe.clients.litellm_setup import get_litellm, is_unpriced
+    ``loaded_only``: None unless litellm is already imported in this process (the progress thread
+    of a run whose requests go out on Dask workers does not pay for its import)."""
+    if attempt.prices is None:
+        from recipe.clients import pricing
+        from recipe.clients import litellm_setup
 
-    litellm, total = get_litellm(), 0.0
-    given = price if given_price(price) is not None else None
-    for model, (prompt, completion) in tokens_by_model.items():
-        override = given if model == spec.model else None
-        if spec.batch or override:  # the given price, or the provider's batch price
-            found = price_for(spec.provider, model, override, batch=spec.batch)
-            if found is None:
-                return None
-            total += found.cost(prompt, completion)
-            continue
-        if is_unpriced(f"{spec.provider}/{model}"):
+        if loaded_only and not litellm_setup.loaded():
             return None
-        try:
-            p, c = litellm.cost_per_token(model=f"{spec.provider}/{model}", prompt_tokens=prompt,
-                                          completion_tokens=completion)
-        except Exception:
-            return None
-        total += p + c
-    return round(total, 6)
+        attempt.prices = pricing.table(plan.data, plan.llm_specs(), plan.spec.batch)
+    return attempt.prices
 
 
 def _unify_parquet(output_dir: str, stages: list) -> list | None:
@@ -115,10 +99,11 @@ def _unify_parquet(output_dir: str, stages: list) -> list | None:
     return unify_parts(output_dir)
 
 
-def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dict, before: dict,
+def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: dict,
            resumed: bool, json_fields: list | None) -> dict:
     """``stats.json``: records and failures from the committed partitions, usage summed over attempts."""
-    from recipe.storage.run_folder import sum_attempts, sum_manifests
+    from recipe.storage.run_folder import sum_manifests
+    from recipe.clients.pricing import run_cost
 
     done = sum_manifests(folder.manifests(config_hash))
     attempts, unreadable = folder.read_attempts()
@@ -137,7 +122,7 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
         "request_failures_by_class": total["failures"],
         "cache_errors": usage.get("cache_errors", 0), "cache_error": usage.get("cache_error", ""),
         "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],
-        "cost_usd": _total_cost(spec, attempts),
+        "cost_usd": run_cost(attempts, table),
         "wall_seconds": wall,
         "records_per_second": round(done["records"] / wall, 3) if wall else None,
         "requests_per_second": round(total["requests"] / wall, 3) if wall else None,
@@ -165,20 +150,16 @@ def _deduplicated(attempts: list[dict]) -> dict:
     return total
 
 
-def _total_cost(spec: ClientSpec, attempts: list[dict]) -> float | None:
-    """Each attempt's own cost, summed; null when any attempt's model has no known price."""
-    total = 0.0
+def sum_attempts(attempts: list[dict]) -> dict:
+    """Usage over every attempt: each attempt's own counts, so nothing is counted twice. The
+    counters add up as they do across processes (:meth:`UsageStats.merge`, the one sum of usage);
+    ``filtered`` and ``wall_seconds`` are the attempt's own."""
+    from recipe.clients.usage import UsageStats
+
+    usage, filtered, wall = UsageStats(), 0, 0.0
     for attempt in attempts:
-        usage = attempt.get("usage") or {}
-        if not usage.get("requests"):
-            continue
-        value = usage["cost_usd"] if "cost_usd" in usage else cost(spec, usage.get("tokens_by_model") or {})
-        if value is None:
-            return None
-        total += value
-    return round(total, 6)
-
-
-def _price(plan: RunPlan) -> dict | None:
-    """The config's ``model.price``, which prices the run's own model."""
-    return (plan.data.get("model") or {}).get("price")
+        one = attempt.get("usage") or {}
+        usage.merge(one)
+        filtered += one.get("filtered", 0) or 0
+        wall += one.get("wall_seconds", 0) or 0
+    return {**usage.as_dict(), "filtered": filtered, "wall_seconds": round(wall, 3)}

@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from recipe.engine.plan import RunPlan
 
@@ -24,6 +25,7 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     now: dict = field(default_factory=dict)  # this attempt's usage, progress, budget and target states
     outcome: str = "stopped"
+    prices: Any = None  # its recipe.clients.pricing.PriceTable, built once where a cost needs it
 
     @property
     def has_work(self) -> bool:
@@ -39,7 +41,7 @@ def start(plan: RunPlan) -> Attempt:
     partitions still to do, the attempt's record, its budget ledger and batch folder."""
     from recipe.engine.graph import partitions
     from recipe.storage.run_folder import sum_manifests
-    from recipe.clients import budget
+    from recipe.clients import budget, pricing
 
     started = time.monotonic()
     folder, stages = plan.folder, plan.stages
@@ -53,11 +55,13 @@ def start(plan: RunPlan) -> Attempt:
               "partitions_kept": len(kept), "of_partitions": n_partitions}
     folder.save_attempt(record["attempt"], {**record, "usage": {}, "outcome": "running"})
     ledger_key = f"{plan.config_hash}-{record['attempt']}-{uuid.uuid4().hex[:8]}"  # one ledger per attempt
-    run_budget = budget.prepare(plan.data, plan.llm_specs(), key=ledger_key, attempts=folder.attempts(),
-                                batch=plan.spec.batch)
-    if run_budget is not None:
+    prices = None
+    if budget.wanted(plan.data):  # the budget and cost_usd price with the same table
+        prices = pricing.table(plan.data, plan.llm_specs(), plan.spec.batch)
+        run_budget = budget.prepare(plan.data, plan.llm_specs(), key=ledger_key, attempts=folder.attempts(),
+                                    batch=plan.spec.batch, prices=prices)
         plan.with_changes(budget=run_budget)
     if plan.spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
         plan.with_changes(batch_dir=str(Path(plan.output_dir) / "batches"))
     return Attempt(record=record, input_plan=input_plan, todo=todo, kept=kept, before=sum_manifests(kept),
-                   resumed=had_attempts and bool(kept), started=started)
+                   resumed=had_attempts and bool(kept), started=started, prices=prices)

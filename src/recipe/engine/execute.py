@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from recipe.engine import accounting as run_accounting
 from recipe.engine import cluster as run_dask
 from recipe.engine import progress as run_progress
 from recipe.engine.attempt import Attempt
@@ -23,7 +24,9 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
         start_local_server(stack, plan)
         client = stack.enter_context(run_dask.open_dask(plan.dask))
         bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
-        with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress):
+        def prices():  # the killed attempt's cost
+            return run_accounting.prices(plan, attempt, loaded_only=True)
+        with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress, prices):
             compute(plan, attempt, client, bag)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 
 def _snapshot() -> dict:
@@ -53,12 +54,22 @@ def collect(client) -> dict:
             "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 
-def usage(now: dict) -> dict:
-    """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent."""
+def usage(now: dict, prices: Callable[[], Any] | None = None) -> dict:
+    """An attempt's usage as saved in ``attempts/``: every counter, zero when nothing was sent,
+    and ``cost_usd``, what its answers cost at the attempt's prices (``prices()``, a
+    :class:`~recipe.clients.pricing.PriceTable`; left out when it gives None: priced later)."""
+    from recipe.clients.pricing import used_tokens
     from recipe.clients.usage import UsageStats
 
     counters = {**UsageStats().as_dict(), "filtered": 0, "deduplicated": {}, "batches": {}}
-    return {k: now.get(k, default) for k, default in counters.items()}
+    saved = {k: now.get(k, default) for k, default in counters.items()}
+    tokens = saved["tokens_by_model"]
+    table = prices() if prices is not None and used_tokens(tokens) else None
+    if not used_tokens(tokens):
+        saved["cost_usd"] = 0.0
+    elif table is not None:
+        saved["cost_usd"] = table.total(tokens)
+    return saved
 
 
 class Watcher:
@@ -70,8 +81,9 @@ class Watcher:
     attempt that is killed before it ends.
     """
 
-    def __init__(self, client, folder, attempt: dict, done_before: int, bar: bool) -> None:
-        self.client, self.folder, self.attempt = client, folder, attempt
+    def __init__(self, client, folder, attempt: dict, done_before: int, bar: bool,
+                 prices: Callable[[], Any] | None = None) -> None:
+        self.client, self.folder, self.attempt, self.prices = client, folder, attempt, prices
         self.done_before, self.bar = done_before, bar
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -115,7 +127,7 @@ class Watcher:
                 if time.monotonic() - last_save >= 5:
                     last_save = time.monotonic()
                     with contextlib.suppress(OSError):
-                        self.folder.save_attempt(self.attempt["attempt"], {**self.attempt, "usage": usage(now),
+                        self.folder.save_attempt(self.attempt["attempt"], {**self.attempt, "usage": usage(now, self.prices),
                                                                            "outcome": "running"})
         finally:
             if bar is not None:

@@ -376,31 +376,6 @@ def readable_usage(usage: dict) -> tuple[dict, list[str]]:
     return clean, bad
 
 
-def sum_attempts(attempts: list[dict]) -> dict:
-    """Usage over every attempt: each attempt's own counts, so nothing is counted twice."""
-    total: dict[str, Any] = {key: 0 for key in _SUMMED}
-    failures: dict[str, int] = {}
-    tokens: dict[str, list[int]] = {}
-    structured: dict[str, dict[str, int]] = {}  # per schema name (UsageStats.structured_by_schema)
-    for attempt in attempts:
-        usage = attempt.get("usage") or {}
-        for key in _SUMMED:
-            total[key] += usage.get(key, 0) or 0
-        for name, count in (usage.get("failures") or {}).items():
-            failures[name] = failures.get(name, 0) + count
-        for model, (p, c) in (usage.get("tokens_by_model") or {}).items():
-            mp, mc = tokens.get(model, [0, 0])
-            tokens[model] = [mp + p, mc + c]
-        for name, amounts in (usage.get("structured_by_schema") or {}).items():
-            counts = structured.setdefault(name, {})
-            for key, amount in amounts.items():
-                counts[key] = counts.get(key, 0) + amount
-    total["failures"], total["tokens_by_model"], total["structured_by_schema"] = failures, tokens, structured
-    for key in ("retry_wait_seconds", "limit_wait_seconds", "wall_seconds"):
-        total[key] = round(total[key], 3)
-    return total
-
-
 def sum_manifests(manifests: dict[int, dict]) -> dict:
     """Records and failures of the committed partitions."""
     by_class: dict[str, int] = {}

@@ -7,7 +7,9 @@ that URL serves JSONL lines ``{"custom_id", "result": {"type": "succeeded", "mes
 (or ``errored`` / ``expired``). Each line is answered by the stub's live chat logic (faults,
 fixed usage and all), translated to and from Anthropic's message shape, so a test sees exactly
 what a run paid for. Requests need the ``x-api-key`` (when the stub has ``--api-key``) and
-``anthropic-version`` headers, as Anthropic's API does.
+``anthropic-version`` headers, as Anthropic's API does. ``GET /v1/messages/batches`` lists the
+batches, most recent first (``limit``, ``after_id``, ``before_id``): a batch carries no metadata, so
+a client finds its own by time and size, and by the ``custom_id`` values in its results.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class AnthropicBatches:
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/messages/batches", self.create)
+        router.add_get("/v1/messages/batches", self.list)
         router.add_get("/v1/messages/batches/{bid}", self.retrieve)
         router.add_get("/v1/messages/batches/{bid}/results", self.results)
 
@@ -120,7 +123,37 @@ class AnthropicBatches:
             "cancel_initiated_at": None, "results_url": None,
             "_requests": requests, "_started": time.monotonic(), "_results": None}
         app.message_batch_params.extend(r["params"] for r in requests)
+        if app.a.batch_create_delay:  # created, but its creator hears of it only later (or never)
+            await asyncio.sleep(app.a.batch_create_delay)
         return web.json_response(self._public(app.message_batches[bid]))
+
+    async def list(self, request):
+        """``GET /v1/messages/batches?limit=&after_id=&before_id=``: most recent first, as Anthropic lists them."""
+        app = self.app
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        app.by_path["/v1/messages/batches/list"] += 1
+        try:
+            limit = int(request.query.get("limit", 20))
+        except ValueError:
+            return _error(400, "invalid_request_error", "limit: Input should be a valid integer")
+        if not 1 <= limit <= 1000:
+            return _error(400, "invalid_request_error", "limit: Input should be between 1 and 1000")
+        origin = request.url.origin()
+        for batch in app.message_batches.values():
+            await self._advance(batch, f"{origin}/v1/messages/batches/{batch['id']}/results")
+        newest = list(reversed(app.message_batches.values()))
+        ids = [b["id"] for b in newest]
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        if after in ids:
+            newest = newest[ids.index(after) + 1:]
+        elif before in ids:
+            newest = newest[:ids.index(before)][-limit:]
+        page = [self._public(b) for b in newest[:limit]]
+        return web.json_response({"data": page, "has_more": len(newest) > limit,
+                                  "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None})
 
     async def retrieve(self, request):
         app = self.app

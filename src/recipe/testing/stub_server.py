@@ -446,6 +446,12 @@ class _App:
         return resp
 
 
+async def created_then_wait(app: "_App") -> None:
+    """``--batch-create-delay``: the batch exists (and is counted) before its creator hears of it."""
+    if app.a.batch_create_delay:
+        await asyncio.sleep(app.a.batch_create_delay)
+
+
 class _Batches:
     """OpenAI's Files and Batches API (``/v1/files``, ``/v1/batches``), wire format included.
 
@@ -498,6 +504,9 @@ class _Batches:
         entry = app.files.get(body.get("input_file_id", ""))
         if entry is None:
             return _error(400, "input_file_id not found", "invalid_request_error", None)
+        refused = self._metadata_refused(body.get("metadata"))
+        if refused is not None:
+            return refused
         lines = [json.loads(line) for line in entry["content"].decode().splitlines() if line.strip()]
         bid = f"batch_stub{len(app.batches) + 1}"
         now = int(time.time())
@@ -509,6 +518,7 @@ class _Batches:
             "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
             "metadata": body.get("metadata") or {}, "_lines": lines, "_started": time.monotonic()}
+        await created_then_wait(app)
         return web.json_response(self._public(app.batches[bid]))
 
     @staticmethod
@@ -548,6 +558,42 @@ class _Batches:
                                                 "batch_errors.jsonl", "batch_output")["id"]
         batch["request_counts"] = {"total": len(outputs), "completed": len(good), "failed": len(errors)}
         batch["status"], batch["completed_at"] = "completed", now
+
+    # ---- listing and metadata, as OpenAI has them (a run looks its batches up after a kill) ----
+
+    @staticmethod
+    def _metadata_refused(metadata: Any):
+        """OpenAI's rule: at most 16 pairs, string keys up to 64 characters, string values up to 512."""
+        if metadata is None:
+            return None
+        if not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in metadata.items()):
+            return _error(400, "Invalid 'metadata': at most 16 string pairs, keys up to 64 and values up to 512 "
+                          "characters", "invalid_request_error", "metadata")
+        return None
+
+    async def list_batches(self, request):
+        """``GET /v1/batches?limit=&after=``: newest first, ``after`` a batch id (the cursor)."""
+        app = self.app
+        app.by_path["/v1/batches/list"] += 1
+        try:
+            limit = int(request.query.get("limit", 20))
+        except ValueError:
+            return _error(400, "Invalid 'limit'", "invalid_request_error", "limit")
+        if not 1 <= limit <= 100:
+            return _error(400, "Invalid 'limit': between 1 and 100", "invalid_request_error", "limit")
+        for batch in app.batches.values():
+            await self._advance(batch)
+        newest = list(reversed(app.batches.values()))  # created in order: the last is the newest
+        after = request.query.get("after")
+        if after:
+            ids = [b["id"] for b in newest]
+            if after not in ids:
+                return _error(404, f"No such batch: {after}", "invalid_request_error", "after")
+            newest = newest[ids.index(after) + 1:]
+        page = [self._public(b) for b in newest[:limit]]
+        return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None, "has_more": len(newest) > limit})
 
     async def _answer(self, line: dict) -> dict:
         app = self.app
@@ -596,6 +642,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--usage", default="", help="PROMPT,COMPLETION: report this usage on every answer")
     p.add_argument("--batch-seconds", type=float, default=1.0, help="how long a batch takes to complete")
     p.add_argument("--batch-expire", action="store_true", help="batches expire instead of completing")
+    p.add_argument("--batch-create-delay", type=float, default=0.0,
+                   help="create a batch, then wait this long before answering (a client killed meanwhile "
+                        "never learns its id)")
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
     return p
 
@@ -612,6 +661,7 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_get("/v1/files/{fid}/content", batches.file_content)
     app.router.add_post("/v1/batches", batches.create_batch)
     app.router.add_get("/v1/batches/{bid}", batches.get_batch)
+    app.router.add_get("/v1/batches", batches.list_batches)
     from recipe.testing.anthropic_batches import AnthropicBatches
 
     AnthropicBatches(state).routes(app.router)
@@ -652,7 +702,7 @@ class StubServer:
                  status: int = 0, drip: float = 0.0, port: int = 0,
                  models: str = "", schema_break: float = 0.0, usage: tuple[int, int] | None = None,
                  batch_seconds: float = 1.0, batch_expire: bool = False, pick: str = "length",
-                 echo_chars: int = 30) -> None:
+                 echo_chars: int = 30, batch_create_delay: float = 0.0) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
@@ -670,6 +720,8 @@ class StubServer:
         self.args.append(f"--batch-seconds={batch_seconds}")
         if batch_expire:
             self.args.append("--batch-expire")
+        if batch_create_delay:
+            self.args.append(f"--batch-create-delay={batch_create_delay}")
         self.port = port
         self._proc: ServerProcess | None = None
 
