@@ -51,12 +51,23 @@ def _retry_after(exc: BaseException) -> float | None:
             continue
         millis = headers.get("retry-after-ms") or headers.get("Retry-After-Ms")
         value = headers.get("retry-after") or headers.get("Retry-After")
-        if value is not None:
-            return retry_after_seconds(value)
+        if value is not None:  # a date counts from the server's own clock (its Date header), not ours
+            return retry_after_seconds(value, _date(headers.get("date") or headers.get("Date")))
         if millis is not None:
             seconds = retry_after_seconds(millis)
             return None if seconds is None else seconds / 1000
     return None
+
+
+def _date(value: object) -> float | None:
+    """An HTTP date header as a timestamp, or None."""
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(str(value)) if value else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.timestamp() if when is not None else None
 
 
 def retry_after_seconds(value: object, now: float | None = None) -> float | None:
