@@ -227,3 +227,28 @@ def test_usage_given_as_numeric_strings_is_counted(stub_server, tmp_path, path):
     assert answers(tmp_path) == expected
     stats = stats_json(tmp_path)
     assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0
+
+
+# ---- item 13/15: a policy 400 is a content filter, and verdicts on one record never feed the breaker
+
+
+def test_a_policy_400_is_a_content_filter_and_per_record_outcomes_never_open_the_breaker():
+    from recipe import errors
+    from recipe.services.error_mapping import translate
+    from recipe.services.litellm_setup import get_litellm
+    from recipe.stages.breaker import CircuitBreaker
+
+    litellm = get_litellm()
+    policy = litellm.BadRequestError(message="Your request was rejected as a result of our safety system.",
+                                     model="m", llm_provider="openai")
+    mapped = translate(policy, provider="openai")
+    assert type(mapped) is errors.ContentFilterError and not mapped.retryable
+    verdicts = [mapped, errors.RefusalError("refused", None, "no"), errors.EmptyAnswerError("empty"),
+                errors.TruncatedError("cut"), errors.ContentFilterError("filtered")]
+    breaker = CircuitBreaker("generate", window=20)
+    for i in range(100):
+        breaker.observe(verdicts[i % len(verdicts)])  # raises CircuitOpenError once open
+    shared = CircuitBreaker("generate", window=20)
+    with pytest.raises(errors.CircuitOpenError):
+        for _ in range(20):
+            shared.observe(errors.BadRequestError("openai: The model `nope` does not exist"))
