@@ -205,7 +205,7 @@ class InternalError(RecipeError):
     same code fails the same way) and never blamed on the server."""
 
     @classmethod
-    def of(cls, exc: BaseException) -> "InternalError":
+    def of(cls, exc: BaseException) -> InternalError:
         """The error for ``exc``, naming its class, message and the innermost frame of recipe's code."""
         import os
         import traceback

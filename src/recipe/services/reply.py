@@ -92,7 +92,7 @@ def usage_number(value: Any) -> int | None:
         return None
     if not math.isfinite(number) or number < 0:
         return None
-    return int(math.ceil(number))
+    return math.ceil(number)
 
 
 def usage_pair(usage: Any) -> tuple[int, int] | None:

@@ -673,8 +673,8 @@ def main(argv: list[str] | None = None) -> None:
 # (its text is logged in ``answers``).
 
 _QUIRKS = {  # keyword: (flag, type, default, help)
-    "stream_split": ("--stream-split", str, "", "utf16: each non-BMP character's UTF-16 halves in two chunks, "
-                     "as two \\u escapes; bytes: each multi-byte character's UTF-8 bytes split over two chunks"),
+    "stream_split": ("--stream-split", str, "", ("utf16: each non-BMP character's UTF-16 halves in two chunks, "
+                     "as two \\u escapes; bytes: each multi-byte character's UTF-8 bytes split over two chunks")),
     "stream_cut": ("--stream-cut", float, 0.0, "exact fraction of streamed answers cut short, no finish_reason"),
     "cut_how": ("--cut-how", str, "close", "close: the socket is closed mid-answer; eof: the body ends cleanly"),
     "stream_usage": ("--stream-usage", str, "asked", "asked: usage when stream_options.include_usage; never"),
