@@ -246,7 +246,7 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
     assert merged == {
         "requests": 4, "retries": 4, "cache_hits": 4, "rate_limited": 4, "schema_retries": 4,
         "schema_failures": 4, "retry_wait_seconds": 2.5, "limit_wait_seconds": 2.5,
-        "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",
+        "estimated_usage": 4, "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",
         "failures": {"ServerError": 2}, "tokens_by_model": {"m": [6, 8]},
         "structured_by_schema": {"Answer": {"asked": 4, "invalid": 2}}}
     assert b.reset() == merged

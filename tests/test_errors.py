@@ -262,7 +262,7 @@ def test_records_failed_under_the_former_class_names_are_still_rerun():
 
 
 def test_the_context_check_counts_with_the_one_token_estimate(stub_server, tmp_path):
-    """~4 characters a token plus 4 a message (services/tokens.py), the same count the budget
+    """~4 characters a token plus 4 a message (clients/tokens.py), the same count the budget
     reserves: 400 characters and max_tokens=6 just fit a context of 110 (100 + 4 + 6); 404 do not
     (101 + 4 + 6) and are refused before any request."""
     import recipe

@@ -248,7 +248,7 @@ def test_schema_answers_pick_first_or_last_and_a_marker_decides_per_conversation
         assert _schema_answer(s, "Is this maths?")["score"] == 5
 
 
-# ---- the one launcher every child server uses (services/subprocess_server.py) ----------------
+# ---- the one launcher every child server uses (clients/subprocess_server.py) ----------------
 
 
 def _gone(pid: int) -> bool:

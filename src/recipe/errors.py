@@ -23,9 +23,14 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
         ├── RequestTimeoutError      retryable: no complete answer within backend.timeout
         ├── EndpointConnectionError  retryable: the endpoint could not be reached or dropped the connection
         ├── ServerError              retryable (5xx)
-        ├── MalformedResponseError   retryable
+        ├── ConflictError            retryable (409, as the OpenAI SDK retries it)
+        ├── MalformedResponseError   retryable: the server's answer could not be decoded
+        ├── IncompleteAnswerError    retryable: a stream that ended without a finish_reason
         ├── EmptyAnswerError         no text came back (retried only with on_truncated=retry)
-        └── TruncatedError           cut at max_tokens (retried only with on_truncated=retry)
+        ├── TruncatedError           cut at max_tokens (retried only with on_truncated=retry)
+        ├── ContentFilterError       the provider's content filter stopped the answer (per record)
+        └── RefusalError             the model refused (keeps the refusal text, per record)
+    InternalError                   a bug in recipe's own code (TypeError, KeyError...): never retried
 """
 
 from __future__ import annotations
@@ -169,6 +174,61 @@ class ServerError(LLMError):
 
 class MalformedResponseError(LLMError):
     retryable = True
+
+
+class ConflictError(LLMError):
+    """HTTP 409: the server could not take the request now (the OpenAI SDK retries it too)."""
+
+    retryable = True
+
+
+class IncompleteAnswerError(LLMError):
+    """A stream that ended (socket closed, or a clean end too early) before any ``finish_reason``:
+    the answer is cut short, so it is retried and never cached."""
+
+    retryable = True
+
+
+class ContentFilterError(LLMError):
+    """The provider's content filter stopped the answer (``finish_reason: content_filter``) or
+    refused the prompt (a policy 400). A verdict on this record: not retried, never cached."""
+
+
+class RefusalError(LLMError):
+    """The model refused (``content: null`` with ``refusal``, as OpenAI answers); ``raw`` keeps the
+    refusal's text for the error record. A verdict on this record: not retried, never cached."""
+
+    def __init__(self, message: str, retry_after: float | None = None, raw: str | None = None):
+        super().__init__(message, retry_after)
+        self.raw = raw
+
+
+class InternalError(RecipeError):
+    """A bug in recipe's own code (a TypeError, KeyError, AttributeError...) while handling one
+    record: one error record naming the exception and where it was raised, never retried (the
+    same code fails the same way) and never blamed on the server."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> InternalError:
+        """The error for ``exc``, naming its class, message and the innermost frame of recipe's code."""
+        import os
+        import traceback
+
+        package = os.path.dirname(os.path.abspath(__file__))
+        frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+        ours = [f for f in frames if os.path.abspath(f.filename).startswith(package + os.sep)] or frames
+        where = ""
+        if ours:
+            frame = ours[-1]
+            path = os.path.abspath(frame.filename)
+            if path.startswith(package + os.sep):
+                path = "recipe/" + os.path.relpath(path, package).replace(os.sep, "/")
+            where = f" (at {path}:{frame.lineno} in {frame.name})"
+        return cls(f"internal error: {type(exc).__name__}: {exc}{where}")
+
+
+#: Exceptions that, raised by recipe's own code, are bugs (:class:`InternalError`), not the server's fault.
+OWN_BUGS = (TypeError, KeyError, AttributeError, IndexError, NameError, AssertionError, ZeroDivisionError)
 
 
 class EmptyAnswerError(LLMError):

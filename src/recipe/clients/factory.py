@@ -47,7 +47,7 @@ class ClientSpec:
     batch: bool = False  # backend.batch: through the provider's batch API (recipe.clients.batch)
     batch_dir: str | None = None  # where batch ids are recorded: the run folder's batches/, set by the runner
     batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
-    structured_output: str | None = None  # the schema dialect (services/structured_output.py); None: the provider's
+    structured_output: str | None = None  # the schema dialect (clients/structured_output.py); None: the provider's
     on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
 
     @classmethod

@@ -169,36 +169,44 @@ class LeanRoute:
             raise self._mapped(self.config.get_error_class(error_message=_error_message(text),
                                                            status_code=response.status,
                                                            headers=dict(response.headers)))
-        if stream:
+        if stream and response.content_type != "application/json":
             return self._events(response)
         async with response:
             try:
                 raw = await response.read()
             except Exception as exc:
                 raise self._mapped(exc) from None
-        return json.loads(raw)  # a JSONDecodeError is a malformed reply: the client retries it
+        answer = json.loads(raw)  # a JSONDecodeError is a malformed reply: the client retries it
+        return _one_chunk(answer) if stream else answer  # a stream asked, a JSON body (an error) answered
 
     async def _events(self, response) -> AsyncIterator[dict]:
-        """Chunk dicts of a server-sent-events stream, until ``[DONE]``."""
+        """Chunk dicts of a server-sent-events stream, until ``[DONE]`` or the end of the body.
+
+        Each event is decoded as UTF-8 with ``surrogateescape``: a character whose bytes the server
+        split across two events survives as escaped bytes, and the client puts it together again
+        (:func:`recipe.clients.reply.whole_text`). Only the transport's failures are mapped as
+        litellm's; an event carrying ``{"error": ...}`` is passed on for the client to read.
+        """
         async with response:
-            try:
-                async for line in response.content:
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if isinstance(chunk, dict) and chunk.get("error"):
-                        error = chunk["error"]
-                        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-                        raise self.config.get_error_class(error_message=message, status_code=500, headers={})
-                    yield chunk
-            except json.JSONDecodeError:
-                raise
-            except Exception as exc:
-                raise self._mapped(exc) from None
+            lines = response.content.__aiter__()
+            while True:
+                try:
+                    line = await lines.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # the transport: a dropped connection, a cut chunked body
+                    raise self._mapped(exc) from None
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                yield json.loads(data.decode("utf-8", "surrogateescape"))  # a JSONDecodeError: malformed
+
+    def supports(self, param: str) -> bool:
+        """Whether litellm's configuration of this route takes the OpenAI parameter ``param``."""
+        return param in self._supported
 
     def _mapped(self, exc: BaseException) -> BaseException:
         """litellm's exception for ``exc``, as ``acompletion`` would raise it (one table maps it next)."""
@@ -210,6 +218,11 @@ class LeanRoute:
         except Exception as raised:  # exception_type raises the mapped exception
             mapped = raised
         return mapped if isinstance(mapped, BaseException) else exc
+
+
+async def _one_chunk(answer: Any) -> AsyncIterator[Any]:
+    """A JSON body sent in answer to a stream request, as a stream of that one chunk."""
+    yield answer
 
 
 def _error_message(text: str) -> str:

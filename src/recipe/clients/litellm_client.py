@@ -22,6 +22,7 @@ from recipe.config import defaults
 from recipe.clients.conversation_formatter import ConversationFormatter
 from recipe.clients.error_mapping import translate
 from recipe.clients.event_loop import run_sync
+from recipe.clients import reply
 from recipe.clients import structured_output as structured
 from recipe.clients.lean_http import LeanRoute, takes_lean_path
 from recipe.clients.limits import LocalLimiter
@@ -42,15 +43,20 @@ _ALLOWLIST_ROUTES = {"nvidia_nim"}
 _NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 # The budget ticket of the attempt running in this task: its usage settles the reservation.
 _TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
+# Why the answer being produced must not be cached (a truncated answer kept by on_truncated=keep).
+_UNCACHEABLE: contextvars.ContextVar = contextvars.ContextVar("recipe_uncacheable", default=None)
 
 
-def _read_field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+_read_field = reply.field
 
 
-def parse_reward_scores(response: Any) -> dict[str, float]:
+def parse_reward_scores(response: Any, provider: str = "") -> dict[str, float]:
     """Scores from an NVIDIA reward response: ``choices[0].logprobs.content``, else the content."""
-    choice = _read_field(response, "choices")[0]
+    choices = _read_field(response, "choices")
+    if not choices or not isinstance(choices, list):
+        raise reply.error_in_body(response, provider) or errors.MalformedResponseError(
+            f"{provider}: the reward response has no choices")
+    choice = choices[0]
     logprobs = _read_field(choice, "logprobs")
     entries = _read_field(logprobs, "content") if logprobs is not None else None
     scores: dict[str, float] = {}
@@ -255,6 +261,17 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
         return send
 
+    def _streams_usage(self, route: str, model: str, text: bool, send: Any) -> bool:
+        """Whether to ask ``route`` for a stream's usage (``stream_options.include_usage``): where
+        litellm's configuration of the route takes the parameter, on either path."""
+        if isinstance(send, LeanRoute):
+            return send.supports("stream_options")
+        try:
+            supported = get_litellm().get_supported_openai_params(model=model, custom_llm_provider=route) or ()
+        except Exception:  # noqa: BLE001 - a route litellm cannot describe: do not ask
+            return False
+        return "stream_options" in supported
+
     async def _cached(self, key: dict, produce) -> Any:
         """The stored answer for ``key``, or ``await produce()`` stored under it.
 
@@ -271,9 +288,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             if hit is not None:
                 self.stats.count("cache_hits")
                 return hit
-        answer = await produce()
+        marks: list[str] = []
+        reset = _UNCACHEABLE.set(marks)
+        try:
+            answer = await produce()
+        finally:
+            _UNCACHEABLE.reset(reset)
         cache = self.cache
-        if cache is not None:
+        if cache is not None and not marks:  # a truncated answer kept by on_truncated=keep is not stored
             try:
                 await cache.aput(key, answer)
             except Exception as exc:  # noqa: BLE001
@@ -292,60 +314,106 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         send = self._caller(route, model, text)
         prompt_tokens = estimate_tokens(payload.get("prompt") or payload.get("messages"))
 
+        worst = payload.get("max_tokens") or (self.budget.spec.worst_case_output(model) if self.budget is not None
+                                               else 0)
+        estimate = (prompt_tokens, worst)
+        if stream and self._streams_usage(route, model, text, send):
+            payload = {**payload, "stream_options": {"include_usage": True}}  # else streams report no usage
+
         async def once() -> list[str]:
-            return await self._read(await send(stream=stream, **payload), stream, text, model)
+            return await self._read(await send(stream=stream, **payload), stream, text, model, estimate)
 
         charge = (model, prompt_tokens, payload.get("max_tokens")) if self.budget is not None else None
         if self.batcher is not None:
-            return await self._send_batched(route, model, payload, text, charge)
+            return await self._send_batched(route, model, payload, text, charge, estimate)
         # tpm pacing books the prompt plus the answer's bound (256 when the request sets none)
         return await self._with_retries(prompt_tokens + (payload.get("max_tokens") or 256), once, charge)
 
-    async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None) -> list[str]:
+    async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None,
+                            estimate: tuple | None = None) -> list[str]:
         """One request as a line of a provider batch (never streamed); the budget charges it the same way."""
         ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
         token = _TICKET.set(ticket)
         try:
-            return await self._read(await self.batcher.request(route, model, payload, text), False, text, model)
+            return await self._read(await self.batcher.request(route, model, payload, text), False, text, model,
+                                    estimate)
         finally:
             _TICKET.reset(token)
             if ticket is not None:
                 await self.budget.settle(ticket)
 
-    async def _read(self, response: Any, stream: bool, text: bool, model: str) -> list[str]:
+    async def _read(self, response: Any, stream: bool, text: bool, model: str,
+                    estimate: tuple | None = None) -> list[str]:
         """Texts in choice order; streams are accumulated per choice index.
 
-        Each text is checked by :meth:`_accept`: an empty or truncated answer raises here, inside
-        the attempt, so the retry loop applies ``on_truncated`` and the cache never stores it.
+        Every rule of :mod:`recipe.clients.reply` applies here, on both paths: content parts are
+        joined, a stream's split characters made whole, an error body raised as the server's
+        error. A streamed choice that never got a ``finish_reason`` was cut short
+        (:class:`~recipe.errors.IncompleteAnswerError`, retried). Each text is then checked by
+        :meth:`_accept`, inside the attempt, so the retry loop applies ``on_truncated`` and the
+        cache never stores what is not an answer. ``estimate`` is ``(prompt tokens, worst-case
+        answer tokens)``: the usage settled when the server reports none.
         """
         if stream:
             parts: dict[int, list[str]] = {}
+            refusals: dict[int, list[str]] = {}
             finish: dict[int, Any] = {}
             usage = None
             async for chunk in response:
-                usage = _read_field(chunk, "usage") or usage
-                for choice in _read_field(chunk, "choices") or []:
-                    index = _read_field(choice, "index") or 0
-                    piece = _read_field(choice, "text") if text else _read_field(_read_field(choice, "delta"), "content")
-                    parts.setdefault(index, []).append(piece or "")
-                    finish[index] = _read_field(choice, "finish_reason") or finish.get(index)
-            self._record_usage(usage, model)
-            return [self._accept("".join(parts[i]), finish.get(i)) for i in sorted(parts)]
-        choices = _read_field(response, "choices")
+                failure = reply.error_in_body(chunk, self.provider)
+                if failure is not None:
+                    raise failure
+                usage = reply.field(chunk, "usage") or usage
+                choices = reply.field(chunk, "choices") or []
+                if not isinstance(choices, list):
+                    raise errors.MalformedResponseError(f"{self.provider}: a stream chunk's choices are not a list")
+                for choice in choices:
+                    index = reply.field(choice, "index") or 0
+                    delta = choice if text else reply.field(choice, "delta")
+                    piece = reply.content_text(reply.field(delta, "text" if text else "content"))
+                    parts.setdefault(index, []).append(piece if isinstance(piece, str) else "")
+                    refused = reply.field(delta, "refusal")
+                    if isinstance(refused, str) and refused:
+                        refusals.setdefault(index, []).append(refused)
+                    finish[index] = reply.field(choice, "finish_reason") or finish.get(index)
+            texts = {i: reply.whole_text(parts[i], self.provider) for i in sorted(parts)}
+            self._record_usage(usage, model, estimate, list(texts.values()))
+            if not texts:
+                raise errors.MalformedResponseError(f"{self.provider}: the stream has no choices")
+            cut = [i for i in texts if finish.get(i) is None]
+            if cut:
+                raise errors.IncompleteAnswerError(
+                    f"{self.provider}: the stream ended without a finish_reason (choice {cut[0]}, "
+                    f"{len(texts[cut[0]])} characters in): the answer was cut short")
+            return [self._accept(texts[i], finish.get(i), reply.whole_text(refusals.get(i, []), self.provider) or None)
+                    for i in texts]
+        choices = reply.field(response, "choices")
         if not choices:
-            raise errors.MalformedResponseError(f"{self.provider}: response has no choices")
-        self._record_usage(_read_field(response, "usage"), model)
-        ordered = sorted(choices, key=lambda c: _read_field(c, "index") or 0)
-        texts = [_read_field(c, "text") if text else _read_field(_read_field(c, "message"), "content") for c in ordered]
-        return [self._accept(t, _read_field(c, "finish_reason")) for t, c in zip(texts, ordered)]
+            failure = reply.error_in_body(response, self.provider)
+            raise failure or errors.MalformedResponseError(f"{self.provider}: response has no choices")
+        if not isinstance(choices, list):
+            raise errors.MalformedResponseError(f"{self.provider}: the response's choices are not a list")
+        ordered = sorted(choices, key=lambda c: reply.field(c, "index") or 0)
+        texts = [reply.field(c, "text") if text else reply.content_text(reply.field(reply.field(c, "message"), "content"))
+                 for c in ordered]
+        texts = [reply.repaired(t, self.provider) if isinstance(t, str) else t for t in texts]
+        self._record_usage(reply.field(response, "usage"), model, estimate, texts)
+        return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"))
+                for t, c in zip(texts, ordered)]
 
-    def _accept(self, content: Any, finish_reason: Any) -> str:
-        """The answer's text, or the error an empty or truncated answer is (``on_truncated``)."""
+    def _accept(self, content: Any, finish_reason: Any, refusal: Any = None) -> str:
+        """The answer's text, or the error a refused, filtered, empty or truncated answer is."""
         retry = self.on_truncated == "retry"
-        cut = str(getattr(finish_reason, "value", finish_reason) or "") == "length"
+        reason = str(getattr(finish_reason, "value", finish_reason) or "")
+        if isinstance(refusal, str) and refusal and not content:
+            raise errors.RefusalError(f"{self.provider}: the model refused: {refusal[:200]}", None, refusal)
+        if reason == "content_filter":
+            raise errors.ContentFilterError(f"{self.provider}: the provider's content filter stopped the answer "
+                                            "(finish_reason content_filter)")
+        cut = reason == "length"
         if content is None or content == "":
-            reason = " (cut at max_tokens before any text)" if cut else ""
-            raise errors.EmptyAnswerError(f"{self.provider}: the answer is empty{reason}", None, retry)
+            why = " (cut at max_tokens before any text)" if cut else ""
+            raise errors.EmptyAnswerError(f"{self.provider}: the answer is empty{why}", None, retry)
         if not isinstance(content, str):  # the lean path reads plain JSON, where a server may put anything
             raise errors.MalformedResponseError(f"{self.provider}: answer content is {type(content).__name__}, "
                                                 "not text")
@@ -353,16 +421,36 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             raise errors.TruncatedError(f"{self.provider}: the answer was cut at max_tokens (finish_reason "
                                         "length); raise sampling.max_tokens, or set backend.on_truncated="
                                         "keep or retry", None, retry)
+        if cut:  # kept, as asked, but never cached: a later run may want it whole
+            marks = _UNCACHEABLE.get()
+            if marks is not None:
+                marks.append("truncated")
         return str(content)
 
-    def _record_usage(self, usage: Any, model: str) -> None:
-        if usage is not None:
-            prompt = int(_read_field(usage, "prompt_tokens") or 0)
-            completion = int(_read_field(usage, "completion_tokens") or 0)
+    def _record_usage(self, usage: Any, model: str, estimate: tuple | None = None,
+                      texts: list | None = None) -> None:
+        """Count the reply's usage; when it reports none, settle at the estimate (never at 0).
+
+        The budget is charged the reserved worst case (``estimate``: prompt tokens, max answer
+        tokens); the tokens counted for ``cost_usd`` are the prompt's and the answer's estimates,
+        and the request is counted in ``estimated_usage`` so the stats say so.
+        """
+        pair = reply.usage_pair(usage)
+        ticket = _TICKET.get()
+        if pair is not None:
+            prompt, completion = pair
             self.stats.add_tokens(model, prompt, completion)
-            ticket = _TICKET.get()
             if ticket is not None:
                 ticket.used.append((prompt, completion))
+            return
+        if estimate is None:
+            return
+        prompt, worst = estimate
+        answered = sum(estimate_tokens(t) for t in texts or () if isinstance(t, str))
+        self.stats.add_tokens(model, prompt, answered)
+        self.stats.count("estimated_usage")
+        if ticket is not None:
+            ticket.used.append((prompt, worst))
 
     # ---- the public API -----------------------------------------------------------------
     def request_key(self, kind: str, model: str, body: Any, params: dict, n: int) -> dict:
@@ -428,9 +516,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
         async def once() -> dict:
             response = await send(**payload)
-            self._record_usage(_read_field(response, "usage"), model)
+            self._record_usage(reply.field(response, "usage"), model, (estimate_tokens(messages), 1))
             try:
-                return parse_reward_scores(response)
+                return parse_reward_scores(response, self.provider)
             except ValueError as exc:
                 raise ValueError(f"{model}: {exc}") from None
 

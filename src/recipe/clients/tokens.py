@@ -2,7 +2,7 @@
 
 ~4 characters a token (English text) plus 4 tokens a chat message for its role and markers.
 The context check (``stages/base.py``), the budget's worst-case reservation
-(``services/budget.py``) and the ``tpm`` pacing (``services/litellm_client.py``) all use it,
+(``clients/budget.py``) and the ``tpm`` pacing (``clients/litellm_client.py``) all use it,
 so they agree on what a prompt costs; the server's own count settles what the estimate misses.
 """
 

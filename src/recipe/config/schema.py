@@ -53,7 +53,7 @@ class BackendConfig:
     # The provider's batch API (OpenAI-compatible): about half the price, answers within the window.
     batch: bool = False
     batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
-    # How the server takes a JSON Schema (services/structured_output.py DIALECTS): openai, vllm,
+    # How the server takes a JSON Schema (clients/structured_output.py DIALECTS): openai, vllm,
     # nim, ollama, llamacpp or none; null: the provider's own.
     structured_output: Optional[str] = None
     # An answer cut at max_tokens (finish_reason "length"): keep it, make it an error record, or

@@ -43,7 +43,9 @@ def failure_record(stage: str, exc: BaseException, record: Any, *, ignore_conver
       connection, a refused future): it propagates as :class:`Interrupted`, never recorded;
     - a :class:`ParseError` stops the run when ``ignore_conversion_failure`` is false;
     - any other exception - ours, a TypeError in a template, a RecursionError - becomes the
-      record's error record, and the rest of the run goes on.
+      record's error record, and the rest of the run goes on; a bug of recipe's own code (a
+      TypeError, KeyError... raised in the package) is recorded as an :class:`InternalError`
+      naming the exception and the line that raised it.
     """
     if not isinstance(exc, Exception) or isinstance(exc, FATAL):
         raise exc
@@ -52,6 +54,11 @@ def failure_record(stage: str, exc: BaseException, record: Any, *, ignore_conver
     if isinstance(exc, errors.ParseError) and not ignore_conversion_failure:
         raise errors.ParseError(f"stage {stage!r}: {exc} "
                                 "(set ignore_conversion_failure=true to record and go on)") from None
+    if isinstance(exc, errors.OWN_BUGS):
+        from recipe.clients.error_mapping import raised_by_recipe
+
+        if raised_by_recipe(exc):
+            exc = errors.InternalError.of(exc)
     return error_record(stage, exc, record)
 
 

@@ -5,8 +5,10 @@ the same way. Retrying is pointless and writing one error record per input (thou
 hides the one-line cause, so when most of a stage's last requests failed with the same
 non-retryable class the stage raises :class:`~recipe.errors.CircuitOpenError` and the run stops.
 What was committed stays committed: fixing the cause and running the same command resumes.
-Record-specific failures (a prompt too long for the context, unparseable output, a bad input
-record) never count: they say nothing about the next record.
+Record-specific failures never count: they say nothing about the next record. Those are a
+prompt too long for the context, unparseable output, a bad input record, and every verdict on
+one record's content: a refusal, a content filter or policy 400, a truncated or empty answer.
+Only what every record would share (a wrong model, an unsupported parameter) counts.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ WINDOW = 20  # the last N request outcomes of a stage, in this process
 THRESHOLD = 0.8  # the share of them failing the same way that stops the run
 
 
+#: Outcomes about one record's content: never a sign that the next record fails the same way.
+PER_RECORD = (errors.ContextWindowError, errors.ContentFilterError, errors.RefusalError, errors.EmptyAnswerError,
+              errors.TruncatedError)
+
+
 def _cause(exc: BaseException | None) -> str | None:
     """The class that counts against the breaker, or None for a success or a record's own failure."""
-    if (isinstance(exc, errors.LLMError) and not exc.retryable
-            and not isinstance(exc, errors.ContextWindowError)):
+    if isinstance(exc, errors.LLMError) and not exc.retryable and not isinstance(exc, PER_RECORD):
         return type(exc).__name__
     return None
 

@@ -162,8 +162,12 @@ class _App:
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
-        self.retry = {"Retry-After": str(a.retry_after)}
         self.reset()
+
+    @property
+    def retry(self) -> dict[str, str]:
+        """The Retry-After header of a 429: seconds, or (``--retry-after-date``) an HTTP date."""
+        return _retry_after_header(self.a)
 
     def reset(self) -> None:
         a = self.a
@@ -185,6 +189,7 @@ class _App:
         # [the message answered, content] per reward or schema answer: what a test expects is read
         # from here (the wire), never recomputed from the stub's rules
         self.answers: list[list] = []
+        self.quirks = _Quirks(a)  # the wire's oddities (issue 21): their own region, below
 
     async def stats(self, request):
         return web.json_response({
@@ -194,7 +199,8 @@ class _App:
             "status_counts": dict(self.status), "max_in_flight": self.max_in_flight,
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
             "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers,
-            "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params})
+            "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params,
+            "quirks": self.quirks.counts})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -291,6 +297,9 @@ class _App:
         if fault == "429":
             return _error(429, "Rate limit reached", "rate_limit_exceeded",
                           "rate_limit_exceeded", headers=self.retry)
+        quirk = self.quirks.instead_of_answer()
+        if quirk is not None:
+            return quirk
         if a.latency > 0:
             s = a.jitter_sigma
             await asyncio.sleep(a.latency * (random.lognormvariate(-s * s / 2, s) if s else 1.0))
@@ -335,9 +344,16 @@ class _App:
         if a.usage:  # fixed usage per request, so that a priced model's cost is known exactly
             usage["prompt_tokens"], usage["completion_tokens"] = (int(x) for x in a.usage.split(","))
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        usage = self.quirks.usage(usage)
+        refused = chat and any("<<refuse>>" in p for p in prompts)
+        if refused:
+            self.answers.append([prompts[0], _refusal(prompts[0])])
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-stub{self.requests}", "object": obj,
                 "created": int(time.time()), "model": model}
+        if body.get("stream") and (refused or self.quirks.streams_oddly()):
+            return await self.quirks.stream(request, chat, head, choices, usage, body,
+                                            _refusal(prompts[0]) if refused else None)
         if body.get("stream"):
             return await self._stream(request, chat, head, choices, usage, body)
         finish = a.finish_reason
@@ -345,6 +361,7 @@ class _App:
                 "finish_reason": finish} if chat else
                {"index": i, "text": c, "logprobs": lp, "finish_reason": finish}
                for i, c, lp in choices]
+        out = self.quirks.choices(out, chat, _refusal(prompts[0]) if refused else None)
         text = json.dumps({**head, "choices": out, "usage": usage})
         if a.drip:
             return await self._drip(request, text.encode())
@@ -646,6 +663,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="create a batch, then wait this long before answering (a client killed meanwhile "
                         "never learns its id)")
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
+    _quirk_options(p)
     return p
 
 
@@ -688,6 +706,178 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(_serve(_parser().parse_args(argv)))
 
 
+# ---- the wire's oddities (issue 21) ------------------------------------------------------------
+# Each is off by default; StubServer takes them as keyword arguments (``stream_split="utf16"``).
+# A prompt containing ``<<refuse>>`` is refused as OpenAI refuses: ``content: null`` with ``refusal``
+# (its text is logged in ``answers``).
+
+_QUIRKS = {  # keyword: (flag, type, default, help)
+    "stream_split": ("--stream-split", str, "", ("utf16: each non-BMP character's UTF-16 halves in two chunks, "
+                     "as two \\u escapes; bytes: each multi-byte character's UTF-8 bytes split over two chunks")),
+    "stream_cut": ("--stream-cut", float, 0.0, "exact fraction of streamed answers cut short, no finish_reason"),
+    "cut_how": ("--cut-how", str, "close", "close: the socket is closed mid-answer; eof: the body ends cleanly"),
+    "stream_usage": ("--stream-usage", str, "asked", "asked: usage when stream_options.include_usage; never"),
+    "fail_409": ("--fail-409", float, 0.0, "exact fraction of requests answered 409 Conflict"),
+    "error_200": ("--error-200", float, 0.0, "exact fraction answered HTTP 200 with an {error: ...} body"),
+    "retry_after_date": ("--retry-after-date", int, 0, "1: a 429's Retry-After as an HTTP date"),
+    "content_form": ("--content-form", str, "string", "parts: message content as a list of text parts"),
+    "usage_form": ("--usage-form", str, "number", "string: usage numbers as strings with a fraction (\"5.5\")"),
+}
+_REFUSAL = "I'm sorry, I can't help with that: "
+
+
+def _quirk_options(p: argparse.ArgumentParser) -> None:
+    for flag, kind, default, text in _QUIRKS.values():
+        p.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _quirk_args(quirks: dict) -> list[str]:
+    unknown = set(quirks) - set(_QUIRKS)
+    if unknown:
+        raise TypeError(f"StubServer got unknown options: {sorted(unknown)}")
+    return [f"{_QUIRKS[k][0]}={v}" for k, v in quirks.items()]
+
+
+def _refusal(prompt: str) -> str:
+    return _REFUSAL + prompt[:40]
+
+
+def _retry_after_header(a: argparse.Namespace) -> dict[str, str]:
+    if getattr(a, "retry_after_date", 0):
+        import email.utils
+
+        # one second more than asked: an HTTP date has whole seconds, the wait must be at least retry_after
+        return {"Retry-After": email.utils.formatdate(time.time() + a.retry_after + 1, usegmt=True)}
+    return {"Retry-After": str(a.retry_after)}
+
+
+class _Quirks:
+    """The oddities real servers show on the wire, each on demand, counted in ``/_stats`` ``quirks``."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.faults = _Schedule({"409": a.fail_409, "error_200": a.error_200})
+        self.cuts = _Schedule({"cut": a.stream_cut})
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def instead_of_answer(self):
+        """A 409, or a 200 whose body is an error, in their exact fractions (None: answer)."""
+        fault = self.faults.next()
+        self.counts[fault] += 1
+        if fault == "409":
+            return _error(409, "Conflict: the request collided with another one (injected)", "conflict", None)
+        if fault == "error_200":
+            return web.json_response({"error": {"message": "The server had an error processing your request "
+                                                "(injected, in a 200)", "type": "server_error", "code": None}})
+        return None
+
+    def usage(self, usage: dict) -> dict:
+        if self.a.usage_form == "string":
+            return {k: f"{v}.5" for k, v in usage.items()}
+        return usage
+
+    def choices(self, out: list[dict], chat: bool, refusal: str | None) -> list[dict]:
+        """Non-streamed choices as the quirks in force shape them."""
+        if not chat:
+            return out
+        for choice in out:
+            message = choice["message"]
+            if refusal is not None:
+                message["content"], message["refusal"] = None, refusal
+                choice["finish_reason"] = "stop"
+            elif self.a.content_form == "parts" and isinstance(message.get("content"), str):
+                text = message["content"]
+                half = len(text) // 2
+                message["content"] = [{"type": "text", "text": text[:half]}, {"type": "text", "text": text[half:]}]
+        return out
+
+    def streams_oddly(self) -> bool:
+        a = self.a
+        return bool(a.stream_split or a.stream_cut or a.stream_usage != "asked")
+
+    @staticmethod
+    def _pieces(content: str, split: str) -> list[Any]:
+        """Pieces of ``content``: every character that can be split is split across two pieces."""
+        if split == "utf16":
+            units = content.encode("utf-16-le")
+            halves = [units[i:i + 2].decode("utf-16-le", "surrogatepass") for i in range(0, len(units), 2)]
+            out, piece = [], ""
+            for unit in halves:
+                piece += unit
+                if "\ud800" <= unit <= "\udbff":  # a high half: end the piece between the halves
+                    out.append(piece)
+                    piece = ""
+            return out + [piece] if piece else out
+        if split == "bytes":
+            out, piece = [], b""
+            for char in content:
+                raw = char.encode("utf-8")
+                if len(raw) > 1:
+                    out.append(piece + raw[:1])
+                    piece = raw[1:]
+                else:
+                    piece += raw
+            return out + [piece] if piece else out
+        step = max(1, math.ceil(len(content) / 8))
+        return [content[s:s + step] for s in range(0, len(content), step)]
+
+    async def stream(self, request, chat: bool, head: dict, choices: list, usage: dict, body: dict,
+                     refusal: str | None):
+        """Server-sent events, with the split, cut, usage and refusal quirks in force.
+
+        A cut stream stops after half of its first choice's pieces, with no finish_reason and no
+        ``[DONE]``. ``--cut-how close`` sends it as an HTTP/1.1 body delimited by closing the socket
+        (no length, not chunked: the client sees a clean end); ``eof`` ends a chunked body properly.
+        """
+        a = self.a
+        cut = self.cuts.next() == "cut"
+        self.counts["cut" if cut else "whole"] += 1
+        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+        events: list[bytes] = []
+
+        def send(choice_list: list, extra: dict | None = None) -> None:
+            chunk = {**head, "choices": choice_list, **(extra or {})}
+            if a.stream_split == "bytes":  # raw bytes of half a character: not valid UTF-8 alone
+                data = json.dumps(chunk, ensure_ascii=False).encode("utf-8", "surrogateescape")
+            else:
+                data = json.dumps(chunk).encode()  # ensure_ascii: a lone UTF-16 half is a \\u escape
+            events.append(b"data: " + data + b"\n\n")
+
+        for i, content, _ in choices:
+            key = "content" if refusal is None else "refusal"
+            content = refusal if refusal is not None else (content or "")
+            if chat:
+                send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                       "finish_reason": None}])
+            pieces = self._pieces(content, a.stream_split) if isinstance(content, str) else [content]
+            pieces = [p.decode("utf-8", "surrogateescape") if isinstance(p, bytes) else p for p in pieces]
+            if cut:
+                pieces = pieces[:max(1, len(pieces) // 2)]
+            for piece in pieces:
+                send([{"index": i, "delta": {key: piece}, "logprobs": None, "finish_reason": None} if chat
+                      else {"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
+            if cut:
+                break
+            send([{"index": i, "delta": {}, "logprobs": None, "finish_reason": a.finish_reason} if chat
+                  else {"index": i, "text": "", "logprobs": None, "finish_reason": a.finish_reason}])
+        if not cut:
+            if a.stream_usage == "asked" and (body.get("stream_options") or {}).get("include_usage"):
+                send([], {"usage": usage})
+            events.append(b"data: [DONE]\n\n")
+        if cut and a.cut_how == "close":
+            if request.transport is not None:
+                request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                        b"Connection: close\r\n\r\n" + b"".join(events))
+                request.transport.close()
+            return None  # the socket is closed: aiohttp discards whatever the handler returns
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for event in events:
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -702,7 +892,7 @@ class StubServer:
                  status: int = 0, drip: float = 0.0, port: int = 0,
                  models: str = "", schema_break: float = 0.0, usage: tuple[int, int] | None = None,
                  batch_seconds: float = 1.0, batch_expire: bool = False, pick: str = "length",
-                 echo_chars: int = 30, batch_create_delay: float = 0.0) -> None:
+                 echo_chars: int = 30, batch_create_delay: float = 0.0, **quirks: Any) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
@@ -722,6 +912,7 @@ class StubServer:
             self.args.append("--batch-expire")
         if batch_create_delay:
             self.args.append(f"--batch-create-delay={batch_create_delay}")
+        self.args += _quirk_args(quirks)
         self.port = port
         self._proc: ServerProcess | None = None
 
