@@ -94,6 +94,7 @@ def test_a_streamed_run_stops_at_the_budget_like_a_plain_one(stub_server, tmp_pa
         # counts a stream's tokens itself when the server reports none: that is its usage then)
         (attempt,) = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("attempts/*.json")]
         assert attempt["usage"]["estimated_usage"] == sent
+        assert stats["estimated_usage"] == sent  # and in stats.json
 
 
 # ---- item 12: a stream cut short ----------------------------------------------------------------
