@@ -10,10 +10,12 @@ from recipe.stages.judge import JudgeStage
 from recipe.stages.parse_list import ParseListStage
 from recipe.stages.read import ReadStage
 from recipe.stages.reward import RewardStage
+from recipe.stages.sample import SampleStage
 from recipe.stages.write import WriteStage
 
 __all__ = ["Stage", "LLMStage", "ReadStage", "GenerateStage", "ParseListStage", "ExplodeStage",
-           "FilterStage", "RewardStage", "JudgeStage", "DialogueStage", "DedupStage", "WriteStage"]
+           "FilterStage", "RewardStage", "JudgeStage", "DialogueStage", "DedupStage", "WriteStage",
+           "SampleStage"]
 
 # Recipe glue (recipes/*.yaml), one module each, and Nemotron-CC's rewrites.
 from recipe.stages.append_seeds import AppendSeedsStage  # noqa: E402
