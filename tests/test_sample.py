@@ -168,7 +168,7 @@ def test_an_expression_failing_on_one_record_makes_that_record_an_error(tmp_path
     server = stub_server()
     columns = {"k": {"sampler": "binomial", "n": 3, "p": 0.5}, "inverse": {"expression": "1 / k"}}
     conf = write_recipe(tmp_path, sample_recipe(columns, n=400))
-    run(tmp_path, server, conf)
+    run(tmp_path, server, conf, check_exit=3)  # the CLI's exit code when records failed
     good, bad = outputs(tmp_path / "out"), error_rows(tmp_path / "out")
     assert len(good) + len(bad) == 400
     assert bad and all("ZeroDivisionError" in e["_error"]["message"] and e["_error"]["stage"] == "sample" for e in bad)
