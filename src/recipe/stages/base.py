@@ -12,6 +12,7 @@ that record's error record; only what fails every record the same way stops the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass, field, fields
 from collections.abc import Awaitable, Iterable
 from typing import Annotated, Any, Literal, TypeVar
@@ -28,6 +29,8 @@ from recipe.stages.partition import carry, count_skipped, counting_filtered
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
+#: The record a model-call task is working on (each asyncio task has its own context).
+_current_record: contextvars.ContextVar[dict | None] = contextvars.ContextVar("recipe_current_record", default=None)
 
 # Errors that will fail every record the same way, or that stop the run: they propagate instead
 # of becoming N identical error records. (Repeated model-not-found or unsupported-parameter
@@ -178,6 +181,7 @@ class LLMStage(Stage):
             if not send:
                 count_skipped(self.name)
                 return [] if self.when_false == "drop" else [conditions.passed_over(record, self.outputs)]
+        _current_record.set(record)  # this task's own context: per-record sampling draws (sampling_for)
         result = await self.attempt(self.aprocess(llm, record), record)
         return result if isinstance(result, list) else [result]
 
@@ -231,7 +235,9 @@ class LLMStage(Stage):
         params = self.spec.sampling_params
         params.update({k: v for k, v in (self.sampling or {}).items()})
         params.update(extra)
-        return params
+        from recipe.samplers.per_request import draw
+
+        return draw(params, self.name, _current_record.get())  # a distribution: this record's value
 
     async def ask(self, llm, messages: list[dict], **extra: Any) -> list[str]:
         """One model query with this stage's sampling; the prompt is checked against the context."""
