@@ -554,3 +554,19 @@ def test_stub_product_reviews(stub_server, tmp_path):
         judged = json.loads(judged)
         assert r["judge_scores"] == {**{k: float(v) for k, v in judged.items()},
                                      "aggregate": sum(judged.values()) / len(judged)}
+
+
+def test_stub_persona_chat(stub_server, tmp_path):
+    server = stub_server()
+    summary, good, asked = stub_recipe("persona_chat", server, tmp_path, "recipe.n=9")
+    cfg = recipe.compose(overrides=["recipe=persona_chat"]).recipe
+    assert summary.records == 9 and asked == 9 * 4  # the openline, then answer, user turn, answer
+    for r in good:
+        assert set(r) == {"messages", "persona", "topic", "difficulty", "_id", "_parent"}
+        assert r["topic"] in cfg.columns.topic["values"] and r["difficulty"] in cfg.columns.difficulty["values"]
+        persona, c = r["persona"], r["messages"]
+        assert [t["role"] for t in c] == ["user", "assistant", "user", "assistant"]
+        assert c[0]["content"].startswith(f"echo: You are {persona['name']}: {persona['bio']}")
+        assert c[1]["content"] == f"echo: {c[0]['content']}"
+        assert c[2]["content"].startswith(f"echo: Here is a conversation between {persona['name']} ({persona['age']}, ")
+        assert c[3]["content"] == f"echo: {c[2]['content']}"
