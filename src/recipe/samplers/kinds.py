@@ -317,13 +317,21 @@ def _draw_uuid(p: dict, d: Draws, ctx: Context) -> np.ndarray:
     high = (high & np.uint64(0xFFFFFFFFFFFF0FFF)) | np.uint64(0x4000)
     low = (low & np.uint64(0x3FFFFFFFFFFFFFFF)) | np.uint64(0x8000000000000000)
     prefix, short = p.get("prefix", ""), p.get("short", False)
-    texts = [f"{h:016x}{l:016x}" for h, l in zip(high.tolist(), low.tolist())]
+    n = len(high)
+    # the hex digits of all records at once (one bytes.hex()), cut into columns with numpy
+    digits = np.frombuffer(np.stack([high, low], axis=1).astype(">u8").tobytes().hex().encode("ascii"),
+                           dtype="S1").reshape(n, 32)
     if short:
-        texts = [prefix + t[:8] for t in texts]
+        parts = [digits[:, :8]]
     else:
-        texts = [f"{prefix}{t[:8]}-{t[8:12]}-{t[12:16]}-{t[16:20]}-{t[20:]}" for t in texts]
-    if p.get("uppercase"):
-        texts = [t.upper() for t in texts]
+        dash = np.full((n, 1), b"-", dtype="S1")
+        parts = [digits[:, :8], dash, digits[:, 8:12], dash, digits[:, 12:16], dash, digits[:, 16:20], dash,
+                 digits[:, 20:]]
+    joined = np.ascontiguousarray(np.hstack(parts))
+    width = joined.shape[1]
+    texts = joined.view(f"S{width}").ravel().tolist() if n else []
+    upper = p.get("uppercase", False)
+    texts = [prefix + (t.decode("ascii").upper() if upper else t.decode("ascii")) for t in texts]
     return _objects(texts)
 
 

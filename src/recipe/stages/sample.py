@@ -21,7 +21,7 @@ from pydantic import Field
 from recipe.errors import ConfigError
 from recipe.stages.base import Stage, _apply_stage, failure_record
 from recipe.stages.read import ReadStage
-from recipe.stages.records import ID, PARENT, SOURCE, make_id, record_id
+from recipe.stages.records import ID, PARENT, SOURCE, record_id
 
 
 @dataclass
@@ -107,13 +107,13 @@ class SampleStage(ReadStage):
         keys = np.arange(start, end, dtype=np.uint64)
         outcome = draw(self.table, self.seed or 0, keys, None, f"recipe.stages.{self.name}")
         out = []
-        for offset, row in enumerate(outcome.rows):
+        for offset, (row, ident) in enumerate(zip(outcome.rows, record_ids(self.name, keys))):
             index = start + offset
-            ident = {ID: make_id(self.name, index), PARENT: None, SOURCE: f"{self.name}:{index}"}
             if row is None:
-                out.append(failure_record(self.name, outcome.errors[offset], ident))
+                out.append(failure_record(self.name, outcome.errors[offset],
+                                          {ID: ident, PARENT: None, SOURCE: f"{self.name}:{index}"}))
             else:
-                row.update(ident)
+                row[ID], row[PARENT], row[SOURCE] = ident, None, f"{self.name}:{index}"
                 out.append(row)
         return out
 
@@ -129,6 +129,14 @@ class SampleStage(ReadStage):
         outcome = draw(self.table, self.seed or 0, keys, records, f"recipe.stages.{self.name}")
         return [row if row is not None else failure_record(self.name, outcome.errors[i], records[i])
                 for i, row in enumerate(outcome.rows)]
+
+
+def record_ids(stage: str, keys) -> list[str]:
+    """The ``_id`` of each sampled record: 16 hex digits, a keyed hash of the stage's name and the
+    record's index (vectorised: hashing each id on its own was a third of the sampling time)."""
+    from recipe.samplers.keyed import bits, stream
+
+    return [f"{v:016x}" for v in bits(keys, stream(0, stage, -1, -1)).tolist()]
 
 
 def _sample_ranges(ranges: Any, stage: SampleStage) -> list[dict]:
