@@ -218,3 +218,54 @@ def test_each_bad_column_is_one_error_line_naming_it_before_any_request(tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert f"recipe.stages.sample.{expected}" in lines[0], lines[0]
     assert server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
+
+
+def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
+    from scipy import stats
+
+    server = stub_server()
+    write_jsonl(tmp_path / "products.jsonl", [{"sku": f"s{i}", "name": f"product {i}"} for i in range(50)])
+    hub = tmp_path / "hub_folder" / "data"
+    hub.mkdir(parents=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"city": [f"c{i}" for i in range(7)]}), hub / "train-00000.parquet")
+    columns = {
+        "z": {"sampler": "scipy", "dist": "gamma", "params": {"a": 2.0, "scale": 3.0}},
+        "woman": {"sampler": "person", "sex": "Female", "age_range": [30, 40], "locale": "en_GB"},
+        "product": {"sampler": "dataset", "path": str(tmp_path / "products.jsonl"), "replace": False},
+        "sku_only": {"sampler": "dataset", "path": str(tmp_path / "products.jsonl"), "field": "sku"},
+        "city": {"sampler": "dataset", "path": str(tmp_path / "hub_folder"), "field": "city"},
+        "when": {"sampler": "datetime", "start": "2024-03-01T00:00:00", "end": "2024-03-01T23:59:59", "unit": "s",
+                 "convert_to": "%H:%M"},
+    }
+    conf = write_recipe(tmp_path, sample_recipe(columns, n=2000))
+    run(tmp_path, server, conf, "dask.partition_size=300")
+    records = outputs(tmp_path / "out")
+    assert len(records) == 2000
+    assert stats.kstest([r["z"] for r in records], stats.gamma(2.0, scale=3.0).cdf).pvalue > 0.001
+    for r in records:
+        assert r["woman"]["sex"] == "Female" and 30 <= r["woman"]["age"] <= 40
+        assert r["woman"]["country"] == "United Kingdom"
+        assert r["sku_only"] in {f"s{i}" for i in range(50)} and r["city"] in {f"c{i}" for i in range(7)}
+        assert len(r["when"]) == 5 and r["when"][2] == ":"
+    # without replacement: every 50 records take each row once
+    for start in range(0, 2000, 50):
+        assert sorted(r["product"]["sku"] for r in records[start:start + 50]) == sorted(f"s{i}" for i in range(50))
+    assert len({r["city"] for r in records}) == 7 and len({r["woman"]["name"] for r in records}) > 500
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ({"sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage first in a recipe needs n"),
+    ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
+      "sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"expression": "missing_field + 1"}}},
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "stage 'sample' reads 'missing_field'"),
+])
+def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_server, stages, expected):
+    server = stub_server()
+    conf = write_recipe(tmp_path, stages)
+    result = run(tmp_path, server, conf, check_exit=2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
