@@ -269,3 +269,13 @@ def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_serv
     result = run(tmp_path, server, conf, check_exit=2)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def test_target_records_takes_the_first_records_of_the_whole_run(tmp_path, stub_server):
+    server = stub_server()
+    columns = {"category": CATEGORY, "price": COLUMNS["price"], "who": {"sampler": "person"}}
+    conf = write_recipe(tmp_path, sample_recipe(columns, n=400, constraints=["price > 5"]))
+    run(tmp_path, server, conf, "dask.partition_size=50", out="whole")
+    run(tmp_path, server, conf, "target.records=130", out="target")
+    whole, target = outputs(tmp_path / "whole"), outputs(tmp_path / "target")
+    assert len(target) == 130 and target == whole[:130]
