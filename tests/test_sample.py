@@ -166,14 +166,19 @@ def test_columns_added_to_incoming_records_do_not_depend_on_partitioning(tmp_pat
 
 def test_an_expression_failing_on_one_record_makes_that_record_an_error(tmp_path, stub_server):
     server = stub_server()
-    columns = {"k": {"sampler": "binomial", "n": 3, "p": 0.5}, "inverse": {"expression": "1 / k"}}
+    columns = {"k": {"sampler": "binomial", "n": 3, "p": 0.5}, "inverse": {"expression": "1 / k"},
+               "x": {"sampler": "gaussian", "mean": 0, "stddev": 1}, "y": {"expression": "x * 1.1", "round": 3}}
     conf = write_recipe(tmp_path, sample_recipe(columns, n=400))
-    run(tmp_path, server, conf, check_exit=3)  # the CLI's exit code when records failed
+    run(tmp_path, server, conf, "dask.partition_size=400", check_exit=3)  # the CLI's exit code when records failed
     good, bad = outputs(tmp_path / "out"), error_rows(tmp_path / "out")
     assert len(good) + len(bad) == 400
     assert bad and all("ZeroDivisionError" in e["_error"]["message"] and e["_error"]["stage"] == "sample" for e in bad)
     assert all(r["k"] > 0 and r["inverse"] == 1 / r["k"] for r in good)
     assert len(bad) == 400 - len(good) and 20 < len(bad) < 80  # binomial(3, 0.5): k = 0 one time in 8
+    # partitions with and without a failing record evaluate expressions differently (record by record,
+    # or over whole columns): the values are the same either way
+    run(tmp_path, server, conf, "dask.partition_size=7", out="small", check_exit=3)
+    assert part_bytes(tmp_path / "small") == part_bytes(tmp_path / "out")
 
 
 def test_a_constraint_that_rejects_almost_everything_stops_with_one_line(tmp_path, stub_server):

@@ -170,13 +170,9 @@ def _binomial_cdf(n: int, p: float) -> np.ndarray:
     if p in (0.0, 1.0):
         pmf = (k == (n if p == 1.0 else 0)).astype(np.float64)
     else:
-        log_choose = _lgamma(n + 1) - _lgamma_array(k + 1) - _lgamma_array(n - k + 1)
+        log_choose = math.lgamma(n + 1) - _lgamma_array(k + 1) - _lgamma_array(n - k + 1)
         pmf = np.exp(log_choose + k * math.log(p) + (n - k) * math.log1p(-p))
     return np.cumsum(pmf)
-
-
-def _lgamma(x: float) -> float:
-    return math.lgamma(x)
 
 
 def _lgamma_array(x: np.ndarray) -> np.ndarray:

@@ -42,16 +42,10 @@ class Column:
         return [self.params] + [params for _, params in self.variants]
 
 
-def _globals() -> set[str]:
-    from recipe.stages.templates import _ENV
-
-    return set(_ENV.globals)
-
-
 def _refs(source: str) -> set[str]:
     from recipe.stages.templates import expression_fields
 
-    return set(expression_fields(source)) - _globals()
+    return set(expression_fields(source))
 
 
 class Table:
@@ -121,7 +115,7 @@ class Table:
             if "sampler" in spec and spec["sampler"] != "expression":
                 self._say(where, "give either sampler or expression, not both")
             column.expression = spec["expression"]
-            unknown = sorted(set(spec) - set(COLUMN_KEYS) - {"conditional"})
+            unknown = sorted(set(spec) - {"sampler", "expression", "convert_to", "round", "drop"})
             if unknown:
                 self._say(where, f"unknown key {unknown[0]!r} (an expression column takes: expression, "
                                  "convert_to, round, drop)")
@@ -135,7 +129,7 @@ class Table:
                 return None
             column.kind, column.sampler = kind, sampler
             base = {k: v for k, v in spec.items() if k not in COLUMN_KEYS}
-            column.params = self._params(where, kind, sampler, base, complete=True)
+            column.params = self._params(where, kind, sampler, base)
             conditional = spec.get("conditional") or {}
             if not isinstance(conditional, dict):
                 self._say(f"{where}.conditional", "conditional must map an expression to the parameters it sets")
@@ -146,7 +140,7 @@ class Table:
                     self._say(cwhere, f"{condition!r} must map to parameters of {sampler}, not {changes!r:.60}")
                     continue
                 if self._expression_ok(cwhere, condition, earlier, later | {name}, "condition"):
-                    params = self._params(f"{cwhere}[{condition!r}]", kind, sampler, {**base, **changes}, complete=True)
+                    params = self._params(f"{cwhere}[{condition!r}]", kind, sampler, {**base, **changes})
                     column.variants.append((condition, params))
             for param in kind.refers:
                 for params in column.all_params():
@@ -159,7 +153,7 @@ class Table:
         self._conversion(where, column)
         return column if len(self.problems) == before else None
 
-    def _params(self, where: str, kind: Kind, sampler: str, params: dict, complete: bool) -> dict:
+    def _params(self, where: str, kind: Kind, sampler: str, params: dict) -> dict:
         unknown = sorted(set(params) - set(kind.names()))
         for name in unknown:
             self._say(where, f"unknown parameter {name!r} ({sampler} takes: {', '.join(kind.names())})")
@@ -259,8 +253,8 @@ def _convert(column: Column, values: np.ndarray) -> tuple[np.ndarray, list]:
             return _objects(out), out
         return values, values.tolist()
     out = values.tolist()
-    if column.round is not None:
-        out = [round(v, column.round) if isinstance(v, float) else v for v in out]
+    if column.round is not None:  # numpy's rounding, as for numeric arrays: one rule however it was computed
+        out = [float(np.round(v, column.round)) if isinstance(v, float) else v for v in out]
     if convert in CONVERSIONS:
         cast = {"int": int, "float": float, "str": str}[convert]
         out = [cast(v) if v is not None else None for v in out]

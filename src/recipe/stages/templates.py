@@ -88,6 +88,6 @@ def compile_expression(source: str):
 
 
 def expression_fields(source: str) -> frozenset[str]:
-    """The variables an expression reads."""
+    """The variables an expression reads (the sandbox's own globals, such as ``range``, left out)."""
     compile_expression(source)
-    return fields_used("{{ (" + source + ") }}")
+    return fields_used("{{ (" + source + ") }}") - frozenset(_ENV.globals)
