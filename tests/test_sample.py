@@ -267,6 +267,9 @@ def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
     ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
       "sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"expression": "missing_field + 1"}}},
       "write": {"_target_": "recipe.stages.WriteStage"}}, "stage 'sample' reads 'missing_field'"),
+    ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
+      "sample": {"_target_": "recipe.stages.SampleStage", "n": 5, "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage with n is a recipe's source"),
 ])
 def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_server, stages, expected):
     server = stub_server()

@@ -93,6 +93,9 @@ class SampleStage(ReadStage):
 
     def __call__(self, bag: db.Bag | None = None) -> db.Bag:
         if self.n is not None:
+            if bag is not None:  # the records before it would be thrown away
+                raise ConfigError(f"recipe.stages.{self.name}: a sample stage with n is a recipe's source: "
+                                  "put it first, or leave out n to add its columns to the records before it")
             return self.read(self.plan())
         if bag is None:
             self.plan()  # raises: nothing to add columns to
