@@ -208,6 +208,9 @@ def test_mistakes_are_one_clear_line(override, needle):
 
 def test_bad_type_names_the_reason():
     with pytest.raises(ConfigError, match="could not be converted"):
+        compose(["sampling.max_tokens=warm"])
+    # temperature and top_p also take a distribution ({uniform: [lo, hi]}): the schema's own check names it
+    with pytest.raises(ConfigError, match="sampling.temperature='warm': must be a number"):
         compose(["sampling.temperature=warm"])
 
 

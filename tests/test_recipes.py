@@ -23,7 +23,7 @@ from recipe.config.compose import resolved_container
 from recipe.errors import ConfigError, ParseError
 from recipe.clients.factory import ClientSpec
 from recipe.engine.runner import build_stages
-from recipe.stages import AppendSeedsStage, ReadStage, WriteStage
+from recipe.stages import AppendSeedsStage, ReadStage, SampleStage, WriteStage
 from recipe.stages.records import make_id
 
 RECIPES = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
@@ -50,8 +50,9 @@ def test_recipe_composes_and_builds(name):
     text = (paths.recipes_dir() / f"{name}.yaml").read_text()
     assert text.startswith("#") and f"recipe={name}" in text.split("\nname:")[0], "header shows the command"
     read = stages[0]
-    if not read.seeds:  # a recipe that reads input ships a sample, so recipe=NAME alone runs
-        assert Path(read.path).is_file(), read.path
+    if not read.seeds:  # a recipe that reads input ships a sample (or samples its records), so recipe=NAME alone runs
+        if not isinstance(read, SampleStage):
+            assert Path(read.path).is_file(), read.path
         records = read(None).compute()
         assert records and not any("_error" in r for r in records)
 
@@ -526,3 +527,46 @@ def test_open_qa_combines_and_appends_topics(stub_server, tmp_path):
     assert {r["macro_topic"] for r in good if "macro_topic" in r} >= {"Cooking"}
     _, stages = _stages(["recipe=open_qa", "recipe.additional_subtopics=[Knots]"])
     _check_lineage(good, _roots(stages))
+
+
+def test_stub_product_reviews(stub_server, tmp_path):
+    server = stub_server()
+    summary, good, asked = stub_recipe("product_reviews", server, tmp_path, "recipe.n=12", "sampling.seed=5")
+    assert summary.records == 12 and asked == 12 * 2  # a review and a judgement per record
+    data, _ = _stages(["recipe=product_reviews"])
+    columns = data["recipe"]["columns"]
+    answers = _answers(server)
+    for r in good:
+        assert set(r) == {"review_id", "product", "customer", "rating", "tone", "date", "title", "text",
+                          "would_recommend", "judge_scores", "_id", "_parent"}
+        product = r["product"]
+        assert product["subcategory"] in columns["subcategory"]["values"][product["category"]]
+        assert isinstance(r["rating"], int) and 1 <= r["rating"] <= 5 and product["price"] >= 3
+        tones = next((v["values"] for cond, v in columns["tone"]["conditional"].items()
+                      if eval(cond, {}, {"rating": r["rating"]})), columns["tone"]["values"])  # noqa: S307 - the recipe's own
+        assert r["tone"] in tones
+        assert set(r["customer"]) >= {"name", "sex", "age", "city", "state", "country", "occupation", "education", "bio"}
+        (review,) = [json.loads(c) for m, c in answers.items() if r["customer"]["bio"] in m and "customer review" in m]
+        assert (r["title"], r["text"], r["would_recommend"]) == (review["title"], review["body"], review["would_recommend"])
+        asked_judge = f"Product: {product['subcategory']}, rated {r['rating']} of 5 stars, tone {r['tone']}."
+        # identical judge prompts (the stub's bodies are short) get one answer: the set has one member
+        (judged,) = {c for m, c in answers.items() if asked_judge in m and review["body"] in m}
+        judged = json.loads(judged)
+        assert r["judge_scores"] == {**{k: float(v) for k, v in judged.items()},
+                                     "aggregate": sum(judged.values()) / len(judged)}
+
+
+def test_stub_persona_chat(stub_server, tmp_path):
+    server = stub_server()
+    summary, good, asked = stub_recipe("persona_chat", server, tmp_path, "recipe.n=9")
+    cfg = recipe.compose(overrides=["recipe=persona_chat"]).recipe
+    assert summary.records == 9 and asked == 9 * 4  # the openline, then answer, user turn, answer
+    for r in good:
+        assert set(r) == {"messages", "persona", "topic", "difficulty", "_id", "_parent"}
+        assert r["topic"] in cfg.columns.topic["values"] and r["difficulty"] in cfg.columns.difficulty["values"]
+        persona, c = r["persona"], r["messages"]
+        assert [t["role"] for t in c] == ["user", "assistant", "user", "assistant"]
+        assert c[0]["content"].startswith(f"echo: You are {persona['name']}: {persona['bio']}")
+        assert c[1]["content"] == f"echo: {c[0]['content']}"
+        assert c[2]["content"].startswith(f"echo: Here is a conversation between {persona['name']} ({persona['age']}, ")
+        assert c[3]["content"] == f"echo: {c[2]['content']}"

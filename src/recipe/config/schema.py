@@ -71,8 +71,8 @@ class FormatterConfig:
 
 @dataclass
 class SamplingConfig:
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
+    temperature: Optional[Any] = None  # a number, or a per-request distribution (samplers/per_request.py)
+    top_p: Optional[Any] = None
     top_k: Optional[int] = None
     max_tokens: Optional[int] = None
     n: int = 1
@@ -270,6 +270,11 @@ def sampling_problems(sampling: Any, where: str) -> list[str]:
                 problems.append(f"{where}.stop={value!r}: must be a string or a list of strings")
             continue
         kind, ok, message = _SAMPLING_RANGES[key]
+        from recipe.config import distributions
+
+        if distributions.is_distribution(value):
+            problems += distributions.problems(key, value, where, ok)
+            continue
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not numeric or (kind is int and not isinstance(value, int)):
             problems.append(f"{where}.{key}={value!r}: must be {'an integer' if kind is int else 'a number'}")

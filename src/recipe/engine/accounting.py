@@ -114,6 +114,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "transient_failed": done["transient_failed"],
         "filtered": total["filtered"] if done["filtered"] is None else done["filtered"],
         "deduplicated": _deduplicated(attempts) if done["deduplicated"] is None else done["deduplicated"],
+        "skipped": done["skipped"],
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],

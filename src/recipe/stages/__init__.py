@@ -10,10 +10,12 @@ from recipe.stages.quality.judge import JudgeStage
 from recipe.stages.transform.parse_list import ParseListStage
 from recipe.stages.io.read import ReadStage
 from recipe.stages.llm.reward import RewardStage
+from recipe.stages.io.sample import SampleStage
 from recipe.stages.io.write import WriteStage
 
 __all__ = ["Stage", "LLMStage", "ReadStage", "GenerateStage", "ParseListStage", "ExplodeStage",
-           "FilterStage", "RewardStage", "JudgeStage", "DialogueStage", "DedupStage", "WriteStage"]
+           "FilterStage", "RewardStage", "JudgeStage", "DialogueStage", "DedupStage", "WriteStage",
+           "SampleStage"]
 
 # Recipe glue (recipes/*.yaml), one module each, and Nemotron-CC's rewrites.
 from recipe.stages.transform.append_seeds import AppendSeedsStage  # noqa: E402

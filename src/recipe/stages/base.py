@@ -12,21 +12,25 @@ that record's error record; only what fails every record the same way stops the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass, field, fields
 from collections.abc import Awaitable, Iterable
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import dask.bag as db
+from pydantic import AfterValidator
 
 from recipe import errors
 from recipe.clients.factory import ClientSpec, shared_async_client
 from recipe.clients.event_loop import cancelled, check_cancelled, run_sync
 from recipe.clients.tokens import estimate_tokens
-from recipe.stages import breaker, params, progress
-from recipe.stages.partition import carry, counting_filtered
+from recipe.stages import breaker, conditions, params, progress
+from recipe.stages.partition import carry, count_skipped, counting_filtered
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
+#: The record a model-call task is working on (each asyncio task has its own context).
+_current_record: contextvars.ContextVar[dict | None] = contextvars.ContextVar("recipe_current_record", default=None)
 
 # Errors that will fail every record the same way, or that stop the run: they propagate instead
 # of becoming N identical error records. (Repeated model-not-found or unsupported-parameter
@@ -121,7 +125,7 @@ def _apply_stage(partition, stage: Stage) -> list[dict]:
     passed = [r for r in records if is_error(r)]
     with counting_filtered() as tally:
         out = passed + (stage.process_partition(good) if good else [])
-    return carry(partition, out, filtered=tally.filtered)
+    return carry(partition, out, filtered=tally.filtered, skipped=tally.skipped)
 
 
 @dataclass
@@ -130,7 +134,8 @@ class LLMStage(Stage):
 
     ``sampling`` overrides the run's sampling keys for this stage only (for example a higher
     temperature for topic generation); ``ignore_conversion_failure`` decides whether a
-    :class:`ParseError` becomes an error record (true) or stops the run (false).
+    :class:`ParseError` becomes an error record (true) or stops the run (false). ``when`` sends the
+    request only where the expression holds (see :mod:`recipe.stages.conditions`).
     """
 
     client: ClientSpec | None = None
@@ -138,6 +143,8 @@ class LLMStage(Stage):
     ignore_conversion_failure: bool = True
     model: str | None = None  # another model for this stage (e.g. a reward model)
     backend: dict | None = field(default_factory=dict)  # backend keys to change for this stage
+    when: Annotated[str | None, AfterValidator(conditions.valid)] = None
+    when_false: Literal["null", "drop"] = "null"  # a record its `when` skips: output fields null, or dropped
 
     @property
     def spec(self) -> ClientSpec:
@@ -173,6 +180,15 @@ class LLMStage(Stage):
 
     async def _guarded(self, llm, record: dict) -> list[dict]:
         """One record's outputs, or its error record; only run-stopping errors propagate."""
+        if self.when is not None:
+            try:
+                send = conditions.holds(self.when, record)
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
+                return [failure_record(self.name, exc, record)]
+            if not send:
+                count_skipped(self.name)
+                return [] if self.when_false == "drop" else [conditions.passed_over(record, self.outputs)]
+        _current_record.set(record)  # this task's own context: per-record sampling draws (sampling_for)
         result = await self.attempt(self.aprocess(llm, record), record)
         return result if isinstance(result, list) else [result]
 
@@ -226,7 +242,9 @@ class LLMStage(Stage):
         params = self.spec.sampling_params
         params.update({k: v for k, v in (self.sampling or {}).items()})
         params.update(extra)
-        return params
+        from recipe.stages.samplers.per_request import draw
+
+        return draw(params, self.name, _current_record.get())  # a distribution: this record's value
 
     async def ask(self, llm, messages: list[dict], **extra: Any) -> list[str]:
         """One model query with this stage's sampling; the prompt is checked against the context."""

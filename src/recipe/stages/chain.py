@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from recipe.errors import ConfigError
+from recipe.stages import conditions
 from recipe.stages.records import RESERVED
 
 
@@ -30,7 +31,7 @@ def problems(stages: Sequence, input_fields: set[str] | None = None) -> list[str
     found: list[str] = []
     for stage in stages:
         try:
-            reads = stage.inputs
+            reads = set(stage.inputs) | conditions.fields(getattr(stage, "when", None))
         except ConfigError as exc:  # a template that does not compile
             found.append(f"stage {stage.name!r}: {exc}")
             reads = set()

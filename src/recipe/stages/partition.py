@@ -27,20 +27,27 @@ class Partition(list):
 def dropped(partition: Iterable) -> dict:
     """What the stages before dropped from ``partition`` (empty for a plain list)."""
     found = getattr(partition, "dropped", None) or {}
-    return {"filtered": int(found.get("filtered", 0)), "deduplicated": dict(found.get("deduplicated") or {})}
+    return {"filtered": int(found.get("filtered", 0)), "deduplicated": dict(found.get("deduplicated") or {}),
+            "skipped": dict(found.get("skipped") or {})}
 
 
-def carry(source: Iterable, records: list, filtered: int = 0, deduplicated: dict | None = None) -> Partition:
-    """``records`` as the next partition: what ``source`` carried, plus this stage's drops."""
+def carry(source: Iterable, records: list, filtered: int = 0, deduplicated: dict | None = None,
+          skipped: dict | None = None) -> Partition:
+    """``records`` as the next partition: what ``source`` carried, plus this stage's drops (and the
+    records its ``when`` skipped: not dropped unless ``when_false: drop``, but counted the same way)."""
     counts = dropped(source)
     counts["filtered"] += filtered
-    for stage, count in (deduplicated or {}).items():
-        counts["deduplicated"][stage] = counts["deduplicated"].get(stage, 0) + count
+    for key, extra in (("deduplicated", deduplicated), ("skipped", skipped)):
+        for stage, count in (extra or {}).items():
+            counts[key][stage] = counts[key].get(stage, 0) + count
     return Partition(records, counts)
 
 
 class _Tally:
     filtered = 0
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}
 
 
 _tally: contextvars.ContextVar[_Tally | None] = contextvars.ContextVar("recipe_partition_tally", default=None)
@@ -62,3 +69,10 @@ def count_filtered(count: int) -> None:
     tally = _tally.get()
     if tally is not None:
         tally.filtered += count
+
+
+def count_skipped(stage: str) -> None:
+    """One record ``stage`` did not send because its ``when`` did not hold."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.skipped[stage] = tally.skipped.get(stage, 0) + 1

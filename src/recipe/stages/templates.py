@@ -75,3 +75,19 @@ def render(source: str, fields: dict, may_be_blank: tuple[str, ...] = ()) -> str
         raise ConfigError(f"prompt template {source[:80]!r} was refused by Jinja's sandbox: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a record's values the template cannot use
         raise InputError(f"prompt template failed on this record: {type(exc).__name__}: {exc}") from None
+
+
+@lru_cache(maxsize=512)
+def compile_expression(source: str):
+    """A Jinja expression (``rating <= 2``, ``price * 1.2``) in the templates' sandbox: called with a
+    record's mapping, it returns a value, not text. A syntax error is a :class:`ConfigError`."""
+    try:
+        return _ENV.compile_expression(source, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"expression {source!r} does not parse: {exc.message}") from None
+
+
+def expression_fields(source: str) -> frozenset[str]:
+    """The variables an expression reads (the sandbox's own globals, such as ``range``, left out)."""
+    compile_expression(source)
+    return fields_used("{{ (" + source + ") }}") - frozenset(_ENV.globals)

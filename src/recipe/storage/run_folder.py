@@ -381,7 +381,7 @@ def sum_manifests(manifests: dict[int, dict]) -> dict:
     """Records and failures of the committed partitions."""
     by_class: dict[str, int] = {}
     json_fields: set[str] = set()
-    filtered, deduplicated = 0, {}
+    filtered, deduplicated, skipped = 0, {}, {}
     for manifest in manifests.values():
         for name, count in (manifest.get("failures") or {}).items():
             by_class[name] = by_class.get(name, 0) + count
@@ -390,11 +390,13 @@ def sum_manifests(manifests: dict[int, dict]) -> dict:
         filtered += int(drops.get("filtered", 0))
         for stage, count in (drops.get("deduplicated") or {}).items():
             deduplicated[stage] = deduplicated.get(stage, 0) + count
+        for stage, count in (drops.get("skipped") or {}).items():  # an LLM stage's `when` did not hold
+            skipped[stage] = skipped.get(stage, 0) + count
     # dropped records, each counted once (None: a manifest written before they were counted there)
     counted = all("dropped" in m for m in manifests.values())
     return {"records": sum(m.get("records", 0) for m in manifests.values()),
             "filtered": filtered if counted else None,
-            "deduplicated": deduplicated if counted else None,
+            "deduplicated": deduplicated if counted else None, "skipped": skipped,
             "failed": sum(by_class.values()), "failed_by_class": by_class,
             "transient_failed": sum(m.get("transient", 0) for m in manifests.values()),
             "partitions": len(manifests), "json_fields": sorted(json_fields)}

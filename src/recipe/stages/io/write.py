@@ -136,13 +136,27 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
 class WriteStage(Stage):
     """The last stage: returns a bag with one manifest per partition (records, errors, ...).
 
-    ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.io.hf_dataset`).
+    ``format: hf`` writes a Hugging Face dataset (see :mod:`recipe.stages.io.hf_dataset`). ``shape``
+    (templates building each record) and ``fields`` (keep, drop, rename): see :mod:`recipe.stages.io.shape`.
 
-    Input columns: none required (every field is written). Output columns: none.
+    Input columns: the fields ``shape`` uses (else none: every field is written). Output columns: none.
     """
 
     path: str | None = None  # the runner fills in output_dir
     format: Literal["jsonl", "parquet", "hf"] = "jsonl"
+    fields: dict | None = None
+    shape: dict | None = None
+
+    def rules(self):
+        from recipe.stages.io.shape import problems
+
+        yield from problems(self.shape, self.fields)
+
+    @property
+    def inputs(self) -> set[str]:
+        from recipe.stages.io.shape import fields_read
+
+        return fields_read(self.shape)
 
     def __call__(self, bag: db.Bag) -> db.Bag:
         return self.write(bag)
@@ -161,6 +175,10 @@ class WriteStage(Stage):
         if not self.path:
             raise ConfigError(f"stage {self.name!r}: no output path (set output_dir)")
         storage.makedirs(self.path)
+        if self.shape or self.fields:
+            from recipe.stages.io.shape import shape_partition
+
+            bag = bag.map_partitions(shape_partition, self.name, self.shape, self.fields, token=f"{self.name}-shape")
         if only is not None and not only:  # every partition is committed: not even a graph to optimize
             return db.from_sequence([], npartitions=1)
         parts = bag.to_delayed()
