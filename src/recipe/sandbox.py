@@ -1,0 +1,209 @@
+"""Running untrusted Python: one sandboxed process per run, its limits, and what it said.
+
+The code a model wrote is run by :func:`run_python` in a process of its own
+(:mod:`recipe.sandbox_child` sets it up), with:
+
+- limits that hold everywhere (rlimits): CPU time, address space (memory), process count, file
+  size, open files; no core dumps; a wall-clock limit that kills the sandbox's processes;
+- an empty temporary working directory, removed afterwards;
+- a minimal environment built from nothing (``PATH``, ``HOME``, ``TMPDIR``, ``LANG``): no API
+  key or other variable of ours reaches it;
+- no inherited file descriptors (``close_fds``), stdin from ``/dev/null``;
+- stdout and stderr read up to ``output_bytes`` in all; past that the run is stopped.
+
+As root (this project's containers), and wherever Linux namespaces are allowed, it also gets:
+its own network namespace (no network at all: only a loopback that is down), its own PID
+namespace (it sees and signals only its own processes; the wall clock kills all of them at
+once), every mount read-only except the working directory, and it runs as ``nobody`` (so
+``RLIMIT_NPROC`` counts, and files of ours are out of reach).
+
+**Not isolated** where namespaces are refused (no root and no unprivileged user namespaces, or
+a container that forbids ``unshare``): the network, the file system (the code can write
+wherever our user can), other processes of our user (it could signal them, read their
+``/proc/*/environ``). Each result's ``isolation`` lists what held, so a run can tell. Use a
+container or VM per run for code that may be targeted at the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_CHILD = str(Path(__file__).with_name("sandbox_child.py"))
+_SETUP_FAILED = 121
+_SETUP_SECONDS = 5.0  # beyond the wall clock: the interpreter's start and the namespaces
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run (not the code's fault): the record becomes an error record."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use; every value has a floor that holds without namespaces."""
+
+    cpu_seconds: int = 5
+    wall_seconds: float = 10.0
+    memory_mb: int = 512
+    processes: int = 32
+    output_bytes: int = 64 * 1024
+    file_mb: int = 16
+    open_files: int = 64
+    keep_chars: int = 2000  # of stdout and stderr, kept in the result
+
+
+def _nobody() -> tuple[int | None, int | None]:
+    if os.geteuid() != 0:
+        return None, None
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def minimal_env(workdir: str) -> dict[str, str]:
+    """The sandbox's whole environment: built from nothing, never a filtered copy of ours."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_capped(proc: subprocess.Popen, cap: int, deadline: float) -> tuple[bytes, bytes, bool, bool]:
+    """stdout, stderr (together at most ``cap`` bytes), whether the cap was passed, whether the
+    deadline was; the process group is killed at either."""
+    chunks: dict[Any, list[bytes]] = {proc.stdout: [], proc.stderr: []}
+    total, over, late = 0, False, False
+    with selectors.DefaultSelector() as sel:
+        for pipe in chunks:
+            sel.register(pipe, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = True
+                _kill_group(proc.pid)
+                break
+            for key, _ in sel.select(timeout=left):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                room = cap - total
+                chunks[key.fileobj].append(data[:room])
+                total += len(data)
+                if total > cap:
+                    over = True
+            if over:
+                _kill_group(proc.pid)
+                break
+    return b"".join(chunks[proc.stdout]), b"".join(chunks[proc.stderr]), over, late
+
+
+def _failed_line(stderr: str, code: str) -> tuple[str | None, str | None]:
+    """The traceback's last line (the exception) and, for an assertion, the source line that failed."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return None, None
+    last = lines[-1].strip()
+    assertion = None
+    if last.startswith("AssertionError"):
+        marks = [line for line in lines if line.strip().startswith('File "solution.py", line ')]
+        if marks:
+            try:
+                number = int(marks[-1].split("line ")[1].split(",")[0])
+                assertion = code.splitlines()[number - 1].strip()
+            except (ValueError, IndexError):
+                pass
+    return last, assertion
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) -> dict:
+    """Run ``code`` in a sandbox; ``{ok, error, stdout, stderr, failed_assertion, isolation, ...}``.
+
+    ``ok`` is true when the code ran to the end (exit status 0). ``error`` says why not, in one
+    line: the exception, the limit hit, the signal. Raises :class:`SandboxError` only when the
+    sandbox itself failed to start.
+    """
+    base = tempfile.mkdtemp(prefix="recipe-sandbox-")
+    proc: subprocess.Popen | None = None
+    try:
+        os.chmod(base, 0o711)  # the code may pass through, never write here (status.json lives here)
+        workdir = os.path.join(base, "work")
+        os.mkdir(workdir, 0o700)
+        uid, gid = _nobody()
+        if uid is not None:
+            os.chown(workdir, uid, gid)
+        source = os.path.join(base, "solution.py")
+        with open(source, "w") as f:
+            f.write(code)
+        os.chmod(source, 0o644)
+        config = {"base": base, "workdir": workdir, "uid": uid, "gid": gid, "isolate": isolate,
+                  "limits": {"cpu_seconds": limits.cpu_seconds, "wall_seconds": limits.wall_seconds,
+                             "memory_bytes": limits.memory_mb * 2**20, "processes": limits.processes,
+                             "file_bytes": limits.file_mb * 2**20, "open_files": limits.open_files}}
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-I", _CHILD, json.dumps(config)], cwd=workdir,
+                                env=minimal_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+        out, err, over, late = _read_capped(proc, limits.output_bytes,
+                                            started + limits.wall_seconds + _SETUP_SECONDS)
+        _kill_group(proc.pid)  # whatever the code left behind in its group
+        proc.wait()
+        seconds = round(time.monotonic() - started, 3)
+        try:
+            status = json.loads(Path(base, "status.json").read_text() or "{}")
+        except (OSError, ValueError):
+            status = {}
+        stdout = out.decode("utf-8", "replace")
+        stderr = err.decode("utf-8", "replace")
+        if status.get("exit") == _SETUP_FAILED and "sandbox setup failed" in stderr:
+            raise SandboxError(stderr.strip().splitlines()[-1])
+        error, assertion = None, None
+        if over:
+            error = f"output limit: printed more than {limits.output_bytes} bytes (stopped)"
+        elif late or status.get("timed_out"):
+            error = f"time limit: still running after {limits.wall_seconds:g} s (wall clock), killed"
+        elif status.get("signal"):
+            sig = status["signal"]
+            error = (f"CPU time limit of {limits.cpu_seconds} s exceeded" if sig == signal.SIGXCPU
+                     else f"killed by {_signal_name(sig)}")
+        elif not status:
+            error = f"the sandbox process died ({_signal_name(-proc.returncode) if proc.returncode < 0 else proc.returncode})"
+        elif status.get("exit"):
+            last, assertion = _failed_line(stderr, code)
+            error = last or f"exit status {status['exit']}"
+        keep = limits.keep_chars
+        return {"ok": error is None, "error": error, "stdout": stdout[-keep:] if len(stdout) > keep else stdout,
+                "stderr": stderr[-keep:] if len(stderr) > keep else stderr, "failed_assertion": assertion,
+                "exit": status.get("exit"), "seconds": seconds, "isolation": status.get("isolation") or []}
+    finally:
+        if proc is not None and proc.poll() is None:
+            _kill_group(proc.pid)
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
