@@ -21,5 +21,7 @@ from recipe.stages.combine import CombineStage  # noqa: E402
 from recipe.stages.cross import CrossStage  # noqa: E402
 from recipe.stages.nemotron_cc import RewritesStage  # noqa: E402
 from recipe.stages.preference import PreferencePairsStage  # noqa: E402
+from recipe.stages.validate import ValidateStage  # noqa: E402
 
-__all__ += ["CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage", "RewritesStage"]
+__all__ += ["CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage", "RewritesStage",
+            "ValidateStage"]
