@@ -116,22 +116,13 @@ def _read_capped(proc: subprocess.Popen, cap: int, deadline: float) -> tuple[byt
     return b"".join(chunks[proc.stdout]), b"".join(chunks[proc.stderr]), over, late
 
 
-def _failed_line(stderr: str, code: str) -> tuple[str | None, str | None]:
-    """The traceback's last line (the exception) and, for an assertion, the source line that failed."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    if not lines:
-        return None, None
-    last = lines[-1].strip()
-    assertion = None
-    if last.startswith("AssertionError"):
-        marks = [line for line in lines if line.strip().startswith('File "solution.py", line ')]
-        if marks:
-            try:
-                number = int(marks[-1].split("line ")[1].split(",")[0])
-                assertion = code.splitlines()[number - 1].strip()
-            except (ValueError, IndexError):
-                pass
-    return last, assertion
+def _assertion(status: dict, code: str) -> str | None:
+    """For a failed assert, the source line that failed (the code's own line, not a test's text)."""
+    if not str(status.get("raised", "")).startswith("AssertionError") or not status.get("line"):
+        return None
+    lines = code.splitlines()
+    number = int(status["line"])
+    return lines[number - 1].strip() if 0 < number <= len(lines) else None
 
 
 def _signal_name(number: int) -> str:
@@ -194,8 +185,8 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
         elif not status:
             error = f"the sandbox process died ({_signal_name(-proc.returncode) if proc.returncode < 0 else proc.returncode})"
         elif status.get("exit"):
-            last, assertion = _failed_line(stderr, code)
-            error = last or f"exit status {status['exit']}"
+            error = status.get("raised") or f"exit status {status['exit']}"
+            assertion = _assertion(status, code)
         keep = limits.keep_chars
         return {"ok": error is None, "error": error, "stdout": stdout[-keep:] if len(stdout) > keep else stdout,
                 "stderr": stderr[-keep:] if len(stderr) > keep else stderr, "failed_assertion": assertion,

@@ -147,8 +147,10 @@ def _report(pipe, status):
     os.write(pipe, json.dumps(status).encode())
 
 
-def _sandboxed(cfg, namespaced, pipe):
-    """The code's process: limits, ``nobody``, then the code. Never returns."""
+def _sandboxed(cfg, pipe, raised):
+    """The code's process: limits, ``nobody``, then the code. Never returns. Its own exception
+    (not that of a process it forked, whose tracebacks share stderr) goes to ``raised``."""
+    me = os.getpid()
     try:
         os.close(pipe)
         os.chdir(cfg["workdir"])
@@ -173,6 +175,14 @@ def _sandboxed(cfg, namespaced, pipe):
             tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
         traceback.print_exception(type(exc), exc, tb)
         sys.stderr.flush()
+        if os.getpid() == me:
+            line = [n for frame, n in traceback.walk_tb(tb) if frame.f_code.co_filename == "solution.py"]
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+            said = {"raised": (text[-1] if text else type(exc).__name__)[:1000], "line": line[-1] if line else None}
+            try:
+                os.write(raised, (json.dumps(said) + "\n").encode())
+            except OSError:
+                pass
         os._exit(1)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -197,11 +207,13 @@ def main():
             namespaced = _isolate(cfg["workdir"], notes, lambda: None)
     status = {"isolation": notes, "timed_out": False, "signal": None, "exit": None}
     read_end, write_end = os.pipe()
+    raised_r, raised_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
+        os.close(raised_r)
         if not namespaced:
-            _sandboxed(cfg, False, write_end)
+            _sandboxed(cfg, write_end, raised_w)
         # PID 1 of the new namespace: a fresh /proc, then the code as its child. The code cannot
         # signal it (it stays root) and every process of the namespace dies with it.
         try:
@@ -210,11 +222,13 @@ def main():
             pass
         child = os.fork()
         if child == 0:
-            _sandboxed(cfg, True, write_end)
+            _sandboxed(cfg, write_end, raised_w)
+        os.close(raised_w)
         _, code = os.waitpid(child, 0)
         _report(write_end, _fate(code))
         os._exit(0)
     os.close(write_end)
+    os.close(raised_w)
 
     def expire(*_):
         status["timed_out"] = True
@@ -237,6 +251,12 @@ def main():
         status.update(json.loads(said))
     elif not namespaced:
         status.update(_fate(code))
+    os.set_blocking(raised_r, False)  # written before the code's process ended; a stray child may hold it open
+    try:
+        first = os.read(raised_r, 65536).split(b"\n")[0]
+        status.update(json.loads(first) if first else {})
+    except (OSError, ValueError):
+        pass
     json.dump(status, out)
     out.close()
     os._exit(0)
