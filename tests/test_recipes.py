@@ -205,6 +205,28 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
 
 
 @pytest.mark.llm
+def test_python_solutions_run_on_the_real_model(llama_server, tmp_path):
+    """The python recipe end to end on SmolLM2: a solution and tests per problem, run in the
+    sandbox. Every problem keeps its verdict (filter off), so each one is seen judged."""
+    summary, good, _ = run_recipe("python", llama_server, tmp_path, LISTS, "recipe.n_macro_topics=1",
+                                  "recipe.n_subtopics=1", "recipe.n_openlines=1",
+                                  "recipe.stages.check_solution.filter=false")
+    asked = summary.stats["structured_by_schema"]["verdict"]["asked"]
+    assert summary.failed == 0 and asked in (1, 2)
+    assert summary.records + summary.stats["filtered"] + _removed(summary) == asked, "each topic: 1 problem or filtered"
+    kept_topics = summary.records + _removed(summary)  # one problems list each, then a solution and tests per problem
+    assert summary.stats["requests"] + summary.stats["cache_hits"] == 1 + 1 + asked + kept_topics + 2 * summary.records
+    for r in good:
+        check = r["validation"]
+        assert r["solution"].strip() and r["tests"].strip() and check["valid"] is (check["error"] is None)
+        compiled = not check["error"] or not check["error"].startswith(("code do not compile", "tests do not compile",
+                                                                       "no Python code"))
+        assert check.get("ran", False) is compiled, check
+        if compiled:  # it ran in the sandbox, offline
+            assert {"network", "pid"} <= set(check["isolation"]) and isinstance(check["seconds"], float)
+
+
+@pytest.mark.llm
 @pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"])])  # two_turn: stub
 def test_dialogues(llama_server, tmp_path, name, turns):
     src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
