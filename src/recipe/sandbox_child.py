@@ -23,7 +23,6 @@ import os
 import resource
 import signal
 import sys
-import traceback
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -170,6 +169,8 @@ def _sandboxed(cfg, pipe, raised):
         code = exc.code
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
     except BaseException as exc:  # noqa: BLE001 - the code's own failure: its traceback is the report
+        import traceback  # here, not for every run: most code passes
+
         tb = exc.__traceback__
         for _ in range(2):  # from the code's own frames on: not ours (_sandboxed, _run_code)
             tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
