@@ -40,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe.errors import RecipeError
+
 _CHILD = str(Path(__file__).with_name("sandbox_child.py"))
 _SETUP_FAILED = 121
 _SETUP_SECONDS = 5.0  # beyond the wall clock: the interpreter's start and the namespaces
 
 
-class SandboxError(RuntimeError):
+class SandboxError(RecipeError):
     """The sandbox itself could not run (not the code's fault): the record becomes an error record."""
 
 
