@@ -182,6 +182,18 @@ def test_filter_drops_and_counts_invalid_records(stub_server, tmp_path):
     assert stats["filtered"] == 2 and stats["records"] == 2 and stats["failed"] == 0
 
 
+def test_on_a_two_worker_cluster(stub_server, tmp_path, two_workers):
+    """On Dask worker processes (daemonic: no child processes of their own through
+    multiprocessing) the checks still run, each in its sandbox."""
+    server = stub_server()
+    rows = [{"code": f"def double(x):\n    return x * {factor}", "tests": "assert double(4) == 8"} for factor in (2, 3)]
+    result, out = _run(tmp_path, server, rows, f"dask.address={two_workers}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    good, bad = (r["validation"] for r in outputs(out))
+    assert good["valid"] is True and "network" in good["isolation"]
+    assert bad["valid"] is False and bad["failed_assertion"] == "assert double(4) == 8"
+
+
 def test_given_tests_and_compile_only(stub_server, tmp_path):
     server = stub_server()
     rows = [{"code": "def inc(x):\n    return x + 1", "tests": ""}, {"code": "def inc(x) return x", "tests": ""}]

@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -173,10 +174,15 @@ _pool: cf.Executor | None = None
 _pool_size = 0
 
 
+def _quiet_worker() -> None:
+    """Ctrl-C is the run's to handle: a worker finishes its check, the run stops taking results."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _new_pool(workers: int) -> cf.Executor:
     if multiprocessing.current_process().daemon:  # a daemonic process may not have children
         return cf.ThreadPoolExecutor(workers, thread_name_prefix="recipe-validate")
-    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker)
 
 
 def pool(workers: int | None = None) -> cf.Executor:
@@ -207,8 +213,19 @@ def submit(fn: Callable[..., dict], *args: Any, workers: int | None = None) -> c
 def result(future: cf.Future, fn: Callable[..., dict], *args: Any, workers: int | None = None) -> dict:
     """The check's result; a pool whose worker died (a check took it down) is replaced and the
     check run once more, then its failure is the record's error."""
+    from recipe.services.event_loop import check_cancelled
+
     try:
-        return future.result()
+        while True:  # waiting, but stopping with the run
+            try:
+                return future.result(timeout=0.25)
+            except cf.TimeoutError:
+                if not future.done():
+                    try:
+                        check_cancelled()
+                    except BaseException:
+                        future.cancel()
+                        raise
     except cf.process.BrokenProcessPool:
         _reset(pool(workers))
         try:

@@ -186,6 +186,17 @@ class ValidateStage(Stage):
                     pending.append((record, (validators.submit(fn, *args, workers=self.workers), fn, args)))
             except Exception as exc:
                 pending.append((record, failure_record(self.name, exc, record)))
+        try:
+            return self._collect(pending)
+        except BaseException:  # the run stops: the checks not started yet never start
+            for _, job in pending:
+                if isinstance(job, tuple) and job[1] is not None:
+                    job[0].cancel()
+            raise
+
+    def _collect(self, pending: list[tuple[dict, Any]]) -> list[dict]:
+        from recipe import validators
+
         out: list[dict] = []
         for record, job in pending:
             if isinstance(job, dict) and ERROR in job:
