@@ -99,10 +99,15 @@ def _limit(limits):
 
 
 def _drop(uid, gid):
+    """To ``nobody`` when root; then no capabilities at all (in a user namespace the code would
+    otherwise hold them there, enough to remount its view writable) and no way to regain any."""
     if os.geteuid() == 0 and uid is not None:
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2 words): all empty
+    _call("capset", header, data)
     _call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
