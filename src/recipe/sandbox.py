@@ -75,6 +75,18 @@ def _nobody() -> tuple[int | None, int | None]:
         return 65534, 65534
 
 
+def _hidden() -> list[str]:
+    """Directories the code must not read: our home (root's is out of ``nobody``'s reach anyway,
+    and hidden where the interpreter lives in it)."""
+    if os.geteuid() == 0:
+        return []
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return []
+    return [home] if home and os.path.isdir(home) and not tempfile.gettempdir().startswith(home + os.sep) else []
+
+
 def minimal_env(workdir: str) -> dict[str, str]:
     """The sandbox's whole environment: built from nothing, never a filtered copy of ours."""
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
@@ -154,7 +166,7 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
         with open(source, "w") as f:
             f.write(code)
         os.chmod(source, 0o644)
-        config = {"base": base, "workdir": workdir, "uid": uid, "gid": gid, "isolate": isolate,
+        config = {"base": base, "workdir": workdir, "uid": uid, "gid": gid, "isolate": isolate, "hide": _hidden(),
                   "limits": {"cpu_seconds": limits.cpu_seconds, "wall_seconds": limits.wall_seconds,
                              "memory_bytes": limits.memory_mb * 2**20, "processes": limits.processes,
                              "file_bytes": limits.file_mb * 2**20, "open_files": limits.open_files}}

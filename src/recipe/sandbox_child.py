@@ -126,25 +126,35 @@ def _reachable(path):
     return all(os.stat(os.sep.join(parts[:i]) or os.sep).st_mode & 0o001 for i in range(1, len(parts) + 1))
 
 
-def _expose(paths, notes):
-    """The interpreter's own directories, where ``nobody`` cannot reach them (a Python under
-    ``/root``): a tmpfs over the blocking directory hides the rest of it, and each needed
-    directory is bound back in at its own path."""
+def _hide(directory, paths, notes):
+    """A tmpfs over ``directory``; the ``paths`` under it (the interpreter's) bound back in."""
+    held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in paths
+            if p and os.path.isdir(p) and os.path.realpath(p).startswith(directory + os.sep)]
+    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV)
+    os.chmod(directory, 0o755)
+    for needed, fd in held:
+        os.makedirs(os.path.realpath(needed), exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", os.path.realpath(needed), None, MS_BIND | MS_REC)
+        os.close(fd)
+    notes.append(f"{directory} hidden")
+
+
+def _expose(paths, notes, hide, as_nobody):
+    """Directories hidden (``hide``: our home, when not root), and the interpreter's own
+    directories reachable where ``nobody`` could not walk to them (a Python under ``/root``):
+    a tmpfs over the directory in the way hides the rest of it."""
+    for directory in hide:
+        if os.path.isdir(directory) and directory != os.sep:
+            _hide(os.path.realpath(directory), paths, notes)
+    if not as_nobody:
+        return
     for path in sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)}, key=len):
         if _reachable(path):
             continue
         parts = path.split(os.sep)
         blocked = next(os.sep.join(parts[:i]) for i in range(2, len(parts) + 1)
                        if not os.stat(os.sep.join(parts[:i])).st_mode & 0o001)
-        held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in paths
-                if p and os.path.isdir(p) and os.path.realpath(p).startswith(blocked + os.sep)]
-        _mount("tmpfs", blocked, "tmpfs", MS_NOSUID | MS_NODEV)
-        os.chmod(blocked, 0o755)
-        for needed, fd in held:
-            os.makedirs(os.path.realpath(needed), exist_ok=True)
-            _mount(f"/proc/self/fd/{fd}", os.path.realpath(needed), None, MS_BIND | MS_REC)
-            os.close(fd)
-        notes.append(f"{blocked} hidden")
+        _hide(blocked, paths, notes)
 
 
 def _report(pipe, status):
@@ -206,11 +216,9 @@ def main():
     notes = []
     namespaced = False
     if cfg["isolate"]:
-        if os.geteuid() == 0 and cfg["uid"] is not None:
-            needed = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]
-            namespaced = _isolate(cfg["workdir"], notes, lambda: _expose(needed, notes))
-        else:
-            namespaced = _isolate(cfg["workdir"], notes, lambda: None)
+        needed = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]
+        as_nobody = os.geteuid() == 0 and cfg["uid"] is not None
+        namespaced = _isolate(cfg["workdir"], notes, lambda: _expose(needed, notes, cfg["hide"], as_nobody))
     status = {"isolation": notes, "timed_out": False, "signal": None, "exit": None}
     read_end, write_end = os.pipe()
     raised_r, raised_w = os.pipe()
