@@ -11,17 +11,27 @@ The code a model wrote is run by :func:`run_python` in a process of its own
 - no inherited file descriptors (``close_fds``), stdin from ``/dev/null``;
 - stdout and stderr read up to ``output_bytes`` in all; past that the run is stopped.
 
-As root (this project's containers), and wherever Linux namespaces are allowed, it also gets:
-its own network namespace (no network at all: only a loopback that is down), its own PID
-namespace (it sees and signals only its own processes; the wall clock kills all of them at
-once), every mount read-only except the working directory, and it runs as ``nobody`` (so
-``RLIMIT_NPROC`` counts, and files of ours are out of reach).
+Where Linux namespaces are allowed (as root, as in this project's containers, or through
+unprivileged user namespaces) it also gets its own network namespace (no network at all: only
+a loopback that is down), its own PID namespace (it sees and signals only its own processes;
+the wall clock kills all of them at once), every mount read-only except the working
+directory, and no capabilities. As root it runs as ``nobody`` (so ``RLIMIT_NPROC`` counts and
+root's files are out of reach; a Python installed under ``/root`` is bound back in, the rest
+of ``/root`` hidden); without root it runs as our user and our home directory is hidden.
 
-**Not isolated** where namespaces are refused (no root and no unprivileged user namespaces, or
-a container that forbids ``unshare``): the network, the file system (the code can write
-wherever our user can), other processes of our user (it could signal them, read their
-``/proc/*/environ``). Each result's ``isolation`` lists what held, so a run can tell. Use a
-container or VM per run for code that may be targeted at the host.
+**Not isolated**:
+
+- everywhere: reading files. Mounts are read-only, not hidden: the code can read whatever
+  ``nobody`` (as root) or our user (without root, outside our home) can read. Keep secrets in
+  the environment or in files only their owner reads;
+- without root, ``RLIMIT_NPROC`` counts every process of our user, not only the sandbox's;
+- where namespaces are refused (no root and no unprivileged user namespaces, or a container
+  that forbids ``unshare``): the network, writing wherever our user can, signalling our other
+  processes, reading their ``/proc/*/environ``. The limits and the environment still hold.
+
+Each result's ``isolation`` lists what held, so a run can tell. bubblewrap is not used: as
+root these namespaces are what it would set up, and without root it needs the same user
+namespaces. For code that may be written to attack the host, use a VM or container per run.
 """
 
 from __future__ import annotations
