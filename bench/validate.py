@@ -12,7 +12,9 @@ ten of them wrong. Each side runs in a process of its own, started by this scrip
   event loop ticks every 10 ms: the worst tick's lateness shows whether the checks block it.
 
 Both sides must agree on which snippets pass. Reported: wall seconds per side, the ratio to the
-baseline, snippets per second, and the event loop's worst lateness.
+baseline, snippets per second, the CPU seconds each side used (its process, its pool and every
+process it started: what bounds the wall time on an idle machine, whatever else is running
+now), and the event loop's worst lateness.
 
     python bench/validate.py [--smoke] [--rows N]
 """
@@ -45,6 +47,13 @@ stages:
     _target_: recipe.stages.WriteStage
     format: jsonl
 """
+
+
+def _children_cpu() -> float:
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def snippets(n: int) -> list[dict]:
@@ -137,10 +146,13 @@ def main() -> None:
         Path(path).write_text("".join(json.dumps(r) + "\n" for r in snippets(n)))
 
         def run(side: str) -> dict:  # each side in a fresh process of its own
+            before = _children_cpu()
             done = subprocess.run([sys.executable, __file__, "--side", side, path], capture_output=True, text=True,
                                   timeout=1800)
             assert done.returncode == 0, done.stderr[-3000:]
-            return json.loads(done.stdout.strip().splitlines()[-1])
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["cpu"] = _children_cpu() - before  # the side, its pool and every sandbox, all waited for
+            return result
 
         base, stage, loop = run("baseline"), run("stage"), run("loop")
     assert base["passed"] == stage["passed"], "the sandbox and bare subprocess.run disagree on which snippets pass"
@@ -149,7 +161,13 @@ def main() -> None:
                report("recipe.run read -> ValidateStage -> write", stage["seconds"], base["seconds"], "s"),
                report("stage alone, one partition, loop ticking", loop["seconds"], base["seconds"], "s"),
                report("snippets per second, baseline", n / base["seconds"], n / base["seconds"], "/s"),
-               report("snippets per second, recipe.run", n / stage["seconds"], n / base["seconds"], "/s")]
+               report("snippets per second, recipe.run", n / stage["seconds"], n / base["seconds"], "/s"),
+               report("CPU seconds, bare subprocess.run (baseline)", base["cpu"], base["cpu"], "s"),
+               report("CPU seconds, recipe.run (start-up included)", stage["cpu"], base["cpu"], "s"),
+               report("CPU seconds, stage alone", loop["cpu"], base["cpu"], "s")]
+    cores = os.cpu_count() or 1
+    print(f"on {cores} idle cores the CPU alone bounds recipe.run at {stage['cpu'] / cores:.1f} s "
+          f"(baseline {base['cpu'] / cores:.1f} s); the wall times above are on this machine as loaded now")
     print(f"event loop during the checks: {loop['ticks']} ticks of 10 ms, worst {loop['worst_tick_late_ms']:.1f} ms late")
     results.append({"label": "worst event-loop tick lateness", "value": loop["worst_tick_late_ms"], "unit": "ms"})
     save("validate", results)
