@@ -102,6 +102,7 @@ def side_stage(path: str) -> dict:
         records = [json.loads(line) for part in sorted(out.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
     assert summary.failed == 0, summary
     return {"seconds": seconds, "passed": sorted(r["id"] for r in records if r["validation"]["valid"]),
+            "errors": {r["id"]: r["validation"]["error"] for r in records if not r["validation"]["valid"]},
             "isolation": records[0]["validation"]["isolation"] if records else []}
 
 
@@ -155,7 +156,9 @@ def main() -> None:
             return result
 
         base, stage, loop = run("baseline"), run("stage"), run("loop")
-    assert base["passed"] == stage["passed"], "the sandbox and bare subprocess.run disagree on which snippets pass"
+    differ = sorted(set(base["passed"]) ^ set(stage["passed"]))
+    assert not differ, ("the sandbox and bare subprocess.run disagree on which snippets pass: "
+                        + "; ".join(f"{i}: {stage['errors'].get(str(i), stage['errors'].get(i))}" for i in differ[:5]))
     print(f"  {n} snippets, {len(stage['passed'])} pass; sandbox isolation: {', '.join(stage['isolation'])}")
     results = [report("bare subprocess.run, no sandbox (baseline)", base["seconds"], base["seconds"], "s"),
                report("recipe.run read -> ValidateStage -> write", stage["seconds"], base["seconds"], "s"),
