@@ -36,7 +36,7 @@ namespaces. For code that may be written to attack the host, use a VM or contain
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import pwd
 import selectors
@@ -166,7 +166,7 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
     base = tempfile.mkdtemp(prefix="recipe-sandbox-")
     proc: subprocess.Popen | None = None
     try:
-        os.chmod(base, 0o711)  # the code may pass through, never write here (status.json lives here)
+        os.chmod(base, 0o711)  # the code may pass through, never write here (the status file lives here)
         workdir = os.path.join(base, "work")
         os.mkdir(workdir, 0o700)
         uid, gid = _nobody()
@@ -181,7 +181,7 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
                              "memory_bytes": limits.memory_mb * 2**20, "processes": limits.processes,
                              "file_bytes": limits.file_mb * 2**20, "open_files": limits.open_files}}
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-I", _CHILD, json.dumps(config)], cwd=workdir,
+        proc = subprocess.Popen([sys.executable, "-I", _CHILD, marshal.dumps(config).hex()], cwd=workdir,
                                 env=minimal_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
         out, err, over, late = _read_capped(proc, limits.output_bytes,
@@ -190,8 +190,8 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
         proc.wait()
         seconds = round(time.monotonic() - started, 3)
         try:
-            status = json.loads(Path(base, "status.json").read_text() or "{}")
-        except (OSError, ValueError):
+            status = marshal.loads(Path(base, "status").read_bytes() or marshal.dumps({}))
+        except (OSError, ValueError, EOFError, TypeError):
             status = {}
         stdout = out.decode("utf-8", "replace")
         stderr = err.decode("utf-8", "replace")
