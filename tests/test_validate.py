@@ -61,11 +61,15 @@ HOSTILE = {
     "infinite_loop": "while True:\n    pass",
     "fork_bomb": "import os\nwhile True:\n    os.fork()",
     "allocate_10_gb": "block = bytearray(10 * 1024 ** 3)",
-    "write_outside": "open({escape!r}, 'w').write('escaped')",
+    "write_outside": "open(ESCAPE, 'w').write('escaped')",
     "read_api_key": "import os\nprint(os.environ['NVIDIA_API_KEY'])",
     "kill_parent": "import os\nos.kill(os.getppid(), 9)",
     "deep_recursion": "import sys\nsys.setrecursionlimit(10 ** 7)\ndef down(n):\n    return down(n + 1) + 1\ndown(0)",
     "print_1_gb": "import sys\nchunk = 'x' * 2 ** 20\nfor _ in range(1024):\n    sys.stdout.write(chunk)",
+    # a passing verdict written to every descriptor it holds, in the status file's format, then failure
+    "forge_status": "import marshal, os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, marshal.dumps("
+                    "{'exit': 0, 'signal': None, 'timed_out': False, 'isolation': []}))\n    except OSError:\n"
+                    "        pass\nraise SystemExit(1)",
 }
 HONEST = {"honest": ("```python\ndef add(a, b):\n    return a + b\n```", "assert add(2, 3) == 5"),
           "wrong": ("def add(a, b):\n    return a - b", "assert add(2, 3) == 5, 'add is wrong'")}
@@ -78,7 +82,7 @@ def hostile_run(tmp_path_factory):
 
 
 def _hostile_run(tmp_path: Path, server: StubServer) -> dict:
-    rows = [{"case": name, "code": code.format(escape=str(_escape_path(tmp_path))), "tests": ""}
+    rows = [{"case": name, "code": code.replace("ESCAPE", repr(str(_escape_path(tmp_path)))), "tests": ""}
             for name, code in HOSTILE.items()]
     rows += [{"case": name, "code": code, "tests": tests} for name, (code, tests) in HONEST.items()]
     before = _nobody_processes()
@@ -155,6 +159,10 @@ def test_printing_1_gb(hostile_run):
     check = _check(hostile_run, "print_1_gb")
     assert check["error"] == "output limit: printed more than 65536 bytes (stopped)"
     assert 0 < len(check["stdout"]) <= 2000 and set(check["stdout"]) == {"x"}
+
+
+def test_forging_the_verdict(hostile_run):
+    assert _check(hostile_run, "forge_status")["error"] == "exit status 1"
 
 
 def test_network_is_unreachable(stub_server, tmp_path):

@@ -224,6 +224,7 @@ def main():
     raised_r, raised_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        out.close()  # the status is the warden's alone: the code must not hold it open for writing
         os.close(read_end)
         os.close(raised_r)
         if not namespaced:
