@@ -258,17 +258,25 @@ def test_sql_parses_in_its_dialect_and_runs_on_the_schema(stub_server, tmp_path)
     rows = [{"query": "```sql\nSELECT name, age::TEXT AS years FROM pets WHERE age > 4\n```"},
             {"query": "SELECT name FROM pets WHERE"},
             {"query": "SELECT colour FROM pets"},
-            {"query": "ATTACH DATABASE '" + str(tmp_path / "x.db") + "' AS x"}]
+            {"query": "ATTACH DATABASE '" + str(tmp_path / "x.db") + "' AS x"},
+            {"query": "pets AS animals"}]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     result = cli(tmp_path, "recipe=checks", f"input={source}", f"output_dir={out}", _conf(tmp_path, KINDS),
                  *stub_overrides(server))
     assert result.returncode == 0, result.stderr[-2000:]
-    ok, unparsable, unknown, attach = (r["validation"] for r in outputs(out))
+    ok, unparsable, unknown, attach, expression = (r["validation"] for r in outputs(out))
+    assert expression == {"valid": False, "error": "not a SQL statement: 'pets AS animals'"}
     assert ok == {"valid": True, "error": None, "statements": 1, "columns": ["name", "years"], "rows": [["Tom", "5"]]}
     assert unparsable["valid"] is False and unparsable["error"].startswith("does not parse as postgres: ")
     assert unknown == {"valid": False, "error": "fails on the database: no such column: colour"}
-    assert attach["valid"] is False and not (tmp_path / "x.db").exists()
+    assert attach["valid"] is False and attach["error"].startswith("does not parse as postgres: ")
+    as_sqlite = cli(tmp_path, "recipe=checks", f"input={source}", f"output_dir={tmp_path / 'o1'}",
+                    _conf(tmp_path, KINDS), "recipe.stages.check.dialect=sqlite", *stub_overrides(server))
+    assert as_sqlite.returncode == 0, as_sqlite.stderr[-2000:]
+    attach = outputs(tmp_path / "o1")[3]["validation"]  # SQLite's ATTACH parses: SQLite itself refuses it
+    assert attach == {"valid": False, "error": "fails on the database: too many attached databases - max 0"}
+    assert not (tmp_path / "x.db").exists()
     bad_db = cli(tmp_path, "recipe=checks", f"input={source}", f"output_dir={tmp_path / 'o2'}", _conf(tmp_path, KINDS),
                  "recipe.stages.check.database='CREATE TABLE broken('", *stub_overrides(server))
     assert bad_db.returncode == 2

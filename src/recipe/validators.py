@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -31,6 +32,10 @@ FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
 PYTHON_TAGS = ("python", "py", "python3")
 SQL_TAGS = ("sql", "sqlite", "postgresql", "mysql")
 MAX_ROWS = 20
+#: sqlglot's statements that are neither queries, DML nor DDL (an expression alone is no statement).
+_STATEMENTS = {"Drop", "Alter", "Pragma", "Transaction", "Commit", "Rollback", "Set", "Use", "TruncateTable",
+               "Describe", "Analyze", "Copy", "Grant", "Revoke", "Show", "Comment", "Cache", "Uncache", "Refresh",
+               "Attach", "Detach"}
 SQL_SECONDS = 5.0
 
 
@@ -87,8 +92,10 @@ def check_sql(text: str, dialect: str = "sqlite", database: str | None = None) -
     """Parse the SQL of ``text`` in ``dialect``; with ``database`` (SQL that builds a schema),
     run it, as SQLite, on an in-memory database built from it: no file is ever written."""
     import sqlglot
+    from sqlglot import exp
     from sqlglot.errors import SqlglotError
 
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its fallback warnings: the verdict says it
     sql = extract_code(str(text), SQL_TAGS).strip()
     if not sql:
         return {"valid": False, "error": "no SQL in the answer"}
@@ -98,6 +105,11 @@ def check_sql(text: str, dialect: str = "sqlite", database: str | None = None) -
         return {"valid": False, "error": f"does not parse as {dialect}: {_first_line(exc)}"}
     if not statements:
         return {"valid": False, "error": "no SQL statement"}
+    for statement in statements:
+        if isinstance(statement, exp.Command):  # sqlglot kept it as raw text: it could not parse it
+            return {"valid": False, "error": f"does not parse as {dialect}: {statement.sql()[:80]!r} is not understood"}
+        if not (isinstance(statement, (exp.Query, exp.DML, exp.DDL)) or type(statement).__name__ in _STATEMENTS):
+            return {"valid": False, "error": f"not a SQL statement: {statement.sql()[:80]!r}"}
     if database is None:
         return {"valid": True, "error": None, "statements": len(statements)}
     try:
@@ -139,6 +151,8 @@ def check_math(answer: Any, reference: Any) -> dict:
 
     in_main = threading.current_thread() is threading.main_thread()  # math-verify's timeouts use signals
     timeout = {} if in_main else {"parsing_timeout": None}
+    if not in_main:  # a thread pool (a daemonic Dask worker): no timeouts, and no warning per check about it
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
     gold = parse(str(reference), **timeout)
     if not gold:
         return {"valid": False, "error": f"no final answer found in the reference: {str(reference)[-80:]!r}"}
