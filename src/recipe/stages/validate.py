@@ -25,7 +25,7 @@ Checks run in a process pool (:mod:`recipe.validators`), ``workers`` processes p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -40,9 +40,6 @@ from recipe.stages.records import ERROR
 _OWN = {"python": ("tests_field", "tests", "run", "cpu_seconds", "timeout", "memory_mb", "processes",
                    "max_output_bytes"),
         "sql": ("dialect", "database"), "math": ("reference_field",), "json_schema": ("schema",)}
-_DEFAULTS = {"tests_field": None, "tests": None, "run": True, "cpu_seconds": 5, "timeout": 10.0, "memory_mb": 512,
-             "processes": 32, "max_output_bytes": 65536, "dialect": "sqlite", "database": None,
-             "reference_field": None, "schema": None}
 
 
 def _missing(module: str, install: str) -> str | None:
@@ -69,11 +66,11 @@ class ValidateStage(Stage):
     tests_field: str | None = None
     tests: str | list[str] | None = None
     run: bool = True
-    cpu_seconds: Annotated[int, Field(ge=1)] = 5
-    timeout: Annotated[float, Field(gt=0)] = 10.0  # wall clock, seconds
-    memory_mb: Annotated[int, Field(ge=32)] = 512
-    processes: Annotated[int, Field(ge=1)] = 32
-    max_output_bytes: Annotated[int, Field(ge=1)] = 65536
+    cpu_seconds: Annotated[int, Field(ge=1)] = Limits.cpu_seconds
+    timeout: Annotated[float, Field(gt=0)] = Limits.wall_seconds  # wall clock, seconds
+    memory_mb: Annotated[int, Field(ge=32)] = Limits.memory_mb
+    processes: Annotated[int, Field(ge=1)] = Limits.processes
+    max_output_bytes: Annotated[int, Field(ge=1)] = Limits.output_bytes
     # sql
     dialect: str = "sqlite"
     database: str | None = None
@@ -84,11 +81,12 @@ class ValidateStage(Stage):
     workers: Annotated[int, Field(ge=1)] | None = None
 
     def rules(self):
+        defaults = {f.name: f.default for f in fields(self)}
         for kind, names in _OWN.items():
             if kind == self.kind:
                 continue
             for name in names:
-                if name not in _OWN[self.kind] and getattr(self, name) != _DEFAULTS[name]:
+                if name not in _OWN[self.kind] and getattr(self, name) != defaults[name]:
                     yield name, f"{name} applies to kind {kind}, not {self.kind}"
         if self.kind == "python" and self.tests_field and self.tests is not None:
             yield "tests", "give tests or tests_field, not both"
