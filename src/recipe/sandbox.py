@@ -112,7 +112,7 @@ def _kill_group(pid: int) -> None:
 
 def _read_capped(proc: subprocess.Popen, cap: int, deadline: float) -> tuple[bytes, bytes, bool, bool]:
     """stdout, stderr (together at most ``cap`` bytes), whether the cap was passed, whether the
-    deadline was; the process group is killed at either."""
+    deadline was (the process group is then killed)."""
     chunks: dict[Any, list[bytes]] = {proc.stdout: [], proc.stderr: []}
     total, over, late = 0, False, False
     with selectors.DefaultSelector() as sel:
@@ -134,8 +134,7 @@ def _read_capped(proc: subprocess.Popen, cap: int, deadline: float) -> tuple[byt
                 total += len(data)
                 if total > cap:
                     over = True
-            if over:
-                _kill_group(proc.pid)
+            if over:  # stop reading: the code's next write fails (EPIPE), the warden reports as usual
                 break
     return b"".join(chunks[proc.stdout]), b"".join(chunks[proc.stderr]), over, late
 
@@ -184,9 +183,15 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
         proc = subprocess.Popen([sys.executable, "-I", _CHILD, marshal.dumps(config).hex()], cwd=workdir,
                                 env=minimal_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
-        out, err, over, late = _read_capped(proc, limits.output_bytes,
-                                            started + limits.wall_seconds + _SETUP_SECONDS)
-        _kill_group(proc.pid)  # whatever the code left behind in its group
+        deadline = started + limits.wall_seconds + _SETUP_SECONDS
+        out, err, over, late = _read_capped(proc, limits.output_bytes, deadline)
+        proc.stdout.close()
+        proc.stderr.close()
+        try:  # the warden ends when the code does (at the latest at its wall clock) and reports
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            late = True
+        _kill_group(proc.pid)  # the warden, if it hangs, and whatever the code left in its group
         proc.wait()
         seconds = round(time.monotonic() - started, 3)
         try:
