@@ -159,6 +159,7 @@ def test_printing_1_gb(hostile_run):
     check = _check(hostile_run, "print_1_gb")
     assert check["error"] == "output limit: printed more than 65536 bytes (stopped)"
     assert 0 < len(check["stdout"]) <= 2000 and set(check["stdout"]) == {"x"}
+    assert "network" in check["isolation"], "the warden still reported how it isolated the run"
 
 
 def test_forging_the_verdict(hostile_run):
