@@ -7,11 +7,13 @@ nothing of ours is loaded next to the untrusted code.
 As root (or where unprivileged user namespaces work) it first moves into new mount, network,
 PID, IPC and UTS namespaces: every mount read-only except the working directory, no network
 but a loopback that is down, a fresh ``/proc`` that shows only the sandbox's processes. It then
-forks; the child (PID 1 of the new namespace) sets the rlimits (CPU time, address space,
-process count, file size, open files, no core), drops to ``nobody`` when root, and runs the code.
-The parent stays outside as the sandbox's warden: it kills the child at the wall-clock limit,
-which kills every process of the namespace, and writes the outcome to ``status`` in the
-root-owned directory above the working directory, where the code cannot write.
+forks PID 1 of the new namespace, which forks the code's process: that one sets the rlimits
+(CPU time, address space, process count, file size, open files, no core), drops to ``nobody``
+when root and every capability, and runs the code. PID 1 stays root, out of the code's reach,
+and reports how the code's process ended. The first process stays outside as the sandbox's
+warden: it kills PID 1 at the wall-clock limit, which kills every process of the namespace, and
+writes the outcome to ``status`` in the root-owned directory above the working directory, a
+file the code cannot write (nor hold open).
 
 Where namespaces are refused, the code runs with the rlimits only (``status`` says which
 isolation held): see :mod:`recipe.sandbox` for what is then not isolated.
