@@ -103,6 +103,12 @@ def _job(cfg) -> int:
 def main() -> None:
     import gc
 
+    if sys.argv[1:2] == ["report"]:  # python -m recipe report DIR: no Hydra (see recipe.report)
+        from recipe.config import secrets
+        from recipe.report import main as report_main
+
+        secrets.from_environment(os.environ)
+        sys.exit(report_main(sys.argv[2:]))
     try:
         _main()
     finally:

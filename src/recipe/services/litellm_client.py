@@ -44,6 +44,13 @@ _NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 _TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
 
 
+def _outcome(error: BaseException, retried: bool) -> str:
+    """A failed attempt's outcome for the per-minute timings (see ``request_timings.OUTCOMES``)."""
+    if isinstance(error, errors.RateLimitError):
+        return "rate_limited"
+    return "retried" if retried and getattr(error, "retryable", False) else "failed"
+
+
 def _read_field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
@@ -217,11 +224,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 else:
                     self.limiter.on_success()
+                    self.stats.time_request(time.monotonic() - started, "ok", time.time())
                     return result
                 finally:
                     _TICKET.reset(token)
                     if ticket is not None:
                         await self.budget.settle(ticket)
+            self.stats.time_request(time.monotonic() - started, _outcome(error, attempt < self.num_retries),
+                                    time.time())
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)
@@ -360,6 +370,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             prompt = int(_read_field(usage, "prompt_tokens") or 0)
             completion = int(_read_field(usage, "completion_tokens") or 0)
             self.stats.add_tokens(model, prompt, completion)
+            self.stats.time_tokens(prompt + completion)
             ticket = _TICKET.get()
             if ticket is not None:
                 ticket.used.append((prompt, completion))

@@ -23,7 +23,7 @@ from recipe.factory import ClientSpec, shared_async_client
 from recipe.services.event_loop import cancelled, check_cancelled, run_sync
 from recipe.services.tokens import estimate_tokens
 from recipe.stages import breaker, params, progress
-from recipe.stages.partition import carry, counting_filtered
+from recipe.stages.partition import Partition, carry, counting_filtered, dropped
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
@@ -114,7 +114,7 @@ def _apply_stage(partition, stage: Stage) -> list[dict]:
     passed = [r for r in records if is_error(r)]
     with counting_filtered() as tally:
         out = passed + (stage.process_partition(good) if good else [])
-    return carry(partition, out, filtered=tally.filtered)
+    return carry(Partition(records, dropped(partition)), out, filtered=tally.filtered, stage=stage.name)
 
 
 @dataclass

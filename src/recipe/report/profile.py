@@ -1,0 +1,326 @@
+"""Field profiles computed in one streamed pass over every record, a deterministic sample of
+records for the browser, and error records grouped by class.
+
+Memory stays bounded whatever the run's size: distinct values are counted exactly up to
+:data:`DISTINCT_EXACT` and estimated beyond (adaptive sampling of value hashes), top values are
+kept in a pruned counter (exact until :data:`TOP_KEEP` distinct values, approximate after, and
+the profile says so), numbers are kept for the histogram up to :data:`NUMBERS_KEPT` (every
+other one after that, again and again). The sample is the :data:`SAMPLE_SIZE` records whose
+``_id`` hashes lowest: the same records on every rebuild of the same run, spread over all parts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import zlib
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+LINEAGE = ("_id", "_parent", "_source")
+SAMPLE_SIZE = 10_000
+CLIP_CHARS = 1_000  # a string value longer than this is clipped in the browser (and says so)
+CLIP_ITEMS = 100  # list items shown
+CLIP_DEPTH = 8  # nesting levels shown
+TOP_SHOWN = 10
+TOP_KEEP = 20_000
+TOP_CHARS = 120
+DISTINCT_EXACT = 100_000
+NUMBERS_KEPT = 1_000_000
+NESTED_DEPTH = 2  # objects are profiled by key this deep ("scores.accuracy")
+NESTED_KEYS = 50  # keys profiled per object field (the rest counted as one)
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+class _Distinct:
+    """Distinct values: exact up to a bound, then an estimate by adaptive hash sampling (a value
+    is kept when its hash's low ``level`` bits are zero; the estimate is ``kept * 2**level``)."""
+
+    def __init__(self) -> None:
+        self.hashes: set[int] = set()
+        self.level = 0
+
+    def add(self, key: int) -> None:
+        if self.level and key & ((1 << self.level) - 1):
+            return
+        self.hashes.add(key)
+        if len(self.hashes) > DISTINCT_EXACT:
+            self.level += 1
+            mask = (1 << self.level) - 1
+            self.hashes = {h for h in self.hashes if not h & mask}
+
+    @property
+    def exact(self) -> bool:
+        return self.level == 0
+
+    def count(self) -> int:
+        return len(self.hashes) << self.level
+
+
+def _key(value: Any) -> tuple[int, str | None]:
+    """(hash for distinct counting, text for top values or None)."""
+    if isinstance(value, str):
+        return hash(value), value[:TOP_CHARS]
+    if isinstance(value, (bool, int, float)):
+        return hash((type(value).__name__, value)), json.dumps(value)
+    text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+    return hash(text), None
+
+
+@dataclass
+class FieldProfile:
+    """One field (or one key of an object field) over every record."""
+
+    name: str
+    depth: int = 0
+    present: int = 0
+    nulls: int = 0
+    types: Counter = field(default_factory=Counter)
+    lengths: Counter = field(default_factory=Counter)  # text length -> records
+    list_lengths: Counter = field(default_factory=Counter)
+    top: Counter = field(default_factory=Counter)
+    top_pruned: bool = False
+    numbers: array = field(default_factory=lambda: array("d"))
+    number_stride: int = 1
+    number_count: int = 0
+    number_sum: float = 0.0
+    number_min: float = math.inf
+    number_max: float = -math.inf
+    keys: dict = field(default_factory=dict)  # key -> FieldProfile of an object field
+    other_keys: int = 0
+    distinct: _Distinct = field(default_factory=_Distinct)
+
+    def add(self, value: Any) -> None:
+        self.present += 1
+        kind = type_name(value)
+        self.types[kind] += 1
+        if value is None:
+            self.nulls += 1
+            return
+        if kind == "text":
+            self.lengths[len(value)] += 1
+        elif kind in ("integer", "number"):
+            self._number(float(value))
+        elif kind == "list":
+            self.list_lengths[len(value)] += 1
+        elif kind == "object" and self.depth < NESTED_DEPTH:
+            for key, item in value.items():
+                profile = self.keys.get(key)
+                if profile is None:
+                    if len(self.keys) >= NESTED_KEYS:
+                        self.other_keys += 1
+                        continue
+                    profile = self.keys[key] = FieldProfile(f"{self.name}.{key}", self.depth + 1)
+                profile.add(item)
+        try:
+            digest, text = _key(value)
+        except (TypeError, ValueError, RecursionError):  # a value JSON cannot hold: counted as its type
+            digest, text = hash(kind), None
+        self.distinct.add(digest)
+        if text is not None and kind != "number":
+            self.top[text] += 1
+            if len(self.top) > TOP_KEEP:
+                self.top = Counter(dict(self.top.most_common(TOP_KEEP // 4)))
+                self.top_pruned = True
+
+    def _number(self, value: float) -> None:
+        if math.isnan(value) or math.isinf(value):
+            return
+        self.number_count += 1
+        self.number_sum += value
+        self.number_min = min(self.number_min, value)
+        self.number_max = max(self.number_max, value)
+        if self.number_count % self.number_stride == 0:
+            self.numbers.append(value)
+            if len(self.numbers) > NUMBERS_KEPT:
+                self.numbers = self.numbers[::2]
+                self.number_stride *= 2
+
+    def summary(self, records: int) -> dict:
+        """The profile as the page shows it; ``records`` is how many records (or parent objects) there were."""
+        main = self.types.most_common(1)[0][0] if self.types else "null"
+        kinds = {k: v for k, v in self.types.items() if k != "null"}
+        out: dict[str, Any] = {
+            "name": self.name, "type": max(kinds, key=kinds.get) if kinds else main, "types": dict(self.types),
+            "present": self.present, "missing": records - self.present, "nulls": self.nulls,
+            "distinct": self.distinct.count(), "distinct_exact": self.distinct.exact,
+            "top": [[text, count] for text, count in self.top.most_common(TOP_SHOWN)],
+            "top_approximate": self.top_pruned,
+        }
+        if self.lengths:
+            out["lengths"] = _histogram_counts(self.lengths)
+            total = sum(self.lengths.values())
+            out["length_mean"] = round(sum(k * v for k, v in self.lengths.items()) / total, 1)
+            out["length_max"] = max(self.lengths)
+        if self.list_lengths:
+            out["list_lengths"] = _histogram_counts(self.list_lengths)
+        if self.number_count:
+            out["numbers"] = {"count": self.number_count, "min": self.number_min, "max": self.number_max,
+                              "mean": self.number_sum / self.number_count,
+                              "histogram": _histogram_values(self.numbers),
+                              "sampled": self.number_stride > 1}
+        if self.keys:
+            objects = self.types.get("object", 0)
+            out["keys"] = [p.summary(objects) for p in self.keys.values()]
+            out["other_keys"] = self.other_keys
+        return out
+
+
+def _histogram_counts(counts: Counter, bins: int = 30) -> dict:
+    """Bars over integer values (lengths) held as value -> count."""
+    low, high = min(counts), max(counts)
+    if high - low < bins:
+        xs = list(range(low, high + 1))
+        return {"x": xs, "y": [counts.get(x, 0) for x in xs], "width": 1}
+    width = math.ceil((high - low + 1) / bins)
+    ys = [0] * bins
+    for value, count in counts.items():
+        ys[min(bins - 1, (value - low) // width)] += count
+    return {"x": [low + i * width + width / 2 for i in range(bins)], "y": ys, "width": width}
+
+
+def _histogram_values(values: array, bins: int = 30) -> dict:
+    import numpy as np
+
+    data = np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
+    if not len(data):
+        return {"x": [], "y": [], "width": 1}
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        return {"x": [low], "y": [int(len(data))], "width": 1}
+    if np.all(data == np.round(data)) and high - low < bins:  # small integers (scores): one bar each
+        xs = np.arange(low, high + 1)
+        ys = [int(np.count_nonzero(data == x)) for x in xs]
+        return {"x": xs.tolist(), "y": ys, "width": 1}
+    ys, edges = np.histogram(data, bins=bins)
+    return {"x": ((edges[:-1] + edges[1:]) / 2).tolist(), "y": ys.tolist(), "width": float(edges[1] - edges[0])}
+
+
+# ---- clipping ----------------------------------------------------------------------------------
+
+def clip(value: Any, clipped: list, path: str = "", depth: int = 0, chars: int = CLIP_CHARS) -> Any:
+    """``value`` made small and JSON-safe for the page: long text cut to ``chars``, long lists to
+    :data:`CLIP_ITEMS`, nesting to :data:`CLIP_DEPTH`, bytes named; each cut is added to ``clipped``."""
+    if isinstance(value, str):
+        if len(value) > chars:
+            clipped.append({"path": path, "chars": len(value)})
+            return value[:chars]
+        return value
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        clipped.append({"path": path, "bytes": len(value)})
+        return f"<{len(value)} bytes of binary data>"
+    if depth >= CLIP_DEPTH and isinstance(value, (dict, list)):
+        clipped.append({"path": path, "depth": depth})
+        return f"<nested deeper than {CLIP_DEPTH} levels>"
+    if isinstance(value, dict):
+        return {str(k): clip(v, clipped, f"{path}.{k}" if path else str(k), depth + 1, chars) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [clip(v, clipped, f"{path}[{i}]", depth + 1, chars) for i, v in enumerate(value[:CLIP_ITEMS])]
+        if len(value) > CLIP_ITEMS:
+            clipped.append({"path": path, "items": len(value)})
+        return items
+    return str(value)
+
+
+# ---- the pass over every record ------------------------------------------------------------------
+
+def _order_key(record: dict, position: int) -> int:
+    """The sample's order: the ``_id``'s own hash bits when it is ours (hex), else a CRC of the position."""
+    rid = record.get("_id")
+    if isinstance(rid, str) and len(rid) >= 15:
+        try:
+            return int(rid[:15], 16)
+        except ValueError:
+            pass
+    text = rid if isinstance(rid, str) else str(position)
+    return zlib.crc32(text.encode("utf-8", "replace")) << 28
+
+
+class Profiler:
+    """Fed every good record once (:meth:`add`); keeps the profiles and the browser's sample."""
+
+    def __init__(self, sample_size: int = SAMPLE_SIZE) -> None:
+        self.records = 0
+        self.fields: dict[str, FieldProfile] = {}
+        self.sample_size = sample_size
+        self._heap: list[tuple[int, int, dict]] = []  # (-order key, position, record): the lowest keys kept
+
+    def add(self, record: dict) -> None:
+        position = self.records
+        self.records += 1
+        for name, value in record.items():
+            if name in LINEAGE:
+                continue
+            profile = self.fields.get(name)
+            if profile is None:
+                profile = self.fields[name] = FieldProfile(name)
+            profile.add(value)
+        if not self.sample_size:
+            return
+        key = _order_key(record, position)
+        if len(self._heap) < self.sample_size:
+            heapq.heappush(self._heap, (-key, position, _browsable(record, position)))
+        elif -self._heap[0][0] > key:
+            heapq.heapreplace(self._heap, (-key, position, _browsable(record, position)))
+
+    def sample(self) -> list[dict]:
+        """The sampled records in output order."""
+        return [item for _, _, item in sorted(self._heap, key=lambda entry: entry[1])]
+
+    def profiles(self) -> list[dict]:
+        return [p.summary(self.records) for p in self.fields.values()]
+
+
+def _browsable(record: dict, position: int) -> dict:
+    clipped: list = []
+    return {"n": position, "r": clip(record, clipped), "clipped": clipped}
+
+
+class ErrorGroups:
+    """Error records by class: counts, the stages they failed in, and the first examples."""
+
+    EXAMPLES = 20
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.classes: dict[str, dict] = {}
+
+    def add(self, record: dict) -> None:
+        self.total += 1
+        info = record.get("_error") if isinstance(record.get("_error"), dict) else {}
+        name = str(info.get("class") or "unknown")
+        group = self.classes.setdefault(name, {"class": name, "count": 0, "stages": Counter(), "examples": []})
+        group["count"] += 1
+        group["stages"][str(info.get("stage") or "?")] += 1
+        if len(group["examples"]) < self.EXAMPLES:
+            clipped: list = []
+            group["examples"].append({"error": clip(info, clipped, "_error"), "id": clip(record.get("_id"), clipped),
+                                      "record": clip(record.get("record"), clipped, "record"), "clipped": clipped})
+
+    def groups(self) -> list[dict]:
+        ordered = sorted(self.classes.values(), key=lambda g: (-g["count"], g["class"]))
+        return [{**g, "stages": dict(g["stages"])} for g in ordered]
