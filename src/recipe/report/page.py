@@ -54,16 +54,21 @@ def _scalar(value: Any) -> str:
 def _summary(stats: dict | None) -> str:
     if stats is None:
         return "<p class=missing>No summary: stats.json is missing or unreadable (see the problems above).</p>"
-    rows = []
+    tiles, nested = [], []
     keys = [k for k in _SUMMARY_KEYS if k in stats] + [k for k in stats if k not in _SUMMARY_KEYS]
     for key in keys:
         value = stats[key]
-        if isinstance(value, (dict, list)):
-            shown = f"<pre>{_e(json.dumps(value, indent=1, ensure_ascii=False, default=str))}</pre>"
-            rows.append(f"<tr><th>{_e(key)}</th><td data-stat-json='{_e(key)}'>{shown}</td></tr>")
+        if isinstance(value, (dict, list)) and value:
+            shown = _e(json.dumps(value, indent=1, ensure_ascii=False, default=str))
+            nested.append(f"<tr><th>{_e(key)}</th><td data-stat-json='{_e(key)}'><pre>{shown}</pre></td></tr>")
+        elif isinstance(value, (dict, list)):
+            tiles.append(f"<div class=tile><span class=k>{_e(key)}</span><span class=v data-stat-json='{_e(key)}'>"
+                         f"{_e(_scalar(value))}</span></div>")
         else:
-            rows.append(f"<tr><th>{_e(key)}</th><td data-stat='{_e(key)}'>{_e(_scalar(value))}</td></tr>")
-    return f"<table class=kv id=summary>{''.join(rows)}</table>"
+            tiles.append(f"<div class=tile><span class=k>{_e(key)}</span><span class=v data-stat='{_e(key)}'>"
+                         f"{_e(_scalar(value))}</span></div>")
+    table = f"<table class=kv>{''.join(nested)}</table>" if nested else ""
+    return f"<div class=tiles id=summary>{''.join(tiles)}</div>{table}"
 
 
 def _masked_config(files: RunFiles) -> tuple[str, str]:
