@@ -123,6 +123,47 @@ def _good_files(root: str, manifests: dict[int, dict], parts: list[str]) -> list
 
 # ---- records ---------------------------------------------------------------------------------
 
+ARROW_BLOCK = 1 << 26  # a JSONL part whose longest line is longer than this is read line by line
+
+
+def parts(files: list[str], problems: list[str]) -> Iterator[Any]:
+    """Each part as a pyarrow Table where Arrow reads it whole (fast, columnar), else as a list of
+    records read line by line (a part whose fields change type, or holds a line longer than
+    :data:`ARROW_BLOCK`). Parquet's JSON-text fields come as lists of records too."""
+    for path in files:
+        table = _arrow(path)
+        if table is not None:
+            yield table
+        else:
+            yield list(records([path], problems))
+
+
+def _arrow(path: str) -> Any:
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            from recipe.stages.parquet import JSON_FIELDS_KEY
+
+            with storage.open_file(path, "rb") as handle:
+                table = pq.read_table(handle)
+            if (table.schema.metadata or {}).get(JSON_FIELDS_KEY, b"[]") not in (b"[]", b""):
+                return None
+            return table
+        import pyarrow.json as pj
+
+        with storage.open_file(path, "rb") as handle:
+            data = handle.read()
+        if not data.strip():
+            return None
+        block = max(1 << 20, min(len(data) + 1, ARROW_BLOCK))
+        import pyarrow as pa
+
+        return pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=block))
+    except Exception:  # noqa: BLE001 - anything Arrow cannot take is read record by record
+        return None
+
+
 def records(files: list[str], problems: list[str]) -> Iterator[dict]:
     """Every record of ``files`` in order (JSONL or Parquet); an unreadable line or file is a problem, skipped."""
     for path in files:

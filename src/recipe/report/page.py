@@ -166,7 +166,7 @@ def _profile_card(p: dict, index: list, charts: list) -> str:
     facts = [("type", p["type"] + ("" if len([t for t in p["types"] if t != "null"]) <= 1
                                    else " (" + ", ".join(f"{k}: {v}" for k, v in p["types"].items()) + ")")),
              ("present", p["present"]), ("missing", p["missing"]), ("nulls", p["nulls"]),
-             ("distinct", f"{p['distinct']}" + ("" if p["distinct_exact"] else " (estimated)"))]
+             ("distinct", f"{p['distinct']}" + ("" if p["distinct_exact"] else " (estimated, or not counted for lists and objects)"))]
     if "length_mean" in p:
         facts.append(("length mean / max", f"{p['length_mean']} / {p['length_max']}"))
     if "numbers" in p:
@@ -272,8 +272,12 @@ def build(files: RunFiles, sample_size: int) -> str:
 
     problems = files.problems
     profiler = Profiler(sample_size)
-    for record in folder.records(files.part_files, problems):
-        profiler.add(record)
+    for part in folder.parts(files.part_files, problems):
+        if isinstance(part, list):
+            for record in part:
+                profiler.add(record)
+        else:
+            profiler.add_table(part)
     errors = ErrorGroups()
     for record in folder.records(files.error_files, problems):
         errors.add(record)

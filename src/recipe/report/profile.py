@@ -52,6 +52,26 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _arrow_kind(dtype: Any) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "text"
+    if pa.types.is_boolean(dtype):
+        return "boolean"
+    if pa.types.is_integer(dtype):
+        return "integer"
+    if pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
+        return "number"
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return "list"
+    if pa.types.is_struct(dtype):
+        return "object"
+    if pa.types.is_null(dtype):
+        return "null"
+    return str(dtype)
+
+
 class _Distinct:
     """Distinct values: exact up to a bound, then an estimate by adaptive hash sampling (a value
     is kept when its hash's low ``level`` bits are zero; the estimate is ``kept * 2**level``)."""
@@ -101,6 +121,7 @@ class FieldProfile:
     top: Counter = field(default_factory=Counter)
     top_pruned: bool = False
     numbers: array = field(default_factory=lambda: array("d"))
+    number_chunks: list = field(default_factory=list)  # numpy arrays from columnar parts
     number_stride: int = 1
     number_count: int = 0
     number_sum: float = 0.0
@@ -109,6 +130,86 @@ class FieldProfile:
     keys: dict = field(default_factory=dict)  # key -> FieldProfile of an object field
     other_keys: int = 0
     distinct: _Distinct = field(default_factory=_Distinct)
+    distinct_skipped: int = 0  # list and object values of columnar parts: not counted
+
+    def add_column(self, column: Any) -> None:
+        """Every value of a pyarrow array at once (a JSONL or Parquet part read by Arrow); a
+        missing field reads as null there, so it is counted as a null."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        total, nulls = len(column), column.null_count
+        self.present += total
+        self.nulls += nulls
+        if nulls:
+            self.types["null"] += nulls
+            column = column.drop_null()
+        if not len(column):
+            return
+        kind = _arrow_kind(column.type)
+        self.types[kind] += len(column)
+        if kind == "text":
+            self._lengths(pc.utf8_length(column).to_numpy(zero_copy_only=False))
+            self._value_counts(column, str)
+        elif kind in ("integer", "number"):
+            data = column.to_numpy(zero_copy_only=False).astype("float64")
+            data = data[np.isfinite(data)]
+            if len(data):
+                self.number_count += len(data)
+                self.number_sum += float(data.sum())
+                self.number_min = min(self.number_min, float(data.min()))
+                self.number_max = max(self.number_max, float(data.max()))
+                self.number_chunks.append(data[::self.number_stride])
+                if sum(len(c) for c in self.number_chunks) > NUMBERS_KEPT:
+                    self.number_chunks = [np.concatenate(self.number_chunks)[::2]]
+                    self.number_stride *= 2
+            self._value_counts(column, None if kind == "number" else int)
+        elif kind == "boolean":
+            self._value_counts(column, bool)
+        elif kind == "list":
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            values, counts = np.unique(lengths, return_counts=True)
+            self.list_lengths.update(dict(zip(values.tolist(), counts.tolist())))
+            self.distinct_skipped += len(column)
+        elif kind == "object":
+            self.distinct_skipped += len(column)
+            if self.depth < NESTED_DEPTH:
+                for index in range(column.type.num_fields):
+                    key = column.type.field(index).name
+                    profile = self.keys.get(key)
+                    if profile is None:
+                        if len(self.keys) >= NESTED_KEYS:
+                            self.other_keys += 1
+                            continue
+                        profile = self.keys[key] = FieldProfile(f"{self.name}.{key}", self.depth + 1)
+                    profile.add_column(column.field(index))
+        else:
+            self.distinct_skipped += len(column)
+
+    def _lengths(self, lengths: Any) -> None:
+        import numpy as np
+
+        values, counts = np.unique(lengths, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            self.lengths[value] += count
+
+    def _value_counts(self, column: Any, kind: Any) -> None:
+        """Distinct values (hashes) and top values of a column, from Arrow's value counts."""
+        import pyarrow.compute as pc
+
+        counted = pc.value_counts(column)
+        values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+        for value, count in zip(values, counts):
+            digest, text = _key(value)
+            self.distinct.add(digest)
+            if kind is not None and text is not None:
+                self.top[text] += count
+        if len(self.top) > TOP_KEEP:
+            self.top = Counter(dict(self.top.most_common(TOP_KEEP // 4)))
+            self.top_pruned = True
 
     def add(self, value: Any) -> None:
         self.present += 1
@@ -163,7 +264,7 @@ class FieldProfile:
         out: dict[str, Any] = {
             "name": self.name, "type": max(kinds, key=kinds.get) if kinds else main, "types": dict(self.types),
             "present": self.present, "missing": records - self.present, "nulls": self.nulls,
-            "distinct": self.distinct.count(), "distinct_exact": self.distinct.exact,
+            "distinct": self.distinct.count(), "distinct_exact": self.distinct.exact and not self.distinct_skipped,
             "top": [[text, count] for text, count in self.top.most_common(TOP_SHOWN)],
             "top_approximate": self.top_pruned,
         }
@@ -177,7 +278,7 @@ class FieldProfile:
         if self.number_count:
             out["numbers"] = {"count": self.number_count, "min": self.number_min, "max": self.number_max,
                               "mean": self.number_sum / self.number_count,
-                              "histogram": _histogram_values(self.numbers),
+                              "histogram": _histogram_values(self.numbers, self.number_chunks),
                               "sampled": self.number_stride > 1}
         if self.keys:
             objects = self.types.get("object", 0)
@@ -199,10 +300,10 @@ def _histogram_counts(counts: Counter, bins: int = 30) -> dict:
     return {"x": [low + i * width + width / 2 for i in range(bins)], "y": ys, "width": width}
 
 
-def _histogram_values(values: array, bins: int = 30) -> dict:
+def _histogram_values(values: array, chunks: list, bins: int = 30) -> dict:
     import numpy as np
 
-    data = np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
+    data = np.concatenate([np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0), *chunks])
     if not len(data):
         return {"x": [], "y": [], "width": 1}
     low, high = float(data.min()), float(data.max())
@@ -286,6 +387,35 @@ class Profiler:
             heapq.heappush(self._heap, (-key, position, _browsable(record, position)))
         elif -self._heap[0][0] > key:
             heapq.heapreplace(self._heap, (-key, position, _browsable(record, position)))
+
+    def add_table(self, table: Any) -> None:
+        """A whole part read by Arrow: its columns profiled at once, only the rows the sample takes
+        made into Python records."""
+        start = self.records
+        self.records += table.num_rows
+        for name in table.column_names:
+            if name in LINEAGE:
+                continue
+            profile = self.fields.get(name)
+            if profile is None:
+                profile = self.fields[name] = FieldProfile(name)
+            profile.add_column(table.column(name))
+        if not self.sample_size or not table.num_rows:
+            return
+        ids = table.column("_id").to_pylist() if "_id" in table.column_names else [None] * table.num_rows
+        wanted = []
+        for offset, rid in enumerate(ids):
+            key = _order_key({"_id": rid}, start + offset)
+            if len(self._heap) + len(wanted) < self.sample_size or key < -self._heap[0][0]:
+                wanted.append((key, offset))
+        if not wanted:
+            return
+        rows = table.take([offset for _, offset in wanted]).to_pylist()
+        for (key, offset), row in zip(wanted, rows):
+            if len(self._heap) < self.sample_size:
+                heapq.heappush(self._heap, (-key, start + offset, _browsable(row, start + offset)))
+            elif -self._heap[0][0] > key:
+                heapq.heapreplace(self._heap, (-key, start + offset, _browsable(row, start + offset)))
 
     def sample(self) -> list[dict]:
         """The sampled records in output order."""
