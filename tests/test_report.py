@@ -246,3 +246,20 @@ def test_huge_deep_values_and_a_run_with_only_errors_still_give_a_report(tmp_pat
     assert "No records to profile." in page.text_content("#s-fields")
     assert "2 error records." in page.text_content("#s-errors")
     assert problems == []
+
+
+def test_report_of_a_run_folder_on_s3(run, tmp_path, s3_bucket):
+    import s3fs
+
+    folder, _ = run
+    fs = s3fs.S3FileSystem()
+    fs.put(str(folder), f"{s3_bucket}/run", recursive=True)
+    fs.rm(f"{s3_bucket}/run/report.html")
+    result = cli(tmp_path, "report", f"{s3_bucket}/run", check_exit=0)
+    assert result.stdout.strip() == f"report: {s3_bucket}/run/report.html"
+    page = fs.cat_file(f"{s3_bucket}/run/report.html").decode()
+
+    def data(text: str) -> str:
+        return text.split('<script type="application/json" id=report-data>', 1)[1].split("</script>", 1)[0]
+
+    assert data(page) == data((folder / "report.html").read_text())

@@ -328,7 +328,7 @@ def build(files: RunFiles, sample_size: int) -> str:
 <h3>attempts</h3>{_attempts_section(files)}
 <details><summary>{_e(title)}</summary><pre id=config>{_e(config)}</pre></details></section>
 <section id=s-funnel><h2>Funnel</h2>{_funnel_section(rows, stats, charts)}</section>
-<section id=s-fields><h2>Fields</h2><p>{profiler.records} records profiled (every record).</p>{cards}</section>
+<section id=s-fields><h2>Fields</h2><p>{profiler.records} records profiled (every record).</p><div class=fields>{cards}</div></section>
 <section id=s-requests><h2>Requests</h2>{_requests_section(files, stats, charts)}</section>
 <section id=s-records><h2>Records</h2><p id=rec-info>{_e(browser_note)}</p>
 <div class=bar><input id=rec-search type=search placeholder="search the records shown here">
