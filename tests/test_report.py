@@ -100,6 +100,9 @@ def test_summary_numbers_equal_stats_json(run, browser):
     assert {k: json.loads(shown[k]) for k in scalars} == scalars
     nested = dict(page.eval_on_selector_all("[data-stat-json]", "els => els.map(e => [e.dataset.statJson, e.innerText])"))
     assert json.loads(nested["failed_by_class"]) == stats["failed_by_class"]
+    assert "api_key: '***'" in page.text_content("#config")  # the config, keys masked
+    assert "backend.api_key=***" in page.text_content("#command")
+    assert "test-key" not in (folder / "report.html").read_text()  # stub_overrides' key, nowhere in the page
     assert problems == []
 
 
