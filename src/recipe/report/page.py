@@ -271,7 +271,8 @@ def build(files: RunFiles, sample_size: int) -> str:
     from recipe.report import folder
 
     problems = files.problems
-    profiler = Profiler(sample_size)
+    expected = sum(int(m.get("records") or 0) for m in files.manifests.values()) or None
+    profiler = Profiler(sample_size, expected)
     for part in folder.parts(files.part_files, problems):
         if isinstance(part, list):
             for record in part:

@@ -85,9 +85,20 @@ class _Distinct:
             return
         self.hashes.add(key)
         if len(self.hashes) > DISTINCT_EXACT:
-            self.level += 1
+            self._raise()
+
+    def add_many(self, keys: Any) -> None:
+        if self.level:
             mask = (1 << self.level) - 1
-            self.hashes = {h for h in self.hashes if not h & mask}
+            keys = [k for k in keys if not k & mask]
+        self.hashes.update(keys)
+        while len(self.hashes) > DISTINCT_EXACT:
+            self._raise()
+
+    def _raise(self) -> None:
+        self.level += 1
+        mask = (1 << self.level) - 1
+        self.hashes = {h for h in self.hashes if not h & mask}
 
     @property
     def exact(self) -> bool:
@@ -101,8 +112,8 @@ def _key(value: Any) -> tuple[int, str | None]:
     """(hash for distinct counting, text for top values or None)."""
     if isinstance(value, str):
         return hash(value), value[:TOP_CHARS]
-    if isinstance(value, (bool, int, float)):
-        return hash((type(value).__name__, value)), json.dumps(value)
+    if isinstance(value, (bool, int, float)):  # (a field holds one of them: their hashes need not differ)
+        return hash(value), json.dumps(value)
     text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return hash(text), None
 
@@ -197,52 +208,31 @@ class FieldProfile:
             self.lengths[value] += count
 
     def _value_counts(self, column: Any, kind: Any) -> None:
-        """Distinct values (hashes) and top values of a column, from Arrow's value counts."""
+        """Distinct values (hashes) and top values of a column, from Arrow's value counts; once
+        the top values were pruned, a value seen once in a part cannot make the top any more."""
         import pyarrow.compute as pc
 
         counted = pc.value_counts(column)
-        values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
-        for value, count in zip(values, counts):
-            digest, text = _key(value)
-            self.distinct.add(digest)
-            if kind is not None and text is not None:
-                self.top[text] += count
-        if len(self.top) > TOP_KEEP:
-            self.top = Counter(dict(self.top.most_common(TOP_KEEP // 4)))
-            self.top_pruned = True
-
-    def add(self, value: Any) -> None:
-        self.present += 1
-        kind = type_name(value)
-        self.types[kind] += 1
-        if value is None:
-            self.nulls += 1
+        values, counts = counted.field("values"), counted.field("counts")
+        self.distinct.add_many(map(hash, values.to_pylist()))
+        if kind is None:
             return
-        if kind == "text":
-            self.lengths[len(value)] += 1
-        elif kind in ("integer", "number"):
-            self._number(float(value))
-        elif kind == "list":
-            self.list_lengths[len(value)] += 1
-        elif kind == "object" and self.depth < NESTED_DEPTH:
-            for key, item in value.items():
-                profile = self.keys.get(key)
-                if profile is None:
-                    if len(self.keys) >= NESTED_KEYS:
-                        self.other_keys += 1
-                        continue
-                    profile = self.keys[key] = FieldProfile(f"{self.name}.{key}", self.depth + 1)
-                profile.add(item)
-        try:
-            digest, text = _key(value)
-        except (TypeError, ValueError, RecursionError):  # a value JSON cannot hold: counted as its type
-            digest, text = hash(kind), None
-        self.distinct.add(digest)
-        if text is not None and kind != "number":
-            self.top[text] += 1
-            if len(self.top) > TOP_KEEP:
-                self.top = Counter(dict(self.top.most_common(TOP_KEEP // 4)))
-                self.top_pruned = True
+        if self.top_pruned:
+            repeated = pc.greater(counts, 1)
+            values, counts = values.filter(repeated), counts.filter(repeated)
+        if kind is str:
+            values = pc.utf8_slice_codeunits(values, 0, TOP_CHARS)
+        texts = values.to_pylist()
+        if kind is int:  # as JSON writes them
+            texts = [str(v) for v in texts]
+        elif kind is bool:
+            texts = ["true" if v else "false" for v in texts]
+        top = self.top
+        for text, count in zip(texts, counts.to_pylist()):
+            top[text] += count
+        if len(top) > TOP_KEEP:
+            self.top = Counter(dict(top.most_common(TOP_KEEP // 4)))
+            self.top_pruned = True
 
     def _number(self, value: float) -> None:
         if math.isnan(value) or math.isinf(value):
@@ -364,10 +354,15 @@ def _order_key(record: dict, position: int) -> int:
 class Profiler:
     """Fed every good record once (:meth:`add`); keeps the profiles and the browser's sample."""
 
-    def __init__(self, sample_size: int = SAMPLE_SIZE) -> None:
+    def __init__(self, sample_size: int = SAMPLE_SIZE, expected: int | None = None) -> None:
         self.records = 0
         self.fields: dict[str, FieldProfile] = {}
         self.sample_size = sample_size
+        # Order keys are uniform over [0, 2**60): with the run's size known (its manifests), a
+        # record whose key is beyond 1.5 times the expected share cannot end in the sample, and is
+        # never made into a Python record (0 when the sample holds every record anyway).
+        share = 1.5 * sample_size / expected if expected else 1.0
+        self.cutoff = (1 << 60) if share >= 1 else int((1 << 60) * share)
         self._heap: list[tuple[int, int, dict]] = []  # (-order key, position, record): the lowest keys kept
 
     def add(self, record: dict) -> None:
@@ -383,6 +378,8 @@ class Profiler:
         if not self.sample_size:
             return
         key = _order_key(record, position)
+        if key >= self.cutoff:
+            return
         if len(self._heap) < self.sample_size:
             heapq.heappush(self._heap, (-key, position, _browsable(record, position)))
         elif -self._heap[0][0] > key:
@@ -402,10 +399,22 @@ class Profiler:
             profile.add_column(table.column(name))
         if not self.sample_size or not table.num_rows:
             return
-        ids = table.column("_id").to_pylist() if "_id" in table.column_names else [None] * table.num_rows
+        offsets = range(table.num_rows)
+        ids = table.column("_id") if "_id" in table.column_names else None
+        if ids is not None and self.cutoff < (1 << 60) and _arrow_kind(ids.type) == "text":
+            import pyarrow.compute as pc
+
+            # our ids are 16 hex digits: the first 15 compare as text as they do as numbers
+            ours = pc.all(pc.match_substring_regex(ids, "^[0-9a-f]{15}")).as_py()
+            if ours:
+                below = pc.less(pc.utf8_slice_codeunits(ids, 0, 15), f"{self.cutoff:015x}")
+                offsets = [i for i, keep in enumerate(below.to_pylist()) if keep]
+        ids = ids.to_pylist() if ids is not None else None
         wanted = []
-        for offset, rid in enumerate(ids):
-            key = _order_key({"_id": rid}, start + offset)
+        for offset in offsets:
+            key = _order_key({"_id": ids[offset] if ids is not None else None}, start + offset)
+            if key >= self.cutoff:
+                continue
             if len(self._heap) + len(wanted) < self.sample_size or key < -self._heap[0][0]:
                 wanted.append((key, offset))
         if not wanted:
