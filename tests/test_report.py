@@ -266,3 +266,36 @@ def test_report_of_a_run_folder_on_s3(run, tmp_path, s3_bucket):
         return text.split('<script type="application/json" id=report-data>', 1)[1].split("</script>", 1)[0]
 
     assert data(page) == data((folder / "report.html").read_text())
+
+
+def test_profiles_read_by_arrow_equal_those_read_record_by_record(tmp_path):
+    """The two ways a part is read (Arrow, columnar; line by line, for what Arrow refuses) give the
+    same profiles and the same sample."""
+    import random
+
+    from recipe.report import folder as run_files
+    from recipe.report.profile import Profiler
+
+    rng = random.Random(3)
+    rows = [{"_id": f"{rng.getrandbits(64):016x}", "_parent": None, "text": rng.choice(["a", "bb", "ccc", "x" * 300]),
+             "n": rng.randint(0, 9), "f": rng.random(), "ok": rng.random() < 0.3, "tags": ["t"] * rng.randint(0, 3),
+             "scores": {"accuracy": rng.randint(1, 5), "style": rng.randint(1, 5)}, "maybe": None if i % 4 else "v"}
+            for i in range(3000)]
+    parts = [write_jsonl(tmp_path / f"part-{i:05d}.jsonl", rows[i * 700:(i + 1) * 700]) for i in range(5)]
+    by_arrow, by_line = Profiler(500, expected=3000), Profiler(500, expected=3000)
+    problems: list[str] = []
+    tables = list(run_files.parts([str(p) for p in parts], problems))
+    assert all(not isinstance(t, list) for t in tables)  # Arrow read every part
+    for table in tables:
+        by_arrow.add_table(table)
+    for record in run_files.records([str(p) for p in parts], problems):
+        by_line.add(record)
+    assert problems == []
+
+    def comparable(profiles: list[dict]) -> list[dict]:  # list and object values: Arrow does not count distinct
+        return [{k: v for k, v in p.items() if not (p["type"] in ("list", "object") and k.startswith("distinct"))}
+                | {"keys": comparable(p.get("keys") or [])} for p in profiles]
+
+    assert comparable(by_arrow.profiles()) == comparable(by_line.profiles())
+    assert [item["r"]["_id"] for item in by_arrow.sample()] == [item["r"]["_id"] for item in by_line.sample()]
+    assert len(by_arrow.sample()) == 500

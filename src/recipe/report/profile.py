@@ -234,6 +234,40 @@ class FieldProfile:
             self.top = Counter(dict(top.most_common(TOP_KEEP // 4)))
             self.top_pruned = True
 
+    def add(self, value: Any) -> None:
+        """One value (a record read line by line)."""
+        self.present += 1
+        kind = type_name(value)
+        self.types[kind] += 1
+        if value is None:
+            self.nulls += 1
+            return
+        if kind == "text":
+            self.lengths[len(value)] += 1
+        elif kind in ("integer", "number"):
+            self._number(float(value))
+        elif kind == "list":
+            self.list_lengths[len(value)] += 1
+        elif kind == "object" and self.depth < NESTED_DEPTH:
+            for key, item in value.items():
+                profile = self.keys.get(key)
+                if profile is None:
+                    if len(self.keys) >= NESTED_KEYS:
+                        self.other_keys += 1
+                        continue
+                    profile = self.keys[key] = FieldProfile(f"{self.name}.{key}", self.depth + 1)
+                profile.add(item)
+        if kind in ("list", "object") or kind not in ("text", "integer", "number", "boolean"):
+            self.distinct_skipped += 1  # as the columnar path: distinct values of scalars only
+            return
+        digest, text = _key(value)
+        self.distinct.add(digest)
+        if text is not None and kind != "number":
+            self.top[text] += 1
+            if len(self.top) > TOP_KEEP:
+                self.top = Counter(dict(self.top.most_common(TOP_KEEP // 4)))
+                self.top_pruned = True
+
     def _number(self, value: float) -> None:
         if math.isnan(value) or math.isinf(value):
             return
@@ -267,7 +301,7 @@ class FieldProfile:
             out["list_lengths"] = _histogram_counts(self.list_lengths)
         if self.number_count:
             out["numbers"] = {"count": self.number_count, "min": self.number_min, "max": self.number_max,
-                              "mean": self.number_sum / self.number_count,
+                              "mean": float(f"{self.number_sum / self.number_count:.12g}"),  # any summing order
                               "histogram": _histogram_values(self.numbers, self.number_chunks),
                               "sampled": self.number_stride > 1}
         if self.keys:
