@@ -123,6 +123,13 @@ def test_funnel_and_request_timings_match_the_wire(run, browser):
     assert int(timed) == wire["requests"]  # every request attempt on the wire, timed once
     for q in ("p50", "p90", "p99"):
         assert page.text_content(f"[data-latency={q}]").endswith(" ms")
+    timeline = {t["name"]: sum(t["y"]) for t in page.evaluate(
+        "JSON.parse(document.getElementById('report-data').textContent).charts"
+        ".find(c => c.id === 'chart-timeline').data")}
+    assert sum(timeline.values()) == wire["requests"]
+    assert timeline["429 (rate limited)"] == wire["status_counts"].get("429", 0) == 0
+    assert timeline["failed, retried"] + timeline["failed"] >= wire["status_counts"]["500"]
+    assert timeline["answered"] == wire["requests"] - timeline["failed, retried"] - timeline["failed"]
 
 
 def test_records_page_search_and_parent_click_through(run, browser):
