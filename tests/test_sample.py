@@ -292,3 +292,14 @@ def test_target_records_takes_the_first_records_of_the_whole_run(tmp_path, stub_
     run(tmp_path, server, conf, "target.records=130", out="target")
     whole, target = outputs(tmp_path / "whole"), outputs(tmp_path / "target")
     assert len(target) == 130 and target == whole[:130]
+
+
+def test_a_sampler_only_recipe_on_the_default_backend_starts_no_model_server(tmp_path):
+    """No stage asks the run's model, so the embedded llama.cpp server is not started (it took a
+    model load and a port for nothing, and failed where recipe[local] is not installed)."""
+    conf = write_recipe(tmp_path, sample_recipe({"rating": {"sampler": "uniform", "low": 1, "high": 5,
+                                                            "convert_to": "int"}}, n=30))
+    result = cli(tmp_path, "--config-dir", str(conf), "recipe=sampled", f"output_dir={tmp_path / 'out'}",
+                 "progress=false", "backend.model_path=/nonexistent/model.gguf", check_exit=0)
+    assert "30 records, 0 failed" in result.stdout, result.stderr[-2000:]
+    assert sorted({r["rating"] for r in outputs(tmp_path / "out")}) == [1, 2, 3, 4, 5]

@@ -32,9 +32,12 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
 
 def start_local_server(stack: contextlib.ExitStack, plan: RunPlan) -> None:
     """``backend.start_local_server``: the embedded llama.cpp server for this run, its address
-    given to every stage that uses the run's client."""
+    given to every stage that uses the run's client. A recipe with no stage asking the run's
+    model (samplers and transforms only) starts none."""
     backend = plan.backend
     if not backend.get("start_local_server") or backend.get("api_base"):
+        return
+    if not any(getattr(stage, "client", None) == plan.spec for stage in plan.stages):
         return
     from recipe.clients.llamacpp_server import LlamaCppServer
 
