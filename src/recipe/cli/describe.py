@@ -14,7 +14,7 @@ from typing import Any
 NONE = "-"
 
 
-def stage_rows(overrides: list[str]) -> tuple[str, list[dict[str, Any]], list[str]]:
+def stage_rows(overrides: list[str], config_dirs: list[str] | None = None) -> tuple[str, list[dict[str, Any]], list[str]]:
     """The recipe's name, one row per stage (name, class, reads, writes) and the chain's problems."""
     from recipe.clients.factory import ClientSpec
     from recipe.engine.plan import checked_data, compose
@@ -22,7 +22,7 @@ def stage_rows(overrides: list[str]) -> tuple[str, list[dict[str, Any]], list[st
     from recipe.stages.build import build_stages
     from recipe.stages.records import RESERVED
 
-    cfg = compose(overrides)  # every bad value and stage parameter in one report
+    cfg = compose(overrides, config_dirs=config_dirs or [])  # every bad value and stage parameter in one report
     data = checked_data(cfg)
     spec = ClientSpec.from_config(data)
     stages = build_stages(data["recipe"], spec, output_dir="<run folder>",
@@ -54,12 +54,22 @@ def render(name: str, rows: list[dict[str, Any]], problems: list[str]) -> str:
 
 
 def describe(argv: list[str]) -> None:
-    """Print the table for the recipe the overrides compose (``recipe=NAME``, and any others)."""
+    """Print the table for the recipe the overrides compose (``recipe=NAME``, and any others;
+    ``--config-dir DIR`` adds a config dir of the user's, as for a run)."""
+    import os
+
+    from recipe.cli.precheck import hydra_args
     from recipe.errors import ConfigError
 
-    if any(arg.startswith("-") for arg in argv):
-        raise ConfigError(f"describe takes overrides only (recipe=NAME key=value ...), not {next(a for a in argv if a.startswith('-'))}")
-    name, rows, problems = stage_rows(list(argv))
+    args = hydra_args(argv)
+    flags = [a for a in argv if a.startswith("-") and a not in ("--config-dir", "-cd")
+             and not a.startswith("--config-dir=") and a != args.config_dir]
+    if flags:
+        raise ConfigError(f"describe takes overrides (recipe=NAME key=value ...) and --config-dir, not {flags[0]}")
+    if args.config_dir is not None and not os.path.isdir(args.config_dir):
+        raise ConfigError(f"config directory not found: {os.path.abspath(args.config_dir)}")
+    config_dirs = [args.config_dir] if args.config_dir is not None else []
+    name, rows, problems = stage_rows(list(args.overrides), config_dirs)
     print(render(name, rows, problems))
     if problems:
         raise ConfigError(f"recipe {name}: " + "; ".join(problems))
