@@ -315,8 +315,40 @@ def errors_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- samplers --------------------------------------------------------------------------------
+
+def sampler_rows() -> list[tuple[str, str, str]]:
+    """``(sampler, required parameters, optional parameters with defaults)`` for every sampler kind."""
+    from recipe.stages.samplers.kinds import KINDS, kind
+
+    rows = []
+    for name in KINDS:
+        found = kind(name)
+        if found is None:
+            continue
+        optional = ", ".join(f"`{k}` (`{v!r}`)" for k, v in found.optional.items()) or "-"
+        rows.append((name, ", ".join(f"`{k}`" for k in found.required) or "-", optional))
+    return rows
+
+
+def samplers_page() -> str:
+    from recipe.stages.samplers.table import COLUMN_KEYS, CONVERSIONS
+
+    lines = ["# Samplers (reference)", "",
+             "Generated from `recipe/stages/samplers/kinds.py` at build time: every sampler a `SampleStage` "
+             "column can name (`{sampler: NAME, ...parameters}`), with its parameters. A missing or unknown "
+             "parameter is an `error:` line naming the column before the run. See "
+             "[Samplers and expressions](../samplers.md) for how columns, conditions and constraints work.", "",
+             "| sampler | required | optional (default) |", "|---|---|---|"]
+    lines += [f"| `{name}` | {req} | {cell(opt)} |" for name, req, opt in sampler_rows()]
+    lines += ["", f"Every column also takes: {', '.join(f'`{k}`' for k in COLUMN_KEYS if k != 'sampler')} "
+              f"(`convert_to` is one of {', '.join(f'`{c}`' for c in CONVERSIONS)}).", ""]
+    return "\n".join(lines)
+
+
 def pages() -> dict[str, str]:
     """Every generated page, by its path under ``docs/``."""
     recipes = recipe_stage_rows()
     return {"reference/stages.md": stages_page(recipes), "reference/recipes.md": recipes_page(recipes),
-            "reference/config.md": config_page(), "reference/errors.md": errors_page()}
+            "reference/config.md": config_page(), "reference/errors.md": errors_page(),
+            "reference/samplers.md": samplers_page()}
