@@ -183,6 +183,7 @@ def _check_data(block: Block, cwd: Path) -> None:
                 json.loads(line)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_every_block_of_the_page_runs(page, stub_server, tmp_path, monkeypatch):
     from recipe.testing.hub_stub import HubStub
