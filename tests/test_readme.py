@@ -91,3 +91,12 @@ def test_the_default_recipe_finishes_clean_on_the_embedded_model(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert ", 0 failed, " in summary and summary.startswith("8 records"), summary
+
+
+def test_readme_is_short_and_links_into_the_docs():
+    """At most 150 lines, and every relative link it gives leads to a file of the checkout."""
+    assert len(README.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert any(link.startswith("docs/") for link in local)
+    assert [link for link in local if not (ROOT / link).exists()] == []

@@ -13,7 +13,22 @@ from recipe.clients.litellm_setup import offline_environment
 
 offline_environment()  # before anything can import litellm, here or in a Dask worker
 
-__all__ = ["compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError",
+
+
+def _version() -> str:
+    """The installed package's version (pyproject.toml's, as pip installed it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recipe")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
+#: Written into every run's stats.json and dataset card, so a result says what made it.
+__version__ = _version()
+
+__all__ = ["__version__", "compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError",
            "LLMError", "ParseError", "SchemaError"]
 
 if TYPE_CHECKING:  # pragma: no cover

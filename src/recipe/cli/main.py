@@ -149,6 +149,17 @@ def _main() -> None:
     secrets.from_overrides(sys.argv[1:])
     sys.stdout, sys.stderr = secrets.RedactingStream(sys.stdout), secrets.RedactingStream(sys.stderr)
     setup()
+    from recipe.cli import options
+
+    options.register()  # ${recipe_options:GROUP}: --help lists the recipes and models from the files
+    if sys.argv[1:2] == ["describe"]:  # not a Hydra run: a recipe's stages and the fields they read and write
+        from recipe.cli.describe import describe
+
+        try:
+            describe(sys.argv[2:])
+        except ConfigError as exc:
+            _fail(str(exc))
+        sys.exit(0)
     try:
         precheck(sys.argv[1:])
     except ConfigError as exc:

@@ -21,6 +21,11 @@ from recipe.stages import conditions
 from recipe.stages.records import RESERVED
 
 
+def reads(stage) -> set[str]:
+    """The record fields ``stage`` reads: its declared :attr:`inputs` and its ``when:`` condition's."""
+    return set(stage.inputs) | conditions.fields(getattr(stage, "when", None))
+
+
 def problems(stages: Sequence, input_fields: set[str] | None = None) -> list[str]:
     """One line per field a stage reads that no input or earlier stage provides.
 
@@ -31,12 +36,12 @@ def problems(stages: Sequence, input_fields: set[str] | None = None) -> list[str
     found: list[str] = []
     for stage in stages:
         try:
-            reads = set(stage.inputs) | conditions.fields(getattr(stage, "when", None))
+            needed = reads(stage)
         except ConfigError as exc:  # a template that does not compile
             found.append(f"stage {stage.name!r}: {exc}")
-            reads = set()
+            needed = set()
         if available is not None:
-            for name in sorted(set(reads) - available - set(RESERVED)):
+            for name in sorted(needed - available - set(RESERVED)):
                 found.append(f"stage {stage.name!r} reads {name!r}, which no input or earlier stage provides")
         available = stage.provides(available)
     return found
