@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from recipe.config import defaults
+from recipe.config.concurrency import parse_max_concurrency
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.errors import ConfigError
 
@@ -30,7 +31,8 @@ class ClientSpec:
     api_key: "str | EnvKey | None" = field(default=None, repr=False)
     timeout: float = defaults.TIMEOUT
     num_retries: int = defaults.NUM_RETRIES
-    max_concurrency: int = defaults.MAX_CONCURRENCY
+    max_concurrency: int = defaults.MAX_CONCURRENCY  # the fixed limit, or the ceiling of an adaptive one
+    adaptive_concurrency: bool = False  # backend.max_concurrency: auto (recipe.clients.adaptive)
     rpm: float | None = None
     tpm: float | None = None
     context_length: int | None = None
@@ -58,11 +60,12 @@ class ClientSpec:
         if not formatter.get("_target_"):
             formatter = {}
         cache = data.get("cache") or {}
+        ceiling, adaptive = parse_max_concurrency(backend.get("max_concurrency", defaults.MAX_CONCURRENCY))
         return cls(
             provider=backend["provider"], model=model["name"], api_base=backend.get("api_base"),
             api_key=backend.get("api_key"), timeout=float(backend.get("timeout", defaults.TIMEOUT)),
             num_retries=int(backend.get("num_retries", defaults.NUM_RETRIES)),
-            max_concurrency=int(backend.get("max_concurrency", defaults.MAX_CONCURRENCY)),
+            max_concurrency=ceiling, adaptive_concurrency=adaptive,
             rpm=backend.get("rpm"), tpm=backend.get("tpm"), context_length=model.get("context_length"),
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
@@ -112,7 +115,7 @@ class ClientSpec:
         """The client's arguments, the key resolved here (in the process that builds the client)."""
         return {"provider": self.provider, "api_base": self.api_base, "api_key": resolve_key(self.api_key),
                 "timeout": self.timeout, "num_retries": self.num_retries,
-                "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
+                "max_concurrency": self.max_concurrency, "adaptive_concurrency": self.adaptive_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
                 "on_truncated": self.on_truncated}
 

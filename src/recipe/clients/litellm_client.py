@@ -84,6 +84,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         num_retries: retries of retryable errors (429, 5xx, timeouts, dropped connections,
             malformed responses), with exponential backoff and jitter, honouring Retry-After.
         max_concurrency, rpm, tpm: limits for this process; pass ``limiter`` for cluster-wide ones.
+        adaptive_concurrency: ``max_concurrency`` is the ceiling of a limit adapted from latency
+            (``backend.max_concurrency: auto``, :mod:`recipe.clients.adaptive`).
         cache: a :class:`recipe.cache.sqlite.RequestCache`; hits send no request.
         endpoint_id: names the endpoint in cache keys instead of ``api_base``.
         structured_output: the backend's schema dialect (a key of
@@ -100,7 +102,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
                  timeout: float = defaults.TIMEOUT, num_retries: int = defaults.NUM_RETRIES,
-                 max_concurrency: int = defaults.MAX_CONCURRENCY,
+                 max_concurrency: int = defaults.MAX_CONCURRENCY, adaptive_concurrency: bool = False,
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -118,7 +120,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.stats = stats if stats is not None else UsageStats()
-        self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
+        self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats,
+                                               adaptive=adaptive_concurrency)
         self.cache = cache
         self.budget = budget  # recipe.clients.budget: reserve before each attempt, settle after
         self.batcher = batcher  # recipe.clients.batch: requests go through the provider's batch API
@@ -126,6 +129,11 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         # (the embedded llama.cpp server gets a new port each run).
         self.endpoint_id = endpoint_id or api_base
         self._lean_routes: dict[tuple, LeanRoute] = {}
+
+    @property
+    def endpoint_name(self) -> str:
+        """How stats.json names this endpoint (its URL, or the provider's default one)."""
+        return self.api_base or self.provider
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
@@ -216,12 +224,15 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 except Exception as exc:  # translated here, in one place
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 else:
-                    self.limiter.on_success()
+                    latency = time.monotonic() - started
+                    self.limiter.on_success(latency)
+                    self.stats.endpoint(self.endpoint_name, latency)
                     return result
                 finally:
                     _TICKET.reset(token)
                     if ticket is not None:
                         await self.budget.settle(ticket)
+            self.stats.endpoint(self.endpoint_name, error=True)
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)

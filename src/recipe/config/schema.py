@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from recipe.config import defaults
+from recipe.config.concurrency import parse_max_concurrency
 
 TRUNCATION_POLICIES = ("keep", "error", "retry")
 
@@ -43,7 +44,8 @@ class BackendConfig:
     ship_key: bool = False
     timeout: float = defaults.TIMEOUT
     num_retries: int = defaults.NUM_RETRIES
-    max_concurrency: int = defaults.MAX_CONCURRENCY
+    # N: a fixed limit (lowered only by 429s); auto or auto:N: adapted from latency too, N the ceiling
+    max_concurrency: Any = defaults.MAX_CONCURRENCY
     rpm: Optional[float] = None
     tpm: Optional[float] = None
     # llamacpp only: start the embedded server for the run when api_base is null.
@@ -169,7 +171,10 @@ def value_problems(cfg: Any) -> list[str]:
     check(b.timeout > 0, "backend.timeout", "must be > 0", b.timeout)
     check(b.batch_poll_seconds > 0, "backend.batch_poll_seconds", "must be > 0", b.batch_poll_seconds)
     check(b.num_retries >= 0, "backend.num_retries", "must be >= 0", b.num_retries)
-    check(b.max_concurrency >= 1, "backend.max_concurrency", "must be >= 1", b.max_concurrency)
+    try:
+        parse_max_concurrency(b.max_concurrency)
+    except ValueError as exc:
+        problems.append(f"backend.max_concurrency={b.max_concurrency!r}: {exc}")
     for key in ("rpm", "tpm"):
         value = getattr(b, key)
         if value is not None:

@@ -133,6 +133,7 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
         "partitions": done["partitions"],
         "json_fields": sorted(set(json_fields or []) | set(done["json_fields"])),
         "config_hash": config_hash,
+        "replicas": _replicas(total["replicas"]),
         "this_attempt": {"attempt": attempt["attempt"], "requests": usage.get("requests", 0),
                          "cache_hits": usage.get("cache_hits", 0),
                          "partitions_written": attempt["partitions_to_do"],
@@ -141,6 +142,16 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
                      "of_partitions": attempt["of_partitions"]} if resumed else None),
     }
     return stats
+
+
+def _replicas(replicas: dict) -> dict:
+    """Per endpoint: requests, errors, latency p50 and p99 in seconds (of the answered attempts)."""
+    from recipe.clients.usage import latency_percentile
+
+    return {url: {"requests": entry.get("requests", 0), "errors": entry.get("errors", 0),
+                  "latency_p50": latency_percentile(entry.get("latency") or {}, 0.50),
+                  "latency_p99": latency_percentile(entry.get("latency") or {}, 0.99)}
+            for url, entry in sorted(replicas.items())}
 
 
 def _deduplicated(attempts: list[dict]) -> dict:

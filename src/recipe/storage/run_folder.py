@@ -243,12 +243,22 @@ _SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seco
            "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures")
 
 
+def add_counts(into: dict, other: dict) -> None:
+    """Add ``other``'s numbers into ``into``, recursively (dicts of counts of any depth)."""
+    for key, value in other.items():
+        if isinstance(value, dict):
+            add_counts(into.setdefault(key, {}), value)
+        else:
+            into[key] = into.get(key, 0) + value
+
+
 def sum_attempts(attempts: list[dict]) -> dict:
     """Usage over every attempt: each attempt's own counts, so nothing is counted twice."""
     total: dict[str, Any] = {key: 0 for key in _SUMMED}
     failures: dict[str, int] = {}
     tokens: dict[str, list[int]] = {}
     structured: dict[str, dict[str, int]] = {}  # per schema name (UsageStats.structured_by_schema)
+    replicas: dict[str, dict] = {}  # per endpoint (UsageStats.replicas): counts and latency buckets
     for attempt in attempts:
         usage = attempt.get("usage") or {}
         for key in _SUMMED:
@@ -262,7 +272,9 @@ def sum_attempts(attempts: list[dict]) -> dict:
             counts = structured.setdefault(name, {})
             for key, amount in amounts.items():
                 counts[key] = counts.get(key, 0) + amount
+        add_counts(replicas, usage.get("replicas") or {})
     total["failures"], total["tokens_by_model"], total["structured_by_schema"] = failures, tokens, structured
+    total["replicas"] = replicas
     for key in ("retry_wait_seconds", "limit_wait_seconds", "wall_seconds"):
         total[key] = round(total[key], 3)
     return total

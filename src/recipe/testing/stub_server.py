@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from recipe.testing import queueing
 from recipe.testing.line_request import LineRequest
 from recipe.clients.subprocess_server import ServerProcess
 
@@ -163,6 +164,7 @@ class _App:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.retry = {"Retry-After": str(a.retry_after)}
+        self.service = queueing.ServiceModel.from_args(a)  # --capacity: a queueing engine (testing/queueing.py)
         self.reset()
 
     def reset(self) -> None:
@@ -291,6 +293,7 @@ class _App:
         if fault == "429":
             return _error(429, "Rate limit reached", "rate_limit_exceeded",
                           "rate_limit_exceeded", headers=self.retry)
+        await self.service.serve()
         if a.latency > 0:
             s = a.jitter_sigma
             await asyncio.sleep(a.latency * (random.lognormvariate(-s * s / 2, s) if s else 1.0))
@@ -597,6 +600,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-seconds", type=float, default=1.0, help="how long a batch takes to complete")
     p.add_argument("--batch-expire", action="store_true", help="batches expire instead of completing")
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
+    queueing.add_arguments(p)
     return p
 
 
@@ -617,6 +621,7 @@ async def _serve(args: argparse.Namespace) -> None:
     AnthropicBatches(state).routes(app.router)
     app.router.add_post("/api/chat", state.ollama_chat)
     app.router.add_post("/api/generate", state.ollama_generate)
+    state.service.routes(app.router)
     app.router.add_get("/_stats", state.stats)
     app.router.add_post("/_reset", state.do_reset)
     app.router.add_post("/_models", state.set_models)
@@ -652,7 +657,7 @@ class StubServer:
                  status: int = 0, drip: float = 0.0, port: int = 0,
                  models: str = "", schema_break: float = 0.0, usage: tuple[int, int] | None = None,
                  batch_seconds: float = 1.0, batch_expire: bool = False, pick: str = "length",
-                 echo_chars: int = 30) -> None:
+                 echo_chars: int = 30, extra_args: tuple[str, ...] = ()) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
@@ -670,6 +675,7 @@ class StubServer:
         self.args.append(f"--batch-seconds={batch_seconds}")
         if batch_expire:
             self.args.append("--batch-expire")
+        self.args += list(extra_args)  # options of their own modules, e.g. queueing.queue_args(...)
         self.port = port
         self._proc: ServerProcess | None = None
 
