@@ -31,7 +31,7 @@ from _common import banner, save, small  # noqa: E402
 
 from recipe.clients.litellm_client import AsyncLiteLLMClient  # noqa: E402
 from recipe.clients.usage import latency_percentile  # noqa: E402
-from recipe.testing.queueing import queue_args, set_capacity  # noqa: E402
+from recipe.testing.queueing import queue_args, queue_stats, set_capacity  # noqa: E402
 from recipe.testing.stub_server import StubServer  # noqa: E402
 
 CAPACITY, SERVICE_MS = 16, 200
@@ -95,10 +95,21 @@ def measure(base_url: str, limit: int | str) -> dict:
     return result
 
 
+def idle(server: StubServer) -> None:
+    """Wait until the server has served what the last client left queued (its requests outlive it)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        q = queue_stats(server.port)
+        if q["in_service"] == 0 and q["waiting"] == 0:
+            return
+        time.sleep(0.2)
+
+
 def sweep(server: StubServer, label: str) -> list[dict]:
     rows = []
     print(f"\n## {label}\n| limit | answers/s | median latency | settled limit |\n|---|---|---|---|")
     for limit in (*FIXED, "auto"):
+        idle(server)
         server.reset()
         r = {"limit": limit, **measure(server.base_url, limit)}
         rows.append(r)
@@ -150,7 +161,7 @@ def main() -> None:
     results: dict = {}
     with StubServer(extra_args=tuple(queue_args(CAPACITY, SERVICE_MS))) as server:
         results["queueing"] = sweep(server, f"queueing: capacity {CAPACITY}, {SERVICE_MS} ms each")
-        server.reset()
+        idle(server)
         set_capacity(server.port, CAPACITY)
         results["halving"] = halving(server)
     results["throttling"] = throttling()

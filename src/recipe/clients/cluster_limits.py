@@ -205,6 +205,11 @@ def _current_worker():
 
 def limiter_for(spec, stats):
     """The limiter a shared client uses in this process: cluster-wide inside a Dask worker."""
+    if isinstance(spec.api_base, tuple):  # replicas: each process routes over them with its own limits
+        from recipe.clients.replicas import ReplicaSet
+
+        return ReplicaSet(spec.api_base, spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,
+                          adaptive=spec.adaptive_concurrency)
     worker = _current_worker() if spec.cluster_limits else None
     if worker is None:
         return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats, adaptive=spec.adaptive_concurrency)

@@ -25,7 +25,7 @@ class ClientSpec:
 
     provider: str
     model: str
-    api_base: str | None = None
+    api_base: "str | tuple[str, ...] | None" = None  # a tuple: replicas of one model (clients/replicas.py)
     # A key by reference (an EnvKey: the variable's name) unless backend.ship_key=true: this spec
     # travels in task graphs, and each process resolves the key from its own environment.
     api_key: "str | EnvKey | None" = field(default=None, repr=False)
@@ -61,8 +61,11 @@ class ClientSpec:
             formatter = {}
         cache = data.get("cache") or {}
         ceiling, adaptive = parse_max_concurrency(backend.get("max_concurrency", defaults.MAX_CONCURRENCY))
+        api_base = backend.get("api_base")
+        if isinstance(api_base, (list, tuple)):
+            api_base = tuple(api_base) if len(api_base) != 1 else api_base[0]
         return cls(
-            provider=backend["provider"], model=model["name"], api_base=backend.get("api_base"),
+            provider=backend["provider"], model=model["name"], api_base=api_base,
             api_key=backend.get("api_key"), timeout=float(backend.get("timeout", defaults.TIMEOUT)),
             num_retries=int(backend.get("num_retries", defaults.NUM_RETRIES)),
             max_concurrency=ceiling, adaptive_concurrency=adaptive,

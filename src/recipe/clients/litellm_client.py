@@ -42,6 +42,14 @@ _ALLOWLIST_ROUTES = {"nvidia_nim"}
 _NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 # The budget ticket of the attempt running in this task: its usage settles the reservation.
 _TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
+# The replica of the attempt running in this task (backend.api_base a list): its URL replaces api_base.
+_REPLICA_URL: contextvars.ContextVar = contextvars.ContextVar("recipe_replica_url", default=None)
+REPLICAS_ENDPOINT = "replicas"  # how cache keys name a list of replicas: the same whatever the list holds
+
+
+def _at_replica(payload: dict) -> dict:
+    url = _REPLICA_URL.get()
+    return payload if url is None else {**payload, "api_base": url}
 
 
 def _read_field(obj: Any, name: str) -> Any:
@@ -113,13 +121,21 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.provider = provider
         self.structured_dialect = structured.dialect_for(provider, structured_output)
         self.on_truncated = on_truncated
-        self.api_base = api_base
+        if isinstance(api_base, (list, tuple)) and len(api_base) == 1:
+            api_base = api_base[0]
+        self.replica_urls: tuple[str, ...] = tuple(api_base) if isinstance(api_base, (list, tuple)) else ()
+        self.api_base = self.replica_urls[0] if self.replica_urls else api_base
         self._api_key = api_key
         self.timeout = float(timeout)
         self.num_retries = int(num_retries)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.stats = stats if stats is not None else UsageStats()
+        if limiter is None and self.replica_urls:
+            from recipe.clients.replicas import ReplicaSet
+
+            limiter = ReplicaSet(self.replica_urls, max_concurrency, rpm, tpm, stats=self.stats,
+                                 adaptive=adaptive_concurrency)
         self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats,
                                                adaptive=adaptive_concurrency)
         self.cache = cache
@@ -127,7 +143,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.batcher = batcher  # recipe.clients.batch: requests go through the provider's batch API
         # What names the endpoint in cache keys: api_base, unless the address is not stable
         # (the embedded llama.cpp server gets a new port each run).
-        self.endpoint_id = endpoint_id or api_base
+        # A list of replicas is one endpoint, whichever replicas it lists (recipe.clients.replicas).
+        self.endpoint_id = endpoint_id or (REPLICAS_ENDPOINT if self.replica_urls else api_base)
         self._lean_routes: dict[tuple, LeanRoute] = {}
 
     @property
@@ -204,9 +221,11 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         ``charge`` is ``(model, prompt tokens, max_tokens)`` for the budget: each attempt reserves
         its worst case first (raising BudgetExhausted, unsent, when it does not fit).
         """
-        attempt = 0
+        attempt = failovers = 0
         while True:
-            async with self.limiter.slot(tokens):
+            async with self.limiter.slot(tokens) as replica:
+                where = replica.url if replica is not None else self.endpoint_name
+                url_token = _REPLICA_URL.set(replica.url if replica is not None else None)
                 ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
                 token = _TICKET.set(ticket)
                 try:
@@ -226,16 +245,23 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 else:
                     latency = time.monotonic() - started
                     self.limiter.on_success(latency)
-                    self.stats.endpoint(self.endpoint_name, latency)
+                    self.stats.endpoint(where, latency)
                     return result
                 finally:
                     _TICKET.reset(token)
+                    _REPLICA_URL.reset(url_token)
                     if ticket is not None:
                         await self.budget.settle(ticket)
-            self.stats.endpoint(self.endpoint_name, error=True)
+            self.stats.endpoint(where, error=True)
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)
+            if replica is not None:  # several replicas: the set keeps their health
+                self.limiter.on_failure(error)
+                if failovers < len(self.replica_urls) and self.limiter.fails_over(error):
+                    failovers += 1  # another replica takes it at once; no retry spent
+                    self.stats.count("failovers")
+                    continue
             if not error.retryable or attempt >= self.num_retries:
                 self.stats.fail(type(error).__name__)
                 raise error
@@ -304,7 +330,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         prompt_tokens = estimate_tokens(payload.get("prompt") or payload.get("messages"))
 
         async def once() -> list[str]:
-            return await self._read(await send(stream=stream, **payload), stream, text, model)
+            return await self._read(await send(stream=stream, **_at_replica(payload)), stream, text, model)
 
         charge = (model, prompt_tokens, payload.get("max_tokens")) if self.budget is not None else None
         if self.batcher is not None:
@@ -438,7 +464,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         payload = {"messages": messages, **self._endpoint_kwargs(route)}
 
         async def once() -> dict:
-            response = await send(**payload)
+            response = await send(**_at_replica(payload))
             self._record_usage(_read_field(response, "usage"), model)
             try:
                 return parse_reward_scores(response)

@@ -18,6 +18,7 @@ class UsageStats:
     retries: int = 0
     cache_hits: int = 0
     rate_limited: int = 0
+    failovers: int = 0  # requests moved to another replica after theirs failed (recipe.clients.replicas)
     schema_retries: int = 0  # answers asked again because they did not validate under their schema
     schema_failures: int = 0  # records that became SchemaError records after the last try
     retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included

@@ -37,7 +37,7 @@ class ModelConfig:
 @dataclass
 class BackendConfig:
     provider: str = MISSING  # litellm's prefix: nvidia_nim, openai, hosted_vllm, ollama, ...
-    api_base: Optional[str] = None
+    api_base: Any = None  # a URL, or a list of URLs: replicas of one model (recipe.clients.replicas)
     api_key: Optional[str] = None  # always an ${oc.env:...} interpolation, never a literal
     # false: task graphs carry the key's variable name and workers read their own environment;
     # true: the driver's key travels with the tasks (for workers that lack the variable).

@@ -118,7 +118,7 @@ def _stats(folder, config_hash: str, spec: ClientSpec, attempt: dict, usage: dic
         "filtered": total["filtered"] if done["filtered"] is None else done["filtered"],
         "deduplicated": _deduplicated(attempts) if done["deduplicated"] is None else done["deduplicated"],
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
-        "rate_limited_429": total["rate_limited"],
+        "rate_limited_429": total["rate_limited"], "failovers": total["failovers"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
         "structured_by_schema": total["structured_by_schema"],
         "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],

@@ -240,7 +240,8 @@ class RunFolder:
 
 
 _SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
-           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures")
+           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures",
+           "failovers")
 
 
 def add_counts(into: dict, other: dict) -> None:

@@ -84,7 +84,8 @@ class ServiceModel:
 
     async def _report(self, request: web.Request) -> web.Response:
         return web.json_response({"capacity": self.capacity, "served": self.served,
-                                  "in_service": self.in_service, "max_in_service": self.max_in_service,
+                                  "in_service": self.in_service, "waiting": len(self.gate._waiters),
+                                  "max_in_service": self.max_in_service,
                                   "max_waiting": self.max_waiting})
 
 
