@@ -14,15 +14,17 @@ under sustained queueing, where Vegas keeps the no-load latency):
 - ``queue > beta`` (latency past the tolerance over no-load): lower the limit, by ``log10(limit)``
   or half the excess, whichever is more; ``queue < alpha`` (latency flat): raise it by one per
   round trip, as AIMD does per window of successes; in between, hold. ``alpha`` and ``beta``
-  are ``2·log10(limit)`` and ``4·log10(limit)`` (Netflix's are 3 and 6: a median latency
-  within about 1.3x of no-load is the tolerance chosen here);
+  are Netflix's defaults, ``3·log10(limit)`` and ``6·log10(limit)``: the tolerance is a queue of
+  that many requests, which at a limit of 20 is a latency about 1.2x to 1.4x the no-load one
+  (the queue also hides the client's own gap between an answer and the next request);
 - until the first sign of queueing (or a 429) the limit doubles per round trip, TCP's slow start;
 - a window where fewer than half the slots were used says nothing about the server (Netflix's
   guard against upward drift when the client, not the server, is the bottleneck);
 - a 429 halves the limit, once per round trip, as the fixed limit's AIMD does.
 
 One round trip per decision, as in TCP Vegas: the requests already in flight answer for the
-old limit, so deciding on each of them would overshoot. The class is clock-injected and free
+old limit, so deciding on each of them would overshoot; after a change, only requests sent
+after it count (without this, slow start doubles once more on answers from the old limit). The class is clock-injected and free
 of I/O: a process's limiter and the Dask scheduler's cluster-wide one run the same code.
 """
 
@@ -48,6 +50,7 @@ class LatencyLimit:
         self._window: list[float] = []
         self._window_inflight = 0
         self._window_end: float | None = None
+        self._changed_at = -1e18  # when the limit last changed: older requests answer for the old one
 
     @staticmethod
     def _log(limit: float) -> float:
@@ -59,6 +62,8 @@ class LatencyLimit:
         if rtt <= 0:
             return
         self.rtt_noload = rtt if self.rtt_noload is None else min(self.rtt_noload, rtt)
+        if now - rtt < self._changed_at:
+            return  # sent under the previous limit: it says nothing about this one
         self._window.append(rtt)
         self._window_inflight = max(self._window_inflight, inflight)
         if self._window_end is None:
@@ -69,7 +74,10 @@ class LatencyLimit:
         self._window, self._window_inflight = [], 0
         self._window_end = now + max(MIN_WINDOW_SECONDS, window_rtt)
         self.last_rtt = window_rtt
+        before = self.limit
         self._decide(window_rtt, inflight_max)
+        if int(self.limit) != int(before):
+            self._changed_at, self._window_end = now, None
 
     def _decide(self, rtt: float, inflight: int) -> None:
         if inflight * 2 < self.limit:
@@ -77,7 +85,7 @@ class LatencyLimit:
         limit = self.limit
         queue = limit * (1.0 - (self.rtt_noload or rtt) / rtt)
         log = self._log(limit)
-        alpha, beta, threshold = 2 * log, 4 * log, log
+        alpha, beta, threshold = 3 * log, 6 * log, log
         if queue > beta:
             self.slow_start = False
             limit -= max(log, (queue - beta) / 2)
@@ -88,7 +96,9 @@ class LatencyLimit:
             limit += 1
         self.limit = min(float(self.ceiling), max(1.0, limit))
 
-    def dropped(self) -> None:
+    def dropped(self, now: float) -> None:
         """A 429 (already filtered to one per round trip by the caller): halve, end slow start."""
         self.slow_start = False
         self.limit = max(1.0, self.limit / 2.0)
+        self._window, self._window_inflight, self._window_end = [], 0, None
+        self._changed_at = now

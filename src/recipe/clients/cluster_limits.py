@@ -73,8 +73,8 @@ class LimitsPlugin:
             counts = self.inflight.setdefault(key, {})
             counts[source] = int(inflight)
             others = sum(n for s, n in counts.items() if s != source)
-            for latency, local in samples or ():
-                pacer.success(float(latency), others + int(local), now)
+            for latency, local, age in samples or ():  # age: seconds since it was answered, at the worker
+                pacer.success(float(latency), others + int(local), now - float(age))
         else:
             for _ in range(successes):
                 pacer.success()
@@ -102,7 +102,7 @@ class ClusterLimiter(GatedLimiter):
         self.key = key
         self.config = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm, "adaptive": adaptive}
         self.limit = int(max_concurrency)  # the cluster's limit, as the scheduler last said
-        self._samples: list[tuple[float, int]] = []  # (latency, in flight here), sent with the refresh
+        self._samples: list[tuple[float, int, float]] = []  # (latency, in flight here, when), sent with the refresh
         self._peak_inflight = 0
         self.stats = stats
         self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
@@ -128,6 +128,8 @@ class ClusterLimiter(GatedLimiter):
         """What a refresh tells the scheduler: successes, latency samples, requests in flight."""
         successes, self._successes = self._successes, 0
         samples, self._samples = self._samples, []
+        now = time.monotonic()
+        samples = [(latency, inflight, round(now - at, 4)) for latency, inflight, at in samples]
         peak, self._peak_inflight = max(self._peak_inflight, self.gate.in_use), self.gate.in_use
         source = str(getattr(self.worker, "address", ""))
         return {"successes": successes, "samples": samples, "inflight": peak, "source": source}
@@ -173,7 +175,7 @@ class ClusterLimiter(GatedLimiter):
     def on_success(self, latency: float | None = None) -> None:
         self._successes += 1
         if self.config["adaptive"] and latency is not None and not self._disabled:
-            self._samples.append((latency, self.gate.in_use))
+            self._samples.append((latency, self.gate.in_use, time.monotonic()))
             self._peak_inflight = max(self._peak_inflight, self.gate.in_use)
 
     def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None:

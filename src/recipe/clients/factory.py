@@ -63,7 +63,7 @@ class ClientSpec:
         ceiling, adaptive = parse_max_concurrency(backend.get("max_concurrency", defaults.MAX_CONCURRENCY))
         api_base = backend.get("api_base")
         if isinstance(api_base, (list, tuple)):
-            api_base = tuple(api_base) if len(api_base) != 1 else api_base[0]
+            api_base = tuple(api_base)  # even one: a list names the set, not its members (identity, cache)
         return cls(
             provider=backend["provider"], model=model["name"], api_base=api_base,
             api_key=backend.get("api_key"), timeout=float(backend.get("timeout", defaults.TIMEOUT)),

@@ -98,7 +98,7 @@ class Pacer:
     def rate_limited(self, retry_after: float | None, now: float, started_at: float | None = None) -> None:
         if self._decreases.allows(now, started_at):
             if self.adaptive is not None:
-                self.adaptive.dropped()
+                self.adaptive.dropped(now)
                 self.limit = self.adaptive.limit
             else:
                 self.limit = max(1.0, self.limit / 2.0)

@@ -121,8 +121,6 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.provider = provider
         self.structured_dialect = structured.dialect_for(provider, structured_output)
         self.on_truncated = on_truncated
-        if isinstance(api_base, (list, tuple)) and len(api_base) == 1:
-            api_base = api_base[0]
         self.replica_urls: tuple[str, ...] = tuple(api_base) if isinstance(api_base, (list, tuple)) else ()
         self.api_base = self.replica_urls[0] if self.replica_urls else api_base
         self._api_key = api_key
