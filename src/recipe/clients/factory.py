@@ -181,6 +181,22 @@ def shared_async_client(spec: ClientSpec):
     return client
 
 
+def current_limits() -> dict:
+    """The concurrency limits this process's clients hold now, per endpoint (each replica by its
+    URL): ``{"limit": n, "cluster": bool}``; ``cluster``: the Dask scheduler's one limit (the same
+    in every worker), else this process's own (summed over processes by the reader)."""
+    found: dict = {}
+    for client in list(_clients.values()):
+        limiter = getattr(client, "limiter", None)
+        replicas = getattr(limiter, "replicas", None)
+        if replicas is not None:
+            for replica in replicas:
+                found[replica.url] = {"limit": replica.limiter.concurrency, "cluster": False}
+        elif limiter is not None and hasattr(limiter, "concurrency"):
+            found[client.endpoint_name] = {"limit": limiter.concurrency, "cluster": hasattr(limiter, "worker")}
+    return found
+
+
 _stats = None
 
 

@@ -250,7 +250,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     _REPLICA_URL.reset(url_token)
                     if ticket is not None:
                         await self.budget.settle(ticket)
-            self.stats.endpoint(where, error=True)
+            self.stats.endpoint(where, error=type(error).__name__)
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)

@@ -73,16 +73,20 @@ class UsageStats:
             for key, amount in amounts.items():
                 counts[key] = counts.get(key, 0) + amount
 
-    def endpoint(self, endpoint: str, latency: float | None = None, error: bool = False) -> None:
-        """One attempt on ``endpoint``: its latency (seconds) when it was answered, or an error."""
+    def endpoint(self, endpoint: str, latency: float | None = None, error: str | None = None) -> None:
+        """One attempt on ``endpoint``: its latency (seconds) when it was answered, or the class of
+        its error."""
         with self._lock:
-            entry = self.replicas.setdefault(str(endpoint), {"requests": 0, "errors": 0, "latency": {}})
+            entry = self.replicas.setdefault(str(endpoint), {"requests": 0, "errors": 0, "errors_by_class": {},
+                                                             "latency": {}, "latency_seconds": 0.0})
             entry["requests"] += 1
             if error:
                 entry["errors"] += 1
+                entry["errors_by_class"][error] = entry["errors_by_class"].get(error, 0) + 1
             if latency is not None:
                 bucket = str(latency_bucket(latency))
                 entry["latency"][bucket] = entry["latency"].get(bucket, 0) + 1
+                entry["latency_seconds"] += latency
 
     def fail(self, error_class: str) -> None:
         with self._lock:

@@ -122,6 +122,14 @@ class HubConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics while a run goes on (recipe.engine.metrics; the `metrics` extra)."""
+
+    port: Optional[int] = None  # null: no metrics endpoint
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another machine scrape it
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -135,6 +143,7 @@ class RecipeConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -201,6 +210,9 @@ def value_problems(cfg: Any) -> list[str]:
         problems.append("model.price: give both input_per_mtok and output_per_mtok, or neither")
     if cfg.target.records is not None:
         check(cfg.target.records >= 1, "target.records", "must be >= 1 (or null for every input)", cfg.target.records)
+    if cfg.metrics.port is not None:
+        check(0 < cfg.metrics.port < 65536, "metrics.port", "must be a TCP port (1-65535), or null for none",
+              cfg.metrics.port)
     check(cfg.target.max_rounds >= 1, "target.max_rounds", "must be >= 1", cfg.target.max_rounds)
     given = cfg.get("input")
     if given is not None:

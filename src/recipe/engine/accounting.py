@@ -149,6 +149,7 @@ def _replicas(replicas: dict) -> dict:
     from recipe.clients.usage import latency_percentile
 
     return {url: {"requests": entry.get("requests", 0), "errors": entry.get("errors", 0),
+                  "errors_by_class": entry.get("errors_by_class") or {},
                   "latency_p50": latency_percentile(entry.get("latency") or {}, 0.50),
                   "latency_p99": latency_percentile(entry.get("latency") or {}, 0.99)}
             for url, entry in sorted(replicas.items())}

@@ -23,6 +23,11 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
         start_local_server(stack, plan)
         client = stack.enter_context(run_dask.open_dask(plan.dask))
         bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
+        metrics = plan.data.get("metrics") or {}
+        if metrics.get("port") is not None:
+            from recipe.engine import metrics as run_metrics
+
+            run_metrics.serve(stack, metrics["port"], metrics.get("host") or "127.0.0.1", client, plan.spec)
         with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress):
             compute(plan, attempt, client, bag)
 
