@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, save, small  # noqa: E402
+from _common import banner, report, save, small  # noqa: E402
 
 from recipe.clients.litellm_client import AsyncLiteLLMClient  # noqa: E402
 from recipe.clients.usage import latency_percentile  # noqa: E402
@@ -106,7 +106,7 @@ def idle(server: StubServer) -> None:
         time.sleep(0.2)
 
 
-def sweep(server: StubServer, label: str) -> list[dict]:
+def sweep(server: StubServer, label: str, goals: bool = True) -> list[dict]:
     rows = []
     print(f"\n## {label}\n| limit | answers/s | median latency | settled limit |\n|---|---|---|---|")
     for limit in (*FIXED, "auto"):
@@ -117,9 +117,58 @@ def sweep(server: StubServer, label: str) -> list[dict]:
         print(f"| {limit} | {r['throughput']:.1f} | {r['p50'] * 1000:.0f} ms | {r['limit_median']} |", flush=True)
     best = max((r for r in rows if r["limit"] != "auto"), key=lambda r: r["throughput"])
     auto = rows[-1]
-    print(f"auto / best fixed ({best['limit']}): throughput {auto['throughput'] / best['throughput']:.2f}x "
-          f"(goal >= 0.9), median latency {auto['p50'] / best['p50']:.2f}x (goal <= 1.5)")
+    goal = " (goal >= 0.9)" if goals else ""
+    report(f"auto throughput / best fixed ({best['limit']}){goal}", auto["throughput"], best["throughput"], "ans/s")
+    goal = " (goal <= 1.5)" if goals else ""
+    report(f"auto median latency / best fixed's{goal}", auto["p50"] * 1000, best["p50"] * 1000, "ms")
     return rows
+
+
+def replicas() -> dict:
+    """Three replicas of capacity 4, 8 and 16 (100 ms each) behind one auto client: against the sum
+    of their capacities, 28 / 0.1 s = 280 answers/s."""
+    capacities, service_ms = (4, 8, 16), 100
+    servers = [StubServer(extra_args=tuple(queue_args(c, service_ms))).start() for c in capacities]
+    try:
+        urls = tuple(s.base_url for s in servers)
+        client = AsyncLiteLLMClient(provider="openai", api_base=urls, api_key="k", timeout=120, num_retries=8,
+                                    max_concurrency=256, adaptive_concurrency=True, backoff_base=0.05, backoff_max=1.0)
+
+        def answered() -> int:
+            return sum(sum((e.get("latency") or {}).values()) for e in client.stats.as_dict()["replicas"].values())
+
+        async def run() -> tuple[float, list]:
+            stop = False
+            await client.query_model(messages=[{"role": "user", "content": "warm"}], model="m", max_tokens=8)
+
+            async def driver(i: int) -> None:
+                n = 0
+                while not stop:
+                    n += 1
+                    await client.query_model(messages=[{"role": "user", "content": f"r {i} {n}"}], model="m")
+
+            tasks = [asyncio.create_task(driver(i)) for i in range(DRIVERS)]
+            await asyncio.sleep(WARMUP)
+            a, t0 = answered(), time.monotonic()
+            await asyncio.sleep(MEASURE)
+            rate = (answered() - a) / (time.monotonic() - t0)
+            limits = [r.limiter.concurrency for r in client.limiter.replicas]
+            stop = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return rate, limits
+
+        rate, limits = asyncio.run(run())
+        served = [s.stats()["requests"] for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    ideal = sum(capacities) / (service_ms / 1000)
+    print(f"\n## three replicas, capacity {capacities}, {service_ms} ms each, auto")
+    print(f"limits settled at {limits}; requests served {served}")
+    report("answers/s / sum of capacities (goal >= 0.9)", rate, ideal, "ans/s")
+    return {"throughput": rate, "ideal": ideal, "limits": limits, "served": served}
 
 
 def halving(server: StubServer) -> dict:
@@ -169,7 +218,9 @@ def main() -> None:
     results["throttling"] = throttling()
     if not small():
         with StubServer(extra_args=tuple(queue_args(64, SERVICE_MS, 10))) as server:
-            results["load"] = sweep(server, f"load-dependent: capacity 64, {SERVICE_MS} ms + 10 ms per other in service")
+            results["load"] = sweep(server, f"load-dependent: capacity 64, {SERVICE_MS} ms + 10 ms per other in service",
+                                    goals=False)
+    results["replicas"] = replicas()
     save("fleet", [results])
 
 

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import cli, cli_process, error_rows, outputs, stub_overrides, write_prompts
+from conftest import SRC, cli, cli_process, error_rows, outputs, stub_overrides, write_prompts
 
 from recipe.clients.limits import Pacer
 from recipe.clients.litellm_client import AsyncLiteLLMClient
@@ -195,3 +195,78 @@ def test_run_identity_and_cache_do_not_depend_on_the_replica_list(tmp_path, stub
     stats = json.loads((_output_dir(elsewhere) / "stats.json").read_text())
     assert stats["cache_hits"] == 6 and stats["requests"] == 0
     assert (a.stats()["requests"], c.stats()["requests"]) == (sent_to_a, 0), "nothing was sent again"
+
+
+# ---- 3. metrics ----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict | None:
+    """The endpoint's samples as {(name, labels...): value}, or None while it is not up."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return None
+    return {(s.name, *sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_are_scraped_during_a_run_and_agree_with_stats_json(tmp_path, stub_server):
+    servers = [stub_server(latency=0.1, usage=(7, 3)), stub_server(latency=0.1, usage=(7, 3))]
+    source = write_prompts(tmp_path / "in.jsonl", 200)
+    out, port = tmp_path / "out", _free_port()
+    proc = cli_process(tmp_path, *_replicas_overrides(servers, f"input={source}", "backend.max_concurrency=4",
+                                                      "dask.partition_size=20", f"output_dir={out}",
+                                                      f"metrics.port={port}"))
+    scrapes = []
+    while proc.poll() is None:
+        sample = _scrape(port)
+        if sample is not None and sample.get(("recipe_records_committed_total",), 0) > 0:
+            scrapes.append(sample)
+        time.sleep(0.3)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert len(scrapes) >= 2, "the endpoint answered while the run went on"
+    stats = json.loads((out / "stats.json").read_text())
+    last = scrapes[-1]
+    for server in servers:
+        url = server.base_url
+        scraped = last[("recipe_requests_total", ("replica", url))]
+        assert 0 < scraped <= stats["replicas"][url]["requests"] == server.stats()["requests"]
+        answered = last[("recipe_request_latency_seconds_count", ("replica", url))]
+        assert answered == scraped, "every scraped attempt was answered (no faults)"
+        assert last[("recipe_concurrency_limit", ("replica", url))] == 4
+    requests = sum(last[("recipe_requests_total", ("replica", s.base_url))] for s in servers)
+    assert last[("recipe_tokens_total", ("kind", "prompt"), ("model", "stub-model"))] == 7 * requests
+    assert last[("recipe_tokens_total", ("kind", "completion"), ("model", "stub-model"))] == 3 * requests
+    assert stats["prompt_tokens"] == 7 * stats["requests"]
+    committed = [s[("recipe_records_committed_total",)] for s in scrapes]
+    assert committed == sorted(committed) and committed[-1] <= stats["records"] == 200
+    assert committed[0] < 200, "scraped mid-run"
+
+
+def test_metrics_without_prometheus_client_is_one_line_naming_the_extra(tmp_path, stub_server):
+    server = stub_server()
+    source = write_prompts(tmp_path / "in.jsonl", 2)
+    blocker = tmp_path / "blocker"
+    (blocker / "prometheus_client").mkdir(parents=True)
+    (blocker / "prometheus_client" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(blocker), str(SRC), os.environ.get("PYTHONPATH")) if p)}
+    result = cli(tmp_path, *stub_overrides(server, f"input={source}", "metrics.port=9100"), env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: metrics.port=9100") and "recipe[metrics]" in lines[0]
+    assert server.stats()["requests"] == 0
