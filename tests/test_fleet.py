@@ -21,7 +21,7 @@ from recipe.testing.queueing import queue_args, queue_stats, set_capacity
 
 
 def _output_dir(result) -> Path:
-    return Path(next(l for l in result.stdout.splitlines() if l.startswith("output: ")).removeprefix("output: "))
+    return Path(next(line for line in result.stdout.splitlines() if line.startswith("output: ")).removeprefix("output: "))
 
 
 def _replicas_overrides(servers, *extra: str) -> list[str]:

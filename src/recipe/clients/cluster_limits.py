@@ -100,7 +100,8 @@ class ClusterLimiter(GatedLimiter):
                  adaptive: bool = False):
         self.worker = worker
         self.key = key
-        self.config = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm, "adaptive": adaptive}
+        self.config: dict[str, Any] = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm,
+                                       "adaptive": adaptive}
         self.limit = int(max_concurrency)  # the cluster's limit, as the scheduler last said
         self._samples: list[tuple[float, int, float]] = []  # (latency, in flight here, when), sent with the refresh
         self._peak_inflight = 0

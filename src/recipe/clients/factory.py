@@ -80,7 +80,17 @@ class ClientSpec:
             on_truncated=str(backend.get("on_truncated") or "error"),
         )
 
+    @property
+    def endpoints(self) -> int:
+        """How many endpoints share the requests: the replicas of ``api_base``, each with its own limit."""
+        return len(self.api_base) if isinstance(self.api_base, tuple) else 1
+
     def with_overrides(self, **changes: Any) -> "ClientSpec":
+        """This spec with ``changes`` (a stage's ``backend:`` keys, as a config spells them)."""
+        if "max_concurrency" in changes:  # N, auto or auto:N (a stage's backend override)
+            changes["max_concurrency"], changes["adaptive_concurrency"] = parse_max_concurrency(changes["max_concurrency"])
+        if isinstance(changes.get("api_base"), list):
+            changes["api_base"] = tuple(changes["api_base"])
         if changes.get("provider", self.provider) != self.provider:
             changes.setdefault("structured_output", None)  # another provider speaks its own dialect
         return replace(self, **changes)

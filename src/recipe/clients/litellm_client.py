@@ -134,7 +134,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
             limiter = ReplicaSet(self.replica_urls, max_concurrency, rpm, tpm, stats=self.stats,
                                  adaptive=adaptive_concurrency)
-        self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats,
+        self.limiter: Any = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats,
                                                adaptive=adaptive_concurrency)
         self.cache = cache
         self.budget = budget  # recipe.clients.budget: reserve before each attempt, settle after

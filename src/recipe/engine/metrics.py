@@ -105,15 +105,15 @@ def serve(stack: contextlib.ExitStack, port: int, host: str, client, spec) -> No
 
     from recipe.engine.progress import collect
 
-    budget = None
-    if spec.budget is not None:
+    def budget() -> dict | None:
+        if spec.budget is None:
+            return None
         from recipe.clients.budget import final_state
 
-        def budget() -> dict:
-            return final_state(spec.budget, client)
+        return final_state(spec.budget, client)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunCollector(lambda: collect(client), budget or (lambda: None)))
+    registry.register(RunCollector(lambda: collect(client), budget))
     try:
         server, thread = start_http_server(int(port), addr=host, registry=registry)
     except OSError as exc:
