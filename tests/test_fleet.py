@@ -270,3 +270,29 @@ def test_metrics_without_prometheus_client_is_one_line_naming_the_extra(tmp_path
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: metrics.port=9100") and "recipe[metrics]" in lines[0]
     assert server.stats()["requests"] == 0
+
+
+# ---- 4. the run's other limits hold over a list of replicas ---------------------------------
+
+def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_server):
+    """rpm is an account's quota, not a replica's: 120 rpm over two replicas is one start every
+    0.5 s across both; a token budget is charged once per answer, whichever replica gave it."""
+    a, b = stub_server(usage=(7, 3)), stub_server(usage=(7, 3))
+    source = write_prompts(tmp_path / "in.jsonl", 8)
+    cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "backend.max_concurrency=4",
+                                       f"output_dir={tmp_path / 'paced'}"), check_exit=0)
+    arrivals = sorted(a.stats()["arrivals"] + b.stats()["arrivals"])
+    assert len(arrivals) == 8 and a.stats()["requests"] and b.stats()["requests"], "both replicas answered"
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert min(gaps) >= 0.45, gaps
+    a.reset()
+    b.reset()
+    source = write_prompts(tmp_path / "many.jsonl", 100)
+    result = cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "budget.max_tokens=200",
+                                                "sampling.max_tokens=5", "backend.max_concurrency=2",
+                                                f"output_dir={tmp_path / 'capped'}"))
+    assert result.returncode == 4 and "budget reached" in result.stderr, result.stderr
+    stats = json.loads((tmp_path / "capped" / "stats.json").read_text())
+    answered = a.stats()["requests"] + b.stats()["requests"]
+    assert stats["budget"]["reached"] and answered < 100
+    assert stats["budget"]["spent_tokens"] == 10 * answered <= 200 + 10 * 4
