@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Sequence
 
@@ -71,36 +72,74 @@ class ReplicaSet:
         self.replicas = [Replica(url, max_concurrency, adaptive) for url in urls]
         self.pacer = Pacer(max_concurrency * len(self.replicas), rpm, tpm)  # rpm/tpm for the whole set
         self.stats = stats
-        self._changed: asyncio.Event | None = None
+        # Requests waiting for a slot on any replica, first come first served: a freed slot wakes
+        # one of them (waking every waiter on each release costs O(waiters) per answer).
+        self._waiters: deque[asyncio.Future] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def concurrency(self) -> int:
         """The set's limit now: the sum of the limits of the replicas in service."""
         return sum(r.limiter.gate.capacity for r in self.replicas if not r.out_until)
 
+    def _pick(self, now: float) -> "Replica | None":
+        """The replica the next request goes to (a replica due for its probe first), or None."""
+        ready = [r for r in self.replicas if r.can_take(now)]
+        if not ready:
+            return None
+        return min(ready, key=lambda r: (not r.out_until, r.load))
+
+    @staticmethod
+    def _take(replica: Replica) -> Replica:
+        replica.limiter.gate.in_use += 1
+        if replica.out_until:
+            replica.probing = True
+        return replica
+
+    def _wake(self) -> None:
+        """Hand free slots to waiting requests, in order; arm a timer for the next probe."""
+        now = time.monotonic()
+        while self._waiters:
+            if self._waiters[0].done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            replica = self._pick(now)
+            if replica is None:
+                break
+            self._waiters.popleft().set_result(self._take(replica))
+        if self._waiters and self._timer is None:
+            due = [r.out_until - now for r in self.replicas if r.out_until and not r.probing]
+            if due:
+                self._timer = asyncio.get_running_loop().call_later(max(0.01, min(due)), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
+
     def _signal(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
+        if self._waiters:
+            try:
+                self._wake()
+            except RuntimeError:  # no running loop (a report from outside the client's loop)
+                pass
 
     async def _acquire(self) -> Replica:
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        while True:
-            now = time.monotonic()
-            ready = [r for r in self.replicas if r.can_take(now)]
-            if ready:
-                # a replica due for its probe goes first: it takes one request, whatever the others' load
-                replica = min(ready, key=lambda r: (not r.out_until, r.load))
-                replica.limiter.gate.in_use += 1
-                if replica.out_until:
-                    replica.probing = True
-                return replica
-            due = [r.out_until - now for r in self.replicas if r.out_until and not r.probing]
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, min(due, default=1.0)))
-            except asyncio.TimeoutError:
-                pass
+        if not self._waiters:
+            replica = self._pick(time.monotonic())
+            if replica is not None:
+                return self._take(replica)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake()  # a probe may be due, or a timer is needed
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted and cancelled at once: give it back
+                replica = future.result()
+                replica.probing = False
+                replica.limiter.gate.release()
+                self._signal()
+            raise
 
     @asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[Replica]:
