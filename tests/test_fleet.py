@@ -296,3 +296,35 @@ def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_s
     answered = a.stats()["requests"] + b.stats()["requests"]
     assert stats["budget"]["reached"] and answered < 100
     assert stats["budget"]["spent_tokens"] == 10 * answered <= 200 + 10 * 4
+
+
+def test_a_dead_replica_is_taken_out_probed_and_brought_back(stub_server):
+    from recipe.testing.stub_server import StubServer
+
+    a, b = stub_server(latency=0.02), stub_server(latency=0.02)
+    port_b = b.port
+
+    async def scenario() -> dict:
+        client = AsyncLiteLLMClient(provider="openai", api_base=[a.base_url, b.base_url], api_key="k",
+                                    max_concurrency=4, num_retries=0, backoff_base=0.01)
+
+        async def ask(n: int, tag: str) -> list:
+            return await asyncio.gather(*(client.query_model(messages=[{"role": "user", "content": f"{tag} {i}"}],
+                                                             model="m") for i in range(n)))
+
+        await ask(20, "both up")
+        os.kill(b.pid, signal.SIGKILL)
+        answers = await ask(40, "b dead")  # num_retries=0: only the fail-over saves a record
+        ejected = client.limiter.replicas[1].out_until > 0
+        revived = StubServer(port=port_b, latency=0.02).start()
+        try:
+            await asyncio.sleep(1.2)  # the first back-off is 1 s: then a probe may go to b
+            await ask(40, "b back")
+            return {"answers": len(answers), "ejected": ejected, "revived": revived.stats()["requests"],
+                    "back_in": client.limiter.replicas[1].out_until == 0}
+        finally:
+            revived.stop()
+
+    result = asyncio.run(scenario())
+    assert result["answers"] == 40 and result["ejected"], result
+    assert result["revived"] > 1 and result["back_in"], "the probe answered and b took requests again"
