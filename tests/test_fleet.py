@@ -128,6 +128,25 @@ def test_auto_holds_one_limit_for_a_two_worker_cluster(tmp_path, stub_server, tw
     assert len(outputs(_output_dir(result))) == 400
     assert queue_stats(server.port)["max_in_service"] == 8
     assert server.stats()["max_in_flight"] <= 3 * 8, server.stats()["max_in_flight"]
+    from distributed import Client
+
+    from types import SimpleNamespace
+
+    from recipe.clients.cluster_limits import limits_key
+
+    key = limits_key(SimpleNamespace(provider="openai", api_base=server.base_url, model="stub-model"))
+
+    def adaptive_limit(dask_scheduler=None) -> tuple | None:
+        plugin = dask_scheduler.plugins.get("recipe-limits")
+        pacer = getattr(plugin, "pacers", {}).get(key)
+        return None if pacer is None or pacer.adaptive is None else (pacer.adaptive.rtt_noload, pacer.concurrency)
+
+    with Client(two_workers) as client:
+        held = client.run_on_scheduler(adaptive_limit)
+    # the scheduler's one limit learned from both workers' samples: 100 ms no-load, settled near 8
+    assert held is not None, "no adaptive limit on the scheduler"
+    noload, limit = held
+    assert 0.09 <= noload <= 0.15 and 8 <= limit <= 24, held
 
 
 # ---- 2. replicas ---------------------------------------------------------------------------

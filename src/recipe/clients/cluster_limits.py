@@ -9,8 +9,11 @@ backend. Workers talk to it through a scheduler handler (Dask's own RPC, no serv
   every second together with the workers' success counts. Requests need no RPC for it.
 - A 429 anywhere halves the cluster's limit and, with ``Retry-After``, pauses every worker.
 - ``max_concurrency: auto``: workers send their latency samples (each with the worker's requests
-  in flight) with the refresh; the scheduler's one :class:`~recipe.clients.adaptive.LatencyLimit`
-  learns from all of them (the cluster's in flight is the sum of the workers' last counts).
+  in flight and the cluster limit it ran under) with the refresh; the scheduler's one
+  :class:`~recipe.clients.adaptive.LatencyLimit` learns from all of them (the cluster's in flight
+  is the sum of the workers' last counts). A worker applies a new limit up to a refresh late, so
+  only samples sent after it did, under the limit now in force, count (else slow start, seeing
+  answers from the old shares, doubles again and overshoots).
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ class LimitsPlugin:
             counts = self.inflight.setdefault(key, {})
             counts[source] = int(inflight)
             others = sum(n for s, n in counts.items() if s != source)
-            for latency, local, age in samples or ():  # age: seconds since it was answered, at the worker
-                pacer.success(float(latency), others + int(local), now - float(age))
+            for latency, local, age, limit in samples or ():  # age: seconds since it was answered
+                if int(limit) == pacer.concurrency:  # sent under the limit in force (workers apply it late)
+                    pacer.success(float(latency), others + int(local), now - float(age))
         else:
             for _ in range(successes):
                 pacer.success()
@@ -103,7 +107,9 @@ class ClusterLimiter(GatedLimiter):
         self.config: dict[str, Any] = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm,
                                        "adaptive": adaptive}
         self.limit = int(max_concurrency)  # the cluster's limit, as the scheduler last said
-        self._samples: list[tuple[float, int, float]] = []  # (latency, in flight here, when), sent with the refresh
+        # (latency, in flight here, when, the cluster's limit it ran under), sent with the refresh
+        self._samples: list[tuple[float, int, float, int]] = []
+        self._applied_at = 0.0  # when this worker last applied a new limit from the scheduler
         self._peak_inflight = 0
         self.stats = stats
         self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
@@ -130,13 +136,15 @@ class ClusterLimiter(GatedLimiter):
         successes, self._successes = self._successes, 0
         samples, self._samples = self._samples, []
         now = time.monotonic()
-        samples = [(latency, inflight, round(now - at, 4)) for latency, inflight, at in samples]
+        samples = [(latency, inflight, round(now - at, 4), limit) for latency, inflight, at, limit in samples]
         peak, self._peak_inflight = max(self._peak_inflight, self.gate.in_use), self.gate.in_use
         source = str(getattr(self.worker, "address", ""))
         return {"successes": successes, "samples": samples, "inflight": peak, "source": source}
 
     def _apply(self, answer: dict) -> None:
-        self.limit = int(answer.get("limit", self.limit))
+        limit = int(answer.get("limit", self.limit))
+        if limit != self.limit:
+            self.limit, self._applied_at = limit, time.monotonic()
         self.gate.resize(int(answer["share"]))
         if answer.get("pause"):
             self._paused_until = max(self._paused_until, time.monotonic() + answer["pause"])
@@ -176,7 +184,9 @@ class ClusterLimiter(GatedLimiter):
     def on_success(self, latency: float | None = None) -> None:
         self._successes += 1
         if self.config["adaptive"] and latency is not None and not self._disabled:
-            self._samples.append((latency, self.gate.in_use, time.monotonic()))
+            now = time.monotonic()
+            if now - latency >= self._applied_at:  # sent under the share of the limit it reports
+                self._samples.append((latency, self.gate.in_use, now, self.limit))
             self._peak_inflight = max(self._peak_inflight, self.gate.in_use)
 
     def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None:
