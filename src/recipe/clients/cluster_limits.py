@@ -8,6 +8,12 @@ backend. Workers talk to it through a scheduler handler (Dask's own RPC, no serv
 - ``max_concurrency``: the scheduler's AIMD limit is split into per-worker shares, refreshed
   every second together with the workers' success counts. Requests need no RPC for it.
 - A 429 anywhere halves the cluster's limit and, with ``Retry-After``, pauses every worker.
+- ``max_concurrency: auto``: workers send their latency samples (each with the worker's requests
+  in flight and the cluster limit it ran under) with the refresh; the scheduler's one
+  :class:`~recipe.clients.adaptive.LatencyLimit` learns from all of them (the cluster's in flight
+  is the sum of the workers' last counts). A worker applies a new limit up to a refresh late, so
+  only samples sent after it did, under the limit now in force, count (else slow start, seeing
+  answers from the old shares, doubles again and overshoots).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class LimitsPlugin:
 
     def __init__(self) -> None:
         self.pacers: dict[str, Pacer] = {}
+        self.inflight: dict[str, dict[str, int]] = {}  # key -> worker -> its requests in flight
         self.budgets: dict = {}  # run attempt -> recipe.clients.budget.BudgetLedger
         self.scheduler = None
 
@@ -56,19 +63,30 @@ class LimitsPlugin:
         return plugin_ledger(self.budgets, key, config).handle(action, **amounts)
 
     def handle(self, action: str, key: str, config: dict, tokens: int = 0, successes: int = 0,
-               retry_after: float | None = None) -> dict:
+               retry_after: float | None = None, samples: list | None = None, source: str = "",
+               inflight: int = 0) -> dict:
         pacer = self.pacers.get(key)
         if pacer is None:
-            pacer = self.pacers[key] = Pacer(config["max_concurrency"], config.get("rpm"), config.get("tpm"))
+            pacer = self.pacers[key] = Pacer(config["max_concurrency"], config.get("rpm"), config.get("tpm"),
+                                             adaptive=bool(config.get("adaptive")))
         now = time.monotonic()
         if action == "reserve":
             return {"delay": pacer.reserve(tokens, now)}
-        for _ in range(successes):
-            pacer.success()
+        if pacer.adaptive is not None:
+            counts = self.inflight.setdefault(key, {})
+            counts[source] = int(inflight)
+            others = sum(n for s, n in counts.items() if s != source)
+            for latency, local, age, limit in samples or ():  # age: seconds since it was answered
+                if int(limit) == pacer.concurrency:  # sent under the limit in force (workers apply it late)
+                    pacer.success(float(latency), others + int(local), now - float(age))
+        else:
+            for _ in range(successes):
+                pacer.success()
         if action == "throttled":
             pacer.rate_limited(retry_after, now)
         workers = max(1, len(self.scheduler.workers)) if self.scheduler is not None else 1
-        return {"share": max(1, pacer.concurrency // workers), "pause": max(0.0, pacer._paused_until - now)}
+        return {"share": max(1, pacer.concurrency // workers), "pause": max(0.0, pacer._paused_until - now),
+                "limit": pacer.concurrency}
 
 
 def enable_cluster_limits(client) -> None:
@@ -82,10 +100,17 @@ def enable_cluster_limits(client) -> None:
 class ClusterLimiter(GatedLimiter):
     """Worker side: a local concurrency share plus scheduler-booked start times."""
 
-    def __init__(self, worker, key: str, max_concurrency: int, rpm: float | None, tpm: float | None, stats=None):
+    def __init__(self, worker, key: str, max_concurrency: int, rpm: float | None, tpm: float | None, stats=None,
+                 adaptive: bool = False):
         self.worker = worker
         self.key = key
-        self.config = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm}
+        self.config: dict[str, Any] = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm,
+                                       "adaptive": adaptive}
+        self.limit = int(max_concurrency)  # the cluster's limit, as the scheduler last said
+        # (latency, in flight here, when, the cluster's limit it ran under), sent with the refresh
+        self._samples: list[tuple[float, int, float, int]] = []
+        self._applied_at = 0.0  # when this worker last applied a new limit from the scheduler
+        self._peak_inflight = 0
         self.stats = stats
         self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
         self._successes = 0
@@ -101,7 +126,25 @@ class ClusterLimiter(GatedLimiter):
                                                   self.worker.loop.asyncio_loop)
         return await asyncio.wrap_future(future)
 
+    @property
+    def concurrency(self) -> int:
+        """The cluster-wide limit now in force (this worker holds a share of it)."""
+        return self.limit
+
+    def _report(self) -> dict:
+        """What a refresh tells the scheduler: successes, latency samples, requests in flight."""
+        successes, self._successes = self._successes, 0
+        samples, self._samples = self._samples, []
+        now = time.monotonic()
+        samples = [(latency, inflight, round(now - at, 4), limit) for latency, inflight, at, limit in samples]
+        peak, self._peak_inflight = max(self._peak_inflight, self.gate.in_use), self.gate.in_use
+        source = str(getattr(self.worker, "address", ""))
+        return {"successes": successes, "samples": samples, "inflight": peak, "source": source}
+
     def _apply(self, answer: dict) -> None:
+        limit = int(answer.get("limit", self.limit))
+        if limit != self.limit:
+            self.limit, self._applied_at = limit, time.monotonic()
         self.gate.resize(int(answer["share"]))
         if answer.get("pause"):
             self._paused_until = max(self._paused_until, time.monotonic() + answer["pause"])
@@ -109,8 +152,7 @@ class ClusterLimiter(GatedLimiter):
     async def _refresh_forever(self) -> None:
         while not self._disabled:
             try:
-                successes, self._successes = self._successes, 0
-                self._apply(await self._call(action="refresh", successes=successes))
+                self._apply(await self._call(action="refresh", **self._report()))
             except Exception as exc:  # plugin missing or scheduler gone: fall back to a local limit
                 if getattr(self.worker, "status", None) is not None and self.worker.status.name == "running":
                     log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
@@ -139,8 +181,13 @@ class ClusterLimiter(GatedLimiter):
             delay = max(delay, booked)
         return delay
 
-    def on_success(self) -> None:
+    def on_success(self, latency: float | None = None) -> None:
         self._successes += 1
+        if self.config["adaptive"] and latency is not None and not self._disabled:
+            now = time.monotonic()
+            if now - latency >= self._applied_at:  # sent under the share of the limit it reports
+                self._samples.append((latency, self.gate.in_use, now, self.limit))
+            self._peak_inflight = max(self._peak_inflight, self.gate.in_use)
 
     def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None:
         if not self._decreases.allows(time.monotonic(), started_at):
@@ -153,8 +200,7 @@ class ClusterLimiter(GatedLimiter):
 
     async def _report_throttle(self, retry_after: float | None) -> None:
         try:
-            successes, self._successes = self._successes, 0
-            self._apply(await self._call(action="throttled", successes=successes, retry_after=retry_after))
+            self._apply(await self._call(action="throttled", retry_after=retry_after, **self._report()))
         except Exception:
             pass
 
@@ -172,7 +218,13 @@ def _current_worker():
 
 def limiter_for(spec, stats):
     """The limiter a shared client uses in this process: cluster-wide inside a Dask worker."""
+    if isinstance(spec.api_base, tuple):  # replicas: each process routes over them with its own limits
+        from recipe.clients.replicas import ReplicaSet
+
+        return ReplicaSet(spec.api_base, spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,
+                          adaptive=spec.adaptive_concurrency)
     worker = _current_worker() if spec.cluster_limits else None
     if worker is None:
-        return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats)
-    return ClusterLimiter(worker, limits_key(spec), spec.max_concurrency, spec.rpm, spec.tpm, stats=stats)
+        return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats, adaptive=spec.adaptive_concurrency)
+    return ClusterLimiter(worker, limits_key(spec), spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,
+                          adaptive=spec.adaptive_concurrency)

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from recipe.config import defaults
+from recipe.config.concurrency import parse_max_concurrency
 from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.config.secrets import remember
 from recipe.config.targets import allowed_class
@@ -26,13 +27,14 @@ class ClientSpec:
 
     provider: str
     model: str
-    api_base: str | None = None
+    api_base: "str | tuple[str, ...] | None" = None  # a tuple: replicas of one model (clients/replicas.py)
     # A key by reference (an EnvKey: the variable's name) unless backend.ship_key=true: this spec
     # travels in task graphs, and each process resolves the key from its own environment.
     api_key: "str | EnvKey | None" = field(default=None, repr=False)
     timeout: float = defaults.TIMEOUT
     num_retries: int = defaults.NUM_RETRIES
-    max_concurrency: int = defaults.MAX_CONCURRENCY
+    max_concurrency: int = defaults.MAX_CONCURRENCY  # the fixed limit, or the ceiling of an adaptive one
+    adaptive_concurrency: bool = False  # backend.max_concurrency: auto (recipe.clients.adaptive)
     rpm: float | None = None
     tpm: float | None = None
     context_length: int | None = None
@@ -60,11 +62,15 @@ class ClientSpec:
         if not formatter.get("_target_"):
             formatter = {}
         cache = data.get("cache") or {}
+        ceiling, adaptive = parse_max_concurrency(backend.get("max_concurrency", defaults.MAX_CONCURRENCY))
+        api_base = backend.get("api_base")
+        if isinstance(api_base, (list, tuple)):
+            api_base = tuple(api_base)  # even one: a list names the set, not its members (identity, cache)
         return cls(
-            provider=backend["provider"], model=model["name"], api_base=backend.get("api_base"),
+            provider=backend["provider"], model=model["name"], api_base=api_base,
             api_key=backend.get("api_key"), timeout=float(backend.get("timeout", defaults.TIMEOUT)),
             num_retries=int(backend.get("num_retries", defaults.NUM_RETRIES)),
-            max_concurrency=int(backend.get("max_concurrency", defaults.MAX_CONCURRENCY)),
+            max_concurrency=ceiling, adaptive_concurrency=adaptive,
             rpm=backend.get("rpm"), tpm=backend.get("tpm"), context_length=model.get("context_length"),
             formatter=tuple(sorted(formatter.items())),
             sampling=tuple(sorted((data.get("sampling") or {}).items(), key=lambda kv: kv[0])),
@@ -76,7 +82,17 @@ class ClientSpec:
             on_truncated=str(backend.get("on_truncated") or "error"),
         )
 
+    @property
+    def endpoints(self) -> int:
+        """How many endpoints share the requests: the replicas of ``api_base``, each with its own limit."""
+        return len(self.api_base) if isinstance(self.api_base, tuple) else 1
+
     def with_overrides(self, **changes: Any) -> "ClientSpec":
+        """This spec with ``changes`` (a stage's ``backend:`` keys, as a config spells them)."""
+        if "max_concurrency" in changes:  # N, auto or auto:N (a stage's backend override)
+            changes["max_concurrency"], changes["adaptive_concurrency"] = parse_max_concurrency(changes["max_concurrency"])
+        if isinstance(changes.get("api_base"), list):
+            changes["api_base"] = tuple(changes["api_base"])
         if changes.get("provider", self.provider) != self.provider:
             changes.setdefault("structured_output", None)  # another provider speaks its own dialect
         return replace(self, **changes)
@@ -122,7 +138,7 @@ class ClientSpec:
         remember(key)
         return {"provider": self.provider, "api_base": self.api_base, "api_key": key,
                 "timeout": self.timeout, "num_retries": self.num_retries,
-                "max_concurrency": self.max_concurrency, "rpm": self.rpm, "tpm": self.tpm,
+                "max_concurrency": self.max_concurrency, "adaptive_concurrency": self.adaptive_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
                 "on_truncated": self.on_truncated}
 
@@ -183,6 +199,22 @@ def shared_async_client(spec: ClientSpec):
                     client.batcher = BatchCollector(client, where, poll_seconds=spec.batch_poll_seconds)
                 _clients[key] = client
     return client
+
+
+def current_limits() -> dict:
+    """The concurrency limits this process's clients hold now, per endpoint (each replica by its
+    URL): ``{"limit": n, "cluster": bool}``; ``cluster``: the Dask scheduler's one limit (the same
+    in every worker), else this process's own (summed over processes by the reader)."""
+    found: dict = {}
+    for client in list(_clients.values()):
+        limiter = getattr(client, "limiter", None)
+        replicas = getattr(limiter, "replicas", None)
+        if replicas is not None:
+            for replica in replicas:
+                found[replica.url] = {"limit": replica.limiter.concurrency, "cluster": False}
+        elif limiter is not None and hasattr(limiter, "concurrency"):
+            found[client.endpoint_name] = {"limit": limiter.concurrency, "cluster": hasattr(limiter, "worker")}
+    return found
 
 
 _stats = None

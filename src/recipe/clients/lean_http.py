@@ -85,7 +85,7 @@ class LeanRoute:
         if self.config is None:
             raise ValueError(f"litellm has no provider configuration for {route}/{model}")
         self._supported = frozenset(self.config.get_supported_openai_params(model=model))
-        self._resolved: tuple | None = None
+        self._resolved: dict[tuple, tuple] = {}  # per (api_base, api_key): replicas differ in the first
         self._client_timeout = None
 
     def _resolve(self, api_base: str | None, api_key: str | None) -> tuple:
@@ -149,9 +149,11 @@ class LeanRoute:
         return body
 
     async def __call__(self, **payload: Any) -> Any:
-        if self._resolved is None:
-            self._resolved = self._resolve(payload.get("api_base"), payload.get("api_key"))
-        url, headers, (proxy, proxy_auth) = self._resolved
+        where = (payload.get("api_base"), payload.get("api_key"))
+        resolved = self._resolved.get(where)
+        if resolved is None:
+            resolved = self._resolved[where] = self._resolve(*where)
+        url, headers, (proxy, proxy_auth) = resolved
         timeout = self._timeout(float(payload.get("timeout") or 600))  # per call: the caller may shorten it
         stream = bool(payload.get("stream"))
         body = self.build(payload)

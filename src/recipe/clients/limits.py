@@ -13,6 +13,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Protocol
 
+from recipe.clients.adaptive import LatencyLimit
 from recipe.config import defaults
 
 
@@ -21,7 +22,7 @@ class Limiter(Protocol):
 
     def slot(self, tokens: int) -> "AsyncIterator[None]": ...
 
-    def on_success(self) -> None: ...
+    def on_success(self, latency: float | None = None) -> None: ...
 
     def on_rate_limited(self, retry_after: float | None, started_at: float | None = None) -> None: ...
 
@@ -53,12 +54,16 @@ class Pacer:
     - ``rpm`` and ``tpm`` are paced with GCRA (a virtual schedule): each request reserves the
       next free start time, so the rate is smooth rather than bursty at minute boundaries.
     - A 429's ``Retry-After`` pauses every new start until it has passed.
+    - ``adaptive`` (``backend.max_concurrency: auto``): latency drives the limit instead of the
+      count of successes (:class:`recipe.clients.adaptive.LatencyLimit`, the Vegas rule), with
+      ``max_concurrency`` as its ceiling; a 429 still halves it.
     """
 
     def __init__(self, max_concurrency: int, rpm: float | None = None, tpm: float | None = None,
-                 decrease_interval: float = 1.0):
+                 decrease_interval: float = 1.0, adaptive: bool = False):
         self.max_concurrency = max(1, int(max_concurrency))
-        self.limit = float(self.max_concurrency)
+        self.adaptive = LatencyLimit(self.max_concurrency) if adaptive else None
+        self.limit = self.adaptive.limit if self.adaptive else float(self.max_concurrency)
         self.rpm = rpm or None
         self.tpm = tpm or None
         self._decreases = OneDecreasePerRoundTrip(decrease_interval)
@@ -81,12 +86,22 @@ class Pacer:
             self._next_token_at = start + 60.0 * max(1, tokens) / self.tpm
         return start - now
 
-    def success(self) -> None:
-        self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
+    def success(self, latency: float | None = None, inflight: int = 0, now: float | None = None) -> None:
+        """A request succeeded; with ``adaptive``, its ``latency`` (seconds, with ``inflight``
+        requests outstanding) is the signal, else the success itself is (AIMD's increase)."""
+        if self.adaptive is None:
+            self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
+        elif latency is not None:
+            self.adaptive.sample(latency, inflight, time.monotonic() if now is None else now)
+            self.limit = self.adaptive.limit
 
     def rate_limited(self, retry_after: float | None, now: float, started_at: float | None = None) -> None:
         if self._decreases.allows(now, started_at):
-            self.limit = max(1.0, self.limit / 2.0)
+            if self.adaptive is not None:
+                self.adaptive.dropped(now)
+                self.limit = self.adaptive.limit
+            else:
+                self.limit = max(1.0, self.limit / 2.0)
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
 
@@ -165,16 +180,21 @@ class LocalLimiter(GatedLimiter):
     """A :class:`Pacer` for one process, enforced on its event loop."""
 
     def __init__(self, max_concurrency: int = defaults.MAX_CONCURRENCY, rpm: float | None = None, tpm: float | None = None,
-                 stats=None):
-        self.pacer = Pacer(max_concurrency, rpm, tpm)
+                 stats=None, adaptive: bool = False):
+        self.pacer = Pacer(max_concurrency, rpm, tpm, adaptive=adaptive)
         self.stats = stats
         self.gate = AdjustableGate(self.pacer.concurrency)
+
+    @property
+    def concurrency(self) -> int:
+        """The limit now in force (what a metrics endpoint or a bench reports)."""
+        return self.gate.capacity
 
     async def _start_delay(self, tokens: int) -> float:
         return self.pacer.reserve(tokens, time.monotonic())
 
-    def on_success(self) -> None:
-        self.pacer.success()
+    def on_success(self, latency: float | None = None) -> None:
+        self.pacer.success(latency, self.gate.in_use)
         if self.pacer.concurrency != self.gate.capacity:
             self.gate.resize(self.pacer.concurrency)
 

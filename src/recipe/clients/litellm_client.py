@@ -45,6 +45,14 @@ _NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 _TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
 # Why the answer being produced must not be cached (a truncated answer kept by on_truncated=keep).
 _UNCACHEABLE: contextvars.ContextVar = contextvars.ContextVar("recipe_uncacheable", default=None)
+# The replica of the attempt running in this task (backend.api_base a list): its URL replaces api_base.
+_REPLICA_URL: contextvars.ContextVar = contextvars.ContextVar("recipe_replica_url", default=None)
+REPLICAS_ENDPOINT = "replicas"  # how cache keys name a list of replicas: the same whatever the list holds
+
+
+def _at_replica(payload: dict) -> dict:
+    url = _REPLICA_URL.get()
+    return payload if url is None else {**payload, "api_base": url}
 
 
 _read_field = reply.field
@@ -97,6 +105,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         num_retries: retries of retryable errors (429, 5xx, timeouts, dropped connections,
             malformed responses), with exponential backoff and jitter, honouring Retry-After.
         max_concurrency, rpm, tpm: limits for this process; pass ``limiter`` for cluster-wide ones.
+        adaptive_concurrency: ``max_concurrency`` is the ceiling of a limit adapted from latency
+            (``backend.max_concurrency: auto``, :mod:`recipe.clients.adaptive`).
         cache: a :class:`recipe.cache.sqlite.RequestCache`; hits send no request.
         endpoint_id: names the endpoint in cache keys instead of ``api_base``.
         structured_output: the backend's schema dialect (a key of
@@ -113,7 +123,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
     def __init__(self, *, provider: str, api_base: str | None = None, api_key: str | None = None,
                  timeout: float = defaults.TIMEOUT, num_retries: int = defaults.NUM_RETRIES,
-                 max_concurrency: int = defaults.MAX_CONCURRENCY,
+                 max_concurrency: int = defaults.MAX_CONCURRENCY, adaptive_concurrency: bool = False,
                  rpm: float | None = None, tpm: float | None = None, limiter: Any = None,
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -124,21 +134,34 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.provider = provider
         self.structured_dialect = structured.dialect_for(provider, structured_output)
         self.on_truncated = on_truncated
-        self.api_base = api_base
+        self.replica_urls: tuple[str, ...] = tuple(api_base) if isinstance(api_base, (list, tuple)) else ()
+        self.api_base = self.replica_urls[0] if self.replica_urls else api_base
         self._api_key = api_key
         self.timeout = float(timeout)
         self.num_retries = int(num_retries)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.stats = stats if stats is not None else UsageStats()
-        self.limiter = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats)
+        if limiter is None and self.replica_urls:
+            from recipe.clients.replicas import ReplicaSet
+
+            limiter = ReplicaSet(self.replica_urls, max_concurrency, rpm, tpm, stats=self.stats,
+                                 adaptive=adaptive_concurrency)
+        self.limiter: Any = limiter or LocalLimiter(max_concurrency, rpm, tpm, stats=self.stats,
+                                               adaptive=adaptive_concurrency)
         self.cache = cache
         self.budget = budget  # recipe.clients.budget: reserve before each attempt, settle after
         self.batcher = batcher  # recipe.clients.batch: requests go through the provider's batch API
         # What names the endpoint in cache keys: api_base, unless the address is not stable
         # (the embedded llama.cpp server gets a new port each run).
-        self.endpoint_id = endpoint_id or api_base
+        # A list of replicas is one endpoint, whichever replicas it lists (recipe.clients.replicas).
+        self.endpoint_id = endpoint_id or (REPLICAS_ENDPOINT if self.replica_urls else api_base)
         self._lean_routes: dict[tuple, LeanRoute] = {}
+
+    @property
+    def endpoint_name(self) -> str:
+        """How stats.json names this endpoint (its URL, or the provider's default one)."""
+        return self.api_base or self.provider
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(provider={self.provider!r}, api_base={self.api_base!r})"
@@ -209,9 +232,11 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         ``charge`` is ``(model, prompt tokens, max_tokens)`` for the budget: each attempt reserves
         its worst case first (raising BudgetExhausted, unsent, when it does not fit).
         """
-        attempt = 0
+        attempt = failovers = 0
         while True:
-            async with self.limiter.slot(tokens):
+            async with self.limiter.slot(tokens) as replica:
+                where = replica.url if replica is not None else self.endpoint_name
+                url_token = _REPLICA_URL.set(replica.url if replica is not None else None)
                 ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
                 token = _TICKET.set(ticket)
                 try:
@@ -229,18 +254,28 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 except Exception as exc:  # translated here, in one place
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 else:
-                    self.limiter.on_success()
-                    self.stats.time_request(time.monotonic() - started, "ok", time.time())
+                    latency = time.monotonic() - started
+                    self.limiter.on_success(latency)
+                    self.stats.endpoint(where, latency)
+                    self.stats.time_request(latency, "ok", time.time())
                     return result
                 finally:
                     _TICKET.reset(token)
+                    _REPLICA_URL.reset(url_token)
                     if ticket is not None:
                         await self.budget.settle(ticket)
             self.stats.time_request(time.monotonic() - started, _outcome(error, attempt < self.num_retries),
                                     time.time())
+            self.stats.endpoint(where, error=type(error).__name__)
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)
+            if replica is not None:  # several replicas: the set keeps their health
+                self.limiter.on_failure(error)
+                if failovers < len(self.replica_urls) and self.limiter.fails_over(error):
+                    failovers += 1  # another replica takes it at once; no retry spent
+                    self.stats.count("failovers")
+                    continue
             if not error.retryable or attempt >= self.num_retries:
                 self.stats.fail(type(error).__name__)
                 raise error
@@ -331,7 +366,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             payload = {**payload, "stream_options": {"include_usage": True}}  # else streams report no usage
 
         async def once() -> list[str]:
-            return await self._read(await send(stream=stream, **payload), stream, text, model, estimate)
+            return await self._read(await send(stream=stream, **_at_replica(payload)), stream, text, model, estimate)
 
         charge = (model, prompt_tokens, payload.get("max_tokens")) if self.budget is not None else None
         if self.batcher is not None:
@@ -526,7 +561,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         payload = {"messages": messages, **self._endpoint_kwargs(route)}
 
         async def once() -> dict:
-            response = await send(**payload)
+            response = await send(**_at_replica(payload))
             self._record_usage(reply.field(response, "usage"), model, (estimate_tokens(messages), 1))
             try:
                 return parse_reward_scores(response, self.provider)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
+
+from recipe.storage.run_folder import add_counts
 
 
 @dataclass
@@ -15,6 +18,7 @@ class UsageStats:
     retries: int = 0
     cache_hits: int = 0
     rate_limited: int = 0
+    failovers: int = 0  # requests moved to another replica after theirs failed (recipe.clients.replicas)
     schema_retries: int = 0  # answers asked again because they did not validate under their schema
     schema_failures: int = 0  # records that became SchemaError records after the last try
     retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included
@@ -30,6 +34,9 @@ class UsageStats:
     structured_by_schema: dict = field(default_factory=dict)
     # Latency and tokens per request, outcomes per minute (see request_timings): the report's charts.
     timings: dict = field(default_factory=dict)
+    # Per endpoint (each replica of backend.api_base): requests, errors, and a latency histogram
+    # (log buckets, see latency_bucket) that adds up across processes, unlike a list of samples.
+    replicas: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,6 +88,20 @@ class UsageStats:
 
         with self._lock:
             request_timings.add_tokens(self.timings, tokens)
+    def endpoint(self, endpoint: str, latency: float | None = None, error: str | None = None) -> None:
+        """One attempt on ``endpoint``: its latency (seconds) when it was answered, or the class of
+        its error."""
+        with self._lock:
+            entry = self.replicas.setdefault(str(endpoint), {"requests": 0, "errors": 0, "errors_by_class": {},
+                                                             "latency": {}, "latency_seconds": 0.0})
+            entry["requests"] += 1
+            if error:
+                entry["errors"] += 1
+                entry["errors_by_class"][error] = entry["errors_by_class"].get(error, 0) + 1
+            if latency is not None:
+                bucket = str(latency_bucket(latency))
+                entry["latency"][bucket] = entry["latency"].get(bucket, 0) + 1
+                entry["latency_seconds"] += latency
 
     def fail(self, error_class: str) -> None:
         with self._lock:
@@ -104,6 +125,7 @@ class UsageStats:
                 from recipe.clients import request_timings
 
                 request_timings.merge(self.timings, data["timings"])
+            add_counts(self.replicas, data.get("replicas") or {})
 
     def as_dict(self) -> dict:
         with self._lock:
@@ -131,7 +153,27 @@ def _plain(value):
     """A field's value as JSON keeps it: seconds rounded, containers copied, pairs as lists."""
     if isinstance(value, float):
         return round(value, 3)
-    if isinstance(value, dict):  # failures (a Counter), tokens_by_model, structured_by_schema
-        return {k: list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+    if isinstance(value, dict):  # failures (a Counter), tokens_by_model, structured_by_schema, replicas
+        return {k: list(v) if isinstance(v, tuple) else (_plain(v) if isinstance(v, dict) else v)
                 for k, v in value.items()}
     return value
+
+
+LATENCY_BUCKET_RATIO = 1.05  # bucket i holds latencies in [1.05^i, 1.05^(i+1)) ms: percentiles within 5 %
+
+
+def latency_bucket(seconds: float) -> int:
+    return int(math.floor(math.log(max(seconds * 1000.0, 1e-3)) / math.log(LATENCY_BUCKET_RATIO)))
+
+
+def latency_percentile(histogram: dict, q: float) -> float | None:
+    """The ``q``-quantile (0..1) in seconds of a :func:`latency_bucket` histogram (the bucket's middle)."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for bucket in sorted(histogram, key=int):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return round(LATENCY_BUCKET_RATIO ** (int(bucket) + 0.5) / 1000.0, 4)
+    return None

@@ -88,6 +88,8 @@ def identity(cfg: Any) -> dict:
     backend = _section(config, "backend") or {}
     if backend.get("api_base") or not backend.get("start_local_server"):
         endpoint = {k: backend.get(k) for k in _ENDPOINT_KEYS}
+        if isinstance(endpoint["api_base"], (list, tuple)):
+            endpoint["api_base"] = "replicas"  # one model's replicas: adding or removing one continues the run
     else:  # the embedded llama.cpp server: its port changes every run, its model and context do not
         # (its context is the model's context_length, below)
         endpoint = {"provider": backend.get("provider"), "local_model": backend.get("model_path")}

@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from recipe.config import defaults
+from recipe.config.concurrency import parse_max_concurrency
 
 TRUNCATION_POLICIES = ("keep", "error", "retry")
 
@@ -36,14 +37,15 @@ class ModelConfig:
 @dataclass
 class BackendConfig:
     provider: str = MISSING  # litellm's prefix: nvidia_nim, openai, hosted_vllm, ollama, ...
-    api_base: Optional[str] = None
+    api_base: Any = None  # a URL, or a list of URLs: replicas of one model (recipe.clients.replicas)
     api_key: Optional[str] = None  # always an ${oc.env:...} interpolation, never a literal
     # false: task graphs carry the key's variable name and workers read their own environment;
     # true: the driver's key travels with the tasks (for workers that lack the variable).
     ship_key: bool = False
     timeout: float = defaults.TIMEOUT
     num_retries: int = defaults.NUM_RETRIES
-    max_concurrency: int = defaults.MAX_CONCURRENCY
+    # N: a fixed limit (lowered only by 429s); auto or auto:N: adapted from latency too, N the ceiling
+    max_concurrency: Any = defaults.MAX_CONCURRENCY
     rpm: Optional[float] = None
     tpm: Optional[float] = None
     # llamacpp only: start the embedded server for the run when api_base is null.
@@ -120,6 +122,14 @@ class HubConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics while a run goes on (recipe.engine.metrics; the `metrics` extra)."""
+
+    port: Optional[int] = None  # null: no metrics endpoint
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another machine scrape it
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -133,6 +143,7 @@ class RecipeConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
@@ -170,7 +181,10 @@ def value_problems(cfg: Any) -> list[str]:
     check(b.timeout > 0, "backend.timeout", "must be > 0", b.timeout)
     check(b.batch_poll_seconds > 0, "backend.batch_poll_seconds", "must be > 0", b.batch_poll_seconds)
     check(b.num_retries >= 0, "backend.num_retries", "must be >= 0", b.num_retries)
-    check(b.max_concurrency >= 1, "backend.max_concurrency", "must be >= 1", b.max_concurrency)
+    try:
+        parse_max_concurrency(b.max_concurrency)
+    except ValueError as exc:
+        problems.append(f"backend.max_concurrency={b.max_concurrency!r}: {exc}")
     for key in ("rpm", "tpm"):
         value = getattr(b, key)
         if value is not None:
@@ -197,6 +211,9 @@ def value_problems(cfg: Any) -> list[str]:
         problems.append("model.price: give both input_per_mtok and output_per_mtok, or neither")
     if cfg.target.records is not None:
         check(cfg.target.records >= 1, "target.records", "must be >= 1 (or null for every input)", cfg.target.records)
+    if cfg.metrics.port is not None:
+        check(0 < cfg.metrics.port < 65536, "metrics.port", "must be a TCP port (1-65535), or null for none",
+              cfg.metrics.port)
     check(cfg.target.max_rounds >= 1, "target.max_rounds", "must be >= 1", cfg.target.max_rounds)
     if cfg.get("preview") is not None:
         check(cfg.preview >= 1, "preview", "must be >= 1 (records to preview), or null", cfg.preview)

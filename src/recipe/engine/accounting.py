@@ -117,7 +117,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "deduplicated": _deduplicated(attempts) if done["deduplicated"] is None else done["deduplicated"],
         "skipped": done["skipped"],
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
-        "rate_limited_429": total["rate_limited"],
+        "rate_limited_429": total["rate_limited"], "failovers": total["failovers"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
         "structured_by_schema": total["structured_by_schema"],
         "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],
@@ -135,6 +135,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "json_fields": sorted(set(json_fields or []) | set(done["json_fields"])),
         "config_hash": config_hash,
         "recipe_version": __version__,  # the package that made these results
+        "replicas": _replicas(total["replicas"]),
         "this_attempt": {"attempt": attempt["attempt"], "requests": usage.get("requests", 0),
                          "cache_hits": usage.get("cache_hits", 0),
                          "partitions_written": attempt["partitions_to_do"],
@@ -143,6 +144,17 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
                      "of_partitions": attempt["of_partitions"]} if resumed else None),
     }
     return stats
+
+
+def _replicas(replicas: dict) -> dict:
+    """Per endpoint: requests, errors, latency p50 and p99 in seconds (of the answered attempts)."""
+    from recipe.clients.usage import latency_percentile
+
+    return {url: {"requests": entry.get("requests", 0), "errors": entry.get("errors", 0),
+                  "errors_by_class": entry.get("errors_by_class") or {},
+                  "latency_p50": latency_percentile(entry.get("latency") or {}, 0.50),
+                  "latency_p99": latency_percentile(entry.get("latency") or {}, 0.99)}
+            for url, entry in sorted(replicas.items())}
 
 
 def _deduplicated(attempts: list[dict]) -> dict:

@@ -26,6 +26,11 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
         bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
         def prices():  # the killed attempt's cost
             return run_accounting.prices(plan, attempt, loaded_only=True)
+        metrics = plan.data.get("metrics") or {}
+        if metrics.get("port") is not None:
+            from recipe.engine import metrics as run_metrics
+
+            run_metrics.serve(stack, metrics["port"], metrics.get("host") or "127.0.0.1", client, plan.spec)
         with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress, prices):
             compute(plan, attempt, client, bag)
 

@@ -113,6 +113,11 @@ def checked_data(cfg: Any, resolve: Callable[[Any], dict] | None = None) -> dict
     # the stages' parameters from the resolved config: nothing is resolved twice
     stages = (data.get("recipe") or {}).get("stages") if isinstance(data.get("recipe"), dict) else None
     refuse(problems + (stage_problems({"stages": stages}) if stages else []) + preflight.backend_problems(data))
+    port = (data.get("metrics") or {}).get("port")
+    if port is not None:
+        from recipe.engine.metrics import require_prometheus
+
+        require_prometheus(port)
     return data
 
 

@@ -44,11 +44,14 @@ def backend_problems(data: dict) -> list[str]:
                 problems.append(f"{where}.provider={provider!r}: not a provider litellm knows "
                                 "(for example openai, nvidia_nim, hosted_vllm, ollama)")
         api_base = backend.get("api_base")
-        if api_base is not None:
-            url = urlparse(str(api_base))
-            if url.scheme not in ("http", "https") or not url.netloc:
-                problems.append(f"{where}.api_base={api_base!r}: not an http(s) URL "
-                                "(for example http://127.0.0.1:8000/v1)")
+        many = isinstance(api_base, (list, tuple))
+        if many and not api_base:
+            problems.append(f"{where}.api_base=[]: an empty list of replicas (give one URL or several)")
+        for i, base in enumerate(api_base if many else [] if api_base is None else [api_base]):
+            url = urlparse(str(base))
+            if not isinstance(base, str) or url.scheme not in ("http", "https") or not url.netloc:
+                key = f"{where}.api_base[{i}]" if many else f"{where}.api_base"
+                problems.append(f"{key}={base!r}: not an http(s) URL (for example http://127.0.0.1:8000/v1)")
     return problems
 
 

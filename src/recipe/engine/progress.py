@@ -11,11 +11,12 @@ from typing import Any, Callable
 
 
 def _snapshot() -> dict:
-    from recipe.clients.factory import process_stats
+    from recipe.clients.factory import current_limits, process_stats
     from recipe.clients import batch
     from recipe.stages import progress
 
-    return {"usage": process_stats().as_dict(), "progress": progress.snapshot(), "batches": batch.states()}
+    return {"usage": process_stats().as_dict(), "progress": progress.snapshot(), "batches": batch.states(),
+            "limits": current_limits()}
 
 
 def collect(client) -> dict:
@@ -34,7 +35,11 @@ def collect(client) -> dict:
     removed: dict[tuple[str, int], int] = {}
     live = filtered = 0
     batches: dict = {"states": {}}
+    limits: dict[str, int] = {}  # per endpoint: the cluster's one limit, or the processes' limits summed
     for snap in snaps:
+        for name, held in (snap.get("limits") or {}).items():
+            limits[name] = max(limits.get(name, 0), held["limit"]) if held["cluster"] else \
+                limits.get(name, 0) + held["limit"]
         for key, value in (snap.get("batches") or {}).items():
             if key == "states":
                 for state, count in value.items():
@@ -50,7 +55,7 @@ def collect(client) -> dict:
     for (stage, _), count in sorted(removed.items()):
         deduplicated[stage] = deduplicated.get(stage, 0) + count
     return {**usage.as_dict(), "filtered": filtered, "deduplicated": deduplicated, "live": live, "committed": committed,
-            "batches": batches,
+            "batches": batches, "limits": limits,
             "records": sum(r for r, _ in committed.values()), "errors": sum(e for _, e in committed.values())}
 
 

@@ -204,7 +204,7 @@ class LLMStage(Stage):
         counter = progress.start() if getattr(self, "counts_progress", False) else None
         # batch API: the whole partition is in flight at once, so that it becomes one batch
         window = asyncio.Semaphore(len(records) + 1 if getattr(llm, "batcher", None) is not None
-                                   else max(16, 2 * self.spec.max_concurrency))
+                                   else max(16, 2 * self.spec.max_concurrency * self.spec.endpoints))
         failures: list[BaseException] = []
         pending: set[asyncio.Task] = set()
 

@@ -339,7 +339,7 @@ class RunFolder:
 
 _SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
            "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures",
-           "estimated_usage")
+           "estimated_usage", "failovers")
 
 
 def _count(value: Any) -> bool:
@@ -375,6 +375,15 @@ def readable_usage(usage: dict) -> tuple[dict, list[str]]:
         else:
             bad.append(f"usage.{key}")
     return clean, bad
+
+
+def add_counts(into: dict, other: dict) -> None:
+    """Add ``other``'s numbers into ``into``, recursively (dicts of counts of any depth)."""
+    for key, value in other.items():
+        if isinstance(value, dict):
+            add_counts(into.setdefault(key, {}), value)
+        else:
+            into[key] = into.get(key, 0) + value
 
 
 def sum_manifests(manifests: dict[int, dict]) -> dict:

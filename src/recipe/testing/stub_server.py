@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from recipe.testing import queueing
 from recipe.testing.line_request import LineRequest
 from recipe.clients.subprocess_server import ServerProcess
 
@@ -162,6 +163,7 @@ class _App:
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
+        self.service = queueing.ServiceModel.from_args(a)  # --capacity: a queueing engine (testing/queueing.py)
         self.reset()
 
     @property
@@ -300,6 +302,7 @@ class _App:
         quirk = self.quirks.instead_of_answer()
         if quirk is not None:
             return quirk
+        await self.service.serve()
         if a.latency > 0:
             s = a.jitter_sigma
             await asyncio.sleep(a.latency * (random.lognormvariate(-s * s / 2, s) if s else 1.0))
@@ -664,6 +667,7 @@ def _parser() -> argparse.ArgumentParser:
                         "never learns its id)")
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
     _quirk_options(p)
+    queueing.add_arguments(p)
     return p
 
 
@@ -685,6 +689,7 @@ async def _serve(args: argparse.Namespace) -> None:
     AnthropicBatches(state).routes(app.router)
     app.router.add_post("/api/chat", state.ollama_chat)
     app.router.add_post("/api/generate", state.ollama_generate)
+    state.service.routes(app.router)
     app.router.add_get("/_stats", state.stats)
     app.router.add_post("/_reset", state.do_reset)
     app.router.add_post("/_models", state.set_models)
@@ -892,7 +897,8 @@ class StubServer:
                  status: int = 0, drip: float = 0.0, port: int = 0,
                  models: str = "", schema_break: float = 0.0, usage: tuple[int, int] | None = None,
                  batch_seconds: float = 1.0, batch_expire: bool = False, pick: str = "length",
-                 echo_chars: int = 30, batch_create_delay: float = 0.0, **quirks: Any) -> None:
+                 echo_chars: int = 30, batch_create_delay: float = 0.0, extra_args: tuple[str, ...] = (),
+                 **quirks: Any) -> None:
         """``port`` 0 picks a free port; a fixed one lets a test put a healthy server where a failing one was."""
         self.args = [f"--latency={latency}", f"--jitter-sigma={jitter_sigma}",
                      f"--finish-reason={finish_reason}", f"--status={status}", f"--drip={drip}",
@@ -913,6 +919,7 @@ class StubServer:
         if batch_create_delay:
             self.args.append(f"--batch-create-delay={batch_create_delay}")
         self.args += _quirk_args(quirks)
+        self.args += list(extra_args)  # options of their own modules, e.g. queueing.queue_args(...)
         self.port = port
         self._proc: ServerProcess | None = None
 
