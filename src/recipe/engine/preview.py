@@ -156,7 +156,8 @@ def run_preview(cfg: Any, n: int, cap: int = CAP) -> Preview:
     from recipe.engine import execute as run_execute
     from recipe.config import identity as run_identity
     from recipe.engine import plan as run_plan
-    from recipe.clients.factory import ClientSpec, build_stages
+    from recipe.clients.factory import ClientSpec
+    from recipe.stages.build import build_stages
     from recipe.stages import chain
     from recipe.stages.io.write import WriteStage
 
