@@ -78,10 +78,10 @@ def validate(data: dict, where: str) -> dict:
     Without the extra, ``data`` comes back as it is."""
     if not installed():
         return data
-    from data_designer.config.data_designer_config import DataDesignerConfig
+    from data_designer.config import DataDesignerConfigBuilder
 
-    try:
-        config = DataDesignerConfig.model_validate(data)
+    try:  # the builder's checks too (references between columns, processors), as Data Designer runs them
+        config = DataDesignerConfigBuilder.from_config(data).build()
     except Exception as exc:
         raise ConfigError(f"{where}: Data Designer refused the config: {_first_line(exc)}") from None
     return config.model_dump(mode="json")
