@@ -360,7 +360,8 @@ def _order(columns: list[dict]) -> list[dict]:
     (Data Designer orders its DAG so; among independent columns the declared order is kept)."""
     from recipe.config.designer_fields import column_reads
 
-    pending, done, out = list(columns), set(), []
+    pending, out = list(columns), []
+    done: set[str] = set()
     names = {c["name"] for c in columns}
     while pending:
         for column in pending:
@@ -380,7 +381,7 @@ def compile_recipe(dd: dict, name: str) -> tuple[dict, list[str]]:
     and the notes to show (a person sampler mapped to ours). Refuses what cannot run, naming it."""
     columns = [c for c in dd["columns"] if isinstance(c, dict)]
     for column in columns:
-        kind = column.get("column_type")
+        kind = str(column.get("column_type"))
         if kind in NOT_YET or kind not in SUPPORTED:
             reason = NOT_YET.get(kind, f"column type {kind!r} is not supported")
             raise _fail(column, reason)
