@@ -17,7 +17,7 @@ import jinja2
 import pytest
 import yaml
 
-from conftest import cli, outputs, stub_overrides
+from conftest import SRC, cli, outputs, stub_overrides
 
 DATA = Path(__file__).parent / "data" / "designer"
 
@@ -384,3 +384,16 @@ def test_a_config_data_designer_refuses_is_its_message_in_one_line(stub_server, 
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: designer={path}: Data Designer refused the config: ") and "values" in line
     assert server.stats()["requests"] == 0
+
+
+def test_without_the_extra_the_config_runs_unchecked_and_says_which_extra_to_install(stub_server, tmp_path):
+    server = stub_server()
+    path = config(tmp_path, "code_dataset")
+    shim = tmp_path / "shim" / "data_designer"  # an import of data_designer fails, as without the extra
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = cli(tmp_path, f"designer={path}", f"output_dir={tmp_path / 'out'}", *stub_overrides(server),
+                 env={"PYTHONPATH": f"{shim.parent}:{SRC}"}, check_exit=0)
+    assert ("note: Data Designer's config models are not installed, so the config was read without its checks: "
+            "pip install 'recipe[designer]'") in result.stderr.splitlines()
+    assert len(outputs(tmp_path / "out")) == 10

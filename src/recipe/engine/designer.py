@@ -49,8 +49,13 @@ def compiled_overrides(source: Any, overrides: Sequence[str] = ()) -> tuple[list
     from recipe.config.designer import load
     from recipe.config.designer_compile import compile_recipe, run_overrides
 
+    from recipe.config.designer import EXTRA, installed
+
     data, name = load(source)
     recipe, notes = compile_recipe(data, name)
+    if not installed():
+        notes.insert(0, f"Data Designer's config models are not installed, so the config was read without its "
+                        f"checks: pip install '{EXTRA}'")
     folder = tempfile.mkdtemp(prefix="recipe-designer-")
     os.makedirs(os.path.join(folder, "recipe"))
     with open(os.path.join(folder, "recipe", f"{name}.yaml"), "w", encoding="utf-8") as fh:
