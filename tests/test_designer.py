@@ -410,3 +410,38 @@ def test_without_the_extra_the_config_runs_unchecked_and_says_which_extra_to_ins
     assert ("note: Data Designer's config models are not installed, so the config was read without its checks: "
             "pip install 'recipe[designer]'") in result.stderr.splitlines()
     assert len(outputs(tmp_path / "out")) == 10
+
+
+def test_seed_dataset_from_a_hugging_face_dataset_folder_of_parquet_files(stub_server, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (DATA / "seed_docs.jsonl").read_text().splitlines()]
+    folder = tmp_path / "hf_docs" / "data"  # a dataset folder as the Hub lays it out
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:2]), folder / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), folder / "train-00001-of-00002.parquet")
+
+    def from_folder(data: dict) -> None:
+        data["seed_config"]["source"]["path"] = str(folder / "*.parquet")
+
+    server = stub_server()
+    path = config(tmp_path, "structured_extraction", change=from_folder)
+    run(tmp_path, server, path, "target.records=6")
+    records = outputs(tmp_path / "out")
+    assert sorted(r["id"] for r in records) == ["d1", "d1", "d2", "d2", "d3", "d3"]
+    assert all(r["text"] == {d["doc_id"]: d["document"] for d in rows}[r["id"]] for r in records)
+
+
+def test_propagate_skip_false_keeps_a_column_that_reads_a_skipped_one():
+    from recipe.config.designer_compile import compile_recipe
+
+    data = yaml.safe_load((DATA / "judged_dataset.yaml").read_text())
+    stages = compile_recipe(data, "x")[0]["stages"]
+    assert stages["follow_up"]["when"] == "not (((difficulty == 'easy')))"
+    assert stages["follow_up_answer"]["when"] == stages["follow_up"]["when"]  # propagated
+    assert "when" not in stages["answer"]
+    for column in data["columns"]:
+        if column["name"] == "follow_up_answer":
+            column["propagate_skip"] = False
+    assert "when" not in compile_recipe(data, "x")[0]["stages"]["follow_up_answer"]
