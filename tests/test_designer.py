@@ -204,22 +204,14 @@ def test_conditional_params_and_constraints_hold_and_distributions_match_over_20
     assert gaps <= set(range(1, 15)) and len(gaps) == 14
     premium = [r["price"] for r in records if r["tier"] == "premium"]
     budget = [r["price"] for r in records if r["tier"] == "budget"]
-    # A record breaking a constraint is drawn again whole, so the tiers and prices are the declared
-    # joint distribution conditioned on the constraints: P(tier, price) * P(10 < price < 120 and
-    # discount < price), discount ~ U(0, 60). Integrated here from the declared parameters.
-    from scipy import integrate
-
-    def accepted(mean: float, sd: float, moment: int = 0) -> float:
-        density = stats.norm(mean, sd).pdf
-        return integrate.quad(lambda x: x ** moment * density(x) * min(x, 60) / 60, 10, 120, points=[60])[0]
-
-    weight = {"budget": 0.75 * accepted(20, 5), "premium": 0.25 * accepted(100, 10)}
-    total = sum(weight.values())
-    assert stats.chisquare([len(budget), len(premium)],
-                           [20000 * weight["budget"] / total, 20000 * weight["premium"] / total]).pvalue > 0.001
+    # Data Designer redraws only the column a constraint is on, given the columns before it: the tiers
+    # keep their weights, each tier's price is its declared normal truncated to (10, 120), and the
+    # discount is uniform on (0, min(price, 60)).
+    assert stats.chisquare([len(budget), len(premium)], [15000, 5000]).pvalue > 0.001
     for prices, (mean, sd) in ((budget, (20, 5)), (premium, (100, 10))):  # the conditional's parameters
-        expected = accepted(mean, sd, 1) / accepted(mean, sd)
-        assert stats.ttest_1samp(prices, expected).pvalue > 0.001, (expected, stats.fmean(prices))
+        truncated = stats.truncnorm((10 - mean) / sd, (120 - mean) / sd, loc=mean, scale=sd)
+        assert stats.kstest(prices, truncated.cdf).pvalue > 0.001
+    assert stats.kstest([r["discount"] / min(r["price"], 60) for r in records], "uniform").pvalue > 0.001
     # stars: Data Designer's uniform(1, 5) rounded to int: 1 and 5 half as likely as 2, 3, 4
     counts = [sum(r["stars"] == k for r in records) for k in range(1, 6)]
     expected = [20000 * w for w in (1 / 8, 1 / 4, 1 / 4, 1 / 4, 1 / 8)]

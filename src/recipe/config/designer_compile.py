@@ -376,6 +376,34 @@ def _order(columns: list[dict]) -> list[dict]:
     return out
 
 
+def _sample_groups(dd: dict, columns: list[dict], seeded: dict, notes: list[str]) -> list[tuple[dict, list[str]]]:
+    """The sampler columns as SampleStage column groups, each with its constraints.
+
+    Data Designer draws its sampler columns one at a time and redraws a column (only it) until its
+    own constraints hold, given the columns before it. A SampleStage redraws all of its columns for
+    a record breaking one of its constraints, so a constrained column gets a stage of its own (one
+    that adds it to the records): the columns before it keep the distributions they were declared with.
+    """
+    by_target: dict[str, list[str]] = {}
+    for constraint in dd.get("constraints") or []:
+        by_target.setdefault(str(constraint.get("target_column")), []).append(_constraint(constraint))
+    groups: list[tuple[dict, list[str]]] = [(dict(seeded), [])]
+    for column in columns:
+        if column["column_type"] != "sampler":
+            continue
+        made = _sampler_column(column, notes)
+        mine = by_target.pop(column["name"], [])
+        if mine and groups[-1][0]:
+            groups.append(({}, []))
+        groups[-1][0].update(made)
+        groups[-1][1].extend(mine)
+        if mine:
+            groups.append(({}, []))
+    if by_target:
+        raise ConfigError(f"Data Designer constraints on {sorted(by_target)}: not a sampler column")
+    return [(group, constraints) for group, constraints in groups if group]
+
+
 def compile_recipe(dd: dict, name: str) -> tuple[dict, list[str]]:
     """``(recipe, notes)``: the ``recipe`` node of a composed config for Data Designer config ``dd``,
     and the notes to show (a person sampler mapped to ours). Refuses what cannot run, naming it."""
@@ -387,21 +415,16 @@ def compile_recipe(dd: dict, name: str) -> tuple[dict, list[str]]:
             raise _fail(column, reason)
     notes: list[str] = []
     models, default = _models(dd)
-    sampled: dict = {}
-    for column in columns:
-        if column["column_type"] == "sampler":
-            sampled.update(_sampler_column(column, notes))
     seeded, hidden = _seed_columns(dd, columns)
-    sampled = {**seeded, **sampled}
-    constraints = [_constraint(c) for c in dd.get("constraints") or []]
-    hidden += [n for n in sampled if n.startswith("_") and n.endswith(("__bernoulli", "__value"))]
     stages: dict = {}
-    if sampled:
-        stages["sample"] = {"_target_": "recipe.stages.SampleStage", "n": "${designer_records:${target.records}}",
-                            "seed": "${sampling.seed}", "columns": sampled, "constraints": constraints}
-    elif constraints:
-        raise ConfigError("Data Designer constraints need sampler columns to hold on")
-    else:
+    for index, (group, constraints) in enumerate(_sample_groups(dd, columns, seeded, notes)):
+        hidden += [n for n in group if n.startswith("_") and n.endswith(("__bernoulli", "__value"))]
+        stage = {"_target_": "recipe.stages.SampleStage", "seed": "${sampling.seed}", "columns": group,
+                 "constraints": constraints}
+        if index == 0:  # the records' source
+            stage = {"_target_": stage["_target_"], "n": "${designer_records:${target.records}}", **stage}
+        stages["sample" if index == 0 else f"sample_{index}"] = stage
+    if not stages:
         raise ConfigError("a Data Designer config here needs at least one sampler column or a seed dataset "
                           "(the records' source)")
     pending: dict = {}
