@@ -9,7 +9,7 @@ import recipe.stages
 from recipe import errors
 from recipe.stages.base import Stage
 
-TOP_LEVEL = {"compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError", "LLMError",
+TOP_LEVEL = {"__version__", "compose", "build_client", "run", "from_data_designer", "ClientSpec", "RecipeError", "ConfigError", "InputError", "LLMError",
              "ParseError", "SchemaError"}
 STAGES = {"AppendSeedsStage", "CombineStage", "CrossStage", "DedupStage", "DialogueStage", "ExplodeStage",
           "FilterStage", "GenerateStage", "JudgeStage", "LLMStage", "ParseListStage", "PreferencePairsStage",
@@ -21,7 +21,7 @@ def test_top_level_exports():
     assert {name for name in TOP_LEVEL if not hasattr(recipe, name)} == set(), "__all__ names what exists"
     assert {n for n in TOP_LEVEL if n.endswith("Error")} == {
         n for n in TOP_LEVEL if inspect.isclass(getattr(recipe, n)) and issubclass(getattr(recipe, n), errors.RecipeError)}
-    assert all(callable(getattr(recipe, n)) for n in ("compose", "build_client", "run"))
+    assert all(callable(getattr(recipe, n)) for n in ("compose", "build_client", "run", "from_data_designer"))
 
 
 def test_stage_exports_are_exactly_the_stage_classes():

@@ -28,16 +28,17 @@ def _version() -> str:
 #: Written into every run's stats.json and dataset card, so a result says what made it.
 __version__ = _version()
 
-__all__ = ["__version__", "compose", "build_client", "run", "ClientSpec", "RecipeError", "ConfigError", "InputError",
+__all__ = ["__version__", "compose", "build_client", "run", "from_data_designer", "ClientSpec", "RecipeError", "ConfigError", "InputError",
            "LLMError", "ParseError", "SchemaError"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from recipe.engine.plan import compose
     from recipe.clients.factory import ClientSpec, build_client
     from recipe.engine.runner import run
+    from recipe.engine.designer import from_data_designer
 
 _LAZY = {"compose": "recipe.engine.plan", "build_client": "recipe.clients.factory", "ClientSpec": "recipe.clients.factory",
-         "run": "recipe.engine.runner"}
+         "run": "recipe.engine.runner", "from_data_designer": "recipe.engine.designer"}
 
 
 def __getattr__(name: str) -> Any:

@@ -113,6 +113,24 @@ def _job(cfg) -> int:
     return 0
 
 
+def _designer() -> None:
+    """``designer=PATH`` in the arguments: replaced by the overrides that compose its compiled recipe
+    (:mod:`recipe.engine.designer`); the scratch config dir lives as long as this process."""
+    import atexit
+    import shutil
+
+    from recipe.engine.designer import compiled_overrides, split
+
+    path, rest = split(sys.argv[1:])
+    if path is None:
+        return
+    overrides, notes, folder = compiled_overrides(path, rest)
+    atexit.register(shutil.rmtree, folder, True)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    sys.argv[1:] = overrides
+
+
 def main() -> None:
     import gc
 
@@ -161,6 +179,7 @@ def _main() -> None:
             _fail(str(exc))
         sys.exit(0)
     try:
+        _designer()  # designer=PATH: a Data Designer config, compiled into a recipe to compose
         precheck(sys.argv[1:])
     except ConfigError as exc:
         _fail(str(exc))

@@ -46,6 +46,9 @@ def setup() -> None:
     OmegaConf.register_new_resolver("input_or_sample", _input_or_sample, replace=True)
     OmegaConf.register_new_resolver("sample", paths.sample_path, replace=True)
     OmegaConf.register_new_resolver("list_schema", _list_schema, replace=True)
+    from recipe.config.designer_compile import records
+
+    OmegaConf.register_new_resolver("designer_records", records, replace=True)  # a Data Designer config's n
     from recipe.config.identity import register_resolver
 
     register_resolver()  # ${recipe_run_dir:ROOT}: Hydra's run dir is the run folder
