@@ -47,7 +47,8 @@ def backend_problems(data: dict) -> list[str]:
         many = isinstance(api_base, (list, tuple))
         if many and not api_base:
             problems.append(f"{where}.api_base=[]: an empty list of replicas (give one URL or several)")
-        for i, base in enumerate(api_base if many else [] if api_base is None else [api_base]):
+        bases: list = list(api_base or []) if many else [] if api_base is None else [api_base]
+        for i, base in enumerate(bases):
             url = urlparse(str(base))
             if not isinstance(base, str) or url.scheme not in ("http", "https") or not url.netloc:
                 key = f"{where}.api_base[{i}]" if many else f"{where}.api_base"

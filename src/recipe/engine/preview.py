@@ -57,7 +57,7 @@ class Preview:
     stages: list[StageSeen]
     records: list[dict]
     errors: list[dict]
-    lineage: dict[str, list[tuple[str, dict]]]
+    lineage: dict[Any, list[tuple[str, dict]]]
     estimate: dict
     output_dir: str
 
@@ -68,7 +68,7 @@ def _usage() -> dict:
     return process_stats().as_dict()
 
 
-def _latency(timings: dict) -> tuple[float, int]:
+def _latency(timings: dict | None) -> tuple[float, int]:
     from recipe.clients import request_timings as rt
 
     hist = (timings or {}).get("latency_ms") or {}
@@ -76,7 +76,7 @@ def _latency(timings: dict) -> tuple[float, int]:
             sum(int(v) for v in hist.values()))
 
 
-def _answered(timings: dict) -> int:
+def _answered(timings: dict | None) -> int:
     return sum(int(counts[0]) for counts in ((timings or {}).get("minutes") or {}).values())
 
 
@@ -133,7 +133,7 @@ def _input_count(read_stage: Any) -> int | None:
 def _capped(records_in: list[dict], out: list[dict], cap: int) -> list[dict]:
     """``out`` with at most ``cap`` children per parent among ``records_in`` (records kept in place stay)."""
     parents = {r.get(ID) for r in records_in}
-    per_parent: dict[str, int] = {}
+    per_parent: dict[Any, int] = {}
     kept = []
     for record in out:
         parent = record.get(PARENT)
@@ -190,7 +190,7 @@ def _walk(plan: Any, n: int, cap: int, output_dir: str, db: Any, write_stage: ty
     errors = [r for r in items if is_error(r)]
     read.records_out = read.kept = len(good)
     read.errors = len(errors)
-    lineage: dict[str, list[tuple[str, dict]]] = {r.get(ID): [(first.name, _fields(r))] for r in good}
+    lineage: dict[Any, list[tuple[str, dict]]] = {r.get(ID): [(first.name, _fields(r))] for r in good}
     seen = [read]
     for stage in rest:
         account = StageSeen(stage.name, records_in=len(good))

@@ -123,8 +123,8 @@ def funnel(files: RunFiles, errors_total: int) -> list[dict]:
             seen = stages.setdefault(str(name), [0, 0, 0])
             for index in range(3):
                 seen[index] += int(counts[index]) if index < len(counts) else 0
-    rows = [{"stage": name, "in": c[0], "out": c[1], "errors": c[2], "dropped": c[0] - c[1] - c[2]}
-            for name, c in stages.items()]
+    rows: list[dict[str, Any]] = [{"stage": name, "in": c[0], "out": c[1], "errors": c[2], "dropped": c[0] - c[1] - c[2]}
+                                  for name, c in stages.items()]
     if rows:
         made_by_stages = sum(r["errors"] for r in rows)
         rows.insert(0, {"stage": "read", "in": None, "out": rows[0]["in"],

@@ -148,7 +148,7 @@ class FieldProfile:
         missing field reads as null there, so it is counted as a null."""
         import numpy as np
         import pyarrow as pa
-        import pyarrow.compute as pc
+        pc = _compute()
 
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
@@ -210,7 +210,7 @@ class FieldProfile:
     def _value_counts(self, column: Any, kind: Any) -> None:
         """Distinct values (hashes) and top values of a column, from Arrow's value counts; once
         the top values were pruned, a value seen once in a part cannot make the top any more."""
-        import pyarrow.compute as pc
+        pc = _compute()
 
         counted = pc.value_counts(column)
         values, counts = counted.field("values"), counted.field("counts")
@@ -286,7 +286,7 @@ class FieldProfile:
         main = self.types.most_common(1)[0][0] if self.types else "null"
         kinds = {k: v for k, v in self.types.items() if k != "null"}
         out: dict[str, Any] = {
-            "name": self.name, "type": max(kinds, key=kinds.get) if kinds else main, "types": dict(self.types),
+            "name": self.name, "type": max(kinds, key=lambda k: kinds[k]) if kinds else main, "types": dict(self.types),
             "present": self.present, "missing": records - self.present, "nulls": self.nulls,
             "distinct": self.distinct.count(), "distinct_exact": self.distinct.exact and not self.distinct_skipped,
             "top": [[text, count] for text, count in self.top.most_common(TOP_SHOWN)],
@@ -335,10 +335,10 @@ def _histogram_values(values: array, chunks: list, bins: int = 30) -> dict:
         return {"x": [low], "y": [int(len(data))], "width": 1}
     if np.all(data == np.round(data)) and high - low < bins:  # small integers (scores): one bar each
         xs = np.arange(low, high + 1)
-        ys = [int(np.count_nonzero(data == x)) for x in xs]
-        return {"x": xs.tolist(), "y": ys, "width": 1}
-    ys, edges = np.histogram(data, bins=bins)
-    return {"x": ((edges[:-1] + edges[1:]) / 2).tolist(), "y": ys.tolist(), "width": float(edges[1] - edges[0])}
+        bars = [int(np.count_nonzero(data == x)) for x in xs]
+        return {"x": xs.tolist(), "y": bars, "width": 1}
+    counts, edges = np.histogram(data, bins=bins)
+    return {"x": ((edges[:-1] + edges[1:]) / 2).tolist(), "y": counts.tolist(), "width": float(edges[1] - edges[0])}
 
 
 # ---- clipping ----------------------------------------------------------------------------------
@@ -433,10 +433,10 @@ class Profiler:
             profile.add_column(table.column(name))
         if not self.sample_size or not table.num_rows:
             return
-        offsets = range(table.num_rows)
+        offsets: list[int] | range = range(table.num_rows)
         ids = table.column("_id") if "_id" in table.column_names else None
         if ids is not None and self.cutoff < (1 << 60) and _arrow_kind(ids.type) == "text":
-            import pyarrow.compute as pc
+            pc = _compute()
 
             # our ids are 16 hex digits: the first 15 compare as text as they do as numbers
             ours = pc.all(pc.match_substring_regex(ids, "^[0-9a-f]{15}")).as_py()
@@ -444,7 +444,7 @@ class Profiler:
                 below = pc.less(pc.utf8_slice_codeunits(ids, 0, 15), f"{self.cutoff:015x}")
                 offsets = [i for i, keep in enumerate(below.to_pylist()) if keep]
         ids = ids.to_pylist() if ids is not None else None
-        wanted = []
+        wanted: list = []
         for offset in offsets:
             key = _order_key({"_id": ids[offset] if ids is not None else None}, start + offset)
             if key >= self.cutoff:
@@ -484,7 +484,8 @@ class ErrorGroups:
 
     def add(self, record: dict) -> None:
         self.total += 1
-        info = record.get("_error") if isinstance(record.get("_error"), dict) else {}
+        error = record.get("_error")
+        info: dict = error if isinstance(error, dict) else {}
         name = str(info.get("class") or "unknown")
         group = self.classes.setdefault(name, {"class": name, "count": 0, "stages": Counter(), "examples": []})
         group["count"] += 1
@@ -497,3 +498,10 @@ class ErrorGroups:
     def groups(self) -> list[dict]:
         ordered = sorted(self.classes.values(), key=lambda g: (-g["count"], g["class"]))
         return [{**g, "stages": dict(g["stages"])} for g in ordered]
+
+
+def _compute() -> Any:
+    """``pyarrow.compute``, typed as Any: it builds its functions at import time, and its stubs name none."""
+    import pyarrow.compute
+
+    return pyarrow.compute

@@ -46,6 +46,7 @@ def carry(source: Iterable, records: list, filtered: int = 0, deduplicated: dict
     if stage:
         from recipe.stages.records import is_error
 
+        source = list(source)
         failed_before = sum(1 for r in source if is_error(r))
         failed_after = sum(1 for r in records if is_error(r))
         seen = counts["stages"].setdefault(stage, [0, 0, 0])

@@ -210,7 +210,7 @@ class ReadStage(Stage):
             value = json.loads(line.decode("utf-8").lstrip("\ufeff")) if line else None
         except (ConfigError, OSError, ValueError):
             return None
-        if is_error_line(value):  # an errors/ file: its records are retried
+        if isinstance(value, dict) and is_error_line(value):  # an errors/ file: its records are retried
             value = value["record"]
         return set(value) if isinstance(value, dict) else None
 

@@ -75,6 +75,7 @@ class RewardStage(LLMStage):
         turns = [{"role": "user", "content": render(self.judge_prompt, {"prompt": prompt, "response": response})}]
         if self.structured and self.spec.constrains_output:
             schema = as_schema(score_schema(self.score_min, self.score_max))
+            assert schema is not None  # as_schema of a schema dict is never None
             value = (await ask_valid(self, llm, turns, schema, retries=self.schema_retries))[0]
             return {self.judge_score: float(value["score"])}
         answer = (await self.ask(llm, turns, n=1))[0]

@@ -138,7 +138,7 @@ def run_sqlite(database: str, statements: list[str], seconds: float = SQL_SECOND
         for statement in statements:
             cursor = conn.execute(statement)
         columns = [d[0] for d in (cursor.description or [])] if cursor is not None else []
-        rows = [[_jsonable(v) for v in row] for row in cursor.fetchmany(MAX_ROWS)] if columns else []
+        rows = [[_jsonable(v) for v in row] for row in cursor.fetchmany(MAX_ROWS)] if cursor is not None and columns else []
         return columns, rows
     finally:
         conn.close()

@@ -169,7 +169,7 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
         workdir = os.path.join(base, "work")
         os.mkdir(workdir, 0o700)
         uid, gid = _nobody()
-        if uid is not None:
+        if uid is not None and gid is not None:
             os.chown(workdir, uid, gid)
         source = os.path.join(base, "solution.py")
         with open(source, "w") as f:
@@ -185,8 +185,9 @@ def run_python(code: str, limits: Limits = Limits(), *, isolate: bool = True) ->
                                 stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
         deadline = started + limits.wall_seconds + _SETUP_SECONDS
         out, err, over, late = _read_capped(proc, limits.output_bytes, deadline)
-        proc.stdout.close()
-        proc.stderr.close()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
         try:  # the warden ends when the code does (at the latest at its wall clock) and reports
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
