@@ -26,7 +26,7 @@ from recipe.clients import reply
 from recipe.clients import structured_output as structured
 from recipe.clients.lean_http import LeanRoute, takes_lean_path
 from recipe.clients.limits import LocalLimiter
-from recipe.clients.litellm_setup import ensure_model_known, get_litellm
+from recipe.clients.litellm_setup import ensure_model_known, get_litellm, unlogged
 from recipe.clients.model_client import AsyncLLMClient, LLMClient
 from recipe.clients.tokens import estimate_tokens
 from recipe.clients.usage import UsageStats
@@ -301,8 +301,10 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         ensure_model_known(wire_model, route)
 
         async def send(**payload: Any) -> Any:
-            # "no-log": litellm skips its logging hooks for this call; we keep our own counters.
-            return await call(model=wire_model, **payload, **{"no-log": True})
+            # "no-log" and unlogged(): litellm queues no logging handler for this call (they printed
+            # tracebacks at exit and cost work); we keep our own counters.
+            with unlogged():
+                return await call(model=wire_model, **payload, **{"no-log": True})
 
         return send
 
