@@ -85,7 +85,7 @@ class ClusterLimiter(GatedLimiter):
     def __init__(self, worker, key: str, max_concurrency: int, rpm: float | None, tpm: float | None, stats=None):
         self.worker = worker
         self.key = key
-        self.config = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm}
+        self.config: dict[str, Any] = {"max_concurrency": int(max_concurrency), "rpm": rpm, "tpm": tpm}
         self.stats = stats
         self.gate = AdjustableGate(1)  # resized to the scheduler's share before the first request
         self._successes = 0
@@ -116,7 +116,8 @@ class ClusterLimiter(GatedLimiter):
                     log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
                 self.gate.resize(self.config["max_concurrency"])
                 self._disabled = True
-            self._ready_event.set()
+            if self._ready_event is not None:  # made by _ready() before it starts this task
+                self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
 
     def close(self) -> None:
