@@ -62,6 +62,12 @@ def test_append_seeds_stage():
     assert AppendSeedsStage(values=[])(empty) is empty
 
 
+def test_append_seeds_first_with_no_values_is_an_empty_source():
+    """First in a recipe with nothing to add, it is a source of no records (it returned None,
+    which the next stage or the write stage then called methods on)."""
+    assert AppendSeedsStage(values=[])(None).compute() == []
+
+
 # --- preference pairs -----------------------------------------------------------------------
 
 def scored(*values, key="helpfulness"):
