@@ -31,7 +31,7 @@ def stub_overrides(server, *extra: str) -> list[str]:
             "model.name=stub-model", "progress=false", *extra]
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
+def write_jsonl(path: Path, rows: list) -> Path:  # a Path: f"input={path}" is the override
     """One line per row: a dict as JSON, a string as it is (a deliberately bad line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
@@ -53,6 +53,11 @@ def error_rows(directory: Path) -> list[dict]:
     """The error records a run wrote (``errors/*.jsonl``); none when there is no such folder."""
     return [json.loads(line) for part in sorted((Path(directory) / "errors").glob("*.jsonl"))
             for line in part.read_text().splitlines()]
+
+
+def parts(directory: Path) -> tuple[list[dict], list[dict]]:
+    """A run's records and its error records: ``(outputs(directory), error_rows(directory))``."""
+    return outputs(directory), error_rows(directory)
 
 
 def cli_env(tmp_path: Path, env: dict | None = None) -> dict[str, str]:

@@ -16,6 +16,8 @@ from recipe.clients.litellm_client import LiteLLMClient
 from recipe.clients.litellm_setup import get_litellm
 from recipe.clients.llamacpp_server import free_port
 
+from conftest import parts
+
 KEY = "sk-supersecret-abcdef123456"
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -277,8 +279,7 @@ def test_the_context_check_counts_with_the_one_token_estimate(stub_server, tmp_p
     recipe.run(recipe.compose(["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
                                "model.name=stub-model", "progress=false", f"input={source}", f"output_dir={out}",
                                "model.context_length=110", "sampling.max_tokens=6", "backend.on_truncated=keep"]))
-    good = [json.loads(line) for part in sorted(out.glob("*.jsonl")) for line in part.read_text().splitlines()]
-    bad = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    good, bad = parts(out)
     assert [row["prompt"][0] for row in good] == ["a"]
     assert [(row["_error"]["class"], row["_error"]["message"]) for row in bad] == [
         ("ContextWindowError", "prompt of about 105 tokens plus max_tokens=6 exceeds the model's context of 110 tokens")]

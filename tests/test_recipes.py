@@ -11,7 +11,6 @@ that answers exactly as NVIDIA's reward model does, where the chosen pair can be
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from recipe.clients.factory import ClientSpec
 from recipe.engine.runner import build_stages
 from recipe.stages import AppendSeedsStage, ReadStage, SampleStage, WriteStage
 from recipe.stages.records import make_id
+
+from conftest import parts, write_jsonl
 
 RECIPES = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
 SMALL = ["sampling.max_tokens=48", "sampling.seed=1", "progress=false"]
@@ -104,12 +105,6 @@ def test_nemotron_cc_selection_and_bad_rewrite():
 
 # --- running the recipes -------------------------------------------------------------------
 
-def _read_parts(out: Path) -> tuple[list[dict], list[dict]]:
-    good = [json.loads(l) for f in sorted(glob.glob(str(out / "part-*.jsonl"))) for l in open(f)]
-    bad = [json.loads(l) for f in sorted(glob.glob(str(out / "errors" / "part-*.jsonl"))) for l in open(f)]
-    return good, bad
-
-
 def _roots(stages) -> set[str]:
     """Ids of the records the recipe starts from: read (file or seeds) and appended seeds."""
     ids = {r["_id"] for r in stages[0](None).compute()}
@@ -144,7 +139,7 @@ def run_recipe(name: str, server, tmp_path: Path, *overrides: str):
     cfg = recipe.compose(overrides=over)
     out = tmp_path / "out"
     summary = recipe.run(cfg, output_dir=str(out))
-    good, bad = _read_parts(out)
+    good, bad = parts(out)
     assert summary.records == len(good) and summary.failed == len(bad)
     _, stages = _stages(over)
     _check_lineage(good, _roots(stages))
@@ -155,14 +150,9 @@ def run_recipe(name: str, server, tmp_path: Path, *overrides: str):
     return summary, good, bad
 
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 @pytest.mark.llm
 def test_generate(llama_server, tmp_path):
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hello."}, {"prompt": "Name a colour."}])
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hello."}, {"prompt": "Name a colour."}])
     summary, good, _ = run_recipe("generate", llama_server, tmp_path, f"input={src}")
     assert summary.records == 2 and all(isinstance(r["response"], str) for r in good)
 
@@ -208,7 +198,7 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
 @pytest.mark.llm
 @pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"])])  # two_turn: stub
 def test_dialogues(llama_server, tmp_path, name, turns):
-    src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
+    src = write_jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
     summary, good, _ = run_recipe(name, llama_server, tmp_path, f"input={src}", "recipe.user_styles=[concise]",
                                   "sampling.max_tokens=32")
     assert summary.records == 1
@@ -221,7 +211,7 @@ def test_dialogues(llama_server, tmp_path, name, turns):
 def test_nemotron_cc(llama_server, tmp_path):
     doc = {"id": "d1", "text": "Owls hunt at night. Their large eyes gather light.\n\nTheir soft feathers make "
                                "their flight almost silent, so mice do not hear them coming."}
-    src = _jsonl(tmp_path / "d.jsonl", [doc])
+    src = write_jsonl(tmp_path / "d.jsonl", [doc])
     summary, good, bad = run_recipe("nemotron_cc", llama_server, tmp_path, f"input={src}",
                                     "recipe.rewrites=[diverse_qa,knowledge_list]",  # the two parsed from the answer
                                     "recipe.max_num_pairs=2")
@@ -238,7 +228,7 @@ def test_nemotron_cc(llama_server, tmp_path):
 
 @pytest.mark.llm
 def test_preference_judge(llama_server, tmp_path):
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
     summary, good, bad = run_recipe("preference", llama_server, tmp_path, f"input={src}")
     assert summary.failed == 0 and summary.records + summary.stats["filtered"] == 1
     assert summary.stats["structured_by_schema"]["judgement"]["asked"] == 2, "both responses judged as structured output"
@@ -271,7 +261,7 @@ def stub_recipe(name: str, server, tmp_path: Path, *overrides: str):
             "model.name=stub-model", "progress=false", *overrides]
     out = tmp_path / "out"
     summary = recipe.run(recipe.compose(overrides=over), output_dir=str(out))
-    good, bad = _read_parts(out)
+    good, bad = parts(out)
     assert summary.records == len(good) and summary.failed == len(bad) == 0, bad[:1]
     _, stages = _stages(over)
     _check_lineage(good, _roots(stages))
@@ -425,7 +415,7 @@ def test_stub_preference_by_judge(stub_server, tmp_path):
 
 def test_stub_judged_qa(stub_server, tmp_path):
     server = stub_server(pick="first")  # scores at the scale's minimum, unless the prompt says <<last>>
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Why is the sky blue? <<last>>"}, {"prompt": "Name a fruit. <<last>>"},
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Why is the sky blue? <<last>>"}, {"prompt": "Name a fruit. <<last>>"},
                                         {"prompt": "Say something."}])
     summary, good, asked = stub_recipe("judged_qa", server, tmp_path, f"input={src}")
     assert summary.records == 2 and summary.stats["filtered"] == 1 and asked == 3 + 3
@@ -438,7 +428,7 @@ def test_stub_judged_qa(stub_server, tmp_path):
 def test_preference_with_reward_model(stub_server, tmp_path):
     generator, reward = stub_server(), stub_server(reward=True)
     prompts = [{"prompt": "Tell me about tides."}, {"prompt": "Why is the sea salty?"}, {"prompt": "Hi"}]
-    src = _jsonl(tmp_path / "p.jsonl", prompts)
+    src = write_jsonl(tmp_path / "p.jsonl", prompts)
     cfg = recipe.compose(overrides=[
         "recipe=preference", f"input={src}", "backend=openai", f"backend.api_base={generator.base_url}",
         "backend.api_key=stub", "model.name=stub-model", "progress=false", "recipe.n_responses=3",
@@ -446,7 +436,7 @@ def test_preference_with_reward_model(stub_server, tmp_path):
         "recipe.stages.score.backend.provider=nvidia_nim", f"recipe.stages.score.backend.api_base={reward.base_url}",
         "recipe.stages.score.backend.api_key=nvapi-stub"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    good, bad = _read_parts(tmp_path / "out")
+    good, bad = parts(tmp_path / "out")
     assert not bad and summary.failed == 0
     # the reward model's answers as they went over the wire: "helpfulness:x,correctness:y,..."
     said = {m: {k: float(v) for k, v in (kv.split(":") for kv in c.split(","))} for m, c in _answers(reward).items()}
@@ -465,7 +455,7 @@ def test_preference_with_reward_model(stub_server, tmp_path):
 def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
     server = stub_server()  # answers "echo: <prompt>", then "... #1" for n=2; a schema gets valid JSON
     prompts = [{"prompt": "Tell me about tides."}, {"prompt": "Why is the sea salty?"}, {"prompt": "tie: Hi"}]
-    src = _jsonl(tmp_path / "p.jsonl", prompts)
+    src = write_jsonl(tmp_path / "p.jsonl", prompts)
     # the judge sees the response itself (its length decides the stub's score), or for "tie:"
     # prompts the prompt alone: every response then scores the same and the prompt is dropped
     judge = '{% if prompt.startswith("tie:") %}{{ prompt }}{% else %}{{ response }}{% endif %}'
@@ -473,7 +463,7 @@ def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
         "recipe=preference", f"input={src}", "backend=openai", f"backend.api_base={server.base_url}",
         "backend.api_key=stub", "model.name=stub-model", "progress=false", f"recipe.templates.judge='{judge}'"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    good, bad = _read_parts(tmp_path / "out")
+    good, bad = parts(tmp_path / "out")
     assert not bad and summary.failed == 0 and summary.stats["filtered"] == 1  # the tie
     said = {message: float(json.loads(content)["helpfulness"]) for message, content in _answers(server).items()}
     expected = []
@@ -498,7 +488,7 @@ def test_conversion_failure_policy(stub_server, tmp_path, ignore):
         f"recipe.ignore_conversion_failure={str(ignore).lower()}"])
     if ignore:
         summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-        good, bad = _read_parts(tmp_path / "out")
+        good, bad = parts(tmp_path / "out")
         assert summary.records == 0 and summary.failed == 1
         assert bad[0]["_error"]["stage"] == "macro_topics_list" and bad[0]["_error"]["class"] == "ParseError"
     else:
@@ -515,7 +505,7 @@ def test_open_qa_combines_and_appends_topics(stub_server, tmp_path):
         "recipe.additional_subtopics=[Knots]", "recipe.list_mode=direct",
         "~recipe.stages.dedup_questions"])  # the stub's questions repeat across topics (dedup: test_dedup.py)
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    good, bad = _read_parts(tmp_path / "out")
+    good, bad = parts(tmp_path / "out")
     assert not bad
     # 3 macro topics (2 trimmed + Cooking), each with itself + 2 subtopics = 9 topics, + Knots = 10;
     # 1 question per topic, 2 revisions per question.
