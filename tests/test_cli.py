@@ -105,8 +105,8 @@ MISTAKES = [
     pytest.param(["input=missing.jsonl", "backend=openai", "backend.api_base=http://127.0.0.1:9/v1"],
                  {"OPENAI_API_KEY": SECRET}, "missing.jsonl", id="missing-input-file"),
     pytest.param(["-m", "sampling.temperature=0.2,-1"], {}, "sampling.temperature", id="bad-sweep-value"),
-    pytest.param(["-m", "sampling.temperature=0.2,abc"], {}, "could not be converted", id="bad-sweep-type"),
-    pytest.param(["--cfg", "job", "sampling.temperature=abc"], {}, "could not be converted", id="cfg-bad-type"),
+    pytest.param(["-m", "sampling.temperature=0.2,abc"], {}, "sampling.temperature='abc': must be a number", id="bad-sweep-type"),
+    pytest.param(["--cfg", "job", "sampling.temperature=abc"], {}, "sampling.temperature='abc': must be a number", id="cfg-bad-type"),
     pytest.param(["--cfg", "job", "-m", "+model=nemotron"], {}, "cannot be combined", id="cfg-and-multirun"),
     pytest.param(["--config-dir", "/nonexistent/recipe-conf"], {}, "/nonexistent/recipe-conf", id="missing-config-dir"),
     pytest.param(["sampling.temperature=0.2,0.8"], {}, "--multirun", id="sweep-without-multirun"),
@@ -114,6 +114,32 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize("args, env, needle", MISTAKES)
+def test_user_mistakes_are_refused_by_the_pre_run_check(tmp_path, monkeypatch, args, env, needle):
+    """Each mistake, in-process: the check the CLI runs before Hydra refuses it in one line (the
+    CLI prints it as ``error: ...`` with exit code 2: the smoke tests below)."""
+    from recipe.cli.precheck import precheck
+    from recipe.config.compose import setup
+    from recipe.errors import ConfigError
+
+    for name in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    setup()
+    with pytest.raises(ConfigError) as refused:
+        precheck(list(args))
+    message = str(refused.value)
+    assert needle in message and "\n" not in message and SECRET not in message, message
+    assert not (tmp_path / "runs").exists() and list(cwd.iterdir()) == []
+
+
+SMOKE = [case for case in MISTAKES if case.id in ("bad-override-syntax", "missing-input-file")]
+
+
+@pytest.mark.parametrize("args, env, needle", SMOKE)
 def test_user_mistakes_are_one_line(tmp_path, args, env, needle):
     result = cli(tmp_path, *args, env=env)
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -132,12 +132,14 @@ def _check_lineage(records: list[dict], roots: set[str], max_depth: int = 6, wid
             assert any(make_id(r["_parent"], i) == r["_id"] for i in range(width)), "_id derives from _parent"
 
 
-def run_recipe(name: str, server, tmp_path: Path, *overrides: str):
+def run_recipe(name: str, server, tmp_path: Path, *overrides: str, out: str = "out"):
+    """The recipe on ``server`` into ``tmp_path / out``; the request cache is the test's own, so a
+    second run of the same requests (a shorter chain, then the whole) gets the same answers."""
     over = [f"recipe={name}", f"backend.api_base={server.base_url}", "backend.start_local_server=false",
             "backend.on_truncated=keep",  # the 135M model's answers run past SMALL's max_tokens
             *SMALL, *overrides]
     cfg = recipe.compose(overrides=over)
-    out = tmp_path / "out"
+    out = tmp_path / out
     summary = recipe.run(cfg, output_dir=str(out))
     good, bad = parts(out)
     assert summary.records == len(good) and summary.failed == len(bad)
@@ -183,13 +185,18 @@ def test_open_qa(llama_server, tmp_path):
 @pytest.mark.llm
 @pytest.mark.parametrize("name,flag", [("math", "is_math")])  # python: the same chain (exact on the stub)
 def test_math_and_python(llama_server, tmp_path, name, flag):
-    summary, good, _ = run_recipe(name, llama_server, tmp_path, LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1",
-                                  "recipe.n_openlines=1")
-    # 1 macro topic + exactly 1 subtopic = 2 topics, each classified yes (1 problem) or no (filtered);
-    # a subtopic the model wrote identical to its macro topic is the same topic (1).
+    sizes = [LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1", "recipe.n_openlines=1"]
+    # the topics the model wrote, from the chain up to the classifier (its answers then come from the cache)
+    _, topics, _ = run_recipe(name, llama_server, tmp_path, *sizes, f"~recipe.stages.{flag}", "~recipe.stages.problems",
+                              "~recipe.stages.problems_list", "~recipe.stages.problem", out="topics")
+    # 1 macro topic + exactly 1 subtopic = 2 topics; a subtopic written identical to its macro topic is the same topic
+    assert len(topics) in (1, 2) and len({t["topic"] for t in topics}) == len(topics)
+    summary, good, _ = run_recipe(name, llama_server, tmp_path, *sizes)
     asked = summary.stats["structured_by_schema"]["verdict"]["asked"]
-    assert summary.failed == 0 and asked in (1, 2)
-    assert summary.records + summary.stats["filtered"] + _removed(summary) == asked, "each topic: 1 verdict, then 1 problem or filtered"
+    assert summary.failed == 0 and asked == len(topics), "one verdict per topic"
+    # each topic: yes and exactly 1 problem (or removed as a duplicate), or no and filtered
+    assert summary.records + summary.stats["filtered"] + _removed(summary) == asked
+    assert len(good) == summary.records and {r["topic"] for r in good} <= {t["topic"] for t in topics}
     for r in good:
         assert r[flag] == "yes" and r["topic"] in r["topics"] and len(r["subtopics"]) == 1
         assert r["problems"] == [r["problem"]] and r["problem"].strip()
@@ -215,9 +222,11 @@ def test_nemotron_cc(llama_server, tmp_path):
     summary, good, bad = run_recipe("nemotron_cc", llama_server, tmp_path, f"input={src}",
                                     "recipe.rewrites=[diverse_qa,knowledge_list]",  # the two parsed from the answer
                                     "recipe.max_num_pairs=2")
-    assert summary.records + summary.failed + _removed(summary) == 2
-    if not _removed(summary):
-        assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"diverse_qa", "knowledge_list"}
+    # each rewrite: one record, or one error record naming it (the recipe has no dedup stage)
+    assert summary.records + summary.failed == 2 and not _removed(summary)
+    assert sorted([r["rewrite"] for r in good] + [b["record"]["rewrite"] for b in bad]) == ["diverse_qa", "knowledge_list"]
+    for b in bad:  # an answer the rewrite's parser cannot read: what a small model's answer may be
+        assert b["_error"]["class"] == "ParseError" and f"rewrite {b['record']['rewrite']!r}" in b["_error"]["message"]
     for r in good:
         assert r["id"] == "d1" and r["source_text"] == doc["text"] and r["text"].strip()
         if r["rewrite"] == "diverse_qa":
@@ -229,17 +238,27 @@ def test_nemotron_cc(llama_server, tmp_path):
 @pytest.mark.llm
 def test_preference_judge(llama_server, tmp_path):
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
-    summary, good, bad = run_recipe("preference", llama_server, tmp_path, f"input={src}")
-    assert summary.failed == 0 and summary.records + summary.stats["filtered"] == 1
+    # the judged responses without the pairing (a tie would drop the record); the whole recipe then
+    # gets the same answers from the cache, so its outcome is known from them
+    _, (judged,), _ = run_recipe("preference", llama_server, tmp_path, f"input={src}", "~recipe.stages.pairs",
+                                 out="judged")
+    assert len(judged["responses"]) == len(judged["scores"]) == 2
+    for s in judged["scores"]:  # the judge's shape: the rubric's one criterion and its aggregate
+        assert set(s) == {"helpfulness", "aggregate"} and s["helpfulness"] == s["aggregate"]
+        assert float(s["helpfulness"]).is_integer() and 1 <= s["helpfulness"] <= 5
+    summary, good, _ = run_recipe("preference", llama_server, tmp_path, f"input={src}")
+    assert summary.failed == 0
     assert summary.stats["structured_by_schema"]["judgement"]["asked"] == 2, "both responses judged as structured output"
     _, stages = _stages(["recipe=preference"])
     assert type(stages[2]).__name__ == "JudgeStage"
-    for r in good:
-        assert len(r["responses"]) == 2 and r["chosen_score"] > r["rejected_score"]
-        for s in r["scores"]:  # the judge's shape: the rubric's one criterion and its aggregate
-            assert set(s) == {"helpfulness", "aggregate"} and s["helpfulness"] == s["aggregate"]
-            assert float(s["helpfulness"]).is_integer() and 1 <= s["helpfulness"] <= 5
-        assert {r["chosen"], r["rejected"]} <= set(r["responses"])
+    (low, low_score), (high, high_score) = sorted(zip(judged["responses"], (s["helpfulness"] for s in judged["scores"])),
+                                                  key=lambda pair: pair[1])
+    if low_score == high_score:  # a tie gives no preference: the prompt is dropped
+        assert (summary.records, summary.stats["filtered"]) == (0, 1)
+    else:
+        assert (summary.records, summary.stats["filtered"]) == (1, 0)
+        assert (good[0]["chosen"], good[0]["rejected"]) == (high, low)
+        assert (good[0]["chosen_score"], good[0]["rejected_score"]) == (high_score, low_score)
 
 
 # --- stubs: exact answers --------------------------------------------------------------------
