@@ -20,6 +20,7 @@ from pydantic import BaseModel
 import recipe
 from recipe.errors import ConfigError, SchemaError
 from recipe.clients import structured_output
+from recipe.config.list_schema import list_schema
 from recipe.cache.sqlite import RequestCache
 from recipe.clients.formatters import ChatTemplateFormatter, NemotronFormatter
 from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
@@ -101,7 +102,7 @@ def test_openai_strict_only_for_closed_schemas(stub):
     closed = {**SCHEMA, "additionalProperties": False}
     bounded = {**closed, "properties": {"answer": {"type": "string", "maxLength": 9}}}  # outside strict's subset
     for schema, strict in ((SCHEMA, False), (closed, True), (bounded, False),
-                           (structured_output.list_schema(2), True)):
+                           (list_schema(2), True)):
         stub.reset()
         _client(stub, "openai").query_model(messages=MESSAGES, model="m", response_format=schema)
         assert stub.stats()["bodies"][0]["response_format"]["json_schema"]["strict"] is strict
@@ -304,10 +305,10 @@ def test_filter_verdicts_and_judge_scores_are_structured(stub_server):
 
     rows = [{"prompt": "Why is the sky blue?", "response": r} for r in ("Light scatters.", "No idea", "Rayleigh.")]
     scored = _through(RewardStage(name="score", client=_spec(server), mode="judge"), rows)
-    said = {prompt: json.loads(content)["score"] for prompt, content in server.stats()["answers"]}
-    assert len({said[render(JUDGE_PROMPT, r)] for r in rows}) > 1  # the scores differ: each is the record's own
+    said = {prompt: json.loads(content) for prompt, content in server.stats()["answers"]}  # verdicts and scores
+    assert len({said[render(JUDGE_PROMPT, r)]["score"] for r in rows}) > 1  # the scores differ: each is the record's own
     for r in scored:
-        assert r["scores"] == {"helpfulness": float(said[render(JUDGE_PROMPT, r)])}
+        assert r["scores"] == {"helpfulness": float(said[render(JUDGE_PROMPT, r)]["score"])}
     score = server.stats()["bodies"][-1]["response_format"]["json_schema"]["schema"]["properties"]["score"]
     assert score == {"type": "integer", "minimum": 0, "maximum": 4}
 
