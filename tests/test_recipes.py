@@ -188,7 +188,8 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
     sizes = [LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1", "recipe.n_openlines=1"]
     # the topics the model wrote, from the chain up to the classifier (its answers then come from the cache)
     _, topics, _ = run_recipe(name, llama_server, tmp_path, *sizes, f"~recipe.stages.{flag}", "~recipe.stages.problems",
-                              "~recipe.stages.problems_list", "~recipe.stages.problem", out="topics")
+                              "~recipe.stages.problems_list", "~recipe.stages.problem", "~recipe.stages.dedup_problems",
+                              out="topics")
     # 1 macro topic + exactly 1 subtopic = 2 topics; a subtopic written identical to its macro topic is the same topic
     assert len(topics) in (1, 2) and len({t["topic"] for t in topics}) == len(topics)
     summary, good, _ = run_recipe(name, llama_server, tmp_path, *sizes)
