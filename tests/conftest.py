@@ -95,6 +95,16 @@ def cli_process(tmp_path: Path, *args: str, env: dict | None = None, **popen) ->
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+# ---- tiers -----------------------------------------------------------------------------------
+
+def pytest_collection_modifyitems(config, items):
+    """A test of the embedded model (``llm``) is ``slow`` too: ``pytest -m "not slow"`` is the fast
+    tier, which starts no llama.cpp server."""
+    for item in items:
+        if item.get_closest_marker("llm") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 # ---- fixtures --------------------------------------------------------------------------------
 
 
