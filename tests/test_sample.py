@@ -221,7 +221,7 @@ def test_each_bad_column_is_one_error_line_naming_it_before_any_request(tmp_path
     result = run(tmp_path, server, conf, check_exit=2)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert f"recipe.stages.io.sample.{expected}" in lines[0], lines[0]
+    assert f"recipe.stages.sample.{expected}" in lines[0], lines[0]
     assert server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
 
 
@@ -263,13 +263,13 @@ def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
 
 @pytest.mark.parametrize("stages, expected", [
     ({"sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
-      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.io.sample: a sample stage first in a recipe needs n"),
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage first in a recipe needs n"),
     ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
       "sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"expression": "missing_field + 1"}}},
       "write": {"_target_": "recipe.stages.WriteStage"}}, "stage 'sample' reads 'missing_field'"),
     ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
       "sample": {"_target_": "recipe.stages.SampleStage", "n": 5, "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
-      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.io.sample: a sample stage with n is a recipe's source"),
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage with n is a recipe's source"),
 ])
 def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_server, stages, expected):
     server = stub_server()
