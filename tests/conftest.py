@@ -7,8 +7,10 @@ subprocess that imports this checkout's package.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,12 +98,31 @@ def cli_process(tmp_path: Path, *args: str, env: dict | None = None, **popen) ->
 
 
 # ---- tiers -----------------------------------------------------------------------------------
+#
+# ``pytest -m "not slow"`` is the fast tier. A test is slow when it is marked so, or when it starts
+# what costs seconds on a 2-core machine: the embedded model (``llm``), a ``python -m recipe``
+# process, a whole run (``recipe.run`` and the tests' wrappers around it), or a Dask cluster. A test
+# marked ``smoke`` stays in the fast tier whatever it starts (the CLI's own smoke tests).
+
+_SLOW_CALLS = re.compile(r"(?<![\w.])(cli|cli_process|run_recipe|stub_recipe|_stub_run|_run)\(|\brecipe\.run\("
+                         r"|\bsubprocess\.(run|Popen)\(")
+_SLOW_FIXTURES = {"llama_server", "two_workers", "dask_processes"}
+
+
+def _starts_something_slow(item) -> bool:
+    if item.get_closest_marker("llm") is not None or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return _SLOW_CALLS.search(source) is not None
+
 
 def pytest_collection_modifyitems(config, items):
-    """A test of the embedded model (``llm``) is ``slow`` too: ``pytest -m "not slow"`` is the fast
-    tier, which starts no llama.cpp server."""
     for item in items:
-        if item.get_closest_marker("llm") is not None and item.get_closest_marker("slow") is None:
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("smoke") is None \
+                and _starts_something_slow(item):
             item.add_marker(pytest.mark.slow)
 
 

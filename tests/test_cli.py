@@ -139,6 +139,7 @@ def test_user_mistakes_are_refused_by_the_pre_run_check(tmp_path, monkeypatch, a
 SMOKE = [case for case in MISTAKES if case.id in ("bad-override-syntax", "missing-input-file")]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("args, env, needle", SMOKE)
 def test_user_mistakes_are_one_line(tmp_path, args, env, needle):
     result = cli(tmp_path, *args, env=env)
