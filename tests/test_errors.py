@@ -117,6 +117,7 @@ STATUS_CLASSES = [(400, errors.BadRequestError, 1), (401, errors.AuthenticationE
 
 @pytest.mark.parametrize("provider", ["openai", "nvidia_nim"])
 @pytest.mark.parametrize("status, expected, requests", STATUS_CLASSES, ids=[str(s) for s, _, _ in STATUS_CLASSES])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_each_http_status_becomes_its_class_and_is_retried_only_if_transient(stub_server, provider, status,
                                                                                expected, requests):
     server = stub_server(status=status)
@@ -175,6 +176,7 @@ def test_context_length_is_context_window_error_not_retried(stub_server, provide
 @pytest.mark.parametrize("fault, expected", [
     ("fail_500", errors.ServerError), ("drop", errors.EndpointConnectionError), ("malformed", errors.MalformedResponseError)])
 @pytest.mark.parametrize("formatted", [False, True], ids=["chat", "text"])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_retryable_faults_are_retried_num_retries_times(stub_server, provider, fault, expected, formatted):
     server = stub_server(**{fault: 1.0})
     c = client(server, provider, num_retries=2)

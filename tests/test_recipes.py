@@ -43,6 +43,7 @@ def _stages(overrides):
 
 
 @pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_recipe_composes_and_builds(name):
     data, stages = _stages([f"recipe={name}"])
     assert data["recipe"]["name"] == name

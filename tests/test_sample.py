@@ -68,6 +68,7 @@ def big_run(tmp_path, stub_server):
     return outputs(tmp_path / "out"), server
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_weights_hold_in_a_chi_square_test_over_20000_records(big_run):
     from scipy import stats
 
@@ -90,6 +91,7 @@ def test_weights_hold_in_a_chi_square_test_over_20000_records(big_run):
     assert stats.kstest([r["price"] for r in records], truncated.cdf).pvalue > 0.001
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_subcategories_conditions_and_constraints_hold_on_every_record(big_run):
     records, _ = big_run
     for r in records:
@@ -148,6 +150,7 @@ def test_a_kill_9_and_a_rerun_give_the_records_of_an_uninterrupted_run(tmp_path,
     assert killed == whole
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_columns_added_to_incoming_records_do_not_depend_on_partitioning(tmp_path, stub_server):
     server = stub_server()
     write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(500)])
@@ -164,6 +167,7 @@ def test_columns_added_to_incoming_records_do_not_depend_on_partitioning(tmp_pat
     assert part_bytes(tmp_path / "a") == part_bytes(tmp_path / "b")
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_an_expression_failing_on_one_record_makes_that_record_an_error(tmp_path, stub_server):
     server = stub_server()
     columns = {"k": {"sampler": "binomial", "n": 3, "p": 0.5}, "inverse": {"expression": "1 / k"},
@@ -181,6 +185,7 @@ def test_an_expression_failing_on_one_record_makes_that_record_an_error(tmp_path
     assert part_bytes(tmp_path / "small") == part_bytes(tmp_path / "out")
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_constraint_that_rejects_almost_everything_stops_with_one_line(tmp_path, stub_server):
     server = stub_server()
     columns = {"x": {"sampler": "uniform", "low": 0, "high": 1}}
@@ -215,6 +220,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("columns, expected", BAD, ids=[b[1].split(": ", 1)[1][:40] for b in BAD])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_each_bad_column_is_one_error_line_naming_it_before_any_request(tmp_path, stub_server, columns, expected):
     server = stub_server()
     conf = write_recipe(tmp_path, sample_recipe(columns, n=10))
@@ -225,6 +231,7 @@ def test_each_bad_column_is_one_error_line_naming_it_before_any_request(tmp_path
     assert server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
     from scipy import stats
 
@@ -271,6 +278,7 @@ def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
       "sample": {"_target_": "recipe.stages.SampleStage", "n": 5, "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
       "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage with n is a recipe's source"),
 ])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_server, stages, expected):
     server = stub_server()
     conf = write_recipe(tmp_path, stages)
@@ -279,6 +287,7 @@ def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_serv
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_target_records_takes_the_first_records_of_the_whole_run(tmp_path, stub_server):
     server = stub_server()
     columns = {"category": CATEGORY, "price": COLUMNS["price"], "who": {"sampler": "person"}}

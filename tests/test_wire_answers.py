@@ -53,6 +53,7 @@ def reference(tmp_path: Path, stub_server, source: Path, path: str) -> dict[str,
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("split", ["utf16", "bytes"])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_character_split_across_stream_chunks_is_whole_again(stub_server, tmp_path, path, split):
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {i} \U0001F600 é 中 \U0001F4A9"} for i in range(4)])
     if path == "litellm" and split == "bytes":  # the OpenAI SDK decodes each event as UTF-8 on its own
