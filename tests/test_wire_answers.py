@@ -15,6 +15,9 @@ import pytest
 
 from conftest import cli, error_rows, outputs, stub_overrides, write_jsonl, write_prompts
 
+# Each test runs python -m recipe against the stub, some several times: seconds to a minute each.
+pytestmark = pytest.mark.slow
+
 PATHS = {"lean": [], "litellm": ["backend.provider=custom_openai"]}
 STREAM = "+recipe.stages.generate.sampling={stream:true}"
 
@@ -53,7 +56,6 @@ def reference(tmp_path: Path, stub_server, source: Path, path: str) -> dict[str,
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("split", ["utf16", "bytes"])
-@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_character_split_across_stream_chunks_is_whole_again(stub_server, tmp_path, path, split):
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {i} \U0001F600 é 中 \U0001F4A9"} for i in range(4)])
     if path == "litellm" and split == "bytes":  # the OpenAI SDK decodes each event as UTF-8 on its own
