@@ -296,3 +296,16 @@ def test_target_records_takes_the_first_records_of_the_whole_run(tmp_path, stub_
     run(tmp_path, server, conf, "target.records=130", out="target")
     whole, target = outputs(tmp_path / "whole"), outputs(tmp_path / "target")
     assert len(target) == 130 and target == whole[:130]
+
+
+def test_the_dataset_sampler_reads_a_file_and_names_a_field_it_lacks(tmp_path):
+    """The fast tier's look at the ``dataset`` sampler (the whole run is the slow test above)."""
+    from recipe.stages.samplers import datasets
+
+    path = str(write_jsonl(tmp_path / "products.jsonl", [{"sku": f"s{i}", "price": i} for i in range(5)] + ["7"]))
+    assert datasets.rows(path) == tuple([{"sku": f"s{i}", "price": i} for i in range(5)] + [{"value": 7}])
+    assert datasets.check({"path": path, "field": "sku"}) == []
+    assert datasets.check({"path": path, "field": "colour"}) == [
+        f"field='colour' is not a field of {path} (its fields: sku, price)"]
+    (missing,) = datasets.check({"path": str(tmp_path / "empty.jsonl")})  # no such file: one problem naming it
+    assert "empty.jsonl" in missing
