@@ -49,7 +49,7 @@ def test_run_on_an_existing_scheduler_with_separate_worker_processes(stub_server
     assert stats["status_counts"] == {"200": 40}
     assert stats["max_in_flight"] <= 3, "max_concurrency holds across the two worker processes"
     with Client(address) as client:  # the workers outlive the run: ask each what it sent
-        sent = client.run(lambda: __import__("recipe.clients.factory").factory.process_stats().as_dict()["requests"])
+        sent = client.run(lambda: __import__("recipe.clients.factory").clients.factory.process_stats().as_dict()["requests"])
     assert sum(sent.values()) == 40 and all(n > 0 for n in sent.values()), sent
     summary = json.loads((out / "stats.json").read_text())
     assert summary["records"] == 40 and summary["requests"] == 40
