@@ -7,8 +7,10 @@ subprocess that imports this checkout's package.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +33,7 @@ def stub_overrides(server, *extra: str) -> list[str]:
             "model.name=stub-model", "progress=false", *extra]
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
+def write_jsonl(path: Path, rows: list) -> Path:  # a Path: f"input={path}" is the override
     """One line per row: a dict as JSON, a string as it is (a deliberately bad line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
@@ -53,6 +55,11 @@ def error_rows(directory: Path) -> list[dict]:
     """The error records a run wrote (``errors/*.jsonl``); none when there is no such folder."""
     return [json.loads(line) for part in sorted((Path(directory) / "errors").glob("*.jsonl"))
             for line in part.read_text().splitlines()]
+
+
+def parts(directory: Path) -> tuple[list[dict], list[dict]]:
+    """A run's records and its error records: ``(outputs(directory), error_rows(directory))``."""
+    return outputs(directory), error_rows(directory)
 
 
 def cli_env(tmp_path: Path, env: dict | None = None) -> dict[str, str]:
@@ -88,6 +95,35 @@ def cli_process(tmp_path: Path, *args: str, env: dict | None = None, **popen) ->
     """``python -m recipe *args`` started (for signals and kills): pipes for stdout and stderr."""
     return subprocess.Popen([sys.executable, "-m", "recipe", *args], cwd=_cwd(tmp_path), env=cli_env(tmp_path, env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+# ---- tiers -----------------------------------------------------------------------------------
+#
+# ``pytest -m "not slow"`` is the fast tier. A test is slow when it is marked so, or when it starts
+# what costs seconds on a 2-core machine: the embedded model (``llm``), a ``python -m recipe``
+# process, a whole run (``recipe.run`` and the tests' wrappers around it), or a Dask cluster. A test
+# marked ``smoke`` stays in the fast tier whatever it starts (the CLI's own smoke tests).
+
+_SLOW_CALLS = re.compile(r"(?<![\w.])(cli|cli_process|run_cli|run_recipe|stub_recipe|_stub_run|_run)\(|\brecipe\.run\("
+                         r"|\bsubprocess\.(run|Popen)\(")
+_SLOW_FIXTURES = {"llama_server", "two_workers", "dask_processes"}
+
+
+def _starts_something_slow(item) -> bool:
+    if item.get_closest_marker("llm") is not None or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return _SLOW_CALLS.search(source) is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("smoke") is None \
+                and _starts_something_slow(item):
+            item.add_marker(pytest.mark.slow)
 
 
 # ---- fixtures --------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import recipe
 from conftest import cli as run_cli
 from conftest import outputs, write_jsonl
@@ -32,6 +34,7 @@ def cli(tmp_path: Path, cache: Path, args: list[str], **run) -> subprocess.Compl
     return run_cli(tmp_path, *args, env={"RECIPE_CACHE_DIR": str(cache)}, **run)
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_locked_cache_neither_stalls_the_loop_nor_fails_the_request(stub_server, tmp_path):
     server = stub_server()
     cache = RequestCache(tmp_path / "cache", busy_timeout=3)

@@ -4,10 +4,6 @@ before the first request, in one line naming the stage and the field."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -18,20 +14,13 @@ from recipe.clients.factory import ClientSpec
 from recipe.engine.runner import build_stages
 from recipe.stages import ExplodeStage, GenerateStage, ReadStage, chain
 
-SRC = str(Path(recipe.__file__).resolve().parents[1])  # this checkout's code, in the subprocess too
-
+from conftest import cli
 
 def test_a_field_nothing_provides_is_refused_before_any_request(stub_server, tmp_path):
     server = stub_server()
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    env.update(PYTHONPATH=SRC, RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    result = subprocess.run(
-        [sys.executable, "-m", "recipe", "recipe=generate", "recipe.prompt='Tell me about {{ topic }}'",
-         "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
-         "cache.enabled=false", "progress=false", f"output_dir={tmp_path / 'out'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    result = cli(tmp_path, "recipe=generate", "recipe.prompt='Tell me about {{ topic }}'",
+                 "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=m",
+                 "cache.enabled=false", "progress=false", f"output_dir={tmp_path / 'out'}", check_exit=2)
     lines = result.stderr.strip().splitlines()
     assert lines == ["error: stage 'generate' reads 'topic', which no input or earlier stage provides"], lines
     assert server.stats()["requests"] == 0

@@ -19,26 +19,9 @@ import yaml
 import recipe
 from recipe.config import paths
 
+from conftest import SRC, cli, cli_env, error_rows, outputs
+
 SECRET = "sk-test-SECRET123"
-
-
-SRC = str(Path(recipe.__file__).resolve().parents[1])  # the code under test, not an installed copy
-
-
-def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR", "PYTHONPATH")}
-    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PYTHONPATH=SRC)
-    env.update(extra)
-    return env
-
-
-def run_cli(tmp_path: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=cli_env(tmp_path, **env),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def all_files(root: Path) -> list[Path]:
@@ -50,7 +33,7 @@ def model_options() -> list[str]:
 
 
 def test_help(tmp_path):
-    result = run_cli(tmp_path, "--help")
+    result = cli(tmp_path, "--help")
     assert result.returncode == 0, result.stderr
     assert "+model=" in result.stdout
     assert "model: " + ", ".join(model_options()) in result.stdout
@@ -58,7 +41,7 @@ def test_help(tmp_path):
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    result = run_cli(tmp_path, "--cfg", "job", "+model=nemotron", NVIDIA_API_KEY="nvapi-SECRET456")
+    result = cli(tmp_path, "--cfg", "job", "+model=nemotron", env={"NVIDIA_API_KEY": "nvapi-SECRET456"})
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
     assert cfg["model"]["name"] == "nvidia/llama-3.1-nemotron-70b-instruct"
@@ -72,15 +55,15 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 @pytest.mark.parametrize("name", ["math", "open_qa"])
 def test_cfg_job_resolve_prints_list_schemas(tmp_path, name):
     """``--resolve`` writes each ``${list_schema:...}`` back into the config as a mapping."""
-    result = run_cli(tmp_path, "--cfg", "job", "--resolve", f"recipe={name}", "recipe.n_macro_topics=4")
+    result = cli(tmp_path, "--cfg", "job", "--resolve", f"recipe={name}", "recipe.n_macro_topics=4")
     assert result.returncode == 0, result.stderr
     schema = yaml.safe_load(result.stdout)["recipe"]["stages"]["macro_topics"]["schema"]
     assert schema["properties"]["items"]["minItems"] == schema["properties"]["items"]["maxItems"] == 4
 
 
 def test_any_key_can_be_overridden(tmp_path):
-    result = run_cli(tmp_path, "--cfg", "job", "sampling.temperature=0.2", "backend.max_concurrency=32",
-                     "recipe=math", "+model=llama3", "dask.n_workers=2")
+    result = cli(tmp_path, "--cfg", "job", "sampling.temperature=0.2", "backend.max_concurrency=32",
+                 "recipe=math", "+model=llama3", "dask.n_workers=2")
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
     assert cfg["sampling"]["temperature"] == 0.2 and cfg["backend"]["max_concurrency"] == 32
@@ -89,12 +72,18 @@ def test_any_key_can_be_overridden(tmp_path):
 
 
 def test_cfg_job_without_key_still_prints(tmp_path):
-    result = run_cli(tmp_path, "--cfg", "job", "+model=nemotron")
+    """No NVIDIA_API_KEY in the environment (cli_env removes it): ``--cfg job`` prints the config,
+    the key still the unresolved reference, where a run would refuse to start (MISTAKES below)."""
+    result = cli(tmp_path, "--cfg", "job", "+model=nemotron")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["name"] == "nvidia/llama-3.1-nemotron-70b-instruct"
+    assert cfg["backend"]["api_key"] == "${oc.env:NVIDIA_API_KEY}"
 
 
 def test_cfg_hydra_keeps_chdir_off(tmp_path):
-    result = run_cli(tmp_path, "--cfg", "hydra")
+    result = cli(tmp_path, "--cfg", "hydra")
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["hydra"]["job"]["chdir"] is False
 
@@ -116,8 +105,8 @@ MISTAKES = [
     pytest.param(["input=missing.jsonl", "backend=openai", "backend.api_base=http://127.0.0.1:9/v1"],
                  {"OPENAI_API_KEY": SECRET}, "missing.jsonl", id="missing-input-file"),
     pytest.param(["-m", "sampling.temperature=0.2,-1"], {}, "sampling.temperature", id="bad-sweep-value"),
-    pytest.param(["-m", "sampling.temperature=0.2,abc"], {}, "could not be converted", id="bad-sweep-type"),
-    pytest.param(["--cfg", "job", "sampling.temperature=abc"], {}, "could not be converted", id="cfg-bad-type"),
+    pytest.param(["-m", "sampling.temperature=0.2,abc"], {}, "sampling.temperature='abc': must be a number", id="bad-sweep-type"),
+    pytest.param(["--cfg", "job", "sampling.temperature=abc"], {}, "sampling.temperature='abc': must be a number", id="cfg-bad-type"),
     pytest.param(["--cfg", "job", "-m", "+model=nemotron"], {}, "cannot be combined", id="cfg-and-multirun"),
     pytest.param(["--config-dir", "/nonexistent/recipe-conf"], {}, "/nonexistent/recipe-conf", id="missing-config-dir"),
     pytest.param(["sampling.temperature=0.2,0.8"], {}, "--multirun", id="sweep-without-multirun"),
@@ -125,8 +114,35 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize("args, env, needle", MISTAKES)
+def test_user_mistakes_are_refused_by_the_pre_run_check(tmp_path, monkeypatch, args, env, needle):
+    """Each mistake, in-process: the check the CLI runs before Hydra refuses it in one line (the
+    CLI prints it as ``error: ...`` with exit code 2: the smoke tests below)."""
+    from recipe.cli.precheck import precheck
+    from recipe.config.compose import setup
+    from recipe.errors import ConfigError
+
+    for name in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    setup()
+    with pytest.raises(ConfigError) as refused:
+        precheck(list(args))
+    message = str(refused.value)
+    assert needle in message and "\n" not in message and SECRET not in message, message
+    assert not (tmp_path / "runs").exists() and list(cwd.iterdir()) == []
+
+
+SMOKE = [case for case in MISTAKES if case.id in ("bad-override-syntax", "missing-input-file")]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("args, env, needle", SMOKE)
 def test_user_mistakes_are_one_line(tmp_path, args, env, needle):
-    result = run_cli(tmp_path, *args, **env)
+    result = cli(tmp_path, *args, env=env)
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert "HYDRA_FULL_ERROR" not in result.stderr
@@ -154,9 +170,9 @@ STUB_ARGS = ["backend=openai", "backend.start_local_server=false", "model.name=m
 
 def test_run_against_an_openai_compatible_server(tmp_path, stub_server, questions):
     server = stub_server(api_key=SECRET)
-    result = run_cli(tmp_path, "recipe=generate", "input=questions.jsonl",  # relative to the cwd
-                     "recipe.prompt='Answer briefly: {{ question }}'",
-                     f"backend.api_base={server.base_url}", *STUB_ARGS, OPENAI_API_KEY=SECRET)
+    result = cli(tmp_path, "recipe=generate", "input=questions.jsonl",  # relative to the cwd
+                 "recipe.prompt='Answer briefly: {{ question }}'",
+                 f"backend.api_base={server.base_url}", *STUB_ARGS, env={"OPENAI_API_KEY": SECRET})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -168,12 +184,11 @@ def test_run_against_an_openai_compatible_server(tmp_path, stub_server, question
     assert summary.startswith("3 records, 0 failed, 3 requests") and "tokens" in summary and summary.endswith(" s")
 
     # results: part files, every input field kept, a response added
-    records = [json.loads(line) for part in sorted(output_dir.glob("*.jsonl")) for line in part.read_text().splitlines()]
+    records = outputs(output_dir)
     assert sorted(r["id"] for r in records) == [0, 1, 2]
     for record in records:
         assert record["question"] and "Answer briefly: " + record["question"] in record["response"]
-    assert not any((output_dir / "errors").glob("*.jsonl")) or all(
-        p.stat().st_size == 0 for p in (output_dir / "errors").glob("*.jsonl"))
+    assert error_rows(output_dir) == []
 
     # the key reached the server, and never the disk or the terminal
     stats = server.stats()
@@ -194,14 +209,14 @@ def test_multirun_over_two_temperatures(tmp_path, stub_server):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "prompts.jsonl").write_text('{"prompt": "Say hi"}\n{"prompt": "Say bye"}\n')
-    result = run_cli(tmp_path, "-m", "sampling.temperature=0.2,0.8", "input=prompts.jsonl",
-                     f"backend.api_base={server.base_url}", *STUB_ARGS, OPENAI_API_KEY=SECRET)
+    result = cli(tmp_path, "-m", "sampling.temperature=0.2,0.8", "input=prompts.jsonl",
+                 f"backend.api_base={server.base_url}", *STUB_ARGS, env={"OPENAI_API_KEY": SECRET})
     assert result.returncode == 0, result.stderr
-    outputs = [Path(line.removeprefix("output: ")) for line in result.stdout.splitlines()
+    folders = [Path(line.removeprefix("output: ")) for line in result.stdout.splitlines()
                if line.startswith("output: ")]
-    assert len(outputs) == 2 and len(set(outputs)) == 2
-    for output_dir in outputs:
-        records = [json.loads(line) for part in output_dir.glob("*.jsonl") for line in part.read_text().splitlines()]
+    assert len(folders) == 2 and len(set(folders)) == 2
+    for output_dir in folders:
+        records = outputs(output_dir)
         assert len(records) == 2 and all(r["response"] for r in records)
         assert (output_dir / ".hydra" / "config.yaml").is_file()
     temperatures = sorted(body["temperature"] for body in server.stats()["bodies"])
@@ -223,8 +238,7 @@ def test_no_argument_runs_the_default_recipe_offline(tmp_path):
     # offline: any request that is not to 127.0.0.1 goes to a dead proxy and fails
     dead = "http://127.0.0.1:9"
     # short answers keep the test quick; the recipe, model and server are the defaults
-    result = run_cli(tmp_path, "progress=false", "sampling.max_tokens=16", "backend.on_truncated=keep", timeout=240, HTTP_PROXY=dead, HTTPS_PROXY=dead,
-                     http_proxy=dead, https_proxy=dead, ALL_PROXY=dead, HF_HUB_OFFLINE="1")
+    result = cli(tmp_path, "progress=false", "sampling.max_tokens=16", "backend.on_truncated=keep", timeout=240, env={"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "ALL_PROXY": dead, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     output_dir = Path(next(l for l in result.stdout.splitlines() if l.startswith("output: ")).removeprefix("output: "))
     assert (tmp_path / "runs") in output_dir.parents
@@ -236,7 +250,7 @@ def test_no_argument_runs_the_default_recipe_offline(tmp_path):
 
 @pytest.mark.parametrize("choice", ["+model=nemotron", "model=nemotron"])
 def test_model_option_with_or_without_plus(tmp_path, choice):
-    result = run_cli(tmp_path, "--cfg", "job", choice, "recipe=math")
+    result = cli(tmp_path, "--cfg", "job", choice, "recipe=math")
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
     nemotron = yaml.safe_load((paths.config_dir() / "model" / "nemotron.yaml").read_text())
@@ -252,9 +266,8 @@ def test_sweep_over_model_options_with_plus(tmp_path, stub_server):
     cwd.mkdir()
     (cwd / "prompts.jsonl").write_text('{"prompt": "Say hi"}\n')
     # each option brings its own model.name; backend=openai on the command line wins over its backend
-    result = run_cli(tmp_path, "-m", "+model=gpt4o,llama3", "input=prompts.jsonl", "backend=openai",
-                     "backend.start_local_server=false", f"backend.api_base={server.base_url}", "progress=false",
-                     OPENAI_API_KEY=SECRET)
+    result = cli(tmp_path, "-m", "+model=gpt4o,llama3", "input=prompts.jsonl", "backend=openai",
+                 "backend.start_local_server=false", f"backend.api_base={server.base_url}", "progress=false", env={"OPENAI_API_KEY": SECRET})
     assert result.returncode == 0, result.stderr
     assert len([line for line in result.stdout.splitlines() if line.startswith("output: ")]) == 2
     assert sorted(body["model"] for body in server.stats()["bodies"]) == ["gpt-4o", "meta/llama-3.1-70b-instruct"]

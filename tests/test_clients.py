@@ -20,6 +20,8 @@ from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
 from recipe.clients.llamacpp_server import free_port
 from recipe.clients.model_client import AsyncLLMClient, LLMClient
 
+from conftest import error_rows
+
 MODEL = "smollm2"
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 COUNT = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
@@ -302,7 +304,7 @@ def test_the_embedded_server_starts_with_model_context_length(tmp_path):
     out = tmp_path / "out"
     recipe.run(recipe.compose([f"input={source}", f"output_dir={out}", "model.context_length=256",
                                "sampling.max_tokens=4", "backend.on_truncated=keep", "progress=false"]))
-    rows = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    rows = error_rows(out)
     assert [row["_error"]["class"] for row in rows] == ["ContextWindowError"]
     assert "maximum context length is 256 tokens" in rows[0]["_error"]["message"]
 

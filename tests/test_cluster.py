@@ -12,18 +12,11 @@ from pathlib import Path
 
 from distributed import Client
 
+from conftest import outputs, write_prompts
+
 SECRET = "sk-cluster-93d1e0"
 VAR = "RECIPE_TEST_CLUSTER_KEY"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def write_inputs(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
-    return path
-
-
-def outputs(directory: Path) -> list[dict]:
-    return [json.loads(line) for part in sorted(directory.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
 
 
 def cli(*overrides: str, env: dict, cwd: Path, **kwargs) -> subprocess.Popen:
@@ -42,7 +35,7 @@ def test_run_on_an_existing_scheduler_with_separate_worker_processes(stub_server
     address = dask_processes(n_workers=2, env={VAR: SECRET})
     driver_dir = tmp_path / "driver"
     driver_dir.mkdir()
-    source = write_inputs(driver_dir / "in.jsonl", 40)
+    source = write_prompts(driver_dir / "in.jsonl", 40)
     out = tmp_path / "out"  # one disk here: the parts are written by the workers, read by the test
     env = {k: v for k, v in os.environ.items() if k != VAR}
     proc = cli(*stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
@@ -56,7 +49,7 @@ def test_run_on_an_existing_scheduler_with_separate_worker_processes(stub_server
     assert stats["status_counts"] == {"200": 40}
     assert stats["max_in_flight"] <= 3, "max_concurrency holds across the two worker processes"
     with Client(address) as client:  # the workers outlive the run: ask each what it sent
-        sent = client.run(lambda: __import__("recipe.clients.factory").factory.process_stats().as_dict()["requests"])
+        sent = client.run(lambda: __import__("recipe.clients.factory").clients.factory.process_stats().as_dict()["requests"])
     assert sum(sent.values()) == 40 and all(n > 0 for n in sent.values()), sent
     summary = json.loads((out / "stats.json").read_text())
     assert summary["records"] == 40 and summary["requests"] == 40
@@ -66,7 +59,7 @@ def test_run_on_an_existing_scheduler_with_separate_worker_processes(stub_server
 def test_a_worker_lacking_the_key_is_one_error_line(stub_server, dask_processes, tmp_path):
     server = stub_server(api_key=SECRET)
     address = dask_processes(n_workers=1, env={})
-    source = write_inputs(tmp_path / "in.jsonl", 4)
+    source = write_prompts(tmp_path / "in.jsonl", 4)
     env = {k: v for k, v in os.environ.items() if k != VAR}
     proc = cli(*stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
                                f"dask.address={address}", f"output_dir={tmp_path / 'out'}"), env=env, cwd=tmp_path)
@@ -80,7 +73,7 @@ def test_a_worker_lacking_the_key_is_one_error_line(stub_server, dask_processes,
 
 def test_dashboard_prints_its_address_and_shows_stages_by_name(stub_server, tmp_path):
     server = stub_server(latency=0.5)
-    source = write_inputs(tmp_path / "in.jsonl", 24)
+    source = write_prompts(tmp_path / "in.jsonl", 24)
     proc = cli(*stub_overrides(server, f"input={source}", "backend.api_key=none", "backend.max_concurrency=2",
                                "dask.n_workers=1", "dask.dashboard=true", "dask.partition_size=4",
                                f"output_dir={tmp_path / 'out'}"), env=dict(os.environ), cwd=tmp_path)

@@ -104,6 +104,7 @@ def _hammer(directory: str, worker: int) -> None:
         cache.put({"shared": i}, [f"shared {i}"])
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_cache_is_consistent_with_several_writer_processes(tmp_path):
     context = multiprocessing.get_context("spawn")
     procs = [context.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(4)]

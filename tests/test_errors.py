@@ -16,6 +16,8 @@ from recipe.clients.litellm_client import LiteLLMClient
 from recipe.clients.litellm_setup import get_litellm
 from recipe.clients.llamacpp_server import free_port
 
+from conftest import parts
+
 KEY = "sk-supersecret-abcdef123456"
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -115,6 +117,7 @@ STATUS_CLASSES = [(400, errors.BadRequestError, 1), (401, errors.AuthenticationE
 
 @pytest.mark.parametrize("provider", ["openai", "nvidia_nim"])
 @pytest.mark.parametrize("status, expected, requests", STATUS_CLASSES, ids=[str(s) for s, _, _ in STATUS_CLASSES])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_each_http_status_becomes_its_class_and_is_retried_only_if_transient(stub_server, provider, status,
                                                                                expected, requests):
     server = stub_server(status=status)
@@ -173,6 +176,7 @@ def test_context_length_is_context_window_error_not_retried(stub_server, provide
 @pytest.mark.parametrize("fault, expected", [
     ("fail_500", errors.ServerError), ("drop", errors.EndpointConnectionError), ("malformed", errors.MalformedResponseError)])
 @pytest.mark.parametrize("formatted", [False, True], ids=["chat", "text"])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_retryable_faults_are_retried_num_retries_times(stub_server, provider, fault, expected, formatted):
     server = stub_server(**{fault: 1.0})
     c = client(server, provider, num_retries=2)
@@ -277,8 +281,7 @@ def test_the_context_check_counts_with_the_one_token_estimate(stub_server, tmp_p
     recipe.run(recipe.compose(["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
                                "model.name=stub-model", "progress=false", f"input={source}", f"output_dir={out}",
                                "model.context_length=110", "sampling.max_tokens=6", "backend.on_truncated=keep"]))
-    good = [json.loads(line) for part in sorted(out.glob("*.jsonl")) for line in part.read_text().splitlines()]
-    bad = [json.loads(line) for part in sorted((out / "errors").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    good, bad = parts(out)
     assert [row["prompt"][0] for row in good] == ["a"]
     assert [(row["_error"]["class"], row["_error"]["message"]) for row in bad] == [
         ("ContextWindowError", "prompt of about 105 tokens plus max_tokens=6 exceeds the model's context of 110 tokens")]

@@ -16,20 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, error_rows, outputs, write_jsonl
+from conftest import cli, parts, write_jsonl
 
 KEY = "sk-hostile-KEY1234567"
 ENV_KEY = "sk-from-env-KEY7654321"
 STUB = ["backend=openai", "model.name=m", "progress=false"]
-
-
-def run_cli(tmp_path: Path, *args: str, timeout: float = 120, preexec_fn=None, **env: str):
-    """The CLI with a key in the environment (OPENAI_API_KEY), which must never show anywhere."""
-    return cli(tmp_path, *args, timeout=timeout, preexec_fn=preexec_fn, env={"OPENAI_API_KEY": ENV_KEY, **env})
-
-
-def parts(out: Path) -> tuple[list[dict], list[dict]]:
-    return outputs(out), error_rows(out)
+WITH_KEY = {"OPENAI_API_KEY": ENV_KEY}  # every run has a key in the environment, which must never show anywhere
 
 
 def check(result, rc: int, needle: str | None = None) -> None:
@@ -64,19 +56,23 @@ def test_a_key_never_reaches_disk_or_screen(tmp_path, stub_server):
     server = stub_server(api_key=KEY)
     src = write_jsonl(tmp_path / "cwd" / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     base = [*STUB, f"backend.api_base={server.base_url}", f"input={src}", f"backend.api_key={KEY}"]
-    single = run_cli(tmp_path, *base)
+    single = cli(tmp_path, *base, env=WITH_KEY)
     check(single, 0)
     assert single.stdout.splitlines()[-1].startswith("2 records, 0 failed, 2 requests")
-    sweep = run_cli(tmp_path, "-m", *base, "sampling.temperature=0.1,0.2")
+    sweep = cli(tmp_path, "-m", *base, "sampling.temperature=0.1,0.2", env=WITH_KEY)
     check(sweep, 0)
     assert "[HYDRA] \t#0 : " in sweep.stdout and "backend.api_key=${oc.env:" in sweep.stdout  # pasteable
     assert len(list((tmp_path / "runs").rglob("multirun.yaml"))) == 1
-    # a failing job makes Hydra print the job's overrides (a predicate that raises is one
-    # record's error, so a bad override of the stage's parameters stands in for a crash)
-    crash = run_cli(tmp_path, *base, "+recipe.stages.check={_target_: recipe.stages.FilterStage, predicate: 'json:loads'}")
-    assert "backend.api_key" not in crash.stderr or "backend.api_key='***'" in crash.stderr
+    # a failing job: Hydra prints the job's overrides, the key as the pasteable reference; every
+    # record fails the stage added (json.loads of a record), so the job ends in exit code 3
+    crash = cli(tmp_path, "-m", *base, "+recipe.stages.check={_target_: recipe.stages.FilterStage, predicate: 'json:loads'}",
+                env=WITH_KEY)
+    check(crash, 3)
+    launched = [line for line in crash.stdout.splitlines() if "[HYDRA] \t#0 : " in line]
+    assert len(launched) == 1 and "backend.api_key=${oc.env:" in launched[0], crash.stdout
+    assert crash.stderr.startswith("job #0: 2 records failed"), crash.stderr
     # a key from the environment, printed resolved
-    resolved = run_cli(tmp_path, "--cfg", "job", "--resolve", "backend=openai")
+    resolved = cli(tmp_path, "--cfg", "job", "--resolve", "backend=openai", env=WITH_KEY)
     assert resolved.returncode == 0 and "  api_key: '***'\n" in resolved.stdout, resolved.stdout
     assert f"Bearer {KEY}" in server.stats()["auth_headers"]  # the key was used, only on the wire
     saved = [p.name for p in (tmp_path / "runs").rglob(".hydra/*.yaml")]
@@ -89,8 +85,8 @@ def test_a_key_never_reaches_disk_or_screen(tmp_path, stub_server):
 def test_403_stops_the_run_with_one_line(tmp_path, stub_server):
     server = stub_server(status=403)
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"p{i}"} for i in range(40)])
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     "backend.max_concurrency=1", f"output_dir={tmp_path / 'out'}")
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 "backend.max_concurrency=1", f"output_dir={tmp_path / 'out'}", env=WITH_KEY)
     check(result, 2, "403")
     assert server.stats()["requests"] < 40  # stopped, not one failed request per record
     assert parts(tmp_path / "out") == ([], [])
@@ -103,8 +99,8 @@ def test_records_carrying_reserved_fields_get_their_own_error_records(tmp_path, 
     rows = [{"prompt": "a"}, {"prompt": "b", "_error": "mine"}, {"prompt": "c", "_error": None},
             {"prompt": "d", "_id": 7}, {"prompt": "e", "_source": "crm"}, {"prompt": "f", "_parent": "p1"}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     f"output_dir={tmp_path / 'out'}")
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 f"output_dir={tmp_path / 'out'}", env=WITH_KEY)
     check(result, 3)
     assert result.stdout.splitlines()[-1].startswith("1 record, 5 failed, 1 request ")
     good, bad = parts(tmp_path / "out")
@@ -120,14 +116,14 @@ def test_records_carrying_reserved_fields_get_their_own_error_records(tmp_path, 
 def test_an_errors_file_fed_back_in_is_retried(tmp_path, stub_server):
     failing, working = stub_server(fail_500=1.0), stub_server()
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in ("a", "b", "c")])
-    first = run_cli(tmp_path, *STUB, f"backend.api_base={failing.base_url}", f"input={src}",
-                    "backend.num_retries=0", f"output_dir={tmp_path / 'first'}")
+    first = cli(tmp_path, *STUB, f"backend.api_base={failing.base_url}", f"input={src}",
+                "backend.num_retries=0", f"output_dir={tmp_path / 'first'}", env=WITH_KEY)
     check(first, 3)
     _, bad = parts(tmp_path / "first")
     assert len(bad) == 3 and {b["_error"]["class"] for b in bad} == {"ServerError"}
     errors_file = next((tmp_path / "first" / "errors").glob("part-*.jsonl"))
-    retry = run_cli(tmp_path, *STUB, f"backend.api_base={working.base_url}", f"input={errors_file}",
-                    f"output_dir={tmp_path / 'retry'}")
+    retry = cli(tmp_path, *STUB, f"backend.api_base={working.base_url}", f"input={errors_file}",
+                f"output_dir={tmp_path / 'retry'}", env=WITH_KEY)
     check(retry, 0)
     assert retry.stdout.splitlines()[-1].startswith("3 records, 0 failed, 3 requests")
     good, bad = parts(tmp_path / "retry")
@@ -144,8 +140,8 @@ def test_null_and_blank_prompts_are_input_errors_and_structures_are_json(tmp_pat
     rows = [{"prompt": None}, {"prompt": ""}, {"prompt": "   "}, {"prompt": ["a", "b"]}, {"prompt": {"k": 1}},
             {"prompt": "ok"}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     f"output_dir={tmp_path / 'out'}")
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 f"output_dir={tmp_path / 'out'}", env=WITH_KEY)
     check(result, 3)
     assert result.stdout.splitlines()[-1].startswith("3 records, 3 failed, 3 requests")
     good, bad = parts(tmp_path / "out")
@@ -168,8 +164,8 @@ def test_line_endings_and_bom(tmp_path, stub_server, raw, rc, good_expected, mal
     server = stub_server()
     src = tmp_path / "in.jsonl"
     src.write_bytes(raw)
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     f"output_dir={tmp_path / 'out'}")
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 f"output_dir={tmp_path / 'out'}", env=WITH_KEY)
     check(result, rc)
     good, bad = parts(tmp_path / "out")
     assert sorted((g["_source"], g["response"]) for g in good) == good_expected
@@ -202,8 +198,8 @@ def test_binary_parquet_columns_are_written_as_base64(tmp_path, stub_server):
     server = stub_server()
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"prompt": ["a", "b"], "blob": [b"\x00\xff", b"hi"]}), src)
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     f"output_dir={tmp_path / 'out'}")
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 f"output_dir={tmp_path / 'out'}", env=WITH_KEY)
     check(result, 0)
     good, bad = parts(tmp_path / "out")
     assert bad == []
@@ -216,8 +212,8 @@ def test_binary_parquet_columns_are_written_as_base64(tmp_path, stub_server):
 def test_timeout_bounds_the_whole_attempt_not_each_read(tmp_path, stub_server):
     server = stub_server(drip=1.0)  # a ~300-byte reply at one byte per second
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     "backend.timeout=3", "backend.num_retries=0", f"output_dir={tmp_path / 'out'}", timeout=90)
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 "backend.timeout=3", "backend.num_retries=0", f"output_dir={tmp_path / 'out'}", timeout=90, env=WITH_KEY)
     check(result, 3)
     good, bad = parts(tmp_path / "out")
     assert good == [] and len(bad) == 1
@@ -231,21 +227,21 @@ def test_truncated_answers_follow_on_truncated_and_are_never_cached_as_good(tmp_
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     base = [*STUB, f"backend.api_base={server.base_url}", f"input={src}"]
 
-    default = run_cli(tmp_path, *base, f"output_dir={tmp_path / 'error'}")
+    default = cli(tmp_path, *base, f"output_dir={tmp_path / 'error'}", env=WITH_KEY)
     check(default, 3)
     good, bad = parts(tmp_path / "error")
     assert good == [] and [b["_error"]["class"] for b in bad] == ["TruncatedError"] * 2
     assert server.stats()["requests"] == 2
 
     server.reset()
-    retried = run_cli(tmp_path, *base, "backend.on_truncated=retry", "backend.num_retries=2",
-                      f"output_dir={tmp_path / 'retry'}")
+    retried = cli(tmp_path, *base, "backend.on_truncated=retry", "backend.num_retries=2",
+                  f"output_dir={tmp_path / 'retry'}", env=WITH_KEY)
     check(retried, 3)
     assert server.stats()["requests"] == 6  # not cached: asked again, 3 attempts each
     assert [b["_error"]["class"] for b in parts(tmp_path / "retry")[1]] == ["TruncatedError"] * 2
 
     server.reset()
-    kept = run_cli(tmp_path, *base, "backend.on_truncated=keep", f"output_dir={tmp_path / 'keep'}")
+    kept = cli(tmp_path, *base, "backend.on_truncated=keep", f"output_dir={tmp_path / 'keep'}", env=WITH_KEY)
     check(kept, 0)
     assert server.stats()["requests"] == 2
     assert sorted(g["response"] for g in parts(tmp_path / "keep")[0]) == ["echo: a", "echo: b"]
@@ -257,7 +253,7 @@ def test_an_empty_answer_is_never_a_success_nor_cached(tmp_path, stub_server, re
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     base = [*STUB, f"backend.api_base={server.base_url}", f"input={src}", "backend.on_truncated=keep"]
     for attempt in ("first", "second"):
-        result = run_cli(tmp_path, *base, f"output_dir={tmp_path / attempt}")
+        result = cli(tmp_path, *base, f"output_dir={tmp_path / attempt}", env=WITH_KEY)
         check(result, 3)
         good, bad = parts(tmp_path / attempt)
         assert good == [] and [b["_error"]["class"] for b in bad] == ["EmptyAnswerError"] * 2
@@ -269,8 +265,8 @@ def test_an_empty_answer_is_never_a_success_nor_cached(tmp_path, stub_server, re
 def test_a_template_leaving_the_sandbox_is_one_line_naming_it(tmp_path, stub_server):
     server = stub_server()
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
-                     """recipe.prompt='{{ "".__class__.__mro__ }}'""", f"output_dir={tmp_path / 'out'}")
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}",
+                 """recipe.prompt='{{ "".__class__.__mro__ }}'""", f"output_dir={tmp_path / 'out'}", env=WITH_KEY)
     check(result, 2, "sandbox")
     assert "__class__.__mro__" in result.stderr
     assert server.stats()["requests"] == 0
@@ -287,7 +283,7 @@ def test_an_unwritable_folder_is_refused_before_the_first_request(tmp_path, stub
     # be a folder. (A run used to send its requests and fail writing the results.)
     folder = "/proc" if where == "proc" else str(src / "sub")
     extra = [f"{key}={folder}"] + ([f"output_dir={tmp_path / 'out'}"] if key != "output_dir" else [])
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}", *extra)
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}", *extra, env=WITH_KEY)
     check(result, 2, f"{key} {folder} cannot be written")
     assert server.stats()["requests"] == 0
 
@@ -304,9 +300,9 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(tmp_path, stub_server, 
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{i} " + "x" * 5000} for i in range(10)])
     base = [*STUB, f"backend.api_base={server.base_url}", f"input={src}", f"cache.enabled={cache}",
             f"output_dir={tmp_path / 'out'}"]
-    full = run_cli(tmp_path, *base, preexec_fn=_small_disk)
+    full = cli(tmp_path, *base, preexec_fn=_small_disk, env=WITH_KEY)
     check(full, 2, "free some space and run the same command again")
-    again = run_cli(tmp_path, *base)
+    again = cli(tmp_path, *base, env=WITH_KEY)
     check(again, 0)
     good, bad = parts(tmp_path / "out")
     assert bad == [] and sorted(g["prompt"] for g in good) == sorted(f"{i} " + "x" * 5000 for i in range(10))
@@ -318,7 +314,7 @@ def test_a_yaml_syntax_error_in_a_config_dir_is_one_line_with_file_and_line(tmp_
     conf = tmp_path / "myconf" / "model"
     conf.mkdir(parents=True)
     (conf / "broken.yaml").write_text("model:\n  name: [oops\n  context_length: 5\n")
-    result = run_cli(tmp_path, "--config-dir", str(tmp_path / "myconf"), "+model=broken")
+    result = cli(tmp_path, "--config-dir", str(tmp_path / "myconf"), "+model=broken", env=WITH_KEY)
     check(result, 2, f"{conf / 'broken.yaml'}:3:")
     assert not (tmp_path / "runs").exists()
 
@@ -328,8 +324,8 @@ def test_a_yaml_syntax_error_in_a_config_dir_is_one_line_with_file_and_line(tmp_
 def test_a_sweep_goes_on_after_a_failed_job_and_the_exit_code_says_so(tmp_path, stub_server):
     refusing, working = stub_server(api_key="another-key-123"), stub_server()
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
-    result = run_cli(tmp_path, "-m", *STUB, f"input={src}",
-                     f"backend.api_base={refusing.base_url},{working.base_url}")
+    result = cli(tmp_path, "-m", *STUB, f"input={src}",
+                 f"backend.api_base={refusing.base_url},{working.base_url}", env=WITH_KEY)
     check(result, 2, "job #0: ")
     assert "Incorrect API key" in result.stderr
     outputs = [Path(l.removeprefix("output: ")) for l in result.stdout.splitlines() if l.startswith("output: ")]
@@ -358,7 +354,7 @@ def test_unchecked_values_are_refused_in_one_line_before_anything_runs(tmp_path,
     args = [*STUB, f"input={src}", override]
     if not override.startswith("backend.api_base"):
         args.append(f"backend.api_base={server.base_url}")
-    result = run_cli(tmp_path, *args)
+    result = cli(tmp_path, *args, env=WITH_KEY)
     check(result, 2, needle)
     assert server.stats()["requests"] == 0 and not (tmp_path / "runs").exists()
 
@@ -368,8 +364,8 @@ def test_unchecked_values_are_refused_in_one_line_before_anything_runs(tmp_path,
 def test_a_401_on_a_local_cluster_prints_only_our_line(tmp_path, stub_server):
     server = stub_server(api_key="another-key-123")
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
-    result = run_cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}", "dask.n_workers=1",
-                     f"output_dir={tmp_path / 'out'}", timeout=180)
+    result = cli(tmp_path, *STUB, f"backend.api_base={server.base_url}", f"input={src}", "dask.n_workers=1",
+                 f"output_dir={tmp_path / 'out'}", timeout=180, env=WITH_KEY)
     check(result, 2, "Incorrect API key")
     assert "Compute Failed" not in result.stdout + result.stderr
     assert result.stdout.strip() == ""

@@ -12,6 +12,8 @@ from recipe.errors import ConfigError
 from recipe.clients.factory import ClientSpec
 from recipe.stages import JudgeStage, PreferencePairsStage
 
+from conftest import outputs
+
 CRITERIA = {"helpfulness": "Does it help?", "correctness": "Is it true?", "clarity": "Is it clear?"}
 
 
@@ -121,7 +123,7 @@ def test_judged_qa_recipe_runs_on_the_stub(stub_server, tmp_path):
                           "backend.api_key=k", "model.name=stub-model", f"output_dir={tmp_path / 'out'}",
                           "progress=false", "recipe.templates.judge='{{ prompt }}'"])
     summary = recipe.run(cfg)
-    rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("part-*.jsonl")) for line in f.read_text().splitlines()]
+    rows = outputs(tmp_path / "out")
     assert sorted(r["scores"]["aggregate"] for r in rows) == [3.0, 4.0]  # min_score 3 drops the 2
     assert all(r["response"].startswith("echo: ") for r in rows)
     assert summary.stats["filtered"] == 1

@@ -37,7 +37,7 @@ def test_combine_fields_extra_and_switch():
 
 def test_combine_malformed():
     out = run(CombineStage(fields=["missing"], output_field="t"), [ROOT])
-    assert out[0]["_error"]["class"] == "InputError" and "missing" in out[0]["_error"]["message"]
+    assert out[0]["_error"]["class"] == "MissingFieldError" and "missing" in out[0]["_error"]["message"]
     out = run(CombineStage(fields=["xs"], output_field="t"), [{**ROOT, "xs": []}])
     assert out[0]["_error"]["class"] == "InputError"
 
@@ -60,6 +60,12 @@ def test_append_seeds_stage():
     assert [r["_id"] for r in stage.seed_records()] == [r["_id"] for r in records[1:]]  # stable
     empty = db.from_sequence([ROOT], npartitions=1)
     assert AppendSeedsStage(values=[])(empty) is empty
+
+
+def test_append_seeds_first_with_no_values_is_an_empty_source():
+    """First in a recipe with nothing to add, it is a source of no records (it returned None,
+    which the next stage or the write stage then called methods on)."""
+    assert AppendSeedsStage(values=[])(None).compute() == []
 
 
 # --- preference pairs -----------------------------------------------------------------------

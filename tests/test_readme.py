@@ -23,6 +23,7 @@ def _run_embedding_example(base_url: str) -> list[dict]:
     return namespace["rows"]
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_embedding_example_on_the_stub(stub_server, capsys):
     server = stub_server(reply="list")  # five numbered items "item <n> about <the prompt's start>"
     rows = _run_embedding_example(server.base_url)

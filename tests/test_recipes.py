@@ -11,7 +11,6 @@ that answers exactly as NVIDIA's reward model does, where the chosen pair can be
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from recipe.clients.factory import ClientSpec
 from recipe.engine.runner import build_stages
 from recipe.stages import AppendSeedsStage, ReadStage, SampleStage, WriteStage
 from recipe.stages.records import make_id
+
+from conftest import parts, write_jsonl
 
 RECIPES = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
 SMALL = ["sampling.max_tokens=48", "sampling.seed=1", "progress=false"]
@@ -42,6 +43,7 @@ def _stages(overrides):
 
 
 @pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_recipe_composes_and_builds(name):
     data, stages = _stages([f"recipe={name}"])
     assert data["recipe"]["name"] == name
@@ -104,12 +106,6 @@ def test_nemotron_cc_selection_and_bad_rewrite():
 
 # --- running the recipes -------------------------------------------------------------------
 
-def _read_parts(out: Path) -> tuple[list[dict], list[dict]]:
-    good = [json.loads(l) for f in sorted(glob.glob(str(out / "part-*.jsonl"))) for l in open(f)]
-    bad = [json.loads(l) for f in sorted(glob.glob(str(out / "errors" / "part-*.jsonl"))) for l in open(f)]
-    return good, bad
-
-
 def _roots(stages) -> set[str]:
     """Ids of the records the recipe starts from: read (file or seeds) and appended seeds."""
     ids = {r["_id"] for r in stages[0](None).compute()}
@@ -137,14 +133,16 @@ def _check_lineage(records: list[dict], roots: set[str], max_depth: int = 6, wid
             assert any(make_id(r["_parent"], i) == r["_id"] for i in range(width)), "_id derives from _parent"
 
 
-def run_recipe(name: str, server, tmp_path: Path, *overrides: str):
+def run_recipe(name: str, server, tmp_path: Path, *overrides: str, out: str = "out"):
+    """The recipe on ``server`` into ``tmp_path / out``; the request cache is the test's own, so a
+    second run of the same requests (a shorter chain, then the whole) gets the same answers."""
     over = [f"recipe={name}", f"backend.api_base={server.base_url}", "backend.start_local_server=false",
             "backend.on_truncated=keep",  # the 135M model's answers run past SMALL's max_tokens
             *SMALL, *overrides]
     cfg = recipe.compose(overrides=over)
-    out = tmp_path / "out"
+    out = tmp_path / out
     summary = recipe.run(cfg, output_dir=str(out))
-    good, bad = _read_parts(out)
+    good, bad = parts(out)
     assert summary.records == len(good) and summary.failed == len(bad)
     _, stages = _stages(over)
     _check_lineage(good, _roots(stages))
@@ -155,14 +153,9 @@ def run_recipe(name: str, server, tmp_path: Path, *overrides: str):
     return summary, good, bad
 
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 @pytest.mark.llm
 def test_generate(llama_server, tmp_path):
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hello."}, {"prompt": "Name a colour."}])
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hello."}, {"prompt": "Name a colour."}])
     summary, good, _ = run_recipe("generate", llama_server, tmp_path, f"input={src}")
     assert summary.records == 2 and all(isinstance(r["response"], str) for r in good)
 
@@ -193,13 +186,19 @@ def test_open_qa(llama_server, tmp_path):
 @pytest.mark.llm
 @pytest.mark.parametrize("name,flag", [("math", "is_math")])  # python: the same chain (exact on the stub)
 def test_math_and_python(llama_server, tmp_path, name, flag):
-    summary, good, _ = run_recipe(name, llama_server, tmp_path, LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1",
-                                  "recipe.n_openlines=1")
-    # 1 macro topic + exactly 1 subtopic = 2 topics, each classified yes (1 problem) or no (filtered);
-    # a subtopic the model wrote identical to its macro topic is the same topic (1).
+    sizes = [LISTS, "recipe.n_macro_topics=1", "recipe.n_subtopics=1", "recipe.n_openlines=1"]
+    # the topics the model wrote, from the chain up to the classifier (its answers then come from the cache)
+    _, topics, _ = run_recipe(name, llama_server, tmp_path, *sizes, f"~recipe.stages.{flag}", "~recipe.stages.problems",
+                              "~recipe.stages.problems_list", "~recipe.stages.problem", "~recipe.stages.dedup_problems",
+                              out="topics")
+    # 1 macro topic + exactly 1 subtopic = 2 topics; a subtopic written identical to its macro topic is the same topic
+    assert len(topics) in (1, 2) and len({t["topic"] for t in topics}) == len(topics)
+    summary, good, _ = run_recipe(name, llama_server, tmp_path, *sizes)
     asked = summary.stats["structured_by_schema"]["verdict"]["asked"]
-    assert summary.failed == 0 and asked in (1, 2)
-    assert summary.records + summary.stats["filtered"] + _removed(summary) == asked, "each topic: 1 verdict, then 1 problem or filtered"
+    assert summary.failed == 0 and asked == len(topics), "one verdict per topic"
+    # each topic: yes and exactly 1 problem (or removed as a duplicate), or no and filtered
+    assert summary.records + summary.stats["filtered"] + _removed(summary) == asked
+    assert len(good) == summary.records and {r["topic"] for r in good} <= {t["topic"] for t in topics}
     for r in good:
         assert r[flag] == "yes" and r["topic"] in r["topics"] and len(r["subtopics"]) == 1
         assert r["problems"] == [r["problem"]] and r["problem"].strip()
@@ -230,7 +229,7 @@ def test_python_solutions_run_on_the_real_model(llama_server, tmp_path):
 @pytest.mark.llm
 @pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"])])  # two_turn: stub
 def test_dialogues(llama_server, tmp_path, name, turns):
-    src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
+    src = write_jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
     summary, good, _ = run_recipe(name, llama_server, tmp_path, f"input={src}", "recipe.user_styles=[concise]",
                                   "sampling.max_tokens=32")
     assert summary.records == 1
@@ -243,13 +242,15 @@ def test_dialogues(llama_server, tmp_path, name, turns):
 def test_nemotron_cc(llama_server, tmp_path):
     doc = {"id": "d1", "text": "Owls hunt at night. Their large eyes gather light.\n\nTheir soft feathers make "
                                "their flight almost silent, so mice do not hear them coming."}
-    src = _jsonl(tmp_path / "d.jsonl", [doc])
+    src = write_jsonl(tmp_path / "d.jsonl", [doc])
     summary, good, bad = run_recipe("nemotron_cc", llama_server, tmp_path, f"input={src}",
                                     "recipe.rewrites=[diverse_qa,knowledge_list]",  # the two parsed from the answer
                                     "recipe.max_num_pairs=2")
-    assert summary.records + summary.failed + _removed(summary) == 2
-    if not _removed(summary):
-        assert {r["rewrite"] for r in good} | {b["record"]["rewrite"] for b in bad} == {"diverse_qa", "knowledge_list"}
+    # each rewrite: one record, or one error record naming it (the recipe has no dedup stage)
+    assert summary.records + summary.failed == 2 and not _removed(summary)
+    assert sorted([r["rewrite"] for r in good] + [b["record"]["rewrite"] for b in bad]) == ["diverse_qa", "knowledge_list"]
+    for b in bad:  # an answer the rewrite's parser cannot read: what a small model's answer may be
+        assert b["_error"]["class"] == "ParseError" and f"rewrite {b['record']['rewrite']!r}" in b["_error"]["message"]
     for r in good:
         assert r["id"] == "d1" and r["source_text"] == doc["text"] and r["text"].strip()
         if r["rewrite"] == "diverse_qa":
@@ -260,18 +261,28 @@ def test_nemotron_cc(llama_server, tmp_path):
 
 @pytest.mark.llm
 def test_preference_judge(llama_server, tmp_path):
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
-    summary, good, bad = run_recipe("preference", llama_server, tmp_path, f"input={src}")
-    assert summary.failed == 0 and summary.records + summary.stats["filtered"] == 1
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Give one tip for sleeping well."}])
+    # the judged responses without the pairing (a tie would drop the record); the whole recipe then
+    # gets the same answers from the cache, so its outcome is known from them
+    _, (judged,), _ = run_recipe("preference", llama_server, tmp_path, f"input={src}", "~recipe.stages.pairs",
+                                 out="judged")
+    assert len(judged["responses"]) == len(judged["scores"]) == 2
+    for s in judged["scores"]:  # the judge's shape: the rubric's one criterion and its aggregate
+        assert set(s) == {"helpfulness", "aggregate"} and s["helpfulness"] == s["aggregate"]
+        assert float(s["helpfulness"]).is_integer() and 1 <= s["helpfulness"] <= 5
+    summary, good, _ = run_recipe("preference", llama_server, tmp_path, f"input={src}")
+    assert summary.failed == 0
     assert summary.stats["structured_by_schema"]["judgement"]["asked"] == 2, "both responses judged as structured output"
     _, stages = _stages(["recipe=preference"])
     assert type(stages[2]).__name__ == "JudgeStage"
-    for r in good:
-        assert len(r["responses"]) == 2 and r["chosen_score"] > r["rejected_score"]
-        for s in r["scores"]:  # the judge's shape: the rubric's one criterion and its aggregate
-            assert set(s) == {"helpfulness", "aggregate"} and s["helpfulness"] == s["aggregate"]
-            assert float(s["helpfulness"]).is_integer() and 1 <= s["helpfulness"] <= 5
-        assert {r["chosen"], r["rejected"]} <= set(r["responses"])
+    (low, low_score), (high, high_score) = sorted(zip(judged["responses"], (s["helpfulness"] for s in judged["scores"])),
+                                                  key=lambda pair: pair[1])
+    if low_score == high_score:  # a tie gives no preference: the prompt is dropped
+        assert (summary.records, summary.stats["filtered"]) == (0, 1)
+    else:
+        assert (summary.records, summary.stats["filtered"]) == (1, 0)
+        assert (good[0]["chosen"], good[0]["rejected"]) == (high, low)
+        assert (good[0]["chosen_score"], good[0]["rejected_score"]) == (high_score, low_score)
 
 
 # --- stubs: exact answers --------------------------------------------------------------------
@@ -293,7 +304,7 @@ def stub_recipe(name: str, server, tmp_path: Path, *overrides: str):
             "model.name=stub-model", "progress=false", *overrides]
     out = tmp_path / "out"
     summary = recipe.run(recipe.compose(overrides=over), output_dir=str(out))
-    good, bad = _read_parts(out)
+    good, bad = parts(out)
     assert summary.records == len(good) and summary.failed == len(bad) == 0, bad[:1]
     _, stages = _stages(over)
     _check_lineage(good, _roots(stages))
@@ -489,7 +500,7 @@ def test_stub_preference_by_judge(stub_server, tmp_path):
 
 def test_stub_judged_qa(stub_server, tmp_path):
     server = stub_server(pick="first")  # scores at the scale's minimum, unless the prompt says <<last>>
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": "Why is the sky blue? <<last>>"}, {"prompt": "Name a fruit. <<last>>"},
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Why is the sky blue? <<last>>"}, {"prompt": "Name a fruit. <<last>>"},
                                         {"prompt": "Say something."}])
     summary, good, asked = stub_recipe("judged_qa", server, tmp_path, f"input={src}")
     assert summary.records == 2 and summary.stats["filtered"] == 1 and asked == 3 + 3
@@ -502,7 +513,7 @@ def test_stub_judged_qa(stub_server, tmp_path):
 def test_preference_with_reward_model(stub_server, tmp_path):
     generator, reward = stub_server(), stub_server(reward=True)
     prompts = [{"prompt": "Tell me about tides."}, {"prompt": "Why is the sea salty?"}, {"prompt": "Hi"}]
-    src = _jsonl(tmp_path / "p.jsonl", prompts)
+    src = write_jsonl(tmp_path / "p.jsonl", prompts)
     cfg = recipe.compose(overrides=[
         "recipe=preference", f"input={src}", "backend=openai", f"backend.api_base={generator.base_url}",
         "backend.api_key=stub", "model.name=stub-model", "progress=false", "recipe.n_responses=3",
@@ -510,7 +521,7 @@ def test_preference_with_reward_model(stub_server, tmp_path):
         "recipe.stages.score.backend.provider=nvidia_nim", f"recipe.stages.score.backend.api_base={reward.base_url}",
         "recipe.stages.score.backend.api_key=nvapi-stub"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    good, bad = _read_parts(tmp_path / "out")
+    good, bad = parts(tmp_path / "out")
     assert not bad and summary.failed == 0
     # the reward model's answers as they went over the wire: "helpfulness:x,correctness:y,..."
     said = {m: {k: float(v) for k, v in (kv.split(":") for kv in c.split(","))} for m, c in _answers(reward).items()}
@@ -529,7 +540,7 @@ def test_preference_with_reward_model(stub_server, tmp_path):
 def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
     server = stub_server()  # answers "echo: <prompt>", then "... #1" for n=2; a schema gets valid JSON
     prompts = [{"prompt": "Tell me about tides."}, {"prompt": "Why is the sea salty?"}, {"prompt": "tie: Hi"}]
-    src = _jsonl(tmp_path / "p.jsonl", prompts)
+    src = write_jsonl(tmp_path / "p.jsonl", prompts)
     # the judge sees the response itself (its length decides the stub's score), or for "tie:"
     # prompts the prompt alone: every response then scores the same and the prompt is dropped
     judge = '{% if prompt.startswith("tie:") %}{{ prompt }}{% else %}{{ response }}{% endif %}'
@@ -537,7 +548,7 @@ def test_preference_judge_exact_pairs_on_the_stub(stub_server, tmp_path):
         "recipe=preference", f"input={src}", "backend=openai", f"backend.api_base={server.base_url}",
         "backend.api_key=stub", "model.name=stub-model", "progress=false", f"recipe.templates.judge='{judge}'"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    good, bad = _read_parts(tmp_path / "out")
+    good, bad = parts(tmp_path / "out")
     assert not bad and summary.failed == 0 and summary.stats["filtered"] == 1  # the tie
     said = {message: float(json.loads(content)["helpfulness"]) for message, content in _answers(server).items()}
     expected = []
@@ -562,7 +573,7 @@ def test_conversion_failure_policy(stub_server, tmp_path, ignore):
         f"recipe.ignore_conversion_failure={str(ignore).lower()}"])
     if ignore:
         summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-        good, bad = _read_parts(tmp_path / "out")
+        good, bad = parts(tmp_path / "out")
         assert summary.records == 0 and summary.failed == 1
         assert bad[0]["_error"]["stage"] == "macro_topics_list" and bad[0]["_error"]["class"] == "ParseError"
     else:
@@ -579,7 +590,7 @@ def test_open_qa_combines_and_appends_topics(stub_server, tmp_path):
         "recipe.additional_subtopics=[Knots]", "recipe.list_mode=direct",
         "~recipe.stages.dedup_questions"])  # the stub's questions repeat across topics (dedup: test_dedup.py)
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    good, bad = _read_parts(tmp_path / "out")
+    good, bad = parts(tmp_path / "out")
     assert not bad
     # 3 macro topics (2 trimmed + Cooking), each with itself + 2 subtopics = 9 topics, + Knots = 10;
     # 1 question per topic, 2 revisions per question.

@@ -19,6 +19,8 @@ from omegaconf import OmegaConf, open_dict
 import recipe
 from recipe.errors import ConfigError
 
+from conftest import outputs
+
 STUB = ["recipe=generate", "backend=openai", "model.name=m", "progress=false"]
 # One unknown key, one bad value, and a bad parameter in each of two stages.
 BAD = ["+bogus_key=1", "backend.timeout=-1", "+recipe.stages.read.bogus_param=1",
@@ -170,8 +172,7 @@ def test_the_steps_in_order_make_the_run(tmp_path, stub_server):
         attempt.outcome = "completed"
         stats = run_accounting.account(plan, attempt)
     assert (stats["records"], stats["failed"], stats["requests"]) == (3, 0, 3)
-    rows = [json.loads(line) for part in sorted((tmp_path / "out").glob("part-*.jsonl"))
-            for line in part.read_text().splitlines()]
+    rows = outputs(tmp_path / "out")
     assert sorted(r["response"] for r in rows) == ["echo: a", "echo: b", "echo: c"]
     assert server.stats()["requests"] == 3
 

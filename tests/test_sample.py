@@ -68,6 +68,7 @@ def big_run(tmp_path, stub_server):
     return outputs(tmp_path / "out"), server
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_weights_hold_in_a_chi_square_test_over_20000_records(big_run):
     from scipy import stats
 
@@ -90,6 +91,7 @@ def test_weights_hold_in_a_chi_square_test_over_20000_records(big_run):
     assert stats.kstest([r["price"] for r in records], truncated.cdf).pvalue > 0.001
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_subcategories_conditions_and_constraints_hold_on_every_record(big_run):
     records, _ = big_run
     for r in records:
@@ -148,6 +150,7 @@ def test_a_kill_9_and_a_rerun_give_the_records_of_an_uninterrupted_run(tmp_path,
     assert killed == whole
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_columns_added_to_incoming_records_do_not_depend_on_partitioning(tmp_path, stub_server):
     server = stub_server()
     write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(500)])
@@ -164,6 +167,7 @@ def test_columns_added_to_incoming_records_do_not_depend_on_partitioning(tmp_pat
     assert part_bytes(tmp_path / "a") == part_bytes(tmp_path / "b")
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_an_expression_failing_on_one_record_makes_that_record_an_error(tmp_path, stub_server):
     server = stub_server()
     columns = {"k": {"sampler": "binomial", "n": 3, "p": 0.5}, "inverse": {"expression": "1 / k"},
@@ -181,6 +185,7 @@ def test_an_expression_failing_on_one_record_makes_that_record_an_error(tmp_path
     assert part_bytes(tmp_path / "small") == part_bytes(tmp_path / "out")
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_constraint_that_rejects_almost_everything_stops_with_one_line(tmp_path, stub_server):
     server = stub_server()
     columns = {"x": {"sampler": "uniform", "low": 0, "high": 1}}
@@ -215,16 +220,18 @@ BAD = [
 
 
 @pytest.mark.parametrize("columns, expected", BAD, ids=[b[1].split(": ", 1)[1][:40] for b in BAD])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_each_bad_column_is_one_error_line_naming_it_before_any_request(tmp_path, stub_server, columns, expected):
     server = stub_server()
     conf = write_recipe(tmp_path, sample_recipe(columns, n=10))
     result = run(tmp_path, server, conf, check_exit=2)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert f"recipe.stages.io.sample.{expected}" in lines[0], lines[0]
+    assert f"recipe.stages.sample.{expected}" in lines[0], lines[0]
     assert server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
     from scipy import stats
 
@@ -263,7 +270,7 @@ def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
 
 @pytest.mark.parametrize("stages, expected", [
     ({"sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
-      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.io.sample: a sample stage first in a recipe needs n"),
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage first in a recipe needs n"),
     ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
       "sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"expression": "missing_field + 1"}}},
       "write": {"_target_": "recipe.stages.WriteStage"}}, "stage 'sample' reads 'missing_field'"),
@@ -273,8 +280,9 @@ def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
       "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample.columns.d: replace: false takes each row once"),
     ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
       "sample": {"_target_": "recipe.stages.SampleStage", "n": 5, "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
-      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.io.sample: a sample stage with n is a recipe's source"),
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample: a sample stage with n is a recipe's source"),
 ])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_server, stages, expected):
     server = stub_server()
     write_jsonl(tmp_path / "in.jsonl", [{"x": 1}])
@@ -284,6 +292,7 @@ def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_serv
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_target_records_takes_the_first_records_of_the_whole_run(tmp_path, stub_server):
     server = stub_server()
     columns = {"category": CATEGORY, "price": COLUMNS["price"], "who": {"sampler": "person"}}
@@ -303,3 +312,16 @@ def test_a_sampler_only_recipe_on_the_default_backend_starts_no_model_server(tmp
                  "progress=false", "backend.model_path=/nonexistent/model.gguf", check_exit=0)
     assert "30 records, 0 failed" in result.stdout, result.stderr[-2000:]
     assert sorted({r["rating"] for r in outputs(tmp_path / "out")}) == [1, 2, 3, 4, 5]
+
+
+def test_the_dataset_sampler_reads_a_file_and_names_a_field_it_lacks(tmp_path):
+    """The fast tier's look at the ``dataset`` sampler (the whole run is the slow test above)."""
+    from recipe.stages.samplers import datasets
+
+    path = str(write_jsonl(tmp_path / "products.jsonl", [{"sku": f"s{i}", "price": i} for i in range(5)] + ["7"]))
+    assert datasets.rows(path) == tuple([{"sku": f"s{i}", "price": i} for i in range(5)] + [{"value": 7}])
+    assert datasets.check({"path": path, "field": "sku"}) == []
+    assert datasets.check({"path": path, "field": "colour"}) == [
+        f"field='colour' is not a field of {path} (its fields: sku, price)"]
+    (missing,) = datasets.check({"path": str(tmp_path / "empty.jsonl")})  # no such file: one problem naming it
+    assert "empty.jsonl" in missing

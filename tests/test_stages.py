@@ -16,12 +16,7 @@ from recipe.clients.factory import ClientSpec
 from recipe.stages import ExplodeStage, FilterStage, GenerateStage, ParseListStage, ReadStage, WriteStage
 from recipe.stages.records import ID, PARENT
 
-
-def read_jsonl(directory: Path) -> list[dict]:
-    rows = []
-    for part in sorted(directory.glob("part-*.jsonl")):
-        rows += [json.loads(line) for line in part.read_text().splitlines()]
-    return rows
+from conftest import error_rows, outputs
 
 
 def stub_spec(server, **changes) -> ClientSpec:
@@ -83,9 +78,8 @@ def test_faults_every_record_accounted_once_and_retries_succeed(stub_server, tmp
                           "backend.api_key=test-key", "model.name=stub-model", "backend.num_retries=8",
                           "cache.enabled=false", "progress=false", "dask.partition_size=40"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    rows = read_jsonl(tmp_path / "out")
-    errors = [json.loads(l) for p in (tmp_path / "out" / "errors").glob("*.jsonl") for l in p.read_text().splitlines()] \
-        if (tmp_path / "out" / "errors").exists() else []
+    rows = outputs(tmp_path / "out")
+    errors = error_rows(tmp_path / "out")
     prompts = [r["prompt"] for r in rows] + [e["record"]["prompt"] for e in errors]
     assert sorted(prompts) == sorted(r["prompt"] for r in records), "each record exactly once, in output or errors"
     assert len(rows) / len(records) > 0.99
@@ -106,7 +100,7 @@ def test_failing_requests_become_error_records_and_the_run_goes_on(stub_server, 
                           "backend.api_key=k", "model.name=m", "backend.num_retries=0", "cache.enabled=false",
                           "progress=false"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    errors = [json.loads(l) for p in (tmp_path / "out" / "errors").glob("*.jsonl") for l in p.read_text().splitlines()]
+    errors = error_rows(tmp_path / "out")
     assert summary.records == 10 and summary.failed == 10 == len(errors)
     assert {e["_error"]["class"] for e in errors} == {"ServerError"}
     assert all(e["_error"]["stage"] == "generate" and e["record"]["prompt"].startswith("p") for e in errors)
@@ -335,7 +329,7 @@ def test_dialogue_recipes_on_the_stub(stub_server, tmp_path, name, turns):
     cfg = recipe.compose([f"recipe={name}", "backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k",
                           "model.name=m", "cache.enabled=false", "progress=false"])
     summary = recipe.run(cfg, output_dir=str(tmp_path / "out"))
-    rows = read_jsonl(tmp_path / "out")
+    rows = outputs(tmp_path / "out")
     openlines = [json.loads(line)["openline"] for line in
                  Path(recipe.config.paths.sample_path("openlines.jsonl")).read_text().splitlines()]
     assert summary.records == len(rows) == 3 * len(openlines) and summary.failed == 0

@@ -132,6 +132,7 @@ def _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, *extra: str, n: int = 6
     return before, after
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_s3_run_killed_and_rerun_on_a_local_cluster(stub_server, s3_bucket, tmp_path):
     server = stub_server(latency=0.3)
     _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, "dask.n_workers=2")

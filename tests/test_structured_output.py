@@ -10,12 +10,8 @@ exact fraction of those answers invalid, and the stub logs which ones it broke.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -24,13 +20,15 @@ from pydantic import BaseModel
 import recipe
 from recipe.errors import ConfigError, SchemaError
 from recipe.clients import structured_output
+from recipe.config.list_schema import list_schema
 from recipe.cache.sqlite import RequestCache
 from recipe.clients.formatters import ChatTemplateFormatter, NemotronFormatter
 from recipe.clients.litellm_client import AsyncLiteLLMClient, LiteLLMClient
 from recipe.clients.event_loop import run_sync
 from recipe.testing.stub_server import StubServer
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from conftest import SRC, cli, parts, write_jsonl
+
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
@@ -104,7 +102,7 @@ def test_openai_strict_only_for_closed_schemas(stub):
     closed = {**SCHEMA, "additionalProperties": False}
     bounded = {**closed, "properties": {"answer": {"type": "string", "maxLength": 9}}}  # outside strict's subset
     for schema, strict in ((SCHEMA, False), (closed, True), (bounded, False),
-                           (structured_output.list_schema(2), True)):
+                           (list_schema(2), True)):
         stub.reset()
         _client(stub, "openai").query_model(messages=MESSAGES, model="m", response_format=schema)
         assert stub.stats()["bodies"][0]["response_format"]["json_schema"]["strict"] is strict
@@ -176,17 +174,6 @@ def test_load_schema_refuses_bad_values():
 
 # ---- stages on the stub ----------------------------------------------------------------------------
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def _parts(out: Path) -> tuple[list[dict], list[dict]]:
-    good = [json.loads(l) for f in sorted(glob.glob(str(out / "part-*.jsonl"))) for l in open(f)]
-    bad = [json.loads(l) for f in sorted(glob.glob(str(out / "errors" / "part-*.jsonl"))) for l in open(f)]
-    return good, bad
-
-
 def _hydra(value) -> str:
     """A value in Hydra's override grammar (what a user types: ``{type:object,required:[a]}``)."""
     if isinstance(value, dict):
@@ -201,7 +188,7 @@ def _stub_run(server, tmp_path, *overrides):
                                     "model.name=stub-model", "progress=false", *overrides])
     out = tmp_path / "out"
     summary = recipe.run(cfg, output_dir=str(out))
-    return summary, *_parts(out), json.loads((out / "stats.json").read_text())
+    return summary, *parts(out), json.loads((out / "stats.json").read_text())
 
 
 NESTED = {"type": "object", "required": ["title", "tags", "level", "meta"],
@@ -216,18 +203,18 @@ NESTED = {"type": "object", "required": ["title", "tags", "level", "meta"],
 def test_generate_schema_gives_validated_values_and_lists_for_n(stub_server, tmp_path):
     server = stub_server()
     prompts = ["Tell me about tides.", "Why is the sea salty?"]
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in prompts])
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in prompts])
     summary, good, bad, stats = _stub_run(server, tmp_path, "recipe=generate", f"input={src}",
                                           f"+recipe.stages.generate.schema={_hydra(NESTED)}",
                                           "+recipe.stages.generate.n=2")
     assert not bad and summary.records == 2
+    answers = server.stats()["answers"]  # (prompt, JSON text) as the stub sent them: the expected values
+    assert sorted(prompt for prompt, _ in answers) == sorted(prompts * 2)
     for r in good:
-        p = r["prompt"]
         assert len(r["response"]) == 2
         for value in r["response"]:
             jsonschema.validate(value, NESTED)
-            assert value["title"] == f"title about {p[:30]}" and value["tags"] == [f"tags {i} about {p[:30]}"[:30] for i in (1, 2)]  # maxLength 30
-            assert value["level"] == ["easy", "medium", "hard"][len(p) % 3] and value["meta"]["score"] == 1 + len(p) % 5
+        assert r["response"] == [json.loads(content) for prompt, content in answers if prompt == r["prompt"]]
     assert stats["schema_retries"] == 0 and stats["schema_failures"] == 0
 
 
@@ -235,7 +222,7 @@ def test_generate_schema_gives_validated_values_and_lists_for_n(stub_server, tmp
 def test_a_stub_breaking_30_percent_retries_and_writes_nothing_invalid(stub_server, tmp_path, retries):
     server = stub_server(schema_break=0.3)
     prompts = [f"Question number {i:02d}?" for i in range(40)]
-    src = _jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in prompts])
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in prompts])
     summary, good, bad, stats = _stub_run(server, tmp_path, "recipe=generate", f"input={src}",
                                           f"+recipe.stages.generate.schema={_hydra(NESTED)}",
                                           f"+recipe.stages.generate.schema_retries={retries}")
@@ -309,15 +296,19 @@ def test_filter_verdicts_and_judge_scores_are_structured(stub_server):
     topics = [{"topic": t} for t in ("Algebra", "Cooking", "Fractions", "Knots", "Geometry")]
     question = "Is {{ topic }} a mathematics topic?"
     kept = _through(FilterStage(name="is_math", client=_spec(server), prompt=question, verdict_field="is_math"), topics)
-    expected = [t for t in topics if len(render(question, t)) % 2 == 0]  # the stub's enum rule: yes at even length
+    said = {prompt: json.loads(content)["answer"] for prompt, content in server.stats()["answers"]}  # off the wire
+    assert set(said.values()) == {"yes", "no"}  # both verdicts given: the filter keeps some, drops others
+    expected = [t for t in topics if said[render(question, t)] == "yes"]
     assert [r["topic"] for r in kept] == [t["topic"] for t in expected] and all(r["is_math"] == "yes" for r in kept)
     assert all(b["response_format"]["json_schema"]["schema"]["properties"]["answer"]["enum"] == ["yes", "no"]
                for b in server.stats()["bodies"])
 
     rows = [{"prompt": "Why is the sky blue?", "response": r} for r in ("Light scatters.", "No idea", "Rayleigh.")]
     scored = _through(RewardStage(name="score", client=_spec(server), mode="judge"), rows)
+    said = {prompt: json.loads(content) for prompt, content in server.stats()["answers"]}  # verdicts and scores
+    assert len({said[render(JUDGE_PROMPT, r)]["score"] for r in rows}) > 1  # the scores differ: each is the record's own
     for r in scored:
-        assert r["scores"] == {"helpfulness": float(len(render(JUDGE_PROMPT, r)) % 5)}
+        assert r["scores"] == {"helpfulness": float(said[render(JUDGE_PROMPT, r)]["score"])}
     score = server.stats()["bodies"][-1]["response_format"]["json_schema"]["schema"]["properties"]["score"]
     assert score == {"type": "integer", "minimum": 0, "maximum": 4}
 
@@ -343,28 +334,27 @@ def test_parse_list_structured_converts_text_where_supported_and_reads_it_elsewh
 
 def test_cli_inline_schema_and_user_pydantic_model(stub_server, tmp_path):
     server = stub_server()
-    src = _jsonl(tmp_path / "q.jsonl", [{"prompt": "What is a tide?"}])
+    src = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "What is a tide?"}])
     pkg = tmp_path / "userpkg"
     (pkg / "my_models").mkdir(parents=True)
     (pkg / "my_models" / "__init__.py").write_text("")
     (pkg / "my_models" / "qa.py").write_text(
         "from pydantic import BaseModel\n\nclass Question(BaseModel):\n    question: str\n    difficulty: int\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(pkg)])}
-    common = [sys.executable, "-m", "recipe", "recipe=generate", f"input={src}", "backend=openai",
+    env = {"PYTHONPATH": os.pathsep.join([SRC, str(pkg)])}
+    common = ["recipe=generate", f"input={src}", "backend=openai",
               f"backend.api_base={server.base_url}", "backend.api_key=stub", "model.name=stub-model", "progress=false"]
-    for name, schema, expected in (
-            ("inline", "{type:object,properties:{answer:{type:string}},required:[answer]}",
-             {"answer": "answer about What is a tide?"}),
-            ("model", "my_models.qa.Question", {"question": "question about What is a tide?", "difficulty": len("What is a tide?") % 10})):
+    for name, schema, fields in (
+            ("inline", "{type:object,properties:{answer:{type:string}},required:[answer]}", {"answer": str}),
+            ("model", "my_models.qa.Question", {"question": str, "difficulty": int})):
         out = tmp_path / name
-        done = subprocess.run([*common, f"output_dir={out}", f"+recipe.stages.generate.schema={schema}"],
-                              env=env, capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, done.stderr[-2000:]
-        good, bad = _parts(out)
-        assert not bad and [r["response"] for r in good] == [expected]
-    done = subprocess.run([*common, f"output_dir={tmp_path / 'bad'}", "+recipe.stages.generate.schema=my_models.qa.Nope"],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 2 and "error:" in done.stderr and "my_models.qa.Nope" in done.stderr
+        cli(tmp_path, *common, f"output_dir={out}", f"+recipe.stages.generate.schema={schema}", env=env, check_exit=0)
+        (prompt, content), = server.stats()["answers"][-1:]  # what the stub answered this run, off the wire
+        good, bad = parts(out)
+        assert not bad and prompt == "What is a tide?" and [r["response"] for r in good] == [json.loads(content)]
+        assert {key: type(value) for key, value in good[0]["response"].items()} == fields  # the schema's shape
+    done = cli(tmp_path, *common, f"output_dir={tmp_path / 'bad'}", "+recipe.stages.generate.schema=my_models.qa.Nope",
+               env=env, check_exit=2)
+    assert "error:" in done.stderr and "my_models.qa.Nope" in done.stderr
     assert "Traceback" not in done.stderr
 
 

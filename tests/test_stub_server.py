@@ -236,6 +236,7 @@ def _schema_answer(s: StubServer, text: str) -> dict:
     return json.loads(r.choices[0].message.content)
 
 
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_schema_answers_pick_first_or_last_and_a_marker_decides_per_conversation():
     with StubServer(pick="first", echo_chars=8) as s:
         assert _schema_answer(s, "Is this maths?") == {"answer": "yes", "score": 1, "topic": "topic about Is this"}
@@ -275,6 +276,7 @@ def test_a_child_that_exits_while_starting_names_itself_and_its_last_line():
 
 
 @pytest.mark.parametrize("why", ["timeout", "interrupt"])
+@pytest.mark.slow  # seconds each (bench/RESULTS.md: the fast tier)
 def test_a_start_that_times_out_or_is_interrupted_leaves_no_child(why):
     import sys
 

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import cli, error_rows, outputs, stub_overrides, write_jsonl, write_prompts
 
+# Each test runs python -m recipe against the stub, some several times: seconds to a minute each.
+pytestmark = pytest.mark.slow
+
 PATHS = {"lean": [], "litellm": ["backend.provider=custom_openai"]}
 STREAM = "+recipe.stages.generate.sampling={stream:true}"
 

@@ -254,7 +254,7 @@ class TruncatedError(LLMError):
 FORMER_NAMES = {"TimeoutError": "RequestTimeoutError", "ConnectionError": "EndpointConnectionError"}
 
 
-def error_class(name: str) -> type | None:
+def error_class(name: str) -> type[RecipeError] | None:
     """The package's error class called ``name`` (or formerly so), if there is one."""
     cls = globals().get(FORMER_NAMES.get(name, name))
     return cls if isinstance(cls, type) and issubclass(cls, RecipeError) else None

@@ -45,6 +45,9 @@ class RedisCache(OffLoop):
     _thread_prefix = "recipe-redis"
 
     def __init__(self, url: str):
+        self._setup(url)
+
+    def _setup(self, url: str) -> None:
         check_url(url)
         self.url = url
         self.corrupt = 0
@@ -98,4 +101,4 @@ class RedisCache(OffLoop):
         return {"url": self.url}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["url"])
+        self._setup(state["url"])

@@ -78,6 +78,12 @@ class OffLoop:
             self._executor_pid = os.getpid()
         return self._executor
 
+    def get(self, parts: Any) -> Any | None:  # the store's blocking read
+        raise NotImplementedError
+
+    def put(self, parts: Any, value: Any) -> None:  # the store's blocking write
+        raise NotImplementedError
+
     async def aget(self, parts: Any) -> Any | None:
         return await asyncio.get_running_loop().run_in_executor(self._pool(), self.get, parts)
 
@@ -182,7 +188,7 @@ class RequestCache(OffLoop):
 
     def _evict(self, conn: sqlite3.Connection) -> None:
         """Least recently used entries out until the entries fit in 90% of ``max_bytes``."""
-        if self.size_bytes() <= self.max_bytes:
+        if self.max_bytes is None or self.size_bytes() <= self.max_bytes:
             return
         with self._evict_lock:
             target = 0.9 * self.max_bytes

@@ -62,12 +62,13 @@ def _job(cfg) -> int:
     import sqlite3
 
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from recipe.errors import RecipeError
     from recipe.engine.runner import run
 
     prefix = ""
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+    if HydraConfig.initialized() and HydraConfig.get().mode is RunMode.MULTIRUN:
         prefix = f"job #{HydraConfig.get().job.num}: "
     try:
         if cfg.get("preview"):  # preview=N: a few records and an estimate; no run folder (recipe.engine.preview)

@@ -123,16 +123,16 @@ def variants(overrides: list[str], multirun: bool) -> list[list[str]]:
     except HydraException as exc:
         raise config_error(one_line(exc)) from None
     choices: list[list[str]] = []  # per override, in order: the one line, or each swept value
-    for override in parsed:
+    for line, override in zip(overrides, parsed):  # one parsed override per line, in order
         if override.is_sweep_override() and not override.is_hydra_override():
             key = override.get_key_element()
             try:
                 values = [f"{key}={value}" for value in override.sweep_string_iterator()]
             except Exception as exc:  # an interval sweep, which only some sweepers support
-                raise config_error(f"{override.input_line}: {one_line(exc)}") from None
-            choices.append(values or [override.input_line])
+                raise config_error(f"{line}: {one_line(exc)}") from None
+            choices.append(values or [line])
         else:
-            choices.append([override.input_line])
+            choices.append([line])
     first = [options[0] for options in choices]
     variants = [first]
     for i, options in enumerate(choices):

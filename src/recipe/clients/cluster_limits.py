@@ -158,7 +158,8 @@ class ClusterLimiter(GatedLimiter):
                     log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
                 self.gate.resize(self.config["max_concurrency"])
                 self._disabled = True
-            self._ready_event.set()
+            if self._ready_event is not None:  # made by _ready() before it starts this task
+                self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
 
     def close(self) -> None:

@@ -78,6 +78,7 @@ class LeanRoute:
         self.route, self.model, self.text = route, model, text
         self._litellm = litellm
         provider = LlmProviders(route)
+        self.config: Any  # a text-completion or a chat config: litellm types them apart, we call either
         if text:
             self.config = ProviderConfigManager.get_provider_text_completion_config(model=model, provider=provider)
         else:
@@ -86,7 +87,7 @@ class LeanRoute:
             raise ValueError(f"litellm has no provider configuration for {route}/{model}")
         self._supported = frozenset(self.config.get_supported_openai_params(model=model))
         self._resolved: dict[tuple, tuple] = {}  # per (api_base, api_key): replicas differ in the first
-        self._client_timeout = None
+        self._client_timeout: Any = None  # an aiohttp.ClientTimeout, made on first use
 
     def _resolve(self, api_base: str | None, api_key: str | None) -> tuple:
         """URL, headers and proxy, from litellm's provider resolution and configuration (once)."""

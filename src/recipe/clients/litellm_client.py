@@ -331,7 +331,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             try:
                 hit = await cache.aget(key)
             except Exception as exc:  # noqa: BLE001 - any failure of the store, never the record's
-                hit = self._cache_failed(exc)
+                self._cache_failed(exc)
+                hit = None
             if hit is not None:
                 self.stats.count("cache_hits")
                 return hit
@@ -441,12 +442,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         if not isinstance(choices, list):
             raise errors.MalformedResponseError(f"{self.provider}: the response's choices are not a list")
         ordered = sorted(choices, key=lambda c: reply.field(c, "index") or 0)
-        texts = [reply.field(c, "text") if text else reply.content_text(reply.field(reply.field(c, "message"), "content"))
-                 for c in ordered]
-        texts = [reply.repaired(t, self.provider) if isinstance(t, str) else t for t in texts]
-        self._record_usage(reply.field(response, "usage"), model, estimate, texts)
+        said = [reply.field(c, "text") if text else reply.content_text(reply.field(reply.field(c, "message"), "content"))
+                for c in ordered]
+        said = [reply.repaired(t, self.provider) if isinstance(t, str) else t for t in said]
+        self._record_usage(reply.field(response, "usage"), model, estimate, said)
         return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"))
-                for t, c in zip(texts, ordered)]
+                for t, c in zip(said, ordered)]
 
     def _accept(self, content: Any, finish_reason: Any, refusal: Any = None) -> str:
         """The answer's text, or the error a refused, filtered, empty or truncated answer is."""
@@ -522,7 +523,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p)
         text = conversation_formatter is not None
         route = self._route(text)
-        if text:
+        if conversation_formatter is not None:
             body: Any = conversation_formatter.format_conversation(messages)
             payload_key = "prompt"
         else:

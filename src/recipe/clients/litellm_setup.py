@@ -38,7 +38,8 @@ def get_litellm() -> ModuleType:
             # pydantic >= 2.12 warns about litellm's ReadOnly TypedDict items, at import and when
             # litellm builds its types lazily: noise on stderr that says nothing about the run.
             warnings.filterwarnings("ignore", message=".*ReadOnly.* qualifier", category=UserWarning)
-            litellm = _import_without_collections()
+            _import_without_collections()
+            import litellm  # the module just imported, now from sys.modules: typed, so its settings are checked
 
             litellm.suppress_debug_info = True
             litellm.telemetry = False

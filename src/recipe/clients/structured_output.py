@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, overload
 
 from recipe.errors import ConfigError, SchemaError
 
@@ -38,6 +38,14 @@ def _is_model(obj: Any) -> bool:
     except ImportError:  # pragma: no cover - pydantic comes with litellm
         return False
     return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+@overload
+def as_schema(response_format: None) -> None: ...
+@overload
+def as_schema(response_format: Mapping | type | Schema) -> Schema: ...
+@overload
+def as_schema(response_format: Any) -> Schema | None: ...
 
 
 def as_schema(response_format: Any) -> Schema | None:
@@ -93,7 +101,8 @@ def load_schema(value: Any, where: str = "schema") -> Schema | None:
         schema = as_schema(value)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    check_schema(schema, where)
+    if schema is not None:
+        check_schema(schema, where)
     return schema
 
 

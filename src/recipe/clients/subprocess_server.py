@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
 from recipe.errors import LocalServerError
 
@@ -64,7 +64,7 @@ class ServerProcess:
         self.cwd = cwd
         self.error = error
         self._process: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:

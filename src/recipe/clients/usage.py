@@ -140,7 +140,7 @@ class UsageStats:
         snapshot = self.as_dict()
         with self._lock:
             for f in fields(self):
-                setattr(self, f.name, f.default_factory() if f.default is MISSING else f.default)
+                setattr(self, f.name, f.default if f.default_factory is MISSING else f.default_factory())
         return snapshot
 
 

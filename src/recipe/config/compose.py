@@ -170,15 +170,16 @@ def one_line(exc: BaseException) -> str:
     parts: list[str] = []
     seen: set[int] = set()
     first = exc
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc).split("Config search path:")[0]
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause).split("Config search path:")[0]
         lines = [line.strip() for line in text.splitlines()]
         lines = [line for line in lines if line and not line.startswith(_NOISE)]
         message = " ".join(lines)
         if message and not any(message in p for p in parts):
             parts.append(message)
-        exc = exc.__cause__
+        cause = cause.__cause__
     message = ": ".join(parts) or "invalid config"
     override = getattr(first, "override", None)  # OverrideParseException: name what failed to parse
     if isinstance(override, str) and override not in message:
@@ -201,13 +202,16 @@ def yaml_error_line(exc: "yaml.YAMLError") -> str:
 def resolved_container(cfg: Any) -> dict:
     """A plain dict with every interpolation resolved (secrets included: never write it out)."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # an unset environment variable, most often
         message = one_line(exc)
         if "Environment variable" in message and "not found" in message:
             name = message.split("'")[1] if "'" in message else message
             raise ConfigError(f"environment variable {name} is not set: export it with your API key") from None
         raise ConfigError(message) from None
+    if not isinstance(container, dict):
+        raise ConfigError(f"the config must be a mapping, not a {type(container).__name__}")
+    return container
 
 
 def env_flag(name: str) -> bool:

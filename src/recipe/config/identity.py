@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,7 +43,8 @@ def _as_config(cfg: Any) -> Any:
     """A copy without secrets, ``hydra`` or ``output_dir``: a writable DictConfig (structured nodes
     refuse deletions, interpolations left unresolved), or a plain dict for a resolved config."""
     resolved = not OmegaConf.is_config(cfg)
-    plain = copy.deepcopy(dict(cfg)) if resolved else OmegaConf.to_container(cfg, resolve=False)
+    # a run's config is a mapping: to_container gives a dict for it
+    plain = copy.deepcopy(dict(cfg)) if resolved else cast(dict, OmegaConf.to_container(cfg, resolve=False))
     for section in ("hydra", "output_dir"):  # never part of a run's identity (hydra.run.dir points here)
         plain.pop(section, None)
     if resolved:  # already resolved (the runner's plan): secrets out, nothing else to do

@@ -11,7 +11,7 @@ def until_last(stages: list, input_plan: list | None):
 
     first, *rest = stages
     bag = first.read(input_plan) if isinstance(first, ReadStage) and input_plan is not None else first(None)
-    *middle, last = rest if rest else [None]
+    middle, last = (rest[:-1], rest[-1]) if rest else ([], None)
     for stage in middle:
         bag = stage(bag)
     return bag, last

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 from recipe.errors import ConfigError
@@ -70,12 +72,21 @@ def round_stages(stages: list, number: int) -> list:
         elif isinstance(stage, LLMStage) and stage.client is not None:
             client = stage.client.with_overrides(
                 sampling=tuple(sorted(_shift_seed(dict(stage.client.sampling), number).items())))
-            sampling = _shift_seed(stage.sampling, number) if "seed" in (stage.sampling or {}) else stage.sampling
+            sampling = _shift_seed(stage.sampling, number) if stage.sampling and "seed" in stage.sampling else stage.sampling
             shifted = dataclasses.replace(stage, client=client, sampling=sampling)
-            if getattr(stage, "counts_progress", False):  # set on the instance by the runner
-                shifted.counts_progress = True
+            shifted.counts_progress = stage.counts_progress  # set on the instance by the plan
         out.append(shifted)
     return out
+
+
+def _write_table(table: Any, tmp: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, tmp)
+
+
+def _write_text(text: str, tmp: Path) -> None:
+    tmp.write_text(text, encoding="utf-8")
 
 
 class TargetRun:
@@ -249,10 +260,10 @@ class TargetRun:
 
                 with storage.open_file(path, "rb") as handle:
                     table = pq.read_table(handle).slice(0, keep)
-                atomic_write(path, lambda tmp, table=table: pq.write_table(table, tmp))
+                atomic_write(path, partial(_write_table, table))
             else:
                 lines = (storage.read_text(path) or "").splitlines(keepends=True)[:keep]
-                atomic_write(path, lambda tmp, lines=lines: tmp.write_text("".join(lines), encoding="utf-8"))
+                atomic_write(path, partial(_write_text, "".join(lines)))
         errors = next((f for f in manifest.get("files") or () if f.startswith(f"{ERRORS}/")), None)
         atomic_write_json(self._at(MANIFESTS, f"{part_name(index)}.json"),
                           {**manifest, "records": keep, "trimmed_from": manifest.get("records", 0),

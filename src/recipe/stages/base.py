@@ -145,6 +145,9 @@ class LLMStage(Stage):
     backend: dict | None = field(default_factory=dict)  # backend keys to change for this stage
     when: Annotated[str | None, AfterValidator(conditions.valid)] = None
     when_false: Literal["null", "drop"] = "null"  # a record its `when` skips: output fields null, or dropped
+    # Not a parameter (no annotation, so no dataclass field): the plan sets it on the run's last
+    # model stage, whose answers move the progress bar.
+    counts_progress = False
 
     @property
     def spec(self) -> ClientSpec:
@@ -153,6 +156,8 @@ class LLMStage(Stage):
                    if k in ClientSpec.__dataclass_fields__ and v is not None}  # null: keep the run's value
         if self.model:
             changes["model"] = self.model
+        if self.client is None:
+            raise errors.ConfigError(f"stage {self.name!r} needs a client spec (client=ClientSpec...)")
         return self.client.with_overrides(**changes) if changes else self.client
 
     def process_partition(self, records: list[dict]) -> list[dict]:
@@ -201,7 +206,7 @@ class LLMStage(Stage):
         """
         results: list[list[dict] | None] = [None] * len(records)
         # The runner marks the run's last model stage: its answers move the progress bar.
-        counter = progress.start() if getattr(self, "counts_progress", False) else None
+        counter = progress.start() if self.counts_progress else None
         # batch API: the whole partition is in flight at once, so that it becomes one batch
         window = asyncio.Semaphore(len(records) + 1 if getattr(llm, "batcher", None) is not None
                                    else max(16, 2 * self.spec.max_concurrency * self.spec.endpoints))
@@ -232,7 +237,10 @@ class LLMStage(Stage):
             progress.finish(counter)
         if failures:
             raise failures[0]
-        return [r for group in results for r in group]
+        done = [group for group in results if group is not None]
+        if len(done) != len(records):  # every record's task ran to an outcome, or one raised above
+            raise RuntimeError(f"stage {self.name!r}: {len(records) - len(done)} record(s) of the partition have no outcome")
+        return [r for group in done for r in group]
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         raise NotImplementedError

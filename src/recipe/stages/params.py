@@ -10,6 +10,7 @@ is refused in one report before any request.
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from dataclasses import fields
 from functools import lru_cache
 from typing import Any
@@ -40,7 +41,7 @@ def _adapters(cls: type) -> tuple[tuple[str, TypeAdapter], ...]:
     return tuple(out)
 
 
-def _say(name: str, value: Any, error: dict) -> str:
+def _say(name: str, value: Any, error: Mapping[str, Any]) -> str:
     """pydantic's error as a short sentence about the parameter."""
     ctx = error.get("ctx") or {}
     kind = error.get("type", "")
@@ -59,7 +60,8 @@ def check(stage: Any) -> None:
     """Type-check every parameter of ``stage`` (keeping pydantic's coercion: ``"3"`` -> 3), then
     its :meth:`rules`; raise one :class:`StageParamsError` with every problem found."""
     problems: list[tuple[str, str]] = []
-    for name, adapter in _adapters(type(stage)):
+    cls: type = type(stage)
+    for name, adapter in _adapters(cls):
         value = getattr(stage, name)
         try:
             setattr(stage, name, adapter.validate_python(value))

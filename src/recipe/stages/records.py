@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from recipe.redaction import redact
 
@@ -59,7 +59,7 @@ def error_record(stage: str, error: BaseException, record: Any, where: str | Non
     return {ERROR: info, ID: rid, "record": record}
 
 
-def is_error_line(value: Any) -> bool:
+def is_error_line(value: Any) -> TypeGuard[dict]:
     """Whether ``value`` is an error record as the write stage stores it in ``errors/``."""
     info = value.get(ERROR) if isinstance(value, dict) else None
     return isinstance(info, dict) and {"stage", "class", "message"} <= info.keys() and "record" in value

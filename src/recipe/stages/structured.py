@@ -67,7 +67,7 @@ async def ask_valid(stage: Any, llm: Any, messages: list[dict], schema: Schema, 
                            valid_after_retries=first_invalid - len(invalid), invalid=len(invalid))
     if invalid:
         llm.stats.count("schema_failures")
-        _, raw, exc = next(iter(invalid.values()))
+        _, raw, last = next(iter(invalid.values()))
         raise SchemaError(f"{len(invalid)} of {n} answer(s) not valid under schema {schema.name!r} after "
-                          f"{retries + 1} tries: {exc}", raw)
+                          f"{retries + 1} tries: {last}", raw)
     return values

@@ -293,8 +293,8 @@ def atomic_write(path: str, fill: Callable[[Path], None]) -> None:
             raise
         return
     fs, inner = filesystem(path)
-    handle, name_ = tempfile.mkstemp(prefix=".recipe-", suffix=".tmp")
-    os.close(handle)
+    fd, name_ = tempfile.mkstemp(prefix=".recipe-", suffix=".tmp")
+    os.close(fd)
     tmp = Path(name_)
     try:
         fill(tmp)

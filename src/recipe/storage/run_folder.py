@@ -62,7 +62,10 @@ def atomic_write(path: str | Path, fill: Callable[[Path], None]) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     text = redact(json.dumps(data, indent=1, default=str))  # no key's value, whatever brought it (a template)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def fill(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    atomic_write(path, fill)
 
 
 def _read_json(path: str | Path) -> Any:
@@ -194,8 +197,9 @@ class RunFolder:
         if self.remote:  # object stores have no locks: one run per remote folder is the user's to keep
             yield
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK, "a+")
+        local = Path(self.root)
+        local.mkdir(parents=True, exist_ok=True)
+        handle = open(local / LOCK, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -238,10 +242,10 @@ class RunFolder:
         (none on object stores: an object appears whole or not at all)."""
         if self.remote:
             return 0
-        stale = [*self.path.glob(".part-*.tmp"), *self.path.glob(f".{STATS}.*.tmp"),
-                 *self.path.glob(f".{RUN_FILE}.*.tmp")]
+        local = Path(self.root)
+        stale = [*local.glob(".part-*.tmp"), *local.glob(f".{STATS}.*.tmp"), *local.glob(f".{RUN_FILE}.*.tmp")]
         for sub in (ERRORS, MANIFESTS, ATTEMPTS):
-            stale += (self.path / sub).glob(".*.tmp")
+            stale += (local / sub).glob(".*.tmp")
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -390,7 +394,9 @@ def sum_manifests(manifests: dict[int, dict]) -> dict:
     """Records and failures of the committed partitions."""
     by_class: dict[str, int] = {}
     json_fields: set[str] = set()
-    filtered, deduplicated, skipped = 0, {}, {}
+    filtered = 0
+    deduplicated: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     for manifest in manifests.values():
         for name, count in (manifest.get("failures") or {}).items():
             by_class[name] = by_class.get(name, 0) + count

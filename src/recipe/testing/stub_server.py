@@ -390,14 +390,14 @@ class _App:
             scores = (("helpfulness", h), ("correctness", c), ("coherence", 3.5),
                       ("complexity", 0.5), ("verbosity", 1.0))
             content = ",".join(f"{k}:{v}" for k, v in scores)
-            lp = None if a.reward_content_only else {"content": [
+            lp: dict | None = None if a.reward_content_only else {"content": [
                 {"token": k, "logprob": v, "bytes": None, "top_logprobs": []} for k, v in scores]}
             self.answers.append([last_msg, content])
             return [(0, content, lp)]
         n = 1 if a.ignore_n else max(1, int(body.get("n") or 1))
         seed = body.get("seed")
         schema = _schema_in(body)
-        out = []
+        out: list[tuple[int, str | None, Any]] = []
         for p in prompts:
             if schema is not None:  # an answer valid under the request's schema, or broken on schedule
                 # Keyed by the first user turn: a follow-up turn asking again is the same record.
@@ -814,15 +814,15 @@ class _Quirks:
                     piece = ""
             return out + [piece] if piece else out
         if split == "bytes":
-            out, piece = [], b""
+            chunks, chunk = [], b""
             for char in content:
                 raw = char.encode("utf-8")
                 if len(raw) > 1:
-                    out.append(piece + raw[:1])
-                    piece = raw[1:]
+                    chunks.append(chunk + raw[:1])
+                    chunk = raw[1:]
                 else:
-                    piece += raw
-            return out + [piece] if piece else out
+                    chunk += raw
+            return chunks + [chunk] if chunk else chunks
         step = max(1, math.ceil(len(content) / 8))
         return [content[s:s + step] for s in range(0, len(content), step)]
 
@@ -947,6 +947,7 @@ class StubServer:
 
     def _ready_line(self) -> bytes | None:
         """The first line the server prints, once it is complete (waits up to 0.2 s for more)."""
+        assert self._proc is not None, "called only by start(), after the launch"
         fd = self._proc.stdout.fileno()
         if select.select([fd], [], [], 0.2)[0]:
             self._buf += os.read(fd, 4096)

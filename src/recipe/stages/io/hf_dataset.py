@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 from pathlib import Path
+from typing import cast
 
 from recipe.config.secrets import key_note, pasteable, redact
 from recipe.errors import HubError
@@ -26,7 +27,7 @@ _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 
 
-def write_shard(directory: Path, index: int, records: list[dict]) -> tuple[str | None, list[str]]:
+def write_shard(directory: str | Path, index: int, records: list[dict]) -> tuple[str | None, list[str]]:
     """``data/part-NNNNN.parquet`` for one partition (every field kept, as the parquet format does);
     returns the file relative to ``directory`` (None when the partition has no good record, and a
     shard left by an earlier attempt is removed) and the fields stored as JSON text."""
@@ -51,7 +52,8 @@ def command_line(provider: str | None = None) -> str | None:
         return None
     from omegaconf import OmegaConf
 
-    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as typed: not resolved
+    # as typed, not resolved (an ${oc.env:...} stays a reference); the overrides are a list
+    typed = cast(list, OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
     words, variables = pasteable([str(word) for word in typed], provider)
     note = key_note(variables)
     return shlex.join(["python", "-m", "recipe", *words]) + (f"\n# {note}" if note else "")

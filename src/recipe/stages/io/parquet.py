@@ -17,6 +17,7 @@ so that readers that take the schema from one file (pyarrow.dataset, dask) see e
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,6 +82,10 @@ def write_part(path: str | Path, records: list[dict]) -> list[str]:
     return json_fields
 
 
+def _write_table(table: pa.Table, tmp: Path) -> None:
+    pq.write_table(table, tmp)
+
+
 def _json_fields(schema: pa.Schema) -> set[str]:
     raw = (schema.metadata or {}).get(JSON_FIELDS_KEY)
     return set(json.loads(raw)) if raw else set()
@@ -126,5 +131,5 @@ def unify_parts(directory: str | Path) -> list[str]:
                 if row.get(name) is not None:
                     row[name] = json.dumps(row[name], ensure_ascii=False, default=str)
         table = pa.Table.from_pylist(rows, schema=target)
-        atomic_write(path, lambda tmp, table=table: pq.write_table(table, tmp))
+        atomic_write(path, partial(_write_table, table))
     return sorted(as_json)

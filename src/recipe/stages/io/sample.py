@@ -98,7 +98,7 @@ class SampleStage(ReadStage):
                                   "put it first, or leave out n to add its columns to the records before it")
             return self.read(self.plan())
         if bag is None:
-            self.plan()  # raises: nothing to add columns to
+            return self.read(self.plan())  # plan() raises: no n, and nothing to add columns to
         return bag.map_partitions(_apply_stage, self, token=self.name)
 
     def sample_range(self, start: int, end: int) -> list[dict]:

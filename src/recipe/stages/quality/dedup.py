@@ -174,9 +174,9 @@ def _verdicts_meta():
                          "dup_id": pd.Series(dtype="object")})
 
 
-def _signatures(records, index: list[int], stage: DedupStage) -> list[tuple[int, int, str | None]]:
+def _signatures(records, numbers: list[int], stage: DedupStage) -> list[tuple[int, int, str | None]]:
     """``(key, pos, rid)`` rows for the partition's records (error records and field-less ones emit none)."""
-    (index,) = index
+    (index,) = numbers  # the partition's number, as a one-item partition of the index bag
     positions, texts, ids = [], [], []
     for offset, record in enumerate(records):
         if is_error(record):
@@ -229,11 +229,11 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
             out.append(record)
     if removed:
         progress.deduplicated(stage.name, index, len(removed))
-        if stage.keep_removed:
+        if stage.keep_removed and stage.output_dir is not None:  # rules(): keep_removed needs output_dir
             from recipe.stages.io.write import _write_jsonl
 
             directory = Path(stage.output_dir) / "removed" / stage.name
             directory.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(directory / f"part-{index:05d}.jsonl", removed)
+            _write_jsonl(str(directory / f"part-{index:05d}.jsonl"), removed)
     return carry(Partition(records, dropped(source)), out,
                  deduplicated={stage.name: len(removed)} if removed else None, stage=stage.name)

@@ -66,6 +66,8 @@ class FilterStage(LLMStage):
         return []
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
+        if self.prompt is None:  # rules(): a filter without a prompt has a predicate, and runs process()
+            raise TypeError(f"stage {self.name!r} has no prompt to ask the model")
         turns = [{"role": "user", "content": render(self.prompt, record)}]
         if self.structured and self.spec.constrains_output:
             value = (await ask_valid(self, llm, turns, as_schema(verdict_schema()), retries=self.schema_retries))[0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Iterable, Literal
 
 from pydantic import Field, StrictInt
 
@@ -32,7 +32,7 @@ from recipe.stages.templates import fields_required, render
 AGGREGATE = "aggregate"
 #: What the stage itself puts into the judge's template, beside the record's fields.
 TEMPLATE_FIELDS = ("prompt", "response", "criteria", "scale", "rationale")
-_AGGREGATES = {"mean": statistics.fmean, "min": min, "max": max}
+_AGGREGATES: dict[str, Callable[[Iterable[float]], float]] = {"mean": statistics.fmean, "min": min, "max": max}
 
 JUDGE_PROMPT = """\
 You are a strict, fair judge. Rate the answer to the question on each criterion, with an integer \

@@ -234,7 +234,8 @@ def _draw_scipy(p: dict, d: Draws, ctx: Context) -> np.ndarray:
 # --- datetime, timedelta ---------------------------------------------------------------------
 
 def _datetime(value: Any, unit: str) -> np.datetime64:
-    return np.datetime64(str(value), UNITS[unit])
+    # numpy's stubs accept only a literal unit; UNITS' values are all valid units
+    return np.datetime64(str(value), UNITS[unit])  # type: ignore[call-overload]
 
 
 def _check_unit(p: dict) -> list[str]:
@@ -345,6 +346,6 @@ KINDS: dict[str, Kind | Callable[[], Kind]] = {
 }
 
 
-def kind(name: str) -> Kind | None:
+def kind(name: Any) -> Kind | None:
     found = KINDS.get(name) if isinstance(name, str) else None
     return found() if callable(found) and not isinstance(found, Kind) else found

@@ -123,7 +123,7 @@ class Table:
         else:
             sampler = spec.get("sampler")
             kind = find_kind(sampler)
-            if kind is None:
+            if kind is None or not isinstance(sampler, str):
                 self._say(where, f"unknown sampler {sampler!r} (one of: {', '.join(KINDS)}, or an expression)"
                           if sampler is not None else "needs a sampler (one of: " + ", ".join(KINDS) + ") or an expression")
                 return None
@@ -180,7 +180,8 @@ class Table:
                     self._say(where, f"parent={parent.name!r} must be a category or subcategory column, "
                                      f"not a {parent.sampler} column")
                     return
-                mapping = params.get("values") if isinstance(params.get("values"), dict) else {}
+                values = params.get("values")
+                mapping = values if isinstance(values, dict) else {}
                 for value in _possible(parent):
                     if value not in mapping:
                         self._say(where, f"values has no entry for {value!r}, a value of its parent {parent.name!r}")
@@ -412,27 +413,31 @@ def _attempt(table: Table, seed: int, keys: np.ndarray, base: list[dict] | None,
         draws = Draws(keys, seed, column.name, attempt)
         if column.expression is not None:
             values = frame.evaluate(column.expression)
-        elif column.variants:
+            raw[column.name] = values
+            frame.add(column.name, *_convert(column, values))
+            continue
+        kind = column.kind
+        assert kind is not None, "a column is an expression or has a sampler's kind"
+        if column.variants:
             choice = np.full(size, -1)
             for number, (condition, _) in enumerate(column.variants):
                 held = frame.evaluate(condition)
                 held = np.asarray(held, dtype=bool) if held.dtype != object else np.array([bool(v) for v in held])
                 choice[(choice == -1) & held] = number
-            values = None
+            mixed: np.ndarray | None = None
             context = Context(raw)
             for number in range(-1, len(column.variants)):
                 mask = choice == number
                 if not mask.any():
                     continue
                 params = column.params if number < 0 else column.variants[number][1]
-                part = column.kind.draw(params, draws.subset(mask), context.subset(mask))
-                if values is None:
-                    values = np.empty(size, dtype=part.dtype if part.dtype.kind == "M" else object)
-                values[mask] = part
-            if values is None:
-                values = np.empty(size, dtype=object)
+                part = kind.draw(params, draws.subset(mask), context.subset(mask))
+                if mixed is None:
+                    mixed = np.empty(size, dtype=part.dtype if part.dtype.kind == "M" else object)
+                mixed[mask] = part
+            values = mixed if mixed is not None else np.empty(size, dtype=object)
         else:
-            values = column.kind.draw(column.params, draws, Context(raw))
+            values = kind.draw(column.params, draws, Context(raw))
         raw[column.name] = values
         frame.add(column.name, *_convert(column, values))
     return frame

@@ -41,8 +41,8 @@ class AppendSeedsStage(Stage):
 
     def __call__(self, bag: db.Bag | None) -> db.Bag:
         records = self.seed_records()
-        if not records:
-            return bag
+        if not records:  # nothing to add; first in a recipe it is the source of no records
+            return bag if bag is not None else db.from_sequence([], npartitions=1)
         extra = db.from_sequence(records, npartitions=1)
         return extra if bag is None else db.concat([bag, extra])
 

@@ -58,6 +58,13 @@ class ParseListStage(LLMStage):
             self.conversion_prompt = STRUCTURED_CONVERSION_PROMPT if self.mode == "structured" else YAML_CONVERSION_PROMPT
 
     @property
+    def _conversion_prompt(self) -> str:
+        """The prompt a conversion sends (``__post_init__`` filled in the default)."""
+        if self.conversion_prompt is None:
+            return STRUCTURED_CONVERSION_PROMPT if self.mode == "structured" else YAML_CONVERSION_PROMPT
+        return self.conversion_prompt
+
+    @property
     def inputs(self) -> set[str]:
         return {self.input_field}
 
@@ -77,11 +84,11 @@ class ParseListStage(LLMStage):
         elif self.mode == "direct" or (self.mode == "structured" and not self.spec.constrains_output):
             items = parsers.parse_list(str(text))
         elif self.mode == "structured":
-            prompt = [{"role": "user", "content": render(self.conversion_prompt, {"text": text})}]
+            prompt = [{"role": "user", "content": render(self._conversion_prompt, {"text": text})}]
             schema = as_schema(list_schema(self.n, self.min_items))
             items = parsers.clean_items((await ask_valid(self, llm, prompt, schema, retries=self.schema_retries))[0]["items"])
         else:
-            converted = await self.ask(llm, [{"role": "user", "content": render(self.conversion_prompt, {"text": text})}], n=1)
+            converted = await self.ask(llm, [{"role": "user", "content": render(self._conversion_prompt, {"text": text})}], n=1)
             items = parsers.check_substrings(parsers.parse_yaml_list(converted[0]), str(text))
         items = parsers.trim(items, self.n)
         if len(items) < self.min_items:
