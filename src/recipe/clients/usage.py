@@ -21,6 +21,7 @@ class UsageStats:
     limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # completion_tokens_details.reasoning_tokens: part of completion_tokens, billed so
     estimated_usage: int = 0  # answers whose usage the server did not report: settled at our estimate
     cache_errors: int = 0  # processes whose request cache failed and was bypassed
     cache_error: str = ""  # the first such failure, reported once

@@ -123,6 +123,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "request_failures_by_class": total["failures"],
         "cache_errors": usage.get("cache_errors", 0), "cache_error": usage.get("cache_error", ""),
         "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],
+        "reasoning_tokens": total.get("reasoning_tokens", 0),  # inside completion_tokens (and cost_usd)
         "estimated_usage": total.get("estimated_usage", 0),  # requests whose usage the server did not report
         "cost_usd": run_cost(attempts, table),
         "wall_seconds": wall,

@@ -10,7 +10,7 @@ from pydantic import Field
 from recipe.errors import ConfigError, InputError
 from recipe.clients.structured_output import load_schema
 from recipe.stages.base import LLMStage
-from recipe.stages.structured import ask_valid
+from recipe.stages.structured import ask_valid_answers
 from recipe.stages.templates import fields_required, render
 
 
@@ -45,6 +45,9 @@ class GenerateStage(LLMStage):
             (a list of values when ``n`` > 1), never the text; see :mod:`recipe.stages.structured`.
         schema_retries: further tries for an answer that does not validate; after the last one
             the record becomes a ``SchemaError`` record carrying the raw text.
+        reasoning_field: keep a reasoning model's trace in this field (a list aligned with the
+            answers when ``n`` > 1; null where the model gave none). The answer itself never holds
+            the reasoning, with or without this.
     """
 
     prompt: str | None = "{{ prompt }}"
@@ -54,6 +57,7 @@ class GenerateStage(LLMStage):
     n: Annotated[int, Field(ge=1)] | None = None
     schema: Any = None
     schema_retries: Annotated[int, Field(ge=0)] = 2
+    reasoning_field: str | None = None
 
     def rules(self):
         self._schema = None
@@ -61,6 +65,8 @@ class GenerateStage(LLMStage):
             self._schema = load_schema(self.schema, where="schema")
         except ConfigError as exc:
             yield "schema", str(exc)
+        if self.reasoning_field and self.reasoning_field == self.output_field:
+            yield "reasoning_field", f"reasoning_field must differ from output_field ({self.output_field!r})"
         for index, message in enumerate(self.messages or []):
             if not {"role", "content"} <= set(message):
                 yield "messages", f"messages[{index}] needs a role and a content, got {sorted(message)}"
@@ -72,15 +78,18 @@ class GenerateStage(LLMStage):
 
     @property
     def outputs(self) -> set[str]:
-        return {self.output_field}
+        return {self.output_field} | ({self.reasoning_field} if self.reasoning_field else set())
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         turns = build_messages(record, self.prompt, self.messages, self.system)
         n = self.n or self.sampling_for().get("n", 1)
         if self._schema is not None:
-            answers = await ask_valid(self, llm, turns, self._schema, n=n, retries=self.schema_retries)
+            pairs = await ask_valid_answers(self, llm, turns, self._schema, n=n, retries=self.schema_retries)
         else:
-            answers = await self.ask(llm, turns, **({"n": self.n} if self.n else {}))
+            pairs = [(a.text, a.reasoning) for a in await self.ask_answers(llm, turns, **({"n": self.n} if self.n else {}))]
         record = dict(record)
+        answers, traces = [value for value, _ in pairs], [trace for _, trace in pairs]
         record[self.output_field] = answers if n > 1 else answers[0]
+        if self.reasoning_field:
+            record[self.reasoning_field] = traces if n > 1 else traces[0]
         return [record]
