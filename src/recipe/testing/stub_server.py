@@ -201,7 +201,8 @@ class _App:
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
             "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers,
             "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params,
-            "quirks": self.quirks.counts, "reasoning": self.thinking.log})
+            "quirks": self.quirks.counts, "reasoning": self.thinking.log,
+            "reasoning_tokens_sent": self.thinking.sent})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -913,6 +914,7 @@ class _Thinking:
     def __init__(self, a: argparse.Namespace) -> None:
         self.mode = a.think
         self.log: list[list] = []
+        self.sent = 0  # reasoning tokens reported in usage, over every reply
         self._traces: dict[int, str] = {}
 
     def apply(self, choices: list, prompts: list[str]) -> list:
@@ -943,6 +945,7 @@ class _Thinking:
         usage = {**usage, "completion_tokens": usage["completion_tokens"] + extra,
                  "total_tokens": usage["total_tokens"] + extra}
         usage["completion_tokens_details"] = {"reasoning_tokens": thought}
+        self.sent += thought
         return usage
 
     def choices(self, out: list[dict], chat: bool) -> list[dict]:
@@ -958,7 +961,7 @@ class _Thinking:
     def snapshot(self) -> "_Thinking":
         """This request's traces, apart from the next request's (a stream awaits between chunks)."""
         copy = object.__new__(_Thinking)
-        copy.mode, copy.log, copy._traces = self.mode, self.log, dict(self._traces)
+        copy.mode, copy.log, copy._traces, copy.sent = self.mode, self.log, dict(self._traces), 0
         return copy
 
     def deltas(self, index: int) -> list[dict]:

@@ -1,0 +1,144 @@
+"""Reasoning models (issue 24 §1): the trace is read wherever the server puts it, never left in
+the answer, kept in ``reasoning_field`` on request, cached with the answer, and its tokens counted.
+
+The stub answers as a reasoning model with ``think=`` (inline ``<think>``, a block the template
+opened, an unclosed one, ``reasoning_content``, ``reasoning``); the traces it sent and the
+reasoning tokens it reported are read from its ``/_stats``, never recomputed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, error_rows, outputs, stub_overrides, write_jsonl, write_prompts
+from recipe.clients import reply
+from recipe.clients.event_loop import run_sync
+from recipe.clients.litellm_client import AsyncLiteLLMClient
+
+SHAPES = ["inline", "open", "reasoning_content", "reasoning"]
+SCHEMA = "{type:object,properties:{answer:{type:string}},required:[answer]}"
+
+
+def run_dir(tmp_path: Path) -> Path:
+    (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    return folder
+
+
+def stats_of(tmp_path: Path) -> dict:
+    return json.loads((run_dir(tmp_path) / "stats.json").read_text())
+
+
+def traces_by_prompt(server) -> dict[str, list[str]]:
+    """The traces the stub sent, per prompt, in the order it sent them."""
+    out: dict[str, list[str]] = {}
+    for prompt, trace in server.stats()["reasoning"]:
+        out.setdefault(prompt, []).append(trace)
+    return out
+
+
+# ---- the quoted failure ------------------------------------------------------------------------
+
+def test_schema_answers_after_a_think_block_validate(stub_server, tmp_path):
+    """``<think>…</think>\\n\\n{"answer": ...}`` is a valid answer: 10 records, no schema retry."""
+    server = stub_server(think="inline")
+    source = write_prompts(tmp_path / "in.jsonl", 10)
+    cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server),
+        f"+recipe.stages.generate.schema={SCHEMA}", "+recipe.stages.generate.reasoning_field=thought", check_exit=0)
+    rows, stats = outputs(run_dir(tmp_path)), stats_of(tmp_path)
+    answered = {prompt: json.loads(content) for prompt, content in server.stats()["answers"]}
+    sent = traces_by_prompt(server)
+    assert len(rows) == 10 and not error_rows(run_dir(tmp_path))
+    for row in rows:
+        assert row["response"] == answered[row["prompt"]]  # the parsed object, the think block gone
+        assert row["thought"] == sent[row["prompt"]][0]
+    assert stats["schema_retries"] == 0 and stats["schema_failures"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_without_a_schema_the_trace_is_never_in_response(stub_server, tmp_path, shape, stream):
+    """Each shape, whole and streamed: ``response`` is what a model that does not think answers
+    (the same stub without ``think``), the trace is in ``reasoning_field``, its tokens in stats."""
+    plain, server = stub_server(), stub_server(think=shape)
+    (tmp_path / "plain").mkdir()
+    source = write_prompts(tmp_path / "in.jsonl", 4)
+    args = ["recipe=generate", f"input={source}", "+recipe.stages.generate.reasoning_field=thought",
+            *(["+recipe.stages.generate.sampling={stream:true}"] if stream else [])]
+    cli(tmp_path / "plain", *args, *stub_overrides(plain), check_exit=0)
+    cli(tmp_path, *args, *stub_overrides(server), check_exit=0)
+    expected = {r["prompt"]: r["response"] for r in outputs(run_dir(tmp_path / "plain"))}
+    rows, sent = outputs(run_dir(tmp_path)), traces_by_prompt(server)
+    assert len(rows) == 4
+    for row in rows:
+        assert row["response"] == expected[row["prompt"]]
+        assert row["thought"] == sent[row["prompt"]][0] and "<think>" not in row["response"]
+    stats = stats_of(tmp_path)
+    assert stats["reasoning_tokens"] == server.stats()["reasoning_tokens_sent"] > 0
+    assert stats_of(tmp_path / "plain")["reasoning_tokens"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_answer_that_is_only_an_unclosed_think_block_is_truncated(stub_server, tmp_path, stream):
+    """Cut at max_tokens while thinking: a TruncatedError record, even with on_truncated=keep."""
+    server = stub_server(think="unclosed")
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server), "backend.on_truncated=keep",
+        "backend.num_retries=0", *(["+recipe.stages.generate.sampling={stream:true}"] if stream else []), check_exit=3)
+    bad = error_rows(run_dir(tmp_path))
+    assert not outputs(run_dir(tmp_path)) and len(bad) == 3
+    assert {b["error_class"] for b in bad} == {"TruncatedError"}, bad[0]
+
+
+def test_n_answers_keep_a_list_of_traces_aligned_with_them(stub_server, tmp_path):
+    server = stub_server(think="reasoning_content")
+    source = write_prompts(tmp_path / "in.jsonl", 2)
+    cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server), "+recipe.stages.generate.n=3",
+        "+recipe.stages.generate.reasoning_field=thought", check_exit=0)
+    sent = traces_by_prompt(server)
+    for row in outputs(run_dir(tmp_path)):
+        assert len(row["response"]) == 3 and row["thought"] == sent[row["prompt"]]
+        assert all(f"answer {i} " in trace for i, trace in enumerate(row["thought"]))  # aligned, not reordered
+
+
+# ---- the cache ---------------------------------------------------------------------------------
+
+def test_the_cache_keeps_answer_and_reasoning_together(stub_server, tmp_path):
+    server = stub_server(think="reasoning")
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    args = ["recipe=generate", f"input={source}", *stub_overrides(server), "+recipe.stages.generate.reasoning_field=thought"]
+    cli(tmp_path / "a", *args, env={"RECIPE_CACHE_DIR": str(tmp_path / "cache")}, check_exit=0)
+    first = {r["prompt"]: r for r in outputs(run_dir(tmp_path / "a"))}
+    before = server.stats()["requests"]
+    cli(tmp_path / "b", *args, env={"RECIPE_CACHE_DIR": str(tmp_path / "cache")}, check_exit=0)
+    assert server.stats()["requests"] == before, "every answer came from the cache"
+    again = {r["prompt"]: r for r in outputs(run_dir(tmp_path / "b"))}
+    assert again == first and all(r["thought"] for r in again.values())
+
+
+def test_an_entry_cached_with_its_think_block_inline_is_served_without_it():
+    """A cache entry from before reasoning was read (the text with ``<think>`` in it) is split on read."""
+    (answer,) = reply.cached_answers(["<think>\nhmm\n</think>\n\n{\"answer\": 1}"])
+    assert answer == reply.Answer('{"answer": 1}', "hmm")
+
+
+# ---- structured stages: list parsing and the judge ---------------------------------------------
+
+@pytest.mark.parametrize("shape", ["inline", "reasoning_content"])
+def test_the_judge_scores_a_thinking_judges_answer_and_keeps_its_trace(stub_server, tmp_path, shape):
+    server = stub_server(think=shape)
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    cli(tmp_path, "recipe=judged_qa", f"input={source}", *stub_overrides(server), "recipe.min_score=null",
+        "+recipe.stages.judge.reasoning_field=judge_thought", check_exit=0)
+    rows = outputs(run_dir(tmp_path))
+    assert len(rows) == 3 and not error_rows(run_dir(tmp_path))
+    answered = {prompt: json.loads(content) for prompt, content in server.stats()["answers"]}
+    sent = traces_by_prompt(server)
+    for row in rows:
+        (judge_prompt,) = [p for p in answered if row["response"] in p]
+        scores = answered[judge_prompt]
+        assert {k: v for k, v in row["scores"].items() if k != "aggregate"} == {k: float(v) for k, v in scores.items()}
+        assert row["judge_thought"] == sent[judge_prompt][0] and "<think>" not in row["response"]
