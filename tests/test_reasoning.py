@@ -142,3 +142,46 @@ def test_the_judge_scores_a_thinking_judges_answer_and_keeps_its_trace(stub_serv
         scores = answered[judge_prompt]
         assert {k: v for k, v in row["scores"].items() if k != "aggregate"} == {k: float(v) for k, v in scores.items()}
         assert row["judge_thought"] == sent[judge_prompt][0] and "<think>" not in row["response"]
+
+
+# ---- library users: query_answers, on both paths -----------------------------------------------
+
+@pytest.mark.parametrize("provider", ["openai", "custom_openai"], ids=["lean", "litellm"])
+@pytest.mark.parametrize("shape", ["inline", "reasoning_content", "reasoning"])
+def test_query_answers_gives_the_reasoning_and_query_model_never_does(stub_server, provider, shape):
+    server = stub_server(think=shape)
+    client = AsyncLiteLLMClient(provider=provider, api_base=server.base_url, api_key="k", num_retries=0)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    (answer,) = run_sync(client.query_answers(messages=messages, model="stub-model"))
+    texts = run_sync(client.query_model(messages=messages, model="stub-model"))
+    ((_, trace), _) = server.stats()["reasoning"]
+    assert answer.reasoning == trace and texts == [answer.text]
+    assert trace not in answer.text and "think>" not in answer.text and answer.text
+    assert client.stats.reasoning_tokens == server.stats()["reasoning_tokens_sent"]
+
+
+# ---- controls on the wire ----------------------------------------------------------------------
+
+def test_reasoning_controls_reach_the_wire(stub_server, tmp_path):
+    server = stub_server()
+    source = write_prompts(tmp_path / "in.jsonl", 1)
+    cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server), "sampling.reasoning_effort=low",
+        "sampling.thinking_budget=2048", "+backend.extra_body={chat_template_kwargs:{enable_thinking:false}}",
+        check_exit=0)
+    (body,) = server.stats()["bodies"]
+    assert body["reasoning_effort"] == "low"
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+@pytest.mark.parametrize("override, named", [
+    ("sampling.reasoning_effort=extreme", "sampling.reasoning_effort='extreme'"),
+    ("sampling.thinking_budget=100", "sampling.thinking_budget=100"),
+    ("+backend.extra_body=5", "backend.extra_body=5"),
+])
+def test_a_bad_reasoning_control_is_one_error_line(stub_server, tmp_path, override, named):
+    server = stub_server()
+    result = cli(tmp_path, "recipe=generate", *stub_overrides(server), override, check_exit=2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and any(named in line for line in lines), result.stderr
+    assert server.stats()["requests"] == 0

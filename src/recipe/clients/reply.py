@@ -192,7 +192,7 @@ def with_reasoning(content: Any, given: str | None) -> tuple[Any, str | None, bo
     trace, unclosed = None, False
     if isinstance(content, str):
         content, trace, unclosed = split_think(content)
-    parts = [p for p in (given, trace) if p]
+    parts = [p for p in ((given or "").strip(), trace) if p]  # litellm keeps the tag's newlines
     return content, "\n\n".join(parts) if parts else None, unclosed
 
 
