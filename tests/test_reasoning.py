@@ -185,3 +185,61 @@ def test_a_bad_reasoning_control_is_one_error_line(stub_server, tmp_path, overri
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr and any(named in line for line in lines), result.stderr
     assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("mode", ["direct", "structured"])
+def test_list_parsing_reads_the_answer_never_the_trace(stub_server, tmp_path, mode):
+    """open_qa's lists (numbered text, or JSON lists under a schema) from a thinking model are the
+    lists the same stub gives without thinking."""
+    plain, server = stub_server(reply="list"), stub_server(reply="list", think="inline")
+    (tmp_path / "plain").mkdir()
+    args = ["recipe=open_qa", f"recipe.list_mode={mode}", "recipe.n_macro_topics=2", "recipe.n_subtopics=2",
+            "recipe.n_openlines=2"]
+    cli(tmp_path / "plain", *args, *stub_overrides(plain), check_exit=0)
+    cli(tmp_path, *args, *stub_overrides(server), check_exit=0)
+    rows, expected = outputs(run_dir(tmp_path)), outputs(run_dir(tmp_path / "plain"))
+    assert rows == expected and rows and not error_rows(run_dir(tmp_path))
+    assert server.stats()["reasoning"], "the stub did think"
+
+
+# ---- batch mode and the budget -----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", ["inline", "reasoning_content"])
+def test_batch_answers_give_their_reasoning_apart(stub_server, tmp_path, shape):
+    server = stub_server(think=shape, batch_seconds=0.3)
+    source = write_prompts(tmp_path / "in.jsonl", 4)
+    cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server), "backend.batch=true",
+        "backend.batch_poll_seconds=0.2", "+recipe.stages.generate.reasoning_field=thought", check_exit=0)
+    sent, rows = traces_by_prompt(server), outputs(run_dir(tmp_path))
+    assert server.stats()["batches_created"] == 1 and len(rows) == 4
+    for row in rows:
+        assert row["thought"] == sent[row["prompt"]][0] and "think>" not in row["response"]
+    assert stats_of(tmp_path)["reasoning_tokens"] == server.stats()["reasoning_tokens_sent"]
+
+
+@pytest.mark.parametrize("reasons", [True, False])
+def test_a_reasoning_models_worst_case_is_its_maximum_output_not_max_tokens(stub_server, tmp_path, reasons):
+    """budget.max_tokens=3000 with max_tokens=50: a model that reasons (up to 4000 tokens out)
+    cannot start a request; one that does not can, within max_tokens."""
+    server = stub_server(think="reasoning_content" if reasons else "")
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    result = cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server), "sampling.max_tokens=50",
+                 "budget.max_tokens=3000", "+model.max_output_tokens=4000", f"+model.reasoning={str(reasons).lower()}")
+    stats = stats_of(tmp_path)
+    if reasons:
+        assert server.stats()["requests"] == 0 and stats["budget"]["reached"], result.stderr[-2000:]
+    else:
+        assert result.returncode == 0 and server.stats()["requests"] == 3 and not stats["budget"]["reached"]
+
+
+def test_reasoning_tokens_are_billed_as_completion_tokens(stub_server, tmp_path):
+    """The stub counts the trace inside completion_tokens, as OpenAI does: cost_usd and the
+    budget's spend include it once, and reasoning_tokens says how much of it was thinking."""
+    server = stub_server(think="reasoning")
+    source = write_prompts(tmp_path / "in.jsonl", 2)
+    cli(tmp_path, "recipe=generate", f"input={source}", *stub_overrides(server), "budget.max_usd=5",
+        "model.price.input_per_mtok=1", "model.price.output_per_mtok=1000", check_exit=0)
+    stats = stats_of(tmp_path)
+    assert 0 < stats["reasoning_tokens"] < stats["completion_tokens"]
+    assert stats["cost_usd"] == pytest.approx((stats["prompt_tokens"] + 1000 * stats["completion_tokens"]) / 1e6)
+    assert stats["budget"]["spent_usd"] == pytest.approx(stats["cost_usd"])
