@@ -243,3 +243,46 @@ def test_reasoning_tokens_are_billed_as_completion_tokens(stub_server, tmp_path)
     assert 0 < stats["reasoning_tokens"] < stats["completion_tokens"]
     assert stats["cost_usd"] == pytest.approx((stats["prompt_tokens"] + 1000 * stats["completion_tokens"]) / 1e6)
     assert stats["budget"]["spent_usd"] == pytest.approx(stats["cost_usd"])
+
+
+# ---- the reasoning_distill recipe --------------------------------------------------------------
+
+def test_reasoning_distill_on_the_stub_keeps_correct_answers_as_sft_rows_with_their_trace(stub_server, tmp_path):
+    """The stub echoes each prompt, so each question's own "Answer:" line is the answer the check
+    reads: the test decides which are right. Kept rows are SFT ``messages`` with the trace in the
+    assistant turn's ``reasoning_content``; the wrong one is counted as filtered."""
+    server = stub_server(think="reasoning_content")
+    questions = [{"question": "What is 5 + 7?\nAnswer: 12", "reference": "12"},
+                 {"question": "What is 2 + 2?\nAnswer: 5", "reference": "4"},
+                 {"question": "What is 10 x 100?\nAnswer: 1,000.", "reference": 1000}]
+    source = write_jsonl(tmp_path / "q.jsonl", questions)
+    cli(tmp_path, "recipe=reasoning_distill", f"input={source}", *stub_overrides(server), check_exit=0)
+    rows, stats, sent = outputs(run_dir(tmp_path)), stats_of(tmp_path), traces_by_prompt(server)
+    assert [r["reference"] for r in rows] == ["12", 1000] and stats["filtered"] == 1
+    for row, question in zip(rows, (questions[0], questions[2])):
+        user, assistant = row["messages"]
+        assert user == {"role": "user", "content": question["question"]} and assistant["role"] == "assistant"
+        (trace,) = [t for prompt, ts in sent.items() if question["question"] in prompt for t in ts]
+        assert assistant["reasoning_content"] == trace and trace not in assistant["content"]
+        assert row["correct"] is True
+
+
+def test_final_answers_are_read_the_ways_solutions_state_them():
+    from recipe.stages.quality.check_answer import final_answer, normalised
+
+    assert final_answer("x = 3\nso 2x = 6\nAnswer: 6.") == "6."
+    assert final_answer("We get \\boxed{42} in the end.") == "42"
+    assert final_answer("Adding up, the answer is 18.") == "18."
+    assert final_answer("7") == "7" and final_answer("") == ""
+    assert normalised("1,000.") == normalised(1000) == normalised("1000.0") and normalised("Paris") == normalised("paris")
+    assert normalised("0.5") != normalised("1/2")  # not mathematical equivalence: the docstring says so
+
+
+@pytest.mark.llm
+def test_reasoning_distill_runs_on_the_embedded_model(tmp_path):
+    """The recipe as shipped, on SmolLM2 (which does not think: the trace is null), exits 0."""
+    result = cli(tmp_path, "recipe=reasoning_distill", "recipe.only_correct=false", "progress=false", timeout=1200,
+                 check_exit=0)
+    rows = outputs(run_dir(tmp_path))
+    assert len(rows) == 8, result.stderr[-2000:]
+    assert all(r["messages"][1]["reasoning_content"] is None and isinstance(r["correct"], bool) for r in rows)
