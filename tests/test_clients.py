@@ -239,11 +239,21 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
     a.fail("ServerError")
     a.add_tokens("m", 3, 4)
     a.count_schema("Answer", asked=2, invalid=1)
+    a.time_request(0.050, "ok", 120.0)
+    a.time_request(0.200, "rate_limited", 185.0)
+    a.time_tokens(12)
     b = UsageStats()
     b.merge(a)
     b.merge(pickle.loads(pickle.dumps(a)).as_dict())
     merged = b.as_dict()
-    assert merged == {
+    timings = merged.pop("timings")
+    assert sum(timings["latency_ms"].values()) == 4 and sum(timings["tokens"].values()) == 2
+    assert timings["minutes"] == {"120": [2, 0, 0, 0], "180": [0, 2, 0, 0]}  # ok / rate-limited per minute
+    from recipe.clients.request_timings import percentile
+
+    assert 47.5 <= percentile(timings["latency_ms"], 50) <= 52.5 and 190 <= percentile(timings["latency_ms"], 99) <= 210
+    merged["timings"] = timings
+    assert {k: v for k, v in merged.items() if k != "timings"} == {
         "requests": 4, "retries": 4, "cache_hits": 4, "rate_limited": 4, "schema_retries": 4,
         "schema_failures": 4, "retry_wait_seconds": 2.5, "limit_wait_seconds": 2.5,
         "estimated_usage": 4, "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",

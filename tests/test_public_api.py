@@ -13,7 +13,7 @@ TOP_LEVEL = {"compose", "build_client", "run", "ClientSpec", "RecipeError", "Con
              "ParseError", "SchemaError"}
 STAGES = {"AppendSeedsStage", "CombineStage", "CrossStage", "DedupStage", "DialogueStage", "ExplodeStage",
           "FilterStage", "GenerateStage", "JudgeStage", "LLMStage", "ParseListStage", "PreferencePairsStage",
-          "ReadStage", "RewardStage", "RewritesStage", "SampleStage", "Stage", "WriteStage"}
+          "ReadStage", "RewardStage", "RewritesStage", "SampleStage", "Stage", "ValidateStage", "WriteStage"}
 
 
 def test_top_level_exports():

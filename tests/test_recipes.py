@@ -206,6 +206,28 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
 
 
 @pytest.mark.llm
+def test_python_solutions_run_on_the_real_model(llama_server, tmp_path):
+    """The python recipe end to end on SmolLM2: a solution and tests per problem, run in the
+    sandbox. Every problem keeps its verdict (filter off), so each one is seen judged."""
+    summary, good, _ = run_recipe("python", llama_server, tmp_path, LISTS, "recipe.n_macro_topics=1",
+                                  "recipe.n_subtopics=1", "recipe.n_openlines=1",
+                                  "recipe.stages.check_solution.filter=false")
+    asked = summary.stats["structured_by_schema"]["verdict"]["asked"]
+    assert summary.failed == 0 and asked in (1, 2)
+    assert summary.records + summary.stats["filtered"] + _removed(summary) == asked, "each topic: 1 problem or filtered"
+    kept_topics = summary.records + _removed(summary)  # one problems list each, then a solution and tests per problem
+    assert summary.stats["requests"] + summary.stats["cache_hits"] == 1 + 1 + asked + kept_topics + 2 * summary.records
+    for r in good:
+        check = r["validation"]
+        assert r["solution"].strip() and r["tests"].strip() and check["valid"] is (check["error"] is None)
+        compiled = not check["error"] or not check["error"].startswith(("code do not compile", "tests do not compile",
+                                                                       "no Python code"))
+        assert check.get("ran", False) is compiled, check
+        if compiled:  # it ran in the sandbox, offline
+            assert {"network", "pid"} <= set(check["isolation"]) and isinstance(check["seconds"], float)
+
+
+@pytest.mark.llm
 @pytest.mark.parametrize("name,turns", [("dialogue", ["user", "assistant", "user", "assistant"])])  # two_turn: stub
 def test_dialogues(llama_server, tmp_path, name, turns):
     src = _jsonl(tmp_path / "o.jsonl", [{"openline": "Why do cats purr?"}])
@@ -346,15 +368,57 @@ def test_stub_closed_qa(stub_server, tmp_path):
 def test_stub_math_and_python(stub_server, tmp_path, name, flag, pick, kept):
     server = stub_server(pick=pick, echo_chars=STUB_ECHO_CHARS)  # first: every verdict "yes"; last: "no"
     summary, good, asked = stub_recipe(name, server, tmp_path, "~recipe.stages.dedup_problems")
-    # 3 macro topics, each itself + 2 subtopics = 9 topics, 9 verdicts; a kept topic gets 2 problems
+    # 3 macro topics, each itself + 2 subtopics = 9 topics, 9 verdicts; a kept topic gets 2 problems,
+    # each 2 answers: math a solution and a second one, python a solution and its tests.
+    problems = 18 if kept else 0
     assert summary.stats["structured_by_schema"]["verdict"]["asked"] == 9
-    assert summary.stats["filtered"] == (0 if kept else 9)
-    assert summary.records == (18 if kept else 0)
-    assert asked == 1 + 3 + 9 + (9 if kept else 0)
-    assert len({r["topic"] for r in good}) == (9 if kept else 0) and len({r["problem"] for r in good}) == summary.records
+    assert asked == 1 + 3 + 9 + problems // 2 + 2 * problems
+    if name == "math":  # the stub echoes each prompt: both solutions end with the same problem, so agree
+        assert summary.stats["filtered"] == (0 if kept else 9) and summary.records == problems
+    else:  # an echoed prompt is no Python: no solution passes
+        assert summary.stats["filtered"] == 18 and summary.records == 0
+    assert len({r["topic"] for r in good}) == (9 if summary.records else 0)
+    assert len({r["problem"] for r in good}) == summary.records
     for r in good:
         assert r[flag] == "yes" and r["topic"] in r["topics"] and len(r["subtopics"]) == 2
         assert len(r["problems"]) == 2 and r["problem"] in r["problems"]
+        assert r["solution"].startswith("echo: Solve this problem step by step.") and r["solution"].endswith(r["problem"])
+        check = r["verification"]
+        assert check["valid"] and check["answer"] == check["reference"] and r["second_solution"].endswith(r["problem"])
+
+
+def test_stub_math_keeps_agreeing_answers(stub_server, tmp_path):
+    """The math recipe keeps a problem only when its two answers agree: here the first answer is
+    7 for the first problem of each list and 8 for the second, the second answer always 7."""
+    server = stub_server(pick="first", echo_chars=STUB_ECHO_CHARS)
+    summary, good, _ = stub_recipe("math", server, tmp_path, "~recipe.stages.dedup_problems",
+                                   "recipe.templates.solution='{% if problem.startswith(\"items 1\") %}So \\boxed{7}"
+                                   "{% else %}So \\boxed{8}{% endif %}'",
+                                   "recipe.templates.second_solution='Hence \\boxed{7}'")
+    assert summary.records == 9 and summary.stats["filtered"] == 9, "one problem of each topic's 2 disagrees"
+    for r in good:
+        assert r["problem"].startswith("items 1 ") and r["solution"] == "echo: So \\boxed{7}"
+        assert r["verification"] == {"valid": True, "error": None, "answer": "7", "reference": "7"}
+
+
+def test_stub_python_keeps_passing_solutions(stub_server, tmp_path):
+    """The python recipe's solutions run with their tests: the stub echoes the code the templates
+    below hold, and the test passes for the first problem of each list only."""
+    server = stub_server(pick="first", echo_chars=STUB_ECHO_CHARS)
+    solution = "recipe.templates.solution='```python\nproblem = {{ problem | tojson }}\n```'"
+    tests = "recipe.templates.tests='```python\nassert problem.startswith(\"items 1 \"), problem[:7]\n```'"
+    summary, good, _ = stub_recipe("python", server, tmp_path, "~recipe.stages.dedup_problems", solution, tests,
+                                   "recipe.stages.check_solution.filter=false")
+    assert summary.records == 18 and summary.stats["filtered"] == 0
+    for r in good:
+        check = r["validation"]
+        assert check["valid"] == r["problem"].startswith("items 1 "), check
+        assert check["ran"] and "network" in check["isolation"]
+        if not check["valid"]:
+            assert check["error"] == "AssertionError: items 2"
+            assert check["failed_assertion"] == 'assert problem.startswith("items 1 "), problem[:7]'
+    kept = stub_recipe("python", server, tmp_path / "kept", "~recipe.stages.dedup_problems", solution, tests)[0]
+    assert kept.records == 9 and kept.stats["filtered"] == 9
 
 
 @pytest.mark.parametrize("name,user_turns", [("dialogue", 2), ("two_turn", 2)])

@@ -268,11 +268,16 @@ def test_scipy_person_dataset_and_datetime_columns(tmp_path, stub_server):
       "sample": {"_target_": "recipe.stages.SampleStage", "columns": {"x": {"expression": "missing_field + 1"}}},
       "write": {"_target_": "recipe.stages.WriteStage"}}, "stage 'sample' reads 'missing_field'"),
     ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
+      "sample": {"_target_": "recipe.stages.SampleStage", "columns": {"d": {
+          "sampler": "dataset", "path": "../in.jsonl", "replace": False}}},
+      "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.sample.columns.d: replace: false takes each row once"),
+    ({"read": {"_target_": "recipe.stages.ReadStage", "seeds": ["a", "b"]},
       "sample": {"_target_": "recipe.stages.SampleStage", "n": 5, "columns": {"x": {"sampler": "uniform", "low": 0, "high": 1}}},
       "write": {"_target_": "recipe.stages.WriteStage"}}, "recipe.stages.io.sample: a sample stage with n is a recipe's source"),
 ])
 def test_a_sample_stage_in_the_wrong_place_is_one_error_line(tmp_path, stub_server, stages, expected):
     server = stub_server()
+    write_jsonl(tmp_path / "in.jsonl", [{"x": 1}])
     conf = write_recipe(tmp_path, stages)
     result = run(tmp_path, server, conf, check_exit=2)
     lines = [line for line in result.stderr.splitlines() if line.strip()]

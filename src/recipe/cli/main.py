@@ -70,6 +70,11 @@ def _job(cfg) -> int:
     if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
         prefix = f"job #{HydraConfig.get().job.num}: "
     try:
+        if cfg.get("preview"):  # preview=N: a few records and an estimate; no run folder (recipe.engine.preview)
+            from recipe.engine.preview import run_preview, show
+
+            show(run_preview(cfg, int(cfg.preview)))
+            return 0
         summary = run(cfg)
     except RecipeError as exc:
         print(f"error: {prefix}{exc}", file=sys.stderr)
@@ -111,6 +116,12 @@ def _job(cfg) -> int:
 def main() -> None:
     import gc
 
+    if sys.argv[1:2] == ["report"]:  # python -m recipe report DIR: no Hydra (see recipe.report)
+        from recipe.config import secrets
+        from recipe.report import main as report_main
+
+        secrets.from_environment(os.environ)
+        sys.exit(report_main(sys.argv[2:]))
     try:
         _main()
     finally:
@@ -144,6 +155,7 @@ def _main() -> None:
         _fail(str(exc))
     # +model=NAME as model=NAME, as the precheck composed it (see compose.model_choice)
     sys.argv[1:] = model_choice(sys.argv[1:], hydra_args(sys.argv[1:]).config_name or "config")
+    scratch = _preview_scratch(sys.argv)
 
     @hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
@@ -159,7 +171,25 @@ def _main() -> None:
     except BrokenPipeError:  # `python -m recipe --help | head`: the reader left, nothing to report
         sys.stderr.close()
         sys.exit(0)
+    finally:
+        if scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
     sys.exit(_exit_code)
+
+
+def _preview_scratch(argv: list[str]) -> str | None:
+    """``preview=N`` writes nothing into the run folder: Hydra's run dir (its .hydra/ and log)
+    becomes a temporary folder, removed at the end. Returns it (None: not a preview)."""
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("preview=")]
+    if not given or given[-1].strip().lower() in ("null", "none", ""):
+        return None
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="recipe-preview-hydra-")
+    argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+    return scratch
 
 
 if __name__ == "__main__":

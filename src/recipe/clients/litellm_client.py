@@ -59,6 +59,13 @@ _PASSED_AS_GIVEN = ("reasoning_effort", "thinking")
 
 
 _read_field = reply.field
+def _outcome(error: BaseException, retried: bool) -> str:
+    """A failed attempt's outcome for the per-minute timings (see ``request_timings.OUTCOMES``)."""
+    if isinstance(error, errors.RateLimitError):
+        return "rate_limited"
+    return "retried" if retried and getattr(error, "retryable", False) else "failed"
+
+
 
 
 def parse_reward_scores(response: Any, provider: str = "") -> dict[str, float]:
@@ -244,11 +251,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     error = translate(exc, provider=self.provider, secrets=(self._api_key,))
                 else:
                     self.limiter.on_success()
+                    self.stats.time_request(time.monotonic() - started, "ok", time.time())
                     return result
                 finally:
                     _TICKET.reset(token)
                     if ticket is not None:
                         await self.budget.settle(ticket)
+            self.stats.time_request(time.monotonic() - started, _outcome(error, attempt < self.num_retries),
+                                    time.time())
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)
@@ -482,6 +492,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         if pair is not None:
             prompt, completion = pair
             self.stats.add_tokens(model, prompt, completion)
+            self.stats.time_tokens(prompt + completion)
             thought = reply.reasoning_tokens(usage)  # already inside completion: billed, and counted, once
             if thought:
                 self.stats.count("reasoning_tokens", thought)

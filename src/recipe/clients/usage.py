@@ -29,6 +29,8 @@ class UsageStats:
     tokens_by_model: dict = field(default_factory=dict)
     # Per schema name: answers asked, valid at the first try, valid after retries, still invalid.
     structured_by_schema: dict = field(default_factory=dict)
+    # Latency and tokens per request, outcomes per minute (see request_timings): the report's charts.
+    timings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,6 +70,19 @@ class UsageStats:
             for key, amount in amounts.items():
                 counts[key] = counts.get(key, 0) + amount
 
+    def time_request(self, seconds: float, outcome: str, at: float) -> None:
+        """One request attempt's latency and outcome (``request_timings.OUTCOMES``)."""
+        from recipe.clients import request_timings
+
+        with self._lock:
+            request_timings.add_request(self.timings, seconds, outcome, at)
+
+    def time_tokens(self, tokens: int) -> None:
+        from recipe.clients import request_timings
+
+        with self._lock:
+            request_timings.add_tokens(self.timings, tokens)
+
     def fail(self, error_class: str) -> None:
         with self._lock:
             self.failures[error_class] += 1
@@ -86,10 +101,17 @@ class UsageStats:
                 counts = self.structured_by_schema.setdefault(name, {})
                 for key, amount in amounts.items():
                     counts[key] = counts.get(key, 0) + amount
+            if data.get("timings"):
+                from recipe.clients import request_timings
+
+                request_timings.merge(self.timings, data["timings"])
 
     def as_dict(self) -> dict:
         with self._lock:
-            data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+            data = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "timings"}
+            from recipe.clients import request_timings
+
+            data["timings"] = request_timings.copy(self.timings)  # nested: copied whole, under the lock
         return data
 
     def reset(self) -> dict:

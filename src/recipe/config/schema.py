@@ -147,6 +147,7 @@ class RecipeConfig:
     progress: bool = True
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
+    preview: Optional[int] = None  # N: the chain on the first N records and an estimate (recipe.engine.preview)
 
 
 def register() -> None:
@@ -214,6 +215,8 @@ def value_problems(cfg: Any) -> list[str]:
     if cfg.target.records is not None:
         check(cfg.target.records >= 1, "target.records", "must be >= 1 (or null for every input)", cfg.target.records)
     check(cfg.target.max_rounds >= 1, "target.max_rounds", "must be >= 1", cfg.target.max_rounds)
+    if cfg.get("preview") is not None:
+        check(cfg.preview >= 1, "preview", "must be >= 1 (records to preview), or null", cfg.preview)
     given = cfg.get("input")
     if given is not None:
         paths_given = list(given) if OmegaConf.is_list(given) else [given]

@@ -7,6 +7,7 @@
    is to do, the budget's ledger).
 3. :func:`recipe.engine.execute.execute`: the local server, Dask, the progress thread, the work.
 4. :func:`recipe.engine.accounting.account`: the attempt's usage and the run's ``stats.json``.
+5. :func:`recipe.report.after_run`: the run folder's ``report.html``.
 
 The CLI (``python -m recipe``) and users' code both call this plain function; Hydra only
 parses and composes.
@@ -85,15 +86,24 @@ def _run(cfg: Any, output_dir: str | None) -> RunSummary:
     from recipe.engine import execute as run_execute
     from recipe.engine import plan as run_plan
 
+    from recipe.report import after_run
+
     plan = run_plan.resolve(cfg, output_dir)
     with plan.folder.locked():
         attempt = run_attempt.start(plan)
+        stopped_by_error = False
         try:
             if attempt.has_work or plan.wants_target:  # a target may need more of an earlier attempt's partitions
                 run_execute.execute(plan, attempt)
             attempt.outcome = "completed"
+        except Exception:
+            stopped_by_error = True
+            raise
         finally:
             stats = run_accounting.account(plan, attempt)
+            if stopped_by_error:  # an attempt stopped by an error explains itself too
+                after_run(plan.output_dir)
     run_accounting.finish(plan, attempt, stats)
+    report_note = after_run(plan.output_dir)  # 5. report.html (see recipe.report)
     return RunSummary(output_dir=plan.output_dir, records=stats["records"], failed=stats["failed"], stats=stats,
-                      notes=run_accounting.notes(plan, stats))
+                      notes=run_accounting.notes(plan, stats) + ([report_note] if report_note else []))

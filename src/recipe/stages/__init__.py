@@ -23,7 +23,7 @@ from recipe.stages.transform.combine import CombineStage  # noqa: E402
 from recipe.stages.transform.cross import CrossStage  # noqa: E402
 from recipe.stages.llm.nemotron_cc import RewritesStage  # noqa: E402
 from recipe.stages.transform.preference import PreferencePairsStage  # noqa: E402
-from recipe.stages.quality.check_answer import CheckAnswerStage  # noqa: E402
+from recipe.stages.quality.validate import ValidateStage  # noqa: E402
 
 __all__ += ["CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage", "RewritesStage",
-            "CheckAnswerStage"]
+            "ValidateStage"]

@@ -25,7 +25,7 @@ from recipe.clients.factory import ClientSpec, shared_async_client
 from recipe.clients.event_loop import cancelled, check_cancelled, run_sync
 from recipe.clients.tokens import estimate_tokens
 from recipe.stages import breaker, conditions, params, progress
-from recipe.stages.partition import carry, count_skipped, counting_filtered
+from recipe.stages.partition import Partition, carry, count_skipped, counting_filtered, dropped
 from recipe.stages.records import error_record, is_error
 
 T = TypeVar("T")
@@ -125,7 +125,7 @@ def _apply_stage(partition, stage: Stage) -> list[dict]:
     passed = [r for r in records if is_error(r)]
     with counting_filtered() as tally:
         out = passed + (stage.process_partition(good) if good else [])
-    return carry(partition, out, filtered=tally.filtered, skipped=tally.skipped)
+    return carry(Partition(records, dropped(partition)), out, filtered=tally.filtered, skipped=tally.skipped, stage=stage.name)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Iterator
 
 
 class Partition(list):
-    """Records, plus ``dropped``: ``{"filtered": n, "deduplicated": {stage: n}}``."""
+    """Records, plus ``dropped``: ``{"filtered": n, "deduplicated": {stage: n}, "stages": {stage:
+    [records in, records out, new error records]}}`` (the last is the report's funnel)."""
 
     def __init__(self, records: Iterable = (), dropped: dict | None = None) -> None:
         super().__init__(records)
@@ -28,18 +29,29 @@ def dropped(partition: Iterable) -> dict:
     """What the stages before dropped from ``partition`` (empty for a plain list)."""
     found = getattr(partition, "dropped", None) or {}
     return {"filtered": int(found.get("filtered", 0)), "deduplicated": dict(found.get("deduplicated") or {}),
-            "skipped": dict(found.get("skipped") or {})}
+            "skipped": dict(found.get("skipped") or {}),
+            "stages": {name: list(counts) for name, counts in (found.get("stages") or {}).items()}}
 
 
 def carry(source: Iterable, records: list, filtered: int = 0, deduplicated: dict | None = None,
-          skipped: dict | None = None) -> Partition:
+          skipped: dict | None = None, stage: str | None = None) -> Partition:
     """``records`` as the next partition: what ``source`` carried, plus this stage's drops (and the
-    records its ``when`` skipped: not dropped unless ``when_false: drop``, but counted the same way)."""
+    records its ``when`` skipped: not dropped unless ``when_false: drop``, but counted the same way)
+    and, for ``stage``, its records in and out and the error records it made."""
     counts = dropped(source)
     counts["filtered"] += filtered
     for key, extra in (("deduplicated", deduplicated), ("skipped", skipped)):
-        for stage, count in (extra or {}).items():
-            counts[key][stage] = counts[key].get(stage, 0) + count
+        for name, count in (extra or {}).items():
+            counts[key][name] = counts[key].get(name, 0) + count
+    if stage:
+        from recipe.stages.records import is_error
+
+        failed_before = sum(1 for r in source if is_error(r))
+        failed_after = sum(1 for r in records if is_error(r))
+        seen = counts["stages"].setdefault(stage, [0, 0, 0])
+        for index, amount in enumerate((len(source) - failed_before, len(records) - failed_after,
+                                        failed_after - failed_before)):
+            seen[index] += amount
     return Partition(records, counts)
 
 

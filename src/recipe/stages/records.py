@@ -106,3 +106,33 @@ def require_fields(record: dict, fields: Iterable[str], purpose: str) -> None:
     for name in fields:
         if name not in record:
             raise MissingFieldError(f"record has no field {name!r} to {purpose}")
+
+
+def unencodable_field(value: Any, where: str = "") -> str | None:
+    """The first field (``a.b[2]``) of ``value`` holding text no UTF-8 file can hold, a lone
+    UTF-16 surrogate (from an input's ``\\ud800`` escape, say), as a key or a value; None if none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(the record)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            found = unencodable_field(key, name) if isinstance(key, str) else None
+            found = found or unencodable_field(item, name)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = unencodable_field(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def surrogate_message(field: str) -> str:
+    """The one wording for a value no UTF-8 file can hold (the reader and every writer say it)."""
+    return (f"field {field!r} holds a lone UTF-16 surrogate, which UTF-8 (JSONL, Parquet) cannot store: "
+            "fix that value in the input")

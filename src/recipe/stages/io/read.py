@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from pydantic import Field
 from recipe.errors import ConfigError, InputError
 from recipe import storage
 from recipe.stages.base import Stage
-from recipe.stages.records import (ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
+from recipe.stages.records import (surrogate_message, unencodable_field, ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
                                    make_id, root)
 
 
@@ -82,6 +83,9 @@ def _read_jsonl_block(block: tuple[str, int, int, int]) -> list[dict]:
     return records
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _parse_line(raw: bytes | str, path: str, name: str, number: int) -> dict:
     """One line: its record, or its error record naming file and line."""
     where = f"{path}:{number}"
@@ -98,6 +102,10 @@ def _parse_line(raw: bytes | str, path: str, name: str, number: int) -> dict:
         return error_record("read", InputError(f"{where}: malformed JSON: {exc}"), text.rstrip("\r"), where)
     if is_error_line(value):  # a line of an errors/ file: retry the record that failed
         value = value["record"]
+    if _SURROGATE_ESCAPE.search(text):  # a \ud800-\udfff escape: one lone half makes the record unusable
+        field = unencodable_field(value)
+        if field is not None:  # refused here, before any request is paid for it
+            return error_record("read", InputError(f"{where}: {surrogate_message(field)}"), value, where)
         if isinstance(value, str):  # a line that did not parse then: parse it again
             return _parse_line(value, path, name, number)
     return _admit(value, where, make_id(name, number), f"{name}:{number}")

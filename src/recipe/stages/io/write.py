@@ -25,7 +25,7 @@ from recipe import storage
 from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.partition import dropped
-from recipe.stages.records import error_record, is_error
+from recipe.stages.records import error_record, is_error, surrogate_message, unencodable_field
 
 
 def _line(record: dict) -> str:
@@ -48,30 +48,6 @@ def _write_jsonl(path: str, records: list[dict]) -> None:
     atomic_write(path, fill)
 
 
-def _unencodable(value: Any, where: str = "") -> str | None:
-    """The first field (``a.b[2]``) of ``value`` holding text no UTF-8 file can hold, a lone
-    UTF-16 surrogate (from an input's ``\\ud800`` escape, say), as a key or a value; None if none."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return where or "(the record)"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            name = f"{where}.{key}" if where else str(key)
-            found = _unencodable(key, name) if isinstance(key, str) else None
-            found = found or _unencodable(item, name)
-            if found:
-                return found
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _unencodable(item, f"{where}[{index}]")
-            if found:
-                return found
-    return None
-
-
 def writable(records: list[dict], stage: str) -> list[dict]:
     """The records, each one holding a value no output format can store turned into an error
     record naming its field: one bad value costs one record, in every format, never the run."""
@@ -81,10 +57,8 @@ def writable(records: list[dict], stage: str) -> list[dict]:
             try:  # one C-speed pass; the field is looked for only when there is one
                 json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
             except UnicodeEncodeError:
-                field = _unencodable(record) or "(a value written as text)"
-                record = error_record(stage, InputError(
-                    f"field {field!r} holds a lone UTF-16 surrogate, which UTF-8 (JSONL, Parquet) cannot "
-                    "store: fix that value in the input"), record)
+                field = unencodable_field(record) or "(a value written as text)"
+                record = error_record(stage, InputError(surrogate_message(field)), record)
         out.append(record)
     return out
 

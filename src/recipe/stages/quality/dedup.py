@@ -34,7 +34,7 @@ from pydantic import Field
 from recipe.errors import MissingFieldError, ConfigError
 from recipe.stages import progress
 from recipe.stages.base import Stage
-from recipe.stages.partition import carry
+from recipe.stages.partition import Partition, carry, dropped
 from recipe.stages.records import error_record, is_error, record_id
 
 DUPLICATE_OF = "_duplicate_of"
@@ -235,4 +235,5 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
             directory = Path(stage.output_dir) / "removed" / stage.name
             directory.mkdir(parents=True, exist_ok=True)
             _write_jsonl(directory / f"part-{index:05d}.jsonl", removed)
-    return carry(source, out, deduplicated={stage.name: len(removed)} if removed else None)
+    return carry(Partition(records, dropped(source)), out,
+                 deduplicated={stage.name: len(removed)} if removed else None, stage=stage.name)

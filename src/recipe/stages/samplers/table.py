@@ -150,6 +150,9 @@ class Table:
                                   "the columns declared before it" if ref in later else "not a column before this one"))
                         break
             self._column_links(where, column)
+            if sampler == "dataset" and not self._known_inputs and column.params.get("replace") is False:
+                self._say(where, "replace: false takes each row once in record order: it needs n (a sampled "
+                                 "source), not columns added to incoming records")
         self._conversion(where, column)
         return column if len(self.problems) == before else None
 
