@@ -441,9 +441,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                  for c in ordered]
         texts = [reply.repaired(t, self.provider) if isinstance(t, str) else t for t in texts]
         self._record_usage(reply.field(response, "usage"), model, estimate, texts)
-        thoughts = [reply.reasoning_text(c if text else reply.field(c, "message")) or None for c in ordered]
+        given = [reply.reasoning_text(c if text else reply.field(c, "message")) or None for c in ordered]
         return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"), r)
-                for t, c, r in zip(texts, ordered, thoughts)]
+                for t, c, r in zip(texts, ordered, given)]
 
     def _accept(self, content: Any, finish_reason: Any, refusal: Any = None,
                 reasoning: str | None = None) -> reply.Answer:
