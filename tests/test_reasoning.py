@@ -89,7 +89,7 @@ def test_an_answer_that_is_only_an_unclosed_think_block_is_truncated(stub_server
         "backend.num_retries=0", *(["+recipe.stages.generate.sampling={stream:true}"] if stream else []), check_exit=3)
     bad = error_rows(run_dir(tmp_path))
     assert not outputs(run_dir(tmp_path)) and len(bad) == 3
-    assert {b["error_class"] for b in bad} == {"TruncatedError"}, bad[0]
+    assert {b["_error"]["class"] for b in bad} == {"TruncatedError"}, bad[0]
 
 
 def test_n_answers_keep_a_list_of_traces_aligned_with_them(stub_server, tmp_path):

@@ -397,6 +397,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         if stream:
             parts: dict[int, list[str]] = {}
             thoughts: dict[int, list[str]] = {}
+            called: dict[int, dict[int, dict]] = {}
             refusals: dict[int, list[str]] = {}
             finish: dict[int, Any] = {}
             usage = None
@@ -414,6 +415,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     piece = reply.content_text(reply.field(delta, "text" if text else "content"))
                     parts.setdefault(index, []).append(piece if isinstance(piece, str) else "")
                     thoughts.setdefault(index, []).append(reply.reasoning_text(delta))
+                    reply.add_call_pieces(called.setdefault(index, {}), delta)
                     refused = reply.field(delta, "refusal")
                     if isinstance(refused, str) and refused:
                         refusals.setdefault(index, []).append(refused)
@@ -428,7 +430,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     f"{self.provider}: the stream ended without a finish_reason (choice {cut[0]}, "
                     f"{len(texts[cut[0]])} characters in): the answer was cut short")
             return [self._accept(texts[i], finish.get(i), reply.whole_text(refusals.get(i, []), self.provider) or None,
-                                 reply.whole_text(thoughts.get(i, []), self.provider) or None)
+                                 reply.whole_text(thoughts.get(i, []), self.provider) or None,
+                                 [called[i][k] for k in sorted(called.get(i, {}))])
                     for i in texts]
         choices = reply.field(response, "choices")
         if not choices:
@@ -442,11 +445,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         texts = [reply.repaired(t, self.provider) if isinstance(t, str) else t for t in texts]
         self._record_usage(reply.field(response, "usage"), model, estimate, texts)
         given = [reply.reasoning_text(c if text else reply.field(c, "message")) or None for c in ordered]
-        return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"), r)
+        return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"), r,
+                             reply.tool_calls_of(reply.field(c, "message")))
                 for t, c, r in zip(texts, ordered, given)]
 
     def _accept(self, content: Any, finish_reason: Any, refusal: Any = None,
-                reasoning: str | None = None) -> reply.Answer:
+                reasoning: str | None = None, tool_calls: list | None = None) -> reply.Answer:
         """The answer, its reasoning apart, or the error a refused, filtered, empty or truncated
         answer is. An answer that is only reasoning cut at max_tokens (an unclosed think block, or
         a trace with no content yet) is truncated whatever ``on_truncated`` says: nothing to keep."""
@@ -463,6 +467,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             raise errors.ContentFilterError(f"{self.provider}: the provider's content filter stopped the answer "
                                             "(finish_reason content_filter)")
         cut = reason == "length"
+        if tool_calls and not cut:  # content null beside tool calls: the calls are the answer
+            return reply.Answer(content if isinstance(content, str) else "", reasoning, tool_calls)
         if content is None or content == "":
             why = " (cut at max_tokens before any text)" if cut else ""
             raise errors.EmptyAnswerError(f"{self.provider}: the answer is empty{why}", None, retry)
@@ -537,15 +543,20 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                             stop: str | None | list[str] = None, stream: bool = False,
                             temperature: float | None = None, top_k: int | None = None,
                             top_p: float | None = None, response_format: Any = None,
-                            reasoning_effort: str | None = None,
-                            thinking_budget: int | None = None) -> list[reply.Answer]:
+                            reasoning_effort: str | None = None, thinking_budget: int | None = None,
+                            tools: list | None = None, tool_choice: Any = None) -> list[reply.Answer]:
         """:meth:`query_model`'s ``n`` choices as :class:`~recipe.clients.reply.Answer` objects:
-        the text and, apart, the reasoning (None when the model gave none). Cached together."""
+        the text and, apart, the reasoning (None when the model gave none) and the tool calls (with
+        ``tools``, OpenAI's tool JSON Schemas, and ``tool_choice``). Cached together."""
         messages = list(messages)
         n = 1 if n is None else int(n)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p, reasoning_effort, thinking_budget)
+        if tools:
+            params["tools"] = list(tools)
+            if tool_choice is not None:
+                params["tool_choice"] = tool_choice
         text = conversation_formatter is not None
         route = self._route(text)
         if text:

@@ -149,10 +149,12 @@ _REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 @dataclass(frozen=True)
 class Answer:
-    """One choice: the answer's text (never any reasoning) and the model's reasoning, if it gave any."""
+    """One choice: the answer's text (never any reasoning), the model's reasoning if it gave any, and
+    the tool calls it made (``[{"name", "arguments"}]``, arguments as the JSON text sent; None: none)."""
 
     text: str
     reasoning: str | None = None
+    tool_calls: list | None = None
 
 
 def reasoning_text(holder: Any) -> str:
@@ -203,9 +205,33 @@ def reasoning_tokens(usage: Any) -> int | None:
     return usage_number(field(details, "reasoning_tokens")) if details is not None else None
 
 
+def tool_calls_of(holder: Any) -> list[dict]:
+    """A message's ``tool_calls`` as ``[{"name", "arguments"}]`` (arguments: the text sent)."""
+    calls = field(holder, "tool_calls")
+    out = []
+    for call in calls if isinstance(calls, list) else ():
+        function = field(call, "function")
+        out.append({"name": field(function, "name"), "arguments": field(function, "arguments")})
+    return out
+
+
+def add_call_pieces(calls: dict[int, dict], delta: Any) -> None:
+    """A stream delta's ``tool_calls`` pieces added to ``calls`` (per call index: name, arguments text)."""
+    pieces = field(delta, "tool_calls")
+    for position, piece in enumerate(pieces if isinstance(pieces, list) else ()):
+        index = field(piece, "index")
+        call = calls.setdefault(index if isinstance(index, int) else position, {"name": "", "arguments": ""})
+        function = field(piece, "function")
+        for key in ("name", "arguments"):
+            value = field(function, key)
+            if isinstance(value, str):
+                call[key] += value
+
+
 def stored_answers(answers: list[Answer]) -> list[dict]:
-    """Answers as the request cache stores them: answer and reasoning together."""
-    return [{"text": a.text, "reasoning": a.reasoning} for a in answers]
+    """Answers as the request cache stores them: answer, reasoning and tool calls together."""
+    return [{"text": a.text, "reasoning": a.reasoning, **({"tool_calls": a.tool_calls} if a.tool_calls else {})}
+            for a in answers]
 
 
 def cached_answers(value: Any) -> list[Answer]:
@@ -214,7 +240,7 @@ def cached_answers(value: Any) -> list[Answer]:
     out = []
     for item in value:
         if isinstance(item, dict):
-            out.append(Answer(item.get("text") or "", item.get("reasoning")))
+            out.append(Answer(item.get("text") or "", item.get("reasoning"), item.get("tool_calls")))
         else:
             text, trace, _ = with_reasoning(item, None)
             out.append(Answer(text, trace))

@@ -17,6 +17,8 @@ class UsageStats:
     rate_limited: int = 0
     schema_retries: int = 0  # answers asked again because they did not validate under their schema
     schema_failures: int = 0  # records that became SchemaError records after the last try
+    tool_call_retries: int = 0  # answers asked again because their tool calls were not valid
+    tool_call_failures: int = 0  # records that became ToolCallError records after the last try
     retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included
     limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0

@@ -118,6 +118,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
+        "tool_call_retries": total.get("tool_call_retries", 0), "tool_call_failures": total.get("tool_call_failures", 0),
         "structured_by_schema": total["structured_by_schema"],
         "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],
         "request_failures_by_class": total["failures"],

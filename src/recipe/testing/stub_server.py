@@ -191,6 +191,7 @@ class _App:
         self.answers: list[list] = []
         self.quirks = _Quirks(a)  # the wire's oddities (issue 21): their own region, below
         self.thinking = _Thinking(a)  # reasoning models' answers (issue 24): their own region, below
+        self.tool_calls = _ToolCalls(a)  # answers to requests with tools (issue 24 §2): their region, below
 
     async def stats(self, request):
         return web.json_response({
@@ -202,7 +203,8 @@ class _App:
             "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers,
             "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params,
             "quirks": self.quirks.counts, "reasoning": self.thinking.log,
-            "reasoning_tokens_sent": self.thinking.sent})
+            "reasoning_tokens_sent": self.thinking.sent,
+            "tool_calls": self.tool_calls.log})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -365,6 +367,7 @@ class _App:
                {"index": i, "text": c, "logprobs": lp, "finish_reason": finish}
                for i, c, lp in choices]
         out = self.thinking.choices(self.quirks.choices(out, chat, _refusal(prompts[0]) if refused else None), chat)
+        out = self.tool_calls.choices(out, body, prompts[0] if prompts else "") if chat else out
         text = json.dumps({**head, "choices": out, "usage": usage})
         if a.drip:
             return await self._drip(request, text.encode())
@@ -895,7 +898,9 @@ class _Quirks:
 # Usage then counts the trace in completion_tokens and in ``completion_tokens_details.reasoning_tokens``.
 
 _THINKING = {"think": ("--think", str, "", "inline, open, unclosed, reasoning_content or reasoning: answer as a "
-                       "reasoning model does (see the region's comment)")}
+                       "reasoning model does (see the region's comment)"),
+             "tool_break": ("--tool-break", float, 0.0, "exact fraction of tool-call answers whose call is invalid "
+                            "(alternately: an unknown tool's name, arguments missing a required key)")}
 _THINK_FIELDS = ("reasoning_content", "reasoning")
 
 
@@ -974,6 +979,44 @@ class _Thinking:
 
     def finish(self, index: int, finish: str) -> str:
         return "length" if self.mode == "unclosed" and index in self._traces else finish
+
+
+# ---- tool calls (issue 24 §2) -------------------------------------------------------------------
+# A chat request with ``tools`` is answered with one call (``content: null``, finish_reason
+# ``tool_calls``) of the tool ``tool_choice`` names, else the first tool, with arguments valid under
+# its parameters (the schema rules above); ``--tool-break`` breaks an exact fraction of them. Each
+# call is logged in ``/_stats`` ``tool_calls`` as [first user message, name, arguments, broken?].
+
+class _ToolCalls:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.schedule = _Schedule({"break": a.tool_break})
+        self.log: list[list] = []
+
+    def choices(self, out: list[dict], body: dict, prompt: str) -> list[dict]:
+        tools = [t.get("function") or {} for t in body.get("tools") or [] if isinstance(t, dict)]
+        if not tools:
+            return out
+        choice = body.get("tool_choice")
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        tool = next((t for t in tools if t.get("name") == wanted), tools[0])
+        first = next((_text(m.get("content")) for m in body.get("messages") or []
+                      if isinstance(m, dict) and m.get("role") == "user"), prompt)
+        for c in out:
+            parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+            name, arguments = tool.get("name"), _instance(parameters, parameters, first, chars=self.a.echo_chars)
+            broken = self.schedule.next() == "break"
+            if broken:
+                if len(self.log) % 2 == 0 or not parameters.get("required"):
+                    name = f"{name}_unknown"
+                else:
+                    arguments = {k: v for k, v in arguments.items() if k != parameters["required"][0]}
+            text = json.dumps(arguments)
+            self.log.append([first, name, text, broken])
+            c["message"] = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{len(self.log)}", "type": "function", "function": {"name": name, "arguments": text}}]}
+            c["finish_reason"] = "tool_calls"
+        return out
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

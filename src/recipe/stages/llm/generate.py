@@ -11,6 +11,7 @@ from recipe.errors import ConfigError, InputError
 from recipe.clients.structured_output import load_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.structured import ask_valid_answers
+from recipe.stages.tool_calls import ask_tool_calls, load_tools, openai_messages
 from recipe.stages.templates import fields_required, render
 
 
@@ -48,6 +49,13 @@ class GenerateStage(LLMStage):
         reasoning_field: keep a reasoning model's trace in this field (a list aligned with the
             answers when ``n`` > 1; null where the model gave none). The answer itself never holds
             the reasoning, with or without this.
+        tools: OpenAI tool JSON Schemas (a list, or the path of a JSON file holding one); with them
+            ``output_field`` holds the answer's calls, ``[{name, arguments}]`` with arguments parsed
+            and validated against the tool's parameters (:mod:`recipe.stages.tool_calls`); an
+            invalid call is asked again up to ``schema_retries`` times, then the record becomes a
+            ``ToolCallError`` record. ``tool_choice``: OpenAI's (auto, required, or a function).
+        messages_field: with ``tools``, the conversation in OpenAI's format, ready for SFT: the
+            messages sent, then the assistant's ``tool_calls`` (a list of those when ``n`` > 1).
     """
 
     prompt: str | None = "{{ prompt }}"
@@ -58,6 +66,9 @@ class GenerateStage(LLMStage):
     schema: Any = None
     schema_retries: Annotated[int, Field(ge=0)] = 2
     reasoning_field: str | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    messages_field: str | None = None
 
     def rules(self):
         self._schema = None
@@ -67,6 +78,16 @@ class GenerateStage(LLMStage):
             yield "schema", str(exc)
         if self.reasoning_field and self.reasoning_field == self.output_field:
             yield "reasoning_field", f"reasoning_field must differ from output_field ({self.output_field!r})"
+        self._tools = None
+        try:
+            self._tools = load_tools(self.tools)
+        except ConfigError as exc:
+            yield "tools", str(exc)
+        if self.tools is not None and self.schema is not None:
+            yield "tools", "give tools or schema, not both (an answer is calls or a value)"
+        for name in ("tool_choice", "messages_field"):
+            if getattr(self, name) is not None and self.tools is None:
+                yield name, f"{name} needs tools"
         for index, message in enumerate(self.messages or []):
             if not {"role", "content"} <= set(message):
                 yield "messages", f"messages[{index}] needs a role and a content, got {sorted(message)}"
@@ -78,12 +99,14 @@ class GenerateStage(LLMStage):
 
     @property
     def outputs(self) -> set[str]:
-        return {self.output_field} | ({self.reasoning_field} if self.reasoning_field else set())
+        return {self.output_field} | {f for f in (self.reasoning_field, self.messages_field) if f}
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
         turns = build_messages(record, self.prompt, self.messages, self.system)
         n = self.n or self.sampling_for().get("n", 1)
-        if self._schema is not None:
+        if self._tools is not None:
+            pairs = await ask_tool_calls(self, llm, turns, self._tools, self.tool_choice, n=n, retries=self.schema_retries)
+        elif self._schema is not None:
             pairs = await ask_valid_answers(self, llm, turns, self._schema, n=n, retries=self.schema_retries)
         else:
             pairs = [(a.text, a.reasoning) for a in await self.ask_answers(llm, turns, **({"n": self.n} if self.n else {}))]
@@ -92,4 +115,7 @@ class GenerateStage(LLMStage):
         record[self.output_field] = answers if n > 1 else answers[0]
         if self.reasoning_field:
             record[self.reasoning_field] = traces if n > 1 else traces[0]
+        if self.messages_field:
+            conversations = [openai_messages(turns, calls) for calls in answers]
+            record[self.messages_field] = conversations if n > 1 else conversations[0]
         return [record]
