@@ -30,6 +30,24 @@ def build_messages(record: dict, prompt: str | None, messages: list | None, syst
     return turns
 
 
+def _strings(value: Any):
+    """Every string inside ``value`` (a tool_choice: a string, or a mapping of them)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+
+
+def _rendered(value: Any, record: dict) -> Any:
+    """``value`` with each string rendered as a template over ``record``."""
+    if isinstance(value, str):
+        return render(value, record)
+    if isinstance(value, dict):
+        return {k: _rendered(v, record) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class GenerateStage(LLMStage):
     """``record[output_field]`` = the model's answer (a list when ``n`` > 1).
@@ -53,7 +71,10 @@ class GenerateStage(LLMStage):
             ``output_field`` holds the answer's calls, ``[{name, arguments}]`` with arguments parsed
             and validated against the tool's parameters (:mod:`recipe.stages.tool_calls`); an
             invalid call is asked again up to ``schema_retries`` times, then the record becomes a
-            ``ToolCallError`` record. ``tool_choice``: OpenAI's (auto, required, or a function).
+            ``ToolCallError`` record. ``tool_choice``: OpenAI's (auto, required, or a function); its
+            strings are Jinja templates over the record (``{type: function, function: {name:
+            "{{ tool }}"}}`` forces each record's own tool, which llama-cpp-python's server decodes
+            under the tool's parameters even for a model whose chat template knows no tools).
         messages_field: with ``tools``, the conversation in OpenAI's format, ready for SFT: the
             messages sent, then the assistant's ``tool_calls`` (a list of those when ``n`` > 1).
     """
@@ -94,8 +115,8 @@ class GenerateStage(LLMStage):
 
     @property
     def inputs(self) -> set[str]:
-        return {name for m in message_templates(self.prompt, self.messages, self.system)
-                for name in fields_required(m.get("content", ""))}
+        templates = [m.get("content", "") for m in message_templates(self.prompt, self.messages, self.system)]
+        return {name for source in templates + list(_strings(self.tool_choice)) for name in fields_required(source)}
 
     @property
     def outputs(self) -> set[str]:
@@ -105,7 +126,8 @@ class GenerateStage(LLMStage):
         turns = build_messages(record, self.prompt, self.messages, self.system)
         n = self.n or self.sampling_for().get("n", 1)
         if self._tools is not None:
-            pairs = await ask_tool_calls(self, llm, turns, self._tools, self.tool_choice, n=n, retries=self.schema_retries)
+            choice = _rendered(self.tool_choice, record)
+            pairs = await ask_tool_calls(self, llm, turns, self._tools, choice, n=n, retries=self.schema_retries)
         elif self._schema is not None:
             pairs = await ask_valid_answers(self, llm, turns, self._schema, n=n, retries=self.schema_retries)
         else:
