@@ -106,7 +106,7 @@ def test_bad_tools_are_one_error_line(stub_server, tmp_path, override, named):
 
 
 def test_the_tool_calls_recipe_on_the_stub(stub_server, tmp_path):
-    server = stub_server()
+    server = stub_server(echo_chars=150)  # each request carries its prompt, which names its tool
     cli(tmp_path, "recipe=tool_calls", *stub_overrides(server), check_exit=0)
     rows, log = outputs(run_dir(tmp_path)), server.stats()["tool_calls"]
     assert len(rows) == 8 == len(log)  # 4 tools x 2 requests, each answered with one valid call
@@ -115,4 +115,4 @@ def test_the_tool_calls_recipe_on_the_stub(stub_server, tmp_path):
         user, assistant = row["messages"]
         name, arguments = sent[user["content"]]
         assert assistant["tool_calls"][0]["function"] == {"name": name, "arguments": arguments}
-        assert row["called"] == [name]
+        assert row["called"] == [name] == [row["seed_tool"]]  # each request's own tool, forced on the wire
