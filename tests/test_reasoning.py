@@ -275,3 +275,15 @@ def test_reasoning_distill_runs_on_the_embedded_model(tmp_path):
     rows = outputs(run_dir(tmp_path))
     assert len(rows) == 8, result.stderr[-2000:]
     assert all(r["messages"][1]["reasoning_content"] is None and isinstance(r["correct"], bool) for r in rows)
+
+
+def test_anthropic_thinking_blocks_as_litellm_gives_them_are_reasoning():
+    """The litellm path: Anthropic's thinking arrives as litellm's ``thinking_blocks`` (and
+    ``reasoning_content``); either alone is read as the reasoning, never as the answer."""
+    from litellm.types.utils import Message
+
+    blocks = Message(content="Paris.", thinking_blocks=[{"type": "thinking", "thinking": "The capital.",
+                                                         "signature": "sig"}])
+    assert reply.reasoning_text(blocks) == "The capital."
+    assert reply.reasoning_text(Message(content="Paris.", reasoning_content="Capital of France.")) == "Capital of France."
+    assert reply.with_reasoning("Paris.", reply.reasoning_text(blocks)) == ("Paris.", "The capital.", False)
