@@ -8,7 +8,8 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
     │   └── StageParamsError        every bad parameter of one stage, each named
     ├── InputError                  a bad input file or record (user mistake)
     ├── ParseError                  model output that could not be converted
-    │   └── SchemaError             an answer that is not valid under its schema (keeps the raw text)
+    │   ├── SchemaError             an answer that is not valid under its schema (keeps the raw text)
+    │   └── ToolCallError           tool calls not valid under the declared tools (keeps the raw calls)
     ├── Interrupted                 Ctrl-C, SIGTERM or a stop elsewhere: records in flight are not recorded
     ├── CircuitOpenError            most recent requests failed the same non-retryable way: the run stops
     ├── LocalServerError            the embedded llama.cpp server failed to start or died
@@ -106,6 +107,18 @@ class LocalServerError(RecipeError):
 
 class SchemaError(ParseError):
     """An answer that does not parse as JSON or does not validate; ``raw`` is the model's text."""
+
+    def __init__(self, message: str, raw: str | None = None):
+        super().__init__(message, raw)
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ToolCallError(ParseError):
+    """Tool calls that name no declared tool or whose arguments do not satisfy its parameters (or
+    an answer with no call), after the last try; ``raw`` is the calls as the model sent them (JSON)."""
 
     def __init__(self, message: str, raw: str | None = None):
         super().__init__(message, raw)

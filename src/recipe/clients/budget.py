@@ -104,6 +104,9 @@ class BudgetSpec:
     max_tokens: int | None = None
     prices: tuple = ()
     max_output: tuple = ()  # (model, worst-case answer tokens) when sampling sets no max_tokens
+    # Models that reason: their requests reserve max_output even under a max_tokens (which a thinking
+    # budget, or a provider that counts the trace apart, can exceed).
+    reasoning_models: tuple = ()
     spent_usd: float = 0.0
     spent_tokens: int = 0
 
@@ -290,9 +293,29 @@ def prepare(data: dict, specs: list, key: str, attempts: list[dict], batch: bool
             f"budget.max_usd: model {spec.provider}/{spec.model} has no known price; give one with "
             f"model.price.input_per_mtok=USD and model.price.output_per_mtok=USD (per million tokens)")
     outputs = {spec.model: max_output_tokens(spec.provider, spec.model, spec.context_length) for spec in specs}
+    main = data.get("model") or {}
+    if main.get("max_output_tokens") and main.get("name") in outputs:  # the config knows better than the map
+        outputs[main["name"]] = int(main["max_output_tokens"])
+    reasoning = sorted({spec.model for spec in specs if _reasons(spec, main)})
     spent_usd, spent_tokens = spent_before(attempts, prices)
     return BudgetSpec(key=key, max_usd=max_usd, max_tokens=max_tokens, prices=prices.prices,
-                      max_output=tuple(sorted(outputs.items())), spent_usd=spent_usd, spent_tokens=spent_tokens)
+                      max_output=tuple(sorted(outputs.items())), reasoning_models=tuple(reasoning),
+                      spent_usd=spent_usd, spent_tokens=spent_tokens)
+
+
+def _reasons(spec, model: dict) -> bool:
+    """Whether ``spec``'s model thinks before answering: ``model.reasoning`` for the run's model,
+    else litellm's map (``supports_reasoning``)."""
+    if spec.model == model.get("name") and model.get("reasoning") is not None:
+        return bool(model["reasoning"])
+    from recipe.clients.litellm_setup import get_litellm
+
+    litellm = get_litellm()
+    for name in (f"{spec.provider}/{spec.model}", spec.model):
+        entry = litellm.model_cost.get(name)
+        if entry:
+            return bool(entry.get("supports_reasoning"))
+    return False
 
 
 def spent_before(attempts: list[dict], prices: PriceTable) -> tuple[float, int]:

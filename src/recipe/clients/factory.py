@@ -8,6 +8,7 @@ validation also uses, so that a bad parameter is found the same way before a run
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -51,6 +52,7 @@ class ClientSpec:
     batch_poll_seconds: float = defaults.BATCH_POLL_SECONDS
     structured_output: str | None = None  # the schema dialect (clients/structured_output.py); None: the provider's
     on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
+    extra_body: str | None = None  # backend.extra_body as canonical JSON (hashable), merged into each request
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -80,6 +82,7 @@ class ClientSpec:
             cache_max_gb=cache.get("max_gb"),
             structured_output=backend.get("structured_output"),
             on_truncated=str(backend.get("on_truncated") or "error"),
+            extra_body=json.dumps(backend["extra_body"], sort_keys=True) if backend.get("extra_body") else None,
         )
 
     @property
@@ -140,7 +143,8 @@ class ClientSpec:
                 "timeout": self.timeout, "num_retries": self.num_retries,
                 "max_concurrency": self.max_concurrency, "adaptive_concurrency": self.adaptive_concurrency, "rpm": self.rpm, "tpm": self.tpm,
                 "endpoint_id": self.endpoint_id, "structured_output": self.structured_output,
-                "on_truncated": self.on_truncated}
+                "on_truncated": self.on_truncated,
+                "extra_body": json.loads(self.extra_body) if self.extra_body else None}
 
 
 def build_client(cfg: Any, asynchronous: bool = False):

@@ -4,6 +4,15 @@ Request building, response reading, retries, the ``n`` top-up and the cache are 
 once, in :class:`AsyncLiteLLMClient`. :class:`LiteLLMClient` runs the same coroutines on the
 process's background loop (:mod:`recipe.clients.event_loop`), because litellm's logging
 worker binds to one loop and a second, sync code path would duplicate every rule below.
+
+Reasoning models: ``query_model`` returns the answers only, never the reasoning (the ABC's
+signature is NeMo Curator's, unchanged). Library users who want the trace call the second method,
+:meth:`AsyncLiteLLMClient.query_answers` (same arguments; ``LiteLLMClient.query_answers`` too),
+which returns :class:`recipe.clients.reply.Answer` objects: ``.text`` is what ``query_model``
+would return, ``.reasoning`` the model's trace (None when it gave none), wherever the server put it.
+Beyond the ABC's sampling keywords, both take ``reasoning_effort`` (sent as is, e.g. ``low``) and
+``thinking_budget`` (Anthropic's ``thinking`` with ``budget_tokens``); ``extra_body`` given to the
+client goes into every request's body (e.g. ``{"chat_template_kwargs": {"enable_thinking": false}}``).
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ REPLICAS_ENDPOINT = "replicas"  # how cache keys name a list of replicas: the sa
 def _at_replica(payload: dict) -> dict:
     url = _REPLICA_URL.get()
     return payload if url is None else {**payload, "api_base": url}
+# Reasoning controls a user sets on purpose: sent even to a route whose litellm table does not list them.
+_PASSED_AS_GIVEN = ("reasoning_effort", "thinking")
 
 
 _read_field = reply.field
@@ -128,7 +139,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                  cache: Any = None, endpoint_id: str | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
                  stats: UsageStats | None = None, structured_output: str | None = None,
-                 on_truncated: str = "keep", budget: Any = None, batcher: Any = None):
+                 on_truncated: str = "keep", budget: Any = None, batcher: Any = None,
+                 extra_body: dict | None = None):
         if on_truncated not in ("keep", "error", "retry"):
             raise ValueError(f"on_truncated must be keep, error or retry, not {on_truncated!r}")
         self.provider = provider
@@ -136,6 +148,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         self.on_truncated = on_truncated
         self.replica_urls: tuple[str, ...] = tuple(api_base) if isinstance(api_base, (list, tuple)) else ()
         self.api_base = self.replica_urls[0] if self.replica_urls else api_base
+        self.extra_body = dict(extra_body or {})  # backend.extra_body: merged into every request's body
         self._api_key = api_key
         self.timeout = float(timeout)
         self.num_retries = int(num_retries)
@@ -170,9 +183,12 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         raise TypeError("clients hold connections and are never pickled; ship the config and build one per process")
 
     # ---- request building -------------------------------------------------------------
-    def _sampling(self, max_tokens, seed, stop, temperature, top_k, top_p) -> dict:
+    def _sampling(self, max_tokens, seed, stop, temperature, top_k, top_p, reasoning_effort=None,
+                  thinking_budget=None) -> dict:
         params = {"max_tokens": max_tokens, "seed": seed, "stop": stop, "temperature": temperature,
-                  "top_k": top_k, "top_p": top_p}
+                  "top_k": top_k, "top_p": top_p, "reasoning_effort": reasoning_effort}
+        if thinking_budget is not None:  # Anthropic's form; litellm maps it where a provider has its own
+            params["thinking"] = {"type": "enabled", "budget_tokens": int(thinking_budget)}
         return {k: v for k, v in params.items() if v is not None}  # None: not sent
 
     def _endpoint_kwargs(self, route: str) -> dict:
@@ -193,11 +209,16 @@ class AsyncLiteLLMClient(AsyncLLMClient):
 
     def _wire_kwargs(self, route: str, n: int, params: dict, schema_params: dict | None = None) -> dict:
         kwargs = self._endpoint_kwargs(route)
+        if self.extra_body:
+            kwargs["extra_body"] = dict(self.extra_body)
         params = dict(params)
+        for name in _PASSED_AS_GIVEN:  # asked for explicitly: sent even where litellm's table lacks it
+            if name in params:
+                kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), name]
         top_k = params.pop("top_k", None)
         if top_k is not None:
             if route in _EXTRA_BODY_TOP_K:
-                kwargs["extra_body"] = {"top_k": top_k}
+                kwargs["extra_body"] = {**kwargs.get("extra_body", {}), "top_k": top_k}
             else:
                 params["top_k"] = top_k  # litellm maps it (ollama options) or refuses it loudly
         if n != 1:
@@ -358,27 +379,29 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                                 "bypassed for the rest of the run (live requests)")
         return None
 
-    async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[str]:
+    async def _send(self, route: str, model: str, payload: dict, stream: bool, text: bool) -> list[reply.Answer]:
         send = self._caller(route, model, text)
         prompt_tokens = estimate_tokens(payload.get("prompt") or payload.get("messages"))
 
-        worst = payload.get("max_tokens") or (self.budget.spec.worst_case_output(model) if self.budget is not None
-                                               else 0)
+        # A reasoning request may think beyond max_tokens (a thinking budget, a provider that does
+        # not count the trace in it): its worst case is the model's maximum output.
+        bound = None if self._thinks(model, payload) else payload.get("max_tokens")
+        worst = bound or (self.budget.spec.worst_case_output(model) if self.budget is not None else 0)
         estimate = (prompt_tokens, worst)
         if stream and self._streams_usage(route, model, text, send):
             payload = {**payload, "stream_options": {"include_usage": True}}  # else streams report no usage
 
-        async def once() -> list[str]:
+        async def once() -> list[reply.Answer]:
             return await self._read(await send(stream=stream, **_at_replica(payload)), stream, text, model, estimate)
 
-        charge = (model, prompt_tokens, payload.get("max_tokens")) if self.budget is not None else None
+        charge = (model, prompt_tokens, bound) if self.budget is not None else None
         if self.batcher is not None:
             return await self._send_batched(route, model, payload, text, charge, estimate)
         # tpm pacing books the prompt plus the answer's bound (256 when the request sets none)
         return await self._with_retries(prompt_tokens + (payload.get("max_tokens") or 256), once, charge)
 
     async def _send_batched(self, route: str, model: str, payload: dict, text: bool, charge: tuple | None,
-                            estimate: tuple | None = None) -> list[str]:
+                            estimate: tuple | None = None) -> list[reply.Answer]:
         """One request as a line of a provider batch (never streamed); the budget charges it the same way."""
         ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
         token = _TICKET.set(ticket)
@@ -390,8 +413,15 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             if ticket is not None:
                 await self.budget.settle(ticket)
 
+    def _thinks(self, model: str, payload: dict) -> bool:
+        """Whether a request is a reasoning one for the budget: it asks for reasoning, or the run
+        says the model reasons (``model.reasoning``, else litellm's map)."""
+        if payload.get("reasoning_effort") not in (None, "none") or payload.get("thinking"):
+            return True
+        return self.budget is not None and model in getattr(self.budget.spec, "reasoning_models", ())
+
     async def _read(self, response: Any, stream: bool, text: bool, model: str,
-                    estimate: tuple | None = None) -> list[str]:
+                    estimate: tuple | None = None) -> list[reply.Answer]:
         """Texts in choice order; streams are accumulated per choice index.
 
         Every rule of :mod:`recipe.clients.reply` applies here, on both paths: content parts are
@@ -404,6 +434,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         """
         if stream:
             parts: dict[int, list[str]] = {}
+            thoughts: dict[int, list[str]] = {}
+            called: dict[int, dict[int, dict]] = {}
             refusals: dict[int, list[str]] = {}
             finish: dict[int, Any] = {}
             usage = None
@@ -420,6 +452,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                     delta = choice if text else reply.field(choice, "delta")
                     piece = reply.content_text(reply.field(delta, "text" if text else "content"))
                     parts.setdefault(index, []).append(piece if isinstance(piece, str) else "")
+                    thoughts.setdefault(index, []).append(reply.reasoning_text(delta))
+                    reply.add_call_pieces(called.setdefault(index, {}), delta)
                     refused = reply.field(delta, "refusal")
                     if isinstance(refused, str) and refused:
                         refusals.setdefault(index, []).append(refused)
@@ -433,7 +467,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 raise errors.IncompleteAnswerError(
                     f"{self.provider}: the stream ended without a finish_reason (choice {cut[0]}, "
                     f"{len(texts[cut[0]])} characters in): the answer was cut short")
-            return [self._accept(texts[i], finish.get(i), reply.whole_text(refusals.get(i, []), self.provider) or None)
+            return [self._accept(texts[i], finish.get(i), reply.whole_text(refusals.get(i, []), self.provider) or None,
+                                 reply.whole_text(thoughts.get(i, []), self.provider) or None,
+                                 [called[i][k] for k in sorted(called.get(i, {}))])
                     for i in texts]
         choices = reply.field(response, "choices")
         if not choices:
@@ -446,19 +482,31 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 for c in ordered]
         said = [reply.repaired(t, self.provider) if isinstance(t, str) else t for t in said]
         self._record_usage(reply.field(response, "usage"), model, estimate, said)
-        return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"))
-                for t, c in zip(said, ordered)]
+        given = [reply.reasoning_text(c if text else reply.field(c, "message")) or None for c in ordered]
+        return [self._accept(t, reply.field(c, "finish_reason"), reply.field(reply.field(c, "message"), "refusal"), r,
+                             reply.tool_calls_of(reply.field(c, "message")))
+                for t, c, r in zip(said, ordered, given)]
 
-    def _accept(self, content: Any, finish_reason: Any, refusal: Any = None) -> str:
-        """The answer's text, or the error a refused, filtered, empty or truncated answer is."""
+    def _accept(self, content: Any, finish_reason: Any, refusal: Any = None,
+                reasoning: str | None = None, tool_calls: list | None = None) -> reply.Answer:
+        """The answer, its reasoning apart, or the error a refused, filtered, empty or truncated
+        answer is. An answer that is only reasoning cut at max_tokens (an unclosed think block, or
+        a trace with no content yet) is truncated whatever ``on_truncated`` says: nothing to keep."""
         retry = self.on_truncated == "retry"
         reason = str(getattr(finish_reason, "value", finish_reason) or "")
+        content, reasoning, unclosed = reply.with_reasoning(content, reasoning)
+        if unclosed or (reasoning and not content and reason == "length"):
+            raise errors.TruncatedError(f"{self.provider}: the answer was cut at max_tokens while the model was "
+                                        "still thinking (no answer after the reasoning); raise sampling.max_tokens "
+                                        "or lower sampling.reasoning_effort", None, retry)
         if isinstance(refusal, str) and refusal and not content:
             raise errors.RefusalError(f"{self.provider}: the model refused: {refusal[:200]}", None, refusal)
         if reason == "content_filter":
             raise errors.ContentFilterError(f"{self.provider}: the provider's content filter stopped the answer "
                                             "(finish_reason content_filter)")
         cut = reason == "length"
+        if tool_calls and not cut:  # content null beside tool calls: the calls are the answer
+            return reply.Answer(content if isinstance(content, str) else "", reasoning, tool_calls)
         if content is None or content == "":
             why = " (cut at max_tokens before any text)" if cut else ""
             raise errors.EmptyAnswerError(f"{self.provider}: the answer is empty{why}", None, retry)
@@ -473,7 +521,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             marks = _UNCACHEABLE.get()
             if marks is not None:
                 marks.append("truncated")
-        return str(content)
+        return reply.Answer(str(content), reasoning)
 
     def _record_usage(self, usage: Any, model: str, estimate: tuple | None = None,
                       texts: list | None = None) -> None:
@@ -489,6 +537,9 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             prompt, completion = pair
             self.stats.add_tokens(model, prompt, completion)
             self.stats.time_tokens(prompt + completion)
+            thought = reply.reasoning_tokens(usage)  # already inside completion: billed, and counted, once
+            if thought:
+                self.stats.count("reasoning_tokens", thought)
             if ticket is not None:
                 ticket.used.append((prompt, completion))
             return
@@ -512,15 +563,38 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                           max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
                           stop: str | None | list[str] = None, stream: bool = False,
                           temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, response_format: Any = None) -> list[str]:
-        """Texts of ``n`` choices. ``response_format`` (a JSON Schema dict or a pydantic model
-        class) is sent in the backend's own form where it can constrain decoding and enters the
-        cache key; the texts are returned unparsed (``structured_output.parse`` checks them)."""
+                          top_p: float | None = None, response_format: Any = None,
+                          reasoning_effort: str | None = None, thinking_budget: int | None = None) -> list[str]:
+        """Texts of ``n`` choices, without any reasoning. ``response_format`` (a JSON Schema dict or
+        a pydantic model class) is sent in the backend's own form where it can constrain decoding and
+        enters the cache key; the texts are returned unparsed (``structured_output.parse`` checks
+        them). :meth:`query_answers` gives the reasoning too."""
+        answers = await self.query_answers(
+            messages=messages, model=model, conversation_formatter=conversation_formatter, max_tokens=max_tokens,
+            n=n, seed=seed, stop=stop, stream=stream, temperature=temperature, top_k=top_k, top_p=top_p,
+            response_format=response_format, reasoning_effort=reasoning_effort, thinking_budget=thinking_budget)
+        return [a.text for a in answers]
+
+    async def query_answers(self, *, messages: Iterable, model: str,
+                            conversation_formatter: ConversationFormatter | None = None,
+                            max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
+                            stop: str | None | list[str] = None, stream: bool = False,
+                            temperature: float | None = None, top_k: int | None = None,
+                            top_p: float | None = None, response_format: Any = None,
+                            reasoning_effort: str | None = None, thinking_budget: int | None = None,
+                            tools: list | None = None, tool_choice: Any = None) -> list[reply.Answer]:
+        """:meth:`query_model`'s ``n`` choices as :class:`~recipe.clients.reply.Answer` objects:
+        the text and, apart, the reasoning (None when the model gave none) and the tool calls (with
+        ``tools``, OpenAI's tool JSON Schemas, and ``tool_choice``). Cached together."""
         messages = list(messages)
         n = 1 if n is None else int(n)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p)
+        params = self._sampling(max_tokens, seed, stop, temperature, top_k, top_p, reasoning_effort, thinking_budget)
+        if tools:
+            params["tools"] = list(tools)
+            if tool_choice is not None:
+                params["tool_choice"] = tool_choice
         text = conversation_formatter is not None
         route = self._route(text)
         if conversation_formatter is not None:
@@ -531,17 +605,22 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         schema = structured.as_schema(response_format)
         wire = structured.wire_params(self.structured_dialect, schema, text) if schema else {}
 
-        async def produce() -> list[str]:
+        async def produce() -> list[dict]:
             payload = {payload_key: body, **self._wire_kwargs(route, n, params, wire)}
-            texts = await self._send(route, model, payload, stream, text)
-            if len(texts) < n:
-                texts += await self._top_up(route, model, body, payload_key, params, n - len(texts), stream, text, wire)
-            return texts[:n]
+            answers = await self._send(route, model, payload, stream, text)
+            if len(answers) < n:
+                answers += await self._top_up(route, model, body, payload_key, params, n - len(answers), stream, text,
+                                              wire)
+            return reply.stored_answers(answers[:n])  # the cache keeps answer and reasoning together
 
-        key_params = {**params, "response_format": schema.key()} if schema else params
-        return await self._cached(self.request_key("text" if text else "chat", model, body, key_params, n), produce)
+        key_params = {**params, "response_format": schema.key()} if schema else dict(params)
+        if self.extra_body:
+            key_params["extra_body"] = self.extra_body  # e.g. enable_thinking: another answer
+        stored = await self._cached(self.request_key("text" if text else "chat", model, body, key_params, n), produce)
+        return reply.cached_answers(stored)
 
-    async def _top_up(self, route, model, body, payload_key, params, missing, stream, text, wire=None) -> list[str]:
+    async def _top_up(self, route, model, body, payload_key, params, missing, stream, text,
+                      wire=None) -> list[reply.Answer]:
         """Servers that ignore ``n`` get the missing choices as further requests, seeds shifted."""
         calls = []
         for i in range(1, missing + 1):
@@ -598,11 +677,17 @@ class LiteLLMClient(LLMClient):
                     max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
                     stop: str | None | list[str] = None, stream: bool = False,
                     temperature: float | None = None, top_k: int | None = None,
-                    top_p: float | None = None, response_format: Any = None) -> list[str]:
+                    top_p: float | None = None, response_format: Any = None,
+                    reasoning_effort: str | None = None, thinking_budget: int | None = None) -> list[str]:
         return run_sync(self._async.query_model(
             messages=messages, model=model, conversation_formatter=conversation_formatter,
             max_tokens=max_tokens, n=n, seed=seed, stop=stop, stream=stream,
-            temperature=temperature, top_k=top_k, top_p=top_p, response_format=response_format))
+            temperature=temperature, top_k=top_k, top_p=top_p, response_format=response_format,
+            reasoning_effort=reasoning_effort, thinking_budget=thinking_budget))
+
+    def query_answers(self, **kwargs: Any) -> list[reply.Answer]:
+        """The answers with their reasoning apart (see :meth:`AsyncLiteLLMClient.query_answers`)."""
+        return run_sync(self._async.query_answers(**kwargs))
 
     def query_reward_model(self, *, messages: Iterable, model: str,
                            conversation_formatter: ConversationFormatter | None = None) -> dict:

@@ -21,10 +21,13 @@ class UsageStats:
     failovers: int = 0  # requests moved to another replica after theirs failed (recipe.clients.replicas)
     schema_retries: int = 0  # answers asked again because they did not validate under their schema
     schema_failures: int = 0  # records that became SchemaError records after the last try
+    tool_call_retries: int = 0  # answers asked again because their tool calls were not valid
+    tool_call_failures: int = 0  # records that became ToolCallError records after the last try
     retry_wait_seconds: float = 0.0  # sleeping before retries, Retry-After included
     limit_wait_seconds: float = 0.0  # queued for a concurrency slot or an rpm/tpm start time
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # completion_tokens_details.reasoning_tokens: part of completion_tokens, billed so
     estimated_usage: int = 0  # answers whose usage the server did not report: settled at our estimate
     cache_errors: int = 0  # processes whose request cache failed and was bypassed
     cache_error: str = ""  # the first such failure, reported once

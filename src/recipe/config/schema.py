@@ -32,6 +32,12 @@ class ModelConfig:
     context_length: Optional[int] = None  # tokens; longer prompts become error records
     description: str = ""
     price: PriceConfig = field(default_factory=PriceConfig)
+    # The longest answer the model can give, thinking included: a reasoning request's worst case
+    # for the budget. null: litellm's map (then model.context_length, then 4096).
+    max_output_tokens: Optional[int] = None
+    # Whether the model reasons (thinks before it answers), for the budget's worst case even when
+    # no request asks for reasoning; null: litellm's map says (supports_reasoning).
+    reasoning: Optional[bool] = None
 
 
 @dataclass
@@ -61,6 +67,9 @@ class BackendConfig:
     # An answer cut at max_tokens (finish_reason "length"): keep it, make it an error record, or
     # retry it (up to num_retries). An empty answer is never a success, whatever this says.
     on_truncated: str = "error"
+    # Merged into every request's JSON body, e.g. {chat_template_kwargs: {enable_thinking: false}}
+    # for vLLM serving Qwen3 (recipe/clients/litellm_client.py).
+    extra_body: Optional[Any] = None
 
 
 @dataclass
@@ -80,6 +89,8 @@ class SamplingConfig:
     n: int = 1
     seed: Optional[int] = None
     stop: Optional[Any] = None  # a string or a list of strings
+    reasoning_effort: Optional[str] = None  # a reasoning model's effort (REASONING_EFFORTS), sent as is
+    thinking_budget: Optional[int] = None  # Anthropic's extended thinking: budget_tokens (>= 1024)
 
 
 @dataclass
@@ -196,6 +207,12 @@ def value_problems(cfg: Any) -> list[str]:
         check(cfg.cache.max_gb > 0, "cache.max_gb", "must be > 0 (or null for no bound)", cfg.cache.max_gb)
     check(cfg.dask.threads_per_worker >= 1, "dask.threads_per_worker", "must be >= 1", cfg.dask.threads_per_worker)
     check(cfg.dask.partition_size >= 1, "dask.partition_size", "must be >= 1", cfg.dask.partition_size)
+    extra_body = b.get("extra_body")
+    if extra_body is not None and not OmegaConf.is_dict(extra_body) and not isinstance(extra_body, dict):
+        problems.append(f"backend.extra_body={extra_body!r}: must be a mapping (merged into each request's body)")
+    if cfg.model.get("max_output_tokens") is not None:
+        check(cfg.model.max_output_tokens >= 1, "model.max_output_tokens", "must be >= 1 (or null)",
+              cfg.model.max_output_tokens)
     if cfg.model.context_length is not None:
         check(cfg.model.context_length >= 1, "model.context_length", "must be >= 1 (or null)", cfg.model.context_length)
     budget, price = cfg.budget, cfg.model.price
@@ -262,7 +279,9 @@ _SAMPLING_RANGES: dict[str, tuple[type, Any, str]] = {
     "max_tokens": (int, lambda v: v >= 1, "must be >= 1"),
     "n": (int, lambda v: v >= 1, "must be >= 1"),
     "seed": (int, lambda v: True, ""),
+    "thinking_budget": (int, lambda v: v >= 1024, "must be >= 1024 (Anthropic's smallest thinking budget)"),
 }
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
 
 
 def sampling_problems(sampling: Any, where: str) -> list[str]:
@@ -283,6 +302,10 @@ def sampling_problems(sampling: Any, where: str) -> list[str]:
         if key == "stream":
             if not isinstance(value, bool):
                 problems.append(f"{where}.stream={value!r}: must be true or false")
+            continue
+        if key == "reasoning_effort":
+            if value not in REASONING_EFFORTS:
+                problems.append(f"{where}.reasoning_effort={value!r}: must be one of {', '.join(REASONING_EFFORTS)}")
             continue
         if key == "stop":
             stop = [value] if isinstance(value, str) else (list(value) if hasattr(value, "__iter__") else [value])

@@ -119,11 +119,13 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "requests": total["requests"], "cache_hits": total["cache_hits"], "retries": total["retries"],
         "rate_limited_429": total["rate_limited"], "failovers": total["failovers"],
         "schema_retries": total["schema_retries"], "schema_failures": total["schema_failures"],
+        "tool_call_retries": total.get("tool_call_retries", 0), "tool_call_failures": total.get("tool_call_failures", 0),
         "structured_by_schema": total["structured_by_schema"],
         "retry_wait_seconds": total["retry_wait_seconds"], "limit_wait_seconds": total["limit_wait_seconds"],
         "request_failures_by_class": total["failures"],
         "cache_errors": usage.get("cache_errors", 0), "cache_error": usage.get("cache_error", ""),
         "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],
+        "reasoning_tokens": total.get("reasoning_tokens", 0),  # inside completion_tokens (and cost_usd)
         "estimated_usage": total.get("estimated_usage", 0),  # requests whose usage the server did not report
         "cost_usd": run_cost(attempts, table),
         "wall_seconds": wall,

@@ -256,11 +256,15 @@ class LLMStage(Stage):
 
     async def ask(self, llm, messages: list[dict], **extra: Any) -> list[str]:
         """One model query with this stage's sampling; the prompt is checked against the context."""
+        return [a.text for a in await self.ask_answers(llm, messages, **extra)]
+
+    async def ask_answers(self, llm, messages: list[dict], **extra: Any) -> list:
+        """:meth:`ask`, each answer with its reasoning apart (``Answer.text``, ``Answer.reasoning``)."""
         params = self.sampling_for(**extra)
         self._check_context(messages, params.get("max_tokens"))
         spec = self.spec
-        return await llm.query_model(messages=messages, model=spec.model,
-                                     conversation_formatter=spec.conversation_formatter, **params)
+        return await llm.query_answers(messages=messages, model=spec.model,
+                                       conversation_formatter=spec.conversation_formatter, **params)
 
     def _check_context(self, messages: list[dict], max_tokens: int | None) -> None:
         limit = self.spec.context_length

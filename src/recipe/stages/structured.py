@@ -39,30 +39,37 @@ def _follow_up(messages: list[dict], raw: str, error: SchemaError) -> list[dict]
 async def ask_valid(stage: Any, llm: Any, messages: list[dict], schema: Schema, n: int = 1,
                     retries: int = 2) -> list[Any]:
     """``n`` values valid under ``schema``, asked through ``stage.ask``; SchemaError otherwise."""
+    return [value for value, _ in await ask_valid_answers(stage, llm, messages, schema, n, retries)]
+
+
+async def ask_valid_answers(stage: Any, llm: Any, messages: list[dict], schema: Schema, n: int = 1,
+                            retries: int = 2) -> list[tuple[Any, str | None]]:
+    """:func:`ask_valid`, each value with the reasoning of the answer it was parsed from."""
     if not stage.spec.constrains_output:
         messages = _with_instruction(messages, schema)
-    answers = await stage.ask(llm, messages, n=n, response_format=schema)
+    answers = await stage.ask_answers(llm, messages, n=n, response_format=schema)
     values: list[Any] = [None] * n
+    traces: list[str | None] = [None] * n
     invalid: dict[int, tuple[list[dict], str, SchemaError]] = {}
-    for i, raw in enumerate(answers[:n]):
+    for i, answer in enumerate(answers[:n]):
         try:
-            values[i] = structured_output.parse(raw, schema)
+            values[i], traces[i] = structured_output.parse(answer.text, schema), answer.reasoning
         except SchemaError as exc:
-            invalid[i] = (messages, raw, exc)
+            invalid[i] = (messages, answer.text, exc)
     first_invalid = len(invalid)
     for _ in range(retries):
         if not invalid:
             break
         llm.stats.count("schema_retries", len(invalid))
         again = {i: _follow_up(turns, raw, exc) for i, (turns, raw, exc) in invalid.items()}
-        replies = await asyncio.gather(*(stage.ask(llm, turns, n=1, response_format=schema)
+        replies = await asyncio.gather(*(stage.ask_answers(llm, turns, n=1, response_format=schema)
                                          for turns in again.values()))
         for (i, turns), reply in zip(again.items(), replies):
             try:
-                values[i] = structured_output.parse(reply[0], schema)
+                values[i], traces[i] = structured_output.parse(reply[0].text, schema), reply[0].reasoning
                 del invalid[i]
             except SchemaError as exc:
-                invalid[i] = (turns, reply[0], exc)
+                invalid[i] = (turns, reply[0].text, exc)
     llm.stats.count_schema(schema.name, asked=n, valid_first=n - first_invalid,
                            valid_after_retries=first_invalid - len(invalid), invalid=len(invalid))
     if invalid:
@@ -70,4 +77,4 @@ async def ask_valid(stage: Any, llm: Any, messages: list[dict], schema: Schema, 
         _, raw, last = next(iter(invalid.values()))
         raise SchemaError(f"{len(invalid)} of {n} answer(s) not valid under schema {schema.name!r} after "
                           f"{retries + 1} tries: {last}", raw)
-    return values
+    return list(zip(values, traces))

@@ -192,6 +192,8 @@ class _App:
         # from here (the wire), never recomputed from the stub's rules
         self.answers: list[list] = []
         self.quirks = _Quirks(a)  # the wire's oddities (issue 21): their own region, below
+        self.thinking = _Thinking(a)  # reasoning models' answers (issue 24): their own region, below
+        self.tool_calls = _ToolCalls(a)  # answers to requests with tools (issue 24 §2): their region, below
 
     async def stats(self, request):
         return web.json_response({
@@ -202,7 +204,9 @@ class _App:
             "arrivals": self.arrivals, "auth_headers": list(self.auth), "user_agents": list(self.user_agents),
             "bodies": list(self.bodies), "schema_log": self.schema_log, "answers": self.answers,
             "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params,
-            "quirks": self.quirks.counts})
+            "quirks": self.quirks.counts, "reasoning": self.thinking.log,
+            "reasoning_tokens_sent": self.thinking.sent,
+            "tool_calls": self.tool_calls.log})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -341,13 +345,14 @@ class _App:
             choices = []
         elif any("<<object>>" in p for p in prompts):
             choices = [(i, {"answer": c}, lp) for i, c, lp in choices]
+        choices = self.thinking.apply(choices, prompts)
         model = body.get("model", "stub-model")
         usage = {"prompt_tokens": _tokens(prompt_chars),
                  "completion_tokens": _tokens(sum(len(c[1] or "") for c in choices))}
         if a.usage:  # fixed usage per request, so that a priced model's cost is known exactly
             usage["prompt_tokens"], usage["completion_tokens"] = (int(x) for x in a.usage.split(","))
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        usage = self.quirks.usage(usage)
+        usage = self.thinking.usage(self.quirks.usage(usage))
         refused = chat and any("<<refuse>>" in p for p in prompts)
         if refused:
             self.answers.append([prompts[0], _refusal(prompts[0])])
@@ -364,7 +369,8 @@ class _App:
                 "finish_reason": finish} if chat else
                {"index": i, "text": c, "logprobs": lp, "finish_reason": finish}
                for i, c, lp in choices]
-        out = self.quirks.choices(out, chat, _refusal(prompts[0]) if refused else None)
+        out = self.thinking.choices(self.quirks.choices(out, chat, _refusal(prompts[0]) if refused else None), chat)
+        out = self.tool_calls.choices(out, body, prompts[0] if prompts else "") if chat else out
         text = json.dumps({**head, "choices": out, "usage": usage})
         if a.drip:
             return await self._drip(request, text.encode())
@@ -434,6 +440,7 @@ class _App:
     async def _stream(self, request, chat: bool, head: dict, choices: list, usage: dict,
                       body: dict):
         """Server-sent events: one chunk per piece of each choice, then ``[DONE]``."""
+        thinking = self.thinking.snapshot()  # this request's traces, before any await
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
@@ -451,11 +458,13 @@ class _App:
             step = max(1, math.ceil(len(content) / 8))
             pieces = [content[s:s + step] for s in range(0, len(content), step)] \
                 if isinstance(content, str) else [content]
+            for delta in thinking.deltas(i) if chat else ():  # the trace first, in its own field
+                await send([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
             for piece in pieces:
                 await send([{"index": i, "delta": {"content": piece}, "logprobs": None,
                              "finish_reason": None} if chat else
                             {"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
-            finish = self.a.finish_reason
+            finish = thinking.finish(i, self.a.finish_reason)
             await send([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}
                         if chat else
                         {"index": i, "text": "", "logprobs": None, "finish_reason": finish}])
@@ -668,6 +677,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="", help="comma-separated known models, others get 404; empty = any")
     _quirk_options(p)
     queueing.add_arguments(p)
+    _thinking_options(p)
     return p
 
 
@@ -883,6 +893,137 @@ class _Quirks:
         return resp
 
 
+# ---- reasoning models (issue 24) -----------------------------------------------------------------
+# ``think=`` answers as a reasoning model does, with a trace logged in ``/_stats`` ``reasoning``
+# ([the prompt answered, the trace]) so a test reads what was sent, never recomputes it:
+# - ``inline``: ``<think>\ntrace\n</think>\n\n`` before the content (Qwen3, R1 without a parser);
+# - ``open``: the content starts inside the block, its opening tag left in the prompt by the template;
+# - ``unclosed``: the content is only ``<think>\ntrace`` and finish_reason ``length`` (cut while thinking);
+# - ``reasoning_content`` / ``reasoning``: the trace in that message field (stream: in that delta field).
+# Usage then counts the trace in completion_tokens and in ``completion_tokens_details.reasoning_tokens``.
+
+_THINKING = {"think": ("--think", str, "", "inline, open, unclosed, reasoning_content or reasoning: answer as a "
+                       "reasoning model does (see the region's comment)"),
+             "tool_break": ("--tool-break", float, 0.0, "exact fraction of tool-call answers whose call is invalid "
+                            "(alternately: an unknown tool's name, arguments missing a required key)")}
+_THINK_FIELDS = ("reasoning_content", "reasoning")
+
+
+def _thinking_options(p: argparse.ArgumentParser) -> None:
+    for flag, kind, default, text in _THINKING.values():
+        p.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _thinking_args(options: dict) -> list[str]:
+    return [f"{_THINKING[k][0]}={v}" for k, v in options.items()]
+
+
+class _Thinking:
+    """The answers of a reasoning model, in the shape ``--think`` names (off by default)."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.mode = a.think
+        self.log: list[list] = []
+        self.sent = 0  # reasoning tokens reported in usage, over every reply
+        self._traces: dict[int, str] = {}
+
+    def apply(self, choices: list, prompts: list[str]) -> list:
+        """The choices' contents as the mode shapes them; the traces kept for usage and fields."""
+        self._traces = {}
+        if not self.mode:
+            return choices
+        out = []
+        for i, content, lp in choices:
+            prompt = prompts[0] if prompts else ""
+            trace = f"Let me think. The request is {prompt[:24]!r}; answer {i} follows from it."
+            self._traces[i] = trace
+            self.log.append([prompt, trace])
+            if self.mode == "inline":
+                content = f"<think>\n{trace}\n</think>\n\n{content or ''}"
+            elif self.mode == "open":
+                content = f"{trace}\n</think>\n\n{content or ''}"
+            elif self.mode == "unclosed":
+                content = f"<think>\n{trace}"
+            out.append((i, content, lp))
+        return out
+
+    def usage(self, usage: dict) -> dict:
+        if not self._traces:
+            return usage
+        thought = sum(_tokens(len(t)) for t in self._traces.values())
+        extra = thought if self.mode in _THINK_FIELDS else 0  # inline traces are in the content already
+        usage = {**usage, "completion_tokens": usage["completion_tokens"] + extra,
+                 "total_tokens": usage["total_tokens"] + extra}
+        usage["completion_tokens_details"] = {"reasoning_tokens": thought}
+        self.sent += thought
+        return usage
+
+    def choices(self, out: list[dict], chat: bool) -> list[dict]:
+        for choice in out:
+            trace = self._traces.get(choice["index"])
+            if trace is None:
+                continue
+            if chat and self.mode in _THINK_FIELDS:
+                choice["message"][self.mode] = trace
+            choice["finish_reason"] = self.finish(choice["index"], choice["finish_reason"])
+        return out
+
+    def snapshot(self) -> "_Thinking":
+        """This request's traces, apart from the next request's (a stream awaits between chunks)."""
+        copy = object.__new__(_Thinking)
+        copy.mode, copy.log, copy._traces, copy.sent = self.mode, self.log, dict(self._traces), 0
+        return copy
+
+    def deltas(self, index: int) -> list[dict]:
+        """A streamed choice's trace, in pieces, in its own delta field (none for inline modes)."""
+        trace = self._traces.get(index)
+        if trace is None or self.mode not in _THINK_FIELDS:
+            return []
+        step = max(1, math.ceil(len(trace) / 4))
+        return [{self.mode: trace[s:s + step]} for s in range(0, len(trace), step)]
+
+    def finish(self, index: int, finish: str) -> str:
+        return "length" if self.mode == "unclosed" and index in self._traces else finish
+
+
+# ---- tool calls (issue 24 §2) -------------------------------------------------------------------
+# A chat request with ``tools`` is answered with one call (``content: null``, finish_reason
+# ``tool_calls``) of the tool ``tool_choice`` names, else the first tool, with arguments valid under
+# its parameters (the schema rules above); ``--tool-break`` breaks an exact fraction of them. Each
+# call is logged in ``/_stats`` ``tool_calls`` as [first user message, name, arguments, broken?].
+
+class _ToolCalls:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.schedule = _Schedule({"break": a.tool_break})
+        self.log: list[list] = []
+
+    def choices(self, out: list[dict], body: dict, prompt: str) -> list[dict]:
+        tools = [t.get("function") or {} for t in body.get("tools") or [] if isinstance(t, dict)]
+        if not tools:
+            return out
+        choice = body.get("tool_choice")
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        tool = next((t for t in tools if t.get("name") == wanted), tools[0])
+        first = next((_text(m.get("content")) for m in body.get("messages") or []
+                      if isinstance(m, dict) and m.get("role") == "user"), prompt)
+        for c in out:
+            parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+            name, arguments = tool.get("name"), _instance(parameters, parameters, first, chars=self.a.echo_chars)
+            broken = self.schedule.next() == "break"
+            if broken:
+                if len(self.log) % 2 == 0 or not parameters.get("required"):
+                    name = f"{name}_unknown"
+                else:
+                    arguments = {k: v for k, v in arguments.items() if k != parameters["required"][0]}
+            text = json.dumps(arguments)
+            self.log.append([first, name, text, broken])
+            c["message"] = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{len(self.log)}", "type": "function", "function": {"name": name, "arguments": text}}]}
+            c["finish_reason"] = "tool_calls"
+        return out
+
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -918,7 +1059,8 @@ class StubServer:
             self.args.append("--batch-expire")
         if batch_create_delay:
             self.args.append(f"--batch-create-delay={batch_create_delay}")
-        self.args += _quirk_args(quirks)
+        self.args += _quirk_args({k: v for k, v in quirks.items() if k not in _THINKING})
+        self.args += _thinking_args({k: v for k, v in quirks.items() if k in _THINKING})
         self.args += list(extra_args)  # options of their own modules, e.g. queueing.queue_args(...)
         self.port = port
         self._proc: ServerProcess | None = None

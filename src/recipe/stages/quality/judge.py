@@ -26,7 +26,7 @@ from recipe.stages import progress
 from recipe.stages.base import LLMStage
 from recipe.stages.records import require_fields
 from recipe.stages.llm.reward import reward_model_scores
-from recipe.stages.structured import ask_valid
+from recipe.stages.structured import ask_valid_answers
 from recipe.stages.templates import fields_required, render
 
 AGGREGATE = "aggregate"
@@ -60,10 +60,11 @@ class JudgeStage(LLMStage):
     ``response``, ``criteria``, ``scale`` and ``rationale``. ``model:``/``backend:`` choose
     another judge model for this stage only, as for every LLM stage. ``mode: reward_model`` asks
     ``model`` as a reward model (``query_reward_model``): the scores are its attributes, with no
-    aggregate; ``criteria``, ``prompt`` and ``scale`` are then unused.
+    aggregate; ``criteria``, ``prompt`` and ``scale`` are then unused. ``reasoning_field`` keeps a
+    reasoning judge's trace (a list for a list of responses, aligned with the kept ones).
 
     Input columns: ``prompt_field``, ``response_field``, the template's other fields (mode judge).
-    Output columns: ``output_field``, ``rationale_field``.
+    Output columns: ``output_field``, ``rationale_field``, ``reasoning_field``.
     """
 
     criteria: dict[str, str] = field(default_factory=dict)
@@ -78,6 +79,7 @@ class JudgeStage(LLMStage):
     rationale_max_length: Annotated[int, Field(ge=1)] = 300
     schema_retries: Annotated[int, Field(ge=0)] = 2
     mode: Literal["judge", "reward_model"] = "judge"
+    reasoning_field: str | None = None
 
     def rules(self):
         if self.mode == "reward_model" and (self.min_score is not None or self.rationale_field):
@@ -100,7 +102,7 @@ class JudgeStage(LLMStage):
 
     @property
     def outputs(self) -> set[str]:
-        return {self.output_field} | ({self.rationale_field} if self.rationale_field else set())
+        return {self.output_field} | {f for f in (self.rationale_field, self.reasoning_field) if f}
 
     def schema(self) -> dict:
         """One integer per criterion within the scale, every one required, nothing else."""
@@ -111,16 +113,16 @@ class JudgeStage(LLMStage):
         return {"title": "judgement", "type": "object", "properties": properties,
                 "required": list(properties), "additionalProperties": False}
 
-    async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None]:
+    async def _judge(self, llm, record: dict, prompt: str, response: str) -> tuple[dict, str | None, str | None]:
         if self.mode == "reward_model":
-            return await reward_model_scores(llm, self.spec.model, prompt, response), None
+            return await reward_model_scores(llm, self.spec.model, prompt, response), None, None
         text = render(self.prompt, {**record, "prompt": prompt, "response": response, "criteria": self.criteria,
                                     "scale": self.scale, "rationale": bool(self.rationale_field)})
-        value = (await ask_valid(self, llm, [{"role": "user", "content": text}], as_schema(self.schema()),
-                                 retries=self.schema_retries))[0]
+        value, thought = (await ask_valid_answers(self, llm, [{"role": "user", "content": text}],
+                                                  as_schema(self.schema()), retries=self.schema_retries))[0]
         scores = {name: float(value[name]) for name in self.criteria}
         scores[AGGREGATE] = round(float(_AGGREGATES[self.aggregate](scores.values())), 6)
-        return scores, value.get("rationale")
+        return scores, value.get("rationale"), thought
 
     def _passes(self, scores: dict) -> bool:
         return self.min_score is None or scores[AGGREGATE] >= self.min_score
@@ -130,22 +132,26 @@ class JudgeStage(LLMStage):
         prompt, responses = str(record[self.prompt_field]), record[self.response_field]
         record = dict(record)
         if not isinstance(responses, list):
-            scores, rationale = await self._judge(llm, record, prompt, str(responses))
+            scores, rationale, thought = await self._judge(llm, record, prompt, str(responses))
             if not self._passes(scores):
                 progress.add_filtered(1)
                 return []
             record[self.output_field] = scores
             if self.rationale_field:
                 record[self.rationale_field] = rationale
+            if self.reasoning_field:
+                record[self.reasoning_field] = thought
             return [record]
         judged = await asyncio.gather(*(self._judge(llm, record, prompt, str(r)) for r in responses))
-        kept = [(r, s, why) for r, (s, why) in zip(responses, judged) if self._passes(s)]
+        kept = [(r, s, why, thought) for r, (s, why, thought) in zip(responses, judged) if self._passes(s)]
         if not kept:
             progress.add_filtered(1)
             return []
-        record[self.response_field] = [r for r, _, _ in kept]
-        record[self.output_field] = [s for _, s, _ in kept]
+        record[self.response_field] = [r for r, _, _, _ in kept]
+        record[self.output_field] = [s for _, s, _, _ in kept]
         if self.rationale_field:
-            record[self.rationale_field] = [why for _, _, why in kept]
+            record[self.rationale_field] = [why for _, _, why, _ in kept]
+        if self.reasoning_field:
+            record[self.reasoning_field] = [thought for _, _, _, thought in kept]
         return [record]
 
