@@ -244,6 +244,8 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
     a.time_request(0.050, "ok", 120.0)
     a.time_request(0.200, "rate_limited", 185.0)
     a.time_tokens(12)
+    a.endpoint("http://a/v1", 0.05)
+    a.endpoint("http://a/v1", error="ServerError")
     b = UsageStats()
     b.merge(a)
     b.merge(pickle.loads(pickle.dumps(a)).as_dict())
@@ -255,10 +257,13 @@ def test_usage_stats_every_field_merges_pickles_and_resets():
 
     assert 47.5 <= percentile(timings["latency_ms"], 50) <= 52.5 and 190 <= percentile(timings["latency_ms"], 99) <= 210
     merged["timings"] = timings
-    assert {k: v for k, v in merged.items() if k != "timings"} == {
-        "requests": 4, "retries": 4, "cache_hits": 4, "rate_limited": 4, "schema_retries": 4,
-        "schema_failures": 4, "retry_wait_seconds": 2.5, "limit_wait_seconds": 2.5,
-        "estimated_usage": 4, "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",
+    replicas = merged["replicas"]["http://a/v1"]
+    assert (replicas["requests"], replicas["errors"], replicas["errors_by_class"]) == (4, 2, {"ServerError": 2})
+    assert sum(replicas["latency"].values()) == 2 and abs(replicas["latency_seconds"] - 0.1) < 1e-9
+    assert {k: v for k, v in merged.items() if k not in ("timings", "replicas")} == {
+        "requests": 4, "retries": 4, "cache_hits": 4, "rate_limited": 4, "failovers": 4, "schema_retries": 4,
+        "schema_failures": 4, "tool_call_retries": 4, "tool_call_failures": 4, "retry_wait_seconds": 2.5,
+        "limit_wait_seconds": 2.5, "reasoning_tokens": 4, "estimated_usage": 4, "prompt_tokens": 4 + 6, "completion_tokens": 4 + 8, "cache_errors": 6, "cache_error": "cache broke",
         "failures": {"ServerError": 2}, "tokens_by_model": {"m": [6, 8]},
         "structured_by_schema": {"Answer": {"asked": 4, "invalid": 2}}}
     assert b.reset() == merged
