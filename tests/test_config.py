@@ -157,7 +157,8 @@ def test_formatter_option(option):
 @pytest.mark.parametrize("option", options("sampling"))
 def test_sampling_option(option):
     sampling = OmegaConf.to_container(compose([f"sampling={option}"]).sampling)
-    assert set(sampling) == {"temperature", "top_p", "top_k", "max_tokens", "n", "seed", "stop"}
+    assert set(sampling) == {"temperature", "top_p", "top_k", "max_tokens", "n", "seed", "stop",
+                             "reasoning_effort", "thinking_budget"}  # the reasoning controls: null unless set
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in paths.recipes_dir().glob("*.yaml")))

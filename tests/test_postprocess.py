@@ -149,6 +149,11 @@ class ScriptedLLM:
                 return [answer]
         return ["default answer"]
 
+    async def query_answers(self, **kwargs):
+        from recipe.clients.reply import Answer
+
+        return [Answer(text) for text in await self.query_model(**kwargs)]
+
 
 SPEC = ClientSpec(provider="openai", model="m")
 TEMPLATES = {"wikipedia": "WIKI {{ text }}", "diverse_qa": "QA {{ text }}", "distill": "DISTILL {{ text }}",

@@ -11,7 +11,7 @@ from recipe.stages.base import Stage
 
 TOP_LEVEL = {"__version__", "compose", "build_client", "run", "from_data_designer", "ClientSpec", "RecipeError", "ConfigError", "InputError", "LLMError",
              "ParseError", "SchemaError"}
-STAGES = {"AppendSeedsStage", "CombineStage", "CrossStage", "DedupStage", "DialogueStage", "ExplodeStage",
+STAGES = {"AppendSeedsStage", "CombineStage", "CrossStage", "DedupStage", "DialogueStage", "ExplodeStage", "ExtractCodeStage",
           "FilterStage", "GenerateStage", "JudgeStage", "LLMStage", "ParseListStage", "PreferencePairsStage",
           "ReadStage", "RewardStage", "RewritesStage", "SampleStage", "Stage", "ValidateStage", "WriteStage"}
 

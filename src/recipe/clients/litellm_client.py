@@ -10,8 +10,9 @@ signature is NeMo Curator's, unchanged). Library users who want the trace call t
 :meth:`AsyncLiteLLMClient.query_answers` (same arguments; ``LiteLLMClient.query_answers`` too),
 which returns :class:`recipe.clients.reply.Answer` objects: ``.text`` is what ``query_model``
 would return, ``.reasoning`` the model's trace (None when it gave none), wherever the server put it.
-Beyond the ABC's sampling keywords, both take ``reasoning_effort`` (sent as is, e.g. ``low``) and
-``thinking_budget`` (Anthropic's ``thinking`` with ``budget_tokens``); ``extra_body`` given to the
+Beyond the ABC's sampling keywords, ``query_answers`` takes ``reasoning_effort`` (sent as is, e.g.
+``low``) and ``thinking_budget`` (Anthropic's ``thinking`` with ``budget_tokens``); ``query_model``
+keeps the ABC's keywords exactly (a test pins them to the spec). ``extra_body`` given to the
 client goes into every request's body (e.g. ``{"chat_template_kwargs": {"enable_thinking": false}}``).
 """
 
@@ -563,8 +564,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                           max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
                           stop: str | None | list[str] = None, stream: bool = False,
                           temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, response_format: Any = None,
-                          reasoning_effort: str | None = None, thinking_budget: int | None = None) -> list[str]:
+                          top_p: float | None = None, response_format: Any = None) -> list[str]:
         """Texts of ``n`` choices, without any reasoning. ``response_format`` (a JSON Schema dict or
         a pydantic model class) is sent in the backend's own form where it can constrain decoding and
         enters the cache key; the texts are returned unparsed (``structured_output.parse`` checks
@@ -572,7 +572,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         answers = await self.query_answers(
             messages=messages, model=model, conversation_formatter=conversation_formatter, max_tokens=max_tokens,
             n=n, seed=seed, stop=stop, stream=stream, temperature=temperature, top_k=top_k, top_p=top_p,
-            response_format=response_format, reasoning_effort=reasoning_effort, thinking_budget=thinking_budget)
+            response_format=response_format)
         return [a.text for a in answers]
 
     async def query_answers(self, *, messages: Iterable, model: str,
@@ -677,13 +677,11 @@ class LiteLLMClient(LLMClient):
                     max_tokens: int | None = None, n: int | None = 1, seed: int | None = None,
                     stop: str | None | list[str] = None, stream: bool = False,
                     temperature: float | None = None, top_k: int | None = None,
-                    top_p: float | None = None, response_format: Any = None,
-                    reasoning_effort: str | None = None, thinking_budget: int | None = None) -> list[str]:
+                    top_p: float | None = None, response_format: Any = None) -> list[str]:
         return run_sync(self._async.query_model(
             messages=messages, model=model, conversation_formatter=conversation_formatter,
             max_tokens=max_tokens, n=n, seed=seed, stop=stop, stream=stream,
-            temperature=temperature, top_k=top_k, top_p=top_p, response_format=response_format,
-            reasoning_effort=reasoning_effort, thinking_budget=thinking_budget))
+            temperature=temperature, top_k=top_k, top_p=top_p, response_format=response_format))
 
     def query_answers(self, **kwargs: Any) -> list[reply.Answer]:
         """The answers with their reasoning apart (see :meth:`AsyncLiteLLMClient.query_answers`)."""

@@ -288,7 +288,7 @@ def _llm_stages(column: dict, models: dict, default: str | None) -> dict[str, di
     lang = str(column.get("code_lang") or "python")
     stage["prompt"] = (column["prompt"].rstrip() + f"\n\nReply with the {lang.split(':')[-1]} code only, "
                        f"in one markdown code block.")
-    return {name: stage, f"{name}__extract": {"_target_": "recipe.stages.transform.extract_code.ExtractCodeStage",
+    return {name: stage, f"{name}__extract": {"_target_": "recipe.stages.ExtractCodeStage",
                                               "field": name, "code_lang": lang}}
 
 

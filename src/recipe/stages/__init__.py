@@ -24,6 +24,7 @@ from recipe.stages.transform.cross import CrossStage  # noqa: E402
 from recipe.stages.llm.nemotron_cc import RewritesStage  # noqa: E402
 from recipe.stages.transform.preference import PreferencePairsStage  # noqa: E402
 from recipe.stages.quality.validate import ValidateStage  # noqa: E402
+from recipe.stages.transform.extract_code import ExtractCodeStage  # noqa: E402
 
 __all__ += ["CombineStage", "CrossStage", "AppendSeedsStage", "PreferencePairsStage", "RewritesStage",
-            "ValidateStage"]
+            "ValidateStage", "ExtractCodeStage"]
