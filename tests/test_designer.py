@@ -176,7 +176,11 @@ def test_judged_dataset_scores_each_rubric_and_skips_as_data_designer_does(stub_
         (judged,) = [v for p, v in answers.items() if p.startswith(render(cols["quality"]["prompt"], r))]
         assert r["quality"] == {"helpfulness": judged["helpfulness"], "accuracy": judged["accuracy"],
                                 "aggregate": (judged["helpfulness"] + judged["accuracy"]) / 2}
-    assert server.stats()["requests"] == 10 * 3 + 2 * len(hard)  # question, answer, judge; follow-ups if hard
+    # question, answer, judge; follow-ups if hard. Two records may share a prompt (same subject and
+    # difficulty): the second is then a cache hit, or a request when both were in flight at once.
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["requests"] + stats["cache_hits"] == 10 * 3 + 2 * len(hard)
+    assert server.stats()["requests"] == stats["requests"]
     judge_prompts = [p for p in answers if p.startswith("Judge this answer")]
     assert all("helpfulness: Does the answer help the asker? (1 = Not helpful; 2 = Somewhat helpful; "
                "3 = Helpful; 4 = Very helpful)" in p and "from 1 (worst) to 4 (best)" in p for p in judge_prompts)
