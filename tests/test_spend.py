@@ -88,7 +88,7 @@ def test_budget_holds_on_an_existing_two_worker_scheduler_and_a_rerun_completes_
     assert 0.2 - GPT4O_REQUEST_USD < budget["spent_usd"] <= 0.2 + budget["max_in_flight"] * GPT4O_REQUEST_USD
     assert budget["max_in_flight"] <= 8 and budget["reserved_usd"] == 0
     with Client(two_workers) as client:  # both workers asked, through the one ledger
-        asked = client.run(lambda: __import__("recipe.clients.factory").factory.process_stats().as_dict()["requests"])
+        asked = client.run(lambda: __import__("recipe.clients.factory").clients.factory.process_stats().as_dict()["requests"])
     assert sum(asked.values()) == sent and len(asked) == 2
     second = recipe.run(recipe.compose(overrides + ["budget.max_usd=5"]), output_dir=str(out))
     assert not second.budget_reached and second.records == 120
