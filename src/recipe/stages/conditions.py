@@ -8,7 +8,7 @@ over the record's fields; one that fails on a record makes that record an error 
 
 from __future__ import annotations
 
-from recipe.errors import ConfigError, InputError
+from recipe.errors import ConfigError
 
 
 def valid(source: str | None) -> str | None:
@@ -37,18 +37,9 @@ def fields(source: str | None) -> set[str]:
 
 def holds(source: str, record: dict) -> bool:
     """Whether ``source`` is true for ``record``; an :class:`InputError` naming it when it fails there."""
-    import jinja2
+    from recipe.stages.templates import evaluate
 
-    from recipe.stages.templates import compile_expression
-
-    try:
-        return bool(compile_expression(source)(record))
-    except jinja2.UndefinedError as exc:
-        raise InputError(f"when {source!r}: {exc.message}") from None
-    except jinja2.sandbox.SecurityError as exc:
-        raise ConfigError(f"when {source!r} was refused by Jinja's sandbox: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - this record's values
-        raise InputError(f"when {source!r} failed on this record: {type(exc).__name__}: {exc}") from None
+    return bool(evaluate(source, record, f"when {source!r}"))
 
 
 def passed_over(record: dict, outputs: set[str]) -> dict:

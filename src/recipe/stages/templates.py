@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 import jinja2
 from jinja2 import meta
@@ -85,6 +86,27 @@ def compile_expression(source: str):
         return _ENV.compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"expression {source!r} does not parse: {exc.message}") from None
+
+
+@contextmanager
+def record_errors(what: str) -> Iterator[None]:
+    """Jinja's failures on one record, as the one-line errors every user of a template gives: a field
+    it lacks or a value it cannot use is this record's :class:`InputError`; the sandbox refusing the
+    template is the config's :class:`ConfigError`. ``what`` names the template (``when 'x > 1'``)."""
+    try:
+        yield
+    except jinja2.UndefinedError as exc:
+        raise InputError(f"{what}: {exc.message}") from None
+    except SecurityError as exc:
+        raise ConfigError(f"{what} was refused by Jinja's sandbox: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - this record's values
+        raise InputError(f"{what} failed on this record: {type(exc).__name__}: {exc}") from None
+
+
+def evaluate(source: str, record: dict, what: str) -> Any:
+    """The expression ``source`` on ``record``, its failures as :func:`record_errors` gives them."""
+    with record_errors(what):
+        return compile_expression(source)(record)
 
 
 def expression_fields(source: str) -> frozenset[str]:

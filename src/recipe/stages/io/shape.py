@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from recipe.errors import ConfigError, InputError
+from recipe.errors import ConfigError
 from recipe.stages.records import ID, PARENT, is_error
 
 FIELD_KEYS = ("keep", "drop", "rename")
@@ -75,7 +75,7 @@ def fields_read(shape: Any) -> set[str]:
 def _build(shape: Any, record: dict) -> Any:
     import jinja2
 
-    from recipe.stages.templates import compile_expression, compile_template
+    from recipe.stages.templates import compile_expression, compile_template, record_errors
 
     if isinstance(shape, dict):
         return {key: _build(value, record) for key, value in shape.items()}
@@ -84,19 +84,13 @@ def _build(shape: Any, record: dict) -> Any:
     if not isinstance(shape, str):
         return shape
     expr = _one_expression(shape)
-    try:
+    with record_errors(f"shape template {shape!r}"):
         if expr is not None:
             value = compile_expression(expr)(record)
             if isinstance(value, jinja2.Undefined):
                 raise jinja2.UndefinedError(f"{expr!r} is undefined")
             return value
         return compile_template(shape).render(record)
-    except jinja2.UndefinedError as exc:
-        raise InputError(f"shape template {shape!r}: {exc.message}") from None
-    except jinja2.sandbox.SecurityError as exc:
-        raise ConfigError(f"shape template {shape!r} was refused by Jinja's sandbox: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - this record's values
-        raise InputError(f"shape template {shape!r} failed on this record: {type(exc).__name__}: {exc}") from None
 
 
 def reshape(record: dict, shape: dict | None, fields: dict | None) -> dict:

@@ -272,18 +272,9 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _evaluate(source: str, row: dict) -> Any:
-    import jinja2
+    from recipe.stages.templates import evaluate
 
-    from recipe.stages.templates import compile_expression
-
-    try:
-        return compile_expression(source)(row)
-    except jinja2.UndefinedError as exc:
-        raise InputError(f"expression {source!r}: {exc.message}") from None
-    except jinja2.sandbox.SecurityError as exc:
-        raise ConfigError(f"expression {source!r} was refused by Jinja's sandbox: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - this record's values
-        raise InputError(f"expression {source!r} failed on this record: {type(exc).__name__}: {exc}") from None
+    return evaluate(source, row, f"expression {source!r}")
 
 
 def _plain(value: Any) -> Any:
