@@ -184,13 +184,11 @@ def _check_data(block: Block, cwd: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)])  # pages of prose only have nothing to run
 def test_every_block_of_the_page_runs(page, stub_server, tmp_path, monkeypatch):
     from recipe.testing.hub_stub import HubStub
 
     found = blocks(page)
-    if not found:
-        pytest.skip("no code blocks")
     server = stub_server()
     cwd = tmp_path / "cwd"
     _inputs(cwd)

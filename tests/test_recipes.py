@@ -190,10 +190,12 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
     # the topics the model wrote, from the chain up to the classifier (its answers then come from the cache)
     _, topics, _ = run_recipe(name, llama_server, tmp_path, *sizes, f"~recipe.stages.{flag}", "~recipe.stages.problems",
                               "~recipe.stages.problems_list", "~recipe.stages.problem", "~recipe.stages.dedup_problems",
+                              "~recipe.stages.solution", "~recipe.stages.second_solution", "~recipe.stages.check_answer",
                               out="topics")
     # 1 macro topic + exactly 1 subtopic = 2 topics; a subtopic written identical to its macro topic is the same topic
     assert len(topics) in (1, 2) and len({t["topic"] for t in topics}) == len(topics)
-    summary, good, _ = run_recipe(name, llama_server, tmp_path, *sizes)
+    # the two solutions' agreement is kept as a verdict (filter off): every problem is seen checked
+    summary, good, _ = run_recipe(name, llama_server, tmp_path, *sizes, "recipe.stages.check_answer.filter=false")
     asked = summary.stats["structured_by_schema"]["verdict"]["asked"]
     assert summary.failed == 0 and asked == len(topics), "one verdict per topic"
     # each topic: yes and exactly 1 problem (or removed as a duplicate), or no and filtered
@@ -202,6 +204,7 @@ def test_math_and_python(llama_server, tmp_path, name, flag):
     for r in good:
         assert r[flag] == "yes" and r["topic"] in r["topics"] and len(r["subtopics"]) == 1
         assert r["problems"] == [r["problem"]] and r["problem"].strip()
+        assert r["solution"].strip() and r["second_solution"].strip() and isinstance(r["verification"]["valid"], bool)
 
 
 @pytest.mark.llm

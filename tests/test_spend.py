@@ -375,15 +375,16 @@ def test_budget_and_target_together_stop_at_whichever_comes_first(stub_server, t
     assert first.stats["target"]["accepted"] + first.stats["target"]["rejected"] == sent
     assert first.stats["budget"]["spent_usd"] == pytest.approx(sent * GPT4O_REQUEST_USD)
     assert sent < 200
-    # the budget first: $0.06 pays for exactly 8 requests (one in flight at a time): far short of 40 records
+    # the budget first: $0.05 pays for exactly 6 requests (one in flight at a time): far short of 40 records,
+    # and short of one whole partition (a target of 40 cuts the input into partitions of 8)
     server.reset()
-    second = recipe.run(recipe.compose(base + ["target.records=40", "budget.max_usd=0.06",
+    second = recipe.run(recipe.compose(base + ["target.records=40", "budget.max_usd=0.05",
                                                f"cache.dir={tmp_path / 'cold'}"]),  # no answer from the first run
                         output_dir=str(tmp_path / "budget_first"))
     assert second.budget_reached and not second.stats["target"]["reached"]
-    assert server.stats()["requests"] == 8
-    assert second.stats["budget"]["spent_usd"] == pytest.approx(8 * GPT4O_REQUEST_USD)
-    assert second.records == 0, "no partition (10 inputs) was answered whole: nothing committed"
+    assert server.stats()["requests"] == 6
+    assert second.stats["budget"]["spent_usd"] == pytest.approx(6 * GPT4O_REQUEST_USD)
+    assert second.records == 0, "no partition (8 inputs) was answered whole: nothing committed"
     assert second.notes == ["target.records not reached: 0 of 40 records: the budget was reached"]
 
 
