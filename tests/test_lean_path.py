@@ -12,7 +12,8 @@ import recipe
 from recipe.clients.factory import build_client
 from recipe.clients.event_loop import run_sync
 from recipe.clients.formatters import NemotronFormatter
-from recipe.clients.lean_http import LEAN_ROUTES, takes_lean_path
+from recipe.clients import providers
+from recipe.clients.lean_http import takes_lean_path
 from recipe.clients.litellm_client import AsyncLiteLLMClient
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -68,7 +69,9 @@ def test_providers_that_sign_or_have_no_openai_configuration_keep_litellm(provid
 
 
 def test_the_lean_routes_are_exactly_the_openai_compatible_ones():
-    assert LEAN_ROUTES == {"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai"}
+    lean = {name for name, route in providers.ROUTES.items() if route.lean}
+    assert lean == {"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai"}
+    assert all(takes_lean_path(name) for name in lean)
 
 
 def test_a_provider_outside_the_lean_set_really_goes_through_litellm(stub):

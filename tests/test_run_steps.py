@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict
 import recipe
 from recipe.errors import ConfigError
 
-from conftest import outputs
+from conftest import outputs, write_jsonl
 
 STUB = ["recipe=generate", "backend=openai", "model.name=m", "progress=false"]
 # One unknown key, one bad value, and a bad parameter in each of two stages.
@@ -201,3 +201,21 @@ def test_run_does_not_compose_or_resolve_the_config_more_than_once(tmp_path, stu
     assert summary.records == 3
     rows = [json.loads(line) for line in (tmp_path / "out" / "part-00000.jsonl").read_text().splitlines()]
     assert sorted(r["answer"] for r in rows) == ["echo: a", "echo: b", "echo: c"]
+
+
+def test_batch_on_a_provider_without_a_batch_api_is_refused_before_any_request(tmp_path):
+    """The providers table says which providers have a batch API: Ollama has none, so
+    ``backend.batch=true`` there is one config line, not a failed run after the cluster started."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
+    cfg = recipe.compose(["backend=ollama", "backend.api_base=http://127.0.0.1:9", "model.name=m",
+                          "backend.batch=true", f"input={source}", "progress=false"])
+    with pytest.raises(ConfigError) as caught:
+        recipe.run(cfg, output_dir=str(tmp_path / "out"))
+    assert "backend.batch=true: ollama has no batch API" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    # the same batch flag on a provider with a batch API passes the check (it fails later, on the dead port)
+    ok = recipe.compose(["backend=openai", "backend.api_base=http://127.0.0.1:9", "backend.api_key=k",
+                         "model.name=m", "backend.batch=true", f"input={source}", "progress=false"])
+    from recipe.engine.preflight import backend_problems
+
+    assert backend_problems(OmegaConf.to_container(ok, resolve=True)) == []

@@ -48,6 +48,7 @@ from typing import Any
 from recipe import errors
 from recipe.redaction import redact
 from recipe.clients.error_mapping import MESSAGE_LIMIT
+from recipe.clients import providers
 
 MAX_LINES = 50_000  # OpenAI's limits per batch: lines and input file bytes
 MAX_BYTES = 190 * 1024 * 1024
@@ -178,7 +179,7 @@ class BatchCollector:
 
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
         """The provider's response body (a chat.completion or text_completion dict) for one request."""
-        if route == "anthropic":  # the Messages API body, built by litellm's provider configuration
+        if providers.provider(self.client.provider).batch == "anthropic":  # the Messages API body, built by litellm's provider configuration
             try:
                 body = self._anthropic_route(model).build(payload)
                 body.pop("json_mode", None)  # litellm's own flag for reading the answer, never on Anthropic's wire

@@ -26,36 +26,21 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import os
 import threading
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-# Routes whose litellm configuration is OpenAI's JSON over HTTP with a bearer key, no signing.
-LEAN_ROUTES = frozenset({"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai"})
+from recipe.clients import providers
+
 # Everything a payload may carry that is about the connection, not the request body.
 _ENDPOINT_KEYS = ("api_base", "api_key", "timeout", "max_retries", "allowed_openai_params", "extra_body")
-# Where litellm itself looks when api_base / api_key are not given (litellm.main, per route).
-_ENV_BASE = {"openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"), "text-completion-openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
-             "hosted_vllm": ("HOSTED_VLLM_API_BASE",), "nvidia_nim": ("NVIDIA_NIM_API_BASE",)}
-_ENV_KEY = {"openai": ("OPENAI_API_KEY",), "text-completion-openai": ("OPENAI_API_KEY",),
-            "hosted_vllm": ("HOSTED_VLLM_API_KEY",), "nvidia_nim": ("NVIDIA_NIM_API_KEY",)}
-_OPENAI_BASE = "https://api.openai.com/v1"
 _USER_AGENT = "recipe (lean_http; aiohttp)"  # says which path sent a request (tests/test_lean_path.py)
 
 
 def takes_lean_path(route: str) -> bool:
-    """Whether ``route`` (litellm's provider prefix) goes through :class:`LeanRoute`."""
-    return route in LEAN_ROUTES
-
-
-def _first_env(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
+    """Whether ``route`` (litellm's provider prefix) goes through :class:`LeanRoute` (the providers table says)."""
+    return providers.route(route).lean
 
 
 class LeanRoute:
@@ -93,9 +78,10 @@ class LeanRoute:
         """URL, headers and proxy, from litellm's provider resolution and configuration (once)."""
         _, _, dynamic_key, dynamic_base = self._litellm.get_llm_provider(
             model=f"{self.route}/{self.model}", api_base=api_base, api_key=api_key)
-        api_base = (api_base or dynamic_base or self._litellm.api_base or _first_env(_ENV_BASE[self.route])
-                    or (_OPENAI_BASE if self.route in ("openai", "text-completion-openai") else None))
-        api_key = api_key or dynamic_key or self._litellm.api_key or _first_env(_ENV_KEY[self.route])
+        known = providers.route(self.route)
+        api_base = (api_base or dynamic_base or self._litellm.api_base or providers.first_env(known.env_base)
+                    or known.default_base)
+        api_key = api_key or dynamic_key or self._litellm.api_key or providers.first_env(known.env_key)
         if not api_base:
             raise self._litellm.exceptions.BadRequestError(
                 message=f"no api_base for {self.route}/{self.model}", model=self.model, llm_provider=self.route)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import os
 import random
 import time
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from recipe.config import defaults
 from recipe.clients.conversation_formatter import ConversationFormatter
 from recipe.clients.error_mapping import translate
 from recipe.clients.event_loop import run_sync
-from recipe.clients import reply
+from recipe.clients import providers, reply
 from recipe.clients import structured_output as structured
 from recipe.clients.lean_http import LeanRoute, takes_lean_path
 from recipe.clients.limits import LocalLimiter
@@ -41,16 +40,6 @@ from recipe.clients.model_client import AsyncLLMClient, LLMClient
 from recipe.clients.tokens import estimate_tokens
 from recipe.clients.usage import UsageStats
 
-# The text-completions route per provider. nvidia_nim/ and openai/ wrap a text completion
-# into a chat message (see shared notes), so the explicit OpenAI text route is used there.
-_TEXT_ROUTE = {"hosted_vllm": "hosted_vllm", "ollama": "ollama"}
-_CHAT_ROUTE = {"ollama": "ollama_chat"}
-# Providers whose servers take top_k as a top-level body field (OpenAI-compatible servers).
-_EXTRA_BODY_TOP_K = {"openai", "hosted_vllm", "nvidia_nim", "text-completion-openai", "llamacpp"}
-# nvidia_nim/ filters every param (max_retries included) through an allowlist: without this
-# the OpenAI SDK's default two retries run under our own retry loop (3x the requests).
-_ALLOWLIST_ROUTES = {"nvidia_nim"}
-_NIM_DEFAULT_BASE = "https://integrate.api.nvidia.com/v1"
 # The budget ticket of the attempt running in this task: its usage settles the reservation.
 _TICKET: contextvars.ContextVar = contextvars.ContextVar("recipe_budget_ticket", default=None)
 # Why the answer being produced must not be cached (a truncated answer kept by on_truncated=keep).
@@ -195,16 +184,17 @@ class AsyncLiteLLMClient(AsyncLLMClient):
     def _endpoint_kwargs(self, route: str) -> dict:
         """Where and how to connect; one attempt per call (our loop does the retries)."""
         api_base, api_key = self.api_base, self._api_key
-        if self.provider == "nvidia_nim" and route != "nvidia_nim":
-            # The formatter path leaves litellm's nvidia_nim route (which would wrap the prompt
-            # into a chat message), so NIM's own defaults must be filled in here, not OpenAI's.
-            api_base = api_base or os.environ.get("NVIDIA_NIM_API_BASE") or _NIM_DEFAULT_BASE
-            api_key = api_key or os.environ.get("NVIDIA_NIM_API_KEY")
-        if api_key is None and api_base and route in _EXTRA_BODY_TOP_K:
+        owner = providers.provider(self.provider)
+        if route != owner.chat_route and (owner.env_base or owner.default_base):
+            # The formatter path leaves the provider's chat route (nvidia_nim/ would wrap the prompt
+            # into a chat message), so the provider's own endpoint is filled in here, not the route's.
+            api_base = api_base or providers.first_env(owner.env_base) or owner.default_base
+            api_key = api_key or providers.first_env(owner.env_key)
+        if api_key is None and api_base and providers.route(route).openai_compatible:
             api_key = "no-key"  # a keyless OpenAI-compatible server (llama.cpp, vLLM); the SDK insists on one
         kwargs: dict[str, Any] = {"api_base": api_base, "api_key": api_key,
                                   "timeout": self.timeout, "max_retries": 0}
-        if route in _ALLOWLIST_ROUTES:
+        if providers.route(route).allowlist:
             kwargs["allowed_openai_params"] = ["max_retries"]
         return kwargs
 
@@ -218,13 +208,13 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), name]
         top_k = params.pop("top_k", None)
         if top_k is not None:
-            if route in _EXTRA_BODY_TOP_K:
+            if providers.route(route).openai_compatible:
                 kwargs["extra_body"] = {**kwargs.get("extra_body", {}), "top_k": top_k}
             else:
                 params["top_k"] = top_k  # litellm maps it (ollama options) or refuses it loudly
         if n != 1:
             params["n"] = n
-            if route in _ALLOWLIST_ROUTES:  # NIM's allowlist refuses n unless told (shared notes)
+            if providers.route(route).allowlist:  # NIM's allowlist refuses n unless told (shared notes)
                 kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), "n"]
         kwargs.update(params)
         for name, value in (schema_params or {}).items():  # the schema's wire form (structured_output)
@@ -232,15 +222,14 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **value}
             else:
                 kwargs[name] = value
-                if route in _ALLOWLIST_ROUTES:
+                if providers.route(route).allowlist:
                     kwargs["allowed_openai_params"] = [*kwargs.get("allowed_openai_params", []), name]
         return kwargs
 
     def _route(self, text: bool) -> str:
         """litellm's provider prefix for chat requests, or for the formatter's text completions."""
-        if text:
-            return _TEXT_ROUTE.get(self.provider, "text-completion-openai")
-        return _CHAT_ROUTE.get(self.provider, self.provider)
+        owner = providers.provider(self.provider)
+        return owner.text_route if text else owner.chat_route
 
     def transport(self, formatted: bool = False) -> str:
         """Which path this client's requests take: ``"lean"`` (litellm's provider configuration

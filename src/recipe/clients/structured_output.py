@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping, overload
 
+from recipe.clients import providers
 from recipe.errors import ConfigError, SchemaError
 
 
@@ -200,14 +201,11 @@ DIALECTS: dict[str, Dialect] = {
     "llamacpp": Dialect(chat=_llamacpp_chat, text=_llamacpp_grammar),
     "none": Dialect(chat=None, text=None),
 }
-# litellm's provider -> dialect, when the backend does not name one (backend.structured_output).
-_BY_PROVIDER = {"openai": "openai", "hosted_vllm": "vllm", "nvidia_nim": "nim", "ollama": "ollama",
-                "ollama_chat": "ollama", "llamacpp": "llamacpp"}
 
 
 def dialect_for(provider: str, override: str | None = None) -> str:
     """The backend's dialect: ``override`` (``backend.structured_output``) or the provider's."""
-    name = override or _BY_PROVIDER.get(provider, "none")
+    name = override or providers.provider(provider).structured
     if name not in DIALECTS:
         raise ConfigError(f"backend.structured_output={name!r}: one of {', '.join(sorted(DIALECTS))}")
     return name

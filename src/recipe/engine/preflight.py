@@ -11,13 +11,13 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from recipe.clients import providers
 from recipe.errors import ConfigError
 
 
-# The shipped backends' providers (conf/backend) and Anthropic's (batches): in litellm's provider
-# list, as tests/test_config.py checks. Checking them needs no ``import litellm`` (2 s), so a run
-# on Dask workers starts its cluster before the driver imports it, not after.
-KNOWN_PROVIDERS = frozenset({"openai", "hosted_vllm", "nvidia_nim", "ollama", "anthropic"})
+# The providers table's names are in litellm's provider list (tests/test_config.py checks), so
+# checking them needs no ``import litellm`` (2 s): a run on Dask workers starts its cluster first.
+KNOWN_PROVIDERS = providers.KNOWN_PROVIDERS
 
 
 def _providers() -> set[str]:
@@ -35,14 +35,17 @@ def backend_problems(data: dict) -> list[str]:
         if isinstance(stage, dict) and isinstance(stage.get("backend"), dict):
             backends.append((f"recipe.stages.{name}.backend", stage["backend"]))
     problems: list[str] = []
-    providers: set[str] | None = None
+    listed: set[str] | None = None  # litellm's provider list, imported only for a name the table lacks
     for where, backend in backends:
         provider = backend.get("provider")
         if provider is not None and provider not in KNOWN_PROVIDERS:
-            providers = providers if providers is not None else _providers()
-            if provider not in providers:
+            listed = listed if listed is not None else _providers()
+            if provider not in listed:
                 problems.append(f"{where}.provider={provider!r}: not a provider litellm knows "
                                 "(for example openai, nvidia_nim, hosted_vllm, ollama)")
+        if backend.get("batch") is True and provider is not None and providers.provider(provider).batch is None:
+            problems.append(f"{where}.batch=true: {provider} has no batch API (backend.batch=false sends the "
+                            "requests one by one)")
         api_base = backend.get("api_base")
         many = isinstance(api_base, (list, tuple))
         if many and not api_base:
