@@ -1,0 +1,142 @@
+"""``provenance: true`` on the stub: each record's ``_provenance`` says, per model stage that answered
+it, the model and the sampling values the request carried (compared here with the request bodies
+the stub received), and whether the cache answered. Off (the default), no field. The cache is the
+same with it on or off; toggling it is another run, never mixed into one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import cli, outputs, stub_overrides, write_jsonl, write_prompts
+from test_sample import write_recipe
+
+N = 30
+DRAWN = ["sampling.temperature={uniform:[0.5,1.0]}", "sampling.top_p={values:[0.8,0.95],weights:[1,3]}",
+         "sampling.max_tokens=48", "sampling.seed=5"]
+ENTRY_KEYS = {"model", "temperature", "top_p", "max_tokens", "seed", "cached", "requests"}
+
+
+def _run(tmp_path: Path, server, out: str | None, *extra: str, check_exit: int | None = 0):
+    write_prompts(tmp_path / "in.jsonl", N)
+    where = [f"output_dir={tmp_path / out}"] if out else []
+    return cli(tmp_path, "recipe=generate", f"input={tmp_path / 'in.jsonl'}", *where, *stub_overrides(server),
+               "dask.partition_size=7", *DRAWN, *extra, check_exit=check_exit)
+
+
+def _sent(server) -> dict[str, dict]:
+    """The request body the stub received per prompt (the last user turn)."""
+    return {b["messages"][-1]["content"]: b for b in server.stats()["bodies"]}
+
+
+def _assert_entry_is_the_wire(entry: dict, body: dict, cached: bool) -> None:
+    assert set(entry) == ENTRY_KEYS, entry
+    for key in ("model", "temperature", "top_p", "max_tokens", "seed"):
+        assert entry[key] == body[key], (key, entry, body)
+    assert entry["cached"] is cached and entry["requests"] == 1
+
+
+def test_each_record_says_the_drawn_values_it_was_sent_with(tmp_path, stub_server):
+    server = stub_server()
+    _run(tmp_path, server, "on", "provenance=true")
+    records, sent = outputs(tmp_path / "on"), _sent(server)
+    assert len(records) == N and server.stats()["requests"] == N and len(sent) == N
+    for record in records:
+        assert set(record["_provenance"]) == {"generate"}
+        _assert_entry_is_the_wire(record["_provenance"]["generate"], sent[record["prompt"]], cached=False)
+    temperatures = {r["_provenance"]["generate"]["temperature"] for r in records}
+    assert len(temperatures) > N // 2  # drawn per record, not one value for the run
+    text = "".join(p.read_text() for p in (tmp_path / "on").glob("part-*.jsonl"))
+    assert "test-key" not in text and "api_base" not in text and server.base_url not in text  # no secret, no endpoint
+
+
+def test_off_by_default_no_field_and_the_same_cache_both_ways(tmp_path, stub_server):
+    server = stub_server()
+    _run(tmp_path, server, "off")
+    off, sent = outputs(tmp_path / "off"), _sent(server)
+    assert len(off) == N and all("_provenance" not in r for r in off)
+    assert server.stats()["requests"] == N
+    # on: every answer from the cache the run without provenance filled, no request
+    _run(tmp_path, server, "on", "provenance=true")
+    on = outputs(tmp_path / "on")
+    assert server.stats()["requests"] == N
+    assert {r["prompt"]: r["response"] for r in on} == {r["prompt"]: r["response"] for r in off}
+    for record in on:
+        _assert_entry_is_the_wire(record["_provenance"]["generate"], sent[record["prompt"]], cached=True)
+    # and off again, after a run with it on: still the cache, still no field
+    _run(tmp_path, server, "off-again")
+    assert server.stats()["requests"] == N
+    assert all("_provenance" not in r for r in outputs(tmp_path / "off-again"))
+
+
+def test_toggling_provenance_is_another_run_never_mixed_into_one_folder(tmp_path, stub_server):
+    server = stub_server()
+    _run(tmp_path, server, "out", "provenance=true")
+    before = outputs(tmp_path / "out")
+    result = _run(tmp_path, server, "out", check_exit=2)  # the same folder, provenance off
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "different config" in lines[0], lines
+    assert outputs(tmp_path / "out") == before
+    # without output_dir each gets its own run folder, whole: every record with the field, or none
+    _run(tmp_path, server, None)
+    _run(tmp_path, server, None, "provenance=true")
+    folders = sorted((tmp_path / "runs").glob("generate-*"))
+    assert len(folders) == 2
+    kinds = sorted({"_provenance" in r for r in outputs(f)} for f in folders)  # a folder's records: one kind
+    assert kinds == [{False}, {True}]
+    assert server.stats()["requests"] == N  # every later run answered by the cache
+
+
+def test_a_bad_value_is_one_error_line(tmp_path, stub_server):
+    server = stub_server()
+    result = _run(tmp_path, server, "bad", "provenance=maybe", check_exit=2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "provenance" in lines[0], lines
+    assert "Traceback" not in result.stderr and server.stats()["requests"] == 0
+
+
+def _two_stages(tmp_path: Path, server, out: str, write: dict) -> list[dict]:
+    write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}", "n": i} for i in range(12)])
+    conf = write_recipe(tmp_path, {
+        "read": {"_target_": "recipe.stages.ReadStage", "path": str(tmp_path / "in.jsonl")},
+        "answer": {"_target_": "recipe.stages.GenerateStage", "prompt": "{{ question }}", "output_field": "answer",
+                   "sampling": {"temperature": {"uniform": [0.2, 0.9]}}},
+        "judge": {"_target_": "recipe.stages.GenerateStage", "prompt": "judge {{ answer }}", "output_field": "verdict",
+                  "when": "n % 3 == 0"},
+        "write": {"_target_": "recipe.stages.WriteStage", "format": "jsonl", **write}})
+    cli(tmp_path, "--config-dir", str(conf), "recipe=sampled", f"output_dir={tmp_path / out}",
+        *stub_overrides(server), "provenance=true", "sampling.temperature=0.1", check_exit=0)
+    return outputs(tmp_path / out)
+
+
+def test_an_entry_per_stage_that_asked_kept_by_shape_and_dropped_by_fields(tmp_path, stub_server):
+    server = stub_server()
+    shape = {"messages": [{"role": "user", "content": "{{ question }}"},
+                          {"role": "assistant", "content": "{{ answer }}"}]}
+    records = _two_stages(tmp_path, server, "shaped", {"shape": shape})
+    sent = _sent(server)
+    assert len(records) == 12
+    for record in records:
+        assert set(record) == {"messages", "_id", "_parent", "_provenance"}  # kept like _id and _parent
+        question, answer = (m["content"] for m in record["messages"])
+        entries = record["_provenance"]
+        asked_judge = f"judge {answer}" in sent
+        assert set(entries) == ({"answer", "judge"} if asked_judge else {"answer"})  # a skipped stage: no entry
+        assert entries["answer"]["temperature"] == sent[question]["temperature"]  # the stage's own distribution
+        if asked_judge:
+            assert entries["judge"]["temperature"] == sent[f"judge {answer}"]["temperature"] == 0.1
+    assert sum("judge" in r["_provenance"] for r in records) == 4  # n = 0, 3, 6, 9
+    requests = server.stats()["requests"]
+    kept = _two_stages(tmp_path, server, "fields", {"fields": {"keep": ["question", "verdict"], "drop": ["_provenance"]}})
+    assert all(set(r) == {"question", "verdict", "_id", "_parent"} for r in kept)
+    assert server.stats()["requests"] == requests  # the same requests: from the cache
+
+
+def test_the_report_profiles_the_provenance_fields(tmp_path, stub_server):
+    server = stub_server()
+    _run(tmp_path, server, "on", "provenance=true")
+    temperatures = [r["_provenance"]["generate"]["temperature"] for r in outputs(tmp_path / "on")]
+    page = (tmp_path / "on" / "report.html").read_text()
+    card = page.split("<h3>_provenance.generate.temperature</h3>", 1)[1].split("<div class=field", 1)[0]
+    assert "<th>present</th><td>30</td>" in card
+    assert f"<th>min / mean / max</th><td>{min(temperatures):g} / " in card and f" / {max(temperatures):g}</td>" in card
+    assert "<h3>_provenance.generate.cached</h3>" in page
