@@ -91,6 +91,7 @@ def test_a_bad_value_is_one_error_line(tmp_path, stub_server):
     result = _run(tmp_path, server, "bad", "provenance=maybe", check_exit=2)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "provenance" in lines[0], lines
+    assert "'maybe' is not a valid bool" in lines[0]  # what is wrong, not only where
     assert "Traceback" not in result.stderr and server.stats()["requests"] == 0
 
 
@@ -140,3 +141,16 @@ def test_the_report_profiles_the_provenance_fields(tmp_path, stub_server):
     assert "<th>present</th><td>30</td>" in card
     assert f"<th>min / mean / max</th><td>{min(temperatures):g} / " in card and f" / {max(temperatures):g}</td>" in card
     assert "<h3>_provenance.generate.cached</h3>" in page
+
+
+def test_a_stage_that_asks_several_times_counts_its_requests(tmp_path, stub_server):
+    server = stub_server()
+    args = ["recipe=dialogue", "recipe.user_styles=[concise]", *stub_overrides(server), "provenance=true"]
+    cli(tmp_path, *args, f"output_dir={tmp_path / 'a'}", check_exit=0)
+    records, sent = outputs(tmp_path / "a"), server.stats()["requests"]
+    assert records and sum(r["_provenance"]["dialogue"]["requests"] for r in records) == sent
+    assert {r["_provenance"]["dialogue"]["requests"] for r in records} == {3}  # assistant, user, assistant
+    assert not any(r["_provenance"]["dialogue"]["cached"] for r in records)
+    cli(tmp_path, *args, f"output_dir={tmp_path / 'b'}", check_exit=0)  # another run: the cache
+    again = outputs(tmp_path / "b")
+    assert server.stats()["requests"] == sent and all(r["_provenance"]["dialogue"]["cached"] for r in again)
