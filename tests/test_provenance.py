@@ -154,3 +154,18 @@ def test_a_stage_that_asks_several_times_counts_its_requests(tmp_path, stub_serv
     cli(tmp_path, *args, f"output_dir={tmp_path / 'b'}", check_exit=0)  # another run: the cache
     again = outputs(tmp_path / "b")
     assert server.stats()["requests"] == sent and all(r["_provenance"]["dialogue"]["cached"] for r in again)
+
+
+def test_target_rounds_keep_the_stages_provenance(tmp_path):
+    """``target.records`` rounds rebuild the model stages with shifted seeds: the switch goes along."""
+    from recipe.clients.factory import ClientSpec
+    from recipe.engine.target import round_stages
+    from recipe.stages.build import build_stages
+
+    recipe = {"stages": {"generate": {"_target_": "recipe.stages.GenerateStage"},
+                         "write": {"_target_": "recipe.stages.WriteStage"}}}
+    spec = ClientSpec(provider="openai", model="m", sampling=(("seed", 1),))
+    for on in (True, False):
+        stages = build_stages(recipe, spec, str(tmp_path), provenance=on)
+        shifted = round_stages(stages, 2)[0]
+        assert shifted is not stages[0] and shifted.provenance is on
