@@ -49,6 +49,15 @@ def test_each_record_says_the_drawn_values_it_was_sent_with(tmp_path, stub_serve
     assert "test-key" not in text and "api_base" not in text and server.base_url not in text  # no secret, no endpoint
 
 
+def test_on_a_two_worker_cluster_each_record_says_what_it_was_sent(tmp_path, stub_server, two_workers):
+    server = stub_server()
+    _run(tmp_path, server, "on", "provenance=true", f"dask.address={two_workers}")
+    records, sent = outputs(tmp_path / "on"), _sent(server)
+    assert len(records) == N and server.stats()["requests"] == N
+    for record in records:
+        _assert_entry_is_the_wire(record["_provenance"]["generate"], sent[record["prompt"]], cached=False)
+
+
 def test_off_by_default_no_field_and_the_same_cache_both_ways(tmp_path, stub_server):
     server = stub_server()
     _run(tmp_path, server, "off")
