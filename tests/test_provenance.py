@@ -90,8 +90,8 @@ def test_toggling_provenance_is_another_run_never_mixed_into_one_folder(tmp_path
     _run(tmp_path, server, None, "provenance=true")
     folders = sorted((tmp_path / "runs").glob("generate-*"))
     assert len(folders) == 2
-    kinds = sorted({"_provenance" in r for r in outputs(f)} for f in folders)  # a folder's records: one kind
-    assert kinds == [{False}, {True}]
+    kinds = sorted(sorted({"_provenance" in r for r in outputs(f)}) for f in folders)  # a folder's records: one kind
+    assert kinds == [[False], [True]]
     assert server.stats()["requests"] == N  # every later run answered by the cache
 
 
