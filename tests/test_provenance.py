@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import cli, outputs, stub_overrides, write_jsonl, write_prompts
+from conftest import cli, error_rows, outputs, stub_overrides, write_jsonl, write_prompts
 from test_sample import write_recipe
 
 N = 30
@@ -178,3 +178,26 @@ def test_target_rounds_keep_the_stages_provenance(tmp_path):
         stages = build_stages(recipe, spec, str(tmp_path), provenance=on)
         shifted = round_stages(stages, 2)[0]
         assert shifted is not stages[0] and shifted.provenance is on
+
+
+def test_a_run_over_earlier_output_adds_its_entry_and_a_foreign_field_is_refused(tmp_path, stub_server):
+    server = stub_server()
+    _run(tmp_path, server, "first", "provenance=true")
+    earlier = outputs(tmp_path / "first")[:3]
+    rows = earlier + [{"prompt": "mine", "response": "x", "_provenance": {"by": "hand"}}]
+    write_jsonl(tmp_path / "again.jsonl", rows)
+    conf = write_recipe(tmp_path, {
+        "read": {"_target_": "recipe.stages.ReadStage", "path": str(tmp_path / "again.jsonl")},
+        "again": {"_target_": "recipe.stages.GenerateStage", "prompt": "again: {{ response }}", "output_field": "again"},
+        "write": {"_target_": "recipe.stages.WriteStage", "format": "jsonl"}})
+    cli(tmp_path, "--config-dir", str(conf), "recipe=sampled", f"output_dir={tmp_path / 'second'}",
+        *stub_overrides(server), "provenance=true", check_exit=3)
+    good, (bad,) = outputs(tmp_path / "second"), error_rows(tmp_path / "second")
+    assert "field _provenance is reserved" in bad["_error"]["message"] and bad["record"]["prompt"] == "mine"
+    sent = _sent(server)
+    by_id = {r["_id"]: r for r in earlier}
+    assert sorted(by_id) == sorted(r["_id"] for r in good)
+    for record in good:
+        assert set(record["_provenance"]) == {"generate", "again"}
+        assert record["_provenance"]["generate"] == by_id[record["_id"]]["_provenance"]["generate"]  # kept as it was
+        assert record["_provenance"]["again"]["model"] == sent[f"again: {record['response']}"]["model"]
