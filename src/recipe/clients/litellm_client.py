@@ -37,6 +37,7 @@ from recipe.clients.lean_http import LeanRoute, takes_lean_path
 from recipe.clients.limits import LocalLimiter
 from recipe.clients.litellm_setup import ensure_model_known, get_litellm, unlogged
 from recipe.clients.model_client import AsyncLLMClient, LLMClient
+from recipe.clients import provenance
 from recipe.clients.tokens import estimate_tokens
 from recipe.clients.usage import UsageStats
 
@@ -346,6 +347,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 hit = None
             if hit is not None:
                 self.stats.count("cache_hits")
+                provenance.note(key, cached=True)
                 return hit
         marks: list[str] = []
         reset = _UNCACHEABLE.set(marks)
@@ -353,6 +355,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             answer = await produce()
         finally:
             _UNCACHEABLE.reset(reset)
+        provenance.note(key, cached=False)
         cache = self.cache
         if cache is not None and not marks:  # a truncated answer kept by on_truncated=keep is not stored
             try:

@@ -2,7 +2,8 @@
 
 Running the same command again must continue the same run, so the run folder is named after
 the config, not the clock. The hash covers the model, the endpoint, sampling, the formatter,
-the recipe (every stage and template) and each input file's path, size and modification time.
+the recipe (every stage and template), each input file's path, size and modification time, and
+``provenance: true`` (its records carry another field; a run without it keeps the hash it had).
 It leaves out what only changes how fast or where a run goes (timeouts, retries, concurrency,
 rpm/tpm, Dask sizing, the cache, progress, ``output_dir``, ``resume``) and every API key.
 """
@@ -102,7 +103,7 @@ def identity(cfg: Any) -> dict:
     many = OmegaConf.is_list(given) or isinstance(given, (list, tuple))  # a list of paths or globs
     inputs = sorted({p for p in _read_paths(recipe) + (list(given) if many else [given])
                      if isinstance(p, str) and storage.isfile(p)})
-    return {
+    ident = {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},
         "endpoint": endpoint,
         "sampling": _section(config, "sampling"),
@@ -110,6 +111,9 @@ def identity(cfg: Any) -> dict:
         "recipe": recipe,
         "inputs": [fingerprint(p) for p in inputs],
     }
+    if _section(config, "provenance"):  # other records (a _provenance field): another run; off keeps old hashes
+        ident["provenance"] = True
+    return ident
 
 
 def config_hash(ident: dict) -> str:

@@ -159,6 +159,9 @@ class RecipeConfig:
     resume: bool = True  # continue the run a folder holds; false: clear its results first
     retry_failed: bool = True  # a rerun does again records that failed for transient reasons
     preview: Optional[int] = None  # N: the chain on the first N records and an estimate (recipe.engine.preview)
+    # true: each record gets `_provenance`, per model stage that answered it: the model, the sampling
+    # values sent (a distribution's drawn value), whether the cache answered; part of the run's identity
+    provenance: bool = False
 
 
 def register() -> None:

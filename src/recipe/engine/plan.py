@@ -154,7 +154,8 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
         open_cache(spec).ping()
     # Stages before any server or cluster: a missing input is refused here.
     stages = build_stages(data["recipe"], spec, output_dir,
-                          target.partition_size(data.get("target"), data["dask"]["partition_size"]))
+                          target.partition_size(data.get("target"), data["dask"]["partition_size"]),
+                          provenance=bool(data.get("provenance")))
     from recipe.stages import chain
 
     chain.check(stages)  # a field a stage reads that nothing provides: refused before any request

@@ -167,7 +167,8 @@ def run_preview(cfg: Any, n: int, cap: int = CAP) -> Preview:
     scratch = tempfile.mkdtemp(prefix="recipe-preview-")
     try:
         spec = ClientSpec.from_config(data)
-        stages = build_stages(data["recipe"], spec, scratch, data["dask"]["partition_size"])
+        stages = build_stages(data["recipe"], spec, scratch, data["dask"]["partition_size"],
+                              provenance=bool(data.get("provenance")))
         chain.check(stages)
         plan = run_plan.RunPlan(data=data, output_dir=scratch, ident=ident, config_hash="preview", spec=spec,
                                 stages=stages, folder=None)

@@ -75,6 +75,7 @@ def round_stages(stages: list, number: int) -> list:
             sampling = _shift_seed(stage.sampling, number) if stage.sampling and "seed" in stage.sampling else stage.sampling
             shifted = dataclasses.replace(stage, client=client, sampling=sampling)
             shifted.counts_progress = stage.counts_progress  # set on the instance by the plan
+            shifted.provenance = stage.provenance  # and by the run's provenance: true
         out.append(shifted)
     return out
 

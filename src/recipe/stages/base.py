@@ -21,12 +21,13 @@ import dask.bag as db
 from pydantic import AfterValidator
 
 from recipe import errors
+from recipe.clients import provenance as request_log
 from recipe.clients.factory import ClientSpec, shared_async_client
 from recipe.clients.event_loop import cancelled, check_cancelled, run_sync
 from recipe.clients.tokens import estimate_tokens
 from recipe.stages import breaker, conditions, params, progress
 from recipe.stages.partition import Partition, carry, count_skipped, counting_filtered, dropped
-from recipe.stages.records import error_record, is_error
+from recipe.stages.records import error_record, is_error, with_provenance
 
 T = TypeVar("T")
 #: The record a model-call task is working on (each asyncio task has its own context).
@@ -148,6 +149,9 @@ class LLMStage(Stage):
     # Not a parameter (no annotation, so no dataclass field): the plan sets it on the run's last
     # model stage, whose answers move the progress bar.
     counts_progress = False
+    # Not a parameter either: the run's `provenance: true` (stages.build) sets it on every model
+    # stage, which then adds its entry to each record's `_provenance` (recipe.clients.provenance).
+    provenance = False
 
     @property
     def spec(self) -> ClientSpec:
@@ -194,8 +198,13 @@ class LLMStage(Stage):
                 count_skipped(self.name)
                 return [] if self.when_false == "drop" else [conditions.passed_over(record, self.outputs)]
         _current_record.set(record)  # this task's own context: per-record sampling draws (sampling_for)
+        log = request_log.collecting() if self.provenance else None  # this task's requests, noted by the client
         result = await self.attempt(self.aprocess(llm, record), record)
-        return result if isinstance(result, list) else [result]
+        out = result if isinstance(result, list) else [result]
+        entry = request_log.entry(log) if log is not None else None
+        if entry is not None:  # provenance: true, and this stage asked the model for this record
+            out = [r if is_error(r) else with_provenance(r, self.name, entry) for r in out]
+        return out
 
     async def _process_all(self, llm, records: list[dict]) -> list[dict]:
         """Every record of the partition, in order, through a sliding window of tasks.

@@ -115,13 +115,20 @@ def _write_last(stages: list) -> list:
     return [stage for stage in stages if stage is not writes[0]] + writes
 
 
-def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size: int = 256) -> list:
+def build_stages(recipe: dict, spec: ClientSpec, output_dir: str, partition_size: int = 256,
+                 provenance: bool = False) -> list:
     """Instantiate each stage of ``recipe['stages']`` in order, injecting the run's client, output
-    path and ``dask.partition_size`` where the stage does not set its own.
+    path and ``dask.partition_size`` where the stage does not set its own; with ``provenance`` (the
+    run's ``provenance: true``) every model stage records what answered each record.
 
     Raises one :class:`ConfigError` listing every bad stage, each named by its key."""
+    from recipe.stages.base import LLMStage
+
     stages, problems = _build_stages(recipe, spec, output_dir, partition_size, world=True)
     refuse(problems)
+    for stage in stages:
+        if isinstance(stage, LLMStage):
+            stage.provenance = provenance
     return stages
 
 

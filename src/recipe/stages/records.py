@@ -22,8 +22,10 @@ from typing import Any, TypeGuard
 from recipe.redaction import redact
 
 ID, PARENT, SOURCE, ERROR = "_id", "_parent", "_source", "_error"
+#: Per model stage, what answered the record (``provenance: true``; see :func:`with_provenance`).
+PROVENANCE = "_provenance"
 #: Fields recipe writes into records; the README documents them.
-RESERVED = (ID, PARENT, SOURCE, ERROR)
+RESERVED = (ID, PARENT, SOURCE, ERROR, PROVENANCE)
 _HEX_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -77,6 +79,12 @@ def foreign_reserved(record: dict) -> list[str]:
     ours = (ERROR not in record and an_id(record.get(ID)) and (record.get(PARENT) is None or an_id(record[PARENT]))
             and isinstance(record.get(SOURCE, ""), str))
     return [] if ours else present
+
+
+def with_provenance(record: dict, stage: str, entry: dict) -> dict:
+    """``record`` with ``entry`` as ``_provenance[stage]``, earlier stages' entries kept (a record
+    derived from another, by :func:`child`, inherits them)."""
+    return {**record, PROVENANCE: {**(record.get(PROVENANCE) or {}), stage: entry}}
 
 
 def root(value: Any, field: str, *id_parts: Any) -> dict:

@@ -2,9 +2,10 @@
 ``fields`` (keep, drop, rename).
 
 A template that is one expression, ``"{{ answer }}"``, keeps the value's type: a list stays a list,
-a number a number, null stays null; any other template renders text. ``_id`` and ``_parent`` are
-kept unless ``fields.drop`` names them. Error records are not shaped (``errors/`` keeps what
-failed as it was); a record the shape cannot be built for becomes an error record.
+a number a number, null stays null; any other template renders text. ``_id``, ``_parent`` and
+``_provenance`` (``provenance: true``) are kept unless ``fields.drop`` names them. Error records
+are not shaped (``errors/`` keeps what failed as it was); a record the shape cannot be built for
+becomes an error record.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import re
 from typing import Any, Iterator
 
 from recipe.errors import ConfigError
-from recipe.stages.records import ID, PARENT, is_error
+from recipe.stages.records import ID, PARENT, PROVENANCE, is_error
+
+#: Kept through ``shape`` and ``fields.keep`` unless ``fields.drop`` names them: where a record came from.
+LINEAGE = (ID, PARENT, PROVENANCE)
 
 FIELD_KEYS = ("keep", "drop", "rename")
 _ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%).)*)\}\}\s*$", re.S)
@@ -98,13 +102,13 @@ def reshape(record: dict, shape: dict | None, fields: dict | None) -> dict:
     out = record
     if shape:
         out = _build(shape, record)
-        for key in (ID, PARENT):
+        for key in LINEAGE:
             if key in record:
                 out.setdefault(key, record[key])
     if fields:
         keep, drop, rename = fields.get("keep"), set(fields.get("drop") or ()), fields.get("rename") or {}
         if keep is not None:
-            out = {k: v for k, v in out.items() if k in keep or k in (ID, PARENT)}
+            out = {k: v for k, v in out.items() if k in keep or k in LINEAGE}
         out = {rename.get(k, k): v for k, v in out.items() if k not in drop}
     return out
 
