@@ -319,12 +319,14 @@ SIZE_WHEN_RED = "color == 'red'"
 SAMPLED = {"color": COLORS,
            "size": {"sampler": "category", "values": ["L"],
                     "conditional": {SIZE_WHEN_RED: {"values": ["S", "M"], "weights": [1, 3]}}},
-           "coin": {"sampler": "bernoulli", "p": 0.25}}
+           "coin": {"sampler": "bernoulli", "p": 0.25},
+           "score": {"sampler": "uniform", "low": 0, "high": 5}}
 
 
 @pytest.fixture(scope="module")
 def sampled_run(tmp_path_factory):
-    """4,000 records of a weighted category, a category conditional on it and a coin, on the stub server."""
+    """4,000 records of a weighted category, a category conditional on it, a coin and a uniform number, on the
+    stub server."""
     from test_sample import sample_recipe, write_recipe
 
     tmp = tmp_path_factory.mktemp("sampled")
@@ -388,6 +390,10 @@ def test_sampled_columns_are_set_against_their_declared_weights(sampled_run, tmp
     heads = sum(r["coin"] for r in written)
     assert [c["count"] for c in coin["cells"]] == [4000 - heads, heads]
     assert coin["p"] == pytest.approx(_chisquare([4000 - heads, heads], [0.75, 0.25]).pvalue, rel=1e-9)
+    score = _fit(sampled_run, "score")["groups"][0]  # uniform on [0, 5]: ten bins of 0.5, each a tenth
+    bins = [sum(min(int(r["score"] / 0.5), 9) == i for r in written) for i in range(10)]
+    assert [c["count"] for c in score["cells"]] == bins and [c["declared"] for c in score["cells"]] == [0.1] * 10
+    assert score["p"] == pytest.approx(_chisquare(bins, [1] * 10).pvalue, rel=1e-9)
 
     # the output edited: a third of the blue records made red; and one record holding an undeclared value
     skewed = tmp_path / "skewed"
@@ -438,7 +444,8 @@ def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, b
                      for v, w in zip(COLORS["values"], COLORS["weights"])]
     assert page.text_content(".fit[data-fit=color] .figure").startswith("chi-square ")
     bars = page.eval_on_selector_all("[id^=chart-fit-]", "els => els.map(e => e.querySelectorAll('svg.main-svg g.trace').length)")
-    assert len(bars) == 4 and all(n == 2 for n in bars)  # color, coin, size's two conditions: declared and observed
+    # color, size's two conditions, coin, score: each with its declared and observed bars
+    assert len(bars) == 5 and all(n == 2 for n in bars)
     assert problems == []
     page.close()
 
@@ -452,3 +459,19 @@ def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, b
     assert page.is_visible(".fit[data-fit=color] .flag")
     assert problems == []
     page.close()
+
+
+def test_declared_counts_read_by_arrow_equal_those_read_record_by_record(sampled_run):
+    """The two ways a part is read give the same comparison (Arrow's group-by and numpy bins; record by record)."""
+    from recipe.report import folder as run_files
+    from recipe.report.goodness import Fits
+
+    files = run_files.read_run(str(sampled_run))
+    by_arrow, by_line = Fits.of_run(files.info, []), Fits.of_run(files.info, [])
+    tables = list(run_files.parts(files.part_files, []))
+    assert len(tables) == 8 and all(not isinstance(t, list) for t in tables)
+    for table in tables:
+        by_arrow.add_table(table)
+    by_line.add_records(list(run_files.records(files.part_files, [])))
+    assert [r["column"] for r in by_arrow.results()] == ["color", "size", "coin", "score"]
+    assert by_arrow.results() == by_line.results()

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from recipe.stages.samplers.declared import Declared, Distribution, recipe_declarations, value_key
+from recipe.stages.samplers.declared import Declared, Distribution, value_key
 
 SIGNIFICANCE = 0.001  # a group whose p-value is below this is flagged
 MIN_EXPECTED = 5.0
@@ -107,6 +107,34 @@ def _pool(observed: list[int], expected: list[float], ordered: bool) -> tuple[li
     return obs, exp
 
 
+def recipe_declarations(recipe: dict) -> tuple[list[Declared], list[str]]:
+    """Every sample stage's declared columns in a recipe's resolved config (the run's identity),
+    a later stage's column replacing an earlier one's of the same name; and what could not be read."""
+    from recipe.config.targets import allowed_class
+    from recipe.errors import ConfigError
+    from recipe.stages.base import Stage
+    from recipe.stages.io.sample import SampleStage
+    from recipe.stages.samplers.declared import declared_columns
+
+    found: dict[str, Declared] = {}
+    problems: list[str] = []
+    for name, config in ((recipe or {}).get("stages") or {}).items():
+        if not isinstance(config, dict):
+            continue
+        try:
+            cls = allowed_class(config.get("_target_"), Stage, "_target_")
+        except ConfigError:
+            continue
+        if not issubclass(cls, SampleStage):
+            continue
+        try:
+            for declared in declared_columns(str(name), config):
+                found[declared.column] = declared
+        except Exception as exc:  # noqa: BLE001 - a declaration the report cannot read is said, not raised
+            problems.append(f"stage {name}'s declared columns cannot be read: {type(exc).__name__}: {exc}")
+    return list(found.values()), problems
+
+
 # ---- counting -------------------------------------------------------------------------------------
 
 @dataclass
@@ -156,6 +184,41 @@ class _Column:
         group.add(value, count)
 
 
+    def add_numbers(self, column: Any) -> bool:
+        """A whole numeric Arrow column of an unconditional binned column at once (numpy); False
+        when the column is not that (the caller counts it value by value)."""
+        import numpy as np
+        import pyarrow as pa
+
+        d = self.declared
+        if d.by or d.untested or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            return False
+        found = d.group({})
+        if found is None or found[1] is None or found[1].edges is None:
+            return False
+        label, dist = found
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        self.missing += column.null_count
+        values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+        self.present += len(values)
+        group = self.groups.get(label)
+        if group is None:
+            group = self.groups[label] = _Group(label, dist)
+        if not group.counts:
+            group.counts = [0] * len(dist.cells)
+        edges = np.asarray(dist.edges, dtype=np.float64)
+        inside = (values >= edges[0]) & (values <= edges[-1])  # NaN is outside
+        cells = np.minimum(np.searchsorted(edges, values[inside], side="right") - 1, len(dist.cells) - 1)
+        for cell, count in enumerate(np.bincount(cells, minlength=len(dist.cells)).tolist()):
+            group.counts[cell] += count
+        outside, times = np.unique(values[~inside], return_counts=True)
+        for value, count in zip(outside.tolist(), times.tolist()):
+            group.undeclared[value_key(value)] += count
+        group.records += len(values)
+        return True
+
+
 class Fits:
     """Fed every written part (as the profiler is); :meth:`results` gives each declared column's comparison."""
 
@@ -183,7 +246,8 @@ class Fits:
             if column.declared.column not in table.column_names:
                 column.missing += table.num_rows
                 continue
-            self._combos(column, _arrow_combos(table, names))
+            if not column.add_numbers(table.column(column.declared.column)):
+                self._combos(column, _arrow_combos(table, names))
 
     @staticmethod
     def _combos(column: _Column, combos: Iterable[tuple[dict, int]]) -> None:

@@ -276,30 +276,3 @@ def declared_columns(stage: str, params: dict) -> list[Declared]:
 
 def _would_compare(column: Column, params: dict) -> bool:
     return column.sampler == "subcategory" or distribution(column, params) is not None
-
-
-def recipe_declarations(recipe: dict) -> tuple[list[Declared], list[str]]:
-    """Every sample stage's declared columns in a recipe's resolved config (the run's identity),
-    a later stage's column replacing an earlier one's of the same name; and what could not be read."""
-    from recipe.config.targets import allowed_class
-    from recipe.errors import ConfigError
-    from recipe.stages.base import Stage
-    from recipe.stages.io.sample import SampleStage
-
-    found: dict[str, Declared] = {}
-    problems: list[str] = []
-    for name, config in ((recipe or {}).get("stages") or {}).items():
-        if not isinstance(config, dict):
-            continue
-        try:
-            cls = allowed_class(config.get("_target_"), Stage, "_target_")
-        except ConfigError:
-            continue
-        if not issubclass(cls, SampleStage):
-            continue
-        try:
-            for declared in declared_columns(str(name), config):
-                found[declared.column] = declared
-        except Exception as exc:  # noqa: BLE001 - a declaration the report cannot read is said, not raised
-            problems.append(f"stage {name}'s declared columns cannot be read: {type(exc).__name__}: {exc}")
-    return list(found.values()), problems
