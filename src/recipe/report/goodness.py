@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from recipe.stages.samplers.declared import Declared, Distribution, value_key
 
-SIGNIFICANCE = 0.001  # a group whose p-value is below this is flagged
+SIGNIFICANCE = 0.001  # a group whose p-value is below this (over the groups tested in its column) is flagged
 MIN_EXPECTED = 5.0
 UNDECLARED_SHOWN = 10
 
@@ -194,9 +194,10 @@ class _Column:
         if d.by or d.untested or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             return False
         found = d.group({})
-        if found is None or found[1] is None or found[1].edges is None:
+        dist = found[1] if found is not None else None
+        if found is None or dist is None or dist.edges is None:
             return False
-        label, dist = found
+        label = found[0]
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         self.missing += column.null_count
@@ -314,7 +315,7 @@ def _group_result(group: _Group) -> dict:
         return out
     statistic = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
     p = chi2_sf(statistic, df)
-    out.update(chi2=statistic, df=df, p=p, flagged=p < SIGNIFICANCE)
+    out.update(chi2=statistic, df=df, p=p, flagged=False)  # flagged per column: see _result
     if min(exp) < MIN_EXPECTED:
         out["note"] = "too few records for every cell to expect 5: the p-value is rough"
     return out
@@ -330,8 +331,11 @@ def _result(column: _Column) -> dict:
     if d.untested or not column.present:
         out["flagged"] = False
         return out
-    out["groups"] = [_group_result(g) for g in sorted(column.groups.values(), key=lambda g: (-g.records, g.label))]
-    out["flagged"] = any(g.get("flagged") for g in out["groups"])
+    groups = [_group_result(g) for g in sorted(column.groups.values(), key=lambda g: (-g.records, g.label))]
+    tested = [g for g in groups if g.get("p") is not None]
+    for group in tested:  # Bonferroni: a column tested in k groups flags below SIGNIFICANCE / k
+        group["flagged"] = group["p"] < SIGNIFICANCE / len(tested)
+    out["groups"], out["flagged"] = groups, any(g["flagged"] for g in groups if "flagged" in g)
     return out
 
 
@@ -401,8 +405,9 @@ def summary_table(results: list[dict]) -> str:
                     f"<td>{_e(r['stage'])}</td><td>{_e(r['declared'])}</td><td>{_e(r['records'])}</td>"
                     f"<td class=figure>{figure or _e(reason)}</td><td class=verdict>{_e(_verdict(r))}</td></tr>")
     return ("<h3>Sampled columns against their declared distributions</h3>"
-            f"<p>Chi-square goodness of fit per column and condition (p-value computed without scipy; flagged below "
-            f"p = {SIGNIFICANCE}). The declarations are the run's own, from run.json.</p>"
+            f"<p>Chi-square goodness of fit per column and condition (p-value computed without scipy). A group is "
+            f"flagged when its p-value is below {SIGNIFICANCE} divided by the groups tested in its column; with many "
+            "columns, expect an occasional flag by chance. The declarations are the run's own, from run.json.</p>"
             "<table class=grid id=declared><tr><th>field</th><th>stage</th><th>declared</th><th>records</th>"
             f"<th>goodness of fit</th><th>verdict</th></tr>{''.join(rows)}</table>")
 
@@ -439,7 +444,7 @@ def field_block(result: dict, number: int, charts: list) -> str:
                      f"{rows}</table><p class=figure>{_figure(group)}"
                      + (" <b class=flag>flagged: differs from the declaration</b>" if group.get("flagged") else "")
                      + (" (cells expected to hold fewer than 5 records pooled)" if group.get("pooled") else "") + "</p>")
-        if index < CHARTED_GROUPS:
+        if index < CHARTED_GROUPS and len(cells) > 1:
             chart_id = f"chart-fit-{number}-{index}"
             labels = [c["value"] for c in cells]
             charts.append({"id": chart_id, "data": [
