@@ -112,6 +112,8 @@ class Declared:
     def _group(self, row: dict) -> tuple[str, Distribution | None] | None:
         column = self._source
         assert column is not None
+        if any(row.get(name) is None for name in self.by):  # dropped, reshaped, or null: no group claimed
+            return None
         params, label = column.params, ("otherwise (no condition holds)" if column.variants else "")
         for condition, variant in column.variants:
             from recipe.errors import InputError
