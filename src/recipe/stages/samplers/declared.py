@@ -33,6 +33,7 @@ from recipe.stages.samplers.table import Column, Table, _convert, _refs
 GAUSSIAN_EDGES = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # in standard deviations from the mean
 UNIFORM_BINS = 10
 MAX_INTEGERS = 200  # a discrete uniform over more integers than this is compared in bins
+CACHED_GROUPS = 100_000  # distinct condition inputs whose group is remembered
 TAIL = 1e-9  # binomial and poisson values less likely than this are lumped into their neighbours' cell
 
 
@@ -106,6 +107,8 @@ class Declared:
         if key in self._cache:
             return self._cache[key]
         found = self._group(row)
+        if len(self._cache) >= CACHED_GROUPS:  # conditions over a continuous column: memory stays bounded
+            self._cache.clear()
         self._cache[key] = found
         return found
 
