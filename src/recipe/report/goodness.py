@@ -166,23 +166,27 @@ class _Column:
     missing: int = 0
     unevaluated: int = 0
 
-    def add(self, row: dict, value: Any, count: int) -> None:
-        if value is None:
-            self.missing += count
+    def add(self, combos: list[tuple[dict, int]]) -> None:
+        """Distinct combinations of the column's and its ``by`` fields' values, each with its count."""
+        d, name = self.declared, self.declared.column
+        combos = [(row, count) for row, count in combos if row.get(name) is not None or self._missing(count)]
+        self.present += sum(count for _, count in combos)
+        if d.untested or not combos:
             return
-        self.present += count
-        if self.declared.untested:
-            return
-        found = self.declared.group(row)
-        if found is None:
-            self.unevaluated += count
-            return
-        label, dist = found
-        group = self.groups.get(label)
-        if group is None:
-            group = self.groups[label] = _Group(label, dist)
-        group.add(value, count)
+        found = d.groups({by: [row.get(by) for row, _ in combos] for by in d.by}, len(combos))
+        for (row, count), group_of in zip(combos, found):
+            if group_of is None:
+                self.unevaluated += count
+                continue
+            label, dist = group_of
+            group = self.groups.get(label)
+            if group is None:
+                group = self.groups[label] = _Group(label, dist)
+            group.add(row[name], count)
 
+    def _missing(self, count: int) -> bool:
+        self.missing += count
+        return False
 
     def add_numbers(self, column: Any) -> bool:
         """A whole numeric Arrow column of an unconditional binned column at once (numpy); False
@@ -252,9 +256,7 @@ class Fits:
 
     @staticmethod
     def _combos(column: _Column, combos: Iterable[tuple[dict, int]]) -> None:
-        name = column.declared.column
-        for row, count in combos:
-            column.add(row, row.get(name), count)
+        column.add(list(combos))
 
     def results(self) -> list[dict]:
         return [_result(c) for c in self.columns]

@@ -33,13 +33,14 @@ from recipe.stages.samplers.table import Column, Table, _convert, _refs
 GAUSSIAN_EDGES = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # in standard deviations from the mean
 UNIFORM_BINS = 10
 MAX_INTEGERS = 200  # a discrete uniform over more integers than this is compared in bins
-CACHED_GROUPS = 100_000  # distinct condition inputs whose group is remembered
 TAIL = 1e-9  # binomial and poisson values less likely than this are lumped into their neighbours' cell
 
 
 def value_key(value: Any) -> str:
     """A written value as one comparable text: numbers by value (``1`` and ``1.0`` alike, as Arrow
     may read either), everything else as its JSON."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, np.integer, np.floating)):
@@ -62,10 +63,20 @@ class Distribution:
     keys: dict[str, int] = field(default_factory=dict)  # value_key -> cell (discrete)
     edges: list[float] | None = None  # bin edges (binned): cell i is [edges[i], edges[i+1])
     ordered: bool = False  # cells are ordered numbers: small cells may merge with their neighbours
+    _seen: dict = field(default_factory=dict, repr=False)  # (type, written value) -> cell, for speed
 
     def cell(self, value: Any) -> int | None:
         if self.edges is None:
-            return self.keys.get(value_key(value))
+            try:
+                return self._seen[(type(value), value)]
+            except (KeyError, TypeError):  # not seen yet, or unhashable
+                found = self.keys.get(value_key(value))
+            if len(self._seen) < 10_000:
+                try:
+                    self._seen[(type(value), value)] = found
+                except TypeError:
+                    pass
+            return found
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return None
         edges = self.edges
@@ -101,44 +112,70 @@ class Declared:
         return text
 
     def group(self, row: dict) -> tuple[str, Distribution | None] | None:
-        """The group a record with these ``by`` values belongs to, and its declared distribution
-        (None when the declaration fixes none); None when its conditions cannot be evaluated."""
-        key = tuple(value_key(row.get(name)) for name in self.by)
-        if key in self._cache:
-            return self._cache[key]
-        found = self._group(row)
-        if len(self._cache) >= CACHED_GROUPS:  # conditions over a continuous column: memory stays bounded
-            self._cache.clear()
-        self._cache[key] = found
-        return found
+        """The group of one record (see :meth:`groups`)."""
+        return self.groups({name: [row.get(name)] for name in self.by}, 1)[0]
 
-    def _group(self, row: dict) -> tuple[str, Distribution | None] | None:
+    def groups(self, columns: dict[str, list], size: int) -> list[tuple[str, Distribution | None] | None]:
+        """For ``size`` records (``columns``: their values of the ``by`` fields), each one's group
+        and its declared distribution (None when the declaration fixes none); None for a record
+        whose conditions cannot be evaluated (a field missing or null, or an expression failing on it).
+
+        Conditions are evaluated as the stage evaluates them (its frame: over whole columns where
+        the expression is elementwise), so a condition on a continuous column costs no Jinja call
+        per record."""
         column = self._source
         assert column is not None
-        if any(row.get(name) is None for name in self.by):  # dropped, reshaped, or null: no group claimed
-            return None
-        params, label = column.params, ("otherwise (no condition holds)" if column.variants else "")
-        for condition, variant in column.variants:
-            from recipe.errors import InputError
-            from recipe.stages.templates import evaluate
+        from recipe.stages.samplers.table import _Frame
 
-            try:
-                held = evaluate(condition, row, f"condition {condition!r}")
-            except InputError:
-                return None
-            if held:
-                params, label = variant, f"when {condition}"
-                break
-        if column.sampler == "subcategory":
-            parent = params["parent"]
-            if parent not in row:
-                return None
-            label = (label + ", " if label else "") + f"{parent} = {row[parent]}"
-            children = (params.get("values") or {}).get(row[parent])
-            if not children:
-                return label, None
-            return label, _discrete(column, list(children), None)
-        return label, distribution(column, params)
+        known = np.ones(size, dtype=bool)
+        for name in self.by:
+            known &= np.fromiter((v is not None for v in columns[name]), dtype=bool, count=size)
+        rows = np.nonzero(known)[0]
+        frame = _Frame(len(rows), None)
+        for name in self.by:
+            values = [columns[name][i] for i in rows]
+            frame.add(name, _array(values), values)
+        choice = np.full(len(rows), -1)
+        for number, (condition, _) in enumerate(column.variants):
+            held = frame.evaluate(condition)
+            held = np.asarray(held, dtype=bool) if held.dtype != object else np.array([bool(v) for v in held], dtype=bool)
+            choice[(choice == -1) & held] = number
+        failed = np.zeros(len(rows), dtype=bool)
+        failed[list(frame.failed)] = True
+        out: list[tuple[str, Distribution | None] | None] = [None] * size
+        for local, index in enumerate(rows.tolist()):
+            if failed[local]:
+                continue
+            number = int(choice[local])
+            params = column.params if number < 0 else column.variants[number][1]
+            label = "" if not column.variants else ("otherwise (no condition holds)" if number < 0
+                                                     else f"when {column.variants[number][0]}")
+            parent = columns[params["parent"]][index] if column.sampler == "subcategory" else None
+            key = (number, value_key(parent)) if parent is not None else (number, "")
+            if key not in self._cache:
+                self._cache[key] = self._distribution(params, label, parent)
+            out[index] = self._cache[key]
+        return out
+
+    def _distribution(self, params: dict, label: str, parent: Any) -> tuple[str, Distribution | None]:
+        column = self._source
+        assert column is not None
+        if column.sampler != "subcategory":
+            return label, distribution(column, params)
+        label = (label + ", " if label else "") + f"{params['parent']} = {parent}"
+        children = (params.get("values") or {}).get(parent)
+        return label, (_discrete(column, list(children), None) if children else None)
+
+
+def _array(values: list) -> np.ndarray:
+    """Written values as the stage held them: int64 or float64 for numbers, objects otherwise."""
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _discrete(column: Column, values: list, weights: list | None, ordered: bool = False) -> Distribution | None:
