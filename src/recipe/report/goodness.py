@@ -23,6 +23,8 @@ from recipe.stages.samplers.declared import Declared, Distribution, value_key
 SIGNIFICANCE = 0.001  # a group whose p-value is below this (over the groups tested in its column) is flagged
 MIN_EXPECTED = 5.0
 UNDECLARED_SHOWN = 10
+UNDECLARED_KEPT = 1_000  # distinct undeclared values counted one by one; the rest together
+OTHER_UNDECLARED = "(other undeclared values)"
 
 
 # ---- the chi-square distribution's upper tail, without scipy ---------------------------------------
@@ -153,9 +155,16 @@ class _Group:
             self.counts = [0] * len(self.dist.cells)
         cell = self.dist.cell(value)
         if cell is None:
-            self.undeclared[value_key(value)] += count
+            self.add_undeclared(value, count)
         else:
             self.counts[cell] += count
+
+    def add_undeclared(self, value: Any, count: int) -> None:
+        """A value the declaration cannot produce (kept one by one up to :data:`UNDECLARED_KEPT` of them)."""
+        key = value_key(value)
+        if key not in self.undeclared and len(self.undeclared) >= UNDECLARED_KEPT:
+            key = OTHER_UNDECLARED
+        self.undeclared[key] += count
 
 
 @dataclass
@@ -169,7 +178,8 @@ class _Column:
     def add(self, combos: list[tuple[dict, int]]) -> None:
         """Distinct combinations of the column's and its ``by`` fields' values, each with its count."""
         d, name = self.declared, self.declared.column
-        combos = [(row, count) for row, count in combos if row.get(name) is not None or self._missing(count)]
+        self.missing += sum(count for row, count in combos if row.get(name) is None)
+        combos = [(row, count) for row, count in combos if row.get(name) is not None]
         self.present += sum(count for _, count in combos)
         if d.untested or not combos:
             return
@@ -183,10 +193,6 @@ class _Column:
             if group is None:
                 group = self.groups[label] = _Group(label, dist)
             group.add(row[name], count)
-
-    def _missing(self, count: int) -> bool:
-        self.missing += count
-        return False
 
     def add_numbers(self, column: Any) -> bool:
         """A whole numeric Arrow column of an unconditional binned column at once (numpy); False
@@ -219,7 +225,7 @@ class _Column:
             group.counts[cell] += count
         outside, times = np.unique(values[~inside], return_counts=True)
         for value, count in zip(outside.tolist(), times.tolist()):
-            group.undeclared[value_key(value)] += count
+            group.add_undeclared(value, count)
         group.records += len(values)
         return True
 
