@@ -320,17 +320,19 @@ SAMPLED = {"color": COLORS,
            "size": {"sampler": "category", "values": ["L"],
                     "conditional": {SIZE_WHEN_RED: {"values": ["S", "M"], "weights": [1, 3]}}},
            "coin": {"sampler": "bernoulli", "p": 0.25},
-           "score": {"sampler": "uniform", "low": 0, "high": 5}}
+           "score": {"sampler": "uniform", "low": 0, "high": 5},
+           "weight": {"sampler": "gaussian", "mean": 1, "stddev": 1}}
+WEIGHT_RULE = "weight > 0"  # redraws about a sixth of the records: weight's shares no longer hold, the others' do
 
 
 @pytest.fixture(scope="module")
 def sampled_run(tmp_path_factory):
-    """4,000 records of a weighted category, a category conditional on it, a coin and a uniform number, on the
-    stub server."""
+    """4,000 records of a weighted category, a category conditional on it, a coin, a uniform number and a
+    constrained gaussian, on the stub server."""
     from test_sample import sample_recipe, write_recipe
 
     tmp = tmp_path_factory.mktemp("sampled")
-    conf = write_recipe(tmp, sample_recipe(SAMPLED, n=4000))
+    conf = write_recipe(tmp, sample_recipe(SAMPLED, n=4000, constraints=[WEIGHT_RULE]))
     with StubServer() as server:
         cli(tmp, "--config-dir", str(conf), "recipe=sampled", f"output_dir={tmp / 'run'}", "sampling.seed=11",
             "dask.partition_size=500", *stub_overrides(server), check_exit=0)
@@ -394,6 +396,9 @@ def test_sampled_columns_are_set_against_their_declared_weights(sampled_run, tmp
     bins = [sum(min(int(r["score"] / 0.5), 9) == i for r in written) for i in range(10)]
     assert [c["count"] for c in score["cells"]] == bins and [c["declared"] for c in score["cells"]] == [0.1] * 10
     assert score["p"] == pytest.approx(_chisquare(bins, [1] * 10).pvalue, rel=1e-9)
+    weight = _fit(sampled_run, "weight")  # the constraint reshapes it: said, and no test claimed
+    assert min(r["weight"] for r in written) > 0
+    assert WEIGHT_RULE in weight["untested"] and weight["groups"] == [] and weight["flagged"] is False
 
     # the output edited: a third of the blue records made red; and one record holding an undeclared value
     skewed = tmp_path / "skewed"
@@ -437,11 +442,15 @@ def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, b
     page, problems = _open(browser, sampled_run / "report.html")
     row = page.eval_on_selector("#declared tr[data-fit=color]", "e => [e.className, e.querySelector('.verdict').textContent]")
     assert row == ["", "consistent with the declaration"]
+    assert page.text_content("#declared tr[data-fit=weight] .verdict") == "not tested"
+    assert WEIGHT_RULE in page.text_content(".fit[data-fit=weight] .untested")
     shown = page.eval_on_selector_all(".fit[data-fit=color] tr[data-value]", "els => els.map(e => [e.dataset.value, "
                                       "e.querySelector('.declared-share').textContent, "
                                       "e.querySelector('.observed-share').textContent])")
-    assert shown == [[v, f"{100 * w / 10:.2f}%", f"{100 * written.count(v) / len(written):.2f}%"]
-                     for v, w in zip(COLORS["values"], COLORS["weights"])]
+    assert [value for value, _, _ in shown] == COLORS["values"]
+    assert [declared for _, declared, _ in shown] == ["50.00%", "30.00%", "20.00%"]
+    observed = [float(text.removesuffix("%")) for _, _, text in shown]  # shown to two decimals
+    assert observed == pytest.approx([100 * written.count(v) / len(written) for v in COLORS["values"]], abs=0.0051)
     assert page.text_content(".fit[data-fit=color] .figure").startswith("chi-square ")
     bars = page.eval_on_selector_all("[id^=chart-fit-]", "els => els.map(e => e.querySelectorAll('svg.main-svg g.trace').length)")
     # color, size when red (its other group has one value: no chart), coin, score: declared and observed bars
@@ -473,5 +482,5 @@ def test_declared_counts_read_by_arrow_equal_those_read_record_by_record(sampled
     for table in tables:
         by_arrow.add_table(table)
     by_line.add_records(list(run_files.records(files.part_files, [])))
-    assert [r["column"] for r in by_arrow.results()] == ["color", "size", "coin", "score"]
+    assert [r["column"] for r in by_arrow.results()] == ["color", "size", "coin", "score", "weight"]
     assert by_arrow.results() == by_line.results()
