@@ -310,3 +310,177 @@ def test_profiles_read_by_arrow_equal_those_read_record_by_record(tmp_path):
     assert comparable(by_arrow.profiles()) == comparable(by_line.profiles())
     assert [item["r"]["_id"] for item in by_arrow.sample()] == [item["r"]["_id"] for item in by_line.sample()]
     assert len(by_arrow.sample()) == 500
+
+
+# ---- sampled columns against their declared distributions --------------------------------------
+
+COLORS = {"sampler": "category", "values": ["red", "green", "blue"], "weights": [5, 3, 2]}
+SIZE_WHEN_RED = "color == 'red'"
+SAMPLED = {"color": COLORS,
+           "size": {"sampler": "category", "values": ["L"],
+                    "conditional": {SIZE_WHEN_RED: {"values": ["S", "M"], "weights": [1, 3]}}},
+           "coin": {"sampler": "bernoulli", "p": 0.25},
+           "score": {"sampler": "uniform", "low": 0, "high": 5},
+           "weight": {"sampler": "gaussian", "mean": 1, "stddev": 1}}
+WEIGHT_RULE = "weight > 0"  # redraws about a sixth of the records: weight's shares no longer hold, the others' do
+
+
+@pytest.fixture(scope="module")
+def sampled_run(tmp_path_factory):
+    """4,000 records of a weighted category, a category conditional on it, a coin, a uniform number and a
+    constrained gaussian, on the stub server."""
+    from test_sample import sample_recipe, write_recipe
+
+    tmp = tmp_path_factory.mktemp("sampled")
+    conf = write_recipe(tmp, sample_recipe(SAMPLED, n=4000, constraints=[WEIGHT_RULE]))
+    with StubServer() as server:
+        cli(tmp, "--config-dir", str(conf), "recipe=sampled", f"output_dir={tmp / 'run'}", "sampling.seed=11",
+            "dask.partition_size=500", *stub_overrides(server), check_exit=0)
+    return tmp / "run"
+
+
+def _report_data(folder: Path) -> dict:
+    text = (folder / "report.html").read_text()
+    return json.loads(text.split('<script type="application/json" id=report-data>', 1)[1].split("</script>", 1)[0])
+
+
+def _fit(folder: Path, column: str) -> dict:
+    [found] = [r for r in _report_data(folder)["declared"] if r["column"] == column]
+    return found
+
+
+def _rewrite_parts(folder: Path, change) -> None:
+    """Each written record passed through ``change`` (the output edited by hand, as a user might)."""
+    for part in sorted(folder.glob("part-*.jsonl")):
+        records = [change(json.loads(line)) for line in part.read_text().splitlines()]
+        part.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _chisquare(counts: list[int], weights: list[float]):
+    from scipy import stats
+
+    n = sum(counts)
+    return stats.chisquare(counts, [n * w / sum(weights) for w in weights])
+
+
+def test_sampled_columns_are_set_against_their_declared_weights(sampled_run, tmp_path):
+    written = outputs(sampled_run)
+    assert len(written) == 4000
+    color = _fit(sampled_run, "color")
+    [group] = color["groups"]
+    counts = [sum(r["color"] == v for r in written) for v in COLORS["values"]]  # read off the part files
+    assert [c["value"] for c in group["cells"]] == COLORS["values"]
+    assert [c["declared"] for c in group["cells"]] == pytest.approx([0.5, 0.3, 0.2])
+    assert [c["count"] for c in group["cells"]] == counts
+    assert [c["observed"] for c in group["cells"]] == pytest.approx([c / 4000 for c in counts])
+    expected = _chisquare(counts, COLORS["weights"])
+    assert (group["chi2"], group["df"]) == (pytest.approx(expected.statistic), 2)
+    assert group["p"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert expected.pvalue > 0.001 and group["flagged"] is False and color["flagged"] is False
+
+    # the conditional column: one comparison per condition, records grouped by their written color
+    size = {g["group"]: g for g in _fit(sampled_run, "size")["groups"]}
+    red = [r["size"] for r in written if r["color"] == "red"]
+    when_red = size[f"when {SIZE_WHEN_RED}"]
+    assert when_red["records"] == len(red) == counts[0]
+    assert [(c["value"], c["count"]) for c in when_red["cells"]] == [("S", red.count("S")), ("M", red.count("M"))]
+    assert when_red["p"] == pytest.approx(_chisquare([red.count("S"), red.count("M")], [1, 3]).pvalue, rel=1e-9)
+    others = size["otherwise (no condition holds)"]
+    assert others["records"] == 4000 - len(red) and others["cells"][0]["count"] == 4000 - len(red)
+    assert others["p"] is None  # one possible value: no test claimed
+    coin = _fit(sampled_run, "coin")["groups"][0]
+    heads = sum(r["coin"] for r in written)
+    assert [c["count"] for c in coin["cells"]] == [4000 - heads, heads]
+    assert coin["p"] == pytest.approx(_chisquare([4000 - heads, heads], [0.75, 0.25]).pvalue, rel=1e-9)
+    score = _fit(sampled_run, "score")["groups"][0]  # uniform on [0, 5]: ten bins of 0.5, each a tenth
+    bins = [sum(min(int(r["score"] / 0.5), 9) == i for r in written) for i in range(10)]
+    assert [c["count"] for c in score["cells"]] == bins and [c["declared"] for c in score["cells"]] == [0.1] * 10
+    assert score["p"] == pytest.approx(_chisquare(bins, [1] * 10).pvalue, rel=1e-9)
+    weight = _fit(sampled_run, "weight")  # the constraint reshapes it: said, and no test claimed
+    assert min(r["weight"] for r in written) > 0
+    assert WEIGHT_RULE in weight["untested"] and weight["groups"] == [] and weight["flagged"] is False
+
+    # the output edited: a third of the blue records made red; and one record holding an undeclared value
+    skewed = tmp_path / "skewed"
+    shutil.copytree(sampled_run, skewed)
+    blues = iter(range(4000))
+    _rewrite_parts(skewed, lambda r: {**r, "color": "red"} if r["color"] == "blue" and next(blues) % 3 == 0 else r)
+    cli(tmp_path, "report", str(skewed), check_exit=0)
+    edited = [r["color"] for r in outputs(skewed)]
+    counts = [edited.count(v) for v in COLORS["values"]]
+    assert counts != [c["count"] for c in group["cells"]]
+    [group] = _fit(skewed, "color")["groups"]
+    assert [c["count"] for c in group["cells"]] == counts
+    expected = _chisquare(counts, COLORS["weights"])
+    assert expected.pvalue < 1e-10 and group["p"] == pytest.approx(expected.pvalue, rel=1e-6, abs=1e-300)
+    assert group["flagged"] is True and _fit(skewed, "color")["flagged"] is True
+
+    purple = tmp_path / "purple"
+    shutil.copytree(sampled_run, purple)
+    first = iter(range(4000))
+    _rewrite_parts(purple, lambda r: {**r, "color": "purple"} if next(first) == 0 else r)
+    cli(tmp_path, "report", str(purple), check_exit=0)
+    [group] = _fit(purple, "color")["groups"]
+    assert group["undeclared"] == [['"purple"', 1]] and group["p"] == 0.0 and group["flagged"] is True
+
+    # the declaration is the run folder's own (run.json), not the recipe file: a changed one is what is tested
+    declared = tmp_path / "declared"
+    shutil.copytree(sampled_run, declared)
+    info = json.loads((declared / "run.json").read_text())
+    info["identity"]["recipe"]["stages"]["sample"]["columns"]["color"]["weights"] = [1, 1, 1]
+    (declared / "run.json").write_text(json.dumps(info))
+    cli(tmp_path, "report", str(declared), check_exit=0)
+    [group] = _fit(declared, "color")["groups"]
+    counts = [c["count"] for c in group["cells"]]
+    assert [c["declared"] for c in group["cells"]] == pytest.approx([1 / 3] * 3)
+    assert group["p"] == pytest.approx(_chisquare(counts, [1, 1, 1]).pvalue, rel=1e-6, abs=1e-300)
+    assert group["flagged"] is True
+
+
+def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, browser):
+    written = [r["color"] for r in outputs(sampled_run)]
+    page, problems = _open(browser, sampled_run / "report.html")
+    row = page.eval_on_selector("#declared tr[data-fit=color]", "e => [e.className, e.querySelector('.verdict').textContent]")
+    assert row == ["", "consistent with the declaration"]
+    assert page.text_content("#declared tr[data-fit=weight] .verdict") == "not tested"
+    assert WEIGHT_RULE in page.text_content(".fit[data-fit=weight] .untested")
+    shown = page.eval_on_selector_all(".fit[data-fit=color] tr[data-value]", "els => els.map(e => [e.dataset.value, "
+                                      "e.querySelector('.declared-share').textContent, "
+                                      "e.querySelector('.observed-share').textContent])")
+    assert [value for value, _, _ in shown] == COLORS["values"]
+    assert [declared for _, declared, _ in shown] == ["50.00%", "30.00%", "20.00%"]
+    observed = [float(text.removesuffix("%")) for _, _, text in shown]  # shown to two decimals
+    assert observed == pytest.approx([100 * written.count(v) / len(written) for v in COLORS["values"]], abs=0.0051)
+    assert page.text_content(".fit[data-fit=color] .figure").startswith("chi-square ")
+    bars = page.eval_on_selector_all("[id^=chart-fit-]", "els => els.map(e => e.querySelectorAll('svg.main-svg g.trace').length)")
+    # color, size when red (its other group has one value: no chart), coin, score: declared and observed bars
+    assert len(bars) == 4 and all(n == 2 for n in bars)
+    assert problems == []
+    page.close()
+
+    skewed = tmp_path / "skewed"
+    shutil.copytree(sampled_run, skewed)
+    _rewrite_parts(skewed, lambda r: {**r, "color": "red"} if r["color"] == "blue" else r)
+    cli(tmp_path, "report", str(skewed), check_exit=0)
+    page, problems = _open(browser, skewed / "report.html")
+    row = page.eval_on_selector("#declared tr[data-fit=color]", "e => [e.className, e.querySelector('.verdict').textContent]")
+    assert row == ["flagged", "differs from the declaration"]
+    assert page.is_visible(".fit[data-fit=color] .flag")
+    assert problems == []
+    page.close()
+
+
+def test_declared_counts_read_by_arrow_equal_those_read_record_by_record(sampled_run):
+    """The two ways a part is read give the same comparison (Arrow's group-by and numpy bins; record by record)."""
+    from recipe.report import folder as run_files
+    from recipe.report.goodness import Fits
+
+    files = run_files.read_run(str(sampled_run))
+    by_arrow, by_line = Fits.of_run(files.info, []), Fits.of_run(files.info, [])
+    tables = list(run_files.parts(files.part_files, []))
+    assert len(tables) == 8 and all(not isinstance(t, list) for t in tables)
+    for table in tables:
+        by_arrow.add_table(table)
+    by_line.add_records(list(run_files.records(files.part_files, [])))
+    assert [r["column"] for r in by_arrow.results()] == ["color", "size", "coin", "score", "weight"]
+    assert by_arrow.results() == by_line.results()

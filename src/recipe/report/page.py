@@ -160,7 +160,7 @@ def _bar(chart_id: str, hist: dict, title: str, xtitle: str, height: int = 220) 
                        "yaxis": {"title": {"text": "records"}}}}
 
 
-def _profile_card(p: dict, index: list, charts: list) -> str:
+def _profile_card(p: dict, index: list, charts: list, fits: dict | None = None) -> str:
     number = len(index)
     index.append(p["name"])
     facts = [("type", p["type"] + ("" if len([t for t in p["types"] if t != "null"]) <= 1
@@ -184,6 +184,10 @@ def _profile_card(p: dict, index: list, charts: list) -> str:
     if p.get("list_lengths"):
         charts.append(_bar(f"chart-list-{number}", p["list_lengths"], "list length", "items"))
         parts.append(f"<div class=chart id='chart-list-{number}'></div>")
+    if fits and p["name"] in fits:  # a sampled column: set against its declared distribution
+        from recipe.report.goodness import field_block
+
+        parts.append(field_block(fits[p["name"]], number, charts))
     if p["top"] and p["type"] not in ("number",):
         top = "".join(f"<tr><td class=val>{_e(text)}</td><td>{_e(count)}</td></tr>" for text, count in p["top"])
         note = " (approximate: many distinct values)" if p["top_approximate"] else ""
@@ -268,17 +272,20 @@ def _errors_section(groups: list[dict], charts: list) -> str:
 
 def build(files: RunFiles, sample_size: int) -> str:
     """The page's HTML for the run folder ``files`` (its records and errors are read here, once)."""
-    from recipe.report import folder
+    from recipe.report import folder, goodness
 
     problems = files.problems
+    fits = goodness.Fits.of_run(files.info, problems)
     expected = sum(int(m.get("records") or 0) for m in files.manifests.values()) or None
     profiler = Profiler(sample_size, expected)
     for part in folder.parts(files.part_files, problems):
         if isinstance(part, list):
             for record in part:
                 profiler.add(record)
+            fits.add_records(part)
         else:
             profiler.add_table(part)
+            fits.add_table(part)
     errors = ErrorGroups()
     for record in folder.records(files.error_files, problems):
         errors.add(record)
@@ -297,8 +304,11 @@ def build(files: RunFiles, sample_size: int) -> str:
     groups = errors.groups()
     rows = funnel(files, errors.total)
     profiles = profiler.profiles()
+    fit_results = fits.results()
+    goodness.note_losses(fit_results, rows)
+    by_field = {r["column"]: r for r in fit_results}
     index: list[str] = []
-    cards = "".join(_profile_card(p, index, charts) for p in profiles) or "<p>No records to profile.</p>"
+    cards = "".join(_profile_card(p, index, charts, by_field) for p in profiles) or "<p>No records to profile.</p>"
     title, config = _masked_config(files)
     command = _command(files)
     clipped = sum(1 for item in sample if item["clipped"])
@@ -307,7 +317,8 @@ def build(files: RunFiles, sample_size: int) -> str:
                        if len(sample) < profiler.records else "")
                     + (f"; {dropped} more sampled records left out to keep the page small" if dropped else "")
                     + (f"; values longer than {CLIP_CHARS} characters are clipped ({clipped} records)" if clipped else ""))
-    data = {"sample": sample, "errors": groups, "charts": charts, "records": profiler.records}
+    data = {"sample": sample, "errors": groups, "charts": charts, "records": profiler.records,
+            "declared": goodness.for_page(fit_results)}
     problems_html = ("<div id=problems class=problems><h2>What is missing</h2><ul>"
                      + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul></div>") if problems else ""
     script = resources.files("recipe.report").joinpath("browser.js").read_text(encoding="utf-8")
@@ -329,7 +340,7 @@ def build(files: RunFiles, sample_size: int) -> str:
 <h3>attempts</h3>{_attempts_section(files)}
 <details><summary>{_e(title)}</summary><pre id=config>{_e(config)}</pre></details></section>
 <section id=s-funnel><h2>Funnel</h2>{_funnel_section(rows, stats, charts)}</section>
-<section id=s-fields><h2>Fields</h2><p>{profiler.records} records profiled (every record).</p><div class=fields>{cards}</div></section>
+<section id=s-fields><h2>Fields</h2><p>{profiler.records} records profiled (every record).</p>{goodness.summary_table(fit_results)}<div class=fields>{cards}</div></section>
 <section id=s-requests><h2>Requests</h2>{_requests_section(files, stats, charts)}</section>
 <section id=s-records><h2>Records</h2><p id=rec-info>{_e(browser_note)}</p>
 <div class=bar><input id=rec-search type=search placeholder="search the records shown here">
