@@ -134,7 +134,7 @@ def test_record_specific_failures_never_stop_the_run(stub_server, tmp_path):
 def _stage_kinds():
     from recipe.stages import CombineStage, DialogueStage, JudgeStage, ParseListStage, RewardStage, RewritesStage
 
-    return [(ParseListStage, {"input_field": "topics"}), (JudgeStage, {"criteria": {"helpful": "Is it helpful?"}}), (RewardStage, {"mode": "judge"}),
+    return [(ParseListStage, {"input_field": "topics"}), (JudgeStage, {"criteria": {"helpful": "Is it helpful?"}}), (RewardStage, {}),
             (DialogueStage, {"user_turn_prompt": "Ask about {{ openline }}"}), (RewritesStage, {"input_field": "text", "rewrites": ["short"], "templates": {"short": "Shorten: {{ text }}"}}), (CombineStage, {"fields": ["a", "b"]})]
 
 

@@ -219,3 +219,12 @@ def test_batch_on_a_provider_without_a_batch_api_is_refused_before_any_request(t
     from recipe.engine.preflight import backend_problems
 
     assert backend_problems(OmegaConf.to_container(ok, resolve=True)) == []
+
+
+def test_the_model_as_judge_is_the_one_judge_stage_not_a_reward_stage_mode():
+    """One judge stage: RewardStage's old ``mode: judge`` is refused with the stage to use instead."""
+    from recipe.stages.build import stage_problems
+
+    problems = stage_problems({"stages": {"score": {"_target_": "recipe.stages.RewardStage", "mode": "judge"}}})
+    assert any("recipe.stages.score.mode" in p and "recipe.stages.JudgeStage" in p for p in problems), problems
+    assert stage_problems({"stages": {"score": {"_target_": "recipe.stages.RewardStage"}}}) == []

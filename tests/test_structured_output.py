@@ -288,8 +288,7 @@ def _through(stage, records):
 
 
 def test_filter_verdicts_and_judge_scores_are_structured(stub_server):
-    from recipe.stages import FilterStage, RewardStage
-    from recipe.stages.llm.reward import JUDGE_PROMPT
+    from recipe.stages import FilterStage, JudgeStage
     from recipe.stages.templates import render
 
     server = stub_server()
@@ -304,12 +303,16 @@ def test_filter_verdicts_and_judge_scores_are_structured(stub_server):
                for b in server.stats()["bodies"])
 
     rows = [{"prompt": "Why is the sky blue?", "response": r} for r in ("Light scatters.", "No idea", "Rayleigh.")]
-    scored = _through(RewardStage(name="score", client=_spec(server), mode="judge"), rows)
+    judge = JudgeStage(name="score", client=_spec(server), criteria={"helpfulness": "Does it answer?"}, scale=[0, 4])
+    scored = _through(judge, rows)
+    prompts = {r["response"]: render(judge.prompt, {**r, "criteria": judge.criteria, "scale": judge.scale,
+                                                    "rationale": False}) for r in rows}
     said = {prompt: json.loads(content) for prompt, content in server.stats()["answers"]}  # verdicts and scores
-    assert len({said[render(JUDGE_PROMPT, r)]["score"] for r in rows}) > 1  # the scores differ: each is the record's own
+    assert len({said[prompts[r["response"]]]["helpfulness"] for r in rows}) > 1  # each score is the record's own
     for r in scored:
-        assert r["scores"] == {"helpfulness": float(said[render(JUDGE_PROMPT, r)]["score"])}
-    score = server.stats()["bodies"][-1]["response_format"]["json_schema"]["schema"]["properties"]["score"]
+        score = float(said[prompts[r["response"]]]["helpfulness"])
+        assert r["scores"] == {"helpfulness": score, "aggregate": score}
+    score = server.stats()["bodies"][-1]["response_format"]["json_schema"]["schema"]["properties"]["helpfulness"]
     assert score == {"type": "integer", "minimum": 0, "maximum": 4}
 
 

@@ -1,31 +1,18 @@
-"""Scoring responses: an NVIDIA-style reward model, or the generator model as a judge.
+"""Scoring responses with an NVIDIA-style reward model (``query_reward_model``).
 
-``mode: reward_model`` calls ``query_reward_model`` (for example Nemotron-4-340B-Reward on
-NIM). ``mode: judge`` asks the run's own model to rate the response: no reward model runs
-offline, so this is how the preference recipe works on the embedded default.
+For example Nemotron-4-340B-Reward on NIM: the scores are the model's attributes
+(``{helpfulness: x, correctness: y, ...}``). An LLM asked to rate a response is a judge, and the
+one judge stage is :class:`~recipe.stages.quality.judge.JudgeStage` (its ``mode: reward_model``
+asks a reward model too, through :func:`reward_model_scores`, so a recipe switches with one key).
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
-from pydantic import Field
-
-from recipe.errors import ParseError
-from recipe.clients.structured_output import as_schema, score_schema
 from recipe.stages.base import LLMStage
 from recipe.stages.records import require_fields
-from recipe.stages.structured import ask_valid
-from recipe.stages.templates import render
-
-JUDGE_PROMPT = (
-    "Rate how helpful the answer is to the question, from 0 (useless) to 4 (excellent).\n\n"
-    "Question: {{ prompt }}\n\nAnswer: {{ response }}\n\n"
-    "Reply with the number only."
-)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 async def reward_model_scores(llm, model: str, prompt: str, response: str) -> dict:
@@ -37,11 +24,8 @@ async def reward_model_scores(llm, model: str, prompt: str, response: str) -> di
 
 @dataclass
 class RewardStage(LLMStage):
-    """``record[output_field]`` = scores for ``response_field`` (a list of score dicts if it is a list).
-
-    In judge mode with ``structured`` (the default) and a backend that constrains decoding, the
-    model answers ``{"score": x}`` with x in ``[score_min, score_max]`` (the rubric's range);
-    elsewhere the first number in its text is taken, as before.
+    """``record[output_field]`` = a reward model's scores for ``response_field`` (a list of score
+    dicts if it is a list).
 
     Input columns: ``prompt_field``, ``response_field``. Output columns: ``output_field``.
     """
@@ -49,17 +33,12 @@ class RewardStage(LLMStage):
     prompt_field: str = "prompt"
     response_field: str = "response"
     output_field: str = "scores"
-    mode: Literal["reward_model", "judge"] = "reward_model"
-    judge_prompt: str = JUDGE_PROMPT
-    judge_score: str = "helpfulness"
-    score_min: float = 0
-    score_max: float = 4
-    structured: bool = True
-    schema_retries: Annotated[int, Field(ge=0)] = 2
+    mode: str = "reward_model"  # the only mode: the model as judge is JudgeStage's
 
     def rules(self):
-        if self.score_min >= self.score_max:
-            yield "score_min", "score_min must be below score_max"
+        if self.mode != "reward_model":
+            yield "mode", (f"mode {self.mode!r}: RewardStage asks a reward model only; an LLM as judge is "
+                           "recipe.stages.JudgeStage (criteria: {helpfulness: ...}, scale: [0, 4])")
 
     @property
     def inputs(self) -> set[str]:
@@ -70,23 +49,9 @@ class RewardStage(LLMStage):
         return {self.output_field}
 
     async def _score(self, llm, prompt: str, response: str) -> dict:
-        if self.mode == "reward_model":
-            return await reward_model_scores(llm, self.spec.model, prompt, response)
-        turns = [{"role": "user", "content": render(self.judge_prompt, {"prompt": prompt, "response": response})}]
-        if self.structured and self.spec.constrains_output:
-            schema = as_schema(score_schema(self.score_min, self.score_max))
-            assert schema is not None  # as_schema of a schema dict is never None
-            value = (await ask_valid(self, llm, turns, schema, retries=self.schema_retries))[0]
-            return {self.judge_score: float(value["score"])}
-        answer = (await self.ask(llm, turns, n=1))[0]
-        match = _NUMBER.search(answer)
-        if match is None:
-            raise ParseError(f"judge gave no score: {answer[:80]!r}")
-        return {self.judge_score: float(match.group())}
+        return await reward_model_scores(llm, self.spec.model, prompt, response)
 
     async def aprocess(self, llm, record: dict) -> list[dict]:
-        import asyncio
-
         require_fields(record, (self.prompt_field, self.response_field), "score")
         responses = record[self.response_field]
         prompt = str(record[self.prompt_field])

@@ -3,9 +3,10 @@
 The judge answers one JSON object, ``{criterion: score, ...}`` (plus ``rationale`` when asked
 for), each score an integer within ``scale``; the schema is enforced by the backend where it
 can constrain decoding, and checked and retried (``schema_retries``) by the one structured
-output loop otherwise. The scores land on the record in the shape :class:`RewardStage` gives
+output loop otherwise. The scores land on the record in the shape a reward model's take
 (``{name: number}``, a list of those for a list of responses), with the ``aggregate`` beside
 them, so :class:`PreferencePairsStage` takes either (``score_key: aggregate`` or a criterion).
+This is the one judge stage: :class:`RewardStage` only asks reward models.
 
 ``mode: reward_model`` scores with an NVIDIA-style reward model instead (the answer of
 :class:`RewardStage`, ``{helpfulness: x, correctness: y, ...}``): a recipe built on the judge (the
