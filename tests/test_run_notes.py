@@ -40,6 +40,18 @@ def test_an_unreadable_attempt_account_is_named_and_the_rest_is_counted(stub_ser
     assert stats["requests"] == sent and stats["completion_tokens"] == 5 * sent and stats["prompt_tokens"] == 0
     assert stats["unreadable_attempts"] == ["attempts/attempt-001.json", "attempts/attempt-002.json (usage.prompt_tokens)"]
     assert any("attempt-002.json (usage.prompt_tokens)" in note for note in _notes(third)), third.stderr
+    # every count the client keeps is checked, not a list of some of them: each damaged one is named
+    from dataclasses import fields
+
+    from recipe.clients.usage import UsageStats
+
+    counters = sorted(f.name for f in fields(UsageStats) if type(f.default) in (int, float) and f.name != "prompt_tokens")
+    attempt["usage"].update({name: "damaged" for name in counters}, prompt_tokens=10 * sent)
+    (out / "attempts" / "attempt-002.json").write_text(json.dumps(attempt))
+    fourth = cli(tmp_path, *args, check_exit=0)
+    assert "Traceback" not in fourth.stderr
+    named = [f"attempts/attempt-002.json (usage.{name})" for name in counters]
+    assert sorted(_stats(out)["unreadable_attempts"]) == sorted(["attempts/attempt-001.json", *named])
 
 
 def test_a_judge_that_drops_every_record_is_not_called_an_empty_input(stub_server, tmp_path):

@@ -152,7 +152,7 @@ def test_an_attempt_opened_and_accounted_without_executing_is_recorded_as_stoppe
         assert (attempt.todo, attempt.kept, attempt.record["of_partitions"]) == ([0, 1], {}, 2)
         stats = run_accounting.account(plan, attempt)
     assert (stats["records"], stats["failed"], stats["requests"], stats["attempts"]) == (0, 0, 0, 1)
-    saved = plan.folder.attempts()
+    saved = run_attempt.read_attempts(plan.folder)[0]
     assert [(a["attempt"], a["outcome"], a["partitions_to_do"]) for a in saved] == [(1, "stopped", 2)]
     assert run_accounting.notes(plan, stats) == ["no records were produced: the input is empty"]
     assert server.stats()["requests"] == 0

@@ -6,6 +6,7 @@ import math
 import threading
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from recipe.storage.run_folder import add_counts
 
@@ -145,6 +146,45 @@ class UsageStats:
             for f in fields(self):
                 setattr(self, f.name, f.default if f.default_factory is MISSING else f.default_factory())
         return snapshot
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _counts(value: Any, depth: int) -> bool:
+    """A count, or a mapping of ``depth`` levels down to counts (a model's [prompt, completion])."""
+    if depth == 0:
+        return _count(value)
+    if isinstance(value, list):
+        return all(_count(v) for v in value)
+    return isinstance(value, dict) and all(_counts(v, depth - 1) for v in value.values())
+
+
+# UsageStats' mappings of counts, by depth; tokens_by_model holds [prompt, completion] per model.
+_NESTED = {"failures": 1, "tokens_by_model": 2, "structured_by_schema": 2}
+
+
+def readable(usage: dict, counts: tuple[str, ...] = (), nested: dict[str, int] | None = None) -> tuple[dict, list[str]]:
+    """A saved usage (an attempt's account) without the values that are not counts where counts
+    belong (a hand edit, a damaged disk), and the names of those left out. Every counter of
+    :class:`UsageStats` is checked, and ``counts``/``nested`` (the attempt's own: filtered, wall time...)."""
+    scalars = {f.name for f in _counters()} | set(counts)
+    depths = {**_NESTED, **(nested or {})}
+    clean, bad = {}, []
+    for key, value in usage.items():
+        if key in scalars:
+            ok = value is None or _count(value)
+        elif key in depths:
+            ok = value is None or _counts(value, depths[key]) and (key != "tokens_by_model" or all(
+                isinstance(v, list) and len(v) == 2 for v in value.values()))
+        else:
+            ok = True
+        if ok:
+            clean[key] = value
+        else:
+            bad.append(f"usage.{key}")
+    return clean, bad
 
 
 def _counters() -> list:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from recipe import __version__
-from recipe.engine.attempt import Attempt
+from recipe.engine.attempt import Attempt, read_attempts
 from recipe.engine.plan import RunPlan
 
 
@@ -107,7 +107,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
     from recipe.clients.pricing import run_cost
 
     done = sum_manifests(folder.manifests(config_hash))
-    attempts, unreadable = folder.read_attempts()
+    attempts, unreadable = read_attempts(folder)  # engine.attempt's: every count checked
     total = sum_attempts(attempts)
     wall = total["wall_seconds"]
     stats = {

@@ -58,10 +58,25 @@ def start(plan: RunPlan) -> Attempt:
     prices = None
     if budget.wanted(plan.data):  # the budget and cost_usd price with the same table
         prices = pricing.table(plan.data, plan.llm_specs(), plan.spec.batch)
-        run_budget = budget.prepare(plan.data, plan.llm_specs(), key=ledger_key, attempts=folder.attempts(),
+        run_budget = budget.prepare(plan.data, plan.llm_specs(), key=ledger_key, attempts=read_attempts(folder)[0],
                                     batch=plan.spec.batch, prices=prices)
         plan.with_changes(budget=run_budget)
     if plan.spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
         plan.with_changes(batch_dir=str(Path(plan.output_dir) / "batches"))
     return Attempt(record=record, input_plan=input_plan, todo=todo, kept=kept, before=sum_manifests(kept),
                    resumed=had_attempts and bool(kept), started=started, prices=prices)
+
+
+# What an attempt's account adds to the client's usage (UsageStats): counts, and per-stage counts.
+ATTEMPT_COUNTS = ("filtered", "wall_seconds", "cost_usd")
+ATTEMPT_NESTED = {"deduplicated": 1}
+
+
+def read_attempts(folder) -> tuple[list[dict], list[str]]:
+    """The run folder's attempt accounts, with every count checked (``usage.readable``: the
+    counters' owner), and the names of what could not be read."""
+    from functools import partial
+
+    from recipe.clients.usage import readable
+
+    return folder.read_attempts(partial(readable, counts=ATTEMPT_COUNTS, nested=ATTEMPT_NESTED))

@@ -318,13 +318,12 @@ class RunFolder:
     def save_attempt(self, number: int, data: dict) -> None:
         atomic_write_json(self._at(ATTEMPTS, f"attempt-{number:03d}.json"), {"attempt": number, **data})
 
-    def attempts(self) -> list[dict]:
-        return self.read_attempts()[0]
-
-    def read_attempts(self) -> tuple[list[dict], list[str]]:
+    def read_attempts(self, clean: Callable[[dict], tuple[dict, list[str]]]) -> tuple[list[dict], list[str]]:
         """The attempts' accounts, each with what of its usage can be read, and what could not
         (``attempts/attempt-NNN.json``, or one of its counts): the summary says so instead of
-        counting it as nothing, and sums the rest."""
+        counting it as nothing, and sums the rest. ``clean`` splits a usage into its readable
+        counts and the names of the bad ones (the owner of the counters knows which they are:
+        ``recipe.clients.usage.readable``)."""
         readable, unreadable = [], []
         for path in self.attempt_files():
             name = f"{ATTEMPTS}/{storage.name(path)}"
@@ -332,53 +331,13 @@ class RunFolder:
             if not isinstance(data, dict) or not isinstance(data.get("usage", {}), dict):
                 unreadable.append(name)
                 continue
-            usage, bad = readable_usage(data.get("usage") or {})
+            usage, bad = clean(data.get("usage") or {})
             unreadable += [f"{name} ({key})" for key in bad]
             readable.append({**data, "usage": usage})
         return readable, unreadable
 
     def save_stats(self, stats: dict) -> None:
         atomic_write_json(self._at(STATS), stats)
-
-
-_SUMMED = ("requests", "cache_hits", "retries", "rate_limited", "retry_wait_seconds", "limit_wait_seconds",
-           "prompt_tokens", "completion_tokens", "filtered", "wall_seconds", "schema_retries", "schema_failures",
-           "estimated_usage", "failovers")
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _counts(value: Any, depth: int) -> bool:
-    """A count, or a mapping of ``depth`` levels down to counts (a model's [prompt, completion])."""
-    if depth == 0:
-        return _count(value)
-    if isinstance(value, list):
-        return all(_count(v) for v in value)
-    return isinstance(value, dict) and all(_counts(v, depth - 1) for v in value.values())
-
-
-_NESTED = {"failures": 1, "tokens_by_model": 2, "structured_by_schema": 2, "deduplicated": 1}
-
-
-def readable_usage(usage: dict) -> tuple[dict, list[str]]:
-    """An attempt's usage without the values that are not counts where counts belong (a hand edit,
-    a damaged disk), and the names of those left out."""
-    clean, bad = {}, []
-    for key, value in usage.items():
-        if key in _SUMMED or key == "cost_usd":
-            ok = value is None or _count(value)
-        elif key in _NESTED:
-            ok = value is None or _counts(value, _NESTED[key]) and (key != "tokens_by_model" or all(
-                isinstance(v, list) and len(v) == 2 for v in value.values()))
-        else:
-            ok = True
-        if ok:
-            clean[key] = value
-        else:
-            bad.append(f"usage.{key}")
-    return clean, bad
 
 
 def add_counts(into: dict, other: dict) -> None:
