@@ -26,12 +26,15 @@ def template_fields(source: str) -> list[str]:
 
 
 def column_reads(column: dict) -> set[str]:
-    """The columns a Data Designer column's templates (and skip condition) use."""
+    """The columns a Data Designer column's templates (and skip condition) use, and those a
+    validation column validates."""
     sources = [column.get(key) for key in ("prompt", "system_prompt", "expr")]
     skip = column.get("skip")
     if isinstance(skip, str):
         sources.append("{{ " + skip + " }}")
-    return {name for source in sources if isinstance(source, str) for name in template_fields(source)}
+    targets = column.get("target_columns") if column.get("column_type") == "validation" else None
+    return ({name for source in sources if isinstance(source, str) for name in template_fields(source)}
+            | {str(t) for t in targets or []})
 
 
 def dataset_columns(path: str) -> list[str]:
