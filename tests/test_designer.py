@@ -459,7 +459,7 @@ def test_unsupported_column_is_one_error_line_naming_it(stub_server, tmp_path, k
     assert server.stats()["requests"] == 0
 
 
-def test_image_and_custom_columns_are_refused_by_name(tmp_path):
+def test_image_custom_and_local_callable_columns_are_refused_by_name(tmp_path):
     from recipe.config.designer_compile import compile_recipe
     from recipe.errors import ConfigError
 
@@ -467,7 +467,12 @@ def test_image_and_custom_columns_are_refused_by_name(tmp_path):
     for column, line in (({"name": "picture", "column_type": "image", "prompt": "{{ topic }}", "model_alias": "coder"},
                           "Data Designer column 'picture' (image): image columns are not supported"),
                          ({"name": "mine", "column_type": "custom", "generator_function": "my.fn"},
-                          "Data Designer column 'mine' (custom): custom Python column generators are not supported")):
+                          "Data Designer column 'mine' (custom): custom Python column generators are not supported"),
+                         # only a builder in Python carries a function: a file's config never passes Data Designer's check
+                         ({"name": "checked", "column_type": "validation", "target_columns": ["code"],
+                           "validator_type": "local_callable", "validator_params": {"validation_function": "my_fn"}},
+                          "Data Designer column 'checked' (validation): local_callable validators (a Python function) "
+                          "are not supported: validate with a code validator, or after the run")):
         with pytest.raises(ConfigError) as caught:
             compile_recipe({**data, "columns": data["columns"] + [column]}, "x")
         assert str(caught.value) == line
