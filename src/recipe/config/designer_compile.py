@@ -505,9 +505,9 @@ def compile_recipe(dd: dict, name: str) -> tuple[dict, list[str]]:
             continue
         flush()
         if column["column_type"] == "validation":
-            checks, expression, fields = validation_stages(column)
+            checks, expression, verdicts = validation_stages(column)
             stages.update(checks)
-            hidden += fields
+            hidden += verdicts
             pending[column["name"]] = {"expression": f"none if ({skipped}) else ({expression})" if skipped else expression}
             continue
         made = _llm_stages(column, models, default)
