@@ -4,8 +4,9 @@ One config (a category sampler, a uuid in every prompt so no two prompts are ali
 column, 64 requests in parallel on both sides) is run by ``data-designer`` in its own venv
 (``DataDesigner.create``, in its own process) and by ``python -m recipe designer=...`` (in its own
 process), one after the other against one ``recipe.testing.stub_server`` per latency. Printed per
-latency: each side's wall time (process start to exit, what a user waits), records and requests per
-second, and the ratio ours / Data Designer's. With ``--batch``, ours runs the config again with
+latency: each side's wall time (process start to exit, what a user waits) and the part of it spent
+generating (Data Designer's ``create``, our run's ``wall_seconds``), the requests the server saw,
+records per second, and the ratio ours / Data Designer's. With ``--batch``, ours runs the config again with
 ``backend.batch=true`` and then online, priced as gpt-4o, and prints both costs.
 
     python bench/designer.py [--records 1000] [--latency 0 1] [--batch] [--dd-python PATH] [--smoke]
@@ -85,20 +86,30 @@ def _timed(command: list[str], env: dict, timeout: float) -> tuple[float, subpro
 def data_designer(server, dd_python: str, config: str, records: int, tmp: str) -> dict:
     script = os.path.join(tmp, "dd_side.py")
     Path(script).write_text(DD_SIDE)
-    before = server.stats()["requests"]
+    server.reset()
     env = _env(tmp)
     env.pop("PYTHONPATH", None)  # its own venv only
     seconds, proc = _timed([dd_python, script, server.base_url, str(records), config, os.path.join(tmp, "artifacts")],
                            env, timeout=3600)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["records"] == records and out["reviews"] == records, out
-    return {"seconds": seconds, "requests": server.stats()["requests"] - before, **out}
+    return {"seconds": seconds, **_seen(server), **out}
+
+
+def _seen(server) -> dict:
+    """What the server saw of one side: its requests, the most in flight at once, and the requests
+    per second between the first and the last arrival (start-up and shut-down left out)."""
+    stats = server.stats()
+    arrivals = sorted(stats["arrivals"])
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    return {"requests": stats["requests"], "max_in_flight": stats["max_in_flight"],
+            "steady_rps": (len(arrivals) - 1) / span if span else float("nan")}
 
 
 def ours(server, config: str, records: int, tmp: str, *extra: str, out: str = "ours", model: str = "stub-model") -> dict:
     env = _env(tmp)
     env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    before = server.stats()["requests"]
+    server.reset()
     folder = os.path.join(tmp, out)
     seconds, _ = _timed([sys.executable, "-m", "recipe", f"designer={config}", f"target.records={records}",
                          f"output_dir={folder}", "backend=openai", f"backend.api_base={server.base_url}",
@@ -107,7 +118,7 @@ def ours(server, config: str, records: int, tmp: str, *extra: str, out: str = "o
     made = [json.loads(line) for part in sorted(Path(folder).glob("part-*.jsonl")) for line in part.read_text().splitlines()]
     assert len(made) == records and all(r.get("review") for r in made), len(made)
     stats = json.loads((Path(folder) / "stats.json").read_text())
-    return {"seconds": seconds, "requests": server.stats()["requests"] - before, "stats": stats}
+    return {"seconds": seconds, **_seen(server), "stats": stats}
 
 
 def main() -> None:
@@ -136,12 +147,15 @@ def main() -> None:
                 us = ours(server, config, records, side)
             print(f"latency {latency:g} s, {records} records, {CONCURRENCY} in parallel:")
             print(f"  Data Designer: {dd['seconds']:.1f} s wall ({dd['import_seconds']:.1f} s start-up, "
-                  f"{dd['create_seconds']:.1f} s in create), {dd['requests']} requests, "
-                  f"{records / dd['seconds']:.1f} rec/s")
-            print(f"  recipe:        {us['seconds']:.1f} s wall, {us['requests']} requests, "
-                  f"{records / us['seconds']:.1f} rec/s, {us['requests'] / us['seconds']:.1f} req/s")
+                  f"{dd['create_seconds']:.1f} s in create), {records / dd['seconds']:.1f} rec/s; server: "
+                  f"{dd['requests']} requests, {dd['steady_rps']:.1f} req/s, {dd['max_in_flight']} in flight at most")
+            print(f"  recipe:        {us['seconds']:.1f} s wall ({us['stats']['wall_seconds']:.1f} s in the run), "
+                  f"{records / us['seconds']:.1f} rec/s; server: {us['requests']} requests, "
+                  f"{us['steady_rps']:.1f} req/s, {us['max_in_flight']} in flight at most")
             results.append(report(f"latency {latency:g}: recipe rec/s (vs Data Designer)", records / us["seconds"],
                                   records / dd["seconds"], "rec/s"))
+            results.append(report(f"latency {latency:g}: recipe steady req/s (vs DD)", us["steady_rps"],
+                                  dd["steady_rps"], "req/s"))
         if args.batch:
             with StubServer(usage=(1000, 500)) as server:  # each run its own cache: no answer is reused
                 os.makedirs(os.path.join(tmp, "batch"))
