@@ -159,17 +159,19 @@ def test_python_validation_column_gives_data_designers_is_valid_per_record(stub_
 
 def test_sql_validation_column_parses_each_target_in_its_dialect_keyed_by_column(stub_server, tmp_path):
     """Backquoted names are MySQL's, TOP is T-SQL's: the same answers are judged by the dialect the
-    config names, each target column on its own."""
-    def tsql(data: dict) -> None:
-        for column in data["columns"]:
-            if column["column_type"] == "llm-code":
-                column["code_lang"] = "sql:tsql"
-            if column["column_type"] == "validation":
-                column["validator_params"]["code_lang"] = "sql:tsql"
+    config names, each target column on its own; sql:ansi is sqlglot's generic SQL."""
+    def dialect_of(code_lang: str):
+        def change(data: dict) -> None:
+            for column in data["columns"]:
+                if column["column_type"] == "llm-code":
+                    column["code_lang"] = code_lang
+                if column["column_type"] == "validation":
+                    column["validator_params"]["code_lang"] = code_lang
+        return change
 
-    for dialect, change in (("postgres", None), ("tsql", tsql)):
+    for dialect, named in (("postgres", "postgres"), ("tsql", "tsql"), ("ansi", "generic SQL")):
         server = stub_server()
-        path = config(tmp_path, "sql_with_validation", change=change)
+        path = config(tmp_path, "sql_with_validation", change=dialect_of(f"sql:{dialect}"))
         run(tmp_path, server, path, "target.records=24", out=dialect)
         records = outputs(tmp_path / dialect)
         assert len(records) == 24
@@ -186,7 +188,7 @@ def test_sql_validation_column_parses_each_target_in_its_dialect_keyed_by_column
             for result in verdict.values():
                 assert (result["error_messages"] == "") is result["is_valid"]
                 if not result["is_valid"]:
-                    assert f"does not parse as {dialect}" in result["error_messages"]
+                    assert f"does not parse as {named}:" in result["error_messages"]
 
 
 def test_a_validation_column_of_a_skipped_column_is_null(stub_server, tmp_path):
