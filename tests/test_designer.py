@@ -17,7 +17,7 @@ import jinja2
 import pytest
 import yaml
 
-from conftest import SRC, cli, outputs, stub_overrides
+from conftest import SRC, cli, error_rows, outputs, stub_overrides
 
 DATA = Path(__file__).parent / "data" / "designer"
 
@@ -419,6 +419,27 @@ def test_from_data_designer_takes_a_builder_and_recipe_run_runs_it(stub_server, 
     records = outputs(tmp_path / "api")
     assert len(records) == 4 and all(r["code"] == f'def {r["function_name"]}():\n    return "{r["topic"]}"'
                                      for r in records)
+
+
+def test_a_column_reading_a_trace_runs_after_the_column_that_makes_it(stub_server, tmp_path):
+    """A prompt over ``answer__reasoning_content``, declared before ``answer``: Data Designer's DAG
+    puts it after ``answer`` (the trace is ``answer``'s side effect), and so do we."""
+    def critique_first(data: dict) -> None:
+        data["columns"].insert(2, {"name": "critique", "column_type": "llm-text", "model_alias": "writer",
+                                   "prompt": "Critique this reasoning: {{ answer__reasoning_content }}"})
+        next(c for c in data["columns"] if c["name"] == "answer")["extract_reasoning_content"] = True
+
+    server = stub_server(think="reasoning_content")
+    path = config(tmp_path, "judged_dataset", change=critique_first)
+    cols = columns_of(path)
+    run(tmp_path, server, path)
+    records = outputs(tmp_path / "out")
+    assert len(records) == 10 and not error_rows(tmp_path / "out")
+    traces = dict(server.stats()["reasoning"])
+    sent = user_turns(server)
+    for r in records:
+        assert r["answer__reasoning_content"] == traces[render(cols["answer"]["prompt"], r)]
+        assert render(cols["critique"]["prompt"], r) in sent and r["critique"]
 
 
 # ---- refusals: one line, before any request -------------------------------------------------------------

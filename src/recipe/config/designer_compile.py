@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from recipe.config.designer_fields import REASONING_SUFFIX
 from recipe.errors import ConfigError
 
 DEFAULT_RECORDS = 10  # what Data Designer's preview makes
@@ -36,8 +37,6 @@ PROVIDERS = {
     "nvidia": ("nim", {"provider": "nvidia_nim", "api_base": "https://integrate.api.nvidia.com/v1"}),
     "openai": ("openai", {"provider": "openai", "api_base": "https://api.openai.com/v1"}),
 }
-#: Data Designer's name for an LLM column's trace: ``{column}__reasoning_content``.
-REASONING_SUFFIX = "__reasoning_content"
 #: Data Designer's code validator languages -> ValidateStage (kind, dialect); sql:ansi is sqlglot's generic dialect.
 _CODE_VALIDATORS = {"python": ("python", None), "sql:sqlite": ("sql", "sqlite"), "sql:postgres": ("sql", "postgres"),
                     "sql:mysql": ("sql", "mysql"), "sql:tsql": ("sql", "tsql"), "sql:bigquery": ("sql", "bigquery"),
@@ -274,16 +273,17 @@ def skip_condition(column: dict) -> str | None:
 def skip_conditions(columns: list[dict]) -> dict[str, str]:
     """Each column's skip condition: its own ``skip``, or (``propagate_skip``, the default) any of the
     columns it reads being skipped, as Data Designer propagates skips along its DAG."""
-    from recipe.config.designer_fields import column_reads
+    from recipe.config.designer_fields import column_reads, side_effects
 
     out: dict[str, str] = {}
+    made_by = side_effects(columns)
     for column in columns:  # in dependency order: a column's inputs are decided first
         parts = []
         own = skip_condition(column)
         if own:
             parts.append(own)
         if column.get("propagate_skip", True):
-            parts += [out[name] for name in sorted(column_reads(column)) if name in out]
+            parts += [out[name] for name in sorted(column_reads(column, made_by)) if name in out]
         parts = list(dict.fromkeys(parts))
         if parts:
             out[column["name"]] = " or ".join(f"({p})" for p in parts)
@@ -416,14 +416,15 @@ def _seed_columns(dd: dict, columns: list[dict]) -> tuple[dict, list[str]]:
 def _order(columns: list[dict]) -> list[dict]:
     """LLM and expression columns in an order where each comes after the columns its templates use
     (Data Designer orders its DAG so; among independent columns the declared order is kept)."""
-    from recipe.config.designer_fields import column_reads
+    from recipe.config.designer_fields import column_reads, side_effects
 
     pending, out = list(columns), []
     done: set[str] = set()
     names = {c["name"] for c in columns}
+    made_by = side_effects(columns)
     while pending:
         for column in pending:
-            if not (column_reads(column) & names) - done - {column["name"]}:
+            if not (column_reads(column, made_by) & names) - done - {column["name"]}:
                 break
         else:
             cycle = ", ".join(c["name"] for c in pending)
