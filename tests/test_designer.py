@@ -17,7 +17,7 @@ import jinja2
 import pytest
 import yaml
 
-from conftest import SRC, cli, outputs, stub_overrides
+from conftest import SRC, cli, error_rows, outputs, stub_overrides
 
 DATA = Path(__file__).parent / "data" / "designer"
 
@@ -132,13 +132,106 @@ def test_code_dataset_keeps_the_code_out_of_its_fence(stub_server, tmp_path):
     assert sum("Reply with the python code only, in one markdown code block." in t for t in turns) == 10
 
 
-def test_code_validation_column_is_refused_in_one_line_before_any_request(stub_server, tmp_path):
+def _fenced(text: str, lang: str) -> str:
+    """The body of ``text``'s ``lang`` block."""
+    return text.split(f"```{lang}\n", 1)[1].split("```", 1)[0].strip()
+
+
+def test_python_validation_column_gives_data_designers_is_valid_per_record(stub_server, tmp_path):
     server = stub_server()
     path = config(tmp_path, "code_with_validation")
-    result = run(tmp_path, server, path, check_exit=2)
-    assert result.stderr.strip() == ("error: Data Designer column 'code_validity' (validation): "
-                                     "code validation (ValidateStage) is not merged yet")
-    assert server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
+    run(tmp_path, server, path, "target.records=16")
+    records = outputs(tmp_path / "out")
+    assert len(records) == 16
+    codes = {_fenced(turn, "python") for turn in user_turns(server)}  # the stub echoes the draft it was sent
+    names = {r["function_name"] for r in records}
+    assert names == {"parse_rows", "copy tree"}, "both names drawn"
+    for r in records:
+        assert r["code"] in codes  # the code that came over the wire, out of its fence
+        assert set(r) >= {"topic", "function_name", "code", "code_validity"}
+        assert not any(k.startswith("_code_validity") for k in r), "the checks' own fields are not written"
+        if r["function_name"] == "parse_rows":
+            assert r["code_validity"] == {"is_valid": True, "error_messages": ""}
+        else:  # `def copy tree():` is a syntax error
+            assert r["code_validity"]["is_valid"] is False
+            assert r["code_validity"]["error_messages"].startswith("code do not compile: SyntaxError")
+
+
+def test_sql_validation_column_parses_each_target_in_its_dialect_keyed_by_column(stub_server, tmp_path):
+    """Backquoted names are MySQL's, TOP is T-SQL's: the same answers are judged by the dialect the
+    config names, each target column on its own; sql:ansi is sqlglot's generic SQL."""
+    def dialect_of(code_lang: str):
+        def change(data: dict) -> None:
+            for column in data["columns"]:
+                if column["column_type"] == "llm-code":
+                    column["code_lang"] = code_lang
+                if column["column_type"] == "validation":
+                    column["validator_params"]["code_lang"] = code_lang
+        return change
+
+    for dialect, named in (("postgres", "postgres"), ("tsql", "tsql"), ("ansi", "generic SQL")):
+        server = stub_server()
+        path = config(tmp_path, "sql_with_validation", change=dialect_of(f"sql:{dialect}"))
+        run(tmp_path, server, path, "target.records=24", out=dialect)
+        records = outputs(tmp_path / dialect)
+        assert len(records) == 24
+        sent = user_turns(server)
+        assert {r["quoting"] for r in records} == {"name", "`name`"} and {r["rows"] for r in records} == {"ALL", "TOP 5"}
+        for r in records:
+            assert r["sql_query"] == f"SELECT {r['quoting']} FROM {r['table_name']}"
+            assert r["count_query"] == f"SELECT {r['rows']} COUNT(*) FROM {r['table_name']}"
+            assert any(r["sql_query"] in t for t in sent) and any(r["count_query"] in t for t in sent)
+            verdict = r["sql_validity"]
+            assert set(verdict) == {"sql_query", "count_query"}
+            assert verdict["sql_query"]["is_valid"] is (r["quoting"] == "name")
+            assert verdict["count_query"]["is_valid"] is (r["rows"] == "ALL" or dialect == "tsql")
+            for result in verdict.values():
+                assert (result["error_messages"] == "") is result["is_valid"]
+                if not result["is_valid"]:
+                    assert f"does not parse as {named}:" in result["error_messages"]
+
+
+def test_a_validation_column_of_a_skipped_column_is_null(stub_server, tmp_path):
+    def skip_some(data: dict) -> None:
+        code = next(c for c in data["columns"] if c["name"] == "code")
+        code["skip"] = {"when": "{{ topic == 'File I/O' }}"}
+
+    server = stub_server()
+    path = config(tmp_path, "code_with_validation", change=skip_some)
+    run(tmp_path, server, path)
+    records = outputs(tmp_path / "out")
+    skipped = [r for r in records if r["topic"] == "File I/O"]
+    assert 0 < len(skipped) < 10
+    for r in records:
+        if r in skipped:
+            assert r["code"] is None and r["code_validity"] is None
+        else:
+            assert r["code_validity"]["is_valid"] is (r["function_name"] == "parse_rows")
+    assert server.stats()["requests"] == 10 - len(skipped)
+
+
+@pytest.mark.parametrize("shape", ["reasoning_content", "inline"])
+def test_extract_reasoning_content_keeps_the_trace_under_data_designers_name(stub_server, tmp_path, shape):
+    def reason(data: dict) -> None:
+        for column in data["columns"]:
+            if column["name"] in ("answer", "quality"):
+                column["extract_reasoning_content"] = True
+
+    server = stub_server(think=shape)
+    path = config(tmp_path, "judged_dataset", change=reason)
+    cols = columns_of(path)
+    run(tmp_path, server, path)
+    records = outputs(tmp_path / "out")
+    assert len(records) == 10
+    traces = {prompt: trace for prompt, trace in server.stats()["reasoning"]}
+    for r in records:
+        assert {k for k in r if k.endswith("__reasoning_content")} == {
+            "answer__reasoning_content", "quality__reasoning_content"}, "only the columns that ask for it"
+        assert r["answer__reasoning_content"] == traces[render(cols["answer"]["prompt"], r)]
+        assert "<think>" not in r["answer"] and r["answer__reasoning_content"] not in r["answer"]
+        (judged,) = [p for p in traces if p.startswith(render(cols["quality"]["prompt"], r))]
+        assert r["quality__reasoning_content"] == traces[judged]
+        assert set(r["quality"]) == {"helpfulness", "accuracy", "aggregate"}
 
 
 def test_structured_extraction_from_a_seed_dataset_shaped_by_schema_transform(stub_server, tmp_path):
@@ -328,6 +421,27 @@ def test_from_data_designer_takes_a_builder_and_recipe_run_runs_it(stub_server, 
                                      for r in records)
 
 
+def test_a_column_reading_a_trace_runs_after_the_column_that_makes_it(stub_server, tmp_path):
+    """A prompt over ``answer__reasoning_content``, declared before ``answer``: Data Designer's DAG
+    puts it after ``answer`` (the trace is ``answer``'s side effect), and so do we."""
+    def critique_first(data: dict) -> None:
+        data["columns"].insert(2, {"name": "critique", "column_type": "llm-text", "model_alias": "writer",
+                                   "prompt": "Critique this reasoning: {{ answer__reasoning_content }}"})
+        next(c for c in data["columns"] if c["name"] == "answer")["extract_reasoning_content"] = True
+
+    server = stub_server(think="reasoning_content")
+    path = config(tmp_path, "judged_dataset", change=critique_first)
+    cols = columns_of(path)
+    run(tmp_path, server, path)
+    records = outputs(tmp_path / "out")
+    assert len(records) == 10 and not error_rows(tmp_path / "out")
+    traces = dict(server.stats()["reasoning"])
+    sent = user_turns(server)
+    for r in records:
+        assert r["answer__reasoning_content"] == traces[render(cols["answer"]["prompt"], r)]
+        assert render(cols["critique"]["prompt"], r) in sent and r["critique"]
+
+
 # ---- refusals: one line, before any request -------------------------------------------------------------
 
 def _add(column: dict, models: list | None = None):
@@ -345,10 +459,11 @@ REFUSED = {
     "mcp_tools": (_add({"name": "tooled", "column_type": "llm-text", "model_alias": "coder", "prompt": "{{ topic }}",
                         "tool_alias": "search"}),
                   "error: Data Designer column 'tooled' (llm-text): MCP tools (tool_alias) are not supported"),
-    "reasoning": (_add({"name": "thought", "column_type": "llm-text", "model_alias": "coder", "prompt": "{{ topic }}",
-                        "extract_reasoning_content": True}),
-                  "error: Data Designer column 'thought' (llm-text): extract_reasoning_content (reasoning_field) "
-                  "is not merged yet"),
+    "remote_validator": (_add({"name": "checked", "column_type": "validation", "target_columns": ["code"],
+                               "validator_type": "remote",
+                               "validator_params": {"endpoint_url": "http://127.0.0.1:9/validate"}}),
+                         "error: Data Designer column 'checked' (validation): remote validators (an HTTP endpoint) "
+                         "are not supported: validate with a code validator, or after the run"),
 }
 
 
@@ -367,7 +482,7 @@ def test_unsupported_column_is_one_error_line_naming_it(stub_server, tmp_path, k
     assert server.stats()["requests"] == 0
 
 
-def test_image_and_custom_columns_are_refused_by_name(tmp_path):
+def test_image_custom_and_local_callable_columns_are_refused_by_name(tmp_path):
     from recipe.config.designer_compile import compile_recipe
     from recipe.errors import ConfigError
 
@@ -375,7 +490,12 @@ def test_image_and_custom_columns_are_refused_by_name(tmp_path):
     for column, line in (({"name": "picture", "column_type": "image", "prompt": "{{ topic }}", "model_alias": "coder"},
                           "Data Designer column 'picture' (image): image columns are not supported"),
                          ({"name": "mine", "column_type": "custom", "generator_function": "my.fn"},
-                          "Data Designer column 'mine' (custom): custom Python column generators are not supported")):
+                          "Data Designer column 'mine' (custom): custom Python column generators are not supported"),
+                         # only a builder in Python carries a function: a file's config never passes Data Designer's check
+                         ({"name": "checked", "column_type": "validation", "target_columns": ["code"],
+                           "validator_type": "local_callable", "validator_params": {"validation_function": "my_fn"}},
+                          "Data Designer column 'checked' (validation): local_callable validators (a Python function) "
+                          "are not supported: validate with a code validator, or after the run")):
         with pytest.raises(ConfigError) as caught:
             compile_recipe({**data, "columns": data["columns"] + [column]}, "x")
         assert str(caught.value) == line

@@ -4,7 +4,10 @@ of our stages: the ``recipe`` node a composed config holds, and the model and ba
 Sampler columns become one ``SampleStage`` (the recipe's source: ``target.records`` records, 10
 without it); expression columns, ``SampleStage`` expression columns added to the records; LLM
 columns ``GenerateStage`` (with ``schema`` for llm-structured, and an ``ExtractCodeStage`` after it
-for llm-code) or ``JudgeStage`` (llm-judge); ``skip`` becomes ``when``; a seed dataset the
+for llm-code) or ``JudgeStage`` (llm-judge), ``extract_reasoning_content`` their ``reasoning_field``
+under Data Designer's name (``{column}__reasoning_content``); code validation columns a
+``ValidateStage`` per target column and an expression column giving Data Designer's shape
+(``{"is_valid": ..., "error_messages": ...}``); ``skip`` becomes ``when``; a seed dataset the
 ``dataset`` sampler; ``drop`` and the ``drop_columns`` / ``schema_transform`` processors the write
 stage's ``fields`` / ``shape``; each model alias's inference parameters the stage's ``sampling``.
 Every column keeps its name as its output field. What we cannot run yet is one ``ConfigError``
@@ -16,13 +19,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from recipe.config.designer_fields import REASONING_SUFFIX
 from recipe.errors import ConfigError
 
 DEFAULT_RECORDS = 10  # what Data Designer's preview makes
 #: The column types with a stage here; the others are refused, each with its reason.
-SUPPORTED = ("sampler", "expression", "llm-text", "llm-structured", "llm-code", "llm-judge", "seed-dataset")
+SUPPORTED = ("sampler", "expression", "llm-text", "llm-structured", "llm-code", "llm-judge", "seed-dataset",
+             "validation")
 NOT_YET = {
-    "validation": "code validation (ValidateStage) is not merged yet",
     "embedding": "embedding columns are not supported",
     "image": "image columns are not supported",
     "llm-image": "image columns are not supported",
@@ -32,6 +36,16 @@ NOT_YET = {
 PROVIDERS = {
     "nvidia": ("nim", {"provider": "nvidia_nim", "api_base": "https://integrate.api.nvidia.com/v1"}),
     "openai": ("openai", {"provider": "openai", "api_base": "https://api.openai.com/v1"}),
+}
+#: Data Designer's code validator languages -> ValidateStage (kind, dialect); sql:ansi is sqlglot's generic dialect.
+_CODE_VALIDATORS = {"python": ("python", None), "sql:sqlite": ("sql", "sqlite"), "sql:postgres": ("sql", "postgres"),
+                    "sql:mysql": ("sql", "mysql"), "sql:tsql": ("sql", "tsql"), "sql:bigquery": ("sql", "bigquery"),
+                    "sql:ansi": ("sql", "")}
+_VALIDATORS_REFUSED = {
+    "remote": "remote validators (an HTTP endpoint) are not supported: validate with a code validator, "
+              "or after the run",
+    "local_callable": "local_callable validators (a Python function) are not supported: validate with a code "
+                      "validator, or after the run",
 }
 _OPERATORS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _SAMPLER_PARAMS = {  # Data Designer's parameter -> ours, per sampler (None: not ours, refused if set)
@@ -229,9 +243,9 @@ def _llm_common(column: dict, models: dict, default: str | None) -> dict:
     for key, what in (("tool_alias", "MCP tools"), ("multi_modal_context", "image context")):
         if column.get(key):
             raise _fail(column, f"{what} ({key}) are not supported")
-    if column.get("extract_reasoning_content"):
-        raise _fail(column, "extract_reasoning_content (reasoning_field) is not merged yet")
     stage: dict = {"output_field": column["name"], "sampling": model_sampling(model)}
+    if column.get("extract_reasoning_content"):  # the trace of the answer kept, stripped, null when none
+        stage["reasoning_field"] = column["name"] + REASONING_SUFFIX
     if alias != default:
         stage["model"] = model.get("model")
         default_provider = models[default].get("provider") if default in models else None
@@ -259,16 +273,17 @@ def skip_condition(column: dict) -> str | None:
 def skip_conditions(columns: list[dict]) -> dict[str, str]:
     """Each column's skip condition: its own ``skip``, or (``propagate_skip``, the default) any of the
     columns it reads being skipped, as Data Designer propagates skips along its DAG."""
-    from recipe.config.designer_fields import column_reads
+    from recipe.config.designer_fields import column_reads, side_effects
 
     out: dict[str, str] = {}
+    made_by = side_effects(columns)
     for column in columns:  # in dependency order: a column's inputs are decided first
         parts = []
         own = skip_condition(column)
         if own:
             parts.append(own)
         if column.get("propagate_skip", True):
-            parts += [out[name] for name in sorted(column_reads(column)) if name in out]
+            parts += [out[name] for name in sorted(column_reads(column, made_by)) if name in out]
         parts = list(dict.fromkeys(parts))
         if parts:
             out[column["name"]] = " or ".join(f"({p})" for p in parts)
@@ -318,6 +333,49 @@ def _judge_stage(column: dict, common: dict) -> dict:
             "prompt": prompt, "prompt_field": used[0], "response_field": used[-1], **common}
 
 
+# --- validation columns ------------------------------------------------------------------------------
+
+def validation_stages(column: dict) -> tuple[dict[str, dict], str, list[str]]:
+    """``(stages, expression, hidden fields)`` for a code validation column: a ``ValidateStage`` per
+    target column, each writing a hidden field, and the expression giving the column Data Designer's
+    value from them: ``{"is_valid": bool, "error_messages": str}`` ("" when valid) for one target;
+    for several, that per target, keyed by its name (Data Designer's code validators take one column
+    at a time and key their results so).
+
+    Python is compiled, never run: Data Designer does not run it either, it lints it with ruff (so
+    its ``is_valid`` is also false for undefined names, and it adds a linter score, severity and
+    messages, which we have not). SQL is parsed with sqlglot in the dialect (Data Designer parses it
+    with sqlfluff). ``batch_size`` is a throughput knob of Data Designer's batches: our checks run a
+    partition at a time in a process pool, so it is accepted and not used.
+    """
+    kind = column.get("validator_type") or (column.get("validator_params") or {}).get("validator_type")
+    if kind in _VALIDATORS_REFUSED:
+        raise _fail(column, _VALIDATORS_REFUSED[str(kind)])
+    if kind != "code":
+        raise _fail(column, f"validator_type {kind!r} is not supported")
+    lang = str((column.get("validator_params") or {}).get("code_lang"))
+    if lang not in _CODE_VALIDATORS:
+        raise _fail(column, f"code_lang {lang!r} cannot be validated here (python, or sql: "
+                            + ", ".join(k for k in _CODE_VALIDATORS if k != "python") + ")")
+    targets = [str(t) for t in column.get("target_columns") or []]
+    if not targets:
+        raise _fail(column, "target_columns names no column to validate")
+    check, dialect = _CODE_VALIDATORS[lang]
+    name = column["name"]
+    stages: dict[str, dict] = {}
+    parts, hidden = [], []
+    for target in targets:
+        field = f"_{name}__{target}"
+        stage: dict = {"_target_": "recipe.stages.ValidateStage", "kind": check, "field": target, "output_field": field}
+        stage.update({"run": False} if check == "python" else {"dialect": dialect})
+        stages[f"{name}__validate" + (f"_{target}" if len(targets) > 1 else "")] = stage
+        hidden.append(field)
+        parts.append(f"{{'is_valid': {field}['valid'], 'error_messages': {field}['error'] or ''}}")
+    if len(targets) == 1:
+        return stages, parts[0], hidden
+    return stages, "{" + ", ".join(f"{t!r}: {p}" for t, p in zip(targets, parts)) + "}", hidden
+
+
 # --- the recipe ------------------------------------------------------------------------------------------
 
 def _seed_columns(dd: dict, columns: list[dict]) -> tuple[dict, list[str]]:
@@ -358,14 +416,15 @@ def _seed_columns(dd: dict, columns: list[dict]) -> tuple[dict, list[str]]:
 def _order(columns: list[dict]) -> list[dict]:
     """LLM and expression columns in an order where each comes after the columns its templates use
     (Data Designer orders its DAG so; among independent columns the declared order is kept)."""
-    from recipe.config.designer_fields import column_reads
+    from recipe.config.designer_fields import column_reads, side_effects
 
     pending, out = list(columns), []
     done: set[str] = set()
     names = {c["name"] for c in columns}
+    made_by = side_effects(columns)
     while pending:
         for column in pending:
-            if not (column_reads(column) & names) - done - {column["name"]}:
+            if not (column_reads(column, made_by) & names) - done - {column["name"]}:
                 break
         else:
             cycle = ", ".join(c["name"] for c in pending)
@@ -446,6 +505,12 @@ def compile_recipe(dd: dict, name: str) -> tuple[dict, list[str]]:
             pending[column["name"]] = spec
             continue
         flush()
+        if column["column_type"] == "validation":
+            checks, expression, verdicts = validation_stages(column)
+            stages.update(checks)
+            hidden += verdicts
+            pending[column["name"]] = {"expression": f"none if ({skipped}) else ({expression})" if skipped else expression}
+            continue
         made = _llm_stages(column, models, default)
         if skipped:
             made[column["name"]]["when"] = f"not ({skipped})"

@@ -25,13 +25,28 @@ def template_fields(source: str) -> list[str]:
     return list(dict.fromkeys(ordered))
 
 
-def column_reads(column: dict) -> set[str]:
-    """The columns a Data Designer column's templates (and skip condition) use."""
+#: What Data Designer names an LLM column's trace when it asks for it (``extract_reasoning_content``).
+REASONING_SUFFIX = "__reasoning_content"
+
+
+def side_effects(columns: list[dict]) -> dict[str, str]:
+    """The fields a column makes besides its own (its ``{name}__reasoning_content``), each mapped
+    to the column that makes it: a column reading one reads that column."""
+    return {f"{c['name']}{REASONING_SUFFIX}": c["name"] for c in columns if c.get("extract_reasoning_content")}
+
+
+def column_reads(column: dict, made_by: dict[str, str] | None = None) -> set[str]:
+    """The columns a Data Designer column's templates (and skip condition) use, and those a
+    validation column validates; a side effect it reads (``made_by``: :func:`side_effects`) counts
+    as the column that makes it."""
     sources = [column.get(key) for key in ("prompt", "system_prompt", "expr")]
     skip = column.get("skip")
     if isinstance(skip, str):
         sources.append("{{ " + skip + " }}")
-    return {name for source in sources if isinstance(source, str) for name in template_fields(source)}
+    targets = column.get("target_columns") if column.get("column_type") == "validation" else None
+    names = ({name for source in sources if isinstance(source, str) for name in template_fields(source)}
+             | {str(t) for t in targets or []})
+    return {(made_by or {}).get(name, name) for name in names}
 
 
 def dataset_columns(path: str) -> list[str]:

@@ -99,15 +99,16 @@ def check_sql(text: str, dialect: str = "sqlite", database: str | None = None) -
     sql = extract_code(str(text), SQL_TAGS).strip()
     if not sql:
         return {"valid": False, "error": "no SQL in the answer"}
+    named = dialect or "generic SQL"  # "": sqlglot's own dialect (Data Designer's sql:ansi)
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except SqlglotError as exc:
-        return {"valid": False, "error": f"does not parse as {dialect}: {_first_line(exc)}"}
+        return {"valid": False, "error": f"does not parse as {named}: {_first_line(exc)}"}
     if not statements:
         return {"valid": False, "error": "no SQL statement"}
     for statement in statements:
         if isinstance(statement, exp.Command):  # sqlglot kept it as raw text: it could not parse it
-            return {"valid": False, "error": f"does not parse as {dialect}: {statement.sql()[:80]!r} is not understood"}
+            return {"valid": False, "error": f"does not parse as {named}: {statement.sql()[:80]!r} is not understood"}
         if not (isinstance(statement, (exp.Query, exp.DML, exp.DDL)) or type(statement).__name__ in _STATEMENTS):
             return {"valid": False, "error": f"not a SQL statement: {statement.sql()[:80]!r}"}
     if database is None:
