@@ -21,3 +21,18 @@ def estimate_tokens(body: Any) -> int:
         chars = sum(len(str(m.get("content", "")) if isinstance(m, dict) else str(m)) for m in body)
         return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(body)
     return math.ceil(len(str(body or "")) / CHARS_PER_TOKEN)
+
+
+def context_error(messages: Any, max_tokens: int | None, limit: int | None):
+    """The :class:`~recipe.errors.ContextWindowError` of a prompt that clearly cannot fit a context of
+    ``limit`` tokens with ``max_tokens`` (caught before anything is sent), or None (it may fit, or
+    no limit is known); what the estimate misses, the server refuses as the same error."""
+    if not limit:
+        return None
+    from recipe.errors import ContextWindowError
+
+    estimate = estimate_tokens(messages) + (max_tokens or 0)
+    if estimate <= limit:
+        return None
+    return ContextWindowError(f"prompt of about {estimate - (max_tokens or 0)} tokens plus max_tokens={max_tokens} "
+                              f"exceeds the model's context of {limit} tokens")

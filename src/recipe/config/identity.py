@@ -102,7 +102,7 @@ def identity(cfg: Any) -> dict:
     many = OmegaConf.is_list(given) or isinstance(given, (list, tuple))  # a list of paths or globs
     inputs = sorted({p for p in _read_paths(recipe) + (list(given) if many else [given])
                      if isinstance(p, str) and storage.isfile(p)})
-    return {
+    ident = {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},
         "endpoint": endpoint,
         "sampling": _section(config, "sampling"),
@@ -110,6 +110,10 @@ def identity(cfg: Any) -> dict:
         "recipe": recipe,
         "inputs": [fingerprint(p) for p in inputs],
     }
+    if backend.get("fallbacks"):  # other models answer some records: other results (no key, no price)
+        ident["fallbacks"] = [{k: v for k, v in dict(entry).items() if k not in ("api_key", "price")}
+                              for entry in backend["fallbacks"] if hasattr(entry, "items")]
+    return ident
 
 
 def config_hash(ident: dict) -> str:

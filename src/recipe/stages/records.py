@@ -22,8 +22,9 @@ from typing import Any, TypeGuard
 from recipe.redaction import redact
 
 ID, PARENT, SOURCE, ERROR = "_id", "_parent", "_source", "_error"
+MODEL = "_model"  # the model that answered, with backend.fallbacks (recipe.clients.fallbacks)
 #: Fields recipe writes into records; the README documents them.
-RESERVED = (ID, PARENT, SOURCE, ERROR)
+RESERVED = (ID, PARENT, SOURCE, ERROR, MODEL)
 _HEX_ID = re.compile(r"[0-9a-f]{16}")
 
 
