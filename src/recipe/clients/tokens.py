@@ -1,9 +1,9 @@
 """The project's one token estimate, for checks made before a request (nothing is tokenized).
 
 ~4 characters a token (English text) plus 4 tokens a chat message for its role and markers.
-The context check (``stages/base.py``), the budget's worst-case reservation
-(``clients/budget.py``) and the ``tpm`` pacing (``clients/litellm_client.py``) all use it,
-so they agree on what a prompt costs; the server's own count settles what the estimate misses.
+The context check (:func:`context_error`, for ``stages/base.py`` and each model of a fallback
+chain), the budget's worst-case reservation (``clients/budget.py``) and the ``tpm`` pacing
+(``clients/litellm_client.py``) all use it, so they agree on what a prompt costs; the server's own count settles what the estimate misses.
 """
 
 from __future__ import annotations
