@@ -108,7 +108,7 @@ def test_a_model_that_does_not_exist_stops_the_run_with_one_line_and_it_resumes(
     assert stopped.returncode == 2, stopped.stderr
     lines = stopped.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: stopped:"), stopped.stderr
-    assert "BadRequestError" in lines[0] and "does not exist" in lines[0] and "Traceback" not in stopped.stderr
+    assert "ModelNotFoundError" in lines[0] and "does not exist" in lines[0] and "Traceback" not in stopped.stderr
     assert len(error_rows(out)) < 50, "no wall of identical error records"
     assert server.stats()["requests"] < 100, "the run stops soon after the pattern is clear"
 

@@ -110,7 +110,7 @@ def client(server, provider="openai", **kwargs) -> LiteLLMClient:
 
 # What each HTTP status becomes, and whether it is sent again (1 + num_retries requests) or not.
 STATUS_CLASSES = [(400, errors.BadRequestError, 1), (401, errors.AuthenticationError, 1),
-                  (403, errors.AuthenticationError, 1), (404, errors.BadRequestError, 1),
+                  (403, errors.AuthenticationError, 1), (404, errors.ModelNotFoundError, 1),
                   (422, errors.BadRequestError, 1), (429, errors.RateLimitError, 3),
                   (500, errors.ServerError, 3), (502, errors.ServerError, 3), (503, errors.ServerError, 3)]
 

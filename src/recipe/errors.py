@@ -19,6 +19,7 @@ only positional arguments and ``__reduce__`` rebuilds them from ``args``.
         ├── AuthenticationError
         ├── BadRequestError
         │   ├── ContextWindowError
+        │   ├── ModelNotFoundError   the endpoint has no such model (404)
         │   └── UnsupportedParamError
         ├── RateLimitError           retryable
         ├── RequestTimeoutError      retryable: no complete answer within backend.timeout
@@ -158,6 +159,11 @@ class BadRequestError(LLMError):
 
 class ContextWindowError(BadRequestError):
     """The prompt plus max_tokens exceeds the model's context."""
+
+
+class ModelNotFoundError(BadRequestError):
+    """The endpoint has no such model (HTTP 404, OpenAI's ``model_not_found``): every record would
+    fail the same way there, and a ``backend.fallbacks`` model answers instead."""
 
 
 class UnsupportedParamError(BadRequestError):

@@ -289,9 +289,11 @@ def prepare(data: dict, specs: list, key: str, attempts: list[dict], batch: bool
     prices = prices if prices is not None else pricing.table(data, specs, batch)
     if max_usd is not None and prices.unpriced:
         spec = next(s for s in specs if s.model in prices.unpriced)
+        where = "model.price" if spec.model == (data.get("model") or {}).get("name") else \
+            "its backend.fallbacks entry's price"  # a fallback model (recipe.config.fallbacks)
         raise ConfigError(
             f"budget.max_usd: model {spec.provider}/{spec.model} has no known price; give one with "
-            f"model.price.input_per_mtok=USD and model.price.output_per_mtok=USD (per million tokens)")
+            f"{where}.input_per_mtok=USD and {where}.output_per_mtok=USD (per million tokens)")
     outputs = {spec.model: max_output_tokens(spec.provider, spec.model, spec.context_length) for spec in specs}
     main = data.get("model") or {}
     if main.get("max_output_tokens") and main.get("name") in outputs:  # the config knows better than the map

@@ -29,7 +29,7 @@ _LITELLM_TABLE: list[tuple[str, type[errors.LLMError]]] = [
     ("ServiceUnavailableError", errors.ServerError),
     ("BadGatewayError", errors.ServerError),
     ("InternalServerError", errors.ServerError),
-    ("NotFoundError", errors.BadRequestError),
+    ("NotFoundError", errors.ModelNotFoundError),
     ("UnprocessableEntityError", errors.BadRequestError),
     ("BadRequestError", errors.BadRequestError),
 ]
@@ -165,6 +165,8 @@ def class_for_status(status: int | None, lowered: str = "") -> type[errors.LLMEr
         return errors.RateLimitError
     if status is None or status >= 500:
         return errors.ServerError
+    if status == 404 or "model_not_found" in lowered:
+        return errors.ModelNotFoundError
     return errors.BadRequestError
 
 

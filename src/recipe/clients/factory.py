@@ -53,6 +53,8 @@ class ClientSpec:
     structured_output: str | None = None  # the schema dialect (clients/structured_output.py); None: the provider's
     on_truncated: str = "error"  # keep | error | retry: answers cut at max_tokens
     extra_body: str | None = None  # backend.extra_body as canonical JSON (hashable), merged into each request
+    # backend.fallbacks: FallbackSpec per model that answers what this one cannot (clients/fallbacks.py)
+    fallbacks: tuple = ()
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ClientSpec":
@@ -83,6 +85,7 @@ class ClientSpec:
             structured_output=backend.get("structured_output"),
             on_truncated=str(backend.get("on_truncated") or "error"),
             extra_body=json.dumps(backend["extra_body"], sort_keys=True) if backend.get("extra_body") else None,
+            fallbacks=_fallbacks(backend),
         )
 
     @property
@@ -98,7 +101,21 @@ class ClientSpec:
             changes["api_base"] = tuple(changes["api_base"])
         if changes.get("provider", self.provider) != self.provider:
             changes.setdefault("structured_output", None)  # another provider speaks its own dialect
+        if isinstance(changes.get("fallbacks"), list):  # a stage's own: defaults from its backend
+            changes["fallbacks"] = _fallbacks({"provider": changes.get("provider", self.provider),
+                                               "api_base": changes.get("api_base", self.api_base),
+                                               "api_key": changes.get("api_key", self.api_key),
+                                               "fallbacks": changes["fallbacks"]})
         return replace(self, **changes)
+
+    @property
+    def chain(self) -> "tuple[ClientSpec, ...]":
+        """This spec without its fallbacks, then one spec per fallback model: the same sampling,
+        limits, cache, budget and batch settings, another model and endpoint."""
+        head = replace(self, fallbacks=())
+        return (head, *(head.with_overrides(model=f.model, provider=f.provider, api_base=f.api_base,
+                                            api_key=f.api_key, context_length=f.context_length, endpoint_id=None)
+                        for f in self.fallbacks))
 
     @property
     def sampling_params(self) -> dict:
@@ -130,6 +147,7 @@ class ClientSpec:
     def __dask_tokenize__(self) -> tuple:
         data = asdict(self)
         data.pop("api_key")
+        data["fallbacks"] = [{k: v for k, v in f.items() if k != "api_key"} for f in data["fallbacks"]]
         return ("ClientSpec", sorted(data.items(), key=lambda kv: kv[0]))
 
     def client_kwargs(self) -> dict:
@@ -180,7 +198,9 @@ _clients_lock = threading.Lock()
 def shared_async_client(spec: ClientSpec):
     """This process's one async client for ``spec`` (built on first use, with the run's limiter)."""
     # The token leaves the key out (it names graphs); two keys must still mean two clients.
-    key = (repr(spec.__dask_tokenize__()), spec.api_key)
+    key = (repr(spec.__dask_tokenize__()), spec.api_key, tuple(f.api_key for f in spec.fallbacks))
+    if spec.fallbacks:
+        return _chain_client(spec, key)
     client = _clients.get(key)
     if client is None:
         with _clients_lock:
@@ -203,6 +223,28 @@ def shared_async_client(spec: ClientSpec):
                     client.batcher = BatchCollector(client, where, poll_seconds=spec.batch_poll_seconds)
                 _clients[key] = client
     return client
+
+
+def _chain_client(spec: ClientSpec, key: tuple):
+    """This process's one fallback chain for ``spec``: each model's own shared client, down the chain."""
+    client = _clients.get(key)
+    if client is None:
+        from recipe.clients.fallbacks import FallbackClient, Link
+
+        links = [Link(s.model, shared_async_client(s), s.context_length) for s in spec.chain]
+        with _clients_lock:
+            client = _clients.setdefault(key, FallbackClient(links))
+    return client
+
+
+def _fallbacks(backend: dict) -> tuple:
+    """The ``FallbackSpec`` of each ``backend.fallbacks`` entry (recipe.config.fallbacks fills the defaults)."""
+    if not backend.get("fallbacks"):
+        return ()
+    from recipe.clients.fallbacks import FallbackSpec
+    from recipe.config.fallbacks import entries
+
+    return tuple(FallbackSpec(**entry) for entry in entries(backend))
 
 
 def current_limits() -> dict:
@@ -240,7 +282,7 @@ def forget_clients() -> None:
     with _clients_lock:
         clients = list(_clients.values())
         _clients.clear()
-    for client in clients:
+    for client in clients:  # (a fallback chain has no limiter of its own: its models' clients are listed too)
         close = getattr(getattr(client, "limiter", None), "close", None)
         if close is not None:
             close()

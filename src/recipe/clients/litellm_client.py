@@ -161,6 +161,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         # A list of replicas is one endpoint, whichever replicas it lists (recipe.clients.replicas).
         self.endpoint_id = endpoint_id or (REPLICAS_ENDPOINT if self.replica_urls else api_base)
         self._lean_routes: dict[tuple, LeanRoute] = {}
+        # The breaker of a fallback chain's primary (recipe.clients.fallbacks.Breaker): told each attempt's outcome.
+        self.health: Any = None
 
     @property
     def endpoint_name(self) -> str:
@@ -247,6 +249,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
         attempt = failovers = 0
         while True:
             async with self.limiter.slot(tokens) as replica:
+                if self.health is not None:  # a fallback chain's primary: its breaker may send this on
+                    self.health.check()
                 where = replica.url if replica is not None else self.endpoint_name
                 url_token = _REPLICA_URL.set(replica.url if replica is not None else None)
                 ticket = await self.budget.reserve(*charge) if self.budget is not None and charge else None
@@ -268,6 +272,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
                 else:
                     latency = time.monotonic() - started
                     self.limiter.on_success(latency)
+                    if self.health is not None:
+                        self.health.observe(None)
                     self.stats.endpoint(where, latency)
                     self.stats.time_request(latency, "ok", time.time())
                     return result
@@ -279,6 +285,8 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             self.stats.time_request(time.monotonic() - started, _outcome(error, attempt < self.num_retries),
                                     time.time())
             self.stats.endpoint(where, error=type(error).__name__)
+            if self.health is not None:
+                self.health.observe(error)
             if isinstance(error, errors.RateLimitError):
                 self.stats.count("rate_limited")
                 self.limiter.on_rate_limited(error.retry_after, started)

@@ -94,15 +94,20 @@ class PriceTable:
 
 def table(data: dict, specs: list, batch: bool = False) -> PriceTable:
     """The prices of every model the run's stages call. ``model.price`` prices the run's own
-    model (``model.name``) before litellm's map; ``batch`` takes the provider's batch price."""
-    override = (data.get("model") or {}).get("price") or {}
+    model (``model.name``) and a ``backend.fallbacks`` entry's ``price`` its model, before
+    litellm's map; ``batch`` takes the provider's batch price."""
+    from recipe.config.fallbacks import prices as fallback_prices
+
+    overrides = fallback_prices(data)
     run_model = (data.get("model") or {}).get("name")
+    if run_model is not None:
+        overrides[str(run_model)] = (data.get("model") or {}).get("price") or {}
     prices: dict[str, tuple[float, float]] = {}
     unpriced: set[str] = set()
     for spec in specs:
         if spec.model in prices:
             continue
-        price = price_for(spec.provider, spec.model, override if spec.model == run_model else None, batch)
+        price = price_for(spec.provider, spec.model, overrides.get(spec.model), batch)
         if price is None:
             unpriced.add(spec.model)
         else:

@@ -113,6 +113,9 @@ def identity(cfg: Any) -> dict:
     }
     if _section(config, "provenance"):  # other records (a _provenance field): another run; off keeps old hashes
         ident["provenance"] = True
+    if backend.get("fallbacks"):  # other models answer some records: other results (no key, no price)
+        ident["fallbacks"] = [{k: v for k, v in dict(entry).items() if k not in ("api_key", "price")}
+                              for entry in backend["fallbacks"] if hasattr(entry, "items")]
     return ident
 
 

@@ -70,6 +70,9 @@ class BackendConfig:
     # Merged into every request's JSON body, e.g. {chat_template_kwargs: {enable_thinking: false}}
     # for vLLM serving Qwen3 (recipe/clients/litellm_client.py).
     extra_body: Optional[Any] = None
+    # Models that answer a record the run's model cannot (context too long, model not found, content
+    # filter, or this backend's breaker open): [{model, provider, api_base, ...}] (config/fallbacks.py)
+    fallbacks: Optional[Any] = None
 
 
 @dataclass
@@ -213,6 +216,9 @@ def value_problems(cfg: Any) -> list[str]:
     extra_body = b.get("extra_body")
     if extra_body is not None and not OmegaConf.is_dict(extra_body) and not isinstance(extra_body, dict):
         problems.append(f"backend.extra_body={extra_body!r}: must be a mapping (merged into each request's body)")
+    from recipe.config import fallbacks
+
+    problems += fallbacks.problems(b.get("fallbacks"))
     if cfg.model.get("max_output_tokens") is not None:
         check(cfg.model.max_output_tokens >= 1, "model.max_output_tokens", "must be >= 1 (or null)",
               cfg.model.max_output_tokens)

@@ -58,8 +58,9 @@ class RunPlan:
         return target.wanted(self.data)
 
     def llm_specs(self) -> list:
-        """The client spec of every model stage (a stage may change the model or the backend)."""
-        return [stage.spec for stage in _llm_stages(self.stages) if stage.client is not None]
+        """The client spec of every model stage (a stage may change the model or the backend), and
+        of each of its ``backend.fallbacks`` models (each priced, each its own worst case)."""
+        return [spec for stage in _llm_stages(self.stages) if stage.client is not None for spec in stage.spec.chain]
 
     def with_changes(self, **changes: Any) -> None:
         """The run's spec, and every model stage's, with ``changes`` (the budget, the batch folder):

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from recipe.clients import providers
+from recipe.config import fallbacks
 from recipe.errors import ConfigError
 
 
@@ -35,6 +36,12 @@ def backend_problems(data: dict) -> list[str]:
         if isinstance(stage, dict) and isinstance(stage.get("backend"), dict):
             backends.append((f"recipe.stages.{name}.backend", stage["backend"]))
     problems: list[str] = []
+    for where, backend in list(backends):  # each fallback is a backend of its own
+        if where != "backend":  # (the run's own entries are the schema's: config/fallbacks.py)
+            problems += fallbacks.problems(backend.get("fallbacks"), f"{where}.fallbacks")
+        for i, entry in enumerate(backend.get("fallbacks") or ()):
+            if isinstance(entry, dict):
+                backends.append((f"{where}.fallbacks[{i}]", entry))
     listed: set[str] | None = None  # litellm's provider list, imported only for a name the table lacks
     for where, backend in backends:
         provider = backend.get("provider")

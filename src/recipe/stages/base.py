@@ -21,13 +21,14 @@ import dask.bag as db
 from pydantic import AfterValidator
 
 from recipe import errors
+from recipe.clients import fallbacks
 from recipe.clients import provenance as request_log
 from recipe.clients.factory import ClientSpec, shared_async_client
 from recipe.clients.event_loop import cancelled, check_cancelled, run_sync
-from recipe.clients.tokens import estimate_tokens
+from recipe.clients.tokens import context_error
 from recipe.stages import breaker, conditions, params, progress
 from recipe.stages.partition import Partition, carry, count_skipped, counting_filtered, dropped
-from recipe.stages.records import error_record, is_error, with_provenance
+from recipe.stages.records import MODEL, error_record, is_error, with_provenance
 
 T = TypeVar("T")
 #: The record a model-call task is working on (each asyncio task has its own context).
@@ -199,8 +200,14 @@ class LLMStage(Stage):
                 return [] if self.when_false == "drop" else [conditions.passed_over(record, self.outputs)]
         _current_record.set(record)  # this task's own context: per-record sampling draws (sampling_for)
         log = request_log.collecting() if self.provenance else None  # this task's requests, noted by the client
+        noted = fallbacks.noting()  # which model of a fallback chain answers (clients/fallbacks.py)
         result = await self.attempt(self.aprocess(llm, record), record)
         out = result if isinstance(result, list) else [result]
+        model = fallbacks.answered_by(noted)
+        if model is not None:
+            for one in out:
+                if isinstance(one, dict) and not is_error(one):
+                    one[MODEL] = model
         entry = request_log.entry(log) if log is not None else None
         if entry is not None:  # provenance: true, and this stage asked the model for this record
             out = [r if is_error(r) else with_provenance(r, self.name, entry) for r in out]
@@ -276,13 +283,11 @@ class LLMStage(Stage):
                                        conversation_formatter=spec.conversation_formatter, **params)
 
     def _check_context(self, messages: list[dict], max_tokens: int | None) -> None:
-        limit = self.spec.context_length
-        if not limit:
-            return
         # What clearly cannot fit is caught here, for free; what the estimate misses, the server
-        # refuses and the client maps to the same error.
-        estimate = estimate_tokens(messages) + (max_tokens or 0)
-        if estimate > limit:
-            raise errors.ContextWindowError(
-                f"prompt of about {estimate - (max_tokens or 0)} tokens plus max_tokens={max_tokens} "
-                f"exceeds the model's context of {limit} tokens")
+        # refuses and the client maps to the same error. With fallbacks the chain checks each of
+        # its models (recipe.clients.fallbacks): a prompt too long for one may fit the next.
+        if self.spec.fallbacks:
+            return
+        too_long = context_error(messages, max_tokens, self.spec.context_length)
+        if too_long is not None:
+            raise too_long

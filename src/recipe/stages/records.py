@@ -24,8 +24,9 @@ from recipe.redaction import redact
 ID, PARENT, SOURCE, ERROR = "_id", "_parent", "_source", "_error"
 #: Per model stage, what answered the record (``provenance: true``; see :func:`with_provenance`).
 PROVENANCE = "_provenance"
+MODEL = "_model"  # the model that answered, with backend.fallbacks (recipe.clients.fallbacks)
 #: Fields recipe writes into records; the README documents them.
-RESERVED = (ID, PARENT, SOURCE, ERROR, PROVENANCE)
+RESERVED = (ID, PARENT, SOURCE, ERROR, MODEL, PROVENANCE)
 _HEX_ID = re.compile(r"[0-9a-f]{16}")
 
 
