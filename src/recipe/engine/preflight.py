@@ -67,8 +67,8 @@ def tool_choice_problems(data: dict) -> list[str]:
     for name, stage in ((data.get("recipe") or {}).get("stages") or {}).items():
         if not isinstance(stage, dict) or stage.get("tool_choice") in (None, "auto") or not stage.get("tools"):
             continue
-        own = stage.get("backend") if isinstance(stage.get("backend"), dict) else {}
-        provider = own.get("provider") or run_provider
+        own = stage.get("backend")
+        provider = (own.get("provider") if isinstance(own, dict) else None) or run_provider
         if provider is not None and not providers.provider(provider).tool_choice:
             problems.append(f"recipe.stages.{name}.tool_choice={stage['tool_choice']!r}: {provider} takes no "
                             "tool_choice (litellm drops it from the request, so the model would pick its tools "
