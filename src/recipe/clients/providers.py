@@ -30,7 +30,7 @@ class Route:
     env_base: tuple[str, ...] = ()  # where litellm looks for api_base when none is given
     env_key: tuple[str, ...] = ()  # where litellm looks for api_key when none is given
     default_base: str | None = None  # the public endpoint when neither the config nor the environment names one
-    version_path: str = ""  # litellm appends it to api_base itself (anthropic: /v1/messages): a base ending in it is cut
+    version_path: str = ""  # litellm appends it itself (anthropic: /v1 of /v1/messages): an api_base ending in it is cut
 
 
 @dataclass(frozen=True)

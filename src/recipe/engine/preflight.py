@@ -1,7 +1,8 @@
 """Checks that need the environment, made once before the first paid request.
 
 The schema (:mod:`recipe.config.schema`) checks values on their own; these check them against
-the world: a provider litellm knows, an ``api_base`` that is a URL, folders that can be written.
+the world: a provider litellm knows, an ``api_base`` that is a URL, a ``tool_choice`` the provider's
+wire carries, folders that can be written.
 A problem is one :class:`ConfigError` line, before any request, server or cluster starts.
 """
 
