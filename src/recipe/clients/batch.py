@@ -437,16 +437,21 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
 
 
 def openai_answer(message: dict) -> dict:
-    """An Anthropic message as the chat.completion fields the client reads (its texts, finish
-    reason and usage), as the lean path reads plain JSON rather than litellm's objects."""
+    """An Anthropic message as the chat.completion fields the client reads (its texts, tool calls,
+    finish reason and usage), as the lean path reads plain JSON rather than litellm's objects."""
     blocks = message.get("content") or ()
     text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
     if not text:  # structured output through litellm's forced tool (models without output_format)
         text = next((json.dumps(block.get("input")) for block in blocks
                      if block.get("type") == "tool_use" and block.get("name") == "json_tool_call"), "")
+    # tool calls (tools given): each other tool_use block is a call, its input an object sent as JSON text
+    calls = [{"id": block.get("id"), "type": "function",
+              "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input"))}}
+             for block in blocks if block.get("type") == "tool_use" and block.get("name") != "json_tool_call"]
     usage = message.get("usage") or {}
     return {"id": message.get("id"), "object": "chat.completion", "model": message.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                                 **({"tool_calls": calls} if calls else {})},
                          "finish_reason": _ANTHROPIC_FINISH.get(str(message.get("stop_reason")), "stop")}],
             "usage": {"prompt_tokens": int(usage.get("input_tokens") or 0),
                       "completion_tokens": int(usage.get("output_tokens") or 0)}}
@@ -461,7 +466,7 @@ class AnthropicWire:
     def __init__(self, client: Any, poll_seconds: float) -> None:
         endpoint = client._endpoint_kwargs("anthropic")
         base = (endpoint.get("api_base") or os.environ.get("ANTHROPIC_API_BASE") or "https://api.anthropic.com")
-        self.base = base.rstrip("/").removesuffix("/v1")
+        self.base = (providers.api_base_for("anthropic", base) or base).rstrip("/")
         self.key = endpoint.get("api_key") or os.environ.get("ANTHROPIC_API_KEY")
         self.timeout = float(endpoint.get("timeout") or 120)
         self.poll_seconds = poll_seconds

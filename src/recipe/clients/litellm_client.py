@@ -193,6 +193,7 @@ class AsyncLiteLLMClient(AsyncLLMClient):
             # into a chat message), so the provider's own endpoint is filled in here, not the route's.
             api_base = api_base or providers.first_env(owner.env_base) or owner.default_base
             api_key = api_key or providers.first_env(owner.env_key)
+        api_base = providers.api_base_for(route, api_base)
         if api_key is None and api_base and providers.route(route).openai_compatible:
             api_key = "no-key"  # a keyless OpenAI-compatible server (llama.cpp, vLLM); the SDK insists on one
         kwargs: dict[str, Any] = {"api_base": api_base, "api_key": api_key,

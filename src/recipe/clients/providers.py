@@ -30,6 +30,7 @@ class Route:
     env_base: tuple[str, ...] = ()  # where litellm looks for api_base when none is given
     env_key: tuple[str, ...] = ()  # where litellm looks for api_key when none is given
     default_base: str | None = None  # the public endpoint when neither the config nor the environment names one
+    version_path: str = ""  # litellm appends it itself (anthropic: /v1 of /v1/messages): an api_base ending in it is cut
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Provider:
     text_route: str = "text-completion-openai"  # nvidia_nim/ and openai/ would wrap a prompt into a chat message
     structured: str = "none"  # the dialect in clients/structured_output.DIALECTS when backend.structured_output is unset
     batch: str | None = None  # the batch API backend.batch=true goes through: "openai", "anthropic" or None
+    tool_choice: bool = True  # whether litellm carries tool_choice to it (ollama_chat drops it: the model chooses)
     env_base: tuple[str, ...] = ()  # the provider's own endpoint, used when a request leaves its chat route
     env_key: tuple[str, ...] = ()
     default_base: str | None = None
@@ -58,7 +60,7 @@ ROUTES: dict[str, Route] = {
                         env_key=("NVIDIA_NIM_API_KEY",), default_base=NIM_BASE),
     "ollama": Route(),
     "ollama_chat": Route(),
-    "anthropic": Route(),
+    "anthropic": Route(version_path="/v1"),
 }
 
 PROVIDERS: dict[str, Provider] = {
@@ -68,7 +70,7 @@ PROVIDERS: dict[str, Provider] = {
     # NVIDIA's API catalog: a prompt goes to OpenAI's text route, at NIM's endpoint with NIM's key
     "nvidia_nim": Provider(chat_route="nvidia_nim", structured="nim", batch="openai",
                            env_base=("NVIDIA_NIM_API_BASE",), env_key=("NVIDIA_NIM_API_KEY",), default_base=NIM_BASE),
-    "ollama": Provider(chat_route="ollama_chat", text_route="ollama", structured="ollama"),
+    "ollama": Provider(chat_route="ollama_chat", text_route="ollama", structured="ollama", tool_choice=False),
     "anthropic": Provider(chat_route="anthropic", batch="anthropic"),
 }
 
@@ -81,6 +83,15 @@ def provider(name: str) -> Provider:
 def route(name: str) -> Route:
     """The table's entry for route ``name`` (an unlisted route: litellm's own handling, no quirks)."""
     return ROUTES.get(name) or Route()
+
+
+def api_base_for(name: str, api_base: str | None) -> str | None:
+    """``api_base`` as route ``name`` takes it: without the version path litellm appends itself
+    (``https://api.anthropic.com/v1`` would become ``/v1/v1/messages``, a 404 on every request)."""
+    suffix = route(name).version_path
+    if api_base and suffix and api_base.rstrip("/").endswith(suffix):
+        return api_base.rstrip("/")[:-len(suffix)]
+    return api_base
 
 
 def first_env(names: tuple[str, ...]) -> str | None:

@@ -1,7 +1,8 @@
 """Checks that need the environment, made once before the first paid request.
 
 The schema (:mod:`recipe.config.schema`) checks values on their own; these check them against
-the world: a provider litellm knows, an ``api_base`` that is a URL, folders that can be written.
+the world: a provider litellm knows, an ``api_base`` that is a URL, a ``tool_choice`` the provider's
+wire carries, folders that can be written.
 A problem is one :class:`ConfigError` line, before any request, server or cluster starts.
 """
 
@@ -35,7 +36,7 @@ def backend_problems(data: dict) -> list[str]:
     for name, stage in ((data.get("recipe") or {}).get("stages") or {}).items():
         if isinstance(stage, dict) and isinstance(stage.get("backend"), dict):
             backends.append((f"recipe.stages.{name}.backend", stage["backend"]))
-    problems: list[str] = []
+    problems: list[str] = tool_choice_problems(data)
     for where, backend in list(backends):  # each fallback is a backend of its own
         if where != "backend":  # (the run's own entries are the schema's: config/fallbacks.py)
             problems += fallbacks.problems(backend.get("fallbacks"), f"{where}.fallbacks")
@@ -63,6 +64,23 @@ def backend_problems(data: dict) -> list[str]:
             if not isinstance(base, str) or url.scheme not in ("http", "https") or not url.netloc:
                 key = f"{where}.api_base[{i}]" if many else f"{where}.api_base"
                 problems.append(f"{key}={base!r}: not an http(s) URL (for example http://127.0.0.1:8000/v1)")
+    return problems
+
+
+def tool_choice_problems(data: dict) -> list[str]:
+    """A stage's ``tool_choice`` sent where litellm drops it (ollama: the model would call whatever it
+    likes, silently): one line each, before any request. ``auto`` is what such a wire does anyway."""
+    run_provider = (data.get("backend") or {}).get("provider")
+    problems = []
+    for name, stage in ((data.get("recipe") or {}).get("stages") or {}).items():
+        if not isinstance(stage, dict) or stage.get("tool_choice") in (None, "auto") or not stage.get("tools"):
+            continue
+        own = stage.get("backend")
+        provider = (own.get("provider") if isinstance(own, dict) else None) or run_provider
+        if provider is not None and not providers.provider(provider).tool_choice:
+            problems.append(f"recipe.stages.{name}.tool_choice={stage['tool_choice']!r}: {provider} takes no "
+                            "tool_choice (litellm drops it from the request, so the model would pick its tools "
+                            "freely); leave it unset or auto, or use an OpenAI-compatible backend")
     return problems
 
 

@@ -1,4 +1,4 @@
-"""Anthropic's Message Batches API on the stub server, wire format included.
+"""Anthropic's Messages API on the stub server (Message Batches, and online ``POST /v1/messages``), wire format included.
 
 ``POST /v1/messages/batches`` takes ``{"requests": [{"custom_id", "params"}]}`` (``params`` a
 Messages API body); ``GET /v1/messages/batches/{id}`` reports ``processing_status``
@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_STOP = {"stop": "end_turn", "length": "max_tokens"}
+_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 _PARAMS = frozenset({"model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences",
                      "metadata", "tools", "tool_choice", "output_format", "thinking", "service_tier", "stream",
                      "container", "mcp_servers"})  # what the Messages API takes; anything else is refused
@@ -52,16 +52,17 @@ def _openai_body(params: dict) -> dict:
     output_format = params.get("output_format") or {}
     if output_format.get("type") == "json_schema":  # answered valid under the schema, as a text block
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": output_format["schema"]}}
-    return body
+    return {**body, **_openai_tools(params)}
 
 
 def _message(openai: dict, model: str) -> dict:
     """An Anthropic message from the live logic's chat.completion."""
     choice = (openai.get("choices") or [{}])[0]
     usage = openai.get("usage") or {}
+    message = choice.get("message") or {}
+    blocks = _tool_use_blocks(message) or [{"type": "text", "text": message.get("content") or ""}]
     return {"id": "msg_" + str(openai.get("id", "stub")), "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": (choice.get("message") or {}).get("content") or ""}],
-            "stop_reason": _STOP.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
+            "content": blocks, "stop_reason": _STOP.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
             "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)}}
 
 
@@ -213,3 +214,78 @@ class AnthropicBatches:
                 "type": "error", "error": {"type": "api_error", "message": f"stub fault (status {status})"}}}}
         return {"custom_id": item["custom_id"],
                 "result": {"type": "succeeded", "message": _message(openai, str(params.get("model")))}}
+
+
+# ---- tools in Anthropic's form (issue 24 §2) ------------------------------------------------------
+# ``tools`` come as ``[{name, description, input_schema}]`` and ``tool_choice`` as ``{type: auto | any |
+# tool (+ name) | none}``; the live logic answers them as OpenAI tools, and its calls go back as
+# ``tool_use`` content blocks (``input`` an object) with ``stop_reason: tool_use``.
+
+def _openai_tools(params: dict) -> dict:
+    """The OpenAI ``tools`` / ``tool_choice`` the live logic reads, from a Messages body's own."""
+    tools = [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description", ""),
+                                               "parameters": t.get("input_schema") or {}}}
+             for t in params.get("tools") or () if isinstance(t, dict) and t.get("name")]
+    if not tools:
+        return {}
+    choice = params.get("tool_choice") or {}
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "tool":
+        return {"tools": tools, "tool_choice": {"type": "function", "function": {"name": choice.get("name")}}}
+    return {"tools": tools, **({"tool_choice": "required"} if kind == "any" else {})}
+
+
+def _tool_use_blocks(message: dict) -> list[dict]:
+    """The live answer's ``tool_calls`` as Anthropic's ``tool_use`` blocks (none without calls)."""
+    return [{"type": "tool_use", "id": "toolu_" + str(c.get("id", "")), "name": c["function"]["name"],
+             "input": json.loads(c["function"]["arguments"])} for c in message.get("tool_calls") or ()]
+
+
+# ---- online Messages API: POST /v1/messages (issue 24 §2) -----------------------------------------
+# One Messages body answered at once by the stub's live logic (faults, usage, tools and all), as
+# litellm's ``anthropic/`` route sends it: ``x-api-key`` and ``anthropic-version`` headers, the reply an
+# Anthropic message or ``{"type": "error", ...}``. Each body is logged in ``/_stats`` ``anthropic_messages``.
+
+class AnthropicMessages:
+    """The route; ``app`` is the stub's state (its live logic, counters and fault schedule)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/messages", self.create)
+
+    async def create(self, request):
+        from recipe.testing.line_request import LineRequest
+
+        app = self.app
+        app.requests += 1
+        app.by_path["/v1/messages"] += 1
+        refused = AnthropicBatches(app)._refused(request)
+        if refused is not None:
+            return refused
+        try:
+            params = await request.json()
+        except ValueError:
+            return _error(400, "invalid_request_error", "the body is not JSON")
+        app.anthropic_messages.append(params)
+        missing = [k for k in ("model", "max_tokens", "messages") if k not in params]
+        if missing:
+            return _error(400, "invalid_request_error", f"{missing[0]}: Field required")
+        unknown = sorted(set(params) - _PARAMS)
+        if unknown:
+            return _error(400, "invalid_request_error", f"{unknown[0]}: Extra inputs are not permitted")
+        if params.get("stream"):
+            return _error(400, "invalid_request_error", "stream: not served by this stub")
+        auth = f"Bearer {app.a.api_key}" if app.a.api_key else None  # checked above, as x-api-key
+        resp = await app._respond(LineRequest(_openai_body(params)), True, auth, app.schedule.next())
+        if resp is None:
+            return _error(500, "api_error", "stub fault (dropped)")
+        app.status[str(resp.status)] += 1
+        try:
+            openai = json.loads(resp.text)
+        except ValueError:
+            return _error(500, "api_error", "stub fault (malformed)")
+        if resp.status != 200 or not openai.get("choices"):
+            return _error(resp.status if resp.status >= 400 else 500, "api_error", f"stub fault (status {resp.status})")
+        return web.json_response(_message(openai, str(params.get("model"))))

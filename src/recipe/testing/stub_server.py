@@ -186,6 +186,7 @@ class _App:
         self.batches: dict[str, dict] = {}
         self.message_batches: dict[str, dict] = {}  # Anthropic's (testing/anthropic_batches.py)
         self.message_batch_params: list[dict] = []
+        self.anthropic_messages: list[dict] = []  # online POST /v1/messages bodies (testing/anthropic_batches.py)
         self.schema_schedule = _Schedule({"break": a.schema_break})
         self.schema_log: list[list] = []  # [first user message, broken?] per answer to a schema
         # [the message answered, content] per reward or schema answer: what a test expects is read
@@ -206,7 +207,7 @@ class _App:
             "message_batches_created": len(self.message_batches), "message_batch_params": self.message_batch_params,
             "quirks": self.quirks.counts, "reasoning": self.thinking.log,
             "reasoning_tokens_sent": self.thinking.sent,
-            "tool_calls": self.tool_calls.log})
+            "tool_calls": self.tool_calls.log, "anthropic_messages": self.anthropic_messages})
 
     async def set_models(self, request):
         self.a.models = (await request.text()).strip()
@@ -252,7 +253,7 @@ class _App:
         reply = {"model": body.get("model", "stub-model"), "created_at": "2026-01-01T00:00:00Z", "done": True,
                  "done_reason": "stop", "prompt_eval_count": _tokens(len(prompt)), "eval_count": _tokens(len(content))}
         if chat:
-            reply["message"] = {"role": "assistant", "content": content}
+            reply["message"] = self.tool_calls.ollama({"role": "assistant", "content": content}, body, prompt)
         else:
             reply["response"] = content
         self.status["200"] += 1
@@ -359,6 +360,8 @@ class _App:
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-stub{self.requests}", "object": obj,
                 "created": int(time.time()), "model": model}
+        if body.get("stream") and chat and body.get("tools"):  # tool-call deltas (the tool calls' region)
+            return await self.tool_calls.stream(request, head, choices, usage, body, prompts[0] if prompts else "")
         if body.get("stream") and (refused or self.quirks.streams_oddly()):
             return await self.quirks.stream(request, chat, head, choices, usage, body,
                                             _refusal(prompts[0]) if refused else None)
@@ -694,9 +697,10 @@ async def _serve(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/batches", batches.create_batch)
     app.router.add_get("/v1/batches/{bid}", batches.get_batch)
     app.router.add_get("/v1/batches", batches.list_batches)
-    from recipe.testing.anthropic_batches import AnthropicBatches
+    from recipe.testing.anthropic_batches import AnthropicBatches, AnthropicMessages
 
     AnthropicBatches(state).routes(app.router)
+    AnthropicMessages(state).routes(app.router)
     app.router.add_post("/api/chat", state.ollama_chat)
     app.router.add_post("/api/generate", state.ollama_generate)
     state.service.routes(app.router)
@@ -905,7 +909,11 @@ class _Quirks:
 _THINKING = {"think": ("--think", str, "", "inline, open, unclosed, reasoning_content or reasoning: answer as a "
                        "reasoning model does (see the region's comment)"),
              "tool_break": ("--tool-break", float, 0.0, "exact fraction of tool-call answers whose call is invalid "
-                            "(alternately: an unknown tool's name, arguments missing a required key)")}
+                            "(alternately: an unknown tool's name, arguments missing a required key)"),
+             "tool_parallel": ("--tool-parallel", int, 1, "calls per tool-call answer (the declared tools in turn, "
+                               "or the one tool_choice names)"),
+             "tool_pieces": ("--tool-pieces", int, 4, "a streamed call's arguments in this many fragments, one per "
+                             "chunk")}
 _THINK_FIELDS = ("reasoning_content", "reasoning")
 
 
@@ -991,6 +999,9 @@ class _Thinking:
 # ``tool_calls``) of the tool ``tool_choice`` names, else the first tool, with arguments valid under
 # its parameters (the schema rules above); ``--tool-break`` breaks an exact fraction of them. Each
 # call is logged in ``/_stats`` ``tool_calls`` as [first user message, name, arguments, broken?].
+# ``--tool-parallel N`` makes N calls per answer. Streamed, the calls go out as OpenAI streams them
+# (index, id and name, then the arguments in ``--tool-pieces`` fragments); Ollama's /api/chat gets
+# them in Ollama's form (arguments an object). Anthropic's form: testing/anthropic_batches.py.
 
 class _ToolCalls:
     def __init__(self, a: argparse.Namespace) -> None:
@@ -1008,20 +1019,66 @@ class _ToolCalls:
         first = next((_text(m.get("content")) for m in body.get("messages") or []
                       if isinstance(m, dict) and m.get("role") == "user"), prompt)
         for c in out:
-            parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-            name, arguments = tool.get("name"), _instance(parameters, parameters, first, chars=self.a.echo_chars)
-            broken = self.schedule.next() == "break"
-            if broken:
-                if len(self.log) % 2 == 0 or not parameters.get("required"):
-                    name = f"{name}_unknown"
-                else:
-                    arguments = {k: v for k, v in arguments.items() if k != parameters["required"][0]}
-            text = json.dumps(arguments)
-            self.log.append([first, name, text, broken])
-            c["message"] = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_{len(self.log)}", "type": "function", "function": {"name": name, "arguments": text}}]}
+            calls = []
+            for slot in range(max(1, self.a.tool_parallel)):  # --tool-parallel: the declared tools in turn
+                tool_k = tool if wanted or slot == 0 else tools[slot % len(tools)]
+                parameters = tool_k.get("parameters") or {"type": "object", "properties": {}}
+                name, arguments = tool_k.get("name"), _instance(parameters, parameters, first, chars=self.a.echo_chars)
+                broken = self.schedule.next() == "break"
+                if broken:
+                    if len(self.log) % 2 == 0 or not parameters.get("required"):
+                        name = f"{name}_unknown"
+                    else:
+                        arguments = {k: v for k, v in arguments.items() if k != parameters["required"][0]}
+                text = json.dumps(arguments)
+                self.log.append([first, name, text, broken])
+                calls.append({"id": f"call_{len(self.log)}", "type": "function",
+                              "function": {"name": name, "arguments": text}})
+            c["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
             c["finish_reason"] = "tool_calls"
         return out
+
+    def ollama(self, message: dict, body: dict, prompt: str) -> dict:
+        """Ollama's ``message`` for a chat with ``tools``: ``tool_calls`` whose arguments are an object
+        (not JSON text, as Ollama sends them), content ""; the message as it is without tools."""
+        if not body.get("tools"):
+            return message
+        (choice,) = self.choices([{"index": 0, "message": dict(message), "finish_reason": "stop"}], body, prompt)
+        return {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+            for c in choice["message"]["tool_calls"]]}
+
+    async def stream(self, request, head: dict, choices: list, usage: dict, body: dict, prompt: str):
+        """A streamed answer with tools, as OpenAI streams calls: per call, a delta with its index, id
+        and name (arguments ""), then its arguments in ``--tool-pieces`` fragments across chunks;
+        the choice ends with ``finish_reason: tool_calls``. Logged as the whole answers are."""
+        out = self.choices([{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
+                            for i, c, _ in choices], body, prompt)
+        head = {**head, "object": "chat.completion.chunk"}
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        async def send(index: int, delta: dict, finish: str | None = None) -> None:
+            chunk = {**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        for choice in out:
+            i = choice["index"]
+            await send(i, {"role": "assistant", "content": None})
+            for k, call in enumerate(choice["message"]["tool_calls"]):
+                await send(i, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                               "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                text = call["function"]["arguments"]
+                step = max(1, math.ceil(len(text) / max(1, self.a.tool_pieces)))
+                for s in range(0, len(text), step):
+                    await send(i, {"tool_calls": [{"index": k, "function": {"arguments": text[s:s + step]}}]})
+            await send(i, {}, choice["finish_reason"])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunk = {**head, "choices": [], "usage": usage}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
