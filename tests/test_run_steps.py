@@ -168,6 +168,7 @@ def test_the_steps_in_order_make_the_run(tmp_path, stub_server):
     plan = run_plan.resolve(stub_config(tmp_path, server), output_dir=str(tmp_path / "out"))
     with plan.folder.locked():
         attempt = run_attempt.start(plan)
+        plan = attempt.plan
         run_execute.execute(plan, attempt)
         attempt.outcome = "completed"
         stats = run_accounting.account(plan, attempt)
@@ -178,12 +179,13 @@ def test_the_steps_in_order_make_the_run(tmp_path, stub_server):
 
 
 def test_dask_opens_as_threads_without_workers_and_refuses_a_dashboard_there():
+    from recipe.config.schema import DaskConfig
     from recipe.engine import cluster as run_dask
 
-    with run_dask.open_dask({"n_workers": 0, "threads_per_worker": 2}) as client:
+    with run_dask.open_dask(DaskConfig(n_workers=0, threads_per_worker=2)) as client:
         assert client is None
     with pytest.raises(ConfigError, match="dask.dashboard=true needs a cluster"):
-        with run_dask.open_dask({"n_workers": 0, "dashboard": True}):
+        with run_dask.open_dask(DaskConfig(n_workers=0, dashboard=True)):
             pass
 
 
@@ -228,3 +230,28 @@ def test_the_model_as_judge_is_the_one_judge_stage_not_a_reward_stage_mode():
     problems = stage_problems({"stages": {"score": {"_target_": "recipe.stages.RewardStage", "mode": "judge"}}})
     assert any("recipe.stages.score.mode" in p and "recipe.stages.JudgeStage" in p for p in problems), problems
     assert stage_problems({"stages": {"score": {"_target_": "recipe.stages.RewardStage"}}}) == []
+
+
+def test_the_plan_is_typed_and_frozen_and_a_change_makes_another(tmp_path, stub_server):
+    """The config crosses into the engine once: the plan's settings are typed objects, the plan
+    cannot be changed, and an attempt's changes (its budget ledger) make a new plan whose stages
+    carry them while the run's plan and its stages stay as they were."""
+    import dataclasses
+
+    from recipe.config.schema import BudgetConfig, DaskConfig
+    from recipe.engine import attempt as run_attempt
+    from recipe.engine import plan as run_plan
+
+    server = stub_server()
+    cfg = stub_config(tmp_path, server, "dask.partition_size=2", "budget.max_usd=5", "+model.price={input_per_mtok:1,output_per_mtok:2}")
+    plan = run_plan.resolve(cfg, output_dir=str(tmp_path / "out"))
+    assert plan.dask == DaskConfig(partition_size=2) and plan.budget == BudgetConfig(max_usd=5.0)
+    assert plan.target is None and plan.metrics is None and plan.has_input and not plan.progress
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.spec = None  # type: ignore[misc]
+    with plan.folder.locked():
+        attempt = run_attempt.start(plan)
+    changed = attempt.plan
+    assert plan.spec.budget is None and plan.stages[1].client.budget is None  # the run's plan untouched
+    assert changed.spec.budget is not None and changed.stages[1].client == changed.spec
+    assert changed.stages[1] is not plan.stages[1] and changed.stages[0] is plan.stages[0]

@@ -46,7 +46,7 @@ def finish(plan: RunPlan, attempt: Attempt, stats: dict) -> None:
     if attempt.outcome == "completed" and any(getattr(s, "format", None) == "hf" for s in plan.stages):
         from recipe.stages.io.hf_dataset import finish as finish_dataset
 
-        finish_dataset(plan.output_dir, stats, plan.data)
+        finish_dataset(plan.output_dir, stats, plan.config)
 
 
 def notes(plan: RunPlan, stats: dict) -> list[str]:
@@ -71,7 +71,7 @@ def _why_no_records(plan: RunPlan, stats: dict) -> str:
     said = [f"{count} {what}" for what, count in gone.items() if count]
     if said:
         return f"no records were produced: {', '.join(said)}"
-    return "no records were produced: the input is empty" if plan.data.get("input") else "no records were produced"
+    return "no records were produced: the input is empty" if plan.has_input else "no records were produced"
 
 
 def prices(plan: RunPlan, attempt: Attempt, loaded_only: bool = False):
@@ -86,7 +86,7 @@ def prices(plan: RunPlan, attempt: Attempt, loaded_only: bool = False):
 
         if loaded_only and not litellm_setup.loaded():
             return None
-        attempt.prices = pricing.table(plan.data, plan.llm_specs(), plan.spec.batch)
+        attempt.prices = pricing.table(plan.config, plan.llm_specs(), plan.spec.batch)
     return attempt.prices
 
 

@@ -26,6 +26,7 @@ class Attempt:
     now: dict = field(default_factory=dict)  # this attempt's usage, progress, budget and target states
     outcome: str = "stopped"
     prices: Any = None  # its recipe.clients.pricing.PriceTable, built once where a cost needs it
+    plan: Any = None  # the attempt's RunPlan: the run's, with its budget ledger and batch folder in the specs
 
     @property
     def has_work(self) -> bool:
@@ -56,15 +57,15 @@ def start(plan: RunPlan) -> Attempt:
     folder.save_attempt(record["attempt"], {**record, "usage": {}, "outcome": "running"})
     ledger_key = f"{plan.config_hash}-{record['attempt']}-{uuid.uuid4().hex[:8]}"  # one ledger per attempt
     prices = None
-    if budget.wanted(plan.data):  # the budget and cost_usd price with the same table
-        prices = pricing.table(plan.data, plan.llm_specs(), plan.spec.batch)
-        run_budget = budget.prepare(plan.data, plan.llm_specs(), key=ledger_key, attempts=read_attempts(folder)[0],
+    if plan.budget is not None:  # the budget and cost_usd price with the same table
+        prices = pricing.table(plan.config, plan.llm_specs(), plan.spec.batch)
+        run_budget = budget.prepare(plan.config, plan.llm_specs(), key=ledger_key, attempts=read_attempts(folder)[0],
                                     batch=plan.spec.batch, prices=prices)
-        plan.with_changes(budget=run_budget)
+        plan = plan.with_changes(budget=run_budget)
     if plan.spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
-        plan.with_changes(batch_dir=str(Path(plan.output_dir) / "batches"))
+        plan = plan.with_changes(batch_dir=str(Path(plan.output_dir) / "batches"))
     return Attempt(record=record, input_plan=input_plan, todo=todo, kept=kept, before=sum_manifests(kept),
-                   resumed=had_attempts and bool(kept), started=started, prices=prices)
+                   resumed=had_attempts and bool(kept), started=started, prices=prices, plan=plan)
 
 
 # What an attempt's account adds to the client's usage (UsageStats): counts, and per-stage counts.

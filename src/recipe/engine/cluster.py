@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 
-from recipe.config import defaults
+from recipe.config.schema import DaskConfig
 from recipe.errors import ConfigError
 
 
@@ -50,7 +50,7 @@ def _quiet_distributed():
 
 
 @contextlib.contextmanager
-def dask_context(dask_cfg: dict):
+def dask_context(dask_cfg: DaskConfig):
     """A distributed Client (existing scheduler or LocalCluster), or the threaded scheduler.
 
     ``dashboard``: a LocalCluster serves Dask's dashboard on 127.0.0.1 (its address goes to
@@ -59,22 +59,22 @@ def dask_context(dask_cfg: dict):
     """
     import dask
 
-    dashboard = bool(dask_cfg.get("dashboard"))
-    if dask_cfg.get("address") or dask_cfg.get("n_workers", 0) > 0:
+    dashboard = bool(dask_cfg.dashboard)
+    if dask_cfg.address or dask_cfg.n_workers > 0:
         from distributed import Client, LocalCluster
 
         if dashboard:
             _require_bokeh()
         with contextlib.ExitStack() as stack:
-            if dask_cfg.get("address"):
-                client = Client(dask_cfg["address"])
+            if dask_cfg.address:
+                client = Client(dask_cfg.address)
             else:
                 # A failed task is our one error line, not distributed's "Compute Failed ...
                 # Traceback" from each worker (silence_logs), nor its chatter in this process.
                 stack.enter_context(_quiet_distributed())
                 with _workers_ignore_ctrl_c():
-                    cluster = LocalCluster(n_workers=dask_cfg["n_workers"],
-                                           threads_per_worker=dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER),
+                    cluster = LocalCluster(n_workers=dask_cfg.n_workers,
+                                           threads_per_worker=dask_cfg.threads_per_worker,
                                            processes=True, host="127.0.0.1", dashboard_address=None,
                                            silence_logs=logging.CRITICAL,
                                            # the scheduler's HTTP routes on a free loopback port, not
@@ -100,12 +100,12 @@ def dask_context(dask_cfg: dict):
             yield None
 
 
-def parallelism(dask_cfg: dict) -> int:
+def parallelism(dask_cfg: DaskConfig) -> int:
     """Partitions the run computes at once: every worker's threads, or this process's thread pool
     (at least 4 threads: a threaded run has no other way to overlap partitions)."""
-    threads = int(dask_cfg.get("threads_per_worker", defaults.THREADS_PER_WORKER))
-    if dask_cfg.get("n_workers", 0) > 0:
-        return int(dask_cfg["n_workers"]) * threads
+    threads = int(dask_cfg.threads_per_worker)
+    if dask_cfg.n_workers > 0:
+        return int(dask_cfg.n_workers) * threads
     return max(4, threads)
 
 
@@ -128,7 +128,7 @@ def _require_bokeh() -> None:
 
 
 @contextlib.contextmanager
-def open_dask(dask_cfg: dict):
+def open_dask(dask_cfg: DaskConfig):
     """The run's Dask, each process's state reset for the run and its clients dropped after it."""
     with dask_context(dask_cfg) as client:
         try:

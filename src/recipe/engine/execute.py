@@ -21,41 +21,37 @@ def execute(plan: RunPlan, attempt: Attempt) -> None:
     """Start the server and cluster the attempt needs and compute its partitions; ``attempt.now``
     gets its usage, also when it stops part-way (what was sent is counted)."""
     with contextlib.ExitStack() as stack:
-        start_local_server(stack, plan)
+        plan = start_local_server(stack, plan)
         client = stack.enter_context(run_dask.open_dask(plan.dask))
         bag = build_bag(plan.stages, attempt.input_plan, attempt.todo, plan.config_hash)
         def prices():  # the killed attempt's cost
             return run_accounting.prices(plan, attempt, loaded_only=True)
-        metrics = plan.data.get("metrics") or {}
-        if metrics.get("port") is not None:
+        if plan.metrics is not None and plan.metrics.port is not None:
             from recipe.engine import metrics as run_metrics
 
-            run_metrics.serve(stack, metrics["port"], metrics.get("host") or "127.0.0.1", client, plan.spec)
+            run_metrics.serve(stack, plan.metrics.port, plan.metrics.host or "127.0.0.1", client, plan.spec)
         with run_progress.Watcher(client, plan.folder, attempt.record, attempt.done_before, plan.progress, prices):
             compute(plan, attempt, client, bag)
 
 
-def start_local_server(stack: contextlib.ExitStack, plan: RunPlan) -> None:
-    """``backend.start_local_server``: the embedded llama.cpp server for this run, its address
-    given to every stage that uses the run's client. A recipe with no stage asking the run's
-    model (samplers and transforms only) starts none."""
-    backend = plan.backend
-    if not backend.get("start_local_server") or backend.get("api_base"):
-        return
+def start_local_server(stack: contextlib.ExitStack, plan: RunPlan) -> RunPlan:
+    """``backend.start_local_server``: the embedded llama.cpp server for this run; returns the
+    plan with its address in every stage that uses the run's client. A recipe with no stage
+    asking the run's model (samplers and transforms only) starts none."""
+    if plan.local_server is None:
+        return plan
     if not any(getattr(stage, "client", None) == plan.spec for stage in plan.stages):
-        return
+        return plan
     from recipe.clients.llamacpp_server import LlamaCppServer
 
     from recipe.config import defaults
 
-    server = stack.enter_context(LlamaCppServer(backend.get("model_path"),
+    server = stack.enter_context(LlamaCppServer(plan.local_server.model_path,
                                                 n_ctx=plan.spec.context_length or defaults.LOCAL_CONTEXT_LENGTH,
                                                 alias=plan.spec.model))
     _stop_run_if_it_dies(stack, server)
     local = plan.spec.with_overrides(api_base=server.base_url, endpoint_id=f"llamacpp://{Path(server.model_path).name}")
-    for stage in plan.stages:
-        if getattr(stage, "client", None) == plan.spec:
-            stage.client = local
+    return plan.with_stage_clients(lambda spec: local if spec == plan.spec else spec, run_spec=local)
 
 
 def _stop_run_if_it_dies(stack: contextlib.ExitStack, server) -> None:
@@ -88,8 +84,8 @@ def compute(plan: RunPlan, attempt: Attempt, client, bag) -> None:
     now, spec = attempt.now, plan.spec
     future = None
     try:
-        if plan.wants_target:
-            now["target"] = target.run_target(plan.data, plan.stages, attempt.input_plan, plan.folder,
+        if plan.target is not None:
+            now["target"] = target.run_target(plan.target, plan.dask, plan.stages, attempt.input_plan, plan.folder,
                                               plan.config_hash, client, stopped=lambda: _budget_reached(spec, client))
         elif client is not None:
             future = client.compute(bag)

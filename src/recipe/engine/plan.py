@@ -7,69 +7,99 @@ backends) and resolved exactly once here; the later steps read only the plan. A 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from recipe.errors import ConfigError, refuse
 from recipe.clients.factory import ClientSpec
+from recipe.config.schema import BudgetConfig, DaskConfig, MetricsConfig, TargetConfig
 
 
-@dataclass
+@dataclass(frozen=True)
+class LocalServer:
+    """``backend.start_local_server`` with no ``api_base``: the embedded llama.cpp server to start."""
+
+    model_path: str | None
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """The run folder, its identity, the client spec (with its limits) and the built stages.
+    """Everything a run needs, typed, read from the config once: the run folder, its identity,
+    the client spec (with its limits), the built stages, and each setting the later steps act on.
 
-    ``data`` is the resolved config (API keys kept as references, see ``env_keys``), for the
-    settings read as they are: ``dask``, ``backend``, ``target``, ``budget``, ``progress``.
+    Below the plan nothing reads the config: the steps read these fields. ``config`` is the
+    resolved config kept whole for the two consumers that take it whole: the price table and the
+    budget ledger (``recipe.clients.pricing``/``budget`` read the model's price and output
+    limits, each fallback's too) and the dataset card (its "Produced by" config). API keys in it
+    stay references (``env_keys``). A plan is never changed: :meth:`with_changes` makes another.
     """
 
-    data: dict
+    config: dict
     output_dir: str
     ident: dict
     config_hash: str
     spec: ClientSpec
     stages: list
-    folder: Any  # a recipe.storage.run_folder.RunFolder
-
-    @property
-    def resume(self) -> bool:
-        return bool(self.data.get("resume", True))
-
-    @property
-    def retry_failed(self) -> bool:
-        return bool(self.data.get("retry_failed", True))
-
-    @property
-    def dask(self) -> dict:
-        return self.data["dask"]
-
-    @property
-    def backend(self) -> dict:
-        return self.data["backend"]
-
-    @property
-    def progress(self) -> bool:
-        return bool(self.data.get("progress"))
+    folder: Any  # a recipe.storage.run_folder.RunFolder (None for a preview)
+    resume: bool = True
+    retry_failed: bool = True
+    progress: bool = False
+    has_input: bool = False  # an input file (not samplers or seeds): says why a run made no records
+    dask: DaskConfig = field(default_factory=DaskConfig)
+    target: TargetConfig | None = None  # target.records set
+    budget: BudgetConfig | None = None  # a max_usd or max_tokens set
+    metrics: MetricsConfig | None = None  # metrics.port set
+    local_server: LocalServer | None = None
 
     @property
     def wants_target(self) -> bool:
-        from recipe.engine import target
-
-        return target.wanted(self.data)
+        return self.target is not None
 
     def llm_specs(self) -> list:
         """The client spec of every model stage (a stage may change the model or the backend), and
         of each of its ``backend.fallbacks`` models (each priced, each its own worst case)."""
         return [spec for stage in _llm_stages(self.stages) if stage.client is not None for spec in stage.spec.chain]
 
-    def with_changes(self, **changes: Any) -> None:
-        """The run's spec, and every model stage's, with ``changes`` (the budget, the batch folder):
-        the spec carries them to every worker."""
-        changed = self.spec.with_overrides(**changes)
-        for stage in _llm_stages(self.stages):
-            if stage.client is not None:
-                stage.client = changed if stage.client == self.spec else stage.client.with_overrides(**changes)
-        self.spec = changed
+    def with_stage_clients(self, change: Callable[[ClientSpec], ClientSpec], run_spec: ClientSpec | None = None) -> "RunPlan":
+        """This plan with ``change`` applied to every model stage's client (copies of the stages;
+        these are not touched) and the run's spec replaced by ``run_spec``, or changed the same way."""
+        asks = {id(stage) for stage in _llm_stages(self.stages) if stage.client is not None}
+        stages = []
+        for stage in self.stages:
+            if id(stage) in asks:
+                stage = copy.copy(stage)
+                stage.client = change(stage.client)
+            stages.append(stage)
+        return dataclasses.replace(self, spec=run_spec or change(self.spec), stages=stages)
+
+    def with_changes(self, **changes: Any) -> "RunPlan":
+        """This plan with ``changes`` (the budget, the batch folder) in the run's spec and every
+        model stage's: the spec carries them to every worker."""
+        return self.with_stage_clients(lambda spec: spec.with_overrides(**changes))
+
+
+def settings(data: dict) -> dict:
+    """The plan's typed settings from a checked, resolved config (the one place that reads them)."""
+    target = data.get("target") or {}
+    budget = data.get("budget") or {}
+    metrics = data.get("metrics") or {}
+    backend = data.get("backend") or {}
+    return {
+        "resume": bool(data.get("resume", True)),
+        "retry_failed": bool(data.get("retry_failed", True)),
+        "progress": bool(data.get("progress")),
+        "has_input": bool(data.get("input")),
+        "dask": DaskConfig(**(data.get("dask") or {})),
+        "target": TargetConfig(**target) if target.get("records") else None,
+        "budget": BudgetConfig(**budget) if budget.get("max_usd") is not None or budget.get("max_tokens") is not None
+        else None,
+        "metrics": MetricsConfig(**metrics) if metrics.get("port") is not None else None,
+        "local_server": LocalServer(backend.get("model_path"))
+        if backend.get("start_local_server") and not backend.get("api_base") else None,
+    }
 
 
 def _llm_stages(stages: list) -> list:
@@ -154,8 +184,9 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
 
         open_cache(spec).ping()
     # Stages before any server or cluster: a missing input is refused here.
+    typed = settings(data)
     stages = build_stages(data["recipe"], spec, output_dir,
-                          target.partition_size(data.get("target"), data["dask"]["partition_size"]),
+                          target.partition_size(typed["target"], typed["dask"].partition_size),
                           provenance=bool(data.get("provenance")))
     from recipe.stages import chain
 
@@ -165,8 +196,8 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
 
         check_folder(output_dir, ours=folder.info() is not None)  # never overwrite a user's README.md
     _mark_counting_stage(stages)
-    plan = RunPlan(data=data, output_dir=str(output_dir), ident=ident, config_hash=config_hash, spec=spec,
-                   stages=stages, folder=folder)
+    plan = RunPlan(config=data, output_dir=str(output_dir), ident=ident, config_hash=config_hash, spec=spec,
+                   stages=stages, folder=folder, **typed)
     budget.prepare(data, plan.llm_specs(), key="check", attempts=[])  # an unpriced max_usd: refused now
     return plan
 

@@ -170,10 +170,10 @@ def run_preview(cfg: Any, n: int, cap: int = CAP) -> Preview:
         stages = build_stages(data["recipe"], spec, scratch, data["dask"]["partition_size"],
                               provenance=bool(data.get("provenance")))
         chain.check(stages)
-        plan = run_plan.RunPlan(data=data, output_dir=scratch, ident=ident, config_hash="preview", spec=spec,
-                                stages=stages, folder=None)
+        plan = run_plan.RunPlan(config=data, output_dir=scratch, ident=ident, config_hash="preview", spec=spec,
+                                stages=stages, folder=None, **run_plan.settings(data))
         with contextlib.ExitStack() as stack:
-            run_execute.start_local_server(stack, plan)
+            plan = run_execute.start_local_server(stack, plan)
             return _walk(plan, n, cap, output_dir, db, WriteStage)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -253,7 +253,7 @@ def estimate(plan: Any, seen: list[StageSeen], previewed: int, total: int | None
         flow = flow * (stage.records_out / stage.records_in) if stage.records_in else 0.0
     tokens_known = not requests or any(s.requests for s in seen[1:])
     # the one price table (cost_usd and the budget price the same way)
-    prices = pricing.table(plan.data, plan.llm_specs(), batch=spec.batch) if by_model else None
+    prices = pricing.table(plan.config, plan.llm_specs(), batch=spec.batch) if by_model else None
     priced = (prices.total({m: (round(p), round(c)) for m, (p, c) in by_model.items()}) if prices is not None
               else (0.0 if not requests else None))
     mean_latency = latency_total / latency_count if latency_count else None

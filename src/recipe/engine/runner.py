@@ -91,6 +91,7 @@ def _run(cfg: Any, output_dir: str | None) -> RunSummary:
     plan = run_plan.resolve(cfg, output_dir)
     with plan.folder.locked():
         attempt = run_attempt.start(plan)
+        plan = attempt.plan  # the attempt's: its budget ledger and batch folder in the specs
         stopped_by_error = False
         try:
             if attempt.has_work or plan.wants_target:  # a target may need more of an earlier attempt's partitions

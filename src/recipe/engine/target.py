@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from recipe.config.schema import DaskConfig, TargetConfig
 from recipe.errors import ConfigError
 from recipe.storage.run_folder import ERRORS, MANIFESTS, atomic_write, atomic_write_json, file_entries, part_name, sum_manifests
 from recipe import storage
@@ -36,9 +37,9 @@ from recipe import storage
 ROUND_FIELD = "_round"  # on the seeds of rounds after the first: their records get new ids
 
 
-def partition_size(target: dict | None, configured: int) -> int:
+def partition_size(target: TargetConfig | None, configured: int) -> int:
     """Small partitions when a target is set, so that a wave overshoots N by little."""
-    n = (target or {}).get("records")
+    n = target.records if target is not None else None
     if not n:
         return configured
     return max(1, min(configured, max(8, math.ceil(n / 8))))
@@ -289,12 +290,11 @@ def finish_report(report: dict, stats: dict) -> dict:
             "acceptance_rate": round(accepted / seen, 4) if seen else None}
 
 
-def run_target(data: dict, stages: list, plan: list | None, folder, config_hash: str, client: Any,
-               stopped: Callable[[], bool]) -> dict:
+def run_target(target: TargetConfig, dask: DaskConfig, stages: list, plan: list | None, folder, config_hash: str,
+               client: Any, stopped: Callable[[], bool]) -> dict:
     """The runner's hook: compute waves on ``client`` (or threads) and return the target's report."""
     from recipe.engine.cluster import parallelism
 
-    target = data.get("target") or {}
 
     def compute(bags: list) -> None:
         import dask
@@ -304,11 +304,8 @@ def run_target(data: dict, stages: list, plan: list | None, folder, config_hash:
         else:
             dask.compute(*bags)
 
-    return TargetRun(target["records"], target.get("max_rounds", 10), stages, plan, folder, config_hash,
-                     compute, parallelism(data.get("dask") or {}), stopped).run()  # a wave keeps every worker busy
-
-
-def wanted(data: dict) -> bool:
-    return bool((data.get("target") or {}).get("records"))
+    assert target.records is not None  # the plan has a target only when records is set
+    return TargetRun(target.records, target.max_rounds, stages, plan, folder, config_hash,
+                     compute, parallelism(dask), stopped).run()  # a wave keeps every worker busy
 
 
