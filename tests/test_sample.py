@@ -325,3 +325,26 @@ def test_the_dataset_sampler_reads_a_file_and_names_a_field_it_lacks(tmp_path):
         f"field='colour' is not a field of {path} (its fields: sku, price)"]
     (missing,) = datasets.check({"path": str(tmp_path / "empty.jsonl")})  # no such file: one problem naming it
     assert "empty.jsonl" in missing
+
+
+def test_a_changed_dataset_file_is_a_new_run_as_a_changed_input_file_is(tmp_path, stub_server):
+    """The rows a ``dataset`` sampler draws from decide the records: the file (or a folder's files)
+    is part of the run's identity, so editing it gives a new run folder instead of a resumed run
+    that mixes rows of the old file with rows of the new one."""
+    import recipe
+
+    server = stub_server()
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"city": f"old {i}"} for i in range(5)])
+    conf = write_recipe(tmp_path, sample_recipe({"city": {"sampler": "dataset", "path": str(rows), "field": "city"}}, n=20))
+
+    def once():
+        return recipe.run(recipe.compose(["recipe=sampled", *stub_overrides(server)], config_dirs=[str(conf)]))
+
+    first, again = once(), once()
+    assert again.output_dir == first.output_dir and again.stats["this_attempt"]["requests"] == 0
+    write_jsonl(rows, [{"city": f"new {i}"} for i in range(5)])
+    changed = once()
+    assert changed.output_dir != first.output_dir
+    assert {r["city"] for r in outputs(Path(changed.output_dir))} <= {f"new {i}" for i in range(5)}
+    assert {r["city"] for r in outputs(Path(first.output_dir))} <= {f"old {i}" for i in range(5)}

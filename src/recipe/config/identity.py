@@ -75,6 +75,29 @@ def _read_paths(recipe: dict) -> list[str]:
     return found
 
 
+def _sampled_files(node: Any) -> list[str]:
+    """The files a ``dataset`` sampler draws rows from, anywhere in the recipe (a folder: its
+    files): a changed file draws other records, so it is a new run, as a changed input file is."""
+    import os
+
+    found: list[str] = []
+    if isinstance(node, dict):
+        path = node.get("path")
+        if node.get("sampler") == "dataset" and isinstance(path, str):
+            path = os.path.expanduser(path)
+            if os.path.isdir(path):
+                found += sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                                if not name.startswith("."))
+            elif os.path.isfile(path):
+                found.append(path)
+        for value in node.values():
+            found += _sampled_files(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _sampled_files(value)
+    return found
+
+
 def fingerprint(path: str) -> dict:
     """A file's identity: absolute path, size and modification time (a changed file is a new run)."""
     from recipe import storage
@@ -101,7 +124,7 @@ def identity(cfg: Any) -> dict:
 
     given = config.get("input") or []
     many = OmegaConf.is_list(given) or isinstance(given, (list, tuple))  # a list of paths or globs
-    inputs = sorted({p for p in _read_paths(recipe) + (list(given) if many else [given])
+    inputs = sorted({p for p in _read_paths(recipe) + _sampled_files(recipe) + (list(given) if many else [given])
                      if isinstance(p, str) and storage.isfile(p)})
     ident = {
         "model": {"name": model.get("name"), "context_length": model.get("context_length")},

@@ -33,11 +33,18 @@ def _files(path: str) -> list[str]:
     return [path]
 
 
-@lru_cache(maxsize=8)
 def rows(path: str) -> tuple:
-    """Every row of the dataset at ``path``, as dicts."""
+    """Every row of the dataset at ``path``, as dicts: read once per process while its files stay
+    the same (a file edited between two runs in one process is read again)."""
+    files = _files(path)
+    stamp = tuple((name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in files)
+    return _read_rows(path, stamp)
+
+
+@lru_cache(maxsize=8)
+def _read_rows(path: str, stamp: tuple) -> tuple:
     out: list[dict] = []
-    for name in _files(path):
+    for name, _, _ in stamp:
         if name.endswith((".parquet", ".pq")):
             import pyarrow.parquet as pq
 
