@@ -60,10 +60,11 @@ def write_input(path: str, rows: int, seed: int = 0, exact: bool = False) -> set
 
 def pipeline(input_path: str, out: str, method: str | None, partition_size: int) -> tuple[float, set[str], list[float]]:
     """(seconds, ids kept, peak RSS MiB of each worker) of one run on a fresh 2-worker cluster."""
+    from recipe.config.schema import DaskConfig
     from recipe.engine.cluster import dask_context
     from recipe.stages import DedupStage, ReadStage, WriteStage
 
-    with dask_context({"n_workers": 2, "threads_per_worker": 2}) as client:
+    with dask_context(DaskConfig(n_workers=2, threads_per_worker=2)) as client:
         with timed() as t:
             bag = ReadStage(path=input_path, partition_size=partition_size)()
             if method:

@@ -61,6 +61,7 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
     from recipe.clients.factory import ClientSpec
     from recipe.stages.build import build_stages
     from recipe.engine.cluster import dask_context
+    from recipe.engine.plan import settings
     from recipe.clients.cluster_limits import enable_cluster_limits
 
     input_path = os.path.join(tmp, f"in-{rows}.jsonl")
@@ -76,7 +77,7 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
                                         "cache.enabled=false"))
     data = resolved_container(cfg)
     out = f"{store}/out-{rows}" if store is not None else os.path.join(tmp, f"out-{rows}")
-    with dask_context(data["dask"]) as client:
+    with dask_context(settings(data)["dask"]) as client:
         enable_cluster_limits(client)
         with timed() as t:
             bag = None
