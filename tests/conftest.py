@@ -124,11 +124,6 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("slow") is None and item.get_closest_marker("smoke") is None \
                 and _starts_something_slow(item):
             item.add_marker(pytest.mark.slow)
-        # pytest-xdist (--dist loadgroup): every test of the embedded model in one process, so one
-        # llama.cpp server serves them all (two on 2 cores starve each other); the rest by file, so a
-        # file's module fixtures are built once.
-        uses_model = item.get_closest_marker("llm") is not None or "llama_server" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("embedded-model" if uses_model else item.nodeid.split("::")[0]))
 
 
 # ---- fixtures --------------------------------------------------------------------------------
