@@ -34,6 +34,18 @@ def _iso(seconds: float | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _params_problem(params: dict, where: str) -> str | None:
+    """What Anthropic's Messages API says of a body missing a required key or carrying an unknown
+    one (``where``: ``params.`` inside a batch request), or None: one check for both endpoints."""
+    missing = [k for k in ("model", "max_tokens", "messages") if k not in params]
+    if missing:
+        return f"{where}{missing[0]}: Field required"
+    unknown = sorted(set(params) - _PARAMS)
+    if unknown:
+        return f"{where}{unknown[0]}: Extra inputs are not permitted"
+    return None
+
+
 def _error(status: int, etype: str, message: str):
     return web.json_response({"type": "error", "error": {"type": etype, "message": message}}, status=status)
 
@@ -105,12 +117,9 @@ class AnthropicBatches:
             params = r.get("params") or {}
             if not _CUSTOM_ID.match(str(r.get("custom_id"))):
                 return _error(400, "invalid_request_error", f"custom_id {r.get('custom_id')!r}: must match {_CUSTOM_ID.pattern}")
-            missing = [k for k in ("model", "max_tokens", "messages") if k not in params]
-            if missing:
-                return _error(400, "invalid_request_error", f"params.{missing[0]}: Field required")
-            unknown = sorted(set(params) - _PARAMS)
-            if unknown:
-                return _error(400, "invalid_request_error", f"params.{unknown[0]}: Extra inputs are not permitted")
+            problem = _params_problem(params, "params.")
+            if problem:
+                return _error(400, "invalid_request_error", problem)
             if "output_format" in params and "structured-outputs" not in request.headers.get("anthropic-beta", ""):
                 return _error(400, "invalid_request_error", "output_format: needs the structured-outputs beta header")
         if len(set(ids)) != len(ids):
@@ -269,12 +278,9 @@ class AnthropicMessages:
         except ValueError:
             return _error(400, "invalid_request_error", "the body is not JSON")
         app.anthropic_messages.append(params)
-        missing = [k for k in ("model", "max_tokens", "messages") if k not in params]
-        if missing:
-            return _error(400, "invalid_request_error", f"{missing[0]}: Field required")
-        unknown = sorted(set(params) - _PARAMS)
-        if unknown:
-            return _error(400, "invalid_request_error", f"{unknown[0]}: Extra inputs are not permitted")
+        problem = _params_problem(params, "")
+        if problem:
+            return _error(400, "invalid_request_error", problem)
         if params.get("stream"):
             return _error(400, "invalid_request_error", "stream: not served by this stub")
         auth = f"Bearer {app.a.api_key}" if app.a.api_key else None  # checked above, as x-api-key
