@@ -81,14 +81,42 @@ def _cwd(tmp_path: Path) -> Path:
 
 
 def cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = None,
-        check_exit: int | None = None, **run) -> subprocess.CompletedProcess:
+        check_exit: int | None = None, fresh: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
     """``python -m recipe *args`` to completion, in a scratch working directory (``tmp_path/cwd``);
-    ``check_exit`` asserts the exit code (showing stderr when it differs)."""
-    result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=_cwd(tmp_path), env=cli_env(tmp_path, env),
-                            capture_output=True, text=True, timeout=timeout, **run)
+    ``check_exit`` asserts the exit code (showing stderr when it differs).
+
+    The run is forked from a warm process that has imported everything already
+    (:mod:`warm_cli`: the CLI's own code from ``main()`` down, in a process of its own, without
+    2 to 4 s of imports each time); ``fresh=True`` or ``RECIPE_TEST_FRESH_CLI=1`` spawns a new
+    interpreter instead."""
+    if fresh or os.environ.get("RECIPE_TEST_FRESH_CLI"):
+        result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=_cwd(tmp_path), env=cli_env(tmp_path, env),
+                                capture_output=True, text=True, timeout=timeout, input=input)
+    else:
+        result = _warm().run(list(args), cwd=_cwd(tmp_path), env=cli_env(tmp_path, env), timeout=timeout, input=input)
     if check_exit is not None:
         assert result.returncode == check_exit, result.stderr[-3000:]
     return result
+
+
+_WARM: list = []  # this test process's warm CLI (one, started on first use)
+
+
+def _warm():
+    from warm_cli import WarmCli
+
+    if _WARM and not _WARM[0].alive():
+        _WARM.pop()
+    if not _WARM:
+        base = {k: v for k, v in os.environ.items() if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY")}
+        base["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+        _WARM.append(WarmCli(base))
+    return _WARM[0]
+
+
+def pytest_unconfigure(config):
+    for warm in _WARM:
+        warm.stop()
 
 
 def cli_process(tmp_path: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:

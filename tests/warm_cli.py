@@ -1,0 +1,174 @@
+"""``python -m recipe`` for the tests, forked from a process that has already imported everything.
+
+Why: a CLI run spends 2 to 4 s of CPU importing litellm, Hydra and Dask before it reads its first
+override, and the suite starts a few hundred of them on a 2-core machine (about half its CPU time).
+A *warm* process imports them once and forks one child per run. The child is a new process with
+its own pid, process group, working directory, environment and standard streams; it runs
+``recipe/__main__.py`` as ``python -m recipe`` does (``runpy``, ``__name__ == "__main__"``) and
+exits through the interpreter's normal shutdown (non-daemon threads joined, ``atexit`` run), so the
+code under test is the CLI's own, from ``main()`` down. Only the imports are shared.
+
+Nothing stdlib does this for a process that is not our child: ``multiprocessing``'s forkserver
+serves its own workers, not a command line with its own streams and exit code, so this is ours.
+
+Tests that need a real process from its first instruction (signals, kills, ``-X importtime``,
+a different interpreter) use ``subprocess`` directly (``conftest.cli_process``); ``cli(...,
+fresh=True)`` or ``RECIPE_TEST_FRESH_CLI=1`` spawns ``python -m recipe`` for any call.
+
+Protocol, over a Unix socket: the test sends one JSON line ``{argv, env, cwd}`` with three file
+descriptors attached (stdin, stdout, stderr); the warm process answers ``{"pid": N}`` once forked
+and ``{"exit": CODE}`` when the child ends (a signal ``S`` is ``-S``, as ``subprocess`` reports it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+
+# ---- the warm process ------------------------------------------------------------------------
+
+def _warm_up() -> None:
+    """Import what every CLI run imports, and nothing that starts a thread (forking a process
+    with threads would copy their locks, held, into every child)."""
+    import recipe.cli.main  # noqa: F401  (Hydra, the config, the stages)
+    import recipe.engine.runner  # noqa: F401  (Dask, the engine)
+    from recipe.clients.litellm_setup import get_litellm
+    get_litellm()
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+
+
+def _become_cli(request: dict, fds: list[int]) -> None:
+    """In the forked child: take the request's streams, directory and environment, then run
+    ``python -m recipe ARGV``. Ends with ``SystemExit`` (or the CLI's own uncaught exception),
+    which unwinds to the interpreter's normal exit."""
+    os.setpgid(0, 0)  # its own group, so a timeout can kill it with the Dask workers it starts
+    for signum in (signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # block-buffered, as a pipe's is
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # ``python -m`` puts the working directory first on sys.path, then PYTHONPATH's entries
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.path[:1] = [os.getcwd(), *extra]
+    import runpy
+
+    main = Path(__import__("recipe").__file__).with_name("__main__.py")
+    sys.argv = [str(main), *request["argv"]]
+    runpy.run_module("recipe", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
+
+
+def _serve(path: str) -> None:
+    """Accept runs on the socket at ``path``; fork one child per run and report its end."""
+    _warm_up()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    print("ready", flush=True)
+    waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
+    while True:
+        readable, _, _ = select.select([server], [], [], 0.02)
+        if readable:
+            conn, _ = server.accept()
+            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            pid = os.fork()
+            if pid == 0:
+                server.close()
+                for other in waiting.values():
+                    other.close()
+                conn.close()
+                _become_cli(json.loads(message), fds)
+            for fd in fds:
+                os.close(fd)
+            waiting[pid] = conn
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        while waiting:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = waiting.pop(pid)
+            try:
+                conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            except OSError:
+                pass  # the test gave up on it (timeout)
+            conn.close()
+
+
+# ---- the tests' side -------------------------------------------------------------------------
+
+class WarmCli:
+    """One warm process per test process, started on first use and stopped at exit."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._dir = tempfile.mkdtemp(prefix="warm-cli-")
+        self.path = os.path.join(self._dir, "socket")
+        self._process = subprocess.Popen([sys.executable, __file__, self.path], env=env,
+                                         stdout=subprocess.PIPE, text=True)
+        line = self._process.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"the warm CLI process did not start (exit {self._process.wait()})")
+
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def stop(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+    def run(self, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """``python -m recipe *argv`` as ``subprocess.run(..., capture_output=True, text=True)``."""
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as stdin, \
+                tempfile.TemporaryFile("w+", encoding="utf-8") as stdout, \
+                tempfile.TemporaryFile("w+", encoding="utf-8") as stderr:
+            if input is not None:
+                stdin.write(input)
+                stdin.flush()
+                stdin.seek(0)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(self.path)
+                request = {"argv": list(argv), "env": env, "cwd": str(cwd)}
+                socket.send_fds(conn, [json.dumps(request).encode()],
+                                [stdin.fileno(), stdout.fileno(), stderr.fileno()])
+                replies = conn.makefile("r")
+                pid = json.loads(replies.readline())["pid"]
+                conn.settimeout(timeout)
+                try:
+                    line = replies.readline()
+                except (TimeoutError, socket.timeout):
+                    line = ""
+                if not line:
+                    _kill_group(pid)
+                    raise subprocess.TimeoutExpired(["python", "-m", "recipe", *argv], timeout)
+                code = json.loads(line)["exit"]
+            stdout.seek(0)
+            stderr.seek(0)
+            return subprocess.CompletedProcess(["python", "-m", "recipe", *argv], code,
+                                               stdout.read(), stderr.read())
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
