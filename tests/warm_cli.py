@@ -64,8 +64,9 @@ def _become_cli(request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     # ``python -m`` puts the working directory first on sys.path, then PYTHONPATH's entries
-    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-    sys.path[:1] = [os.getcwd(), *extra]
+    rest = sys.path[1:]  # sys.path[0] is this file's folder, which ``python -m recipe`` would not have
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in rest]
+    sys.path[:] = [os.getcwd(), *extra, *rest]
     import runpy
 
     main = Path(__import__("recipe").__file__).with_name("__main__.py")

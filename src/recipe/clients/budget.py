@@ -17,6 +17,8 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 
+from recipe.config.declared_models import DeclaredModels
+from recipe.config.schema import BudgetConfig
 from recipe.errors import BudgetExhausted, ConfigError
 
 # one function prices a request, for the budget and for stats.json's cost_usd
@@ -24,9 +26,7 @@ from recipe.clients.pricing import (  # noqa: F401
     Price,
     PriceTable,
     attempt_cost,
-    given_price,
     price_entry,
-    price_for,
 )
 
 BUDGET_HANDLER = "recipe_budget"
@@ -267,49 +267,41 @@ def forget(spec: BudgetSpec) -> None:
 # ---- the run's side: prices, earlier attempts, the report -------------------------------------
 
 
-def wanted(data: dict) -> bool:
-    """The config caps the run's spend (``budget.max_usd`` or ``budget.max_tokens``)."""
-    budget = data.get("budget") or {}
-    return budget.get("max_usd") is not None or budget.get("max_tokens") is not None
-
-
-def prepare(data: dict, specs: list, key: str, attempts: list[dict], batch: bool = False,
-            prices: PriceTable | None = None) -> BudgetSpec | None:
-    """The run's :class:`BudgetSpec`, or None without ``budget.*``. Refuses (ConfigError) a
-    ``budget.max_usd`` for a model with no known price unless ``model.price`` gives one.
+def prepare(cap: BudgetConfig | None, declared: DeclaredModels, specs: list, key: str, attempts: list[dict],
+            batch: bool = False, prices: PriceTable | None = None) -> BudgetSpec | None:
+    """The run's :class:`BudgetSpec`, or None without a cap. Refuses (ConfigError) a
+    ``budget.max_usd`` for a model with no known price unless its declared price gives one.
 
     ``prices`` is the attempt's price table (:func:`recipe.clients.pricing.table`), the one that
     also prices ``cost_usd``; built here when not given."""
     from recipe.clients import pricing
 
-    budget = data.get("budget") or {}
-    max_usd, max_tokens = budget.get("max_usd"), budget.get("max_tokens")
-    if max_usd is None and max_tokens is None:
+    if cap is None or (cap.max_usd is None and cap.max_tokens is None):
         return None
-    prices = prices if prices is not None else pricing.table(data, specs, batch)
+    max_usd, max_tokens = cap.max_usd, cap.max_tokens
+    prices = prices if prices is not None else pricing.table(declared, specs, batch)
     if max_usd is not None and prices.unpriced:
         spec = next(s for s in specs if s.model in prices.unpriced)
-        where = "model.price" if spec.model == (data.get("model") or {}).get("name") else \
+        where = "model.price" if spec.model == declared.run_model else \
             "its backend.fallbacks entry's price"  # a fallback model (recipe.config.fallbacks)
         raise ConfigError(
             f"budget.max_usd: model {spec.provider}/{spec.model} has no known price; give one with "
             f"{where}.input_per_mtok=USD and {where}.output_per_mtok=USD (per million tokens)")
     outputs = {spec.model: max_output_tokens(spec.provider, spec.model, spec.context_length) for spec in specs}
-    main = data.get("model") or {}
-    if main.get("max_output_tokens") and main.get("name") in outputs:  # the config knows better than the map
-        outputs[main["name"]] = int(main["max_output_tokens"])
-    reasoning = sorted({spec.model for spec in specs if _reasons(spec, main)})
+    if declared.max_output_tokens and declared.run_model in outputs:  # the config knows better than the map
+        outputs[declared.run_model] = declared.max_output_tokens
+    reasoning = sorted({spec.model for spec in specs if _reasons(spec, declared)})
     spent_usd, spent_tokens = spent_before(attempts, prices)
     return BudgetSpec(key=key, max_usd=max_usd, max_tokens=max_tokens, prices=prices.prices,
                       max_output=tuple(sorted(outputs.items())), reasoning_models=tuple(reasoning),
                       spent_usd=spent_usd, spent_tokens=spent_tokens)
 
 
-def _reasons(spec, model: dict) -> bool:
+def _reasons(spec, declared: DeclaredModels) -> bool:
     """Whether ``spec``'s model thinks before answering: ``model.reasoning`` for the run's model,
     else litellm's map (``supports_reasoning``)."""
-    if spec.model == model.get("name") and model.get("reasoning") is not None:
-        return bool(model["reasoning"])
+    if spec.model == declared.run_model and declared.reasoning is not None:
+        return declared.reasoning
     from recipe.clients.litellm_setup import get_litellm
 
     litellm = get_litellm()

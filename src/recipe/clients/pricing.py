@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from recipe.config.declared_models import DeclaredModels
+
 
 @dataclass(frozen=True)
 class Price:
@@ -38,18 +40,15 @@ def price_entry(provider: str, model: str) -> dict | None:
     return None
 
 
-def given_price(override: dict | None) -> Price | None:
-    """``model.price`` (USD per million tokens) when both of its prices are given, else None."""
-    override = override or {}
-    if override.get("input_per_mtok") is not None and override.get("output_per_mtok") is not None:
-        return Price(float(override["input_per_mtok"]) / 1e6, float(override["output_per_mtok"]) / 1e6)
-    return None
+def given_price(declared: tuple[float, float] | None) -> Price | None:
+    """A declared price (USD per million tokens, input and output) as USD per token."""
+    return None if declared is None else Price(declared[0] / 1e6, declared[1] / 1e6)
 
 
-def price_for(provider: str, model: str, override: dict | None = None, batch: bool = False) -> Price | None:
-    """The model's price: ``model.price`` when given, else litellm's price map (its batch price
-    for ``backend.batch``, where it has one), else None."""
-    given = given_price(override)
+def price_for(provider: str, model: str, declared: tuple[float, float] | None = None, batch: bool = False) -> Price | None:
+    """The model's price: the declared one (``model.price``, a fallback's ``price``) when given,
+    else litellm's price map (its batch price for ``backend.batch``, where it has one), else None."""
+    given = given_price(declared)
     if given is not None:
         return given
     entry = price_entry(provider, model)
@@ -92,22 +91,16 @@ class PriceTable:
         return round(total, 6)
 
 
-def table(data: dict, specs: list, batch: bool = False) -> PriceTable:
-    """The prices of every model the run's stages call. ``model.price`` prices the run's own
-    model (``model.name``) and a ``backend.fallbacks`` entry's ``price`` its model, before
-    litellm's map; ``batch`` takes the provider's batch price."""
-    from recipe.config.fallbacks import prices as fallback_prices
-
-    overrides = fallback_prices(data)
-    run_model = (data.get("model") or {}).get("name")
-    if run_model is not None:
-        overrides[str(run_model)] = (data.get("model") or {}).get("price") or {}
+def table(declared: DeclaredModels, specs: list, batch: bool = False) -> PriceTable:
+    """The prices of every model the run's stages call. A declared price (``model.price`` for the
+    run's model, a ``backend.fallbacks`` entry's ``price`` for its model) comes before litellm's
+    map; ``batch`` takes the provider's batch price."""
     prices: dict[str, tuple[float, float]] = {}
     unpriced: set[str] = set()
     for spec in specs:
         if spec.model in prices:
             continue
-        price = price_for(spec.provider, spec.model, overrides.get(spec.model), batch)
+        price = price_for(spec.provider, spec.model, declared.price(spec.model), batch)
         if price is None:
             unpriced.add(spec.model)
         else:

@@ -86,7 +86,7 @@ def prices(plan: RunPlan, attempt: Attempt, loaded_only: bool = False):
 
         if loaded_only and not litellm_setup.loaded():
             return None
-        attempt.prices = pricing.table(plan.config, plan.llm_specs(), plan.spec.batch)
+        attempt.prices = pricing.table(plan.models, plan.llm_specs(), plan.spec.batch)
     return attempt.prices
 
 

@@ -58,8 +58,8 @@ def start(plan: RunPlan) -> Attempt:
     ledger_key = f"{plan.config_hash}-{record['attempt']}-{uuid.uuid4().hex[:8]}"  # one ledger per attempt
     prices = None
     if plan.budget is not None:  # the budget and cost_usd price with the same table
-        prices = pricing.table(plan.config, plan.llm_specs(), plan.spec.batch)
-        run_budget = budget.prepare(plan.config, plan.llm_specs(), key=ledger_key, attempts=read_attempts(folder)[0],
+        prices = pricing.table(plan.models, plan.llm_specs(), plan.spec.batch)
+        run_budget = budget.prepare(plan.budget, plan.models, plan.llm_specs(), key=ledger_key, attempts=read_attempts(folder)[0],
                                     batch=plan.spec.batch, prices=prices)
         plan = plan.with_changes(budget=run_budget)
     if plan.spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from recipe.errors import ConfigError, refuse
 from recipe.clients.factory import ClientSpec
+from recipe.config.declared_models import DeclaredModels
 from recipe.config.schema import BudgetConfig, DaskConfig, MetricsConfig, TargetConfig
 
 
@@ -31,13 +32,14 @@ class RunPlan:
     the client spec (with its limits), the built stages, and each setting the later steps act on.
 
     Below the plan nothing reads the config: the steps read these fields. ``config`` is the
-    resolved config kept whole for the two consumers that take it whole: the price table and the
-    budget ledger (``recipe.clients.pricing``/``budget`` read the model's price and output
-    limits, each fallback's too) and the dataset card (its "Produced by" config). API keys in it
-    stay references (``env_keys``). A plan is never changed: :meth:`with_changes` makes another.
+    resolved config kept whole for the one consumer that shows it whole: the dataset card (its
+    "Produced by" config). API keys in it stay references (``env_keys``). The price table and the
+    budget read ``models`` (prices, output limits, reasoning) and ``budget``. A plan is never
+    changed: :meth:`with_changes` makes another.
     """
 
     config: dict
+    models: DeclaredModels
     output_dir: str
     ident: dict
     config_hash: str
@@ -92,6 +94,7 @@ def settings(data: dict) -> dict:
         "retry_failed": bool(data.get("retry_failed", True)),
         "progress": bool(data.get("progress")),
         "has_input": bool(data.get("input")),
+        "models": DeclaredModels.read(data),
         "dask": DaskConfig(**(data.get("dask") or {})),
         "target": TargetConfig(**target) if target.get("records") else None,
         "budget": BudgetConfig(**budget) if budget.get("max_usd") is not None or budget.get("max_tokens") is not None
@@ -198,7 +201,7 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
     _mark_counting_stage(stages)
     plan = RunPlan(config=data, output_dir=str(output_dir), ident=ident, config_hash=config_hash, spec=spec,
                    stages=stages, folder=folder, **typed)
-    budget.prepare(data, plan.llm_specs(), key="check", attempts=[])  # an unpriced max_usd: refused now
+    budget.prepare(plan.budget, plan.models, plan.llm_specs(), key="check", attempts=[])  # unpriced max_usd: refused now
     return plan
 
 

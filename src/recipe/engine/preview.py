@@ -253,7 +253,7 @@ def estimate(plan: Any, seen: list[StageSeen], previewed: int, total: int | None
         flow = flow * (stage.records_out / stage.records_in) if stage.records_in else 0.0
     tokens_known = not requests or any(s.requests for s in seen[1:])
     # the one price table (cost_usd and the budget price the same way)
-    prices = pricing.table(plan.config, plan.llm_specs(), batch=spec.batch) if by_model else None
+    prices = pricing.table(plan.models, plan.llm_specs(), batch=spec.batch) if by_model else None
     priced = (prices.total({m: (round(p), round(c)) for m, (p, c) in by_model.items()}) if prices is not None
               else (0.0 if not requests else None))
     mean_latency = latency_total / latency_count if latency_count else None
