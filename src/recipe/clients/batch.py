@@ -49,6 +49,7 @@ from recipe import errors
 from recipe.redaction import redact
 from recipe.clients.error_mapping import MESSAGE_LIMIT
 from recipe.clients import providers
+from recipe.process_state import per_run
 
 MAX_LINES = 50_000  # OpenAI's limits per batch: lines and input file bytes
 MAX_BYTES = 190 * 1024 * 1024
@@ -73,6 +74,7 @@ def states() -> dict:
         return {"states": dict(Counter(_states.values())), **dict(_submitted)}
 
 
+@per_run
 def reset() -> None:
     with _states_lock:
         _states.clear()

@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+from recipe.process_state import per_run
 
 T = TypeVar("T")
 
@@ -85,6 +86,7 @@ def cancel_all() -> None:
         pass
 
 
+@per_run
 def reset_cancelled() -> None:
     """A new run starts: accept work again (a long-lived worker outlives a stopped run)."""
     _cancelled.clear()

@@ -20,6 +20,7 @@ from recipe.config.env_keys import EnvKey, resolve_key, resolved_by_reference
 from recipe.config.secrets import remember
 from recipe.config.targets import allowed_class
 from recipe.errors import ConfigError
+from recipe.process_state import per_run
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,13 @@ def current_limits() -> dict:
 _stats = None
 
 
+@per_run
+def _reset_process_stats() -> None:
+    """A new run counts from zero."""
+    if _stats is not None:
+        _stats.reset()
+
+
 def process_stats():
     """One usage counter per process, shared by every client the run builds there."""
     global _stats
@@ -276,6 +284,7 @@ def process_stats():
     return _stats
 
 
+@per_run
 def forget_clients() -> None:
     """Drop this process's clients (between runs in one process, e.g. tests), stopping what
     they run in the background (a cluster limiter's refresh task)."""

@@ -145,17 +145,10 @@ def open_dask(dask_cfg: DaskConfig):
 
 
 def _reset() -> None:
-    from recipe.clients.factory import forget_clients, process_stats
-    from recipe.clients import batch
-    from recipe.clients.event_loop import reset_cancelled
-    from recipe.stages import breaker, progress
+    """Each owner of per-run state in this process clears it (:mod:`recipe.process_state`)."""
+    from recipe.process_state import new_run
 
-    reset_cancelled()
-    forget_clients()
-    breaker.reset()
-    process_stats().reset()
-    progress.reset()
-    batch.reset()
+    new_run()
 
 
 def _preload() -> None:

@@ -17,6 +17,7 @@ import threading
 from collections import Counter, deque
 
 from recipe import errors
+from recipe.process_state import per_run
 
 WINDOW = 20  # the last N request outcomes of a stage, in this process
 THRESHOLD = 0.8  # the share of them failing the same way that stops the run
@@ -89,6 +90,7 @@ def for_stage(stage: str) -> CircuitBreaker:
         return breaker
 
 
+@per_run
 def reset() -> None:
     """A new run starts with closed breakers."""
     with _lock:

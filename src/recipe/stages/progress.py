@@ -11,6 +11,7 @@ import itertools
 import threading
 
 from recipe.stages.partition import count_filtered
+from recipe.process_state import per_run
 
 _lock = threading.Lock()
 _committed: dict[int, tuple[int, int]] = {}  # part number -> (records, errors)
@@ -64,6 +65,7 @@ def snapshot() -> dict:
                 "deduplicated": dict(_deduplicated)}
 
 
+@per_run
 def reset() -> None:
     global _filtered
     with _lock:
