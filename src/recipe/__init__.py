@@ -10,23 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from recipe.errors import ConfigError, InputError, LLMError, ParseError, RecipeError, SchemaError
 from recipe.clients.litellm_setup import offline_environment
+from recipe.config.paths import package_version
 
 offline_environment()  # before anything can import litellm, here or in a Dask worker
 
 
 
-def _version() -> str:
-    """The installed package's version (pyproject.toml's, as pip installed it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("recipe")
-    except PackageNotFoundError:  # a source tree on sys.path that was never installed
-        return "0+unknown"
-
-
 #: Written into every run's stats.json and dataset card, so a result says what made it.
-__version__ = _version()
+__version__ = package_version()
 
 __all__ = ["__version__", "compose", "build_client", "run", "from_data_designer", "ClientSpec", "RecipeError", "ConfigError", "InputError",
            "LLMError", "ParseError", "SchemaError"]

@@ -1,4 +1,5 @@
-"""Where the shipped configs live: in the wheel (``recipe/conf``) or in a checkout (``conf/``).
+"""What the installed package is: where its shipped configs live (the wheel's ``recipe/conf`` or a
+checkout's ``conf/``) and its version.
 
 In a checkout, ``conf/recipe`` is a symlink to the top-level ``recipes/`` so that Hydra sees
 the recipes as the ``recipe`` group; the wheel build copies both into ``recipe/conf``.
@@ -28,3 +29,15 @@ def recipes_dir() -> Path:
 def sample_path(name: str) -> str:
     """A sample input shipped beside the recipes (``recipes/data/NAME``)."""
     return str(recipes_dir() / "data" / name)
+
+
+@lru_cache(maxsize=1)
+def package_version() -> str:
+    """The installed package's version (pyproject.toml's, as pip installed it): written into every
+    run's stats.json and dataset card, so a result says what made it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recipe")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from recipe import __version__
+from recipe.config.paths import package_version
 from recipe.engine.attempt import Attempt, read_attempts
 from recipe.engine.plan import RunPlan
 
@@ -136,7 +136,7 @@ def _stats(folder, config_hash: str, table, attempt: dict, usage: dict, before: 
         "partitions": done["partitions"],
         "json_fields": sorted(set(json_fields or []) | set(done["json_fields"])),
         "config_hash": config_hash,
-        "recipe_version": __version__,  # the package that made these results
+        "recipe_version": package_version(),  # the package that made these results
         "replicas": _replicas(total["replicas"]),
         "this_attempt": {"attempt": attempt["attempt"], "requests": usage.get("requests", 0),
                          "cache_hits": usage.get("cache_hits", 0),
