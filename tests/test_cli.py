@@ -273,7 +273,7 @@ def test_sweep_over_model_options_with_plus(tmp_path, stub_server):
     assert sorted(body["model"] for body in server.stats()["bodies"]) == ["gpt-4o", "meta/llama-3.1-70b-instruct"]
 
 
-def test_help_and_cfg_job_do_not_import_litellm(tmp_path):
+def test_help_and_cfg_job_do_not_import_litellm_or_dask(tmp_path):
     for args in (["--help"], ["--cfg", "job"]):
         cwd = tmp_path / "cwd"
         cwd.mkdir(exist_ok=True)
@@ -282,7 +282,7 @@ def test_help_and_cfg_job_do_not_import_litellm(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert "hydra" in imported and "recipe.config.compose" in imported, args  # the report is real
-        assert not {name for name in imported if name.split(".")[0] in ("litellm", "openai")}, args
+        assert not {name for name in imported if name.split(".")[0] in ("litellm", "openai", "dask", "distributed")}, args
 
 
 def test_no_hydra_internals_in_the_package():

@@ -15,9 +15,8 @@ import asyncio
 import contextvars
 from dataclasses import dataclass, field, fields
 from collections.abc import Awaitable, Iterable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-import dask.bag as db
 from pydantic import AfterValidator
 
 from recipe import errors
@@ -29,6 +28,9 @@ from recipe.clients.tokens import context_error
 from recipe.stages import breaker, conditions, params, progress
 from recipe.stages.partition import Partition, carry, count_skipped, counting_filtered, dropped
 from recipe.stages.records import MODEL, error_record, is_error, with_provenance
+
+if TYPE_CHECKING:  # Dask is imported when a graph is built, not when a config is checked
+    import dask.bag as db
 
 T = TypeVar("T")
 #: The record a model-call task is working on (each asyncio task has its own context).

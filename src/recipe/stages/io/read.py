@@ -13,9 +13,8 @@ import base64
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import dask.bag as db
 from pydantic import Field
 
 from recipe.errors import ConfigError, InputError
@@ -23,6 +22,9 @@ from recipe import storage
 from recipe.stages.base import Stage
 from recipe.stages.records import (surrogate_message, unencodable_field, ID, PARENT, RESERVED, SOURCE, error_record, foreign_reserved, is_error_line,
                                    make_id, root)
+
+if TYPE_CHECKING:  # Dask is imported when a graph is built, not when a config is checked
+    import dask.bag as db
 
 
 _PLAN_CHUNK = 1 << 20
@@ -246,6 +248,8 @@ class ReadStage(Stage):
 
     def read(self, plan: list[list]) -> db.Bag:
         """One partition per plan item."""
+        import dask.bag as db
+
         if not plan:
             return db.from_sequence([], npartitions=1)
         if plan[0][0] == "seeds":

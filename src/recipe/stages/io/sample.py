@@ -13,15 +13,17 @@ input file; it takes none of ReadStage's file parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import dask.bag as db
 from pydantic import Field
 
 from recipe.errors import ConfigError
 from recipe.stages.base import Stage, _apply_stage, failure_record
 from recipe.stages.io.read import ReadStage
 from recipe.stages.records import ID, PARENT, SOURCE, record_id
+
+if TYPE_CHECKING:  # Dask is imported when a graph is built, not when a config is checked
+    import dask.bag as db
 
 
 @dataclass
@@ -86,6 +88,8 @@ class SampleStage(ReadStage):
                 for start in range(0, self.n, self.partition_size)]
 
     def read(self, plan: list[list]) -> db.Bag:
+        import dask.bag as db
+
         if not plan:
             return db.from_sequence([], npartitions=1)
         return db.from_sequence([tuple(where) for _, where in plan],

@@ -13,10 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import dask.bag as db
-from dask import delayed
+from typing import TYPE_CHECKING, Any, Literal
 
 from recipe.errors import ConfigError, InputError
 from recipe.storage.run_folder import (ERRORS, atomic_write, commit_partition, file_entries, is_transient, part_name,
@@ -26,6 +23,9 @@ from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.partition import dropped
 from recipe.stages.records import error_record, is_error, surrogate_message, unencodable_field
+
+if TYPE_CHECKING:  # Dask is imported when a graph is built, not when a config is checked
+    import dask.bag as db
 
 
 def _line(record: dict) -> str:
@@ -144,6 +144,9 @@ class WriteStage(Stage):
         input range ``sources[i]`` partition ``i`` was read from. ``part_offset`` numbers the parts
         of a later round (``target.records`` on a recipe that makes its own seeds) after the earlier ones.
         """
+        import dask.bag as db
+        from dask import delayed
+
         if self.format not in ("jsonl", "parquet", "hf"):
             raise ConfigError(f"stage {self.name!r}: format must be jsonl, parquet or hf, not {self.format!r}")
         if not self.path:

@@ -25,10 +25,8 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import dask.bag as db
-from dask import delayed
 from pydantic import Field
 
 from recipe.errors import MissingFieldError, ConfigError
@@ -36,6 +34,9 @@ from recipe.stages import progress
 from recipe.stages.base import Stage
 from recipe.stages.partition import Partition, carry, dropped
 from recipe.stages.records import error_record, is_error, record_id
+
+if TYPE_CHECKING:  # Dask is imported when a graph is built, not when a config is checked
+    import dask.bag as db
 
 DUPLICATE_OF = "_duplicate_of"
 _WORD = re.compile(r"\w+")
@@ -134,6 +135,9 @@ class DedupStage(Stage):
 
     # --- the graph --------------------------------------------------------------------------
     def __call__(self, bag: db.Bag) -> db.Bag:
+        import dask.bag as db
+        from dask import delayed
+
         if self.keep_removed and not self.output_dir:
             raise ConfigError(f"stage {self.name!r}: keep_removed needs output_dir (set output_dir)")
         # Unoptimised: the partitions keep their keys, so the records are computed once (by

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
-import dask.bag as db
 
 from recipe.stages.base import Stage
 from recipe.stages.records import ID, PARENT, root
+
+if TYPE_CHECKING:  # Dask is imported when a graph is built, not when a config is checked
+    import dask.bag as db
 
 
 @dataclass
@@ -40,6 +44,8 @@ class AppendSeedsStage(Stage):
         return common if available is None else available & common
 
     def __call__(self, bag: db.Bag | None) -> db.Bag:
+        import dask.bag as db
+
         records = self.seed_records()
         if not records:  # nothing to add; first in a recipe it is the source of no records
             return bag if bag is not None else db.from_sequence([], npartitions=1)
