@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_env, stub_overrides
+from conftest import cli, stub_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -112,8 +112,7 @@ def _inputs(cwd: Path) -> None:
 
 
 def _run_cli(tmp_path: Path, cwd: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recipe", *args], cwd=cwd, env=cli_env(tmp_path, env),
-                          capture_output=True, text=True, timeout=600)
+    return cli(tmp_path, *args, cwd=cwd, env=env, timeout=600)
 
 
 def _is_run(args: list[str]) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ import jsonschema
 import pytest
 
 import recipe
-from conftest import cli_env, parts, stub_overrides
+from conftest import cli, parts, stub_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -221,8 +220,7 @@ def test_every_example_has_its_paragraph_and_command():
 
 def _from_checkout(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m recipe *args`` run from the checkout's root, as the README's commands are."""
-    result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=ROOT, env=cli_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = cli(tmp_path, *args, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
