@@ -82,18 +82,18 @@ def _cwd(tmp_path: Path) -> Path:
 
 def cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = None,
         check_exit: int | None = None, fresh: bool = False, input: str | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
+        cwd: Path | None = None, **popen) -> subprocess.CompletedProcess:
     """``python -m recipe *args`` to completion, in ``cwd`` (default: a scratch working directory,
     ``tmp_path/cwd``); ``check_exit`` asserts the exit code (showing stderr when it differs).
 
     The run is forked from a warm process that has imported everything already
     (:mod:`warm_cli`: the CLI's own code from ``main()`` down, in a process of its own, without
-    2 to 4 s of imports each time); ``fresh=True`` or ``RECIPE_TEST_FRESH_CLI=1`` spawns a new
-    interpreter instead."""
+    2 to 4 s of imports each time); ``fresh=True``, ``RECIPE_TEST_FRESH_CLI=1`` or a ``subprocess``
+    option (``preexec_fn=...``: a limit set before the interpreter starts) spawns a new one instead."""
     where = cwd or _cwd(tmp_path)
-    if fresh or os.environ.get("RECIPE_TEST_FRESH_CLI"):
+    if fresh or popen or os.environ.get("RECIPE_TEST_FRESH_CLI"):
         result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=where, env=cli_env(tmp_path, env),
-                                capture_output=True, text=True, timeout=timeout, input=input)
+                                capture_output=True, text=True, timeout=timeout, input=input, **popen)
     else:
         result = _warm().run(list(args), cwd=where, env=cli_env(tmp_path, env), timeout=timeout, input=input)
     if check_exit is not None:
