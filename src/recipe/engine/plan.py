@@ -194,7 +194,7 @@ def resolve(cfg: Any, output_dir: str | None = None) -> RunPlan:
     from recipe.stages import chain
 
     chain.check(stages)  # a field a stage reads that nothing provides: refused before any request
-    if any(getattr(stage, "format", None) == "hf" for stage in stages) and not storage.is_remote(output_dir):
+    if any(getattr(stage, "format", None) == "hf" for stage in stages):
         from recipe.stages.io.hf_dataset import check_folder
 
         check_folder(output_dir, ours=folder.info() is not None)  # never overwrite a user's README.md

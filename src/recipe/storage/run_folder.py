@@ -41,6 +41,8 @@ MANIFESTS = "manifests"
 ATTEMPTS = "attempts"
 ERRORS = "errors"
 STATS = "stats.json"
+BATCHES = "batches"  # one record per provider batch created (recipe.clients.batch)
+REMOVED = "removed"  # dedup's keep_removed: removed/<stage>/part-NNNNN.jsonl
 LOCK = ".lock"
 FORMAT_VERSION = 1
 
@@ -49,6 +51,18 @@ log = logging.getLogger(__name__)
 
 def part_name(index: int) -> str:
     return f"part-{index:05d}"
+
+
+def batches_dir(run_dir: str | os.PathLike) -> str:
+    """The run folder's ``batches/`` (a local path or a URL)."""
+    return storage.join(run_dir, BATCHES)
+
+
+def removed_part(run_dir: str | os.PathLike, stage: str, index: int) -> str:
+    """Where dedup's ``keep_removed`` writes partition ``index``'s removed records (its folder made)."""
+    folder = storage.join(run_dir, REMOVED, stage)
+    storage.makedirs(folder)
+    return storage.join(folder, f"{part_name(index)}.jsonl")
 
 
 def atomic_write(path: str | Path, fill: Callable[[Path], None]) -> None:

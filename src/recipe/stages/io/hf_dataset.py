@@ -17,6 +17,7 @@ import shlex
 from pathlib import Path
 from typing import cast
 
+from recipe import storage
 from recipe.config.secrets import key_note, pasteable, redact
 from recipe.errors import HubError
 
@@ -34,13 +35,14 @@ def write_shard(directory: str | Path, index: int, records: list[dict]) -> tuple
     from recipe.storage.run_folder import part_name
     from recipe.stages.io.parquet import write_part
 
-    data = Path(directory) / DATA_DIR
-    path = data / f"{part_name(index)}.parquet"
+    data = storage.join(directory, DATA_DIR)
+    name = f"{part_name(index)}.parquet"
+    path = storage.join(data, name)
     if not records:
-        path.unlink(missing_ok=True)
+        storage.remove(path)
         return None, []
-    data.mkdir(parents=True, exist_ok=True)
-    return f"{DATA_DIR}/{path.name}", write_part(path, records)
+    storage.makedirs(data)
+    return f"{DATA_DIR}/{name}", write_part(path, records)
 
 
 def command_line(provider: str | None = None) -> str | None:
@@ -65,17 +67,16 @@ def check_folder(directory: str | Path, ours: bool) -> None:
     of this config (``ours``). One line, before anything starts."""
     from recipe.errors import ConfigError
 
-    directory = Path(directory)
-    card_path = directory / CARD
-    if card_path.is_file():
+    card_path = storage.join(directory, CARD)
+    if storage.isfile(card_path):
         try:
-            head = card_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            head = storage.read_text(card_path) or ""
+        except (OSError, UnicodeDecodeError):
             head = ""
         if CARD_MARK not in head and not (ours and ": synthetic data made with recipe" in head):  # (older cards)
             raise ConfigError(f"output_dir {directory} holds a {CARD} that recipe did not write, and a format=hf "
                               f"dataset writes its card there: choose another output_dir (or leave it unset)")
-    if not ours and any((directory / DATA_DIR).glob("part-*.parquet")):
+    if not ours and storage.listdir(storage.join(directory, DATA_DIR), "part-*.parquet"):
         raise ConfigError(f"output_dir {directory} holds {DATA_DIR}/ shards that no run of this config made: "
                           "choose another output_dir (or leave it unset)")
 
@@ -84,7 +85,7 @@ def size_category(n: int) -> str:
     return next((label for bound, label in _SIZES if n < bound), "n>1B")
 
 
-def card(directory: Path, schema, stats: dict, data: dict, command: str | None, num_bytes: int = 0) -> str:
+def card(directory: str | Path, schema, stats: dict, data: dict, command: str | None, num_bytes: int = 0) -> str:
     """The dataset card: YAML metadata that ``datasets`` and the Hub read, then a human body."""
     import datasets
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -132,33 +133,44 @@ def finish(directory: str | Path, stats: dict, data: dict, command: str | None =
 
     from recipe.stages.io.parquet import unify_parts
 
-    directory = Path(directory)
-    unify_parts(directory / DATA_DIR)  # one schema across shards, or datasets refuses to cast them together
-    shards = sorted((directory / DATA_DIR).glob("part-*.parquet"))
-    schema = pq.read_schema(shards[0]).remove_metadata() if shards else pa.schema([])
-    num_bytes = sum(pq.read_metadata(s).row_group(g).total_byte_size  # uncompressed, as datasets counts
-                    for s in shards for g in range(pq.read_metadata(s).num_row_groups))
+    data_dir = storage.join(directory, DATA_DIR)
+    unify_parts(data_dir)  # one schema across shards, or datasets refuses to cast them together
+    schema, num_bytes = pa.schema([]), 0
+    for i, shard in enumerate(storage.listdir(data_dir, "part-*.parquet")):
+        with storage.open_file(shard, "rb") as handle:
+            metadata = pq.read_metadata(handle)
+        if i == 0:
+            schema = metadata.schema.to_arrow_schema().remove_metadata()
+        # uncompressed, as datasets counts
+        num_bytes += sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
     command = command or command_line((data.get("backend") or {}).get("provider"))
-    text = card(directory, schema, stats, data, command, num_bytes)
-    (directory / CARD).write_text(redact(text), encoding="utf-8")  # and no key's value, whatever brought it
+    text = redact(card(directory, schema, stats, data, command, num_bytes))  # no key's value, whatever brought it
+    storage.atomic_write_bytes(storage.join(directory, CARD), text.encode("utf-8"))
     hub = data.get("hub") or {}
     if hub.get("repo_id"):
         push(directory, hub["repo_id"], private=bool(hub.get("private")))
 
 
-def push(directory: Path, repo_id: str, private: bool = False) -> str:
-    """Upload ``data/`` and the card to the Hub dataset ``repo_id`` (created if missing).
+def push(directory: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload ``data/`` and the card to the Hub dataset ``repo_id`` (created if missing), from a
+    local folder or a bucket alike (each file read through storage, one commit).
 
     The endpoint is ``HF_ENDPOINT`` (the Hub by default) and the token ``HF_TOKEN``, both read
     by ``huggingface_hub`` itself: the token never passes through our config or logs.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)  # read now, not at huggingface_hub's import
+    files = [(f"{DATA_DIR}/{storage.name(shard)}", shard)
+             for shard in storage.listdir(storage.join(directory, DATA_DIR), "part-*.parquet")]
+    files.append((CARD, storage.join(directory, CARD)))
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="dataset",
-                                 allow_patterns=[f"{DATA_DIR}/*.parquet", CARD],
+        operations = []
+        for in_repo, source in files:
+            with storage.open_file(source, "rb") as handle:
+                operations.append(CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=handle.read()))
+        info = api.create_commit(repo_id, operations, repo_type="dataset",
                                  commit_message="Upload dataset made with recipe")
     except Exception as exc:  # huggingface_hub raises HTTP and validation errors of many classes
         raise HubError(f"push to the Hub dataset {repo_id!r} failed ({type(exc).__name__}: "

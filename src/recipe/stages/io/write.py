@@ -79,7 +79,7 @@ def _write_partition(records, index: int, directory: str, fmt: str, config_hash:
     if fmt == "hf":  # a Hugging Face dataset: shards under data/, the card when the run is over
         from recipe.stages.io.hf_dataset import write_shard
 
-        good_file, json_fields = write_shard(Path(directory), index, good)
+        good_file, json_fields = write_shard(directory, index, good)
     elif good:
         good_file = f"{name}.{fmt}"
         if fmt == "parquet":

@@ -24,7 +24,6 @@ import unicodedata
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -235,9 +234,8 @@ def _filter_partition(records, index: int, verdicts, stage: DedupStage) -> list[
         progress.deduplicated(stage.name, index, len(removed))
         if stage.keep_removed and stage.output_dir is not None:  # rules(): keep_removed needs output_dir
             from recipe.stages.io.write import _write_jsonl
+            from recipe.storage.run_folder import removed_part
 
-            directory = Path(stage.output_dir) / "removed" / stage.name
-            directory.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(str(directory / f"part-{index:05d}.jsonl"), removed)
+            _write_jsonl(removed_part(stage.output_dir, stage.name, index), removed)
     return carry(Partition(records, dropped(source)), out,
                  deduplicated={stage.name: len(removed)} if removed else None, stage=stage.name)
