@@ -190,6 +190,21 @@ def test_a_replica_killed_mid_run_loses_no_record_and_none_twice(tmp_path, stub_
     assert sum(r["requests"] for r in by_url.values()) == stats["requests"]
 
 
+def test_each_replicas_fixed_limit_holds_for_a_two_worker_cluster(tmp_path, stub_server, two_workers):
+    """max_concurrency=4 is each replica's limit for the whole cluster, not per worker: both
+    workers, two partitions each, all sending at once, and no replica ever has more than 4."""
+    servers = [stub_server(extra_args=tuple(queue_args(32, 100))) for _ in range(2)]
+    source = write_prompts(tmp_path / "in.jsonl", 320)
+    result = cli(tmp_path, *_replicas_overrides(servers, f"input={source}", "backend.max_concurrency=4",
+                                               "dask.partition_size=80", f"dask.address={two_workers}"),
+                 check_exit=0)
+    assert len(outputs(_output_dir(result))) == 320
+    peaks = [s.stats()["max_in_flight"] for s in servers]
+    assert sum(s.stats()["requests"] for s in servers) == 320
+    assert max(peaks) <= 4, f"a replica had {peaks} in flight at once under a limit of 4"
+    assert min(peaks) >= 2, f"both replicas were used: {peaks}"
+
+
 def test_least_outstanding_routing_gives_a_bigger_replica_more(tmp_path, stub_server):
     small, big = (stub_server(extra_args=tuple(queue_args(c, 100))) for c in (2, 12))
     source = write_prompts(tmp_path / "in.jsonl", 200)
