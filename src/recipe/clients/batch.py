@@ -22,6 +22,14 @@ Lines that failed, or whose batch failed or expired, are submitted again in a ne
 ``num_retries`` times); answered lines are never sent again and go into the request cache like
 any other answer. Batch states are counted per process for the progress bar.
 
+Several replicas (``backend.api_base: [URL, ...]``): a batch lives on the replica that created it.
+Each batch goes to the first replica, in the list's order, that takes the connection (one that
+refuses it is passed over, so a dead first replica does not stop the run); its URL is recorded
+with the intent and the batch, and a rerun polls and downloads from that URL, even if the list
+changed since. Batch ids are the replica's own, so two replicas may both have a ``batch_1``:
+their records are named ``<id>@<hash of the URL>``. A replica that cannot be reached while
+polling fails its lines, as one endpoint does; a rerun polls the same replica again.
+
 Anthropic (``backend.provider=anthropic``) has its own Message Batches API: the requests go
 inline in one ``POST /v1/messages/batches`` (``custom_id`` + Messages ``params`` per request),
 the batch is polled at ``GET /v1/messages/batches/{id}`` until ``processing_status`` is
@@ -111,7 +119,7 @@ class BatchRecords:
         from recipe.storage.run_folder import atomic_write_json
 
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / f"{record['id']}.json", record)
+        atomic_write_json(self.path / f"{_key(record)}.json", record)
 
     def all(self) -> list[dict]:
         found = []
@@ -157,8 +165,20 @@ class BatchRecords:
                 continue
             for cid in record.get("custom_ids") or ():
                 if cid not in found or found[cid][0] < record.get("created", 0):
-                    found[cid] = (record.get("created", 0), record["id"])
+                    found[cid] = (record.get("created", 0), _key(record))
         return {cid: bid for cid, (_, bid) in found.items()}
+
+
+def _key(record: dict) -> str:
+    """A batch's name in ``batches/``: its id, and a replica's URL hashed in (see the module's docstring)."""
+    return record.get("key") or record["id"]
+
+
+def replica_key(batch_id: str, api_base: str | None) -> str:
+    """How a batch created at ``api_base``, one replica of a list, is named in ``batches/``."""
+    if not api_base:
+        return batch_id
+    return f"{batch_id}@{hashlib.sha256(api_base.encode()).hexdigest()[:10]}"
 
 
 class BatchCollector:
@@ -174,7 +194,9 @@ class BatchCollector:
         self._pending: dict[str, dict] = {}  # custom id -> {"body", "endpoint", "futures", "route", "ticket"}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()  # every partition's coroutines share the process's one loop
-        self._anthropic: AnthropicWire | None = None
+        self._anthropic: dict[str | None, AnthropicWire] = {}  # per replica
+        # where batches are created, in order (a list of replicas: the first that takes the connection)
+        self.bases: list[str | None] = list(getattr(client, "replica_urls", ()) or ()) or [None]
         self._anthropic_routes: dict[str, Any] = {}  # model -> lean_http.LeanRoute, which builds the params
 
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
@@ -210,13 +232,14 @@ class BatchCollector:
             self._anthropic_routes[model] = LeanRoute("anthropic", model)
         return self._anthropic_routes[model]
 
-    def _wire(self, endpoint: str):
-        """Who speaks to the provider's batch API for lines of ``endpoint``."""
+    def _wire(self, endpoint: str, base: str | None = None):
+        """Who speaks to the provider's batch API for lines of ``endpoint``, at replica ``base``
+        (None: the client's one endpoint)."""
         if endpoint == ANTHROPIC_ENDPOINT:
-            if self._anthropic is None:
-                self._anthropic = AnthropicWire(self.client, self.poll_seconds)
-            return self._anthropic
-        return OpenAIWire(self)
+            if base not in self._anthropic:
+                self._anthropic[base] = AnthropicWire(self.client, self.poll_seconds, base)
+            return self._anthropic[base]
+        return OpenAIWire(self, base)
 
     def _flush(self) -> None:
         pending, self._pending, self._timer = self._pending, {}, None
@@ -281,21 +304,25 @@ class BatchCollector:
             if not mine or not intent.get("endpoint"):
                 continue
             recorded = {record.get("id") for record in self.records.all()}
-            hit = await self._wire(intent["endpoint"]).find(intent, exclude=recorded)
+            try:
+                hit = await self._wire(intent["endpoint"], intent.get("api_base")).find(intent, exclude=recorded)
+            except errors.EndpointConnectionError:
+                continue  # its replica is unreachable: the lines go out anew; the intent stays for a rerun
             if hit is None:
                 # not created (yet): an intent older than any creation could take is dropped
                 if time.time() - float(intent.get("created") or 0) > 2 * self.client.timeout + CLOCK_SKEW:
                     self.records.drop_intent(intent["intent"])
                 continue
             batch_id, status = hit
-            self.records.save({"id": batch_id, "intent": intent["intent"], "status": status,
+            record = self._placed(batch_id, intent.get("api_base"))
+            self.records.save({**record, "intent": intent["intent"], "status": status,
                                "created": intent.get("created", time.time()), "endpoint": intent["endpoint"],
                                "custom_ids": intent.get("custom_ids") or [], "found_by_intent": True})
             self.records.drop_intent(intent["intent"])
             _note(batch_id, status)
             _count("found_batches")
             _count("polled_batches")
-            found[batch_id] = mine
+            found[_key(record)] = mine
             fresh.difference_update(mine)
         return found
 
@@ -305,10 +332,18 @@ class BatchCollector:
             if not future.done():
                 future.set_exception(error)
 
-    async def _call(self, name: str, **kwargs) -> Any:
+    def _placed(self, batch_id: str, base: str | None) -> dict:
+        """A record's id, name and replica: ``api_base`` and the hashed name with a list of replicas."""
+        if base is None:
+            return {"id": batch_id}
+        return {"id": batch_id, "key": replica_key(batch_id, base), "api_base": base}
+
+    async def _call(self, name: str, base: str | None = None, **kwargs) -> Any:
         from recipe.clients.litellm_setup import get_litellm, unlogged
 
         endpoint = self.client._endpoint_kwargs(self.client.provider)
+        if base is not None:  # one replica of a list
+            endpoint["api_base"] = providers.api_base_for(self.client.provider, base)
         connection = {k: endpoint[k] for k in ("api_base", "api_key", "timeout") if endpoint.get(k) is not None}
         try:
             with unlogged():  # litellm's logging would fetch a completed batch's output again, to price it
@@ -319,17 +354,28 @@ class BatchCollector:
             raise translate(exc, provider=self.client.provider, secrets=(self.client._api_key,)) from None
 
     async def _create(self, group: list[tuple[str, dict]], resubmitted: bool) -> str:
+        """Create one batch of ``group`` (at the first replica that takes the connection); its name."""
         endpoint = group[0][1]["endpoint"]
         cids = [cid for cid, _ in group]
-        intent = "rb" + uuid.uuid4().hex[:16]  # ours: recorded before the provider hears of the batch
-        created = time.time()
-        self.records.intend({"intent": intent, "created": created, "endpoint": endpoint, "custom_ids": cids})
-        try:
-            batch_id, status, extra = await self._wire(endpoint).create(group, endpoint, intent)
-        except (errors.BadRequestError, errors.AuthenticationError):
-            self.records.drop_intent(intent)  # refused: no batch exists
-            raise
-        self.records.save({"id": batch_id, "intent": intent, **extra, "status": status, "created": created,
+        for place, base in enumerate(self.bases):
+            intent = "rb" + uuid.uuid4().hex[:16]  # ours: recorded before the provider hears of the batch
+            created = time.time()
+            self.records.intend({"intent": intent, "created": created, "endpoint": endpoint, "custom_ids": cids,
+                                 **({"api_base": base} if base else {})})
+            try:
+                batch_id, status, extra = await self._wire(endpoint, base).create(group, endpoint, intent)
+                break
+            except (errors.BadRequestError, errors.AuthenticationError):
+                self.records.drop_intent(intent)  # refused: no batch exists
+                raise
+            except errors.EndpointConnectionError:
+                # unreachable: the next replica takes the batch. The intent stays (a connection lost
+                # after the request went out may have created one): a rerun asks this replica for it.
+                if place + 1 == len(self.bases):
+                    raise
+                _count("failovers")
+        record = self._placed(batch_id, base)
+        self.records.save({**record, "intent": intent, **extra, "status": status, "created": created,
                            "endpoint": endpoint, "custom_ids": cids})
         self.records.drop_intent(intent)
         _note(batch_id, status)
@@ -338,17 +384,19 @@ class BatchCollector:
         self.client.stats.count("requests", len(group))
         if resubmitted:
             _count("resubmitted_lines", len(group))
-        return batch_id
+        return _key(record)
 
-    async def _wait(self, batch_id: str, cids: list[str], pending: dict[str, dict]) -> dict[str, str]:
-        """Poll until the batch ends; resolve its answered lines; return the others with why."""
-        record = self.records.load(batch_id)
-        status, answered, reasons, ours = await self._wire(pending[cids[0]]["endpoint"]).finish(
+    async def _wait(self, key: str, cids: list[str], pending: dict[str, dict]) -> dict[str, str]:
+        """Poll until the batch named ``key`` ends (at the replica that has it); resolve its
+        answered lines; return the others with why."""
+        record = self.records.load(key)
+        batch_id = record.get("id") or key
+        status, answered, reasons, ours = await self._wire(pending[cids[0]]["endpoint"], record.get("api_base")).finish(
             batch_id, record.get("intent"))
         if not ours:  # taken by its time and size, but its results carry another intent
-            self._update_record(batch_id, "foreign")
+            self._update_record(key, "foreign")
             return {cid: ABSENT for cid in cids}
-        self._update_record(batch_id, status)
+        self._update_record(key, status)
         unanswered: dict[str, str] = {}
         for cid in cids:
             entry = pending[cid]
@@ -373,11 +421,15 @@ class BatchCollector:
 class OpenAIWire:
     """OpenAI's (and OpenAI-compatible) Files and Batches API, through litellm's functions."""
 
-    def __init__(self, collector: BatchCollector) -> None:
+    def __init__(self, collector: BatchCollector, base: str | None = None) -> None:
         self.collector = collector
+        self.base = base  # a replica of a list, or None: the client's endpoint
+
+    async def _call(self, name: str, **kwargs) -> Any:
+        return await self.collector._call(name, base=self.base, **kwargs)
 
     async def create(self, group: list[tuple[str, dict]], endpoint: str, intent: str) -> tuple[str, str, dict]:
-        call = self.collector._call
+        call = self._call
         data = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": entry["body"]}) + "\n"
                        for cid, entry in group).encode()
         upload = await call("acreate_file", file=("batch.jsonl", data), purpose="batch")
@@ -388,7 +440,7 @@ class OpenAIWire:
     async def find(self, intent: dict, exclude: set) -> tuple[str, str] | None:
         """The batch tagged with ``intent`` (its metadata), from the provider's list, newest first;
         the search stops at batches older than the intent."""
-        call, after = self.collector._call, None
+        call, after = self._call, None
         oldest = float(intent.get("created") or 0) - CLOCK_SKEW
         while True:
             page = await call("alist_batches", limit=100, **({"after": after} if after else {}))
@@ -403,7 +455,7 @@ class OpenAIWire:
     async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
         """The batch's final status, its answered lines (custom id -> response body), why others
         failed, and whether it is ours (always: OpenAI's metadata named it exactly)."""
-        call = self.collector._call
+        call = self._call
         while True:
             batch = await call("aretrieve_batch", batch_id=batch_id)
             _note(batch_id, batch.status)
@@ -463,9 +515,9 @@ class AnthropicWire:
     VERSION = "2023-06-01"
     STRUCTURED_BETA = "structured-outputs-2025-11-13"  # the header litellm sends online with output_format
 
-    def __init__(self, client: Any, poll_seconds: float) -> None:
+    def __init__(self, client: Any, poll_seconds: float, replica: str | None = None) -> None:
         endpoint = client._endpoint_kwargs("anthropic")
-        base = (endpoint.get("api_base") or os.environ.get("ANTHROPIC_API_BASE") or "https://api.anthropic.com")
+        base = (replica or endpoint.get("api_base") or os.environ.get("ANTHROPIC_API_BASE") or "https://api.anthropic.com")
         self.base = (providers.api_base_for("anthropic", base) or base).rstrip("/")
         self.key = endpoint.get("api_key") or os.environ.get("ANTHROPIC_API_KEY")
         self.timeout = float(endpoint.get("timeout") or 120)
