@@ -19,7 +19,10 @@ them before it submits anything. OpenAI's metadata names the batch exactly; an A
 taken by its time and size, polled, and kept only if its results carry the intent (else its
 lines go out anew, and that batch is recorded as ``foreign``, never polled again).
 Lines that failed, or whose batch failed or expired, are submitted again in a new batch (up to
-``num_retries`` times); answered lines are never sent again and go into the request cache like
+``num_retries`` times), unless the line's error is a verdict on the request (a 4xx: context too
+long, no such model, a content filter, a bad parameter): that line fails at once with the error an
+online request would raise (:meth:`BatchCollector.line_error`), so ``backend.fallbacks`` passes it
+to the next model as it does online; answered lines are never sent again and go into the request cache like
 any other answer. Batch states are counted per process for the progress bar.
 
 Several replicas (``backend.api_base: [URL, ...]``): a batch lives on the replica that created it.
@@ -68,6 +71,10 @@ DEAD = ("failed", "expired", "cancelled", "foreign")  # recorded batches whose l
 INTENT_KEY = "recipe_intent"  # the OpenAI batch's metadata key that names our intent
 CLOCK_SKEW = 600.0  # seconds: the provider's clock against ours, when a listed batch is matched by time
 ABSENT = "absent"  # why a line is unanswered: the batch found for an intent was another's (not a try)
+# Anthropic's error types (a batch result's) as the HTTP status the online API answers them with
+_ANTHROPIC_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                     "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+                     "overloaded_error": 529}
 _WIRE_ONLY = ("api_base", "api_key", "timeout", "max_retries", "allowed_openai_params", "extra_body", "stream")
 
 _states_lock = threading.Lock()
@@ -279,6 +286,10 @@ class BatchCollector:
                 failed: dict[str, dict] = {}
                 for unanswered in results:
                     for cid, why in unanswered.items():
+                        if isinstance(why, errors.LLMError) and not why.retryable:
+                            self._fail(pending[cid], why)  # a verdict on the request: sending it again cannot help
+                            continue
+                        why = str(why)
                         failed[cid] = pending[cid]
                         if why != ABSENT:
                             tries[cid] += 1
@@ -386,9 +397,9 @@ class BatchCollector:
             _count("resubmitted_lines", len(group))
         return _key(record)
 
-    async def _wait(self, key: str, cids: list[str], pending: dict[str, dict]) -> dict[str, str]:
+    async def _wait(self, key: str, cids: list[str], pending: dict[str, dict]) -> dict[str, Any]:
         """Poll until the batch named ``key`` ends (at the replica that has it); resolve its
-        answered lines; return the others with why."""
+        answered lines; return the others with why (a text, or the error the provider answered)."""
         record = self.records.load(key)
         batch_id = record.get("id") or key
         status, answered, reasons, ours = await self._wire(pending[cids[0]]["endpoint"], record.get("api_base")).finish(
@@ -397,7 +408,7 @@ class BatchCollector:
             self._update_record(key, "foreign")
             return {cid: ABSENT for cid in cids}
         self._update_record(key, status)
-        unanswered: dict[str, str] = {}
+        unanswered: dict[str, Any] = {}
         for cid in cids:
             entry = pending[cid]
             if cid in answered:
@@ -405,8 +416,26 @@ class BatchCollector:
                     if not future.done():
                         future.set_result(answered[cid])
             else:
-                unanswered[cid] = reasons.get(cid, f"batch {batch_id} {status}")
+                why = reasons.get(cid, f"batch {batch_id} {status}")
+                unanswered[cid] = self.line_error(entry, *why) if isinstance(why, tuple) else why
         return unanswered
+
+    def line_error(self, entry: dict, status: int, text: str) -> errors.LLMError:
+        """The error a failed line answered (its HTTP status and error body) means: the one an online
+        request would raise for the same answer (litellm's provider configuration, then our table)."""
+        from recipe.clients.error_mapping import class_for_status, translate
+        from recipe.clients.lean_http import LeanRoute
+
+        route = "anthropic" if entry["endpoint"] == ANTHROPIC_ENDPOINT else self.client.provider
+        secrets = (self.client._api_key,)
+        try:
+            raised = LeanRoute(route, str(entry["body"].get("model")), text=entry["route"] == "text").error_for(
+                status, text)
+        except Exception:  # no litellm configuration for this provider: the status and words decide
+            message = redact(f"{self.client.provider}: batch line: {status} {text}", secrets, shapes=True,
+                             limit=MESSAGE_LIMIT)
+            return class_for_status(status, text.lower())(message)
+        return translate(raised, provider=self.client.provider, secrets=secrets)
 
     def _update_record(self, batch_id: str, status: str) -> None:
         path = self.records.path / f"{batch_id}.json"
@@ -452,9 +481,10 @@ class OpenAIWire:
                 return None
             after = _read(data[-1], "id")
 
-    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
+    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, Any], bool]:
         """The batch's final status, its answered lines (custom id -> response body), why others
-        failed, and whether it is ours (always: OpenAI's metadata named it exactly)."""
+        failed (a text, or the status and error body the provider answered the line with), and
+        whether it is ours (always: OpenAI's metadata named it exactly)."""
         call = self._call
         while True:
             batch = await call("aretrieve_batch", batch_id=batch_id)
@@ -463,7 +493,7 @@ class OpenAIWire:
                 break
             await asyncio.sleep(self.collector.poll_seconds)
         answered: dict[str, dict] = {}
-        reasons: dict[str, str] = {}
+        reasons: dict[str, Any] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
@@ -475,6 +505,8 @@ class OpenAIWire:
                 response = line.get("response") or {}
                 if response.get("status_code") == 200:
                     answered[line["custom_id"]] = response.get("body") or {}
+                elif response.get("status_code"):  # the provider's answer to this line: its error says why
+                    reasons[line["custom_id"]] = (int(response["status_code"]), json.dumps(response.get("body") or {}))
                 else:
                     reasons[line["custom_id"]] = json.dumps(line.get("error") or response.get("body") or {})[:200]
         return batch.status, answered, reasons, True
@@ -584,8 +616,8 @@ class AnthropicWire:
                 return None
             after = data[-1].get("id")
 
-    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
-        """The batch's answered lines and why others failed, keyed by our request ids; and whether
+    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, Any], bool]:
+        """The batch's answered lines and why others failed (as OpenAIWire's), keyed by our request ids; and whether
         it is ours: with an ``intent``, only lines whose custom_id carries it count."""
         while True:
             batch = (await self._http("GET", f"{self.base}/v1/messages/batches/{batch_id}")).json()
@@ -594,7 +626,7 @@ class AnthropicWire:
                 break
             await asyncio.sleep(self.poll_seconds)
         answered: dict[str, dict] = {}
-        reasons: dict[str, str] = {}
+        reasons: dict[str, Any] = {}
         lines = 0
         if batch.get("results_url"):
             text = (await self._http("GET", batch["results_url"])).text
@@ -609,7 +641,12 @@ class AnthropicWire:
                 result = line.get("result") or {}
                 if result.get("type") == "succeeded":
                     answered[cid] = openai_answer(result.get("message") or {})
-                else:
+                elif result.get("type") == "errored":  # {"error": {"type": "error", "error": {type, message}}}
+                    error: dict = result.get("error") or {}
+                    error = error["error"] if isinstance(error.get("error"), dict) else error
+                    status = _ANTHROPIC_STATUS.get(str(error.get("type")), 500)
+                    reasons[cid] = (status, json.dumps({"type": "error", "error": error}))
+                else:  # expired or canceled: sent again
                     reasons[cid] = json.dumps(result)[:200]
         return "completed", answered, reasons, not lines or bool(answered or reasons)
 
