@@ -83,3 +83,22 @@ def test_batch_lines_the_primary_cannot_answer_go_to_the_fallback_once(stub_serv
         big.stats()["requests"] * (USAGE_B[0] * 10e-6 + USAGE_B[1] * 30e-6)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["cost_usd"] == pytest.approx(expected) and stats["budget"]["spent_usd"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_a_dead_primary_batch_api_opens_the_breaker_and_the_fallback_answers_in_batch(stub_server, tmp_path):
+    primary = stub_server()
+    dead_url = primary.base_url
+    primary.stop()  # every connection refused: no batch can be created there
+    big = stub_server(usage=USAGE_B, batch_seconds=0.3)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(6)])
+    args = [o if not o.startswith("backend.api_base=") else f"backend.api_base={dead_url}"
+            for o in batch_args(big, big, source, "backend.num_retries=0")]
+    result = cli(tmp_path, *args, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_folder(result)
+    assert not error_rows(out)
+    records = outputs(out)
+    assert sorted(r["prompt"] for r in records) == [f"q {i}" for i in range(6)]
+    assert {r["_model"] for r in records} == {"big-model"}
+    assert (big.stats()["batches_created"], big.stats()["batch_lines"]) == (1, 6)

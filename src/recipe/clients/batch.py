@@ -22,7 +22,11 @@ Lines that failed, or whose batch failed or expired, are submitted again in a ne
 ``num_retries`` times), unless the line's error is a verdict on the request (a 4xx: context too
 long, no such model, a content filter, a bad parameter): that line fails at once with the error an
 online request would raise (:meth:`BatchCollector.line_error`), so ``backend.fallbacks`` passes it
-to the next model as it does online; answered lines are never sent again and go into the request cache like
+to the next model as it does online. A batch API that cannot be reached or fails (5xx) before any
+line of a flush is in a batch counts each line as a failed attempt for the fallback chain's
+breaker (:class:`recipe.clients.fallbacks.Breaker`), so a dead primary sends the records on to
+the next model; a failure while polling does not (the lines live in a batch there, and would
+be paid twice). Answered lines are never sent again and go into the request cache like
 any other answer. Batch states are counted per process for the progress bar.
 
 Several replicas (``backend.api_base: [URL, ...]``): a batch lives on the replica that created it.
@@ -258,6 +262,7 @@ class BatchCollector:
     # ---- one flush: find or create batches, poll them, resolve, resubmit failed lines ---------
 
     async def _run(self, pending: dict[str, dict]) -> None:
+        unsent = False  # no pending line is in any batch: a failure now leaves nothing to be paid for
         try:
             tries: Counter = Counter()  # failed rounds per line (a line not found in another's batch: none)
             last_error: dict[str, str] = {}
@@ -279,9 +284,11 @@ class BatchCollector:
                             batches.setdefault(bid, []).extend(cids)
                         claimed = {cid for cids in batches.values() for cid in cids}
                         fresh = [cid for cid in fresh if cid not in claimed]
+                unsent = not batches
                 for group in _split([(cid, pending[cid]) for cid in fresh]):
                     batch_id = await self._create(group, resubmitted=any(tries[cid] for cid, _ in group))
                     batches[batch_id] = [cid for cid, _ in group]
+                    unsent = False
                 results = await asyncio.gather(*(self._wait(bid, cids, pending) for bid, cids in batches.items()))
                 failed: dict[str, dict] = {}
                 for unanswered in results:
@@ -301,6 +308,10 @@ class BatchCollector:
         except BaseException as exc:  # never leave a record waiting forever
             error = exc if isinstance(exc, errors.RecipeError) else errors.ServerError(
                 f"batch API: {type(exc).__name__}: {exc}")
+            health = getattr(self.client, "health", None)  # a fallback chain's breaker on this model
+            if unsent and health is not None:  # each line failed as an attempt fails: the endpoint's health
+                for _ in pending:  # (told before the records hear it, so each sees the breaker as it ends)
+                    health.observe(error)
             for entry in pending.values():
                 self._fail(entry, error)
             if not isinstance(exc, Exception):
