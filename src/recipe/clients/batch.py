@@ -31,7 +31,8 @@ any other answer. Batch states are counted per process for the progress bar.
 
 Several replicas (``backend.api_base: [URL, ...]``): a batch lives on the replica that created it.
 Each batch goes to the first replica, in the list's order, that takes the connection (one that
-refuses it is passed over, so a dead first replica does not stop the run); its URL is recorded
+refuses it is passed over, so a dead first replica does not stop the run, and is tried last for
+:data:`REFUSED_SECONDS`); its URL is recorded
 with the intent and the batch, and a rerun polls and downloads from that URL, even if the list
 changed since. Batch ids are the replica's own, so two replicas may both have a ``batch_1``:
 their records are named ``<id>@<hash of the URL>``. A replica that cannot be reached while
@@ -73,6 +74,7 @@ ANTHROPIC_ENDPOINT = "/v1/messages"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 DEAD = ("failed", "expired", "cancelled", "foreign")  # recorded batches whose lines are not answered there
 INTENT_KEY = "recipe_intent"  # the OpenAI batch's metadata key that names our intent
+REFUSED_SECONDS = 60.0  # a replica that refused a batch's connection is tried last for this long
 CLOCK_SKEW = 600.0  # seconds: the provider's clock against ours, when a listed batch is matched by time
 ABSENT = "absent"  # why a line is unanswered: the batch found for an intent was another's (not a try)
 # Anthropic's error types (a batch result's) as the HTTP status the online API answers them with
@@ -208,6 +210,7 @@ class BatchCollector:
         self._anthropic: dict[str | None, AnthropicWire] = {}  # per replica
         # where batches are created, in order (a list of replicas: the first that takes the connection)
         self.bases: list[str | None] = list(getattr(client, "replica_urls", ()) or ()) or [None]
+        self._refused: dict[str | None, float] = {}  # replica -> when it last refused a connection
         self._anthropic_routes: dict[str, Any] = {}  # model -> lean_http.LeanRoute, which builds the params
 
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
@@ -379,7 +382,9 @@ class BatchCollector:
         """Create one batch of ``group`` (at the first replica that takes the connection); its name."""
         endpoint = group[0][1]["endpoint"]
         cids = [cid for cid, _ in group]
-        for place, base in enumerate(self.bases):
+        now = time.monotonic()  # a replica that refused lately is tried last (each try costs the SDK's retries)
+        bases = sorted(self.bases, key=lambda b: now - self._refused.get(b, -1e18) < REFUSED_SECONDS)
+        for place, base in enumerate(bases):
             intent = "rb" + uuid.uuid4().hex[:16]  # ours: recorded before the provider hears of the batch
             created = time.time()
             self.records.intend({"intent": intent, "created": created, "endpoint": endpoint, "custom_ids": cids,
@@ -393,7 +398,8 @@ class BatchCollector:
             except errors.EndpointConnectionError:
                 # unreachable: the next replica takes the batch. The intent stays (a connection lost
                 # after the request went out may have created one): a rerun asks this replica for it.
-                if place + 1 == len(self.bases):
+                self._refused[base] = time.monotonic()
+                if place + 1 == len(bases):
                     raise
                 _count("failovers")
         record = self._placed(batch_id, base)
