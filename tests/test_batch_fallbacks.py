@@ -102,3 +102,33 @@ def test_a_dead_primary_batch_api_opens_the_breaker_and_the_fallback_answers_in_
     assert sorted(r["prompt"] for r in records) == [f"q {i}" for i in range(6)]
     assert {r["_model"] for r in records} == {"big-model"}
     assert (big.stats()["batches_created"], big.stats()["batch_lines"]) == (1, 6)
+
+
+@pytest.mark.slow  # kills a run and resumes it
+def test_batch_with_fallbacks_killed_while_the_primarys_batch_runs_pays_nothing_twice(stub_server, tmp_path):
+    from conftest import cli_process
+    from test_batch_resume import kill_when
+
+    primary = stub_server(context_length=64, usage=USAGE_A, batch_seconds=6)
+    big = stub_server(usage=USAGE_B, batch_seconds=0.3)
+    rows = [{"prompt": ("long " * 100 + str(i)) if i % 3 == 0 else f"short {i}"} for i in range(12)]
+    overlong = sorted(r["prompt"] for r in rows if len(r["prompt"]) > 400)
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = batch_args(primary, big, source, f"output_dir={tmp_path / 'out'}")
+    proc = cli_process(tmp_path, *args, env=ENV, start_new_session=True)
+    kill_when(proc, lambda: list((tmp_path / "out").glob("batches/*.json")), "the primary's batch was recorded")
+    result = cli(tmp_path, *args, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    records = outputs(out)
+    assert not error_rows(out)
+    assert sorted(r["prompt"] for r in records) == sorted(r["prompt"] for r in rows), "each record once"
+    assert sorted(r["prompt"] for r in records if r["_model"] == "big-model") == overlong
+    stub_a = primary.stats()
+    assert (stub_a["batches_created"], stub_a["batch_lines"]) == (1, 12), "the resume polled the primary's batch"
+    assert sorted(prompts_sent(big)) == overlong
+    answered_a, answered_b = stub_a["status_counts"]["200"], big.stats()["requests"]
+    expected = answered_a * (USAGE_A[0] * 1e-6 + USAGE_A[1] * 2e-6) + \
+        answered_b * (USAGE_B[0] * 10e-6 + USAGE_B[1] * 30e-6)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["cost_usd"] == pytest.approx(expected), "each answer paid once, across the kill"
