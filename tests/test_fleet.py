@@ -332,6 +332,19 @@ def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_s
     assert stats["budget"]["spent_tokens"] == 10 * answered <= 200 + 10 * 4
 
 
+def test_rpm_holds_for_the_list_of_replicas_across_a_two_worker_cluster(tmp_path, stub_server, two_workers):
+    """120 rpm over two replicas from two workers: one start every 0.5 s across all of them."""
+    a, b = stub_server(), stub_server()
+    source = write_prompts(tmp_path / "in.jsonl", 8)
+    cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "dask.partition_size=2",
+                                       f"dask.address={two_workers}"), check_exit=0)
+    arrivals = sorted(a.stats()["arrivals"] + b.stats()["arrivals"])
+    assert len(arrivals) == 8 and a.stats()["requests"] and b.stats()["requests"], "both replicas answered"
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    # booked 0.5 s apart at the scheduler; each worker's sleep and a loaded machine add jitter
+    assert min(gaps) >= 0.3 and sum(gaps) / len(gaps) >= 0.45, gaps
+
+
 def test_a_dead_replica_is_taken_out_probed_and_brought_back(stub_server):
     from recipe.testing.stub_server import StubServer
 

@@ -16,7 +16,7 @@ backend. Workers talk to it through a scheduler handler (Dask's own RPC, no serv
   answers from the old shares, doubles again and overshoots).
 - ``api_base: [URL, ...]``: each replica is its own key, so its own limit, fixed or adaptive,
   held for the whole cluster; a worker's :class:`~recipe.clients.replicas.ReplicaSet` routes
-  within its shares (``rpm``/``tpm`` of the set stay per process).
+  within its shares; the set's ``rpm``/``tpm`` are one more key (the list's), booked per request.
 """
 
 from __future__ import annotations
@@ -238,8 +238,12 @@ def limiter_for(spec, stats):
             return ClusterLimiter(worker, limits_key(spec, url), spec.max_concurrency, None, None, stats=None,
                                   adaptive=spec.adaptive_concurrency)
 
+        # an account's rpm/tpm, booked at the scheduler for the whole set (its concurrency gate unused)
+        starts = ClusterLimiter(worker, limits_key(spec), spec.max_concurrency * len(spec.api_base), spec.rpm,
+                                spec.tpm) if worker and (spec.rpm or spec.tpm) else None
         return ReplicaSet(spec.api_base, spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,
-                          adaptive=spec.adaptive_concurrency, limiter_for=replica_limiter if worker else None)
+                          adaptive=spec.adaptive_concurrency, limiter_for=replica_limiter if worker else None,
+                          starts=starts)
     if worker is None:
         return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats, adaptive=spec.adaptive_concurrency)
     return ClusterLimiter(worker, limits_key(spec), spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,

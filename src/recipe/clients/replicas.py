@@ -17,7 +17,8 @@ A :class:`ReplicaSet` is the client's limiter when ``api_base`` is a list:
 - on a Dask cluster each replica's limit is the scheduler's, one for the whole cluster
   (:func:`recipe.clients.cluster_limits.limiter_for` gives each replica a
   :class:`~recipe.clients.cluster_limits.ClusterLimiter`): this worker holds a share of it, the
-  set routes within its shares, and a share that grows wakes the requests waiting here.
+  set routes within its shares, and a share that grows wakes the requests waiting here; the
+  set's ``rpm``/``tpm`` are booked at the scheduler too (``starts``), one rate for the cluster.
 
 Which replica answered never enters the cache key or the run's identity (the client's
 ``endpoint_id`` names the set, not a member): adding or removing a replica continues the run.
@@ -73,8 +74,9 @@ class ReplicaSet:
 
     def __init__(self, urls: Sequence[str], max_concurrency: int, rpm: float | None = None, tpm: float | None = None,
                  stats=None, adaptive: bool = False,
-                 limiter_for: Callable[[str], GatedLimiter] | None = None):
-        """``limiter_for(url)``: each replica's limiter (default: this process's own, fixed or adaptive)."""
+                 limiter_for: Callable[[str], GatedLimiter] | None = None, starts: GatedLimiter | None = None):
+        """``limiter_for(url)``: each replica's limiter (default: this process's own, fixed or adaptive);
+        ``starts``: where the set's rpm/tpm book start times (default: this process's :class:`Pacer`)."""
         make = limiter_for or (lambda url: LocalLimiter(max_concurrency, stats=None, adaptive=adaptive))
         self.replicas = [Replica(url, make(url)) for url in urls]
         for replica in self.replicas:  # a cluster share that changes may free a slot for a waiter
@@ -82,6 +84,7 @@ class ReplicaSet:
                 replica.limiter.on_change = self._signal
         self._readied = False
         self.pacer = Pacer(max_concurrency * len(self.replicas), rpm, tpm)  # rpm/tpm for the whole set
+        self.starts = starts
         self.stats = stats
         # Requests waiting for a slot on any replica, first come first served: a freed slot wakes
         # one of them (waking every waiter on each release costs O(waiters) per answer).
@@ -157,12 +160,14 @@ class ReplicaSet:
         if not self._readied:
             for replica in self.replicas:
                 await replica.limiter._ready()
+            if self.starts is not None:
+                await self.starts._ready()
             self._readied = True
 
     def close(self) -> None:
         """The run is over: stop what the replicas' limiters run in the background."""
-        for replica in self.replicas:
-            close = getattr(replica.limiter, "close", None)
+        for limiter in [r.limiter for r in self.replicas] + [self.starts]:
+            close = getattr(limiter, "close", None)
             if close is not None:
                 close()
 
@@ -174,7 +179,9 @@ class ReplicaSet:
         _CURRENT.set(replica)
         try:
             # the set's rpm/tpm, and the replica's own pause (a Retry-After, the cluster's too)
-            delay = max(self.pacer.reserve(tokens, time.monotonic()), await replica.limiter._start_delay(tokens))
+            booked = self.pacer.reserve(tokens, time.monotonic()) if self.starts is None \
+                else await self.starts._start_delay(tokens)
+            delay = max(booked, await replica.limiter._start_delay(tokens))
             if delay > 0:
                 await asyncio.sleep(delay)
             waited = time.monotonic() - began
