@@ -190,6 +190,21 @@ def test_a_replica_killed_mid_run_loses_no_record_and_none_twice(tmp_path, stub_
     assert sum(r["requests"] for r in by_url.values()) == stats["requests"]
 
 
+def test_each_replicas_fixed_limit_holds_for_a_two_worker_cluster(tmp_path, stub_server, two_workers):
+    """max_concurrency=4 is each replica's limit for the whole cluster, not per worker: both
+    workers, two partitions each, all sending at once, and no replica ever has more than 4."""
+    servers = [stub_server(extra_args=tuple(queue_args(32, 100))) for _ in range(2)]
+    source = write_prompts(tmp_path / "in.jsonl", 320)
+    result = cli(tmp_path, *_replicas_overrides(servers, f"input={source}", "backend.max_concurrency=4",
+                                               "dask.partition_size=80", f"dask.address={two_workers}"),
+                 check_exit=0)
+    assert len(outputs(_output_dir(result))) == 320
+    peaks = [s.stats()["max_in_flight"] for s in servers]
+    assert sum(s.stats()["requests"] for s in servers) == 320
+    assert max(peaks) <= 4, f"a replica had {peaks} in flight at once under a limit of 4"
+    assert min(peaks) >= 2, f"both replicas were used: {peaks}"
+
+
 def test_least_outstanding_routing_gives_a_bigger_replica_more(tmp_path, stub_server):
     small, big = (stub_server(extra_args=tuple(queue_args(c, 100))) for c in (2, 12))
     source = write_prompts(tmp_path / "in.jsonl", 200)
@@ -315,6 +330,19 @@ def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_s
     answered = a.stats()["requests"] + b.stats()["requests"]
     assert stats["budget"]["reached"] and answered < 100
     assert stats["budget"]["spent_tokens"] == 10 * answered <= 200 + 10 * 4
+
+
+def test_rpm_holds_for_the_list_of_replicas_across_a_two_worker_cluster(tmp_path, stub_server, two_workers):
+    """120 rpm over two replicas from two workers: one start every 0.5 s across all of them."""
+    a, b = stub_server(), stub_server()
+    source = write_prompts(tmp_path / "in.jsonl", 8)
+    cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "dask.partition_size=2",
+                                       f"dask.address={two_workers}"), check_exit=0)
+    arrivals = sorted(a.stats()["arrivals"] + b.stats()["arrivals"])
+    assert len(arrivals) == 8 and a.stats()["requests"] and b.stats()["requests"], "both replicas answered"
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    # booked 0.5 s apart at the scheduler; each worker's sleep and a loaded machine add jitter
+    assert min(gaps) >= 0.3 and sum(gaps) / len(gaps) >= 0.45, gaps
 
 
 def test_a_dead_replica_is_taken_out_probed_and_brought_back(stub_server):

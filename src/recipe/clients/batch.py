@@ -19,8 +19,24 @@ them before it submits anything. OpenAI's metadata names the batch exactly; an A
 taken by its time and size, polled, and kept only if its results carry the intent (else its
 lines go out anew, and that batch is recorded as ``foreign``, never polled again).
 Lines that failed, or whose batch failed or expired, are submitted again in a new batch (up to
-``num_retries`` times); answered lines are never sent again and go into the request cache like
+``num_retries`` times), unless the line's error is a verdict on the request (a 4xx: context too
+long, no such model, a content filter, a bad parameter): that line fails at once with the error an
+online request would raise (:meth:`BatchCollector.line_error`), so ``backend.fallbacks`` passes it
+to the next model as it does online. A batch API that cannot be reached or fails (5xx) before any
+line of a flush is in a batch counts each line as a failed attempt for the fallback chain's
+breaker (:class:`recipe.clients.fallbacks.Breaker`), so a dead primary sends the records on to
+the next model; a failure while polling does not (the lines live in a batch there, and would
+be paid twice). Answered lines are never sent again and go into the request cache like
 any other answer. Batch states are counted per process for the progress bar.
+
+Several replicas (``backend.api_base: [URL, ...]``): a batch lives on the replica that created it.
+Each batch goes to the first replica, in the list's order, that takes the connection (one that
+refuses it is passed over, so a dead first replica does not stop the run, and is tried last for
+:data:`REFUSED_SECONDS`); its URL is recorded
+with the intent and the batch, and a rerun polls and downloads from that URL, even if the list
+changed since. Batch ids are the replica's own, so two replicas may both have a ``batch_1``:
+their records are named ``<id>@<hash of the URL>``. A replica that cannot be reached while
+polling fails its lines, as one endpoint does; a rerun polls the same replica again.
 
 Anthropic (``backend.provider=anthropic``) has its own Message Batches API: the requests go
 inline in one ``POST /v1/messages/batches`` (``custom_id`` + Messages ``params`` per request),
@@ -59,8 +75,13 @@ ANTHROPIC_ENDPOINT = "/v1/messages"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 DEAD = ("failed", "expired", "cancelled", "foreign")  # recorded batches whose lines are not answered there
 INTENT_KEY = "recipe_intent"  # the OpenAI batch's metadata key that names our intent
+REFUSED_SECONDS = 60.0  # a replica that refused a batch's connection is tried last for this long
 CLOCK_SKEW = 600.0  # seconds: the provider's clock against ours, when a listed batch is matched by time
 ABSENT = "absent"  # why a line is unanswered: the batch found for an intent was another's (not a try)
+# Anthropic's error types (a batch result's) as the HTTP status the online API answers them with
+_ANTHROPIC_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                     "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+                     "overloaded_error": 529}
 _WIRE_ONLY = ("api_base", "api_key", "timeout", "max_retries", "allowed_openai_params", "extra_body", "stream")
 
 _states_lock = threading.Lock()
@@ -113,7 +134,7 @@ class BatchRecords:
         from recipe.storage.run_folder import atomic_write_json
 
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / f"{record['id']}.json", record)
+        atomic_write_json(self.path / f"{_key(record)}.json", record)
 
     def all(self) -> list[dict]:
         found = []
@@ -159,8 +180,20 @@ class BatchRecords:
                 continue
             for cid in record.get("custom_ids") or ():
                 if cid not in found or found[cid][0] < record.get("created", 0):
-                    found[cid] = (record.get("created", 0), record["id"])
+                    found[cid] = (record.get("created", 0), _key(record))
         return {cid: bid for cid, (_, bid) in found.items()}
+
+
+def _key(record: dict) -> str:
+    """A batch's name in ``batches/``: its id, and a replica's URL hashed in (see the module's docstring)."""
+    return record.get("key") or record["id"]
+
+
+def replica_key(batch_id: str, api_base: str | None) -> str:
+    """How a batch created at ``api_base``, one replica of a list, is named in ``batches/``."""
+    if not api_base:
+        return batch_id
+    return f"{batch_id}@{hashlib.sha256(api_base.encode()).hexdigest()[:10]}"
 
 
 class BatchCollector:
@@ -176,7 +209,10 @@ class BatchCollector:
         self._pending: dict[str, dict] = {}  # custom id -> {"body", "endpoint", "futures", "route", "ticket"}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()  # every partition's coroutines share the process's one loop
-        self._anthropic: AnthropicWire | None = None
+        self._anthropic: dict[str | None, AnthropicWire] = {}  # per replica
+        # where batches are created, in order (a list of replicas: the first that takes the connection)
+        self.bases: list[str | None] = list(getattr(client, "replica_urls", ()) or ()) or [None]
+        self._refused: dict[str | None, float] = {}  # replica -> when it last refused a connection
         self._anthropic_routes: dict[str, Any] = {}  # model -> lean_http.LeanRoute, which builds the params
 
     async def request(self, route: str, model: str, payload: dict, text: bool) -> Any:
@@ -212,13 +248,14 @@ class BatchCollector:
             self._anthropic_routes[model] = LeanRoute("anthropic", model)
         return self._anthropic_routes[model]
 
-    def _wire(self, endpoint: str):
-        """Who speaks to the provider's batch API for lines of ``endpoint``."""
+    def _wire(self, endpoint: str, base: str | None = None):
+        """Who speaks to the provider's batch API for lines of ``endpoint``, at replica ``base``
+        (None: the client's one endpoint)."""
         if endpoint == ANTHROPIC_ENDPOINT:
-            if self._anthropic is None:
-                self._anthropic = AnthropicWire(self.client, self.poll_seconds)
-            return self._anthropic
-        return OpenAIWire(self)
+            if base not in self._anthropic:
+                self._anthropic[base] = AnthropicWire(self.client, self.poll_seconds, base)
+            return self._anthropic[base]
+        return OpenAIWire(self, base)
 
     def _flush(self) -> None:
         pending, self._pending, self._timer = self._pending, {}, None
@@ -230,6 +267,7 @@ class BatchCollector:
     # ---- one flush: find or create batches, poll them, resolve, resubmit failed lines ---------
 
     async def _run(self, pending: dict[str, dict]) -> None:
+        unsent = False  # no pending line is in any batch: a failure now leaves nothing to be paid for
         try:
             tries: Counter = Counter()  # failed rounds per line (a line not found in another's batch: none)
             last_error: dict[str, str] = {}
@@ -251,13 +289,19 @@ class BatchCollector:
                             batches.setdefault(bid, []).extend(cids)
                         claimed = {cid for cids in batches.values() for cid in cids}
                         fresh = [cid for cid in fresh if cid not in claimed]
+                unsent = not batches
                 for group in _split([(cid, pending[cid]) for cid in fresh]):
                     batch_id = await self._create(group, resubmitted=any(tries[cid] for cid, _ in group))
                     batches[batch_id] = [cid for cid, _ in group]
+                    unsent = False
                 results = await asyncio.gather(*(self._wait(bid, cids, pending) for bid, cids in batches.items()))
                 failed: dict[str, dict] = {}
                 for unanswered in results:
                     for cid, why in unanswered.items():
+                        if isinstance(why, errors.LLMError) and not why.retryable:
+                            self._fail(pending[cid], why)  # a verdict on the request: sending it again cannot help
+                            continue
+                        why = str(why)
                         failed[cid] = pending[cid]
                         if why != ABSENT:
                             tries[cid] += 1
@@ -269,6 +313,10 @@ class BatchCollector:
         except BaseException as exc:  # never leave a record waiting forever
             error = exc if isinstance(exc, errors.RecipeError) else errors.ServerError(
                 f"batch API: {type(exc).__name__}: {exc}")
+            health = getattr(self.client, "health", None)  # a fallback chain's breaker on this model
+            if unsent and health is not None:  # each line failed as an attempt fails: the endpoint's health
+                for _ in pending:  # (told before the records hear it, so each sees the breaker as it ends)
+                    health.observe(error)
             for entry in pending.values():
                 self._fail(entry, error)
             if not isinstance(exc, Exception):
@@ -283,21 +331,25 @@ class BatchCollector:
             if not mine or not intent.get("endpoint"):
                 continue
             recorded = {record.get("id") for record in self.records.all()}
-            hit = await self._wire(intent["endpoint"]).find(intent, exclude=recorded)
+            try:
+                hit = await self._wire(intent["endpoint"], intent.get("api_base")).find(intent, exclude=recorded)
+            except errors.EndpointConnectionError:
+                continue  # its replica is unreachable: the lines go out anew; the intent stays for a rerun
             if hit is None:
                 # not created (yet): an intent older than any creation could take is dropped
                 if time.time() - float(intent.get("created") or 0) > 2 * self.client.timeout + CLOCK_SKEW:
                     self.records.drop_intent(intent["intent"])
                 continue
             batch_id, status = hit
-            self.records.save({"id": batch_id, "intent": intent["intent"], "status": status,
+            record = self._placed(batch_id, intent.get("api_base"))
+            self.records.save({**record, "intent": intent["intent"], "status": status,
                                "created": intent.get("created", time.time()), "endpoint": intent["endpoint"],
                                "custom_ids": intent.get("custom_ids") or [], "found_by_intent": True})
             self.records.drop_intent(intent["intent"])
             _note(batch_id, status)
             _count("found_batches")
             _count("polled_batches")
-            found[batch_id] = mine
+            found[_key(record)] = mine
             fresh.difference_update(mine)
         return found
 
@@ -307,10 +359,18 @@ class BatchCollector:
             if not future.done():
                 future.set_exception(error)
 
-    async def _call(self, name: str, **kwargs) -> Any:
+    def _placed(self, batch_id: str, base: str | None) -> dict:
+        """A record's id, name and replica: ``api_base`` and the hashed name with a list of replicas."""
+        if base is None:
+            return {"id": batch_id}
+        return {"id": batch_id, "key": replica_key(batch_id, base), "api_base": base}
+
+    async def _call(self, name: str, base: str | None = None, **kwargs) -> Any:
         from recipe.clients.litellm_setup import get_litellm, unlogged
 
         endpoint = self.client._endpoint_kwargs(self.client.provider)
+        if base is not None:  # one replica of a list
+            endpoint["api_base"] = providers.api_base_for(self.client.provider, base)
         connection = {k: endpoint[k] for k in ("api_base", "api_key", "timeout") if endpoint.get(k) is not None}
         try:
             with unlogged():  # litellm's logging would fetch a completed batch's output again, to price it
@@ -321,17 +381,31 @@ class BatchCollector:
             raise translate(exc, provider=self.client.provider, secrets=(self.client._api_key,)) from None
 
     async def _create(self, group: list[tuple[str, dict]], resubmitted: bool) -> str:
+        """Create one batch of ``group`` (at the first replica that takes the connection); its name."""
         endpoint = group[0][1]["endpoint"]
         cids = [cid for cid, _ in group]
-        intent = "rb" + uuid.uuid4().hex[:16]  # ours: recorded before the provider hears of the batch
-        created = time.time()
-        self.records.intend({"intent": intent, "created": created, "endpoint": endpoint, "custom_ids": cids})
-        try:
-            batch_id, status, extra = await self._wire(endpoint).create(group, endpoint, intent)
-        except (errors.BadRequestError, errors.AuthenticationError):
-            self.records.drop_intent(intent)  # refused: no batch exists
-            raise
-        self.records.save({"id": batch_id, "intent": intent, **extra, "status": status, "created": created,
+        now = time.monotonic()  # a replica that refused lately is tried last (each try costs the SDK's retries)
+        bases = sorted(self.bases, key=lambda b: now - self._refused.get(b, -1e18) < REFUSED_SECONDS)
+        for place, base in enumerate(bases):
+            intent = "rb" + uuid.uuid4().hex[:16]  # ours: recorded before the provider hears of the batch
+            created = time.time()
+            self.records.intend({"intent": intent, "created": created, "endpoint": endpoint, "custom_ids": cids,
+                                 **({"api_base": base} if base else {})})
+            try:
+                batch_id, status, extra = await self._wire(endpoint, base).create(group, endpoint, intent)
+                break
+            except (errors.BadRequestError, errors.AuthenticationError):
+                self.records.drop_intent(intent)  # refused: no batch exists
+                raise
+            except errors.EndpointConnectionError:
+                # unreachable: the next replica takes the batch. The intent stays (a connection lost
+                # after the request went out may have created one): a rerun asks this replica for it.
+                self._refused[base] = time.monotonic()
+                if place + 1 == len(bases):
+                    raise
+                _count("failovers")
+        record = self._placed(batch_id, base)
+        self.records.save({**record, "intent": intent, **extra, "status": status, "created": created,
                            "endpoint": endpoint, "custom_ids": cids})
         self.records.drop_intent(intent)
         _note(batch_id, status)
@@ -340,18 +414,20 @@ class BatchCollector:
         self.client.stats.count("requests", len(group))
         if resubmitted:
             _count("resubmitted_lines", len(group))
-        return batch_id
+        return _key(record)
 
-    async def _wait(self, batch_id: str, cids: list[str], pending: dict[str, dict]) -> dict[str, str]:
-        """Poll until the batch ends; resolve its answered lines; return the others with why."""
-        record = self.records.load(batch_id)
-        status, answered, reasons, ours = await self._wire(pending[cids[0]]["endpoint"]).finish(
+    async def _wait(self, key: str, cids: list[str], pending: dict[str, dict]) -> dict[str, Any]:
+        """Poll until the batch named ``key`` ends (at the replica that has it); resolve its
+        answered lines; return the others with why (a text, or the error the provider answered)."""
+        record = self.records.load(key)
+        batch_id = record.get("id") or key
+        status, answered, reasons, ours = await self._wire(pending[cids[0]]["endpoint"], record.get("api_base")).finish(
             batch_id, record.get("intent"))
         if not ours:  # taken by its time and size, but its results carry another intent
-            self._update_record(batch_id, "foreign")
+            self._update_record(key, "foreign")
             return {cid: ABSENT for cid in cids}
-        self._update_record(batch_id, status)
-        unanswered: dict[str, str] = {}
+        self._update_record(key, status)
+        unanswered: dict[str, Any] = {}
         for cid in cids:
             entry = pending[cid]
             if cid in answered:
@@ -359,8 +435,26 @@ class BatchCollector:
                     if not future.done():
                         future.set_result(answered[cid])
             else:
-                unanswered[cid] = reasons.get(cid, f"batch {batch_id} {status}")
+                why = reasons.get(cid, f"batch {batch_id} {status}")
+                unanswered[cid] = self.line_error(entry, *why) if isinstance(why, tuple) else why
         return unanswered
+
+    def line_error(self, entry: dict, status: int, text: str) -> errors.LLMError:
+        """The error a failed line answered (its HTTP status and error body) means: the one an online
+        request would raise for the same answer (litellm's provider configuration, then our table)."""
+        from recipe.clients.error_mapping import class_for_status, translate
+        from recipe.clients.lean_http import LeanRoute
+
+        route = "anthropic" if entry["endpoint"] == ANTHROPIC_ENDPOINT else self.client.provider
+        secrets = (self.client._api_key,)
+        try:
+            raised = LeanRoute(route, str(entry["body"].get("model")), text=entry["route"] == "text").error_for(
+                status, text)
+        except Exception:  # no litellm configuration for this provider: the status and words decide
+            message = redact(f"{self.client.provider}: batch line: {status} {text}", secrets, shapes=True,
+                             limit=MESSAGE_LIMIT)
+            return class_for_status(status, text.lower())(message)
+        return translate(raised, provider=self.client.provider, secrets=secrets)
 
     def _update_record(self, batch_id: str, status: str) -> None:
         path = self.records.path / f"{batch_id}.json"
@@ -375,11 +469,15 @@ class BatchCollector:
 class OpenAIWire:
     """OpenAI's (and OpenAI-compatible) Files and Batches API, through litellm's functions."""
 
-    def __init__(self, collector: BatchCollector) -> None:
+    def __init__(self, collector: BatchCollector, base: str | None = None) -> None:
         self.collector = collector
+        self.base = base  # a replica of a list, or None: the client's endpoint
+
+    async def _call(self, name: str, **kwargs) -> Any:
+        return await self.collector._call(name, base=self.base, **kwargs)
 
     async def create(self, group: list[tuple[str, dict]], endpoint: str, intent: str) -> tuple[str, str, dict]:
-        call = self.collector._call
+        call = self._call
         data = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": entry["body"]}) + "\n"
                        for cid, entry in group).encode()
         upload = await call("acreate_file", file=("batch.jsonl", data), purpose="batch")
@@ -390,7 +488,7 @@ class OpenAIWire:
     async def find(self, intent: dict, exclude: set) -> tuple[str, str] | None:
         """The batch tagged with ``intent`` (its metadata), from the provider's list, newest first;
         the search stops at batches older than the intent."""
-        call, after = self.collector._call, None
+        call, after = self._call, None
         oldest = float(intent.get("created") or 0) - CLOCK_SKEW
         while True:
             page = await call("alist_batches", limit=100, **({"after": after} if after else {}))
@@ -402,10 +500,11 @@ class OpenAIWire:
                 return None
             after = _read(data[-1], "id")
 
-    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
+    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, Any], bool]:
         """The batch's final status, its answered lines (custom id -> response body), why others
-        failed, and whether it is ours (always: OpenAI's metadata named it exactly)."""
-        call = self.collector._call
+        failed (a text, or the status and error body the provider answered the line with), and
+        whether it is ours (always: OpenAI's metadata named it exactly)."""
+        call = self._call
         while True:
             batch = await call("aretrieve_batch", batch_id=batch_id)
             _note(batch_id, batch.status)
@@ -413,7 +512,7 @@ class OpenAIWire:
                 break
             await asyncio.sleep(self.collector.poll_seconds)
         answered: dict[str, dict] = {}
-        reasons: dict[str, str] = {}
+        reasons: dict[str, Any] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
@@ -425,6 +524,8 @@ class OpenAIWire:
                 response = line.get("response") or {}
                 if response.get("status_code") == 200:
                     answered[line["custom_id"]] = response.get("body") or {}
+                elif response.get("status_code"):  # the provider's answer to this line: its error says why
+                    reasons[line["custom_id"]] = (int(response["status_code"]), json.dumps(response.get("body") or {}))
                 else:
                     reasons[line["custom_id"]] = json.dumps(line.get("error") or response.get("body") or {})[:200]
         return batch.status, answered, reasons, True
@@ -465,9 +566,9 @@ class AnthropicWire:
     VERSION = "2023-06-01"
     STRUCTURED_BETA = "structured-outputs-2025-11-13"  # the header litellm sends online with output_format
 
-    def __init__(self, client: Any, poll_seconds: float) -> None:
+    def __init__(self, client: Any, poll_seconds: float, replica: str | None = None) -> None:
         endpoint = client._endpoint_kwargs("anthropic")
-        base = (endpoint.get("api_base") or os.environ.get("ANTHROPIC_API_BASE") or "https://api.anthropic.com")
+        base = (replica or endpoint.get("api_base") or os.environ.get("ANTHROPIC_API_BASE") or "https://api.anthropic.com")
         self.base = (providers.api_base_for("anthropic", base) or base).rstrip("/")
         self.key = endpoint.get("api_key") or os.environ.get("ANTHROPIC_API_KEY")
         self.timeout = float(endpoint.get("timeout") or 120)
@@ -534,8 +635,8 @@ class AnthropicWire:
                 return None
             after = data[-1].get("id")
 
-    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, str], bool]:
-        """The batch's answered lines and why others failed, keyed by our request ids; and whether
+    async def finish(self, batch_id: str, intent: str | None = None) -> tuple[str, dict[str, dict], dict[str, Any], bool]:
+        """The batch's answered lines and why others failed (as OpenAIWire's), keyed by our request ids; and whether
         it is ours: with an ``intent``, only lines whose custom_id carries it count."""
         while True:
             batch = (await self._http("GET", f"{self.base}/v1/messages/batches/{batch_id}")).json()
@@ -544,7 +645,7 @@ class AnthropicWire:
                 break
             await asyncio.sleep(self.poll_seconds)
         answered: dict[str, dict] = {}
-        reasons: dict[str, str] = {}
+        reasons: dict[str, Any] = {}
         lines = 0
         if batch.get("results_url"):
             text = (await self._http("GET", batch["results_url"])).text
@@ -559,7 +660,12 @@ class AnthropicWire:
                 result = line.get("result") or {}
                 if result.get("type") == "succeeded":
                     answered[cid] = openai_answer(result.get("message") or {})
-                else:
+                elif result.get("type") == "errored":  # {"error": {"type": "error", "error": {type, message}}}
+                    error: dict = result.get("error") or {}
+                    error = error["error"] if isinstance(error.get("error"), dict) else error
+                    status = _ANTHROPIC_STATUS.get(str(error.get("type")), 500)
+                    reasons[cid] = (status, json.dumps({"type": "error", "error": error}))
+                else:  # expired or canceled: sent again
                     reasons[cid] = json.dumps(result)[:200]
         return "completed", answered, reasons, not lines or bool(answered or reasons)
 

@@ -14,6 +14,9 @@ backend. Workers talk to it through a scheduler handler (Dask's own RPC, no serv
   is the sum of the workers' last counts). A worker applies a new limit up to a refresh late, so
   only samples sent after it did, under the limit now in force, count (else slow start, seeing
   answers from the old shares, doubles again and overshoots).
+- ``api_base: [URL, ...]``: each replica is its own key, so its own limit, fixed or adaptive,
+  held for the whole cluster; a worker's :class:`~recipe.clients.replicas.ReplicaSet` routes
+  within its shares; the set's ``rpm``/``tpm`` are one more key (the list's), booked per request.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import hashlib
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from recipe.clients.limits import AdjustableGate, GatedLimiter, LocalLimiter, OneDecreasePerRoundTrip, Pacer
 
@@ -32,9 +35,10 @@ HANDLER = "recipe_limits"
 REFRESH_SECONDS = 1.0
 
 
-def limits_key(spec: Any) -> str:
-    """One pacer per endpoint and model: stages sharing a backend share its limits."""
-    raw = f"{spec.provider}|{spec.api_base}|{spec.model}"
+def limits_key(spec: Any, api_base: str | None = None) -> str:
+    """One pacer per endpoint and model: stages sharing a backend share its limits (``api_base``:
+    one replica of a list, which has its own limit)."""
+    raw = f"{spec.provider}|{api_base or spec.api_base}|{spec.model}"
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -119,6 +123,7 @@ class ClusterLimiter(GatedLimiter):
         self._ready_event: asyncio.Event | None = None
         self._refresher: asyncio.Task | None = None
         self._disabled = False
+        self.on_change: Callable[[], None] | None = None  # told when the share changes (a ReplicaSet)
 
     async def _call(self, **msg) -> dict:
         rpc = getattr(self.worker.scheduler, HANDLER)
@@ -148,6 +153,11 @@ class ClusterLimiter(GatedLimiter):
         self.gate.resize(int(answer["share"]))
         if answer.get("pause"):
             self._paused_until = max(self._paused_until, time.monotonic() + answer["pause"])
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _refresh_forever(self) -> None:
         while not self._disabled:
@@ -158,6 +168,7 @@ class ClusterLimiter(GatedLimiter):
                     log.warning("cluster limits unavailable (%s); limits now hold per worker", exc)
                 self.gate.resize(self.config["max_concurrency"])
                 self._disabled = True
+                self._changed()
             if self._ready_event is not None:  # made by _ready() before it starts this task
                 self._ready_event.set()
             await asyncio.sleep(REFRESH_SECONDS)
@@ -219,12 +230,20 @@ def _current_worker():
 
 def limiter_for(spec, stats):
     """The limiter a shared client uses in this process: cluster-wide inside a Dask worker."""
-    if isinstance(spec.api_base, tuple):  # replicas: each process routes over them with its own limits
+    worker = _current_worker() if spec.cluster_limits else None
+    if isinstance(spec.api_base, tuple):  # replicas: each process routes over them, each replica its limit
         from recipe.clients.replicas import ReplicaSet
 
+        def replica_limiter(url: str) -> ClusterLimiter:  # the cluster's limit of this one replica
+            return ClusterLimiter(worker, limits_key(spec, url), spec.max_concurrency, None, None, stats=None,
+                                  adaptive=spec.adaptive_concurrency)
+
+        # an account's rpm/tpm, booked at the scheduler for the whole set (its concurrency gate unused)
+        starts = ClusterLimiter(worker, limits_key(spec), spec.max_concurrency * len(spec.api_base), spec.rpm,
+                                spec.tpm) if worker and (spec.rpm or spec.tpm) else None
         return ReplicaSet(spec.api_base, spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,
-                          adaptive=spec.adaptive_concurrency)
-    worker = _current_worker() if spec.cluster_limits else None
+                          adaptive=spec.adaptive_concurrency, limiter_for=replica_limiter if worker else None,
+                          starts=starts)
     if worker is None:
         return LocalLimiter(spec.max_concurrency, spec.rpm, spec.tpm, stats=stats, adaptive=spec.adaptive_concurrency)
     return ClusterLimiter(worker, limits_key(spec), spec.max_concurrency, spec.rpm, spec.tpm, stats=stats,

@@ -258,7 +258,7 @@ def current_limits() -> dict:
         replicas = getattr(limiter, "replicas", None)
         if replicas is not None:
             for replica in replicas:
-                found[replica.url] = {"limit": replica.limiter.concurrency, "cluster": False}
+                found[replica.url] = {"limit": replica.limiter.concurrency, "cluster": hasattr(replica.limiter, "worker")}
         elif limiter is not None and hasattr(limiter, "concurrency"):
             found[client.endpoint_name] = {"limit": limiter.concurrency, "cluster": hasattr(limiter, "worker")}
     return found

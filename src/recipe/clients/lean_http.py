@@ -155,9 +155,7 @@ class LeanRoute:
         if response.status >= 400:
             async with response:
                 text = await response.text(errors="replace")
-            raise self._mapped(self.config.get_error_class(error_message=_error_message(text),
-                                                           status_code=response.status,
-                                                           headers=dict(response.headers)))
+            raise self.error_for(response.status, text, dict(response.headers))
         if stream and response.content_type != "application/json":
             return self._events(response)
         async with response:
@@ -196,6 +194,12 @@ class LeanRoute:
     def supports(self, param: str) -> bool:
         """Whether litellm's configuration of this route takes the OpenAI parameter ``param``."""
         return param in self._supported
+
+    def error_for(self, status: int, text: str, headers: dict | None = None) -> BaseException:
+        """litellm's exception for an error answer (its HTTP status and body), as ``acompletion``
+        would raise it: also how a batch line's error is read (recipe.clients.batch)."""
+        return self._mapped(self.config.get_error_class(error_message=_error_message(text), status_code=status,
+                                                        headers=headers or {}))
 
     def _mapped(self, exc: BaseException) -> BaseException:
         """litellm's exception for ``exc``, as ``acompletion`` would raise it (one table maps it next)."""

@@ -13,7 +13,12 @@ A :class:`ReplicaSet` is the client's limiter when ``api_base`` is a list:
 - the client retries a request that failed on a replica on another one, without spending one of
   its ``num_retries`` (:meth:`ReplicaSet.fails_over`): a dead replica loses no record;
 - ``rpm``/``tpm`` hold for the whole set (one :class:`~recipe.clients.limits.Pacer` books start
-  times), since a provider's quota is per account, not per replica.
+  times), since a provider's quota is per account, not per replica;
+- on a Dask cluster each replica's limit is the scheduler's, one for the whole cluster
+  (:func:`recipe.clients.cluster_limits.limiter_for` gives each replica a
+  :class:`~recipe.clients.cluster_limits.ClusterLimiter`): this worker holds a share of it, the
+  set routes within its shares, and a share that grows wakes the requests waiting here; the
+  set's ``rpm``/``tpm`` are booked at the scheduler too (``starts``), one rate for the cluster.
 
 Which replica answered never enters the cache key or the run's identity (the client's
 ``endpoint_id`` names the set, not a member): adding or removing a replica continues the run.
@@ -26,10 +31,10 @@ import contextvars
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from recipe import errors
-from recipe.clients.limits import LocalLimiter, Pacer
+from recipe.clients.limits import GatedLimiter, LocalLimiter, Pacer
 
 FAILURES_TO_EJECT = 3  # consecutive connection errors or 5xx before a replica is taken out
 BACKOFF_SECONDS = 1.0
@@ -38,11 +43,11 @@ _CURRENT: contextvars.ContextVar = contextvars.ContextVar("recipe_replica", defa
 
 
 class Replica:
-    """One endpoint: its own limiter, its health."""
+    """One endpoint: its own limiter (this process's, or its share of the cluster's), its health."""
 
-    def __init__(self, url: str, max_concurrency: int, adaptive: bool):
+    def __init__(self, url: str, limiter: GatedLimiter):
         self.url = url
-        self.limiter = LocalLimiter(max_concurrency, stats=None, adaptive=adaptive)
+        self.limiter: GatedLimiter = limiter
         self.failures = 0  # in a row
         self.out_until = 0.0  # > 0: taken out; probed once this time has passed
         self.backoff = BACKOFF_SECONDS
@@ -68,9 +73,18 @@ class ReplicaSet:
     :meth:`slot` yields the :class:`Replica` the attempt goes to)."""
 
     def __init__(self, urls: Sequence[str], max_concurrency: int, rpm: float | None = None, tpm: float | None = None,
-                 stats=None, adaptive: bool = False):
-        self.replicas = [Replica(url, max_concurrency, adaptive) for url in urls]
+                 stats=None, adaptive: bool = False,
+                 limiter_for: Callable[[str], GatedLimiter] | None = None, starts: GatedLimiter | None = None):
+        """``limiter_for(url)``: each replica's limiter (default: this process's own, fixed or adaptive);
+        ``starts``: where the set's rpm/tpm book start times (default: this process's :class:`Pacer`)."""
+        make = limiter_for or (lambda url: LocalLimiter(max_concurrency, stats=None, adaptive=adaptive))
+        self.replicas = [Replica(url, make(url)) for url in urls]
+        for replica in self.replicas:  # a cluster share that changes may free a slot for a waiter
+            if hasattr(replica.limiter, "on_change"):
+                replica.limiter.on_change = self._signal
+        self._readied = False
         self.pacer = Pacer(max_concurrency * len(self.replicas), rpm, tpm)  # rpm/tpm for the whole set
+        self.starts = starts
         self.stats = stats
         # Requests waiting for a slot on any replica, first come first served: a freed slot wakes
         # one of them (waking every waiter on each release costs O(waiters) per answer).
@@ -141,13 +155,33 @@ class ReplicaSet:
                 self._signal()
             raise
 
+    async def _ready(self) -> None:
+        """Each replica's limiter set up on this loop (a cluster share: its first one from the scheduler)."""
+        if not self._readied:
+            for replica in self.replicas:
+                await replica.limiter._ready()
+            if self.starts is not None:
+                await self.starts._ready()
+            self._readied = True
+
+    def close(self) -> None:
+        """The run is over: stop what the replicas' limiters run in the background."""
+        for limiter in [r.limiter for r in self.replicas] + [self.starts]:
+            close = getattr(limiter, "close", None)
+            if close is not None:
+                close()
+
     @asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[Replica]:
         began = time.monotonic()
+        await self._ready()
         replica = await self._acquire()
         _CURRENT.set(replica)
         try:
-            delay = self.pacer.reserve(tokens, time.monotonic())
+            # the set's rpm/tpm, and the replica's own pause (a Retry-After, the cluster's too)
+            booked = self.pacer.reserve(tokens, time.monotonic()) if self.starts is None \
+                else await self.starts._start_delay(tokens)
+            delay = max(booked, await replica.limiter._start_delay(tokens))
             if delay > 0:
                 await asyncio.sleep(delay)
             waited = time.monotonic() - began
