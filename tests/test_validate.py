@@ -292,14 +292,18 @@ def test_math_and_json_schema(stub_server, tmp_path):
         "  write:\n    _target_: recipe.stages.WriteStage\n    format: jsonl\n"
     rows = [{"answer": "Halving it gives $\\boxed{\\frac{1}{2}}$.", "reference": "0.5"},
             {"answer": "So x = 3.", "reference": "The answer is \\boxed{4}"},
-            {"answer": "I do not know.", "reference": "4"}]
+            {"answer": "I do not know.", "reference": "4"},
+            # the question's sum restated is not its value (math-verify alone would find 10 + 10 equal to 20)
+            {"answer": "10 + 10 = Answer: Answer", "reference": "20"}, {"answer": "2 + 3 = 5", "reference": "5"}]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     result = cli(tmp_path, "recipe=checks", f"input={source}", f"output_dir={tmp_path / 'm'}", _conf(tmp_path, math),
                  *stub_overrides(server))
     assert result.returncode == 0, result.stderr[-2000:]
-    half, three, none = (r["validation"] for r in outputs(tmp_path / "m"))
+    half, three, none, undone, done = (r["validation"] for r in outputs(tmp_path / "m"))
     assert half["valid"] is True and three == {"valid": False, "error": "answer 3 is not 4", "answer": "3", "reference": "4"}
     assert none["valid"] is False and none["error"] == "no final answer found"
+    assert undone["valid"] is False and undone["answer"] == "10 + 10" and "left undone" in undone["error"]
+    assert done["valid"] is True and done["answer"] == "5"
 
     schema = math.replace("kind: math", "kind: json_schema").replace(
         "    reference_field: reference\n",

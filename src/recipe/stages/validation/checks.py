@@ -160,10 +160,27 @@ def check_math(answer: Any, reference: Any) -> dict:
     found = parse(str(answer), **timeout)
     if not found:
         return {"valid": False, "error": "no final answer found", "reference": str(gold[-1])}
+    if _arithmetic_left_undone(found[0]) and getattr(gold[0], "is_Number", False):
+        return {"valid": False, "error": f"the final answer {found[-1]} is arithmetic left undone, not a value",
+                "answer": str(found[-1]), "reference": str(gold[-1])}
     same = verify(gold, found, **({} if in_main else {"timeout_seconds": None}))
     shown = {"answer": str(found[-1]), "reference": str(gold[-1])}
     return {"valid": bool(same), "error": None if same else f"answer {shown['answer']} is not {shown['reference']}",
             **shown}
+
+
+def _arithmetic_left_undone(expr: Any) -> bool:
+    """Whether math-verify's reading of an answer is arithmetic on numbers left undone (``10 + 10``,
+    ``6 - 2``, ``2*3``): math-verify evaluates it and finds it equal to 20, so an answer that only
+    restates the question's sum would pass as right. A fraction (``1/2``), a power (``10^8``) and
+    anything with a constant or a variable (``2\\pi``, ``x + 1``) are values, not undone sums."""
+    import sympy
+
+    if not isinstance(expr, (sympy.Add, sympy.Mul)) or not all(a.is_Number for a in expr.atoms()):
+        return False
+    fraction = isinstance(expr, sympy.Mul) and len(expr.args) == 2 and any(
+        isinstance(a, sympy.Pow) and a.exp == -1 for a in expr.args)
+    return not fraction
 
 
 def check_json_schema(value: Any, validator: Any) -> dict:
