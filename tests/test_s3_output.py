@@ -56,3 +56,21 @@ def test_format_hf_and_a_budget_on_an_s3_output_dir(stub_server, s3_bucket, tmp_
     assert stats["budget"]["spent_usd"] == stats["cost_usd"] > 0, (stats["budget"], tokens)
     assert storage.listdir(f"{out}/attempts", "*.json"), "the attempt's account is in the bucket"
     _nothing_local(tmp_path)
+
+
+def test_a_batch_run_records_its_batches_in_the_bucket_and_a_rerun_submits_nothing(stub_server, s3_bucket, tmp_path):
+    server = stub_server()
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {i}"} for i in range(12)])
+    out = f"{s3_bucket}/batch"
+    args = [*stub_overrides(server), f"input={source}", f"output_dir={out}", "dask.partition_size=6",
+            "backend.batch=true", "backend.batch_poll_seconds=0.2"]
+    cli(tmp_path, *args, check_exit=0)
+    records = [json.loads(storage.read_text(p)) for p in storage.listdir(f"{out}/batches", "*.json")]
+    wire = server.stats()
+    assert len(records) == wire["batches_created"] >= 1, (records, wire["batches_created"])
+    assert sum(len(r["custom_ids"]) for r in records) == wire["batch_lines"] == 12
+    stats = json.loads(storage.read_text(f"{out}/stats.json"))
+    assert stats["records"] == 12 and stats["batch"]["recorded"] == len(records)
+    cli(tmp_path, *args, check_exit=0)  # the same command: every partition is committed
+    assert server.stats()["batches_created"] == wire["batches_created"]
+    _nothing_local(tmp_path)

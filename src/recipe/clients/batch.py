@@ -61,7 +61,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from recipe import errors
+from recipe import errors, storage
 from recipe.redaction import redact
 from recipe.clients.error_mapping import MESSAGE_LIMIT
 from recipe.clients import providers
@@ -125,52 +125,44 @@ def line_body(model: str, payload: dict) -> dict:
 
 
 class BatchRecords:
-    """The run folder's ``batches/``: one JSON per created batch, written as soon as it exists."""
+    """The run folder's ``batches/``: one JSON per created batch, written as soon as it exists.
+    A local folder or a bucket alike: every file goes through :mod:`recipe.storage`."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.path = Path(directory)
+        self.path = str(directory)
+
+    def _read(self, path: str) -> dict | None:
+        try:
+            found = json.loads(storage.read_text(path) or "null")
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
 
     def save(self, record: dict) -> None:
         from recipe.storage.run_folder import atomic_write_json
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / f"{_key(record)}.json", record)
+        storage.makedirs(self.path)
+        atomic_write_json(storage.join(self.path, f"{_key(record)}.json"), record)
 
     def all(self) -> list[dict]:
-        found = []
-        for path in sorted(self.path.glob("*.json")):
-            try:
-                found.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue
-        return found
+        return [r for r in (self._read(path) for path in storage.listdir(self.path, "*.json")) if r is not None]
 
     def load(self, batch_id: str) -> dict:
-        try:
-            return json.loads((self.path / f"{batch_id}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+        return self._read(storage.join(self.path, f"{batch_id}.json")) or {}
 
     # a batch about to be created: recorded first, so a kill during its creation leaves a trace
     def intend(self, intent: dict) -> None:
         from recipe.storage.run_folder import atomic_write_json
 
-        (self.path / "intents").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / "intents" / f"{intent['intent']}.json", intent)
+        storage.makedirs(storage.join(self.path, "intents"))
+        atomic_write_json(storage.join(self.path, "intents", f"{intent['intent']}.json"), intent)
 
     def intents(self) -> list[dict]:
-        found = []
-        for path in sorted((self.path / "intents").glob("*.json")):
-            try:
-                intent = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(intent, dict) and intent.get("intent"):
-                found.append(intent)
-        return found
+        found = (self._read(path) for path in storage.listdir(storage.join(self.path, "intents"), "*.json"))
+        return [intent for intent in found if intent is not None and intent.get("intent")]
 
     def drop_intent(self, intent: str) -> None:
-        (self.path / "intents" / f"{intent}.json").unlink(missing_ok=True)
+        storage.remove(storage.join(self.path, "intents", f"{intent}.json"))
 
     def index(self) -> dict[str, str]:
         """custom id -> the newest recorded batch holding it that did not fail or expire."""
@@ -457,12 +449,8 @@ class BatchCollector:
         return translate(raised, provider=self.client.provider, secrets=secrets)
 
     def _update_record(self, batch_id: str, status: str) -> None:
-        path = self.records.path / f"{batch_id}.json"
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        if record.get("status") != status:
+        record = self.records.load(batch_id)
+        if record and record.get("status") != status:
             self.records.save({**record, "status": status})
 
 

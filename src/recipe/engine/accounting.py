@@ -4,11 +4,12 @@ summed over every attempt from the committed manifests, and the notes a user sho
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from recipe.config.paths import package_version
 from recipe.engine.attempt import Attempt, read_attempts
 from recipe.engine.plan import RunPlan
+from recipe import storage
+from recipe.storage.run_folder import batches_dir
 
 
 def account(plan: RunPlan, attempt: Attempt) -> dict:
@@ -34,7 +35,7 @@ def account(plan: RunPlan, attempt: Attempt) -> dict:
         budget.forget(spec.budget)
     if spec.batch:
         stats["batch"] = {**(usage.get("batches") or {}),
-                          "recorded": len(list((Path(plan.output_dir) / "batches").glob("*.json")))}
+                          "recorded": len(storage.listdir(batches_dir(plan.output_dir), "*.json"))}
     if now.get("target"):
         stats["target"] = target.finish_report(now["target"], stats)
     folder.save_stats(stats)

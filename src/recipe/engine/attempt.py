@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from recipe.engine.plan import RunPlan
+from recipe.storage.run_folder import batches_dir
 
 
 @dataclass
@@ -63,7 +63,7 @@ def start(plan: RunPlan) -> Attempt:
                                     batch=plan.spec.batch, prices=prices)
         plan = plan.with_changes(budget=run_budget)
     if plan.spec.batch:  # batch ids are recorded in the run folder, so a rerun polls the same batches
-        plan = plan.with_changes(batch_dir=str(Path(plan.output_dir) / "batches"))
+        plan = plan.with_changes(batch_dir=batches_dir(plan.output_dir))
     return Attempt(record=record, input_plan=input_plan, todo=todo, kept=kept, before=sum_manifests(kept),
                    resumed=had_attempts and bool(kept), started=started, prices=prices, plan=plan)
 
