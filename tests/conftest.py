@@ -25,6 +25,9 @@ from recipe.testing.stub_server import StubServer
 # ---- helpers ---------------------------------------------------------------------------------
 
 SRC = str(Path(recipe.__file__).resolve().parents[1])  # the package under test, for subprocesses
+# Four test processes share 2 cores: an embedded llama.cpp server started in this process (a run's
+# start_local_server) gets one thread, as the CLI's do (cli_env).
+os.environ.setdefault("RECIPE_LOCAL_THREADS", "1")
 
 
 def stub_overrides(server, *extra: str) -> list[str]:
@@ -69,6 +72,7 @@ def cli_env(tmp_path: Path, env: dict | None = None) -> dict[str, str]:
     full = {k: v for k, v in os.environ.items() if k not in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
     full.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
                 NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+                RECIPE_LOCAL_THREADS="1",  # four test processes share 2 cores: one llama.cpp thread each
                 PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
     full.update(env or {})
     return full
@@ -162,7 +166,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def llama_server():
     """The embedded default model, started once for the whole test session."""
-    with LlamaCppServer(n_ctx=2048) as server:
+    with LlamaCppServer(n_ctx=2048, n_threads=1) as server:  # four test processes share 2 cores
         yield server
 
 

@@ -55,7 +55,9 @@ class LlamaCppServer:
                  n_threads: int | None = None, alias: str = SMOLLM2_ALIAS, startup_timeout: float = 120.0):
         self.model_path = Path(model_path) if model_path else smollm2_path()
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        # RECIPE_LOCAL_THREADS: fewer threads when the machine is shared with other servers or runs
+        # (llama.cpp's threads spin while they wait, so more threads than free cores slow every one)
+        self.n_threads = n_threads or int(os.environ.get("RECIPE_LOCAL_THREADS") or 0) or max(1, os.cpu_count() or 1)
         self.alias = alias
         self.startup_timeout = startup_timeout
         self.port: int | None = None
