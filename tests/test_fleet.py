@@ -308,6 +308,14 @@ def test_metrics_without_prometheus_client_is_one_line_naming_the_extra(tmp_path
 
 # ---- 4. the run's other limits hold over a list of replicas ---------------------------------
 
+def _start_gaps(a, b, expected: int) -> list[float]:
+    """Seconds between consecutive request arrivals over both replicas, read off the stubs (after
+    checking that ``expected`` requests arrived and both replicas answered some)."""
+    arrivals = sorted(a.stats()["arrivals"] + b.stats()["arrivals"])
+    assert len(arrivals) == expected and a.stats()["requests"] and b.stats()["requests"], "both replicas answered"
+    return [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+
+
 def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_server):
     """rpm is an account's quota, not a replica's: 120 rpm over two replicas is one start every
     0.5 s across both; a token budget is charged once per answer, whichever replica gave it."""
@@ -315,9 +323,7 @@ def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_s
     source = write_prompts(tmp_path / "in.jsonl", 8)
     cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "backend.max_concurrency=4",
                                        f"output_dir={tmp_path / 'paced'}"), check_exit=0)
-    arrivals = sorted(a.stats()["arrivals"] + b.stats()["arrivals"])
-    assert len(arrivals) == 8 and a.stats()["requests"] and b.stats()["requests"], "both replicas answered"
-    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    gaps = _start_gaps(a, b, 8)
     assert min(gaps) >= 0.45, gaps
     a.reset()
     b.reset()
@@ -338,9 +344,7 @@ def test_rpm_holds_for_the_list_of_replicas_across_a_two_worker_cluster(tmp_path
     source = write_prompts(tmp_path / "in.jsonl", 8)
     cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "dask.partition_size=2",
                                        f"dask.address={two_workers}"), check_exit=0)
-    arrivals = sorted(a.stats()["arrivals"] + b.stats()["arrivals"])
-    assert len(arrivals) == 8 and a.stats()["requests"] and b.stats()["requests"], "both replicas answered"
-    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    gaps = _start_gaps(a, b, 8)
     # booked 0.5 s apart at the scheduler; each worker's sleep and a loaded machine add jitter
     assert min(gaps) >= 0.3 and sum(gaps) / len(gaps) >= 0.45, gaps
 

@@ -31,9 +31,3 @@ def new_run() -> None:
         resets = list(_resets.values())
     for reset in resets:
         reset()
-
-
-def owners() -> list[str]:
-    """The registered resets, by module and name (for tests and for a reader's curiosity)."""
-    with _lock:
-        return sorted(_resets)

@@ -181,13 +181,6 @@ def _key(record: dict) -> str:
     return record.get("key") or record["id"]
 
 
-def replica_key(batch_id: str, api_base: str | None) -> str:
-    """How a batch created at ``api_base``, one replica of a list, is named in ``batches/``."""
-    if not api_base:
-        return batch_id
-    return f"{batch_id}@{hashlib.sha256(api_base.encode()).hexdigest()[:10]}"
-
-
 class BatchCollector:
     """A client's batch side: gathers requests, submits and polls batches, resolves answers."""
 
@@ -318,11 +311,13 @@ class BatchCollector:
         """Batches an earlier attempt created but never recorded (killed during their creation),
         looked up at the provider by the intent they carry: batch id -> the lines of ``fresh`` in it."""
         found: dict[str, list[str]] = {}
+        recorded: set | None = None  # the batches already recorded (read once, on the first intent that needs them)
         for intent in self.records.intents():
             mine = [cid for cid in intent.get("custom_ids") or () if cid in fresh]
             if not mine or not intent.get("endpoint"):
                 continue
-            recorded = {record.get("id") for record in self.records.all()}
+            if recorded is None:
+                recorded = {record.get("id") for record in self.records.all()}
             try:
                 hit = await self._wire(intent["endpoint"], intent.get("api_base")).find(intent, exclude=recorded)
             except errors.EndpointConnectionError:
@@ -338,6 +333,7 @@ class BatchCollector:
                                "created": intent.get("created", time.time()), "endpoint": intent["endpoint"],
                                "custom_ids": intent.get("custom_ids") or [], "found_by_intent": True})
             self.records.drop_intent(intent["intent"])
+            recorded.add(batch_id)
             _note(batch_id, status)
             _count("found_batches")
             _count("polled_batches")
@@ -355,7 +351,7 @@ class BatchCollector:
         """A record's id, name and replica: ``api_base`` and the hashed name with a list of replicas."""
         if base is None:
             return {"id": batch_id}
-        return {"id": batch_id, "key": replica_key(batch_id, base), "api_base": base}
+        return {"id": batch_id, "key": f"{batch_id}@{hashlib.sha256(base.encode()).hexdigest()[:10]}", "api_base": base}
 
     async def _call(self, name: str, base: str | None = None, **kwargs) -> Any:
         from recipe.clients.litellm_setup import get_litellm, unlogged

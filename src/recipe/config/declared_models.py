@@ -28,7 +28,7 @@ class DeclaredModels:
         from recipe.config.fallbacks import prices as fallback_prices
 
         model = data.get("model") or {}
-        declared = {name: price for name, price in fallback_prices(data).items()}
+        declared = fallback_prices(data)  # a new dict: the run's model is added to it
         run_model = model.get("name")
         if run_model is not None:
             declared[str(run_model)] = model.get("price") or {}

@@ -151,6 +151,15 @@ def finish(directory: str | Path, stats: dict, data: dict, command: str | None =
         push(directory, hub["repo_id"], private=bool(hub.get("private")))
 
 
+def _upload_source(path: str) -> str | bytes:
+    """What ``huggingface_hub`` uploads for ``path``: a local file by its path (streamed from disk,
+    however large the shard), a bucket's object as its bytes (the library takes no fsspec file)."""
+    if not storage.is_remote(path):
+        return storage.local_path(path)
+    with storage.open_file(path, "rb") as handle:
+        return handle.read()
+
+
 def push(directory: str | Path, repo_id: str, private: bool = False) -> str:
     """Upload ``data/`` and the card to the Hub dataset ``repo_id`` (created if missing), from a
     local folder or a bucket alike (each file read through storage, one commit).
@@ -166,10 +175,8 @@ def push(directory: str | Path, repo_id: str, private: bool = False) -> str:
     files.append((CARD, storage.join(directory, CARD)))
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        operations = []
-        for in_repo, source in files:
-            with storage.open_file(source, "rb") as handle:
-                operations.append(CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=handle.read()))
+        operations = [CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=_upload_source(source))
+                      for in_repo, source in files]
         info = api.create_commit(repo_id, operations, repo_type="dataset",
                                  commit_message="Upload dataset made with recipe")
     except Exception as exc:  # huggingface_hub raises HTTP and validation errors of many classes
