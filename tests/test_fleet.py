@@ -324,7 +324,9 @@ def test_rpm_and_the_budget_hold_for_the_whole_list_of_replicas(tmp_path, stub_s
     cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "backend.max_concurrency=4",
                                        f"output_dir={tmp_path / 'paced'}"), check_exit=0)
     gaps = _start_gaps(a, b, 8)
-    assert min(gaps) >= 0.45, gaps
+    # one start every 0.5 s across both replicas; an arrival may come late by the machine's
+    # scheduling jitter, which shortens one gap but not the pace (two replicas each at 120 rpm: ~0)
+    assert min(gaps) >= 0.3 and sum(gaps) / len(gaps) >= 0.45, gaps
     a.reset()
     b.reset()
     source = write_prompts(tmp_path / "many.jsonl", 100)
