@@ -20,6 +20,7 @@ import pytest
 import recipe
 from recipe.clients.llamacpp_server import LlamaCppServer
 from recipe.clients.subprocess_server import ServerProcess, free_port
+from recipe.testing import stub_server as stub_server_module
 from recipe.testing.stub_server import StubServer
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -118,6 +119,18 @@ def _warm():
         base["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
         _WARM.append(WarmCli(base))
     return _WARM[0]
+
+
+def _warm_popen(args, **kwargs):
+    """The stub servers' launcher (``recipe.testing.stub_server.popen``): forked from the warm
+    process, which has imported aiohttp and the stub (a new interpreter costs ~0.4 s of CPU, and
+    the suite starts several hundred stubs); ``RECIPE_TEST_FRESH_CLI=1`` spawns them as well."""
+    if os.environ.get("RECIPE_TEST_FRESH_CLI"):
+        return subprocess.Popen(args, **kwargs)
+    return _warm().popen(args, **kwargs)
+
+
+stub_server_module.popen = _warm_popen
 
 
 def pytest_unconfigure(config):

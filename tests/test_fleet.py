@@ -371,8 +371,12 @@ def test_a_dead_replica_is_taken_out_probed_and_brought_back(stub_server):
         ejected = client.limiter.replicas[1].out_until > 0
         revived = StubServer(port=port_b, latency=0.02).start()
         try:
-            await asyncio.sleep(1.2)  # the first back-off is 1 s: then a probe may go to b
-            await ask(40, "b back")
+            # the back-off is 1 s, doubled by each failed probe: ask until b is back (at most 20 s)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and (revived.stats()["requests"] <= 1
+                                                   or client.limiter.replicas[1].out_until):
+                await asyncio.sleep(0.5)
+                await ask(20, "b back")
             return {"answers": len(answers), "ejected": ejected, "revived": revived.stats()["requests"],
                     "back_in": client.limiter.replicas[1].out_until == 0}
         finally:

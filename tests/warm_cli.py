@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 
@@ -57,6 +58,7 @@ def _warm_up() -> None:
             importlib.import_module(module.name)
     for name in RUN_IMPORTS:
         importlib.import_module(name)
+    importlib.import_module("recipe.testing.stub_server")  # the stubs are forked from here too
     get_litellm()
     assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
 
@@ -84,9 +86,13 @@ def _become_cli(request: dict, fds: list[int]) -> None:
     sys.path[:] = [os.getcwd(), *extra, *rest]
     import runpy
 
-    main = Path(__import__("recipe").__file__).with_name("__main__.py")
+    module = request.get("module", "recipe")  # ``python -m MODULE``
+    if module == "recipe":
+        main = Path(__import__("recipe").__file__).with_name("__main__.py")
+    else:
+        main = Path(__import__(module, fromlist=["_"]).__file__)
     sys.argv = [str(main), *request["argv"]]
-    runpy.run_module("recipe", run_name="__main__", alter_sys=True)
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
     raise SystemExit(0)
 
 
@@ -177,6 +183,87 @@ class WarmCli:
             stderr.seek(0)
             return subprocess.CompletedProcess(["python", "-m", "recipe", *argv], code,
                                                stdout.read(), stderr.read())
+
+
+    def popen(self, args: list[str], *, stdout=None, stderr=None, stdin=None, env: dict | None = None,
+              cwd: str | None = None, **_ignored) -> "WarmChild":
+        """``python -m MODULE ARGS`` forked from the warm process, as ``subprocess.Popen(args, ...)``
+        would start it (``recipe.testing.stub_server.popen``: the stub servers)."""
+        return WarmChild(self.path, args, stdout=stdout, stderr=stderr, stdin=stdin,
+                         env=dict(os.environ) if env is None else env, cwd=cwd or os.getcwd())
+
+
+class WarmChild:
+    """A server forked by the warm process, with the part of ``subprocess.Popen`` that
+    ``recipe.clients.subprocess_server.ServerProcess`` uses. Its parent is the warm process, which
+    reaps it and reports its exit code on the connection."""
+
+    def __init__(self, path: str, args: list[str], *, stdout, stderr, stdin, env: dict, cwd: str) -> None:
+        assert args[1:2] == ["-m"] and stdin in (None, subprocess.DEVNULL), args  # python -m MODULE ...
+        self.args, self.returncode, self.stdin = args, None, None
+        devnull = os.open(os.devnull, os.O_RDWR)
+        read_end = write_end = None
+        if stdout == subprocess.PIPE:
+            read_end, write_end = os.pipe()
+        out = write_end if write_end is not None else (stdout.fileno() if stdout is not None else 1)
+        err = out if stderr == subprocess.STDOUT else (stderr.fileno() if stderr is not None else 2)
+        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._conn.connect(path)
+            request = {"module": args[2], "argv": list(args[3:]), "env": env, "cwd": cwd}
+            socket.send_fds(self._conn, [json.dumps(request).encode()], [devnull, out, err])
+            self._buffer = b""
+            self.pid = json.loads(self._line(None))["pid"]
+        finally:
+            os.close(devnull)
+            if write_end is not None:
+                os.close(write_end)
+        self.stdout = os.fdopen(read_end, "rb", buffering=0) if read_end is not None else None
+
+    def _line(self, timeout: float | None) -> bytes | None:
+        """The warm process's next line on the connection (None: not within ``timeout`` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._conn], [], [], left)[0]:
+                return None
+            data = self._conn.recv(4096)
+            if not data:
+                raise RuntimeError(f"the warm process closed the connection of {self.args}")
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def _exit_line(self, timeout: float | None) -> None:
+        if self.returncode is not None:
+            return
+        line = self._line(timeout)
+        if line is not None:
+            self.returncode = json.loads(line)["exit"]
+            self._conn.close()
+
+    def poll(self) -> int | None:
+        self._exit_line(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._exit_line(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def _kill_group(pid: int) -> None:

@@ -50,11 +50,15 @@ class ServerProcess:
         new_session: run the child in its own process group (a terminal's Ctrl-C reaches it
             only through us).
         error: the exception class start-up failures raise.
+        popen: what starts the child (``subprocess.Popen``, or anything with its signature and
+            the part of its interface used here: ``pid``, ``stdin``, ``stdout``, ``poll``,
+            ``wait``, ``terminate``, ``kill``).
     """
 
     def __init__(self, command: Sequence[str], what: str, *, capture_stdout: bool = False,
                  watchdog_stdin: bool = False, new_session: bool = False, env: dict | None = None,
-                 cwd: str | None = None, error: type[Exception] = LocalServerError):
+                 cwd: str | None = None, error: type[Exception] = LocalServerError,
+                 popen: Callable[..., Any] = subprocess.Popen):
         self.command = [str(part) for part in command]
         self.what = what
         self.capture_stdout = capture_stdout
@@ -63,7 +67,8 @@ class ServerProcess:
         self.env = env
         self.cwd = cwd
         self.error = error
-        self._process: subprocess.Popen | None = None
+        self.popen = popen
+        self._process: Any = None
         self._log: IO[bytes] | None = None
 
     @property
@@ -89,7 +94,7 @@ class ServerProcess:
         """
         self._log = tempfile.TemporaryFile()
         try:
-            self._process = subprocess.Popen(
+            self._process = self.popen(
                 self.command, stdout=subprocess.PIPE if self.capture_stdout else self._log,
                 stderr=self._log if self.capture_stdout else subprocess.STDOUT,
                 stdin=subprocess.PIPE if self.watchdog_stdin else subprocess.DEVNULL,

@@ -25,6 +25,7 @@ import os
 import random
 import select
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -1081,6 +1082,11 @@ class _ToolCalls:
         return resp
 
 
+# What starts a stub's process: a new interpreter. A test harness that starts hundreds of stubs may
+# put here a launcher with ``subprocess.Popen``'s signature that forks them from a process that has
+# imported this module already (the project's tests do: tests/warm_cli.py).
+popen = subprocess.Popen
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -1135,7 +1141,8 @@ class StubServer:
         """Launch the subprocess and wait (max 30 s) for its ``READY <port>`` line."""
         self._buf = b""
         self._proc = ServerProcess([sys.executable, "-m", "recipe.testing.stub_server", f"--port={self.port}",
-                                    *self.args], "stub server", capture_stdout=True, error=RuntimeError)
+                                    *self.args], "stub server", capture_stdout=True, error=RuntimeError,
+                                   popen=popen)
         line = self._proc.start(self._ready_line, timeout=30).decode(errors="replace")
         if not line.startswith("READY "):
             message = f"stub server did not start: {line!r}\n{self._proc.output()}"
