@@ -122,7 +122,7 @@ def persons_per_second(n: int) -> tuple[float, float]:
 
 def main() -> None:
     banner("samplers")
-    n = rows(smoke=5000)
+    n = rows(smoke=2000)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -132,7 +132,7 @@ def main() -> None:
         results.append(report(f"CLI, {n} records x 8 columns (s)", wall, base, "s"))
         results.append(report("CLI peak RSS (MiB) vs 500 MiB goal", peak, 500, "MiB"))
         print(f"{'baseline: bare numpy loop + json.dumps (s)':<48} {base:10.1f} s")
-    ours, faker = persons_per_second(rows(smoke=20_000, default=200_000))
+    ours, faker = persons_per_second(rows(smoke=5_000, default=200_000))
     results.append(report("persons per second (one process)", ours, faker, "rec/s"))
     print(f"{'baseline: Faker per person (rec/s)':<48} {faker:10.1f} rec/s")
     save("samplers", results)
