@@ -14,7 +14,6 @@ persons per second in one process (against Faker called per person, the obvious 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, report, rows, save, small  # noqa: E402
+from _common import banner, report, rows, save  # noqa: E402
 
 CATEGORIES = ["Electronics", "Home", "Books", "Toys", "Sports"]
 WEIGHTS = [3, 3, 2, 1, 1]
