@@ -1,6 +1,6 @@
 """Dedup: N short texts with 20% near-duplicates through read -> dedup -> write on a 2-worker LocalCluster.
 
-N texts (default 1,000,000; ``--rows N``; smoke: 1000) of 30 to 40 random words. A fifth of
+N texts (default 1,000,000; ``--rows N``; smoke: 2000) of 30 to 40 random words. A fifth of
 them are near-duplicates of an earlier original: one word in the text swapped, and for half of
 those the case and spacing changed too. The ground truth is known, so the MinHash stage's
 precision and recall are exact. Runs on a LocalCluster of 2 worker processes built as
@@ -127,9 +127,9 @@ def main_exact(rows: int) -> None:
 def main() -> None:
     banner("dedup")
     if "--exact" in sys.argv:
-        return main_exact(1000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv
+        return main_exact(2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv
                           else 1_000_000)
-    rows = 1000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    rows = 2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
     size = max(100, rows // 100)
     with tempfile.TemporaryDirectory() as tmp, Clusters(shared=small()) as clusters:
         input_path = os.path.join(tmp, "in.jsonl")
