@@ -1,9 +1,9 @@
 """Stopping: how fast the CLI exits on SIGINT mid-run, and what it leaves behind.
 
-The CLI runs the ``generate`` recipe on 300 records (smoke: 40) against the stub server (1 s
-latency, concurrency 16). Once 40 answers (smoke: 8) are in, it gets SIGINT; the figure is the
-time from the signal to its exit, as a ratio against one request's latency (the baseline: the
-stop must not wait for the requests in flight). Also reported: false error records written by the stop (must be 0), and, for a run that
+The CLI runs the ``generate`` recipe against the stub server (1 s latency, concurrency 16). Once
+40 answers are in, it gets SIGINT; the figure is the time from the signal to its exit, as a
+ratio against one request's latency (the baseline: the stop must not wait for the requests in
+flight). Also reported: false error records written by the stop (must be 0), and, for a run that
 completes, the time from its summary line to its exit, against a bare ``python -c pass``.
 
     python bench/interrupt.py [--smoke]
@@ -26,7 +26,6 @@ from _common import banner, report, save, small  # noqa: E402
 from recipe.testing.stub_server import StubServer  # noqa: E402
 
 LATENCY = 1.0
-STOP_AFTER = 8 if small() else 40  # answers in before the SIGINT
 
 
 def cli(server: StubServer, tmp: Path, source: Path, out: str) -> subprocess.Popen:
@@ -40,7 +39,7 @@ def cli(server: StubServer, tmp: Path, source: Path, out: str) -> subprocess.Pop
 
 def main() -> None:
     banner("interrupt")
-    n = 40 if small() else 300
+    n = 120 if small() else 300
     results = []
     with tempfile.TemporaryDirectory() as name, StubServer(latency=LATENCY) as server:
         tmp = Path(name)
@@ -48,7 +47,7 @@ def main() -> None:
         source.write_text("".join(json.dumps({"prompt": f"q {i}"}) + "\n" for i in range(n)))
 
         proc = cli(server, tmp, source, "stopped")
-        while server.stats()["status_counts"].get("200", 0) < STOP_AFTER:
+        while server.stats()["status_counts"].get("200", 0) < 40:
             time.sleep(0.05)
         start = time.perf_counter()
         proc.send_signal(signal.SIGINT)
