@@ -181,7 +181,7 @@ def driver(args: argparse.Namespace) -> None:
         table: dict[tuple[int, str], list[dict]] = {}
         for rep in range(reps):
             for concurrency in ((64,) if smoke else (64, 1)):  # smoke: the same code paths, once
-                total = args.total or (50 if smoke else 3000)
+                total = args.total or (100 if smoke else 3000)
                 total = total if concurrency > 1 else max(100, total // 3)
                 input_path = os.path.join(tmp, f"prompts-{total}.jsonl")
                 if not os.path.exists(input_path):
