@@ -8,7 +8,7 @@ import platform
 import resource
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 
 def banner(name: str) -> None:
@@ -47,6 +47,38 @@ def save(name: str, results: list[dict]) -> None:
 def small() -> bool:
     """Smoke mode for tests: tiny counts, same code paths."""
     return "--smoke" in sys.argv
+
+
+class Clusters:
+    """The run's Dask cluster, opened with ``recipe.engine.cluster.dask_context`` as ``recipe.run`` opens it.
+
+    A full run starts a fresh cluster for every measured run (each run's own peak RSS and start);
+    with ``shared`` (smoke mode) the first cluster opened serves every later run too, so its
+    start-up and the workers' imports (litellm, s3fs, pandas: seconds of CPU each) are paid once.
+    """
+
+    def __init__(self, shared: bool) -> None:
+        self.shared = shared
+        self._stack = ExitStack()
+        self._client = None
+
+    def __enter__(self) -> "Clusters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @contextmanager
+    def open(self, dask_cfg):
+        from recipe.engine.cluster import dask_context
+
+        if not self.shared:
+            with dask_context(dask_cfg) as client:
+                yield client
+            return
+        if self._client is None:
+            self._client = self._stack.enter_context(dask_context(dask_cfg))
+        yield self._client
 
 
 def rows(smoke: int, default: int = 1_000_000) -> int:

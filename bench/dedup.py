@@ -1,12 +1,13 @@
 """Dedup: N short texts with 20% near-duplicates through read -> dedup -> write on a 2-worker LocalCluster.
 
-N texts (default 1,000,000; ``--rows N``; smoke: 3000) of 30 to 40 random words. A fifth of
+N texts (default 1,000,000; ``--rows N``; smoke: 2000) of 30 to 40 random words. A fifth of
 them are near-duplicates of an earlier original: one word in the text swapped, and for half of
 those the case and spacing changed too. The ground truth is known, so the MinHash stage's
 precision and recall are exact. Runs on a LocalCluster of 2 worker processes built as
 ``recipe.run`` builds it. Baseline, measured in the same run: read -> write with no dedup
 stage. Reported: wall time (and ratio to the baseline), each worker's peak RSS (VmHWM), the
-exact method's time on the same data, precision and recall.
+exact method's time on the same data, precision and recall. Smoke: the runs share one cluster
+(see ``_common.Clusters``), so the peaks are cumulative.
 
 ``--exact``: the exact method alone, on texts whose duplicates are exact copies (half of them
 with case and spacing changed, which normalisation undoes). Baseline, in the same run: a plain
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, report, save, small, timed  # noqa: E402
+from _common import Clusters, banner, report, save, small, timed  # noqa: E402
 from scale import vmhwm_mib  # noqa: E402
 
 DUP_FRACTION = 0.2
@@ -58,13 +59,14 @@ def write_input(path: str, rows: int, seed: int = 0, exact: bool = False) -> set
     return dups
 
 
-def pipeline(input_path: str, out: str, method: str | None, partition_size: int) -> tuple[float, set[str], list[float]]:
-    """(seconds, ids kept, peak RSS MiB of each worker) of one run on a fresh 2-worker cluster."""
+def pipeline(clusters: Clusters, input_path: str, out: str, method: str | None,
+             partition_size: int) -> tuple[float, set[str], list[float]]:
+    """(seconds, ids kept, peak RSS MiB of each worker) of one run on a 2-worker cluster (a fresh one
+    unless ``clusters`` is shared)."""
     from recipe.config.schema import DaskConfig
-    from recipe.engine.cluster import dask_context
     from recipe.stages import DedupStage, ReadStage, WriteStage
 
-    with dask_context(DaskConfig(n_workers=2, threads_per_worker=2)) as client:
+    with clusters.open(DaskConfig(n_workers=2, threads_per_worker=2)) as client:
         with timed() as t:
             bag = ReadStage(path=input_path, partition_size=partition_size)()
             if method:
@@ -100,14 +102,14 @@ def python_set(input_path: str) -> tuple[float, set[str]]:
 
 def main_exact(rows: int) -> None:
     size = max(100, rows // 100)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, Clusters(shared=small()) as clusters:
         input_path = os.path.join(tmp, "in.jsonl")
         dups = write_input(input_path, rows, exact=True)
         print(f"  {rows} texts, {len(dups)} exact duplicates (half with case/spacing changed), {size} per partition",
               flush=True)
         baseline, kept_by_set = python_set(input_path)
-        plain, kept_all, plain_peaks = pipeline(input_path, os.path.join(tmp, "plain"), None, size)
-        seconds, kept, peaks = pipeline(input_path, os.path.join(tmp, "exact"), "exact", size)
+        plain, kept_all, plain_peaks = pipeline(clusters, input_path, os.path.join(tmp, "plain"), None, size)
+        seconds, kept, peaks = pipeline(clusters, input_path, os.path.join(tmp, "exact"), "exact", size)
     assert len(kept_all) == rows, "records went missing without dedup"
     assert kept == kept_by_set, f"the stage kept {len(kept)}, the set {len(kept_by_set)}: not the same records"
     removed = kept_all - kept
@@ -125,19 +127,19 @@ def main_exact(rows: int) -> None:
 def main() -> None:
     banner("dedup")
     if "--exact" in sys.argv:
-        return main_exact(3000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv
+        return main_exact(2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv
                           else 1_000_000)
-    rows = 3000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
+    rows = 2000 if small() else int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else 1_000_000
     size = max(100, rows // 100)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, Clusters(shared=small()) as clusters:
         input_path = os.path.join(tmp, "in.jsonl")
         dups = write_input(input_path, rows)
         print(f"  {rows} texts, {len(dups)} near-duplicates, {size} per partition", flush=True)
-        base, kept_all, base_peaks = pipeline(input_path, os.path.join(tmp, "plain"), None, size)
+        base, kept_all, base_peaks = pipeline(clusters, input_path, os.path.join(tmp, "plain"), None, size)
         exact, exact_peaks = float("nan"), [float("nan")]
         if "--no-exact" not in sys.argv:
-            exact, _, exact_peaks = pipeline(input_path, os.path.join(tmp, "exact"), "exact", size)
-        seconds, kept, peaks = pipeline(input_path, os.path.join(tmp, "minhash"), "minhash", size)
+            exact, _, exact_peaks = pipeline(clusters, input_path, os.path.join(tmp, "exact"), "exact", size)
+        seconds, kept, peaks = pipeline(clusters, input_path, os.path.join(tmp, "minhash"), "minhash", size)
     assert len(kept_all) == rows, "records went missing without dedup"
     removed = kept_all - kept
     hits = len(removed & dups)

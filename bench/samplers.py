@@ -14,7 +14,6 @@ persons per second in one process (against Faker called per person, the obvious 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, report, rows, save, small  # noqa: E402
+from _common import banner, report, rows, save  # noqa: E402
 
 CATEGORIES = ["Electronics", "Home", "Books", "Toys", "Sports"]
 WEIGHTS = [3, 3, 2, 1, 1]
@@ -122,7 +121,7 @@ def persons_per_second(n: int) -> tuple[float, float]:
 
 def main() -> None:
     banner("samplers")
-    n = rows(smoke=5000)
+    n = rows(smoke=2000)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -132,7 +131,7 @@ def main() -> None:
         results.append(report(f"CLI, {n} records x 8 columns (s)", wall, base, "s"))
         results.append(report("CLI peak RSS (MiB) vs 500 MiB goal", peak, 500, "MiB"))
         print(f"{'baseline: bare numpy loop + json.dumps (s)':<48} {base:10.1f} s")
-    ours, faker = persons_per_second(rows(smoke=20_000, default=200_000))
+    ours, faker = persons_per_second(rows(smoke=5_000, default=200_000))
     results.append(report("persons per second (one process)", ours, faker, "rec/s"))
     print(f"{'baseline: Faker per person (rec/s)':<48} {faker:10.1f} rec/s")
     save("samplers", results)

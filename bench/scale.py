@@ -1,14 +1,16 @@
 """Scale: N records through read -> generate -> write on a 2-worker LocalCluster, and memory.
 
-N records (default 1,000,000; ``--rows N``; smoke: 2000) in 64 partitions go through the
+N records (default 1,000,000; ``--rows N``; smoke: 400) in 64 partitions (smoke: 8) go through the
 generate recipe against a zero-latency stub server, cache disabled, on a LocalCluster of 2
 worker processes built exactly as ``recipe.run`` builds it (``recipe.engine.cluster.dask_context``,
 ``build_stages``, cluster limits). A run of N/10 records comes first and is the baseline.
 Reported: records/s, and each worker's peak RSS (VmHWM from /proc/self/status, read in the
 workers at the end of each run). Goal: peak RSS grows < 20% from N/10 to N, and stays < 1 GiB.
+Smoke: the runs share one cluster (see ``_common.Clusters``), so the peaks are cumulative.
 
 ``--s3``: the same N records read from and written to object storage (moto's S3-compatible
-server on 127.0.0.1, through s3fs), against a local-disk run of N records as the baseline.
+server on 127.0.0.1, through s3fs), against a local-disk run of N records as the baseline
+(smoke: 100 records).
 
     python bench/scale.py [--smoke] [--rows N] [--s3]
 """
@@ -21,9 +23,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import banner, peak_rss_mib, report, rows as rows_arg, save, small, stub_overrides, timed, write_prompts  # noqa: E402
+from _common import Clusters, banner, peak_rss_mib, report, rows as rows_arg, save, small, stub_overrides, timed, write_prompts  # noqa: E402
 
-PARTITIONS = 64
+PARTITIONS = 8 if small() else 64
 
 
 def vmhwm_mib() -> float:
@@ -54,13 +56,13 @@ def start_s3() -> object:
     return server
 
 
-def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tuple[float, int, list[float]]:
+def pipeline(clusters: Clusters, base_url: str, rows: int, tmp: str,
+             store: str | None = None) -> tuple[float, int, list[float]]:
     """(records/s, records written, peak RSS MiB of each worker) of one run of ``rows`` records."""
     import recipe
     from recipe.config.compose import resolved_container
     from recipe.clients.factory import ClientSpec
     from recipe.stages.build import build_stages
-    from recipe.engine.cluster import dask_context
     from recipe.engine.plan import settings
     from recipe.clients.cluster_limits import enable_cluster_limits
 
@@ -77,7 +79,7 @@ def pipeline(base_url: str, rows: int, tmp: str, store: str | None = None) -> tu
                                         "cache.enabled=false"))
     data = resolved_container(cfg)
     out = f"{store}/out-{rows}" if store is not None else os.path.join(tmp, f"out-{rows}")
-    with dask_context(settings(data)["dask"]) as client:
+    with clusters.open(settings(data)["dask"]) as client:
         enable_cluster_limits(client)
         with timed() as t:
             bag = None
@@ -96,14 +98,14 @@ def main() -> None:
     from recipe.testing.stub_server import StubServer
 
     banner("scale")
-    rows = rows_arg(smoke=2000)
+    rows = rows_arg(smoke=400)
     if "--s3" in sys.argv:
-        return main_s3(500 if small() else rows)
+        return main_s3(100 if small() else rows)
     results = []
-    with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
-        base_rate, base_n, base_peaks = pipeline(server.base_url, rows // 10, tmp)
+    with tempfile.TemporaryDirectory() as tmp, StubServer() as server, Clusters(shared=small()) as clusters:
+        base_rate, base_n, base_peaks = pipeline(clusters, server.base_url, rows // 10, tmp)
         server.reset()
-        rate, n, peaks = pipeline(server.base_url, rows, tmp)
+        rate, n, peaks = pipeline(clusters, server.base_url, rows, tmp)
         requests = server.stats()["requests"]
     assert n == rows and base_n == rows // 10, "records went missing"
     assert requests == rows, f"{requests} requests for {rows} records"
@@ -125,10 +127,10 @@ def main_s3(rows: int) -> None:
     results = []
     s3 = start_s3()
     try:
-        with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
-            base_rate, base_n, base_peaks = pipeline(server.base_url, rows, tmp)
+        with tempfile.TemporaryDirectory() as tmp, StubServer() as server, Clusters(shared=small()) as clusters:
+            base_rate, base_n, base_peaks = pipeline(clusters, server.base_url, rows, tmp)
             server.reset()
-            rate, n, peaks = pipeline(server.base_url, rows, tmp, store="s3://bench")
+            rate, n, peaks = pipeline(clusters, server.base_url, rows, tmp, store="s3://bench")
             requests = server.stats()["requests"]
     finally:
         s3.stop()
