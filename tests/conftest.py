@@ -17,11 +17,24 @@ from pathlib import Path
 
 import pytest
 
-import recipe
-from recipe.clients.llamacpp_server import LlamaCppServer
-from recipe.clients.subprocess_server import ServerProcess, free_port
-from recipe.testing import stub_server as stub_server_module
-from recipe.testing.stub_server import StubServer
+# Dask's own monitoring, at intervals meant for a long-lived production cluster: a statistical
+# profiler every 10 ms in each worker and an event-loop health check every 20 ms in every process.
+# Idle, a 2-worker LocalCluster then costs ~5 CPU-s a minute, and each test process keeps one for
+# the session (two_workers): ~400 CPU-s of a suite on 2 cores. No test reads the profiles or the
+# loop's health; set in the environment, so the CLI runs and their workers inherit it.
+DASK_MONITORING = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+                   "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+                   "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s"}
+for _name, _value in DASK_MONITORING.items():
+    os.environ.setdefault(_name, _value)
+if "dask" in sys.modules:
+    sys.modules["dask"].config.refresh()
+
+import recipe  # noqa: E402  (after the environment above)
+from recipe.clients.llamacpp_server import LlamaCppServer  # noqa: E402
+from recipe.clients.subprocess_server import ServerProcess, free_port  # noqa: E402
+from recipe.testing import stub_server as stub_server_module  # noqa: E402
+from recipe.testing.stub_server import StubServer  # noqa: E402
 
 # ---- helpers ---------------------------------------------------------------------------------
 

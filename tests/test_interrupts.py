@@ -7,6 +7,7 @@ llama.cpp, real Dask worker processes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -250,5 +251,7 @@ def test_an_embedded_server_that_dies_mid_run_stops_the_run_with_one_line_and_th
     assert time.monotonic() - started < 30, "no retries against a dead server"
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    assert lines[0].startswith("error: the embedded llama.cpp server was killed by SIGILL"), stderr
+    # killed mid-run, or (the test saw an answer before the run did) while the run was starting it
+    assert re.match(r"error: the (embedded llama\.cpp server was killed by SIGILL: "
+                    r"|llama\.cpp server was killed by SIGILL while starting: )", lines[0]), stderr
     assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir --force-reinstall llama-cpp-python==' in lines[0]

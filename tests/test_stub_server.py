@@ -273,6 +273,7 @@ def test_a_child_that_exits_while_starting_names_itself_and_its_last_line():
     with pytest.raises(LocalServerError, match=r"^the test server exited with code 1 while starting: bad model file$"):
         child.start(lambda: False, timeout=30)
     assert child.pid is None  # reaped
+    assert child.returncode == 1  # kept: the embedded server's start names the fix by how its child ended
 
 
 @pytest.mark.parametrize("why", ["timeout", "interrupt"])

@@ -69,6 +69,7 @@ class ServerProcess:
         self.error = error
         self.popen = popen
         self._process: Any = None
+        self._exit_code: int | None = None
         self._log: IO[bytes] | None = None
 
     @property
@@ -77,8 +78,9 @@ class ServerProcess:
 
     @property
     def returncode(self) -> int | None:
-        """The child's exit code (negative: the signal that killed it); None while it runs."""
-        return self._process.poll() if self._process is not None else None
+        """The child's exit code (negative: the signal that killed it); None while it runs. Kept
+        after :meth:`stop`, so a failed start can still say how the child ended."""
+        return self._process.poll() if self._process is not None else self._exit_code
 
     @property
     def stdout(self):
@@ -148,6 +150,7 @@ class ServerProcess:
                 process.wait()
             if process.stdout is not None:
                 process.stdout.close()
+            self._exit_code = process.returncode
         if self._log is not None:
             self._log.close()
             self._log = None
