@@ -151,10 +151,19 @@ def pytest_unconfigure(config):
         warm.stop()
 
 
-def cli_process(tmp_path: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    """``python -m recipe *args`` started (for signals and kills): pipes for stdout and stderr."""
-    return subprocess.Popen([sys.executable, "-m", "recipe", *args], cwd=_cwd(tmp_path), env=cli_env(tmp_path, env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def cli_process(tmp_path: Path, *args: str, env: dict | None = None, fresh: bool = False, **popen):
+    """``python -m recipe *args`` started (for signals and kills): pipes for stdout and stderr.
+
+    Forked from the warm process (:class:`warm_cli.WarmChild`: ``pid``, ``poll``, ``wait``,
+    ``communicate``, signals; the leader of its own process group, as ``start_new_session=True``
+    makes it). ``fresh=True``, ``RECIPE_TEST_FRESH_CLI=1`` or another ``subprocess`` option
+    (``preexec_fn``...) spawns a new interpreter."""
+    command = [sys.executable, "-m", "recipe", *args]
+    options = dict(cwd=_cwd(tmp_path), env=cli_env(tmp_path, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   text=True)
+    if fresh or set(popen) - {"start_new_session"} or os.environ.get("RECIPE_TEST_FRESH_CLI"):
+        return subprocess.Popen(command, **options, **popen)
+    return _warm().popen(command, **options)
 
 
 # ---- tiers -----------------------------------------------------------------------------------
@@ -279,7 +288,8 @@ def dask_processes(tmp_path):
             workdir = Path(tmp_path / f"worker-{index}")
             workdir.mkdir()
             worker = ServerProcess(
-                [dask_cli, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
+                # --no-nanny: the worker runs in this process, not in one more the nanny would spawn
+                [dask_cli, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads), "--no-nanny",
                  "--no-dashboard", "--local-directory", str(workdir), "--name", f"w{index}"],
                 f"dask worker {index}", cwd=str(workdir), env=env)
             procs.append(worker)

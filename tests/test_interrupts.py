@@ -38,7 +38,8 @@ def no_leftovers():
 
 
 def cli(tmp_path: Path, args: list[str], **popen) -> subprocess.Popen:
-    proc = cli_process(tmp_path, *args, **popen)
+    # a new interpreter: how the CLI takes signals is what these tests are about, from its start
+    proc = cli_process(tmp_path, *args, fresh=True, **popen)
     _started.append(proc)  # killed after the test, with what it started, if still running
     return proc
 

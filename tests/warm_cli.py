@@ -11,9 +11,11 @@ code under test is the CLI's own, from ``main()`` down. Only the imports are sha
 Nothing stdlib does this for a process that is not our child: ``multiprocessing``'s forkserver
 serves its own workers, not a command line with its own streams and exit code, so this is ours.
 
-Tests that need a real process from its first instruction (signals, kills, ``-X importtime``,
-a different interpreter) use ``subprocess`` directly (``conftest.cli_process``); ``cli(...,
-fresh=True)`` or ``RECIPE_TEST_FRESH_CLI=1`` spawns ``python -m recipe`` for any call.
+Runs a test kills or signals mid-run are forked too (``conftest.cli_process``: a
+:class:`WarmChild`, the leader of its own process group). Tests that need a real process from its
+first instruction (how the CLI takes signals, ``-X importtime``, a different interpreter) pass
+``fresh=True``; ``RECIPE_TEST_FRESH_CLI=1`` spawns ``python -m recipe`` for every call. The stub
+servers are forked from here as well (``recipe.testing.stub_server.popen``).
 
 Protocol, over a Unix socket: the test sends one JSON line ``{argv, env, cwd}`` with three file
 descriptors attached (stdin, stdout, stderr); the warm process answers ``{"pid": N}`` once forked
@@ -186,27 +188,31 @@ class WarmCli:
 
 
     def popen(self, args: list[str], *, stdout=None, stderr=None, stdin=None, env: dict | None = None,
-              cwd: str | None = None, **_ignored) -> "WarmChild":
+              cwd: str | None = None, text: bool = False, **_ignored) -> "WarmChild":
         """``python -m MODULE ARGS`` forked from the warm process, as ``subprocess.Popen(args, ...)``
         would start it (``recipe.testing.stub_server.popen``: the stub servers)."""
-        return WarmChild(self.path, args, stdout=stdout, stderr=stderr, stdin=stdin,
-                         env=dict(os.environ) if env is None else env, cwd=cwd or os.getcwd())
+        return WarmChild(self.path, args, stdout=stdout, stderr=stderr, stdin=stdin, text=text,
+                         env=dict(os.environ) if env is None else env, cwd=str(cwd or os.getcwd()))
 
 
 class WarmChild:
-    """A server forked by the warm process, with the part of ``subprocess.Popen`` that
-    ``recipe.clients.subprocess_server.ServerProcess`` uses. Its parent is the warm process, which
-    reaps it and reports its exit code on the connection."""
+    """A process forked by the warm process, with the part of ``subprocess.Popen`` the tests and
+    ``recipe.clients.subprocess_server.ServerProcess`` use (``pid``, ``stdout``, ``stderr``,
+    ``poll``, ``wait``, ``communicate``, signals). Its parent is the warm process, which reaps it
+    and reports its exit code on the connection; it is the leader of its own process group."""
 
-    def __init__(self, path: str, args: list[str], *, stdout, stderr, stdin, env: dict, cwd: str) -> None:
+    def __init__(self, path: str, args: list[str], *, stdout, stderr, stdin, env: dict, cwd: str,
+                 text: bool = False) -> None:
         assert args[1:2] == ["-m"] and stdin in (None, subprocess.DEVNULL), args  # python -m MODULE ...
-        self.args, self.returncode, self.stdin = args, None, None
+        self.args, self.returncode, self.stdin, self.text = args, None, None, text
         devnull = os.open(os.devnull, os.O_RDWR)
-        read_end = write_end = None
-        if stdout == subprocess.PIPE:
-            read_end, write_end = os.pipe()
-        out = write_end if write_end is not None else (stdout.fileno() if stdout is not None else 1)
-        err = out if stderr == subprocess.STDOUT else (stderr.fileno() if stderr is not None else 2)
+        pipes: dict[str, tuple[int, int]] = {}
+        for name, given in (("stdout", stdout), ("stderr", stderr)):
+            if given == subprocess.PIPE:
+                pipes[name] = os.pipe()
+        out = pipes["stdout"][1] if "stdout" in pipes else (stdout.fileno() if stdout is not None else 1)
+        err = (out if stderr == subprocess.STDOUT else pipes["stderr"][1] if "stderr" in pipes
+               else stderr.fileno() if stderr is not None else 2)
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._conn.connect(path)
@@ -216,9 +222,30 @@ class WarmChild:
             self.pid = json.loads(self._line(None))["pid"]
         finally:
             os.close(devnull)
-            if write_end is not None:
+            for _, write_end in pipes.values():
                 os.close(write_end)
-        self.stdout = os.fdopen(read_end, "rb", buffering=0) if read_end is not None else None
+        self.stdout = os.fdopen(pipes["stdout"][0], "rb", buffering=0) if "stdout" in pipes else None
+        self.stderr = os.fdopen(pipes["stderr"][0], "rb", buffering=0) if "stderr" in pipes else None
+        self._fds = [pipes[name][0] if name in pipes else None for name in ("stdout", "stderr")]
+
+    def communicate(self, timeout: float | None = None) -> tuple:
+        """Everything the child writes to its pipes, once they close, and its exit."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        open_pipes = {f.fileno(): f for f in (self.stdout, self.stderr) if f is not None and not f.closed}
+        read: dict[int, bytes] = {fd: b"" for fd in open_pipes}
+        while open_pipes:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            for fd in select.select(list(open_pipes), [], [], left)[0]:
+                data = os.read(fd, 65536)
+                if data:
+                    read[fd] += data
+                else:
+                    open_pipes.pop(fd).close()
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        results = [read.get(fd) if fd is not None else None for fd in self._fds]
+        return tuple(r.decode(errors="replace") if (r is not None and self.text) else r for r in results)
 
     def _line(self, timeout: float | None) -> bytes | None:
         """The warm process's next line on the connection (None: not within ``timeout`` s)."""
