@@ -19,8 +19,8 @@ import pytest
 
 # Dask's own monitoring, at intervals meant for a long-lived production cluster: a statistical
 # profiler every 10 ms in each worker and an event-loop health check every 20 ms in every process.
-# Idle, a 2-worker LocalCluster then costs ~5 CPU-s a minute, and each test process keeps one for
-# the session (two_workers): ~400 CPU-s of a suite on 2 cores. No test reads the profiles or the
+# Idle, a 2-worker LocalCluster then costs ~5 CPU-s a minute (1.6 without them), and each test
+# process keeps one for the session (two_workers): minutes of CPU on 2 cores. No test reads the profiles or the
 # loop's health; set in the environment, so the CLI runs and their workers inherit it.
 DASK_MONITORING = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
                    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",

@@ -99,7 +99,10 @@ def _become_cli(request: dict, fds: list[int]) -> None:
 
 
 def _serve(path: str) -> None:
-    """Accept runs on the socket at ``path``; fork one child per run and report its end."""
+    """Accept runs on the socket at ``path``; fork one child per run and report its end. When
+    the test process that started it dies without stopping it (a killed pytest), it kills what it
+    forked that still runs (stub servers, runs) and exits."""
+    parent = os.getppid()
     _warm_up()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -107,6 +110,10 @@ def _serve(path: str) -> None:
     print("ready", flush=True)
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
     while True:
+        if os.getppid() != parent:
+            for pid in waiting:
+                _kill_group(pid)
+            os._exit(0)
         readable, _, _ = select.select([server], [], [], 0.02)
         if readable:
             conn, _ = server.accept()
