@@ -109,7 +109,7 @@ def cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = Non
     2 to 4 s of imports each time); ``fresh=True``, ``RECIPE_TEST_FRESH_CLI=1`` or a ``subprocess``
     option (``preexec_fn=...``: a limit set before the interpreter starts) spawns a new one instead."""
     where = cwd or _cwd(tmp_path)
-    if fresh or popen or os.environ.get("RECIPE_TEST_FRESH_CLI"):
+    if _spawn_fresh(fresh or bool(popen)):
         result = subprocess.run([sys.executable, "-m", "recipe", *args], cwd=where, env=cli_env(tmp_path, env),
                                 capture_output=True, text=True, timeout=timeout, input=input, **popen)
     else:
@@ -117,6 +117,12 @@ def cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = Non
     if check_exit is not None:
         assert result.returncode == check_exit, result.stderr[-3000:]
     return result
+
+
+def _spawn_fresh(asked: bool) -> bool:
+    """Whether to start a new interpreter instead of forking from the warm process: the test asks
+    for one, or ``RECIPE_TEST_FRESH_CLI=1`` asks it for every process."""
+    return asked or bool(os.environ.get("RECIPE_TEST_FRESH_CLI"))
 
 
 _WARM: list = []  # this test process's warm CLI (one, started on first use)
@@ -138,7 +144,7 @@ def _warm_popen(args, **kwargs):
     """The stub servers' launcher (``recipe.testing.stub_server.popen``): forked from the warm
     process, which has imported aiohttp and the stub (a new interpreter costs ~0.4 s of CPU, and
     the suite starts several hundred stubs); ``RECIPE_TEST_FRESH_CLI=1`` spawns them as well."""
-    if os.environ.get("RECIPE_TEST_FRESH_CLI"):
+    if _spawn_fresh(False):
         return subprocess.Popen(args, **kwargs)
     return _warm().popen(args, **kwargs)
 
@@ -161,7 +167,7 @@ def cli_process(tmp_path: Path, *args: str, env: dict | None = None, fresh: bool
     command = [sys.executable, "-m", "recipe", *args]
     options = dict(cwd=_cwd(tmp_path), env=cli_env(tmp_path, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                    text=True)
-    if fresh or set(popen) - {"start_new_session"} or os.environ.get("RECIPE_TEST_FRESH_CLI"):
+    if _spawn_fresh(fresh or bool(set(popen) - {"start_new_session"})):
         return subprocess.Popen(command, **options, **popen)
     return _warm().popen(command, **options)
 

@@ -17,7 +17,8 @@ first instruction (how the CLI takes signals, ``-X importtime``, a different int
 ``fresh=True``; ``RECIPE_TEST_FRESH_CLI=1`` spawns ``python -m recipe`` for every call. The stub
 servers are forked from here as well (``recipe.testing.stub_server.popen``).
 
-Protocol, over a Unix socket: the test sends one JSON line ``{argv, env, cwd}`` with three file
+Protocol, over a Unix socket: the test sends one JSON line ``{module, argv, env, cwd}`` (``module``:
+``python -m MODULE``, ``recipe`` when absent) with three file
 descriptors attached (stdin, stdout, stderr); the warm process answers ``{"pid": N}`` once forked
 and ``{"exit": CODE}`` when the child ends (a signal ``S`` is ``-S``, as ``subprocess`` reports it).
 """
@@ -172,27 +173,17 @@ class WarmCli:
                 stdin.write(input)
                 stdin.flush()
                 stdin.seek(0)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.connect(self.path)
-                request = {"argv": list(argv), "env": env, "cwd": str(cwd)}
-                socket.send_fds(conn, [json.dumps(request).encode()],
-                                [stdin.fileno(), stdout.fileno(), stderr.fileno()])
-                replies = conn.makefile("r")
-                pid = json.loads(replies.readline())["pid"]
-                conn.settimeout(timeout)
-                try:
-                    line = replies.readline()
-                except (TimeoutError, socket.timeout):
-                    line = ""
-                if not line:
-                    _kill_group(pid)
-                    raise subprocess.TimeoutExpired(["python", "-m", "recipe", *argv], timeout)
-                code = json.loads(line)["exit"]
+            command = [sys.executable, "-m", "recipe", *argv]
+            child = WarmChild(self.path, command, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=str(cwd))
+            try:
+                code = child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(child.pid)
+                raise subprocess.TimeoutExpired(["python", "-m", "recipe", *argv], timeout) from None
             stdout.seek(0)
             stderr.seek(0)
             return subprocess.CompletedProcess(["python", "-m", "recipe", *argv], code,
                                                stdout.read(), stderr.read())
-
 
     def popen(self, args: list[str], *, stdout=None, stderr=None, stdin=None, env: dict | None = None,
               cwd: str | None = None, text: bool = False, **_ignored) -> "WarmChild":
@@ -210,9 +201,10 @@ class WarmChild:
 
     def __init__(self, path: str, args: list[str], *, stdout, stderr, stdin, env: dict, cwd: str,
                  text: bool = False) -> None:
-        assert args[1:2] == ["-m"] and stdin in (None, subprocess.DEVNULL), args  # python -m MODULE ...
+        assert args[1:2] == ["-m"] and stdin != subprocess.PIPE, args  # python -m MODULE ...
         self.args, self.returncode, self.stdin, self.text = args, None, None, text
         devnull = os.open(os.devnull, os.O_RDWR)
+        source = stdin.fileno() if stdin not in (None, subprocess.DEVNULL) else devnull
         pipes: dict[str, tuple[int, int]] = {}
         for name, given in (("stdout", stdout), ("stderr", stderr)):
             if given == subprocess.PIPE:
@@ -224,7 +216,7 @@ class WarmChild:
         try:
             self._conn.connect(path)
             request = {"module": args[2], "argv": list(args[3:]), "env": env, "cwd": cwd}
-            socket.send_fds(self._conn, [json.dumps(request).encode()], [devnull, out, err])
+            socket.send_fds(self._conn, [json.dumps(request).encode()], [source, out, err])
             self._buffer = b""
             self.pid = json.loads(self._line(None))["pid"]
         finally:
@@ -233,13 +225,13 @@ class WarmChild:
                 os.close(write_end)
         self.stdout = os.fdopen(pipes["stdout"][0], "rb", buffering=0) if "stdout" in pipes else None
         self.stderr = os.fdopen(pipes["stderr"][0], "rb", buffering=0) if "stderr" in pipes else None
-        self._fds = [pipes[name][0] if name in pipes else None for name in ("stdout", "stderr")]
 
     def communicate(self, timeout: float | None = None) -> tuple:
         """Everything the child writes to its pipes, once they close, and its exit."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        open_pipes = {f.fileno(): f for f in (self.stdout, self.stderr) if f is not None and not f.closed}
-        read: dict[int, bytes] = {fd: b"" for fd in open_pipes}
+        streams = {name: f for name, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f is not None}
+        read = {name: b"" for name in streams}
+        open_pipes = {f.fileno(): name for name, f in streams.items() if not f.closed}
         while open_pipes:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -247,11 +239,11 @@ class WarmChild:
             for fd in select.select(list(open_pipes), [], [], left)[0]:
                 data = os.read(fd, 65536)
                 if data:
-                    read[fd] += data
+                    read[open_pipes[fd]] += data
                 else:
-                    open_pipes.pop(fd).close()
+                    streams[open_pipes.pop(fd)].close()
         self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        results = [read.get(fd) if fd is not None else None for fd in self._fds]
+        results = [read.get(name) for name in ("stdout", "stderr")]
         return tuple(r.decode(errors="replace") if (r is not None and self.text) else r for r in results)
 
     def _line(self, timeout: float | None) -> bytes | None:
