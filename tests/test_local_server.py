@@ -24,3 +24,12 @@ def test_recipe_local_threads_sets_the_embedded_servers_threads(monkeypatch, giv
         monkeypatch.setenv("RECIPE_LOCAL_THREADS", given)
     with LlamaCppServer() as server:
         assert _threads_of(server) == (int(given) if given else os.cpu_count())
+
+
+def test_a_bad_recipe_local_threads_is_one_line_naming_it(tmp_path):
+    from conftest import cli
+
+    result = cli(tmp_path, "progress=false", env={"RECIPE_LOCAL_THREADS": "two"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: RECIPE_LOCAL_THREADS='two'"), lines[0]

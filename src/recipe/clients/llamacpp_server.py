@@ -57,7 +57,7 @@ class LlamaCppServer:
         self.n_ctx = n_ctx
         # RECIPE_LOCAL_THREADS: fewer threads when the machine is shared with other servers or runs
         # (llama.cpp's threads spin while they wait, so more threads than free cores slow every one)
-        self.n_threads = n_threads or int(os.environ.get("RECIPE_LOCAL_THREADS") or 0) or max(1, os.cpu_count() or 1)
+        self.n_threads = n_threads or _threads_from_environment() or max(1, os.cpu_count() or 1)
         self.alias = alias
         self.startup_timeout = startup_timeout
         self.port: int | None = None
@@ -127,6 +127,16 @@ class LlamaCppServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _threads_from_environment() -> int | None:
+    """``RECIPE_LOCAL_THREADS``, a positive whole number (None: not set)."""
+    given = os.environ.get("RECIPE_LOCAL_THREADS", "").strip()
+    if not given:
+        return None
+    if not given.isdigit() or int(given) < 1:
+        raise ConfigError(f"RECIPE_LOCAL_THREADS={given!r}: give the embedded server's threads as a whole number, 1 or more")
+    return int(given)
 
 
 def _rebuild_hint(code: int | None) -> str:
