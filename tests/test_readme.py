@@ -85,13 +85,23 @@ def test_ci_does_no_set_up_of_its_own():
 
 @pytest.mark.llm
 def test_the_default_recipe_finishes_clean_on_the_embedded_model(tmp_path):
-    """`python -m recipe`, the README's run command, exits 0 with no failed record on SmolLM2."""
-    from conftest import cli
+    """`python -m recipe`, the README's run command, exits 0 with no failed record on SmolLM2,
+    offline: any request that is not to 127.0.0.1 goes to a dead proxy and fails. It writes into
+    the runs folder and nothing into the working directory."""
+    from conftest import cli, outputs
 
-    result = cli(tmp_path, "progress=false", timeout=900)
+    dead = "http://127.0.0.1:9"
+    offline = {"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "ALL_PROXY": dead,
+               "HF_HUB_OFFLINE": "1"}
+    result = cli(tmp_path, "progress=false", timeout=900, env=offline)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert ", 0 failed, " in summary and summary.startswith("8 records"), summary
+    assert "requests" in summary and "tokens" in summary, summary
+    output_dir = Path(next(line for line in result.stdout.splitlines() if line.startswith("output: "))[8:])
+    assert (tmp_path / "runs") in output_dir.parents
+    assert len(outputs(output_dir)) == 8
+    assert list((tmp_path / "cwd").iterdir()) == []
 
 
 def test_readme_is_short_and_links_into_the_docs():
