@@ -108,6 +108,8 @@ MISTAKES = [
     pytest.param(["--cfg", "job", "-m", "+model=nemotron"], {}, "cannot be combined", id="cfg-and-multirun"),
     pytest.param(["--config-dir", "/nonexistent/recipe-conf"], {}, "/nonexistent/recipe-conf", id="missing-config-dir"),
     pytest.param(["sampling.temperature=0.2,0.8"], {}, "--multirun", id="sweep-without-multirun"),
+    pytest.param(["backend=openai", "--config-dir", "/tmp", "recipe=math"], {}, "unrecognized arguments: recipe=math",
+                 id="override-after-an-option-after-overrides"),
 ]
 
 
@@ -132,6 +134,61 @@ def test_user_mistakes_are_refused_by_the_pre_run_check(tmp_path, monkeypatch, a
     message = str(refused.value)
     assert needle in message and "\n" not in message and SECRET not in message, message
     assert not (tmp_path / "runs").exists() and list(cwd.iterdir()) == []
+
+
+def _composed_by_hydra_run(argv: list[str], config_dir: Path | None):
+    """The config ``Hydra.run`` composes for ``argv``, with the search path ``@hydra.main`` builds
+    (``--config-dir`` prepended before the schema provider) and the ``hydra.mode=RUN`` it adds."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from recipe.config.compose import model_choice
+
+    search_path = create_automatic_config_search_path(None, None, str(paths.config_dir()))
+    if config_dir is not None:
+        search_path.prepend(provider="command-line", path=f"file://{config_dir}", anchor=SearchPathQuery(provider="schema"))
+    hydra = Hydra.create_main_hydra2(task_name="recipe", config_search_path=search_path)
+    try:
+        return hydra.compose_config("config", model_choice(argv) + ["hydra.mode=RUN"], run_mode=RunMode.RUN)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("own_dir", [False, True], ids=["shipped", "config-dir"])
+def test_a_plain_run_is_given_the_config_hydra_run_composes(tmp_path, monkeypatch, own_dir):
+    """A plain run hands the pre-run check's config to Hydra's job runner instead of composing it
+    twice more (recipe.cli.hydra_job): it is the config Hydra.run composes, Hydra's node included.
+    With ``--config-dir`` only the record of how the dir was added differs (an override, where
+    ``@hydra.main`` adds a provider); the dirs are searched in the same order."""
+    from omegaconf import OmegaConf
+
+    from recipe.cli.hydra_job import plain_run
+    from recipe.cli.precheck import precheck
+    from recipe.config.compose import setup
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "x"}\n')
+    overrides = ["backend=openai", f"input={tmp_path / 'p.jsonl'}", "sampling.temperature=0.3", "+model=gpt4o"]
+    flags: list[str] = []
+    if own_dir:
+        (tmp_path / "conf" / "recipe").mkdir(parents=True)
+        (tmp_path / "conf" / "recipe" / "mine.yaml").write_text("defaults:\n  - open_qa\n  - _self_\nname: mine\n")
+        overrides.append("recipe=mine")
+        flags = ["--config-dir", str(tmp_path / "conf")]
+    setup()
+    ours = precheck(flags + overrides)
+    assert plain_run(ours)
+    ours, theirs = (OmegaConf.to_container(c) for c in (ours, _composed_by_hydra_run(overrides, tmp_path / "conf" if own_dir else None)))
+    if own_dir:
+        assert ours["recipe"]["name"] == "mine" and ours["hydra"]["runtime"]["choices"]["recipe"] == "mine"
+        sources = [(s["path"], s.pop("provider")) for s in ours["hydra"]["runtime"]["config_sources"]]
+        assert [path for path, _ in sources] == [s.pop("provider") and s["path"] for s in theirs["hydra"]["runtime"]["config_sources"]]
+        assert ours["hydra"].pop("searchpath") == [f"file://{tmp_path / 'conf'}"] and theirs["hydra"].pop("searchpath") == []
+        assert ours["hydra"]["overrides"]["hydra"].pop(0) == f"hydra.searchpath=['file://{tmp_path / 'conf'}']"
+    assert ours == theirs
 
 
 SMOKE = [case for case in MISTAKES if case.id in ("bad-override-syntax", "missing-input-file")]

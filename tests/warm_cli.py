@@ -110,6 +110,8 @@ def _serve(path: str) -> None:
     server.listen(64)
     print("ready", flush=True)
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
+    asked: dict[int, dict] = {}  # child pid -> its request (for the CPU log)
+    cpu_log = os.environ.get("RECIPE_TEST_CPU_LOG")  # a file: one line per child, its CPU seconds
     while True:
         if os.getppid() != parent:
             for pid in waiting:
@@ -129,12 +131,18 @@ def _serve(path: str) -> None:
             for fd in fds:
                 os.close(fd)
             waiting[pid] = conn
+            asked[pid] = json.loads(message)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         while waiting:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
             conn = waiting.pop(pid)
+            request = asked.pop(pid)
+            if cpu_log:
+                with open(cpu_log, "a") as log:
+                    log.write(json.dumps({"module": request["module"], "argv": request["argv"],
+                                          "cpu": round(usage.ru_utime + usage.ru_stime, 3)}) + "\n")
             try:
                 conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
             except OSError:

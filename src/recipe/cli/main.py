@@ -152,8 +152,8 @@ def main() -> None:
 
 def _main() -> None:
     import hydra
-    from omegaconf import DictConfig
 
+    from recipe.cli.hydra_job import plain_run, run_composed
     from recipe.cli.precheck import hydra_args, precheck
     from recipe.config import paths, secrets
     from recipe.config.compose import model_choice, setup
@@ -181,22 +181,17 @@ def _main() -> None:
         sys.exit(0)
     try:
         _designer()  # designer=PATH: a Data Designer config, compiled into a recipe to compose
-        precheck(sys.argv[1:])
+        composed = precheck(sys.argv[1:])
     except ConfigError as exc:
         _fail(str(exc))
     # +model=NAME as model=NAME, as the precheck composed it (see compose.model_choice)
     sys.argv[1:] = model_choice(sys.argv[1:], hydra_args(sys.argv[1:]).config_name or "config")
     scratch = _preview_scratch(sys.argv)
-
-    @hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")
-    def _task(cfg: DictConfig) -> None:
-        # A failed job of a sweep does not stop the next one; the exit code is the first failure's.
-        global _exit_code
-        code = _job(cfg)
-        _exit_code = _exit_code or code
-
     try:
-        _task()
+        if composed is not None and scratch is None and plain_run(composed):
+            run_composed(composed, _task)  # the check's config, not composed again (recipe.cli.hydra_job)
+        else:
+            hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")(_task)()
     except KeyboardInterrupt:  # a signal outside the run itself (composing, reporting)
         _interrupted()
     except BrokenPipeError:  # `python -m recipe --help | head`: the reader left, nothing to report
@@ -208,6 +203,14 @@ def _main() -> None:
 
             shutil.rmtree(scratch, ignore_errors=True)
     sys.exit(_exit_code)
+
+
+def _task(cfg) -> None:
+    """Hydra's task: one job. A failed job of a sweep does not stop the next one; the exit code is
+    the first failure's."""
+    global _exit_code
+    code = _job(cfg)
+    _exit_code = _exit_code or code
 
 
 def _preview_scratch(argv: list[str]) -> str | None:

@@ -28,23 +28,32 @@ def hydra_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument(*flag.split("/"))
     parser.add_argument("--info", "-i", nargs="?", const="all")
     parser.add_argument("overrides", nargs="*")
-    return parser.parse_known_args(argv)[0]
+    args, unrecognized = parser.parse_known_args(argv)
+    args.unrecognized = unrecognized
+    return args
 
 
-def precheck(argv: list[str]) -> None:
+def precheck(argv: list[str]):
     """Compose (and validate) what Hydra is about to run, so that mistakes become one line.
 
     Hydra reports its own errors over several lines with a hint about HYDRA_FULL_ERROR; composing
     here first, with the same overrides, config name and config dir, turns each into one line.
     For ``--multirun`` every value of every sweep is composed once (not the whole product). The
     backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
+
+    Returns, for a plain run (one job: no sweep, no ``--cfg``), the config it composed with Hydra's
+    node, ready for :func:`recipe.cli.hydra_job.run_composed`; None for anything else, which
+    ``@hydra.main`` runs.
     """
     from recipe.config import secrets
-    from recipe.config.compose import compose_unchecked
+    from recipe.config.compose import compose_unchecked, without_hydra
     from recipe.engine.preflight import check_writable
     from recipe.engine.plan import checked_data
 
     args = hydra_args(argv)
+    if args.unrecognized:  # Hydra's parser prints its usage and this over 8 lines
+        raise config_error(f"unrecognized arguments: {' '.join(args.unrecognized)} (give the overrides "
+                           "together, before or after the --options; --help lists the options)")
     modes = [name for name, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
                                    ("--info", args.info is not None), ("--shell-completion", args.shell_completion))
              if on]
@@ -57,8 +66,12 @@ def precheck(argv: list[str]) -> None:
         raise config_error(f"config directory not found: {os.path.abspath(args.config_dir)}")
     config_dirs = [args.config_dir] if args.config_dir is not None else []
     config_name = args.config_name or "config"
+    plain = not (args.multirun or args.cfg)
+    composed = None
     for overrides in variants(args.overrides, args.multirun):
-        cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs)
+        cfg = compose_unchecked(overrides, config_name=config_name, config_dirs=config_dirs, with_hydra=plain)
+        if plain:
+            composed, cfg = cfg, without_hydra(cfg)
         secrets.from_config(cfg)  # before anything is printed or saved
         if args.cfg:  # printing a config needs no key and no input, and builds nothing
             from recipe.config import schema
@@ -86,6 +99,7 @@ def precheck(argv: list[str]) -> None:
             from recipe.storage.run_folder import RunFolder
 
             RunFolder(cfg.output_dir).check(run_identity.config_hash(run_identity.identity(cfg)))
+    return composed
 
 
 def _resolved(cfg) -> dict:

@@ -74,9 +74,10 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config",
 
 
 def compose_unchecked(overrides: Sequence[str] = (), config_name: str = "config",
-                      config_dirs: Sequence[str] = ()) -> DictConfig:
+                      config_dirs: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
     """:func:`compose` without :func:`check`, for a caller that gathers the config's problems with
-    its own (the CLI's precheck adds the backends') into one report."""
+    its own (the CLI's precheck adds the backends') into one report. ``with_hydra`` keeps Hydra's
+    own node (``hydra:``), which a run of the config needs (see :func:`without_hydra`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -87,7 +88,7 @@ def compose_unchecked(overrides: Sequence[str] = (), config_name: str = "config"
         overrides = _with_config_dirs(model_choice(overrides, config_name), config_dirs)
         with _outside_any_app(), initialize_config_dir(config_dir=str(paths.config_dir()), job_name="recipe",
                                                        version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
     except ConfigError:
         raise
     except (HydraException, OmegaConfBaseException) as exc:
@@ -98,6 +99,18 @@ def compose_unchecked(overrides: Sequence[str] = (), config_name: str = "config"
     except yaml.YAMLError as exc:  # a syntax error in a config file (often a user's --config-dir)
         raise ConfigError(yaml_error_line(exc)) from None
     return cfg
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` without Hydra's node: the config a job sees (as Hydra's ``run_job`` makes it)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    job = copy.deepcopy(cfg)
+    with read_write(job), open_dict(job):
+        del job["hydra"]
+    return job
 
 
 def model_choice(overrides: Sequence[str], config_name: str = "config") -> list[str]:
