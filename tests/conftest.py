@@ -18,13 +18,17 @@ from pathlib import Path
 import pytest
 
 # Dask's own monitoring, at intervals meant for a long-lived production cluster: a statistical
-# profiler every 10 ms in each worker and an event-loop health check every 20 ms in every process.
-# Idle, a 2-worker LocalCluster then costs ~5 CPU-s a minute (1.6 without them), and each test
-# process keeps one for the session (two_workers): minutes of CPU on 2 cores. No test reads the profiles or the
-# loop's health; set in the environment, so the CLI runs and their workers inherit it.
+# profiler every 10 ms in each worker, an event-loop health check every 20 ms in every process, a
+# memory check every 100 ms in each worker and nanny, a work-stealing pass every 100 ms.
+# Idle, a 2-worker LocalCluster then costs ~5 CPU-s a minute (0.9 with these), and each test
+# process keeps one for the session (two_workers): minutes of CPU on 2 cores. No test reads the
+# profiles or the loop's health, or comes near a memory limit; memory checks and stealing still run,
+# once a second. Set in the environment, so the CLI runs and their workers inherit it.
 DASK_MONITORING = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
                    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
-                   "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s"}
+                   "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+                   "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "1s",
+                   "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING_INTERVAL": "1s"}
 for _name, _value in DASK_MONITORING.items():
     os.environ.setdefault(_name, _value)
 if "dask" in sys.modules:
