@@ -108,6 +108,12 @@ def _serve(path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(64)
+    # A child's end wakes the loop through this pipe (SIGCHLD); so does a new connection. The
+    # timeout only bounds how late the test process's death is noticed.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     print("ready", flush=True)
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
     asked: dict[int, dict] = {}  # child pid -> its request (for the CPU log)
@@ -117,12 +123,18 @@ def _serve(path: str) -> None:
             for pid in waiting:
                 _kill_group(pid)
             os._exit(0)
-        readable, _, _ = select.select([server], [], [], 0.02)
-        if readable:
+        readable, _, _ = select.select([server, wake_read], [], [], 1.0)
+        if wake_read in readable:
+            os.read(wake_read, 4096)
+        if server in readable:
             conn, _ = server.accept()
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             pid = os.fork()
             if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(wake_read)
+                os.close(wake_write)
                 server.close()
                 for other in waiting.values():
                     other.close()
