@@ -17,14 +17,6 @@ from pathlib import Path
 
 import pytest
 
-# Bytecode: the suite starts some 300 interpreters that import the package (Dask workers, pools,
-# fresh CLIs, bench sides), and pytest imports the test modules in each of its five processes. With
-# PYTHONDONTWRITEBYTECODE set (as on this machine), nothing is cached: each of them compiles the 131
-# modules of src/recipe again (0.3 CPU-s) and pytest rewrites the tests' asserts again (3 CPU-s).
-# The tests write it (into the gitignored __pycache__/ folders), for themselves and their children.
-if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
-    sys.dont_write_bytecode = False
-
 # Dask's own monitoring, at intervals meant for a long-lived production cluster: a statistical
 # profiler every 10 ms in each worker, an event-loop health check every 20 ms in every process, a
 # memory check every 100 ms in each worker and nanny, a work-stealing pass every 100 ms.
