@@ -347,8 +347,13 @@ def test_rpm_holds_for_the_list_of_replicas_across_a_two_worker_cluster(tmp_path
     cli(tmp_path, *_replicas_overrides([a, b], f"input={source}", "backend.rpm=120", "dask.partition_size=2",
                                        f"dask.address={two_workers}"), check_exit=0)
     gaps = _start_gaps(a, b, 8)
-    # booked 0.5 s apart at the scheduler; each worker's sleep and a loaded machine add jitter
-    assert min(gaps) >= 0.3 and sum(gaps) / len(gaps) >= 0.45, gaps
+    # booked 0.5 s apart at the scheduler; each worker's sleep and a loaded machine only delay a start.
+    # A start delayed past its slot leaves a short gap to the next, on-time one (seen: 1.07 s, then
+    # 0.10 s): one short gap is allowed, right after a long one; two starts at once by design (a
+    # limiter per worker or per replica, or bursts) give several short gaps and a shorter mean.
+    short = [i for i, gap in enumerate(gaps) if gap < 0.3]
+    assert len(short) <= 1 and all(i > 0 and gaps[i - 1] + gaps[i] >= 0.8 for i in short), gaps
+    assert sum(gaps) / len(gaps) >= 0.45, gaps
 
 
 def test_a_dead_replica_is_taken_out_probed_and_brought_back(stub_server):
