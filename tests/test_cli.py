@@ -110,6 +110,7 @@ MISTAKES = [
     pytest.param(["sampling.temperature=0.2,0.8"], {}, "--multirun", id="sweep-without-multirun"),
     pytest.param(["backend=openai", "--config-dir", "/tmp", "recipe=math"], {}, "unrecognized arguments: recipe=math",
                  id="override-after-an-option-after-overrides"),
+    pytest.param(["--resolve", "sampling.temperature=0.2"], {}, "--resolve goes with --cfg", id="resolve-without-cfg"),
 ]
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def hydra_args(argv: list[str]) -> argparse.Namespace:
@@ -33,7 +37,7 @@ def hydra_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def precheck(argv: list[str]):
+def precheck(argv: list[str]) -> DictConfig | None:
     """Compose (and validate) what Hydra is about to run, so that mistakes become one line.
 
     Hydra reports its own errors over several lines with a hint about HYDRA_FULL_ERROR; composing
@@ -59,9 +63,11 @@ def precheck(argv: list[str]):
              if on]
     if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
         raise config_error(f"{' and '.join(modes)} cannot be combined: use one of them")
+    if args.resolve and not (args.cfg or args.help):  # Hydra's ValueError, as one line
+        raise config_error("--resolve goes with --cfg or --help (it resolves the config they print)")
     if (args.help or args.hydra_help or args.version or args.info or args.shell_completion
             or args.experimental_rerun is not None or args.config_path is not None):
-        return
+        return None
     if args.config_dir is not None and not os.path.isdir(args.config_dir):
         raise config_error(f"config directory not found: {os.path.abspath(args.config_dir)}")
     config_dirs = [args.config_dir] if args.config_dir is not None else []
