@@ -155,8 +155,7 @@ def _serve(path: str) -> None:
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     print("ready", flush=True)
-    waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
-    asked: dict[int, dict] = {}  # child pid -> its request (for the CPU log)
+    waiting: dict[int, tuple[socket.socket, dict]] = {}  # child pid -> the connection that asked, its request
     cpu_log = os.environ.get("RECIPE_TEST_CPU_LOG")  # a file: one line per child, its CPU seconds
     while True:
         if os.getppid() != parent:
@@ -176,21 +175,19 @@ def _serve(path: str) -> None:
                 os.close(wake_read)
                 os.close(wake_write)
                 server.close()
-                for other in waiting.values():
+                for other, _ in waiting.values():
                     other.close()
                 conn.close()
                 _become_cli(json.loads(message), fds)
             for fd in fds:
                 os.close(fd)
-            waiting[pid] = conn
-            asked[pid] = json.loads(message)
+            waiting[pid] = conn, json.loads(message)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         while waiting:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
-            conn = waiting.pop(pid)
-            request = asked.pop(pid)
+            conn, request = waiting.pop(pid)
             if cpu_log:
                 with open(cpu_log, "a") as log:
                     log.write(json.dumps({"module": request["module"], "argv": request["argv"],
