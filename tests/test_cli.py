@@ -164,9 +164,9 @@ def test_a_plain_run_is_given_the_config_hydra_run_composes(tmp_path, monkeypatc
     twice more (recipe.cli.hydra_job): it is the config Hydra.run composes, Hydra's node included.
     With ``--config-dir`` only the record of how the dir was added differs (an override, where
     ``@hydra.main`` adds a provider); the dirs are searched in the same order."""
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from recipe.cli.hydra_job import plain_run
     from recipe.cli.precheck import precheck
     from recipe.config.compose import setup
 
@@ -181,7 +181,7 @@ def test_a_plain_run_is_given_the_config_hydra_run_composes(tmp_path, monkeypatc
         flags = ["--config-dir", str(tmp_path / "conf")]
     setup()
     ours = precheck(flags + overrides)
-    assert plain_run(ours)
+    assert ours is not None and ours.hydra.mode == RunMode.RUN
     ours, theirs = (OmegaConf.to_container(c) for c in (ours, _composed_by_hydra_run(overrides, tmp_path / "conf" if own_dir else None)))
     if own_dir:
         assert ours["recipe"]["name"] == "mine" and ours["hydra"]["runtime"]["choices"]["recipe"] == "mine"

@@ -153,7 +153,7 @@ def main() -> None:
 def _main() -> None:
     import hydra
 
-    from recipe.cli.hydra_job import plain_run, run_composed
+    from recipe.cli.hydra_job import run_composed
     from recipe.cli.precheck import hydra_args, precheck
     from recipe.config import paths, secrets
     from recipe.config.compose import model_choice, setup
@@ -188,7 +188,7 @@ def _main() -> None:
     sys.argv[1:] = model_choice(sys.argv[1:], hydra_args(sys.argv[1:]).config_name or "config")
     scratch = _preview_scratch(sys.argv)
     try:
-        if composed is not None and scratch is None and plain_run(composed):
+        if composed is not None:
             run_composed(composed, _task)  # the check's config, not composed again (recipe.cli.hydra_job)
         else:
             hydra.main(config_path=str(paths.config_dir()), config_name="config", version_base="1.3")(_task)()

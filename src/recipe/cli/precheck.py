@@ -45,9 +45,9 @@ def precheck(argv: list[str]) -> DictConfig | None:
     For ``--multirun`` every value of every sweep is composed once (not the whole product). The
     backend is resolved too, so a missing API key stops the run before Hydra makes a run dir.
 
-    Returns, for a plain run (one job: no sweep, no ``--cfg``), the config it composed with Hydra's
-    node, ready for :func:`recipe.cli.hydra_job.run_composed`; None for anything else, which
-    ``@hydra.main`` runs.
+    Returns, for a plain run (one job: no sweep, no ``--cfg``, no ``preview=N``), the config it
+    composed with Hydra's node and its mode settled, ready for
+    :func:`recipe.cli.hydra_job.run_composed`; None for anything else, which ``@hydra.main`` runs.
     """
     from recipe.config import secrets
     from recipe.config.compose import compose_unchecked, without_hydra
@@ -105,7 +105,11 @@ def precheck(argv: list[str]) -> DictConfig | None:
             from recipe.storage.run_folder import RunFolder
 
             RunFolder(cfg.output_dir).check(run_identity.config_hash(run_identity.identity(cfg)))
-    return composed
+    if composed is None or cfg.get("preview"):  # preview=N moves Hydra's run dir (cli.main._preview_scratch)
+        return None
+    from recipe.cli.hydra_job import plain_run
+
+    return composed if plain_run(composed) else None
 
 
 def _resolved(cfg) -> dict:
