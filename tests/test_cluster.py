@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from distributed import Client
 
-from conftest import outputs, write_prompts
+from conftest import cli_process, outputs, write_prompts
 
 SECRET = "sk-cluster-93d1e0"
 VAR = "RECIPE_TEST_CLUSTER_KEY"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def cli(*overrides: str, env: dict, cwd: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recipe", *overrides], env=env, cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 def stub_overrides(server, *extra: str) -> list[str]:
@@ -37,10 +31,10 @@ def test_run_on_an_existing_scheduler_with_separate_worker_processes(stub_server
     driver_dir.mkdir()
     source = write_prompts(driver_dir / "in.jsonl", 40)
     out = tmp_path / "out"  # one disk here: the parts are written by the workers, read by the test
-    env = {k: v for k, v in os.environ.items() if k != VAR}
-    proc = cli(*stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
-                               "backend.max_concurrency=3", "dask.partition_size=5", f"dask.address={address}",
-                               f"output_dir={out}"), env=env, cwd=driver_dir)
+    assert VAR not in os.environ  # the driver's environment lacks the key (cli_env copies this one)
+    proc = cli_process(driver_dir, *stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
+                                                   "backend.max_concurrency=3", "dask.partition_size=5",
+                                                   f"dask.address={address}", f"output_dir={out}"))
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     rows = outputs(out)
@@ -60,9 +54,9 @@ def test_a_worker_lacking_the_key_is_one_error_line(stub_server, dask_processes,
     server = stub_server(api_key=SECRET)
     address = dask_processes(n_workers=1, env={})
     source = write_prompts(tmp_path / "in.jsonl", 4)
-    env = {k: v for k, v in os.environ.items() if k != VAR}
-    proc = cli(*stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
-                               f"dask.address={address}", f"output_dir={tmp_path / 'out'}"), env=env, cwd=tmp_path)
+    assert VAR not in os.environ
+    proc = cli_process(tmp_path, *stub_overrides(server, f"input={source}", f"backend.api_key=${{oc.env:{VAR}}}",
+                                                 f"dask.address={address}", f"output_dir={tmp_path / 'out'}"))
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -74,13 +68,13 @@ def test_a_worker_lacking_the_key_is_one_error_line(stub_server, dask_processes,
 def test_dashboard_prints_its_address_and_shows_stages_by_name(stub_server, tmp_path):
     server = stub_server(latency=0.5)
     source = write_prompts(tmp_path / "in.jsonl", 24)
-    proc = cli(*stub_overrides(server, f"input={source}", "backend.api_key=none", "backend.max_concurrency=2",
-                               "dask.n_workers=1", "dask.dashboard=true", "dask.partition_size=4",
-                               f"output_dir={tmp_path / 'out'}"), env=dict(os.environ), cwd=tmp_path)
+    proc = cli_process(tmp_path, *stub_overrides(server, f"input={source}", "backend.api_key=none",
+                                                 "backend.max_concurrency=2", "dask.n_workers=1", "dask.dashboard=true",
+                                                 "dask.partition_size=4", f"output_dir={tmp_path / 'out'}"))
     link = None
     deadline = time.monotonic() + 120
     while link is None and time.monotonic() < deadline:
-        line = proc.stderr.readline()
+        line = proc.stderr.readline().decode()  # the warm child's pipes are binary, as Popen's without text=True
         if not line:
             break
         if line.startswith("dashboard: "):

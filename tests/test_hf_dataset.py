@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,8 @@ import yaml
 import recipe
 from recipe.errors import HubError
 from recipe.testing.hub_stub import HubStub
+
+from conftest import cli
 
 SECRET = "sk-test-HFSECRET42"
 
@@ -35,13 +34,11 @@ def test_cli_run_loads_with_datasets_and_the_card_describes_it(stub_server, tmp_
     source = tmp_path / "in.jsonl"
     write_prompts(source)
     out = tmp_path / "out"
-    env = {**os.environ, "TEST_KEY": SECRET, "RECIPE_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "recipe", "recipe=generate", f"input={source}", "backend=openai",
-         f"backend.api_base={server.base_url}", "backend.api_key=${oc.env:TEST_KEY}", "model.name=stub-model",
-         "recipe.stages.write.format=hf", f"output_dir={out}", "progress=false", "dask.partition_size=2"],
-        capture_output=True, text=True, env=env, timeout=180)
-    assert proc.returncode == 3, proc.stderr  # one malformed line: a failed record, the rest written
+    # one malformed line: a failed record, the rest written (exit 3)
+    cli(tmp_path, "recipe=generate", f"input={source}", "backend=openai", f"backend.api_base={server.base_url}",
+        "backend.api_key=${oc.env:TEST_KEY}", "model.name=stub-model", "recipe.stages.write.format=hf",
+        f"output_dir={out}", "progress=false", "dask.partition_size=2", env={"TEST_KEY": SECRET}, timeout=180,
+        check_exit=3)
     ds = datasets.load_dataset(str(out), split="train")
     assert sorted(zip(ds["prompt"], ds["response"])) == [("alpha", "echo: alpha"), ("beta", "echo: beta"),
                                                         ("gamma", "echo: gamma")]

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import cli, cli_env, error_rows, outputs, stub_overrides, write_jsonl
+from conftest import cli, error_rows, outputs, stub_overrides, write_jsonl
 from recipe.testing.stub_server import StubServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -26,10 +25,8 @@ def _run(tmp: Path, rows: list, *extra: str, retries: int = 0, **stub) -> tuple[
     """``recipe=generate`` over ``rows`` on a stub server (faults in exact proportions)."""
     write_jsonl(tmp / "in.jsonl", rows)
     with StubServer(**stub) as server:
-        result = subprocess.run(
-            [sys.executable, "-m", "recipe", "recipe=generate", f"input={tmp / 'in.jsonl'}",
-             f"output_dir={tmp / 'run'}", "dask.partition_size=8", f"backend.num_retries={retries}", *stub_overrides(server),
-             *extra], cwd=tmp, env=cli_env(tmp), capture_output=True, text=True, timeout=300)
+        result = cli(tmp, "recipe=generate", f"input={tmp / 'in.jsonl'}", f"output_dir={tmp / 'run'}",
+                     "dask.partition_size=8", f"backend.num_retries={retries}", *stub_overrides(server), *extra, cwd=tmp)
         wire = server.stats()
     assert result.returncode in (0, 3), result.stderr[-3000:]
     return tmp / "run", wire, result
@@ -71,13 +68,38 @@ def _open(browser, path: Path):
     return page, problems
 
 
+@pytest.fixture
+def open_page(browser):
+    """``_open``, the page closed after the test (an open page of charts keeps a renderer busy)."""
+    pages = []
+
+    def opened(path: Path):
+        page, problems = _open(browser, path)
+        pages.append(page)
+        return page, problems
+
+    yield opened
+    for page in pages:
+        if not page.is_closed():
+            page.close()
+
+
+@pytest.fixture(scope="module")
+def run_page(run, browser):
+    """The run's report, opened once for the tests that only read it (opening one costs the
+    browser ~3 CPU-s: plotly.js parsed and every chart drawn)."""
+    page, problems = _open(browser, run[0] / "report.html")
+    yield page, problems
+    page.close()
+
+
 def _cards(page) -> list[dict]:
     return page.eval_on_selector_all("#records .rec", "els => els.map(e => ({id: e.dataset.id, text: e.innerText}))")
 
 
-def test_report_written_by_the_run_loads_offline_without_errors_and_draws_every_chart(run, browser):
+def test_report_written_by_the_run_loads_offline_without_errors_and_draws_every_chart(run, run_page):
     folder, _ = run
-    page, problems = _open(browser, folder / "report.html")
+    page, problems = run_page
     charts = page.eval_on_selector_all(".chart", "els => els.map(e => e.id)")
     # the funnel, a length histogram per text field, latency, timeline, tokens, errors by class
     assert {"chart-funnel", "chart-latency", "chart-timeline", "chart-tokens", "chart-errors"} <= set(charts)
@@ -87,13 +109,12 @@ def test_report_written_by_the_run_loads_offline_without_errors_and_draws_every_
     assert [name for name, marks in drawn if marks == 0] == []
     assert page.evaluate("typeof Plotly") == "object"  # inlined: the page made no request (checked below)
     assert problems == []
-    page.close()
 
 
-def test_summary_numbers_equal_stats_json(run, browser):
+def test_summary_numbers_equal_stats_json(run, run_page):
     folder, _ = run
     stats = json.loads((folder / "stats.json").read_text())
-    page, problems = _open(browser, folder / "report.html")
+    page, problems = run_page
     shown = dict(page.eval_on_selector_all("[data-stat]", "els => els.map(e => [e.dataset.stat, e.textContent])"))
     scalars = {k: v for k, v in stats.items() if not isinstance(v, (dict, list))}
     assert {"records", "failed", "requests", "prompt_tokens", "completion_tokens", "wall_seconds"} <= scalars.keys()
@@ -106,12 +127,12 @@ def test_summary_numbers_equal_stats_json(run, browser):
     assert problems == []
 
 
-def test_funnel_and_request_timings_match_the_wire(run, browser):
+def test_funnel_and_request_timings_match_the_wire(run, run_page):
     folder, wire = run
     stats = json.loads((folder / "stats.json").read_text())
     assert wire["status_counts"].get("500", 0) > 0  # the run had the retried faults this test is about
     failed = [row for row in error_rows(folder) if row["_error"]["stage"] == "generate"]
-    page, _ = _open(browser, folder / "report.html")
+    page, _ = run_page
     funnel = {row[0]: row[1:] for row in page.eval_on_selector_all(
         "#funnel tr[data-stage]", "els => els.map(e => [...e.children].map(c => c.textContent))")}
     good_inputs = 46  # every line but the one that is not JSON: the read stage's output
@@ -132,10 +153,10 @@ def test_funnel_and_request_timings_match_the_wire(run, browser):
     assert timeline["answered"] == wire["requests"] - timeline["failed, retried"] - timeline["failed"]
 
 
-def test_records_page_search_and_parent_click_through(run, browser):
+def test_records_page_search_and_parent_click_through(run, open_page):
     folder, _ = run
     written = {r["_id"]: r for r in outputs(folder)}
-    page, problems = _open(browser, folder / "report.html")
+    page, problems = open_page(folder / "report.html")
     assert page.text_content("#rec-page") == f"page 1 of {-(-len(written) // 20)} ({len(written)} records)"
     first = _cards(page)
     assert len(first) == 20
@@ -159,9 +180,9 @@ def test_records_page_search_and_parent_click_through(run, browser):
     assert problems == []
 
 
-def test_a_record_holding_script_shows_as_text_and_runs_nothing(run, browser):
+def test_a_record_holding_script_shows_as_text_and_runs_nothing(run, open_page):
     folder, _ = run
-    page, problems = _open(browser, folder / "report.html")
+    page, problems = open_page(folder / "report.html")
     page.fill("#rec-search", "hostile")
     [card] = _cards(page)
     assert HOSTILE in json.loads(page.text_content(f".rec[data-id='{card['id']}'] pre"))["payload"]
@@ -171,10 +192,10 @@ def test_a_record_holding_script_shows_as_text_and_runs_nothing(run, browser):
     assert problems == []
 
 
-def test_error_browser_groups_by_class_with_stage_and_examples(run, browser):
+def test_error_browser_groups_by_class_with_stage_and_examples(run, run_page):
     folder, wire = run
     errors = error_rows(folder)
-    page, _ = _open(browser, folder / "report.html")
+    page, _ = run_page
     groups = dict(page.eval_on_selector_all(
         "#errors details", "els => els.map(e => [e.dataset.errorClass, e.querySelector('summary').textContent])"))
     by_class: dict[str, dict[str, int]] = {}
@@ -218,7 +239,7 @@ def test_report_of_a_folder_that_is_no_run_folder_is_one_error_line(tmp_path):
     assert not (tmp_path / "plain" / "report.html").exists()
 
 
-def test_missing_stats_and_corrupt_manifest_still_give_a_report_saying_so(run, tmp_path, browser):
+def test_missing_stats_and_corrupt_manifest_still_give_a_report_saying_so(run, tmp_path, open_page):
     folder, _ = run
     copy = tmp_path / "damaged"
     shutil.copytree(folder, copy)
@@ -226,7 +247,7 @@ def test_missing_stats_and_corrupt_manifest_still_give_a_report_saying_so(run, t
     (copy / "manifests" / "part-00001.json").write_text("{not json")
     result = cli(tmp_path, "report", str(copy), check_exit=0)
     assert "Traceback" not in result.stderr
-    page, problems = _open(browser, copy / "report.html")
+    page, problems = open_page(copy / "report.html")
     said = page.text_content("#problems")
     assert "the run's account (stats.json) is missing" in said
     assert "a partition's manifest (part-00001.json) is corrupt" in said
@@ -234,7 +255,7 @@ def test_missing_stats_and_corrupt_manifest_still_give_a_report_saying_so(run, t
     assert problems == []
 
 
-def test_huge_deep_values_and_a_run_with_only_errors_still_give_a_report(tmp_path, browser):
+def test_huge_deep_values_and_a_run_with_only_errors_still_give_a_report(tmp_path, open_page):
     deep: dict = {"leaf": 1}
     for _ in range(60):
         deep = {"down": deep}
@@ -244,7 +265,7 @@ def test_huge_deep_values_and_a_run_with_only_errors_still_give_a_report(tmp_pat
     folder, _, _ = _run(tmp_path / "big", rows)
     report = folder / "report.html"
     assert report.stat().st_size < 8 * 1024 * 1024  # plotly.js (~4.7 MB) and clipped values, not the 10 MB
-    page, problems = _open(browser, report)
+    page, problems = open_page(report)
     page.fill("#rec-search", "big one")
     [card] = _cards(page)
     assert "clipped for display: blob (10485760 characters)" in card["text"]
@@ -255,7 +276,7 @@ def test_huge_deep_values_and_a_run_with_only_errors_still_give_a_report(tmp_pat
 
     folder, _, result = _run(tmp_path / "failing", [{"prompt": "a"}, {"prompt": "b"}], status=500)
     assert result.returncode == 3
-    page, problems = _open(browser, folder / "report.html")
+    page, problems = open_page(folder / "report.html")
     assert page.text_content("#rec-page") == "page 1 of 1 (0 records)"
     assert "No records to profile." in page.text_content("#s-fields")
     assert "2 error records." in page.text_content("#s-errors")
@@ -437,9 +458,9 @@ def test_sampled_columns_are_set_against_their_declared_weights(sampled_run, tmp
     assert group["flagged"] is True
 
 
-def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, browser):
+def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, open_page):
     written = [r["color"] for r in outputs(sampled_run)]
-    page, problems = _open(browser, sampled_run / "report.html")
+    page, problems = open_page(sampled_run / "report.html")
     row = page.eval_on_selector("#declared tr[data-fit=color]", "e => [e.className, e.querySelector('.verdict').textContent]")
     assert row == ["", "consistent with the declaration"]
     assert page.text_content("#declared tr[data-fit=weight] .verdict") == "not tested"
@@ -462,7 +483,7 @@ def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, b
     shutil.copytree(sampled_run, skewed)
     _rewrite_parts(skewed, lambda r: {**r, "color": "red"} if r["color"] == "blue" else r)
     cli(tmp_path, "report", str(skewed), check_exit=0)
-    page, problems = _open(browser, skewed / "report.html")
+    page, problems = open_page(skewed / "report.html")
     row = page.eval_on_selector("#declared tr[data-fit=color]", "e => [e.className, e.querySelector('.verdict').textContent]")
     assert row == ["flagged", "differs from the declaration"]
     assert page.is_visible(".fit[data-fit=color] .flag")

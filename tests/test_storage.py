@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,8 @@ from recipe.errors import ConfigError
 from recipe import storage
 from recipe.stages.io.read import _jsonl_blocks, _read_jsonl_block
 from recipe.storage import resolve_paths
+
+from conftest import cli, cli_process
 
 
 def lines(n: int, bad_at: int | None = None) -> bytes:
@@ -71,11 +71,8 @@ def test_a_missing_backend_is_one_line_naming_the_extra():
 
 
 def test_a_missing_s3_input_is_refused_up_front(s3_bucket, tmp_path):
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.run([sys.executable, "-m", "recipe", f"input={s3_bucket}/nope.jsonl", "backend=openai",
-                           "backend.api_base=http://127.0.0.1:9/v1", "backend.api_key=k", "model.name=m"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    proc = cli(tmp_path, f"input={s3_bucket}/nope.jsonl", "backend=openai", "backend.api_base=http://127.0.0.1:9/v1",
+               "backend.api_key=k", "model.name=m", timeout=120, check_exit=2)
     assert proc.stderr.strip() == f"error: input file not found: {s3_bucket}/nope.jsonl"
 
 
@@ -109,12 +106,10 @@ def _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, *extra: str, n: int = 6
     import time
 
     storage.atomic_write_bytes(f"{s3_bucket}/in/data.jsonl", lines(n))
-    env = {**os.environ, "RECIPE_CACHE_DIR": str(tmp_path / "cache"), "RECIPE_RUNS_DIR": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "recipe", "backend=openai", f"backend.api_base={server.base_url}",
-               "backend.api_key=k", "model.name=stub-model", "progress=false", f"input={s3_bucket}/in/*.jsonl",
-               f"output_dir={s3_bucket}/out", "dask.partition_size=5", "backend.max_concurrency=4", *extra]
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    command = ["backend=openai", f"backend.api_base={server.base_url}", "backend.api_key=k", "model.name=stub-model",
+               "progress=false", f"input={s3_bucket}/in/*.jsonl", f"output_dir={s3_bucket}/out",
+               "dask.partition_size=5", "backend.max_concurrency=4", *extra]
+    proc = cli_process(tmp_path, *command)  # the leader of its own process group
     deadline = time.monotonic() + 240
     while len(_manifests(f"{s3_bucket}/out")) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -122,8 +117,7 @@ def _kill_mid_run_and_rerun(server, s3_bucket, tmp_path, *extra: str, n: int = 6
     proc.wait()
     before = _manifests(f"{s3_bucket}/out")
     assert 3 <= len(before) < n // 5, "the kill must land part-way"
-    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
+    cli(tmp_path, *command, timeout=600, check_exit=0)
     rows = _s3_rows(f"{s3_bucket}/out")
     assert sorted(r["prompt"] for r in rows) == sorted(f"question {i}" for i in range(n)), "every record exactly once"
     after = _manifests(f"{s3_bucket}/out")
