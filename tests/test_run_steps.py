@@ -8,9 +8,6 @@ A bad config is one report naming each bad key, before any request, server or cl
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 import recipe
 from recipe.errors import ConfigError
 
-from conftest import outputs, write_jsonl
+from conftest import cli, outputs, write_jsonl
 
 STUB = ["recipe=generate", "backend=openai", "model.name=m", "progress=false"]
 # One unknown key, one bad value, and a bad parameter in each of two stages.
@@ -27,12 +24,6 @@ BAD = ["+bogus_key=1", "backend.timeout=-1", "+recipe.stages.read.bogus_param=1"
        "+recipe.stages.generate.schema_retries=-1"]
 NAMED = ["bogus_key: unknown key", "backend.timeout=-1", "recipe.stages.read.bogus_param: unknown parameter",
          "recipe.stages.generate.schema_retries: must be >= 0"]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def stub_config(tmp_path: Path, server, *extra: str):
@@ -72,16 +63,9 @@ def test_run_refuses_a_config_with_every_problem_named_and_sends_nothing(tmp_pat
 def test_the_cli_prints_every_problem_on_one_error_line_before_anything_starts(tmp_path, stub_server):
     server = stub_server()
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "HYDRA_FULL_ERROR")}
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env.update(RECIPE_RUNS_DIR=str(tmp_path / "runs"), RECIPE_CACHE_DIR=str(tmp_path / "cache"),
-               OPENAI_API_KEY="sk-test", NO_PROXY="127.0.0.1,localhost",
-               PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
     # ...and a provider litellm does not know: the backends' problems join the same line
-    result = subprocess.run([sys.executable, "-m", "recipe", *STUB, f"input={source}",
-                             f"backend.api_base={server.base_url}", *BAD, "backend.provider=nosuchprovider"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
+    result = cli(tmp_path, *STUB, f"input={source}", f"backend.api_base={server.base_url}", *BAD,
+                 "backend.provider=nosuchprovider", env={"OPENAI_API_KEY": "sk-test"}, timeout=120, check_exit=2)
     assert "Traceback" not in result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: invalid config: "), result.stderr

@@ -7,7 +7,6 @@ seed, so they are repeatable (and fail on a sampler that ignores its weights or 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from conftest import cli, error_rows, outputs, stub_overrides, write_jsonl
 from test_sample import write_recipe
