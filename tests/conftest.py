@@ -123,6 +123,15 @@ def cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = Non
     return result
 
 
+def run_script(path: Path, *args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python PATH *args`` to completion (a bench script), forked from the warm process like
+    :func:`cli`; ``RECIPE_TEST_FRESH_CLI=1`` starts a new interpreter."""
+    if _spawn_fresh(False):
+        return subprocess.run([sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    return _warm().run(list(args), cwd=cwd, env=env, timeout=timeout, script=str(path))
+
+
 def _spawn_fresh(asked: bool) -> bool:
     """Whether to start a new interpreter instead of forking from the warm process: the test asks
     for one, or ``RECIPE_TEST_FRESH_CLI=1`` asks it for every process."""

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_script
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py", "rerun.py", "structured.py",
@@ -22,8 +22,7 @@ SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py", "r
 def test_bench_smoke(script):
     env = {k: v for k, v in os.environ.items() if k != "BENCH_JSON"}  # never append to the lead's results
     name, *options = script.split()
-    proc = subprocess.run([sys.executable, str(BENCH / name), "--smoke", *options], cwd=BENCH.parent, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_script(BENCH / name, "--smoke", *options, cwd=BENCH.parent, env=env, timeout=300)
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert proc.stdout.startswith("# bench "), proc.stdout[:500]
     ratios = [line for line in proc.stdout.splitlines() if re.search(r"\bratio\s+-?(\d+\.\d+|nan)\b", line)]

@@ -18,8 +18,11 @@ first instruction (how the CLI takes signals, ``-X importtime``, a different int
 ``fresh=True``; ``RECIPE_TEST_FRESH_CLI=1`` spawns ``python -m recipe`` for every call. The stub
 servers are forked from here as well (``recipe.testing.stub_server.popen``).
 
+The bench scripts' smoke runs (``tests/test_bench.py``) are forked too, as ``python SCRIPT.py``: the
+script's own imports are shared, and every side it times still runs in a new interpreter of its own.
+
 Protocol, over a Unix socket: the test sends one JSON line ``{module, argv, env, cwd}`` (``module``:
-``python -m MODULE``, ``recipe`` when absent) with three file
+``python -m MODULE``, ``recipe`` when absent; or ``script``: ``python SCRIPT``) with three file
 descriptors attached (stdin, stdout, stderr); the warm process answers ``{"pid": N}`` once forked
 and ``{"exit": CODE}`` when the child ends (a signal ``S`` is ``-S``, as ``subprocess`` reports it).
 """
@@ -86,17 +89,23 @@ def _become_cli(request: dict, fds: list[int]) -> None:
     # ``python -m`` puts the working directory first on sys.path, then PYTHONPATH's entries
     rest = sys.path[1:]  # sys.path[0] is this file's folder, which ``python -m recipe`` would not have
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in rest]
-    sys.path[:] = [os.getcwd(), *extra, *rest]
+    script = request.get("script")  # ``python SCRIPT``: its folder first on sys.path, not the working directory
+    sys.path[:] = [os.path.dirname(os.path.abspath(script)) if script else os.getcwd(), *extra, *rest]
     import runpy
 
     module = request.get("module", "recipe")  # ``python -m MODULE``
-    if module == "recipe":
+    if script:
+        main = Path(script)
+    elif module == "recipe":
         main = Path(__import__("recipe").__file__).with_name("__main__.py")
     else:
         main = Path(__import__(module, fromlist=["_"]).__file__)
     sys.argv = [str(main), *request["argv"]]
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if script:
+            runpy.run_path(script, run_name="__main__")
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as done:
         code = _exit_code(done.code)
@@ -190,7 +199,7 @@ def _serve(path: str) -> None:
             conn, request = waiting.pop(pid)
             if cpu_log:
                 with open(cpu_log, "a") as log:
-                    log.write(json.dumps({"module": request["module"], "argv": request["argv"],
+                    log.write(json.dumps({"module": request.get("module") or request["script"], "argv": request["argv"],
                                           "cpu": round(usage.ru_utime + usage.ru_stime, 3)}) + "\n")
             try:
                 conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
@@ -221,8 +230,9 @@ class WarmCli:
         self._process.wait()
 
     def run(self, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        """``python -m recipe *argv`` as ``subprocess.run(..., capture_output=True, text=True)``."""
+            input: str | None = None, script: str | None = None) -> subprocess.CompletedProcess:
+        """``python -m recipe *argv`` (or ``python SCRIPT *argv``) as ``subprocess.run(...,
+        capture_output=True, text=True)``."""
         with tempfile.TemporaryFile("w+", encoding="utf-8") as stdin, \
                 tempfile.TemporaryFile("w+", encoding="utf-8") as stdout, \
                 tempfile.TemporaryFile("w+", encoding="utf-8") as stderr:
@@ -230,16 +240,16 @@ class WarmCli:
                 stdin.write(input)
                 stdin.flush()
                 stdin.seek(0)
-            command = [sys.executable, "-m", "recipe", *argv]
+            command = [sys.executable, *([script] if script else ["-m", "recipe"]), *argv]
             child = WarmChild(self.path, command, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=str(cwd))
             try:
                 code = child.wait(timeout)
             except subprocess.TimeoutExpired:
                 _kill_group(child.pid)
-                raise subprocess.TimeoutExpired(["python", "-m", "recipe", *argv], timeout) from None
+                raise subprocess.TimeoutExpired(command, timeout) from None
             stdout.seek(0)
             stderr.seek(0)
-            return subprocess.CompletedProcess(["python", "-m", "recipe", *argv], code,
+            return subprocess.CompletedProcess(command, code,
                                                stdout.read(), stderr.read())
 
     def popen(self, args: list[str], *, stdout=None, stderr=None, stdin=None, env: dict | None = None,
@@ -258,7 +268,7 @@ class WarmChild:
 
     def __init__(self, path: str, args: list[str], *, stdout, stderr, stdin, env: dict, cwd: str,
                  text: bool = False) -> None:
-        assert args[1:2] == ["-m"] and stdin != subprocess.PIPE, args  # python -m MODULE ...
+        assert (args[1:2] == ["-m"] or str(args[1]).endswith(".py")) and stdin != subprocess.PIPE, args
         self.args, self.returncode, self.stdin, self.text = args, None, None, text
         devnull = os.open(os.devnull, os.O_RDWR)
         source = stdin.fileno() if stdin not in (None, subprocess.DEVNULL) else devnull
@@ -272,7 +282,9 @@ class WarmChild:
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._conn.connect(path)
-            request = {"module": args[2], "argv": list(args[3:]), "env": env, "cwd": cwd}
+            request = ({"module": args[2], "argv": list(args[3:])} if args[1] == "-m"  # python -m MODULE ...
+                       else {"script": str(args[1]), "argv": list(args[2:])})  # python SCRIPT.py ...
+            request.update(env=env, cwd=cwd)
             socket.send_fds(self._conn, [json.dumps(request).encode()], [source, out, err])
             self._buffer = b""
             self.pid = json.loads(self._line(None))["pid"]
