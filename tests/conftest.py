@@ -192,7 +192,7 @@ def cli_process(tmp_path: Path, *args: str, env: dict | None = None, fresh: bool
 # process, a whole run (``recipe.run`` and the tests' wrappers around it), or a Dask cluster. A test
 # marked ``smoke`` stays in the fast tier whatever it starts (the CLI's own smoke tests).
 
-_SLOW_CALLS = re.compile(r"(?<![\w.])(cli|cli_process|run_cli|run_recipe|stub_recipe|_stub_run|_run)\(|\brecipe\.run\("
+_SLOW_CALLS = re.compile(r"(?<![\w.])(cli|cli_process|run_cli|run_script|run_recipe|stub_recipe|_stub_run|_run)\(|\brecipe\.run\("
                          r"|\bsubprocess\.(run|Popen)\(")
 _SLOW_FIXTURES = {"llama_server", "two_workers", "dask_processes"}
 
