@@ -15,7 +15,7 @@ from conftest import run_script
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPTS = ["overhead.py", "latency.py", "startup.py", "cache.py", "scale.py", "rerun.py", "structured.py",
-           "interrupt.py", "dedup.py", "dedup.py --exact", "spend.py", "scale.py --s3", "samplers.py", "validate.py", "report.py"]
+           "interrupt.py", "dedup.py", "dedup.py --exact", "spend.py", "scale.py --s3", "samplers.py", "validate.py", "report.py", "checkers.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
