@@ -16,8 +16,6 @@ VAR = "RECIPE_TEST_CLUSTER_KEY"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-
-
 def stub_overrides(server, *extra: str) -> list[str]:
     return ["backend=openai", f"backend.api_base={server.base_url}", "model.name=stub-model", "progress=false",
             *extra]
