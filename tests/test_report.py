@@ -488,7 +488,6 @@ def test_the_declared_comparison_renders_in_the_browser(sampled_run, tmp_path, o
     assert row == ["flagged", "differs from the declaration"]
     assert page.is_visible(".fit[data-fit=color] .flag")
     assert problems == []
-    page.close()
 
 
 def test_declared_counts_read_by_arrow_equal_those_read_record_by_record(sampled_run):

@@ -86,26 +86,25 @@ def _become_cli(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    # ``python -m`` puts the working directory first on sys.path, then PYTHONPATH's entries
-    rest = sys.path[1:]  # sys.path[0] is this file's folder, which ``python -m recipe`` would not have
-    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in rest]
-    script = request.get("script")  # ``python SCRIPT``: its folder first on sys.path, not the working directory
-    sys.path[:] = [os.path.dirname(os.path.abspath(script)) if script else os.getcwd(), *extra, *rest]
     import runpy
+    from functools import partial
 
-    module = request.get("module", "recipe")  # ``python -m MODULE``
+    script, module = request.get("script"), request.get("module", "recipe")
+    # ``python SCRIPT`` puts the script's folder first on sys.path, ``python -m`` the working directory;
+    # then PYTHONPATH's entries (sys.path[0] is this file's folder, which the command would not have)
+    rest = sys.path[1:]
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in rest]
+    sys.path[:] = [os.path.dirname(os.path.abspath(script)) if script else os.getcwd(), *extra, *rest]
     if script:
         main = Path(script)
-    elif module == "recipe":
-        main = Path(__import__("recipe").__file__).with_name("__main__.py")
+        run = partial(runpy.run_path, script, run_name="__main__")
     else:
-        main = Path(__import__(module, fromlist=["_"]).__file__)
+        main = Path(__import__(module, fromlist=["_"]).__file__)  # a package runs its __main__.py
+        main = main.with_name("__main__.py") if main.name == "__init__.py" else main
+        run = partial(runpy.run_module, module, run_name="__main__", alter_sys=True)
     sys.argv = [str(main), *request["argv"]]
     try:
-        if script:
-            runpy.run_path(script, run_name="__main__")
-        else:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        run()
         code = 0
     except SystemExit as done:
         code = _exit_code(done.code)
